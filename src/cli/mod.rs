@@ -1,0 +1,92 @@
+//! The `herald` command line. Each subcommand lives in its own module; this one parses
+//! arguments and maps outcomes to exit codes: 0 success, 1 a definition problem (or a failed
+//! run), 2 a usage or IO problem.
+
+mod init;
+mod render;
+mod schema;
+mod validate;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+#[derive(Parser, Debug)]
+#[command(name = "herald", version, about = "A declarative workflow engine: YAML definitions, validated, run durably, reloaded live.")]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Check every definition, template and the config; report all problems with positions.
+    Validate(validate::Args),
+    /// Print the JSON Schema of a definition kind (or write all of them).
+    Schema(schema::Args),
+    /// Render a template with data, to preview a message.
+    Render(render::Args),
+    /// Create a small working project in a new folder.
+    Init(init::Args),
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum, Default)]
+pub enum Format {
+    /// Compiler-style text with the source line and a caret.
+    #[default]
+    Human,
+    /// One JSON document, for editors and CI.
+    Json,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum, Default)]
+pub enum ColorChoice {
+    #[default]
+    Auto,
+    Always,
+    Never,
+}
+
+impl ColorChoice {
+    pub fn enabled(self) -> bool {
+        use std::io::IsTerminal;
+        match self {
+            ColorChoice::Always => true,
+            ColorChoice::Never => false,
+            ColorChoice::Auto => std::env::var_os("NO_COLOR").is_none() && std::io::stderr().is_terminal(),
+        }
+    }
+}
+
+/// A failure that is the user's invocation or environment, not their definitions: exit 2.
+#[derive(Debug)]
+pub struct UsageError(pub String);
+
+impl<E: std::fmt::Display> From<E> for UsageError {
+    fn from(e: E) -> Self {
+        UsageError(e.to_string())
+    }
+}
+
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Validate(a) => validate::run(a),
+        Command::Schema(a) => schema::run(a),
+        Command::Render(a) => render::run(a),
+        Command::Init(a) => init::run(a),
+    };
+    match result {
+        Ok(code) => code,
+        Err(UsageError(message)) => {
+            eprintln!("error: {message}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+/// The folder a command works on, defaulting to the current one.
+pub fn dir_or_current(dir: Option<PathBuf>) -> PathBuf {
+    dir.unwrap_or_else(|| PathBuf::from("."))
+}

@@ -1,0 +1,79 @@
+//! `herald validate [DIR]`.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use serde_json::json;
+
+use super::{ColorChoice, Format, UsageError, dir_or_current};
+use crate::definitions::project::{EnvMode, Layout, LoadOptions, load};
+
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// The project folder (holding herald.yaml), or a folder of definitions inside it.
+    dir: Option<PathBuf>,
+    /// Output format.
+    #[arg(long, value_enum, default_value_t)]
+    format: Format,
+    /// Exit 1 on warnings too.
+    #[arg(long)]
+    deny_warnings: bool,
+    #[arg(long, value_enum, default_value_t)]
+    color: ColorChoice,
+}
+
+pub fn run(args: Args) -> Result<ExitCode, UsageError> {
+    let dir = dir_or_current(args.dir);
+    let layout = Layout::discover(&dir)?;
+    let (project, report) = load(&layout, &LoadOptions::new(EnvMode::Validate));
+    let errors = report.errors();
+    let warnings = report.warnings();
+    let failed = errors > 0 || (args.deny_warnings && warnings > 0);
+    match args.format {
+        Format::Json => {
+            let doc = json!({
+                "ok": !failed,
+                "errors": errors,
+                "warnings": warnings,
+                "files": project.files_read,
+                "definitions": project.definitions.len(),
+                "templates": project.templates.names().len(),
+                "diagnostics": report.diagnostics,
+            });
+            println!("{}", serde_json::to_string_pretty(&doc)?);
+        }
+        Format::Human => {
+            let color = args.color.enabled();
+            for d in &report.diagnostics {
+                eprintln!("{}", d.render(color));
+            }
+            let files = project.files_read;
+            if errors == 0 && warnings == 0 {
+                eprintln!(
+                    "ok: {} definition{} and {} template{} are valid",
+                    project.definitions.len(),
+                    plural(project.definitions.len()),
+                    project.templates.names().len(),
+                    plural(project.templates.names().len())
+                );
+            } else {
+                let files_with: std::collections::HashSet<_> =
+                    report.diagnostics.iter().filter_map(|d| d.file.clone()).collect();
+                eprintln!(
+                    "{}: {errors} error{}, {warnings} warning{} in {} file{} ({files} definition file{} read)",
+                    if failed { "failed" } else { "ok" },
+                    plural(errors),
+                    plural(warnings),
+                    files_with.len(),
+                    plural(files_with.len()),
+                    plural(files)
+                );
+            }
+        }
+    }
+    Ok(if failed { ExitCode::from(1) } else { ExitCode::SUCCESS })
+}
+
+fn plural(n: usize) -> &'static str {
+    if n == 1 { "" } else { "s" }
+}

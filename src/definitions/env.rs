@@ -1,0 +1,157 @@
+//! `${env:NAME}` references: how secrets get into definitions and the config without being
+//! written in them.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::{Arc, OnceLock};
+
+use regex::Regex;
+
+/// A reference found in a string: its name and its byte range in the string.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EnvRef {
+    pub name: String,
+    pub start: usize,
+    pub len: usize,
+}
+
+fn pattern() -> &'static Regex {
+    static RE: OnceLock<Regex> = OnceLock::new();
+    RE.get_or_init(|| Regex::new(r"\$\{env:([^}]*)\}").expect("valid regex"))
+}
+
+fn name_ok(name: &str) -> bool {
+    let mut chars = name.chars();
+    matches!(chars.next(), Some(c) if c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
+/// The references in `text`. Malformed names are returned with `Err`.
+pub fn references(text: &str) -> Vec<Result<EnvRef, EnvRef>> {
+    if !text.contains("${env:") {
+        return Vec::new();
+    }
+    pattern()
+        .captures_iter(text)
+        .map(|c| {
+            let whole = c.get(0).expect("group 0 always matches");
+            let r = EnvRef {
+                name: c[1].to_owned(),
+                start: whole.start(),
+                len: whole.len(),
+            };
+            if name_ok(&r.name) { Ok(r) } else { Err(r) }
+        })
+        .collect()
+}
+
+/// Where variables are read from: the process environment, or a fixed map in tests.
+#[derive(Clone)]
+pub enum EnvSource {
+    Process,
+    Map(Arc<HashMap<String, String>>),
+}
+
+impl EnvSource {
+    pub fn get(&self, name: &str) -> Option<String> {
+        match self {
+            EnvSource::Process => std::env::var(name).ok(),
+            EnvSource::Map(m) => m.get(name).cloned(),
+        }
+    }
+
+    /// Replaces every reference in `text`. Unset variables are an error naming them.
+    pub fn resolve(&self, text: &str) -> Result<String, String> {
+        if !text.contains("${env:") {
+            return Ok(text.to_owned());
+        }
+        let mut missing = Vec::new();
+        let out = pattern().replace_all(text, |c: &regex::Captures| match self.get(&c[1]) {
+            Some(v) => v,
+            None => {
+                missing.push(c[1].to_owned());
+                String::new()
+            }
+        });
+        if missing.is_empty() {
+            Ok(out.into_owned())
+        } else {
+            Err(format!("environment variable `{}` is not set", missing.join("`, `")))
+        }
+    }
+
+    /// Resolves every string inside a JSON value.
+    pub fn resolve_json(&self, value: &mut serde_json::Value) -> Result<(), String> {
+        match value {
+            serde_json::Value::String(s) => {
+                if s.contains("${env:") {
+                    *s = self.resolve(s)?;
+                }
+            }
+            serde_json::Value::Array(items) => {
+                for v in items {
+                    self.resolve_json(v)?;
+                }
+            }
+            serde_json::Value::Object(map) => {
+                for v in map.values_mut() {
+                    self.resolve_json(v)?;
+                }
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Debug for EnvSource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            EnvSource::Process => f.write_str("EnvSource::Process"),
+            EnvSource::Map(m) => write!(f, "EnvSource::Map({} vars)", m.len()),
+        }
+    }
+}
+
+/// A resolved secret. It never prints its value.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: String) -> Secret {
+        Secret(value)
+    }
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
+impl fmt::Display for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("***")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_and_resolves_references() {
+        let refs = references("Bearer ${env:API_TOKEN} and ${env:bad-name}");
+        assert_eq!(refs.len(), 2);
+        assert_eq!(refs[0].as_ref().unwrap().name, "API_TOKEN");
+        assert_eq!(refs[0].as_ref().unwrap().start, 7);
+        assert!(refs[1].is_err());
+        let env = EnvSource::Map(Arc::new([("API_TOKEN".to_owned(), "s3cret".to_owned())].into()));
+        assert_eq!(env.resolve("Bearer ${env:API_TOKEN}").unwrap(), "Bearer s3cret");
+        assert!(env.resolve("${env:NOPE}").unwrap_err().contains("NOPE"));
+        assert_eq!(format!("{:?}", Secret::new("s3cret".into())), "Secret(***)");
+    }
+}

@@ -1,0 +1,308 @@
+//! `herald.yaml`: where the database is, what to listen on, who may use the admin API, and
+//! which delivery channels exist.
+
+use std::borrow::Cow;
+
+use indexmap::IndexMap;
+use schemars::{JsonSchema, Schema, SchemaGenerator, json_schema};
+use serde::{Deserialize, Deserializer};
+
+use super::common::Duration;
+
+/// The project configuration file.
+#[derive(Debug, Clone, PartialEq, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+#[schemars(title = "Herald configuration")]
+pub struct ConfigDef {
+    /// The database: sqlite://herald.db (the default, created on first start) or a
+    /// postgres:// URL. DATABASE_URL and --database-url override it.
+    #[serde(default = "ConfigDef::default_database")]
+    pub database: String,
+    /// The address `herald serve` listens on.
+    #[serde(default = "ConfigDef::default_listen")]
+    pub listen: String,
+    #[serde(default)]
+    pub admin: AdminConfig,
+    #[serde(default)]
+    pub paths: PathsConfig,
+    /// Delivery channels by name, as used in `send: {channel: ...}`. A channel named `log`
+    /// always exists unless you define your own.
+    #[serde(default)]
+    pub channels: IndexMap<String, ChannelConfig>,
+    #[serde(default)]
+    pub webhooks: WebhooksConfig,
+    #[serde(default)]
+    pub templates: TemplatesConfig,
+    #[serde(default)]
+    pub engine: EngineConfig,
+}
+
+impl ConfigDef {
+    fn default_database() -> String {
+        "sqlite://herald.db".into()
+    }
+    fn default_listen() -> String {
+        "127.0.0.1:8080".into()
+    }
+}
+
+impl Default for ConfigDef {
+    fn default() -> Self {
+        ConfigDef {
+            database: ConfigDef::default_database(),
+            listen: ConfigDef::default_listen(),
+            admin: AdminConfig::default(),
+            paths: PathsConfig::default(),
+            channels: IndexMap::new(),
+            webhooks: WebhooksConfig::default(),
+            templates: TemplatesConfig::default(),
+            engine: EngineConfig::default(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AdminConfig {
+    /// Keys accepted in the x-api-key header of the admin API, usually "${env:NAME}"
+    /// references. With none, the admin API is closed.
+    #[serde(default)]
+    pub api_keys: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PathsConfig {
+    /// The folder of definitions, relative to herald.yaml.
+    #[serde(default = "PathsConfig::default_workflows")]
+    pub workflows: String,
+    /// The folder of message templates, relative to herald.yaml.
+    #[serde(default = "PathsConfig::default_templates")]
+    pub templates: String,
+}
+
+impl PathsConfig {
+    fn default_workflows() -> String {
+        "workflows".into()
+    }
+    fn default_templates() -> String {
+        "templates".into()
+    }
+}
+
+impl Default for PathsConfig {
+    fn default() -> Self {
+        PathsConfig {
+            workflows: PathsConfig::default_workflows(),
+            templates: PathsConfig::default_templates(),
+        }
+    }
+}
+
+/// A delivery channel, by provider.
+#[derive(Debug, Clone, PartialEq, Deserialize, JsonSchema)]
+#[serde(tag = "provider", rename_all = "snake_case", deny_unknown_fields)]
+pub enum ChannelConfig {
+    /// Records the message and prints it to the log. Needs no setup.
+    Log {},
+    /// E-mail over SMTP.
+    Smtp(SmtpConfig),
+    /// An HTTP POST of the message as JSON.
+    Webhook(WebhookChannelConfig),
+}
+
+impl ChannelConfig {
+    pub fn provider(&self) -> &'static str {
+        match self {
+            ChannelConfig::Log {} => "log",
+            ChannelConfig::Smtp(_) => "smtp",
+            ChannelConfig::Webhook(_) => "webhook",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SmtpConfig {
+    pub host: String,
+    #[serde(default = "SmtpConfig::default_port")]
+    pub port: u16,
+    #[serde(default)]
+    pub username: Option<String>,
+    #[serde(default)]
+    pub password: Option<String>,
+    /// `starttls` (port 587), `tls` (port 465) or `none` (local relays and tests only).
+    #[serde(default)]
+    pub tls: SmtpTls,
+    /// The default sender, such as "Complete Car Loans <hello@example.com>".
+    pub from: String,
+    #[serde(default = "SmtpConfig::default_timeout")]
+    pub timeout: Duration,
+}
+
+impl SmtpConfig {
+    fn default_port() -> u16 {
+        587
+    }
+    fn default_timeout() -> Duration {
+        Duration::from_secs(30)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum SmtpTls {
+    #[default]
+    Starttls,
+    Tls,
+    None,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookChannelConfig {
+    /// Where messages are POSTed.
+    pub url: String,
+    #[serde(default)]
+    pub headers: IndexMap<String, String>,
+    #[serde(default = "WebhookChannelConfig::default_timeout")]
+    pub timeout: Duration,
+}
+
+impl WebhookChannelConfig {
+    fn default_timeout() -> Duration {
+        Duration::from_secs(10)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct WebhooksConfig {
+    /// The largest request body accepted.
+    #[serde(default = "WebhooksConfig::default_body_limit")]
+    pub body_limit: ByteSize,
+}
+
+impl WebhooksConfig {
+    fn default_body_limit() -> ByteSize {
+        ByteSize(1024 * 1024)
+    }
+}
+
+impl Default for WebhooksConfig {
+    fn default() -> Self {
+        WebhooksConfig {
+            body_limit: WebhooksConfig::default_body_limit(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TemplatesConfig {
+    /// The most work one render may do before it is stopped, so a runaway loop cannot hang
+    /// the engine.
+    #[serde(default = "TemplatesConfig::default_fuel")]
+    #[schemars(range(min = 1000))]
+    pub fuel: u64,
+}
+
+impl TemplatesConfig {
+    fn default_fuel() -> u64 {
+        100_000
+    }
+}
+
+impl Default for TemplatesConfig {
+    fn default() -> Self {
+        TemplatesConfig {
+            fuel: TemplatesConfig::default_fuel(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct EngineConfig {
+    /// Runs executed at once by this process.
+    #[serde(default = "EngineConfig::default_workers")]
+    #[schemars(range(min = 1, max = 1024))]
+    pub workers: u32,
+    /// How long a claimed run stays owned by this process without renewal. Another process
+    /// takes over a run whose lease expired.
+    #[serde(default = "EngineConfig::default_lease")]
+    pub lease: Duration,
+}
+
+impl EngineConfig {
+    fn default_workers() -> u32 {
+        16
+    }
+    fn default_lease() -> Duration {
+        Duration::from_secs(30)
+    }
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        EngineConfig {
+            workers: EngineConfig::default_workers(),
+            lease: EngineConfig::default_lease(),
+        }
+    }
+}
+
+pub const BYTE_SIZE_PATTERN: &str = r"^[0-9]+(B|KB|KiB|MB|MiB|GB|GiB)?$";
+
+/// A size in bytes: 1048576, or with a unit: 512KiB, 1MiB, 10MB.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ByteSize(pub u64);
+
+impl ByteSize {
+    pub fn parse(s: &str) -> Result<ByteSize, String> {
+        let digits = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+        let bad = || format!("`{s}` is not a size: use bytes or a unit, such as 512KiB or 1MiB");
+        let n: u64 = s[..digits].parse().map_err(|_| bad())?;
+        let mult = match &s[digits..] {
+            "" | "B" => 1,
+            "KB" => 1_000,
+            "KiB" => 1 << 10,
+            "MB" => 1_000_000,
+            "MiB" => 1 << 20,
+            "GB" => 1_000_000_000,
+            "GiB" => 1 << 30,
+            _ => return Err(bad()),
+        };
+        n.checked_mul(mult).map(ByteSize).ok_or_else(bad)
+    }
+}
+
+impl<'de> Deserialize<'de> for ByteSize {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Int(u64),
+            Text(String),
+        }
+        match Raw::deserialize(d)? {
+            Raw::Int(n) => Ok(ByteSize(n)),
+            Raw::Text(s) => ByteSize::parse(&s).map_err(serde::de::Error::custom),
+        }
+    }
+}
+
+impl JsonSchema for ByteSize {
+    fn schema_name() -> Cow<'static, str> {
+        "ByteSize".into()
+    }
+    fn json_schema(_: &mut SchemaGenerator) -> Schema {
+        json_schema!({
+            "type": ["integer", "string"],
+            "minimum": 0,
+            "pattern": BYTE_SIZE_PATTERN,
+            "description": "A size: bytes, or a number with a unit (B, KB, KiB, MB, MiB, GB, GiB), such as 1MiB.",
+            "examples": ["1MiB", "512KiB"]
+        })
+    }
+}

@@ -1,0 +1,13 @@
+//! The definition model: serde types, from which the JSON Schemas in `schemas/` are generated.
+
+pub mod common;
+pub mod config;
+pub mod step;
+pub mod trigger;
+pub mod workflow;
+
+pub use common::{Duration, Expr, Template};
+pub use config::ConfigDef;
+pub use step::{Action, RawStep, Step};
+pub use trigger::Trigger;
+pub use workflow::WorkflowDef;

@@ -1,0 +1,508 @@
+//! Steps: the tree a workflow run walks.
+//!
+//! In YAML a step is a mapping with an optional `id`, `retry` and `timeout`, and exactly one
+//! action key (`send`, `wait`, `if`, ...). `if` and `switch` bring their branches as sibling keys
+//! (`then`/`else`, `cases`/`default`), which reads naturally but is not a serde enum shape. So a
+//! step is read as a [`RawStep`] with every key optional, and turned into a [`Step`] by
+//! [`RawStep::into_step`]. The schema carries the same rules (exactly one action, branch keys only
+//! beside their action) so editors and `herald validate` report them with positions.
+
+use indexmap::IndexMap;
+use schemars::JsonSchema;
+use serde::Deserialize;
+use serde_json::Value;
+
+use super::common::{Duration, Expr, Ident, RetryPolicy, StepId, Template};
+use super::trigger::HttpMethod;
+
+/// The action keys a step may have, exactly one per step.
+pub const ACTION_KEYS: &[&str] = &[
+    "set",
+    "if",
+    "switch",
+    "send",
+    "wait",
+    "wait_for",
+    "http",
+    "emit",
+    "call",
+    "for_each",
+    "upsert_contact",
+    "respond",
+    "fail",
+];
+
+/// One step, as written.
+#[derive(Debug, Clone, PartialEq, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+#[schemars(
+    title = "Step",
+    extend(
+        "oneOf" = [
+            {"required": ["set"]}, {"required": ["if"]}, {"required": ["switch"]},
+            {"required": ["send"]}, {"required": ["wait"]}, {"required": ["wait_for"]},
+            {"required": ["http"]}, {"required": ["emit"]}, {"required": ["call"]},
+            {"required": ["for_each"]}, {"required": ["upsert_contact"]},
+            {"required": ["respond"]}, {"required": ["fail"]}
+        ],
+        "dependentRequired" = {
+            "if": ["then"], "then": ["if"], "else": ["if"],
+            "switch": ["cases"], "cases": ["switch"], "default": ["switch"]
+        }
+    )
+)]
+pub struct RawStep {
+    /// A unique id, used in expressions as steps.<id> and to match steps across versions.
+    #[serde(default)]
+    pub id: Option<StepId>,
+    /// Retry this step on transient failure.
+    #[serde(default)]
+    pub retry: Option<RetryPolicy>,
+    /// Fail the attempt if the step takes longer than this.
+    #[serde(default)]
+    pub timeout: Option<Duration>,
+
+    /// Set variables, available as vars.<name>. Values are templates; later names can use
+    /// earlier ones.
+    #[serde(default)]
+    pub set: Option<IndexMap<Ident, Value>>,
+
+    /// Run `then` when this expression is true, else `else`.
+    #[serde(default, rename = "if")]
+    pub if_: Option<Expr>,
+    /// The steps to run when `if` is true.
+    #[serde(default)]
+    pub then: Option<Vec<RawStep>>,
+    /// The steps to run when `if` is false.
+    #[serde(default, rename = "else")]
+    pub else_: Option<Vec<RawStep>>,
+
+    /// Run the `cases` entry named by this expression's value, else `default`.
+    #[serde(default)]
+    pub switch: Option<Expr>,
+    /// Steps per value of the `switch` expression.
+    #[serde(default)]
+    pub cases: Option<IndexMap<String, Vec<RawStep>>>,
+    /// The steps to run when no case matches.
+    #[serde(default)]
+    pub default: Option<Vec<RawStep>>,
+
+    /// Send a message through a channel.
+    #[serde(default)]
+    pub send: Option<SendStep>,
+    /// Pause the run for a while, or until a time. The worker is released meanwhile.
+    #[serde(default)]
+    pub wait: Option<WaitStep>,
+    /// Pause until an event or a reply arrives, or a timeout passes.
+    #[serde(default)]
+    pub wait_for: Option<WaitForStep>,
+    /// Make an HTTP request. The response is the step's output.
+    #[serde(default)]
+    pub http: Option<HttpStep>,
+    /// Emit an event, which starts the workflows that listen for it and wakes runs waiting for it.
+    #[serde(default)]
+    pub emit: Option<EmitStep>,
+    /// Run another workflow and wait for it to finish; its variables are the step's output.
+    #[serde(default)]
+    pub call: Option<CallStep>,
+    /// Run steps once per item of a list.
+    #[serde(default)]
+    pub for_each: Option<ForEachStep>,
+    /// Create or update a contact; it becomes `contact` for the rest of the run.
+    #[serde(default)]
+    pub upsert_contact: Option<UpsertContactStep>,
+    /// Reply to a `sync` webhook.
+    #[serde(default)]
+    pub respond: Option<RespondStep>,
+    /// End the run as failed, with this message (a template).
+    #[serde(default)]
+    pub fail: Option<Template>,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+#[schemars(extend("oneOf" = [{"required": ["template"]}, {"required": ["body"]}]))]
+pub struct SendStep {
+    /// The channel, as named in herald.yaml.
+    pub channel: String,
+    /// The recipient: an e-mail address, a phone number, a chat id or a URL, by channel.
+    pub to: Template,
+    /// A template file under templates/, such as emails/nudge.html.j2. Use this or `body`.
+    #[serde(default)]
+    pub template: Option<String>,
+    /// The message text, inline. Use this or `template`.
+    #[serde(default)]
+    pub body: Option<Template>,
+    /// The subject, for channels that have one.
+    #[serde(default)]
+    pub subject: Option<Template>,
+    /// The sender, when the channel's default will not do.
+    #[serde(default)]
+    pub from: Option<Template>,
+    /// Extra headers, for channels that have them.
+    #[serde(default)]
+    pub headers: IndexMap<String, Template>,
+}
+
+/// `wait: 30m`, or `wait: {until: "{{ ... }}"}`.
+#[derive(Debug, Clone, PartialEq, Deserialize, JsonSchema)]
+#[serde(untagged)]
+pub enum WaitStep {
+    /// How long to wait.
+    For(Duration),
+    /// A time to wait until.
+    Until(WaitUntil),
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct WaitUntil {
+    /// A template giving an RFC 3339 timestamp, such as {{ vars.appointment_at }}.
+    pub until: Template,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+#[schemars(extend("oneOf" = [{"required": ["event"]}, {"required": ["reply"]}]))]
+pub struct WaitForStep {
+    /// The event to wait for, as named in `emit`.
+    #[serde(default)]
+    pub event: Option<String>,
+    /// Wait for an inbound message on this channel instead of an event.
+    #[serde(default)]
+    pub reply: Option<String>,
+    /// Correlates the wait with the event: the event's key (or the reply's sender) must equal
+    /// this. Events that arrived after the run started count, so none is missed.
+    pub key: Template,
+    /// How long to wait.
+    pub timeout: Duration,
+    /// What to do when the timeout passes: carry on (the output says `timed_out: true`) or fail.
+    #[serde(default)]
+    pub on_timeout: OnTimeout,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum OnTimeout {
+    #[default]
+    Continue,
+    Fail,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct HttpStep {
+    #[serde(default = "HttpStep::default_method")]
+    pub method: HttpMethod,
+    pub url: Template,
+    #[serde(default)]
+    pub headers: IndexMap<String, Template>,
+    /// A JSON body; strings in it are templates.
+    #[serde(default)]
+    pub json: Option<Value>,
+    /// The status codes that count as success. Others fail the step: 4xx permanently, 5xx and
+    /// 429 as retryable.
+    #[serde(default)]
+    pub expect: Option<Vec<u16>>,
+}
+
+impl HttpStep {
+    fn default_method() -> HttpMethod {
+        HttpMethod::Get
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct EmitStep {
+    /// The event's name.
+    #[schemars(length(min = 1))]
+    pub event: String,
+    /// The correlation key runs waiting for this event match on.
+    #[serde(default)]
+    pub key: Option<Template>,
+    /// The event's data; strings in it are templates.
+    #[serde(default)]
+    pub data: Option<Value>,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CallStep {
+    /// The id of the workflow to run.
+    pub workflow: String,
+    /// Its input; strings in it are templates.
+    #[serde(default)]
+    pub input: Option<Value>,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ForEachStep {
+    /// An expression giving the list.
+    pub items: Expr,
+    /// The loop variable's name.
+    #[serde(rename = "as", default = "ForEachStep::default_as")]
+    pub as_: Ident,
+    /// The steps to run for each item.
+    #[schemars(length(min = 1))]
+    pub steps: Vec<RawStep>,
+}
+
+impl ForEachStep {
+    fn default_as() -> Ident {
+        Ident("item".into())
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+#[schemars(extend("anyOf" = [{"required": ["email"]}, {"required": ["phone"]}]))]
+pub struct UpsertContactStep {
+    /// Contacts are matched by e-mail, then by phone.
+    #[serde(default)]
+    pub email: Option<Template>,
+    /// Stored in E.164 form (+18015551234).
+    #[serde(default)]
+    pub phone: Option<Template>,
+    #[serde(default)]
+    pub first_name: Option<Template>,
+    #[serde(default)]
+    pub last_name: Option<Template>,
+    /// A lifecycle status of your own, such as new, contacted, qualified or closed.
+    #[serde(default)]
+    pub status: Option<Template>,
+    /// The contact's IANA time zone.
+    #[serde(default)]
+    pub timezone: Option<Template>,
+    /// Other attributes, merged into the stored ones; strings are templates.
+    #[serde(default)]
+    pub attributes: IndexMap<String, Value>,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RespondStep {
+    #[serde(default = "RespondStep::default_status")]
+    #[schemars(range(min = 100, max = 599))]
+    pub status: u16,
+    #[serde(default)]
+    pub headers: IndexMap<String, Template>,
+    /// The body: JSON whose strings are templates, or one template for a text body.
+    #[serde(default)]
+    pub body: Option<Value>,
+}
+
+impl RespondStep {
+    fn default_status() -> u16 {
+        200
+    }
+}
+
+/// A step, with its id settled and its action resolved.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Step {
+    pub id: String,
+    /// False when Herald generated the id from the step's position.
+    pub explicit_id: bool,
+    /// The JSON pointer of the step in its file, for positions in later diagnostics.
+    pub pointer: String,
+    pub retry: Option<RetryPolicy>,
+    pub timeout: Option<Duration>,
+    pub action: Action,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Action {
+    Set(IndexMap<Ident, Value>),
+    If {
+        condition: Expr,
+        then: Vec<Step>,
+        else_: Vec<Step>,
+    },
+    Switch {
+        on: Expr,
+        cases: IndexMap<String, Vec<Step>>,
+        default: Vec<Step>,
+    },
+    Send(SendStep),
+    Wait(WaitStep),
+    WaitFor(WaitForStep),
+    Http(HttpStep),
+    Emit(EmitStep),
+    Call(CallStep),
+    ForEach {
+        items: Expr,
+        as_: Ident,
+        steps: Vec<Step>,
+    },
+    UpsertContact(UpsertContactStep),
+    Respond(RespondStep),
+    Fail(Template),
+}
+
+impl Action {
+    pub fn key(&self) -> &'static str {
+        match self {
+            Action::Set(_) => "set",
+            Action::If { .. } => "if",
+            Action::Switch { .. } => "switch",
+            Action::Send(_) => "send",
+            Action::Wait(_) => "wait",
+            Action::WaitFor(_) => "wait_for",
+            Action::Http(_) => "http",
+            Action::Emit(_) => "emit",
+            Action::Call(_) => "call",
+            Action::ForEach { .. } => "for_each",
+            Action::UpsertContact(_) => "upsert_contact",
+            Action::Respond(_) => "respond",
+            Action::Fail(_) => "fail",
+        }
+    }
+
+    /// The nested step lists, with the key each sits under.
+    pub fn branches(&self) -> Vec<(String, &[Step])> {
+        match self {
+            Action::If { then, else_, .. } => {
+                vec![("then".into(), then.as_slice()), ("else".into(), else_.as_slice())]
+            }
+            Action::Switch { cases, default, .. } => {
+                let mut out: Vec<(String, &[Step])> = cases
+                    .iter()
+                    .map(|(k, v)| (format!("cases/{}", crate::definitions::source::escape_token(k)), v.as_slice()))
+                    .collect();
+                out.push(("default".into(), default.as_slice()));
+                out
+            }
+            Action::ForEach { steps, .. } => vec![("for_each/steps".into(), steps.as_slice())],
+            _ => Vec::new(),
+        }
+    }
+}
+
+impl RawStep {
+    /// Resolves the action and assigns ids. `pointer` is the step's JSON pointer, and
+    /// `generated_id` the id it gets if it has none.
+    ///
+    /// The schema pass has already enforced "exactly one action"; this still checks, so that a
+    /// step built without the schema cannot slip through.
+    pub fn into_step(self, pointer: &str, generated_id: &str) -> Result<Step, String> {
+        let explicit_id = self.id.is_some();
+        let id = self
+            .id
+            .map(|i| i.0)
+            .unwrap_or_else(|| generated_id.to_owned());
+        let present: Vec<&str> = [
+            ("set", self.set.is_some()),
+            ("if", self.if_.is_some()),
+            ("switch", self.switch.is_some()),
+            ("send", self.send.is_some()),
+            ("wait", self.wait.is_some()),
+            ("wait_for", self.wait_for.is_some()),
+            ("http", self.http.is_some()),
+            ("emit", self.emit.is_some()),
+            ("call", self.call.is_some()),
+            ("for_each", self.for_each.is_some()),
+            ("upsert_contact", self.upsert_contact.is_some()),
+            ("respond", self.respond.is_some()),
+            ("fail", self.fail.is_some()),
+        ]
+        .into_iter()
+        .filter_map(|(k, p)| p.then_some(k))
+        .collect();
+        if present.len() != 1 {
+            return Err(format!(
+                "a step needs exactly one action ({}), found {}",
+                ACTION_KEYS.join(", "),
+                if present.is_empty() { "none".to_owned() } else { present.join(" and ") }
+            ));
+        }
+        let orphan = |key: &str, owner: &str| format!("`{key}` belongs beside `{owner}`");
+        if self.if_.is_none() && (self.then.is_some() || self.else_.is_some()) {
+            return Err(orphan("then/else", "if"));
+        }
+        if self.switch.is_none() && (self.cases.is_some() || self.default.is_some()) {
+            return Err(orphan("cases/default", "switch"));
+        }
+        // Generated ids start with `_`, which explicit ids cannot, so the two never collide.
+        let base = if id.starts_with('_') { id.clone() } else { format!("_{id}") };
+        let list = |steps: Vec<RawStep>, key: &str| -> Result<Vec<Step>, String> {
+            steps
+                .into_iter()
+                .enumerate()
+                .map(|(i, s)| {
+                    let p = format!("{pointer}/{key}/{i}");
+                    let g = format!("{base}_{}_{}", key.rsplit('/').next().unwrap_or(key), i + 1);
+                    s.into_step(&p, &g)
+                })
+                .collect()
+        };
+        let action = if let Some(set) = self.set {
+            Action::Set(set)
+        } else if let Some(condition) = self.if_ {
+            Action::If {
+                condition,
+                then: list(self.then.ok_or("`if` needs `then`")?, "then")?,
+                else_: list(self.else_.unwrap_or_default(), "else")?,
+            }
+        } else if let Some(on) = self.switch {
+            let mut cases = IndexMap::new();
+            for (n, (k, v)) in self.cases.ok_or("`switch` needs `cases`")?.into_iter().enumerate() {
+                let p = format!("{pointer}/cases/{}", crate::definitions::source::escape_token(&k));
+                let steps = v
+                    .into_iter()
+                    .enumerate()
+                    .map(|(i, s)| s.into_step(&format!("{p}/{i}"), &format!("{base}_case{}_{}", n + 1, i + 1)))
+                    .collect::<Result<Vec<_>, _>>()?;
+                cases.insert(k, steps);
+            }
+            Action::Switch {
+                on,
+                cases,
+                default: list(self.default.unwrap_or_default(), "default")?,
+            }
+        } else if let Some(s) = self.send {
+            Action::Send(s)
+        } else if let Some(w) = self.wait {
+            Action::Wait(w)
+        } else if let Some(w) = self.wait_for {
+            Action::WaitFor(w)
+        } else if let Some(h) = self.http {
+            Action::Http(h)
+        } else if let Some(e) = self.emit {
+            Action::Emit(e)
+        } else if let Some(c) = self.call {
+            Action::Call(c)
+        } else if let Some(f) = self.for_each {
+            Action::ForEach {
+                items: f.items,
+                as_: f.as_,
+                steps: list(f.steps, "for_each/steps")?,
+            }
+        } else if let Some(u) = self.upsert_contact {
+            Action::UpsertContact(u)
+        } else if let Some(r) = self.respond {
+            Action::Respond(r)
+        } else if let Some(f) = self.fail {
+            Action::Fail(f)
+        } else {
+            unreachable!("exactly one action was checked above")
+        };
+        Ok(Step {
+            id,
+            explicit_id,
+            pointer: pointer.to_owned(),
+            retry: self.retry,
+            timeout: self.timeout,
+            action,
+        })
+    }
+}
+
+/// Turns a workflow's top-level steps into resolved [`Step`]s.
+pub fn resolve_steps(raw: Vec<RawStep>, pointer: &str) -> Result<Vec<Step>, String> {
+    raw.into_iter()
+        .enumerate()
+        .map(|(i, s)| s.into_step(&format!("{pointer}/{i}"), &format!("_{}", i + 1)))
+        .collect()
+}

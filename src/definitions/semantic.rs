@@ -1,0 +1,602 @@
+//! The semantic pass: what a schema cannot see, checked across the whole set of definitions.
+//!
+//! - duplicate definition ids, duplicate step ids, references to steps that do not exist;
+//! - templates that are missing, and inline templates and expressions that do not compile or
+//!   use variables that do not exist;
+//! - cron expressions and time zones;
+//! - two webhooks on one method and path;
+//! - `call` targets nobody defines, events nobody listens for (a warning);
+//! - channels the config does not define;
+//! - `${env:...}` variables that are unset (a warning when validating, an error when serving);
+//! - steps that can never run because an earlier step always fails.
+
+use std::collections::{HashMap, HashSet};
+
+use minijinja::Environment;
+use serde_json::Value;
+
+use super::diagnostics::Diagnostic;
+use super::env;
+use super::model::step::{Action, Step, WaitStep};
+use super::model::trigger::{RespondMode, Trigger, WebhookAuth};
+use super::project::{EnvMode, LoadOptions, Project};
+use super::source::escape_token;
+use super::suggest::did_you_mean;
+use super::{Definition, Workflow};
+use crate::templates::{describe_error, sole_expression};
+use crate::triggers::cron::{parse_schedule, parse_timezone};
+
+/// Names every expression may use, whatever started the run.
+pub const CONTEXT_ROOTS: &[&str] = &[
+    "trigger", "body", "headers", "query", "params", "event", "message", "input", "vars", "steps", "contact",
+    "run",
+];
+
+/// The channel that exists without configuration.
+pub const BUILTIN_CHANNEL: &str = "log";
+
+pub fn check(project: &Project, opts: &LoadOptions) -> Vec<Diagnostic> {
+    let mut out = Vec::new();
+    let defs = &project.definitions;
+
+    let mut channels: Vec<String> = project.config.def.channels.keys().cloned().collect();
+    if !channels.iter().any(|c| c == BUILTIN_CHANNEL) {
+        channels.push(BUILTIN_CHANNEL.to_owned());
+    }
+
+    // Duplicate ids across files.
+    let mut first_by_id: HashMap<&str, &Definition> = HashMap::new();
+    for def in defs {
+        if let Some(first) = first_by_id.get(def.id.as_str()) {
+            let d = Diagnostic::error("duplicate-id", format!("duplicate id `{}`", def.id)).with_hint(format!(
+                "{} defines it first; ids must be unique across all definitions",
+                first.at_value("/id", Diagnostic::error("", "")).location()
+            ));
+            out.push(def.at_value("/id", d));
+        } else {
+            first_by_id.insert(&def.id, def);
+        }
+    }
+
+    let workflow_ids: Vec<&str> = defs.iter().map(|d| d.id.as_str()).collect();
+    let mut listened: HashSet<&str> = HashSet::new();
+    for def in defs {
+        let Some(wf) = def.as_workflow() else { continue };
+        for t in &wf.triggers {
+            if let Trigger::Event(e) = t {
+                listened.insert(&e.name);
+            }
+        }
+        for s in wf.all_steps() {
+            if let Action::WaitFor(w) = &s.action
+                && let Some(e) = &w.event
+            {
+                listened.insert(e);
+            }
+        }
+    }
+
+    // Webhooks on the same method and path.
+    let mut routes: HashMap<(String, String), (&Definition, String)> = HashMap::new();
+    for def in defs {
+        let Some(wf) = def.as_workflow() else { continue };
+        for (i, t) in wf.triggers.iter().enumerate() {
+            let Trigger::Webhook(w) = t else { continue };
+            let key = (w.method.as_str().to_owned(), normalize_route(&w.path));
+            let pointer = format!("/triggers/{i}/webhook/path");
+            if let Some((first, first_ptr)) = routes.get(&key) {
+                let d = Diagnostic::error(
+                    "duplicate-webhook",
+                    format!("another webhook already answers {} {}", w.method.as_str(), w.path),
+                )
+                .with_hint(format!(
+                    "{} (workflow `{}`) declares it first; give one of them another path",
+                    first.at_value(first_ptr, Diagnostic::error("", "")).location(),
+                    first.id
+                ));
+                out.push(def.at_value(&pointer, d));
+            } else {
+                routes.insert(key, (def, pointer));
+            }
+        }
+    }
+
+    let env = project.templates.env();
+    let globals: HashSet<String> = env.globals().map(|(k, _)| k.to_owned()).collect();
+    for def in defs {
+        if let Some(wf) = def.as_workflow() {
+            let mut c = WorkflowCheck {
+                def,
+                wf,
+                env,
+                globals: &globals,
+                channels: &channels,
+                templates: project.templates.names(),
+                workflow_ids: &workflow_ids,
+                listened: &listened,
+                step_ids: HashSet::new(),
+                out: &mut out,
+            };
+            c.run();
+        }
+    }
+
+    // Secrets: every `${env:NAME}` in every definition and in the config.
+    for def in defs {
+        check_env_refs(&def.doc.value, "", opts, &mut out, &|ptr, needle, d| {
+            def.file.locate(d, def.span_in_value(ptr, needle))
+        });
+    }
+    if let Some((file, parsed)) = &project.config.file {
+        check_env_refs(&parsed.value, "", opts, &mut out, &|ptr, needle, d| {
+            let span = parsed.index.value(ptr);
+            let span = file
+                .line(span.line)
+                .and_then(|l| l.find(needle))
+                .map(|b| {
+                    let line = file.line(span.line).unwrap_or_default();
+                    super::diagnostics::Span::new(span.line, line[..b].chars().count() + 1, needle.chars().count())
+                })
+                .unwrap_or(span);
+            file.locate(d, span)
+        });
+    }
+    out
+}
+
+/// `/hooks/{tenant}/leads/` and `/hooks/{t}/leads` are the same route.
+fn normalize_route(path: &str) -> String {
+    let trimmed = if path.len() > 1 { path.trim_end_matches('/') } else { path };
+    trimmed
+        .split('/')
+        .map(|seg| if seg.starts_with('{') && seg.ends_with('}') { "{}" } else { seg })
+        .collect::<Vec<_>>()
+        .join("/")
+}
+
+type Locate<'a> = dyn Fn(&str, &str, Diagnostic) -> Diagnostic + 'a;
+
+fn check_env_refs(value: &Value, pointer: &str, opts: &LoadOptions, out: &mut Vec<Diagnostic>, locate: &Locate) {
+    match value {
+        Value::String(s) => {
+            for r in env::references(s) {
+                match r {
+                    Err(bad) => {
+                        let needle = &s[bad.start..bad.start + bad.len];
+                        let d = Diagnostic::error("invalid-env-ref", format!("`{needle}` is not a valid environment reference"))
+                            .with_hint("names are letters, digits and `_`, such as ${env:SMTP_PASSWORD}");
+                        out.push(locate(pointer, needle, d));
+                    }
+                    Ok(r) => {
+                        if opts.env.get(&r.name).is_some() {
+                            continue;
+                        }
+                        let needle = &s[r.start..r.start + r.len];
+                        let message = format!("environment variable `{}` is not set", r.name);
+                        let d = match opts.env_mode {
+                            EnvMode::Validate => Diagnostic::warning("unset-env", message)
+                                .with_hint("`herald serve` refuses to start until it is set"),
+                            EnvMode::Serve => Diagnostic::error("unset-env", message)
+                                .with_hint(format!("set {} in the environment of `herald serve`", r.name)),
+                        };
+                        out.push(locate(pointer, needle, d));
+                    }
+                }
+            }
+        }
+        Value::Array(items) => {
+            for (i, v) in items.iter().enumerate() {
+                check_env_refs(v, &format!("{pointer}/{i}"), opts, out, locate);
+            }
+        }
+        Value::Object(map) => {
+            for (k, v) in map {
+                check_env_refs(v, &format!("{pointer}/{}", escape_token(k)), opts, out, locate);
+            }
+        }
+        _ => {}
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum TextKind {
+    Template,
+    Expr,
+}
+
+struct WorkflowCheck<'a> {
+    def: &'a Definition,
+    wf: &'a Workflow,
+    env: &'a Environment<'static>,
+    globals: &'a HashSet<String>,
+    channels: &'a [String],
+    templates: &'a [String],
+    workflow_ids: &'a [&'a str],
+    listened: &'a HashSet<&'a str>,
+    step_ids: HashSet<String>,
+    out: &'a mut Vec<Diagnostic>,
+}
+
+impl WorkflowCheck<'_> {
+    fn error(&mut self, pointer: &str, d: Diagnostic) {
+        let d = self.def.at_value(pointer, d);
+        self.out.push(d);
+    }
+
+    fn run(&mut self) {
+        // Step ids first: references anywhere may point at any step.
+        let mut seen: HashMap<String, String> = HashMap::new();
+        for s in self.wf.all_steps() {
+            if let Some(first) = seen.get(&s.id) {
+                let hint = format!(
+                    "the step at {} has it too; step ids must be unique in a workflow",
+                    self.def.at_value(&format!("{first}/id"), Diagnostic::error("", "")).location()
+                );
+                let d = Diagnostic::error("duplicate-step-id", format!("duplicate step id `{}`", s.id)).with_hint(hint);
+                self.error(&format!("{}/id", s.pointer), d);
+            } else {
+                seen.insert(s.id.clone(), s.pointer.clone());
+            }
+        }
+        self.step_ids = seen.into_keys().collect();
+
+        let has_sync_webhook = self
+            .wf
+            .triggers
+            .iter()
+            .any(|t| matches!(t, Trigger::Webhook(w) if w.respond == RespondMode::Sync));
+
+        for (i, t) in self.wf.triggers.iter().enumerate() {
+            let base = format!("/triggers/{i}/{}", t.key());
+            self.check_trigger(t, &base);
+        }
+        let steps = self.wf.steps.clone();
+        self.check_steps(&steps, &[], has_sync_webhook);
+    }
+
+    fn check_trigger(&mut self, t: &Trigger, base: &str) {
+        match t {
+            Trigger::Cron(c) => {
+                if let Err(e) = parse_schedule(&c.schedule) {
+                    let d = Diagnostic::error("invalid-cron", e)
+                        .with_hint("five fields: minute hour day-of-month month day-of-week, such as `0 7 * * MON-FRI`");
+                    self.error(&format!("{base}/schedule"), d);
+                }
+                if let Err(e) = parse_timezone(&c.timezone) {
+                    let d = Diagnostic::error("invalid-timezone", e)
+                        .with_hint("use an IANA name such as America/Denver, Europe/London or UTC");
+                    self.error(&format!("{base}/timezone"), d);
+                }
+                if let Some(input) = &c.input {
+                    self.check_json(input, &format!("{base}/input"), &[]);
+                }
+            }
+            Trigger::Webhook(w) => {
+                if let Some(k) = &w.idempotency_key {
+                    self.check_text(&format!("{base}/idempotency_key"), k.as_str(), TextKind::Template, &[]);
+                }
+                if let Some(WebhookAuth::StandardWebhooks(s)) = &w.auth
+                    && env::references(&s.secret).is_empty()
+                    && crate_b64_secret(&s.secret).is_err()
+                {
+                    let d = Diagnostic::error("invalid-secret", "a Standard Webhooks secret is `whsec_` followed by base64")
+                        .with_hint("copy the signing secret exactly as the sender shows it, or use ${env:NAME}");
+                    self.error(&format!("{base}/auth/standard_webhooks/secret"), d);
+                }
+            }
+            Trigger::Message(m) => {
+                self.check_channel(&m.channel, &format!("{base}/channel"));
+                if let Some(p) = &m.pattern
+                    && let Err(e) = regex::Regex::new(p)
+                {
+                    let msg = e.to_string();
+                    let last = msg.lines().last().unwrap_or(&msg).trim();
+                    let last = last.strip_prefix("error: ").unwrap_or(last).to_owned();
+                    self.error(&format!("{base}/match"), Diagnostic::error("invalid-regex", format!("invalid regular expression: {last}")));
+                }
+            }
+            Trigger::Event(e) => {
+                if let Some(f) = &e.filter {
+                    self.check_text(&format!("{base}/filter"), f.as_str(), TextKind::Expr, &[]);
+                }
+            }
+        }
+    }
+
+    fn check_channel(&mut self, channel: &str, pointer: &str) {
+        if self.channels.iter().any(|c| c == channel) {
+            return;
+        }
+        let mut d = Diagnostic::error("unknown-channel", format!("channel `{channel}` is not defined in herald.yaml"));
+        d = match did_you_mean(channel, self.channels.iter().map(String::as_str)) {
+            Some(s) => d.with_hint(format!("did you mean `{s}`?")),
+            None => d.with_hint(format!(
+                "defined channels: {}; add `{channel}` under `channels:` in herald.yaml",
+                self.channels.join(", ")
+            )),
+        };
+        self.error(pointer, d);
+    }
+
+    fn check_steps(&mut self, steps: &[Step], scope: &[String], sync: bool) {
+        let mut ended_by: Option<&Step> = None;
+        let mut reported = false;
+        for step in steps {
+            if let Some(fail) = ended_by
+                && !reported
+            {
+                // One report per list: the steps after it are unreachable for the same reason.
+                reported = true;
+                let what = if step.explicit_id { format!("step `{}`", step.id) } else { "this step".to_owned() };
+                let cause = if fail.explicit_id { format!("step `{}`", fail.id) } else { "a step".to_owned() };
+                let d = Diagnostic::error("unreachable-step", format!("{what} can never run")).with_hint(format!(
+                    "{cause} before it always fails the run; remove this step or move it earlier"
+                ));
+                let d = self.def.at_key(&step.pointer, d);
+                self.out.push(d);
+            }
+            self.check_step(step, scope, sync);
+            if always_fails(step) && ended_by.is_none() {
+                ended_by = Some(step);
+            }
+        }
+        for step in steps {
+            match &step.action {
+                Action::ForEach { as_, steps: body, .. } => {
+                    let mut inner = scope.to_vec();
+                    inner.push(as_.0.clone());
+                    self.check_steps(body, &inner, sync);
+                }
+                other => {
+                    for (_, branch) in other.branches() {
+                        self.check_steps(branch, scope, sync);
+                    }
+                }
+            }
+        }
+    }
+
+    fn check_step(&mut self, step: &Step, scope: &[String], sync: bool) {
+        let p = &step.pointer;
+        match &step.action {
+            Action::Set(vars) => {
+                for (k, v) in vars {
+                    self.check_json(v, &format!("{p}/set/{}", escape_token(&k.0)), scope);
+                }
+            }
+            Action::If { condition, .. } => self.check_text(&format!("{p}/if"), condition.as_str(), TextKind::Expr, scope),
+            Action::Switch { on, .. } => self.check_text(&format!("{p}/switch"), on.as_str(), TextKind::Expr, scope),
+            Action::Send(s) => {
+                let b = format!("{p}/send");
+                self.check_channel(&s.channel, &format!("{b}/channel"));
+                self.check_text(&format!("{b}/to"), s.to.as_str(), TextKind::Template, scope);
+                if let Some(t) = &s.template
+                    && !self.templates.iter().any(|n| n == t)
+                {
+                    let mut d = Diagnostic::error("unknown-template", format!("template `{t}` does not exist"));
+                    d = match did_you_mean(t, self.templates.iter().map(String::as_str)) {
+                        Some(s) => d.with_hint(format!("did you mean `{s}`?")),
+                        None => d.with_hint("template names are paths under templates/, such as emails/nudge.html.j2"),
+                    };
+                    self.error(&format!("{b}/template"), d);
+                }
+                for (field, value) in [("body", &s.body), ("subject", &s.subject), ("from", &s.from)] {
+                    if let Some(v) = value {
+                        self.check_text(&format!("{b}/{field}"), v.as_str(), TextKind::Template, scope);
+                    }
+                }
+                for (k, v) in &s.headers {
+                    self.check_text(&format!("{b}/headers/{}", escape_token(k)), v.as_str(), TextKind::Template, scope);
+                }
+            }
+            Action::Wait(WaitStep::Until(u)) => {
+                self.check_text(&format!("{p}/wait/until"), u.until.as_str(), TextKind::Template, scope)
+            }
+            Action::Wait(WaitStep::For(_)) => {}
+            Action::WaitFor(w) => {
+                if let Some(ch) = &w.reply {
+                    self.check_channel(ch, &format!("{p}/wait_for/reply"));
+                }
+                self.check_text(&format!("{p}/wait_for/key"), w.key.as_str(), TextKind::Template, scope);
+            }
+            Action::Http(h) => {
+                let b = format!("{p}/http");
+                self.check_text(&format!("{b}/url"), h.url.as_str(), TextKind::Template, scope);
+                for (k, v) in &h.headers {
+                    self.check_text(&format!("{b}/headers/{}", escape_token(k)), v.as_str(), TextKind::Template, scope);
+                }
+                if let Some(j) = &h.json {
+                    self.check_json(j, &format!("{b}/json"), scope);
+                }
+            }
+            Action::Emit(e) => {
+                let b = format!("{p}/emit");
+                if let Some(k) = &e.key {
+                    self.check_text(&format!("{b}/key"), k.as_str(), TextKind::Template, scope);
+                }
+                if let Some(data) = &e.data {
+                    self.check_json(data, &format!("{b}/data"), scope);
+                }
+                if !self.listened.contains(e.event.as_str()) {
+                    let d = Diagnostic::warning("unused-event", format!("no workflow listens for event `{}`", e.event))
+                        .with_hint("add a workflow with `triggers: [{event: {name: ...}}]`, or a `wait_for` on it");
+                    self.error(&format!("{b}/event"), d);
+                }
+            }
+            Action::Call(c) => {
+                if !self.workflow_ids.contains(&c.workflow.as_str()) {
+                    let mut d = Diagnostic::error("unknown-workflow", format!("workflow `{}` is not defined", c.workflow));
+                    if let Some(s) = did_you_mean(&c.workflow, self.workflow_ids.iter().copied()) {
+                        d = d.with_hint(format!("did you mean `{s}`?"));
+                    }
+                    self.error(&format!("{p}/call/workflow"), d);
+                }
+                if let Some(i) = &c.input {
+                    self.check_json(i, &format!("{p}/call/input"), scope);
+                }
+            }
+            Action::ForEach { items, as_, .. } => {
+                self.check_text(&format!("{p}/for_each/items"), items.as_str(), TextKind::Expr, scope);
+                if CONTEXT_ROOTS.contains(&as_.0.as_str()) {
+                    let d = Diagnostic::error("shadowed-name", format!("`{}` is already a name in every run", as_.0))
+                        .with_hint("pick another loop variable name, such as `item`");
+                    self.error(&format!("{p}/for_each/as"), d);
+                }
+            }
+            Action::UpsertContact(u) => {
+                let b = format!("{p}/upsert_contact");
+                for (field, value) in [
+                    ("email", &u.email),
+                    ("phone", &u.phone),
+                    ("first_name", &u.first_name),
+                    ("last_name", &u.last_name),
+                    ("status", &u.status),
+                    ("timezone", &u.timezone),
+                ] {
+                    if let Some(v) = value {
+                        self.check_text(&format!("{b}/{field}"), v.as_str(), TextKind::Template, scope);
+                    }
+                }
+                for (k, v) in &u.attributes {
+                    self.check_json(v, &format!("{b}/attributes/{}", escape_token(k)), scope);
+                }
+            }
+            Action::Respond(r) => {
+                let b = format!("{p}/respond");
+                if !sync {
+                    let d = Diagnostic::warning("respond-without-sync", "`respond` has no effect in this workflow")
+                        .with_hint("only a webhook trigger with `respond: sync` waits for a reply");
+                    let d = self.def.at_key(&b, d);
+                    self.out.push(d);
+                }
+                for (k, v) in &r.headers {
+                    self.check_text(&format!("{b}/headers/{}", escape_token(k)), v.as_str(), TextKind::Template, scope);
+                }
+                if let Some(body) = &r.body {
+                    self.check_json(body, &format!("{b}/body"), scope);
+                }
+            }
+            Action::Fail(t) => self.check_text(&format!("{p}/fail"), t.as_str(), TextKind::Template, scope),
+        }
+    }
+
+    fn check_json(&mut self, value: &Value, pointer: &str, scope: &[String]) {
+        match value {
+            Value::String(s) => self.check_text(pointer, s, TextKind::Template, scope),
+            Value::Array(items) => {
+                for (i, v) in items.iter().enumerate() {
+                    self.check_json(v, &format!("{pointer}/{i}"), scope);
+                }
+            }
+            Value::Object(map) => {
+                for (k, v) in map {
+                    self.check_json(v, &format!("{pointer}/{}", escape_token(k)), scope);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn check_text(&mut self, pointer: &str, text: &str, kind: TextKind, scope: &[String]) {
+        let (expr, what) = match kind {
+            TextKind::Expr => (Some(text), "expression"),
+            TextKind::Template => (sole_expression(text), "template"),
+        };
+        if kind == TextKind::Template && expr.is_none() && !text.contains("{{") && !text.contains("{%") && !text.contains("{#") {
+            return;
+        }
+        let vars = match expr {
+            Some(e) => match self.env.compile_expression(e) {
+                Ok(compiled) => compiled.undeclared_variables(true),
+                Err(err) => {
+                    self.syntax_error(pointer, text, e, &err, what);
+                    return;
+                }
+            },
+            None => match self.env.template_from_str(text) {
+                Ok(t) => t.undeclared_variables(true),
+                Err(err) => {
+                    self.syntax_error(pointer, text, text, &err, what);
+                    return;
+                }
+            },
+        };
+        let mut vars: Vec<String> = vars.into_iter().collect();
+        vars.sort();
+        let mut reported = HashSet::new();
+        for v in vars {
+            let mut parts = v.split('.');
+            let root = parts.next().unwrap_or_default();
+            if CONTEXT_ROOTS.contains(&root) || scope.iter().any(|s| s == root) || self.globals.contains(root) {
+                if root == "steps"
+                    && let Some(id) = parts.next()
+                    && !self.step_ids.contains(id)
+                    && reported.insert(format!("steps.{id}"))
+                {
+                    let mut d = Diagnostic::error("unknown-step", format!("there is no step `{id}` in this workflow"));
+                    let mut ids: Vec<&str> = self.step_ids.iter().map(String::as_str).filter(|s| !s.starts_with('_')).collect();
+                    ids.sort();
+                    d = match did_you_mean(id, ids.iter().copied()) {
+                        Some(s) => d.with_hint(format!("did you mean `{s}`?")),
+                        None if ids.is_empty() => d.with_hint("give the step you mean an `id`"),
+                        None => d.with_hint(format!("step ids in this workflow: {}", ids.join(", "))),
+                    };
+                    let span = self.def.span_in_value(pointer, &format!("steps.{id}"));
+                    let d = self.def.file.locate(d, span);
+                    self.out.push(d);
+                }
+                continue;
+            }
+            if !reported.insert(root.to_owned()) {
+                continue;
+            }
+            let mut available: Vec<&str> = CONTEXT_ROOTS.to_vec();
+            available.extend(scope.iter().map(String::as_str));
+            let mut d = Diagnostic::error("unknown-variable", format!("unknown variable `{root}` in {what}"));
+            d = match did_you_mean(root, available.iter().copied()) {
+                Some(s) => d.with_hint(format!("did you mean `{s}`?")),
+                None => d.with_hint(format!("available here: {}", available.join(", "))),
+            };
+            let span = self.def.span_in_value(pointer, root);
+            let d = self.def.file.locate(d, span);
+            self.out.push(d);
+        }
+    }
+
+    fn syntax_error(&mut self, pointer: &str, text: &str, compiled: &str, err: &minijinja::Error, what: &str) {
+        let d = Diagnostic::error("invalid-expression", format!("invalid {what}: {}", describe_error(err)));
+        // Point inside the value at minijinja's own range when it can be found on the line.
+        let offset = text.find(compiled).unwrap_or(0);
+        let span = match err.range() {
+            Some(r) if r.start < compiled.len() => {
+                let snippet = &text[..offset + r.start];
+                let base = self.def.span_in_value(pointer, text);
+                if base.len == text.chars().count() {
+                    base.shifted(snippet.chars().count(), compiled[r.start..r.end.min(compiled.len())].chars().count().max(1))
+                } else {
+                    self.def.doc.index.value(pointer)
+                }
+            }
+            _ => self.def.doc.index.value(pointer),
+        };
+        let d = self.def.file.locate(d, span);
+        self.out.push(d);
+    }
+}
+
+/// Whether a step always ends the run as failed.
+fn always_fails(step: &Step) -> bool {
+    let list_fails = |steps: &[Step]| steps.iter().any(always_fails);
+    match &step.action {
+        Action::Fail(_) => true,
+        Action::If { then, else_, .. } => list_fails(then) && list_fails(else_),
+        Action::Switch { cases, default, .. } => cases.values().all(|c| list_fails(c)) && list_fails(default),
+        _ => false,
+    }
+}
+
+fn crate_b64_secret(secret: &str) -> Result<Vec<u8>, ()> {
+    use base64::Engine as _;
+    let raw = secret.strip_prefix("whsec_").unwrap_or(secret);
+    base64::engine::general_purpose::STANDARD.decode(raw).map_err(|_| ())
+}

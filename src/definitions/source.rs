@@ -1,0 +1,305 @@
+//! YAML source files: parsing with positions.
+//!
+//! A file is parsed with saphyr, which keeps a span on every node, and converted to a
+//! `serde_json::Value` while recording where each JSON pointer came from. Schema validation and
+//! deserialization then work on plain JSON, and every error they raise maps back to
+//! `file:line:col` through the [`PositionIndex`].
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use saphyr::{LoadableYamlNode, MarkedYaml, Marker, Scalar, YamlData};
+use serde_json::{Map, Number, Value};
+
+use super::diagnostics::{Diagnostic, Span};
+
+/// A file's text, with enough bookkeeping to quote any of its lines.
+#[derive(Debug, Clone)]
+pub struct SourceFile {
+    /// The path as it should be displayed.
+    pub path: PathBuf,
+    pub text: Arc<str>,
+    line_starts: Vec<usize>,
+}
+
+impl SourceFile {
+    pub fn new(path: impl Into<PathBuf>, text: impl Into<Arc<str>>) -> SourceFile {
+        let text: Arc<str> = text.into();
+        let mut line_starts = vec![0];
+        line_starts.extend(text.match_indices('\n').map(|(i, _)| i + 1));
+        SourceFile {
+            path: path.into(),
+            text,
+            line_starts,
+        }
+    }
+
+    pub fn read(path: &Path, display: impl Into<PathBuf>) -> std::io::Result<SourceFile> {
+        let text = std::fs::read_to_string(path)?;
+        Ok(SourceFile::new(display, text))
+    }
+
+    /// The text of a 1-based line, without its line ending.
+    pub fn line(&self, line: usize) -> Option<&str> {
+        let start = *self.line_starts.get(line.checked_sub(1)?)?;
+        let end = self
+            .line_starts
+            .get(line)
+            .copied()
+            .unwrap_or(self.text.len());
+        Some(self.text[start..end].trim_end_matches(['\n', '\r']))
+    }
+
+    /// Attaches this file and the quoted line to a diagnostic.
+    pub fn locate(&self, d: Diagnostic, span: Span) -> Diagnostic {
+        let line = self.line(span.line).map(Arc::from);
+        d.in_file(self.path.clone()).at(span, line)
+    }
+
+    /// A diagnostic about the file as a whole.
+    pub fn whole(&self, d: Diagnostic) -> Diagnostic {
+        d.in_file(self.path.clone())
+    }
+}
+
+/// Where one JSON node came from.
+#[derive(Debug, Clone, Copy)]
+pub struct Located {
+    /// The mapping key this node is the value of, if any.
+    pub key: Option<Span>,
+    pub value: Span,
+}
+
+/// JSON pointer → position, for every node of a parsed document.
+#[derive(Debug, Default, Clone)]
+pub struct PositionIndex {
+    map: HashMap<String, Located>,
+}
+
+impl PositionIndex {
+    pub fn get(&self, pointer: &str) -> Option<Located> {
+        self.map.get(pointer).copied()
+    }
+
+    /// The value's position, or that of the nearest ancestor that has one.
+    pub fn value(&self, pointer: &str) -> Span {
+        self.walk_up(pointer, |l| Some(l.value))
+    }
+
+    /// The key's position when the node is a mapping value, else the value's. This is where a
+    /// reader looks for "the field": an error about a field points at its name.
+    pub fn key(&self, pointer: &str) -> Span {
+        self.walk_up(pointer, |l| Some(l.key.unwrap_or(l.value)))
+    }
+
+    fn walk_up(&self, pointer: &str, pick: impl Fn(Located) -> Option<Span>) -> Span {
+        let mut p = pointer;
+        loop {
+            if let Some(span) = self.map.get(p).copied().and_then(&pick) {
+                return span;
+            }
+            match p.rfind('/') {
+                Some(i) => p = &p[..i],
+                None => return Span::new(1, 1, 1),
+            }
+        }
+    }
+}
+
+/// A document converted to JSON, with positions.
+#[derive(Debug, Clone)]
+pub struct Parsed {
+    pub value: Value,
+    pub index: PositionIndex,
+}
+
+/// Escapes one JSON pointer reference token (RFC 6901).
+pub fn escape_token(token: &str) -> String {
+    if token.contains(['~', '/']) {
+        token.replace('~', "~0").replace('/', "~1")
+    } else {
+        token.to_owned()
+    }
+}
+
+/// Parses a YAML file holding exactly one document into JSON.
+pub fn parse(file: &SourceFile) -> Result<Parsed, Vec<Diagnostic>> {
+    let docs = match MarkedYaml::load_from_str(&file.text) {
+        Ok(docs) => docs,
+        Err(e) => {
+            let m = e.marker();
+            let span = Span::new(m.line(), m.col() + 1, 1);
+            return Err(vec![file.locate(
+                Diagnostic::error("yaml-syntax", format!("invalid YAML: {}", e.info())),
+                span,
+            )]);
+        }
+    };
+    let mut docs = docs.into_iter();
+    let Some(doc) = docs.next() else {
+        return Err(vec![file.whole(
+            Diagnostic::error("empty-file", "the file is empty")
+                .with_hint("a definition starts with `kind:` and `id:`"),
+        )]);
+    };
+    if let Some(second) = docs.next() {
+        let span = marker_span(&second.span.start, &second.span.end);
+        return Err(vec![file.locate(
+            Diagnostic::error(
+                "multiple-documents",
+                "a file holds one definition, but this one has a second YAML document",
+            )
+            .with_hint("move each definition after `---` into a file of its own"),
+            span,
+        )]);
+    }
+    let mut converter = Converter {
+        file,
+        index: PositionIndex::default(),
+        errors: Vec::new(),
+    };
+    let mut pointer = String::new();
+    let value = converter.convert(&doc, &mut pointer, None);
+    if converter.errors.is_empty() {
+        Ok(Parsed {
+            value,
+            index: converter.index,
+        })
+    } else {
+        Err(converter.errors)
+    }
+}
+
+fn marker_span(start: &Marker, end: &Marker) -> Span {
+    let len = if end.line() == start.line() && end.col() > start.col() {
+        end.col() - start.col()
+    } else {
+        1
+    };
+    Span::new(start.line(), start.col() + 1, len)
+}
+
+struct Converter<'f> {
+    file: &'f SourceFile,
+    index: PositionIndex,
+    errors: Vec<Diagnostic>,
+}
+
+impl Converter<'_> {
+    fn span_of(&self, node: &MarkedYaml) -> Span {
+        let start = node.span.start;
+        let end = node.span.end;
+        if end.line() == start.line() && end.col() > start.col() {
+            Span::new(start.line(), start.col() + 1, end.col() - start.col())
+        } else {
+            // A block node spans lines: underline the rest of its first line.
+            let rest = self
+                .file
+                .line(start.line())
+                .map(|l| l.chars().count().saturating_sub(start.col()))
+                .unwrap_or(1);
+            Span::new(start.line(), start.col() + 1, rest.max(1))
+        }
+    }
+
+    fn error(&mut self, span: Span, message: impl Into<String>, hint: Option<&str>) {
+        let mut d = Diagnostic::error("yaml-unsupported", message);
+        if let Some(h) = hint {
+            d = d.with_hint(h);
+        }
+        self.errors.push(self.file.locate(d, span));
+    }
+
+    fn convert(&mut self, node: &MarkedYaml, pointer: &mut String, key: Option<Span>) -> Value {
+        let span = self.span_of(node);
+        self.index.map.insert(
+            pointer.clone(),
+            Located {
+                key,
+                value: span,
+            },
+        );
+        match &node.data {
+            YamlData::Value(scalar) => self.scalar(scalar, span),
+            YamlData::Sequence(items) => {
+                let mut out = Vec::with_capacity(items.len());
+                for (i, item) in items.iter().enumerate() {
+                    let len = pointer.len();
+                    pointer.push('/');
+                    pointer.push_str(&i.to_string());
+                    out.push(self.convert(item, pointer, None));
+                    pointer.truncate(len);
+                }
+                Value::Array(out)
+            }
+            YamlData::Mapping(map) => {
+                let mut out = Map::with_capacity(map.len());
+                for (k, v) in map {
+                    let key_span = self.span_of(k);
+                    let key = match &k.data {
+                        YamlData::Value(Scalar::String(s)) => s.to_string(),
+                        YamlData::Value(Scalar::Integer(i)) => i.to_string(),
+                        YamlData::Value(Scalar::Boolean(b)) => b.to_string(),
+                        YamlData::Value(Scalar::FloatingPoint(f)) => f.to_string(),
+                        _ => {
+                            self.error(
+                                key_span,
+                                "mapping keys must be plain text",
+                                Some("quote the key, or restructure it as a value"),
+                            );
+                            continue;
+                        }
+                    };
+                    if key == "<<" {
+                        self.error(
+                            key_span,
+                            "YAML merge keys (`<<`) are not supported",
+                            Some("write the fields out, or put an anchor on a whole value and alias it"),
+                        );
+                        continue;
+                    }
+                    let len = pointer.len();
+                    pointer.push('/');
+                    pointer.push_str(&escape_token(&key));
+                    let value = self.convert(v, pointer, Some(key_span));
+                    pointer.truncate(len);
+                    out.insert(key, value);
+                }
+                Value::Object(out)
+            }
+            YamlData::Tagged(tag, _) => {
+                self.error(
+                    span,
+                    format!("YAML tags (`{tag}`) are not supported"),
+                    Some("remove the tag; quote the value if it must stay a string"),
+                );
+                Value::Null
+            }
+            YamlData::Alias(_) | YamlData::Representation(..) | YamlData::BadValue => {
+                self.error(span, "this value could not be read", None);
+                Value::Null
+            }
+        }
+    }
+
+    fn scalar(&mut self, scalar: &Scalar, span: Span) -> Value {
+        match scalar {
+            Scalar::Null => Value::Null,
+            Scalar::Boolean(b) => Value::Bool(*b),
+            Scalar::Integer(i) => Value::Number((*i).into()),
+            Scalar::FloatingPoint(f) => match Number::from_f64(f.into_inner()) {
+                Some(n) => Value::Number(n),
+                None => {
+                    self.error(
+                        span,
+                        "infinite and NaN numbers are not supported",
+                        Some("quote the value if it is meant as text"),
+                    );
+                    Value::Null
+                }
+            },
+            Scalar::String(s) => Value::String(s.to_string()),
+        }
+    }
+}

@@ -1,0 +1,7 @@
+//! Herald: a declarative workflow engine. Operators describe automation in YAML; Herald
+//! validates it, runs it durably and reloads it live.
+
+pub mod definitions;
+pub mod templates;
+pub mod triggers;
+pub mod cli;

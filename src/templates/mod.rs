@@ -1,0 +1,301 @@
+//! Message templates: one minijinja environment over `templates/`, plus inline templates and
+//! expressions from definitions.
+//!
+//! - Undefined variables are errors, so a typo fails a render instead of sending "Hi ,".
+//! - Templates whose name ends in `.html` (or `.html.j2`) are HTML-escaped, and only those:
+//!   SMS text and JSON bodies must not be.
+//! - Every render has a fuel budget, so a runaway loop fails instead of hanging a worker.
+//! - All template files are read and compiled up front: a [`Templates`] value is an immutable
+//!   snapshot, swapped whole on reload, and a render never touches the disk.
+
+pub mod filters;
+
+use std::path::Path;
+use std::sync::Arc;
+
+use minijinja::value::{Serde, Value as JValue};
+use minijinja::{AutoEscape, Environment, ErrorKind, UndefinedBehavior};
+use serde_json::Value;
+
+use crate::definitions::diagnostics::{Diagnostic, Span};
+use crate::definitions::source::SourceFile;
+
+/// An error from rendering or evaluating, with the template's own position when known.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{message}")]
+pub struct RenderError {
+    pub message: String,
+    /// The template file, for errors inside one.
+    pub template: Option<String>,
+    pub line: Option<usize>,
+    /// True when the render ran out of fuel.
+    pub out_of_fuel: bool,
+}
+
+impl RenderError {
+    fn from_minijinja(e: &minijinja::Error) -> RenderError {
+        RenderError {
+            message: describe_error(e),
+            template: e.name().filter(|n| !n.starts_with('<')).map(str::to_owned),
+            line: e.line(),
+            out_of_fuel: e.kind() == ErrorKind::OutOfFuel,
+        }
+    }
+}
+
+/// A readable one-line description of a minijinja error, without its position (which the
+/// caller reports in its own terms).
+pub fn describe_error(e: &minijinja::Error) -> String {
+    let kind = match e.kind() {
+        ErrorKind::SyntaxError => "syntax error",
+        ErrorKind::UndefinedError => "undefined value",
+        ErrorKind::UnknownFilter => "unknown filter",
+        ErrorKind::UnknownFunction => "unknown function",
+        ErrorKind::UnknownTest => "unknown test",
+        ErrorKind::TemplateNotFound => "template not found",
+        ErrorKind::OutOfFuel => {
+            return "the template did too much work and was stopped (out of fuel); look for a runaway loop".to_owned();
+        }
+        ErrorKind::InvalidOperation => "invalid operation",
+        ErrorKind::BadSerialization => "a value could not be used",
+        _ => "error",
+    };
+    match e.detail() {
+        Some(detail) => format!("{kind}: {detail}"),
+        None => kind.to_owned(),
+    }
+}
+
+/// Builds the environment every template and expression is evaluated in.
+pub fn environment(fuel: u64) -> Environment<'static> {
+    let mut env = Environment::new();
+    env.set_undefined_behavior(UndefinedBehavior::Strict);
+    env.set_fuel(Some(fuel));
+    env.set_recursion_limit(64);
+    env.set_auto_escape_callback(|name| {
+        let name = name.strip_suffix(".j2").or_else(|| name.strip_suffix(".jinja")).unwrap_or(name);
+        if name.ends_with(".html") || name.ends_with(".htm") {
+            AutoEscape::Html
+        } else {
+            AutoEscape::None
+        }
+    });
+    minijinja_contrib::add_to_environment(&mut env);
+    filters::register(&mut env);
+    env
+}
+
+/// The template files of a project, compiled.
+#[derive(Clone)]
+pub struct Templates {
+    env: Arc<Environment<'static>>,
+    names: Arc<Vec<String>>,
+}
+
+impl std::fmt::Debug for Templates {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Templates").field("names", &self.names).finish()
+    }
+}
+
+/// Files under `templates/` that are not templates: editor swap and backup files.
+pub fn is_ignored_file(name: &str) -> bool {
+    name.starts_with('.')
+        || name.ends_with('~')
+        || name.ends_with(".swp")
+        || name.ends_with(".swx")
+        || name.ends_with(".tmp")
+        || name.ends_with(".bak")
+        || name == "4913"
+}
+
+impl Templates {
+    /// An environment with no template files, for inline templates only.
+    pub fn empty(fuel: u64) -> Templates {
+        Templates {
+            env: Arc::new(environment(fuel)),
+            names: Arc::new(Vec::new()),
+        }
+    }
+
+    /// Reads and compiles every template under `dir`. Templates that do not compile are
+    /// reported at their own `file:line:col` and left out.
+    pub fn load(dir: &Path, display_dir: &Path, fuel: u64) -> (Templates, Vec<Diagnostic>) {
+        let mut files = Vec::new();
+        let mut diagnostics = Vec::new();
+        if dir.is_dir() {
+            collect_files(dir, dir, &mut files, &mut diagnostics);
+        }
+        files.sort();
+        let mut sources = Vec::new();
+        for rel in files {
+            let path = dir.join(&rel);
+            match std::fs::read_to_string(&path) {
+                Ok(text) => sources.push((rel, text)),
+                Err(e) => diagnostics.push(
+                    Diagnostic::error("io", format!("cannot read template: {e}")).in_file(display_dir.join(&rel)),
+                ),
+            }
+        }
+        let (templates, mut more) = Templates::from_sources(sources, display_dir, fuel);
+        diagnostics.append(&mut more);
+        (templates, diagnostics)
+    }
+
+    /// Compiles templates given as (name, source) pairs; names use `/` separators.
+    pub fn from_sources(sources: Vec<(String, String)>, display_dir: &Path, fuel: u64) -> (Templates, Vec<Diagnostic>) {
+        let mut env = environment(fuel);
+        let mut names = Vec::new();
+        let mut diagnostics = Vec::new();
+        for (name, text) in sources {
+            match env.add_template_owned(name.clone(), text.clone()) {
+                Ok(()) => names.push(name),
+                Err(e) => {
+                    let file = SourceFile::new(display_dir.join(&name), text);
+                    let span = error_span(&file, &e);
+                    diagnostics.push(file.locate(
+                        Diagnostic::error("template-syntax", describe_error(&e)),
+                        span,
+                    ));
+                }
+            }
+        }
+        (
+            Templates {
+                env: Arc::new(env),
+                names: Arc::new(names),
+            },
+            diagnostics,
+        )
+    }
+
+    pub fn names(&self) -> &[String] {
+        &self.names
+    }
+
+    pub fn contains(&self, name: &str) -> bool {
+        self.names.iter().any(|n| n == name)
+    }
+
+    pub fn env(&self) -> &Environment<'static> {
+        &self.env
+    }
+
+    /// Renders a template file.
+    pub fn render(&self, name: &str, ctx: &Value) -> Result<String, RenderError> {
+        let tmpl = self.env.get_template(name).map_err(|e| RenderError::from_minijinja(&e))?;
+        tmpl.render(JValue::from(Serde(ctx))).map_err(|e| RenderError::from_minijinja(&e))
+    }
+
+    /// Renders an inline template from a definition.
+    pub fn render_str(&self, source: &str, ctx: &Value) -> Result<String, RenderError> {
+        if !source.contains("{{") && !source.contains("{%") && !source.contains("{#") {
+            return Ok(source.to_owned());
+        }
+        self.env
+            .render_str(source, JValue::from(Serde(ctx)))
+            .map_err(|e| RenderError::from_minijinja(&e))
+    }
+
+    /// Evaluates an expression (no braces) to a value.
+    pub fn eval(&self, expr: &str, ctx: &Value) -> Result<Value, RenderError> {
+        let compiled = self.env.compile_expression(expr).map_err(|e| RenderError::from_minijinja(&e))?;
+        let v = compiled
+            .eval(JValue::from(Serde(ctx)))
+            .map_err(|e| RenderError::from_minijinja(&e))?;
+        to_json(&v)
+    }
+
+    /// Evaluates an expression for its truth, as `if` does.
+    pub fn is_true(&self, expr: &str, ctx: &Value) -> Result<bool, RenderError> {
+        let compiled = self.env.compile_expression(expr).map_err(|e| RenderError::from_minijinja(&e))?;
+        let v = compiled
+            .eval(JValue::from(Serde(ctx)))
+            .map_err(|e| RenderError::from_minijinja(&e))?;
+        Ok(v.is_true())
+    }
+
+    /// Renders a template value: a string that is exactly one `{{ expression }}` keeps the
+    /// expression's type; any other string renders to a string.
+    pub fn render_value_str(&self, source: &str, ctx: &Value) -> Result<Value, RenderError> {
+        match sole_expression(source) {
+            Some(expr) => self.eval(expr, ctx),
+            None => self.render_str(source, ctx).map(Value::String),
+        }
+    }
+
+    /// Renders every string inside a JSON value (object keys stay as written).
+    pub fn render_json(&self, value: &Value, ctx: &Value) -> Result<Value, RenderError> {
+        Ok(match value {
+            Value::String(s) => self.render_value_str(s, ctx)?,
+            Value::Array(items) => Value::Array(
+                items.iter().map(|v| self.render_json(v, ctx)).collect::<Result<_, _>>()?,
+            ),
+            Value::Object(map) => {
+                let mut out = serde_json::Map::with_capacity(map.len());
+                for (k, v) in map {
+                    out.insert(k.clone(), self.render_json(v, ctx)?);
+                }
+                Value::Object(out)
+            }
+            other => other.clone(),
+        })
+    }
+}
+
+/// When `source` is exactly one `{{ expression }}` (whitespace around allowed), the expression.
+pub fn sole_expression(source: &str) -> Option<&str> {
+    let inner = source.trim().strip_prefix("{{")?.strip_suffix("}}")?;
+    // `{{ a }} and {{ b }}` starts and ends with braces but is two expressions.
+    if inner.contains("{{") || inner.contains("}}") {
+        return None;
+    }
+    let inner = inner.trim_start_matches('-').trim_end_matches('-').trim();
+    (!inner.is_empty()).then_some(inner)
+}
+
+fn to_json(v: &JValue) -> Result<Value, RenderError> {
+    if v.is_undefined() {
+        return Ok(Value::Null);
+    }
+    serde_json::to_value(v).map_err(|e| RenderError {
+        message: format!("the value could not be converted to JSON: {e}"),
+        template: None,
+        line: None,
+        out_of_fuel: false,
+    })
+}
+
+/// Where in a template's own file an error is.
+fn error_span(file: &SourceFile, e: &minijinja::Error) -> Span {
+    if let Some(range) = e.range() {
+        let before = &file.text[..range.start.min(file.text.len())];
+        let line = before.matches('\n').count() + 1;
+        let col = before.rsplit('\n').next().map(|l| l.chars().count()).unwrap_or(0) + 1;
+        let len = file.text.get(range.clone()).map(|t| t.chars().count()).unwrap_or(1);
+        return Span::new(line, col, len.max(1));
+    }
+    Span::new(e.line().unwrap_or(1), 1, 1)
+}
+
+fn collect_files(root: &Path, dir: &Path, out: &mut Vec<String>, diagnostics: &mut Vec<Diagnostic>) {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) => {
+            diagnostics.push(Diagnostic::error("io", format!("cannot read {}: {e}", dir.display())));
+            return;
+        }
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if is_ignored_file(&name) {
+            continue;
+        }
+        if path.is_dir() {
+            collect_files(root, &path, out, diagnostics);
+        } else if let Ok(rel) = path.strip_prefix(root) {
+            out.push(rel.to_string_lossy().replace('\\', "/"));
+        }
+    }
+}

@@ -1,0 +1,3 @@
+//! What starts runs: webhooks, cron schedules, inbound messages and events.
+
+pub mod cron;
