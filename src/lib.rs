@@ -5,3 +5,4 @@ pub mod definitions;
 pub mod templates;
 pub mod triggers;
 pub mod cli;
+pub mod channels;
