@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use serde_json::json;
 
 use super::{ColorChoice, Format, UsageError, dir_or_current};
+use crate::definitions::env::EnvSource;
 use crate::definitions::project::{EnvMode, Layout, LoadOptions, load};
 
 #[derive(clap::Args, Debug)]
@@ -20,12 +21,19 @@ pub struct Args {
     deny_warnings: bool,
     #[arg(long, value_enum, default_value_t)]
     color: ColorChoice,
+    /// Read `NAME=value` lines from this file before the environment, for `${env:NAME}`.
+    #[arg(long, value_name = "FILE")]
+    env_file: Option<PathBuf>,
 }
 
 pub fn run(args: Args) -> Result<ExitCode, UsageError> {
     let dir = dir_or_current(args.dir);
     let layout = Layout::discover(&dir)?;
-    let (project, report) = load(&layout, &LoadOptions::new(EnvMode::Validate));
+    let mut opts = LoadOptions::new(EnvMode::Validate);
+    if let Some(f) = &args.env_file {
+        opts.env = EnvSource::with_env_file(f)?;
+    }
+    let (project, report) = load(&layout, &opts);
     let errors = report.errors();
     let warnings = report.warnings();
     let failed = errors > 0 || (args.deny_warnings && warnings > 0);

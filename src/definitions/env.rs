@@ -45,11 +45,13 @@ pub fn references(text: &str) -> Vec<Result<EnvRef, EnvRef>> {
         .collect()
 }
 
-/// Where variables are read from: the process environment, or a fixed map in tests.
+/// Where variables are read from: the process environment, a fixed map (tests), or an env
+/// file's values in front of the process environment (`--env-file`).
 #[derive(Clone)]
 pub enum EnvSource {
     Process,
     Map(Arc<HashMap<String, String>>),
+    Overlay(Arc<HashMap<String, String>>),
 }
 
 impl EnvSource {
@@ -57,7 +59,20 @@ impl EnvSource {
         match self {
             EnvSource::Process => std::env::var(name).ok(),
             EnvSource::Map(m) => m.get(name).cloned(),
+            EnvSource::Overlay(m) => m.get(name).cloned().or_else(|| std::env::var(name).ok()),
         }
+    }
+
+    /// The process environment with an env file's `NAME=value` lines in front of it. The file
+    /// is read, never exported: its values do not leak into child processes.
+    pub fn with_env_file(path: &std::path::Path) -> Result<EnvSource, String> {
+        let iter = dotenvy::from_path_iter(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+        let mut map = HashMap::new();
+        for item in iter {
+            let (k, v) = item.map_err(|e| format!("{}: {e}", path.display()))?;
+            map.insert(k, v);
+        }
+        Ok(EnvSource::Overlay(Arc::new(map)))
     }
 
     /// Replaces every reference in `text`. Unset variables are an error naming them.
@@ -109,6 +124,7 @@ impl fmt::Debug for EnvSource {
         match self {
             EnvSource::Process => f.write_str("EnvSource::Process"),
             EnvSource::Map(m) => write!(f, "EnvSource::Map({} vars)", m.len()),
+            EnvSource::Overlay(m) => write!(f, "EnvSource::Overlay({} vars)", m.len()),
         }
     }
 }
