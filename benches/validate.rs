@@ -13,7 +13,7 @@ use herald::definitions::project::{EnvMode, Layout, LoadOptions, load};
 fn workflow(i: usize) -> String {
     // Alternate shapes so the set resembles a real project: webhooks with auth and an
     // idempotency key, cron jobs, branches, loops, waits and sends through templates.
-    let trigger = if i % 2 == 0 {
+    let trigger = if i.is_multiple_of(2) {
         format!(
             "  - webhook:\n      path: /hooks/leads/{i}\n      auth:\n        hmac_sha256: {{ header: X-Signature, secret: \"${{env:SECRET}}\" }}\n      idempotency_key: \"{{{{ body.id }}}}\"\n"
         )

@@ -98,11 +98,7 @@ impl EnvSource {
     /// Resolves every string inside a JSON value.
     pub fn resolve_json(&self, value: &mut serde_json::Value) -> Result<(), String> {
         match value {
-            serde_json::Value::String(s) => {
-                if s.contains("${env:") {
-                    *s = self.resolve(s)?;
-                }
-            }
+            serde_json::Value::String(s) if s.contains("${env:") => *s = self.resolve(s)?,
             serde_json::Value::Array(items) => {
                 for v in items {
                     self.resolve_json(v)?;
