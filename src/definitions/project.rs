@@ -29,6 +29,9 @@ impl Layout {
     /// Definitions are read from `dir` when it is below that root (`herald validate
     /// workflows/`), else from the configured workflows folder.
     pub fn discover(dir: &Path) -> Result<Layout, String> {
+        if !dir.exists() {
+            return Err(format!("{} does not exist", dir.display()));
+        }
         if !dir.is_dir() {
             return Err(format!("{} is not a folder", dir.display()));
         }

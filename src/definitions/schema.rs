@@ -376,7 +376,11 @@ impl ErrorMapper<'_> {
                 let found = self.instance(path).map(describe_value).unwrap_or_default();
                 let d = Diagnostic::error(
                     "wrong-type",
-                    format!("expected {}, found {found}", join_or(&expected.iter().map(|t| type_phrase(t)).collect::<Vec<_>>())),
+                    format!(
+                        "expected {}{}, found {found}",
+                        join_or(&expected.iter().map(|t| type_phrase(t)).collect::<Vec<_>>()),
+                        field_name(path).map(|f| format!(" for `{f}`")).unwrap_or_default()
+                    ),
                 );
                 out.push(self.at_value(path, d));
             }
@@ -386,12 +390,7 @@ impl ErrorMapper<'_> {
                     .map(|a| a.iter().map(|v| v.as_str().map(str::to_owned).unwrap_or_else(|| v.to_string())).collect())
                     .unwrap_or_default();
                 let found = self.instance(path).map(short_value).unwrap_or_default();
-                let mut d = Diagnostic::error("invalid-value", format!("`{found}` is not a valid value here"));
-                d = match did_you_mean(&found, options.iter().map(String::as_str)) {
-                    Some(s) => d.with_hint(format!("did you mean `{s}`? expected one of: {}", options.join(", "))),
-                    None => d.with_hint(format!("expected one of: {}", options.join(", "))),
-                };
-                out.push(self.at_value(path, d));
+                out.push(self.at_value(path, not_one_of(path, &found, &options)));
             }
             ValidationErrorKind::Constant { expected_value } => {
                 let found = self.instance(path).map(short_value).unwrap_or_default();
@@ -497,18 +496,20 @@ impl ErrorMapper<'_> {
                 self.convert_alternatives(path, context, out);
             }
             ValidationErrorKind::MinItems { limit } => {
+                let what = field_name(path).map(|f| format!("`{f}`")).unwrap_or_else(|| "this list".to_owned());
                 let d = Diagnostic::error(
                     "invalid-value",
                     if *limit == 1 {
-                        "this list must not be empty".to_owned()
+                        format!("{what} must not be empty")
                     } else {
-                        format!("this list needs at least {limit} items")
+                        format!("{what} needs at least {limit} items")
                     },
                 );
                 out.push(self.at_value(path, d));
             }
             ValidationErrorKind::MinLength { .. } => {
-                out.push(self.at_value(path, Diagnostic::error("invalid-value", "this must not be empty")));
+                let what = field_name(path).map(|f| format!("`{f}`")).unwrap_or_else(|| "this".to_owned());
+                out.push(self.at_value(path, Diagnostic::error("invalid-value", format!("{what} must not be empty"))));
             }
             ValidationErrorKind::Minimum { limit } | ValidationErrorKind::ExclusiveMinimum { limit } => {
                 let found = self.instance(path).map(short_value).unwrap_or_default();
@@ -557,6 +558,31 @@ impl ErrorMapper<'_> {
             out.push(self.at_value(path, d));
             return;
         }
+        // Every alternative rejects the same discriminator (`provider: sendgrid` against log,
+        // smtp and webhook): the value is the mistake, not the fields of whichever alternative
+        // happens to score best.
+        let discriminator = |branch: &[ValidationError<'static>]| {
+            branch.iter().find_map(|e| match e.kind() {
+                ValidationErrorKind::Constant { expected_value } => {
+                    Some((e.instance_path().as_str().to_owned(), Value::clone(expected_value)))
+                }
+                _ => None,
+            })
+        };
+        let constants: Vec<Option<(String, Value)>> = context.iter().map(|b| discriminator(b)).collect();
+        if context.len() > 1
+            && let Some(Some((at, _))) = constants.first()
+            && constants.iter().all(|c| c.as_ref().is_some_and(|(p, _)| p == at))
+        {
+            let options: Vec<String> = constants
+                .iter()
+                .flatten()
+                .map(|(_, v)| v.as_str().map(str::to_owned).unwrap_or_else(|| v.to_string()))
+                .collect();
+            let found = self.instance(at).map(short_value).unwrap_or_default();
+            out.push(self.at_value(at, not_one_of(at, &found, &options)));
+            return;
+        }
         let score = |branch: &[ValidationError]| -> usize {
             if shape_mismatch(branch) {
                 return usize::MAX;
@@ -578,10 +604,35 @@ impl ErrorMapper<'_> {
     }
 }
 
-fn first_sentence(text: &str) -> &str {
-    match text.find(". ") {
+/// The first sentence of a doc comment, on one line (doc comments wrap, hints do not).
+fn first_sentence(text: &str) -> String {
+    let end = [". ", ".\n"].iter().filter_map(|p| text.find(p)).min();
+    let sentence = match end {
         Some(i) => &text[..=i],
         None => text,
+    };
+    sentence.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+/// The field a JSON pointer ends in, when it ends in a field rather than a list index.
+fn field_name(pointer: &str) -> Option<String> {
+    let token = pointer.rsplit('/').next().filter(|t| !t.is_empty())?;
+    if token.chars().all(|c| c.is_ascii_digit()) {
+        return None;
+    }
+    Some(token.replace("~1", "/").replace("~0", "~"))
+}
+
+/// "`post` is not a valid value for `method`", with the closest option and the full list.
+fn not_one_of(pointer: &str, found: &str, options: &[String]) -> Diagnostic {
+    let message = match field_name(pointer) {
+        Some(f) => format!("`{found}` is not a valid value for `{f}`"),
+        None => format!("`{found}` is not a valid value here"),
+    };
+    let d = Diagnostic::error("invalid-value", message);
+    match did_you_mean(found, options.iter().map(String::as_str)) {
+        Some(s) => d.with_hint(format!("did you mean `{s}`? expected one of: {}", options.join(", "))),
+        None => d.with_hint(format!("expected one of: {}", options.join(", "))),
     }
 }
 

@@ -258,9 +258,28 @@ impl WorkflowCheck<'_> {
         match t {
             Trigger::Cron(c) => {
                 if let Err(e) = parse_schedule(&c.schedule) {
-                    let d = Diagnostic::error("invalid-cron", e)
-                        .with_hint("five fields: minute hour day-of-month month day-of-week, such as `0 7 * * MON-FRI`");
-                    self.error(&format!("{base}/schedule"), d);
+                    let pointer = format!("{base}/schedule");
+                    let hint = "five fields: minute hour day-of-month month day-of-week, such as `0 7 * * MON-FRI`";
+                    match bad_cron_field(&c.schedule) {
+                        Some((offset, field, name, range)) => {
+                            // Name the field at fault and point at it, rather than repeating
+                            // the parser's generic "number out of bounds".
+                            let d = Diagnostic::error(
+                                "invalid-cron",
+                                format!("invalid cron schedule: `{field}` is not a valid {name} ({range})"),
+                            )
+                            .with_hint(hint);
+                            let whole = self.def.span_in_value(&pointer, &c.schedule);
+                            let span = if whole.len == c.schedule.chars().count() {
+                                whole.shifted(c.schedule[..offset].chars().count(), field.chars().count())
+                            } else {
+                                whole
+                            };
+                            let d = self.def.file.locate(d, span);
+                            self.out.push(d);
+                        }
+                        None => self.error(&pointer, Diagnostic::error("invalid-cron", e).with_hint(hint)),
+                    }
                 }
                 if let Err(e) = parse_timezone(&c.timezone) {
                     let d = Diagnostic::error("invalid-timezone", e)
@@ -279,7 +298,7 @@ impl WorkflowCheck<'_> {
                     && env::references(&s.secret).is_empty()
                     && crate_b64_secret(&s.secret).is_err()
                 {
-                    let d = Diagnostic::error("invalid-secret", "a Standard Webhooks secret is `whsec_` followed by base64")
+                    let d = Diagnostic::error("invalid-secret", "this Standard Webhooks secret is not `whsec_` followed by base64")
                         .with_hint("copy the signing secret exactly as the sender shows it, or use ${env:NAME}");
                     self.error(&format!("{base}/auth/standard_webhooks/secret"), d);
                 }
@@ -426,9 +445,17 @@ impl WorkflowCheck<'_> {
             Action::Call(c) => {
                 if !self.workflow_ids.contains(&c.workflow.as_str()) {
                     let mut d = Diagnostic::error("unknown-workflow", format!("workflow `{}` is not defined", c.workflow));
-                    if let Some(s) = did_you_mean(&c.workflow, self.workflow_ids.iter().copied()) {
-                        d = d.with_hint(format!("did you mean `{s}`?"));
-                    }
+                    d = match did_you_mean(&c.workflow, self.workflow_ids.iter().copied()) {
+                        Some(s) => d.with_hint(format!("did you mean `{s}`?")),
+                        None => {
+                            let mut ids = self.workflow_ids.to_vec();
+                            ids.sort_unstable();
+                            d.with_hint(format!(
+                                "`call` takes the id of a workflow in this project: {}",
+                                ids.join(", ")
+                            ))
+                        }
+                    };
                     self.error(&format!("{p}/call/workflow"), d);
                 }
                 if let Some(i) = &c.input {
@@ -564,7 +591,13 @@ impl WorkflowCheck<'_> {
     }
 
     fn syntax_error(&mut self, pointer: &str, text: &str, compiled: &str, err: &minijinja::Error, what: &str) {
-        let d = Diagnostic::error("invalid-expression", format!("invalid {what}: {}", describe_error(err)));
+        let mut d = Diagnostic::error("invalid-expression", format!("invalid {what}: {}", describe_error(err)));
+        // `a = b` is the commonest slip in a condition: say what was meant.
+        if let Some(r) = err.range()
+            && compiled.get(r.start..).is_some_and(|rest| rest.starts_with('=') && !rest.starts_with("=="))
+        {
+            d = d.with_hint("to compare two values, use `==`");
+        }
         // Point inside the value at minijinja's own range when it can be found on the line.
         let offset = text.find(compiled).unwrap_or(0);
         let span = match err.range() {
@@ -582,6 +615,31 @@ impl WorkflowCheck<'_> {
         let d = self.def.file.locate(d, span);
         self.out.push(d);
     }
+}
+
+/// For a 5-field schedule the parser rejects, the first field that is wrong on its own: its
+/// byte offset, its text, its name and its valid range.
+fn bad_cron_field(schedule: &str) -> Option<(usize, &str, &'static str, &'static str)> {
+    const FIELDS: [(&str, &str); 5] = [
+        ("minute", "0-59"),
+        ("hour", "0-23"),
+        ("day of the month", "1-31"),
+        ("month", "1-12 or JAN-DEC"),
+        ("day of the week", "0-7 or SUN-SAT"),
+    ];
+    let tokens: Vec<(usize, &str)> = schedule
+        .split_whitespace()
+        .map(|t| (t.as_ptr() as usize - schedule.as_ptr() as usize, t))
+        .collect();
+    if tokens.len() != FIELDS.len() {
+        return None;
+    }
+    tokens.iter().enumerate().find_map(|(i, &(offset, token))| {
+        let probe: Vec<&str> = (0..FIELDS.len()).map(|j| if j == i { token } else { "*" }).collect();
+        parse_schedule(&probe.join(" "))
+            .is_err()
+            .then_some((offset, token, FIELDS[i].0, FIELDS[i].1))
+    })
 }
 
 /// Whether a step always ends the run as failed.

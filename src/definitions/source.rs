@@ -130,21 +130,37 @@ pub fn parse(file: &SourceFile) -> Result<Parsed, Vec<Diagnostic>> {
         Err(e) => {
             let m = e.marker();
             let span = Span::new(m.line(), m.col() + 1, 1);
-            return Err(vec![file.locate(
-                Diagnostic::error("yaml-syntax", format!("invalid YAML: {}", e.info())),
-                span,
-            )]);
+            let mut d = Diagnostic::error("yaml-syntax", format!("invalid YAML: {}", e.info()));
+            if e.info().contains("quoted scalar") {
+                d = d.with_hint("check that the quote opened here is closed; a value continued on the next line must be indented more than its key");
+            }
+            return Err(vec![file.locate(d, span)]);
         }
     };
     let mut docs = docs.into_iter();
     let Some(doc) = docs.next() else {
-        return Err(vec![file.whole(
+        // Positioned at 1:1 like every other diagnostic, so editors and `--format json` can
+        // place it.
+        return Err(vec![file.locate(
             Diagnostic::error("empty-file", "the file is empty")
                 .with_hint("a definition starts with `kind:` and `id:`"),
+            Span::new(1, 1, 1),
         )]);
     };
     if let Some(second) = docs.next() {
-        let span = marker_span(&second.span.start, &second.span.end);
+        // Point at the `---` that starts the second document when it can be found: that is
+        // where the file should be split.
+        let first = doc.span.start.line();
+        let start = second.span.start.line();
+        let span = (first + 1..=start)
+            .rev()
+            .find(|&l| {
+                file.line(l)
+                    .map(str::trim_end)
+                    .is_some_and(|t| t == "---" || t.starts_with("--- "))
+            })
+            .map(|l| Span::new(l, 1, 3))
+            .unwrap_or_else(|| marker_span(&second.span.start, &second.span.end));
         return Err(vec![file.locate(
             Diagnostic::error(
                 "multiple-documents",

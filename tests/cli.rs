@@ -1,0 +1,500 @@
+//! The `herald` binary, run as an operator would: exit codes and output of `validate`,
+//! `init`, `render` and `schema`.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+use serde_json::Value;
+
+/// `herald` with the output settings that matter pinned down, run from `cwd`.
+fn herald(cwd: &Path) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_herald"));
+    cmd.current_dir(cwd)
+        .env_remove("NO_COLOR")
+        .env_remove("CLICOLOR_FORCE")
+        .env_remove("RUST_LOG")
+        .env_remove("HERALD_CLI_TEST_TOKEN");
+    cmd
+}
+
+fn run(cmd: &mut Command) -> Output {
+    cmd.output().expect("the herald binary runs")
+}
+
+fn code(out: &Output) -> i32 {
+    out.status.code().expect("herald exits with a code")
+}
+
+fn stdout(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// Everything about a run, for assertion messages.
+fn show(out: &Output) -> String {
+    format!(
+        "exit code: {:?}\n--- stdout ---\n{}\n--- stderr ---\n{}",
+        out.status.code(),
+        stdout(out),
+        stderr(out)
+    )
+}
+
+fn write(root: &Path, rel: &str, text: &str) {
+    let path = root.join(rel);
+    std::fs::create_dir_all(path.parent().expect("a file has a parent folder"))
+        .expect("create the folder");
+    std::fs::write(&path, text).expect("write the file");
+}
+
+const CONFIG: &str = "\
+channels:
+  email:
+    provider: log
+  sms:
+    provider: log
+";
+
+/// A project with three errors in two files.
+fn project_with_errors() -> tempfile::TempDir {
+    let tmp = tempfile::tempdir().expect("a temp folder");
+    let root = tmp.path();
+    write(root, "herald.yaml", CONFIG);
+    write(
+        root,
+        "workflows/application-nudge.yaml",
+        "\
+kind: workflow
+id: application-nudge
+
+triggers:
+  - webhook:
+      path: /hooks/applications/abandoned
+      method: post
+
+steps:
+  - id: pause
+    wait: 1 hour
+  - id: email_nudge
+    send:
+      channel: email
+      to: \"{{ body.email }}\"
+      body: Your application is nearly done.
+",
+    );
+    write(
+        root,
+        "workflows/missed-call-text-back.yaml",
+        "\
+kind: workflow
+id: missed-call-text-back
+
+triggers:
+  - webhook:
+      path: /hooks/calls/missed
+
+steps:
+  - id: text_back
+    send:
+      channel: text
+      to: \"{{ body.from }}\"
+      body: Sorry we missed your call!
+",
+    );
+    tmp
+}
+
+/// A project whose only problem is a warning: an event nobody listens for.
+fn project_with_a_warning() -> tempfile::TempDir {
+    let tmp = tempfile::tempdir().expect("a temp folder");
+    write(tmp.path(), "herald.yaml", CONFIG);
+    write(
+        tmp.path(),
+        "workflows/application-completed.yaml",
+        "\
+kind: workflow
+id: application-completed
+
+triggers:
+  - webhook:
+      path: /hooks/applications/completed
+
+steps:
+  - id: announce
+    emit:
+      event: application.completed
+      key: \"{{ body.application_id }}\"
+",
+    );
+    tmp
+}
+
+#[test]
+fn validate_lists_every_error_in_every_file_and_exits_1() {
+    let tmp = project_with_errors();
+    let out = run(herald(tmp.path()).args(["validate", ".", "--color", "never"]));
+    assert_eq!(code(&out), 1, "{}", show(&out));
+    let err = stderr(&out);
+    for line in [
+        "workflows/application-nudge.yaml:7:15: error: `post` is not a valid value for `method`",
+        "workflows/application-nudge.yaml:11:11: error: `1 hour` is not a duration",
+        "workflows/missed-call-text-back.yaml:11:16: error: channel `text` is not defined in herald.yaml",
+    ] {
+        assert!(err.contains(line), "missing `{line}` in:\n{}", show(&out));
+    }
+    // Compiler style: the source line, a caret under the value, and a hint.
+    assert!(err.contains("11 |     wait: 1 hour\n"), "{}", show(&out));
+    assert!(err.contains("   |           ^^^^^^\n"), "{}", show(&out));
+    assert!(
+        err.contains("= hint: did you mean `POST`?"),
+        "{}",
+        show(&out)
+    );
+    // Sorted by file, then position.
+    let first = err
+        .find("application-nudge.yaml:7:15")
+        .expect("first error");
+    let second = err
+        .find("application-nudge.yaml:11:11")
+        .expect("second error");
+    let third = err
+        .find("missed-call-text-back.yaml:11:16")
+        .expect("third error");
+    assert!(first < second && second < third, "{}", show(&out));
+    assert!(
+        err.contains("failed: 3 errors, 0 warnings in 2 files (2 definition files read)"),
+        "{}",
+        show(&out)
+    );
+    assert!(
+        !err.contains("\x1b["),
+        "--color never must not colour: {}",
+        show(&out)
+    );
+    assert!(stdout(&out).is_empty(), "{}", show(&out));
+}
+
+#[test]
+fn validate_json_gives_positions_codes_and_messages() {
+    let tmp = project_with_errors();
+    let out = run(herald(tmp.path()).args(["validate", ".", "--format", "json"]));
+    assert_eq!(code(&out), 1, "{}", show(&out));
+    let doc: Value = serde_json::from_str(&stdout(&out))
+        .unwrap_or_else(|e| panic!("stdout is not JSON ({e}):\n{}", show(&out)));
+    assert_eq!(doc["ok"], Value::Bool(false));
+    assert_eq!(doc["errors"], 3);
+    assert_eq!(doc["warnings"], 0);
+    assert_eq!(doc["files"], 2);
+    let diagnostics = doc["diagnostics"].as_array().expect("a diagnostics list");
+    assert_eq!(diagnostics.len(), 3, "{doc:#}");
+    for d in diagnostics {
+        for field in ["file", "line", "column", "severity", "code", "message"] {
+            assert!(!d[field].is_null(), "`{field}` missing from {d}");
+        }
+    }
+    let first = &diagnostics[0];
+    assert_eq!(first["file"], "workflows/application-nudge.yaml");
+    assert_eq!(first["line"], 7);
+    assert_eq!(first["column"], 15);
+    assert_eq!(first["severity"], "error");
+    assert_eq!(first["code"], "invalid-value");
+    assert_eq!(first["message"], "`post` is not a valid value for `method`");
+    let codes: Vec<&str> = diagnostics
+        .iter()
+        .map(|d| d["code"].as_str().expect("a code"))
+        .collect();
+    assert_eq!(codes, ["invalid-value", "invalid-value", "unknown-channel"]);
+}
+
+#[test]
+fn warnings_alone_pass_unless_denied() {
+    let tmp = project_with_a_warning();
+    let out = run(herald(tmp.path()).args(["validate", ".", "--color", "never"]));
+    assert_eq!(code(&out), 0, "{}", show(&out));
+    let err = stderr(&out);
+    assert!(
+        err.contains("workflows/application-completed.yaml:11:14: warning: no workflow listens for event `application.completed`"),
+        "{}",
+        show(&out)
+    );
+    assert!(
+        err.contains("ok: 0 errors, 1 warning in 1 file"),
+        "{}",
+        show(&out)
+    );
+
+    let out =
+        run(herald(tmp.path()).args(["validate", ".", "--color", "never", "--deny-warnings"]));
+    assert_eq!(code(&out), 1, "{}", show(&out));
+    assert!(
+        stderr(&out).contains("failed: 0 errors, 1 warning"),
+        "{}",
+        show(&out)
+    );
+}
+
+#[test]
+fn unset_secrets_are_warnings_when_validating() {
+    let tmp = tempfile::tempdir().expect("a temp folder");
+    write(tmp.path(), "herald.yaml", CONFIG);
+    write(
+        tmp.path(),
+        "workflows/missed-call-text-back.yaml",
+        "\
+kind: workflow
+id: missed-call-text-back
+triggers:
+  - webhook:
+      path: /hooks/calls/missed
+      auth:
+        bearer:
+          token: ${env:HERALD_CLI_TEST_TOKEN}
+steps:
+  - send:
+      channel: sms
+      to: \"{{ body.from }}\"
+      body: Sorry we missed your call!
+",
+    );
+    let out = run(herald(tmp.path()).args(["validate", ".", "--format", "json"]));
+    assert_eq!(code(&out), 0, "{}", show(&out));
+    let doc: Value = serde_json::from_str(&stdout(&out)).expect("JSON");
+    assert_eq!(doc["diagnostics"][0]["code"], "unset-env", "{doc:#}");
+    assert_eq!(doc["diagnostics"][0]["severity"], "warning", "{doc:#}");
+
+    let out = run(herald(tmp.path())
+        .args(["validate", ".", "--format", "json"])
+        .env("HERALD_CLI_TEST_TOKEN", "s3cret"));
+    assert_eq!(code(&out), 0, "{}", show(&out));
+    let doc: Value = serde_json::from_str(&stdout(&out)).expect("JSON");
+    assert_eq!(doc["diagnostics"], Value::Array(Vec::new()), "{doc:#}");
+    assert!(
+        !stdout(&out).contains("s3cret"),
+        "a secret must never be printed"
+    );
+}
+
+#[test]
+fn validate_of_a_missing_folder_exits_2() {
+    let tmp = tempfile::tempdir().expect("a temp folder");
+    let out = run(herald(tmp.path()).args(["validate", "no-such-project", "--color", "never"]));
+    assert_eq!(code(&out), 2, "{}", show(&out));
+    assert!(
+        stderr(&out).contains("error: no-such-project does not exist"),
+        "{}",
+        show(&out)
+    );
+}
+
+#[test]
+fn init_creates_a_valid_project_and_will_not_overwrite_it() {
+    let tmp = tempfile::tempdir().expect("a temp folder");
+    let out = run(herald(tmp.path()).args(["init", "loans"]));
+    assert_eq!(code(&out), 0, "{}", show(&out));
+    assert!(tmp.path().join("loans/herald.yaml").is_file());
+
+    let out = run(herald(tmp.path()).args(["validate", "loans", "--color", "never"]));
+    assert_eq!(code(&out), 0, "{}", show(&out));
+    let err = stderr(&out);
+    assert!(
+        err.contains("ok: 2 definitions and 1 template are valid"),
+        "{}",
+        show(&out)
+    );
+    assert!(
+        !err.contains("warning") && !err.contains("error"),
+        "{}",
+        show(&out)
+    );
+
+    let out = run(herald(tmp.path()).args(["validate", "loans", "--format", "json"]));
+    assert_eq!(code(&out), 0, "{}", show(&out));
+    let doc: Value = serde_json::from_str(&stdout(&out)).expect("JSON");
+    assert_eq!(doc["diagnostics"], Value::Array(Vec::new()), "{doc:#}");
+    assert_eq!(doc["ok"], Value::Bool(true));
+
+    let before = std::fs::read_to_string(tmp.path().join("loans/herald.yaml")).expect("config");
+    let out = run(herald(tmp.path()).args(["init", "loans"]));
+    assert_eq!(code(&out), 2, "{}", show(&out));
+    assert!(
+        stderr(&out).contains("will not overwrite"),
+        "{}",
+        show(&out)
+    );
+    let after = std::fs::read_to_string(tmp.path().join("loans/herald.yaml")).expect("config");
+    assert_eq!(before, after, "a refused init must leave the project alone");
+}
+
+/// A project with an HTML and a text template, and one that uses a variable it is not given.
+fn project_with_templates() -> tempfile::TempDir {
+    let tmp = tempfile::tempdir().expect("a temp folder");
+    write(tmp.path(), "herald.yaml", CONFIG);
+    write(
+        tmp.path(),
+        "workflows/welcome.yaml",
+        "\
+kind: workflow
+id: welcome
+steps:
+  - send:
+      channel: email
+      to: \"{{ input.email }}\"
+      template: emails/welcome.html.j2
+",
+    );
+    write(
+        tmp.path(),
+        "templates/emails/welcome.html.j2",
+        "<p>Hi {{ contact.first_name }},</p>\n<p>Thanks for applying.</p>\n",
+    );
+    write(
+        tmp.path(),
+        "templates/sms/welcome.txt.j2",
+        "Hi {{ contact.first_name }}, thanks for applying.\n",
+    );
+    write(
+        tmp.path(),
+        "templates/emails/offer.html.j2",
+        "<p>Hi {{ contact.first_name }},</p>\n\n<p>You are approved for {{ offer.amount }}.</p>\n",
+    );
+    write(
+        tmp.path(),
+        "data.json",
+        r#"{"contact": {"first_name": "Tom & <Jerry>"}}"#,
+    );
+    tmp
+}
+
+#[test]
+fn render_escapes_html_templates_only() {
+    let tmp = project_with_templates();
+    let out = run(herald(tmp.path()).args([
+        "render",
+        "emails/welcome.html.j2",
+        "--data",
+        "data.json",
+        "--color",
+        "never",
+    ]));
+    assert_eq!(code(&out), 0, "{}", show(&out));
+    assert_eq!(
+        stdout(&out),
+        "<p>Hi Tom &amp; &lt;Jerry&gt;,</p>\n<p>Thanks for applying.</p>\n"
+    );
+
+    let out = run(herald(tmp.path()).args([
+        "render",
+        "sms/welcome.txt.j2",
+        "--data",
+        "data.json",
+        "--color",
+        "never",
+    ]));
+    assert_eq!(code(&out), 0, "{}", show(&out));
+    assert_eq!(stdout(&out), "Hi Tom & <Jerry>, thanks for applying.\n");
+}
+
+#[test]
+fn render_of_an_undefined_variable_exits_1_at_the_template_line() {
+    let tmp = project_with_templates();
+    let out = run(herald(tmp.path()).args([
+        "render",
+        "emails/offer.html.j2",
+        "--data",
+        "data.json",
+        "--color",
+        "never",
+    ]));
+    assert_eq!(code(&out), 1, "{}", show(&out));
+    let err = stderr(&out);
+    assert!(
+        err.contains("templates/emails/offer.html.j2:3:"),
+        "the error should name the template's own line: {}",
+        show(&out)
+    );
+    assert!(err.contains("undefined"), "{}", show(&out));
+    assert!(
+        err.contains("You are approved for {{ offer.amount }}."),
+        "{}",
+        show(&out)
+    );
+    assert!(stdout(&out).is_empty(), "{}", show(&out));
+}
+
+#[test]
+fn render_of_an_unknown_template_exits_2() {
+    let tmp = project_with_templates();
+    let out = run(herald(tmp.path()).args(["render", "emails/welcome.txt.j2", "--color", "never"]));
+    assert_eq!(code(&out), 2, "{}", show(&out));
+    let err = stderr(&out);
+    assert!(
+        err.contains("no template `emails/welcome.txt.j2`"),
+        "{}",
+        show(&out)
+    );
+    assert!(
+        err.contains("did you mean `emails/welcome.html.j2`?"),
+        "{}",
+        show(&out)
+    );
+}
+
+#[test]
+fn schema_prints_json_schemas_that_compile() {
+    let tmp = tempfile::tempdir().expect("a temp folder");
+    for kind in ["workflow", "config"] {
+        let out = run(herald(tmp.path()).args(["schema", kind]));
+        assert_eq!(code(&out), 0, "{}", show(&out));
+        let schema: Value = serde_json::from_str(&stdout(&out))
+            .unwrap_or_else(|e| panic!("`herald schema {kind}` is not JSON ({e})"));
+        let validator = jsonschema::draft202012::options()
+            .build(&schema)
+            .unwrap_or_else(|e| panic!("`herald schema {kind}` does not compile: {e}"));
+        if kind == "workflow" {
+            let valid = serde_json::json!({
+                "kind": "workflow",
+                "id": "daily-summary",
+                "triggers": [{"cron": {"schedule": "0 7 * * MON-FRI"}}],
+                "steps": [{"http": {"url": "https://crm.example.com/api/reports/daily"}}]
+            });
+            assert!(validator.is_valid(&valid));
+            let invalid =
+                serde_json::json!({"kind": "workflow", "id": "daily-summary", "steps": []});
+            assert!(!validator.is_valid(&invalid));
+        }
+    }
+
+    let out = run(herald(tmp.path()).args(["schema", "nope"]));
+    assert_eq!(code(&out), 2, "{}", show(&out));
+    assert!(
+        stderr(&out).contains("unknown kind `nope`; available: workflow, config"),
+        "{}",
+        show(&out)
+    );
+}
+
+#[test]
+fn help_works_for_every_subcommand() {
+    let tmp = tempfile::tempdir().expect("a temp folder");
+    let out = run(herald(tmp.path()).arg("--help"));
+    assert_eq!(code(&out), 0, "{}", show(&out));
+    let top = stdout(&out);
+    for sub in ["validate", "schema", "render", "init"] {
+        assert!(
+            top.contains(sub),
+            "`herald --help` should list `{sub}`: {top}"
+        );
+        let out = run(herald(tmp.path()).args([sub, "--help"]));
+        assert_eq!(code(&out), 0, "{}", show(&out));
+        assert!(
+            stdout(&out).contains(&format!("Usage: herald {sub}")),
+            "{}",
+            show(&out)
+        );
+        let out = run(herald(tmp.path()).args(["help", sub]));
+        assert_eq!(code(&out), 0, "{}", show(&out));
+    }
+}
