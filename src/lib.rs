@@ -6,3 +6,5 @@ pub mod templates;
 pub mod triggers;
 pub mod cli;
 pub mod channels;
+pub mod tls;
+pub mod store;

@@ -8,10 +8,19 @@
 //! accept one receive it (the `webhook` channel sends it as `Idempotency-Key`); SMTP gets a
 //! Message-ID derived from it, so a re-sent e-mail is recognisably the same message.
 
+pub mod log;
+pub mod smtp;
+pub mod webhook;
+
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use indexmap::IndexMap;
+
+use crate::definitions::env::EnvSource;
+use crate::definitions::model::config::{ChannelConfig, ConfigDef};
+use crate::definitions::semantic::BUILTIN_CHANNEL;
 
 /// A rendered message, ready to deliver.
 #[derive(Debug, Clone, PartialEq)]
@@ -70,4 +79,135 @@ pub trait Channel: Send + Sync + std::fmt::Debug {
 
     /// Attempts one delivery.
     async fn deliver(&self, message: &OutboundMessage) -> Result<Delivered, DeliveryError>;
+}
+
+/// The channels of a configuration, by name, in the order herald.yaml lists them.
+pub type Channels = IndexMap<String, Arc<dyn Channel>>;
+
+/// Builds every channel in `config`, resolving `${env:NAME}` in their settings, plus the
+/// built-in `log` channel unless the config defines its own.
+///
+/// Fails on the first channel that cannot be built (an unset variable, an unusable address or
+/// URL), naming the channel, so `herald serve` refuses to start rather than failing every
+/// delivery later.
+pub fn build(config: &ConfigDef, env: &EnvSource) -> Result<Channels, String> {
+    let mut channels = Channels::new();
+    for (name, def) in &config.channels {
+        let channel: Arc<dyn Channel> = match def {
+            ChannelConfig::Log {} => Arc::new(log::LogChannel::new(name)),
+            ChannelConfig::Smtp(smtp) => Arc::new(smtp::SmtpChannel::from_config(name, smtp, env)?),
+            ChannelConfig::Webhook(hook) => {
+                Arc::new(webhook::WebhookChannel::from_config(name, hook, env)?)
+            }
+        };
+        channels.insert(name.clone(), channel);
+    }
+    if !channels.contains_key(BUILTIN_CHANNEL) {
+        channels.insert(
+            BUILTIN_CHANNEL.to_owned(),
+            Arc::new(log::LogChannel::new(BUILTIN_CHANNEL)),
+        );
+    }
+    Ok(channels)
+}
+
+/// Resolves `${env:...}` in one setting, with an error that says where the reference is.
+pub(crate) fn resolve_setting(
+    env: &EnvSource,
+    channel: &str,
+    field: &str,
+    value: &str,
+) -> Result<String, String> {
+    env.resolve(value)
+        .map_err(|e| format!("channel `{channel}`: {field}: {e}"))
+}
+
+/// An error with its causes: reqwest and lettre leave the useful part (connection refused,
+/// the certificate problem) to the source chain.
+pub(crate) fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.contains(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use super::*;
+    use crate::definitions::model::Duration;
+    use crate::definitions::model::config::{SmtpConfig, SmtpTls, WebhookChannelConfig};
+
+    fn env(vars: &[(&str, &str)]) -> EnvSource {
+        let map: HashMap<String, String> = vars
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        EnvSource::Map(Arc::new(map))
+    }
+
+    fn config() -> ConfigDef {
+        let mut config = ConfigDef::default();
+        config.channels.insert(
+            "email".into(),
+            ChannelConfig::Smtp(SmtpConfig {
+                host: "${env:SMTP_HOST}".into(),
+                port: Some(2525),
+                username: None,
+                password: None,
+                tls: SmtpTls::None,
+                from: "Herald <herald@example.com>".into(),
+                timeout: Duration::from_secs(5),
+            }),
+        );
+        config.channels.insert(
+            "hook".into(),
+            ChannelConfig::Webhook(WebhookChannelConfig {
+                url: "http://127.0.0.1:9/hook".into(),
+                headers: IndexMap::new(),
+                timeout: Duration::from_secs(5),
+            }),
+        );
+        config
+    }
+
+    #[test]
+    fn builds_every_channel_and_the_builtin_log() {
+        let channels = build(&config(), &env(&[("SMTP_HOST", "127.0.0.1")])).unwrap();
+        let names: Vec<&str> = channels.keys().map(String::as_str).collect();
+        assert_eq!(names, ["email", "hook", "log"]);
+        let providers: Vec<&str> = channels.values().map(|c| c.provider()).collect();
+        assert_eq!(providers, ["smtp", "webhook", "log"]);
+    }
+
+    #[test]
+    fn a_defined_log_channel_is_kept() {
+        let mut config = ConfigDef::default();
+        config.channels.insert(
+            "log".into(),
+            ChannelConfig::Webhook(WebhookChannelConfig {
+                url: "http://127.0.0.1:9/".into(),
+                headers: IndexMap::new(),
+                timeout: Duration::from_secs(5),
+            }),
+        );
+        let channels = build(&config, &env(&[])).unwrap();
+        assert_eq!(channels.len(), 1);
+        assert_eq!(channels["log"].provider(), "webhook");
+    }
+
+    #[test]
+    fn an_unset_variable_names_itself_and_the_channel() {
+        let err = build(&config(), &env(&[])).unwrap_err();
+        assert!(err.contains("SMTP_HOST"), "{err}");
+        assert!(err.contains("`email`"), "{err}");
+    }
 }

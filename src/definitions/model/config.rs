@@ -125,8 +125,9 @@ impl ChannelConfig {
 #[serde(deny_unknown_fields)]
 pub struct SmtpConfig {
     pub host: String,
-    #[serde(default = "SmtpConfig::default_port")]
-    pub port: u16,
+    /// The port; by default 587 for `starttls`, 465 for `tls` and 25 for `none`.
+    #[serde(default)]
+    pub port: Option<u16>,
     #[serde(default)]
     pub username: Option<String>,
     #[serde(default)]
@@ -141,8 +142,13 @@ pub struct SmtpConfig {
 }
 
 impl SmtpConfig {
-    fn default_port() -> u16 {
-        587
+    /// The configured port, or the usual one for the TLS mode.
+    pub fn port(&self) -> u16 {
+        self.port.unwrap_or(match self.tls {
+            SmtpTls::Starttls => 587,
+            SmtpTls::Tls => 465,
+            SmtpTls::None => 25,
+        })
     }
     fn default_timeout() -> Duration {
         Duration::from_secs(30)

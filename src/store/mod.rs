@@ -1,0 +1,508 @@
+//! The store: the source of truth for runs, their steps, the outbox, contacts, events, cron
+//! slots and definition versions.
+//!
+//! One [`Store`] trait, two implementations: [`sqlite::SqliteStore`] (the embedded default, a
+//! file in WAL mode) and [`postgres::PgStore`] (for several Herald processes sharing one
+//! database). Both run the same integration tests. Queries are written at runtime, so building
+//! Herald needs no database.
+//!
+//! Times are unix milliseconds from the engine's clock, passed in by the caller, so a virtual
+//! clock governs timers and leases in tests.
+
+pub mod postgres;
+mod rows;
+pub mod sqlite;
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use serde::Serialize;
+use serde_json::Value;
+
+/// Unix time in milliseconds.
+pub type Millis = i64;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The run is no longer held by this worker: its lease expired and another worker took it,
+    /// or it was cancelled. The commit was rolled back.
+    #[error("the run is no longer held by this worker (lease lost or run cancelled)")]
+    LeaseLost,
+    #[error("database error: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error("database migration failed: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("corrupt row: {0}")]
+    Corrupt(String),
+    #[error("{0}")]
+    Config(String),
+}
+
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RunStatus {
+    /// Ready for a worker.
+    Pending,
+    /// Held by a worker under a lease.
+    Running,
+    /// Waiting for a timer, an event, a reply or a child run.
+    Waiting,
+    Completed,
+    Failed,
+    Cancelled,
+}
+
+impl RunStatus {
+    pub const ALL: [RunStatus; 6] = [
+        RunStatus::Pending,
+        RunStatus::Running,
+        RunStatus::Waiting,
+        RunStatus::Completed,
+        RunStatus::Failed,
+        RunStatus::Cancelled,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RunStatus::Pending => "pending",
+            RunStatus::Running => "running",
+            RunStatus::Waiting => "waiting",
+            RunStatus::Completed => "completed",
+            RunStatus::Failed => "failed",
+            RunStatus::Cancelled => "cancelled",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<RunStatus> {
+        RunStatus::ALL.into_iter().find(|r| r.as_str() == s)
+    }
+
+    pub fn is_finished(self) -> bool {
+        matches!(self, RunStatus::Completed | RunStatus::Failed | RunStatus::Cancelled)
+    }
+}
+
+/// A run to create.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewRun {
+    pub id: String,
+    pub workflow_id: String,
+    pub version: String,
+    pub trigger_kind: String,
+    pub idempotency_key: Option<String>,
+    pub parent_run_id: Option<String>,
+    pub cursor: Value,
+    pub context: Value,
+    pub created_at: Millis,
+}
+
+/// A run as stored.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct RunRecord {
+    pub id: String,
+    pub workflow_id: String,
+    pub version: String,
+    pub status: RunStatus,
+    pub trigger_kind: String,
+    pub idempotency_key: Option<String>,
+    pub cursor: Value,
+    pub context: Value,
+    pub due_at: Option<Millis>,
+    pub wait_event: Option<String>,
+    pub wait_key: Option<String>,
+    pub lease_owner: Option<String>,
+    pub attempts: i64,
+    pub contact_id: Option<String>,
+    pub parent_run_id: Option<String>,
+    pub response: Option<Value>,
+    pub error: Option<String>,
+    pub created_at: Millis,
+    pub updated_at: Millis,
+    pub finished_at: Option<Millis>,
+}
+
+/// A run's state after a segment of execution.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RunState {
+    pub status: RunStatus,
+    /// The definition version the run continues on (it changes when a run migrates).
+    pub version: String,
+    pub cursor: Value,
+    pub context: Value,
+    pub due_at: Option<Millis>,
+    pub wait_event: Option<String>,
+    pub wait_key: Option<String>,
+    pub attempts: i64,
+    pub contact_id: Option<String>,
+    pub response: Option<Value>,
+    pub error: Option<String>,
+    pub finished_at: Option<Millis>,
+}
+
+/// How a commit writes its run.
+#[derive(Debug, Clone, PartialEq)]
+pub enum RunWrite {
+    /// Create the run with this state (a run started and advanced in one go). Fails with
+    /// [`CommitOutcome::Duplicate`] if its idempotency key was already used. With an `owner`
+    /// and a `running` state, the run is created leased to that worker.
+    Insert { run: Box<NewRun>, owner: Option<String> },
+    /// Update a run this worker holds. Fails with [`StoreError::LeaseLost`] if it does not
+    /// hold it any more.
+    Update { run_id: String, owner: String },
+}
+
+/// One line of a run's step log.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct StepLogEntry {
+    /// The entry's position in the run's log, assigned by the engine (1, 2, ...).
+    pub seq: i64,
+    pub step_id: String,
+    pub action: String,
+    /// completed, failed, retrying, waiting, timed_out, skipped, cancelled
+    pub status: String,
+    pub attempt: i64,
+    pub started_at: Millis,
+    pub finished_at: Millis,
+    pub output: Option<Value>,
+    pub error: Option<String>,
+}
+
+/// A message to enqueue.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewOutbox {
+    pub id: String,
+    pub run_id: Option<String>,
+    pub workflow_id: Option<String>,
+    pub step_id: Option<String>,
+    pub channel: String,
+    pub recipient: String,
+    pub sender: Option<String>,
+    pub subject: Option<String>,
+    pub body: String,
+    pub html: bool,
+    pub headers: Value,
+    pub idempotency_key: String,
+    pub max_attempts: i64,
+    pub created_at: Millis,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OutboxStatus {
+    Pending,
+    Sending,
+    Sent,
+    Failed,
+}
+
+impl OutboxStatus {
+    pub const ALL: [OutboxStatus; 4] =
+        [OutboxStatus::Pending, OutboxStatus::Sending, OutboxStatus::Sent, OutboxStatus::Failed];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OutboxStatus::Pending => "pending",
+            OutboxStatus::Sending => "sending",
+            OutboxStatus::Sent => "sent",
+            OutboxStatus::Failed => "failed",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<OutboxStatus> {
+        OutboxStatus::ALL.into_iter().find(|r| r.as_str() == s)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct OutboxRecord {
+    pub id: String,
+    pub run_id: Option<String>,
+    pub workflow_id: Option<String>,
+    pub step_id: Option<String>,
+    pub channel: String,
+    pub recipient: String,
+    pub sender: Option<String>,
+    pub subject: Option<String>,
+    pub body: String,
+    pub html: bool,
+    pub headers: Value,
+    pub idempotency_key: String,
+    pub status: OutboxStatus,
+    pub attempts: i64,
+    pub max_attempts: i64,
+    pub next_attempt_at: Option<Millis>,
+    pub provider_id: Option<String>,
+    pub last_error: Option<String>,
+    pub created_at: Millis,
+    pub sent_at: Option<Millis>,
+}
+
+/// What a delivery attempt came to.
+#[derive(Debug, Clone, PartialEq)]
+pub enum DeliveryOutcome {
+    Sent { provider_id: Option<String> },
+    /// Try again at `next_attempt_at`.
+    Retry { error: String, next_attempt_at: Millis },
+    Failed { error: String },
+}
+
+/// A contact as stored.
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
+pub struct Contact {
+    pub id: String,
+    pub email: Option<String>,
+    pub phone: Option<String>,
+    pub first_name: Option<String>,
+    pub last_name: Option<String>,
+    pub status: Option<String>,
+    pub timezone: Option<String>,
+    pub attributes: serde_json::Map<String, Value>,
+    pub created_at: Millis,
+    pub updated_at: Millis,
+}
+
+/// Fields to set on a contact. `None` leaves a field as it is; attributes are merged.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct ContactUpsert {
+    /// The id to give the contact if it is new.
+    pub new_id: String,
+    pub email: Option<String>,
+    pub phone: Option<String>,
+    pub first_name: Option<String>,
+    pub last_name: Option<String>,
+    pub status: Option<String>,
+    pub timezone: Option<String>,
+    pub attributes: serde_json::Map<String, Value>,
+    pub now: Millis,
+}
+
+impl ContactUpsert {
+    /// Applies the upsert to an existing contact (or creates one), as the store does.
+    pub fn apply(&self, existing: Option<Contact>) -> Contact {
+        let mut c = existing.unwrap_or_else(|| Contact {
+            id: self.new_id.clone(),
+            email: None,
+            phone: None,
+            first_name: None,
+            last_name: None,
+            status: None,
+            timezone: None,
+            attributes: Default::default(),
+            created_at: self.now,
+            updated_at: self.now,
+        });
+        let set = |field: &mut Option<String>, v: &Option<String>| {
+            if v.is_some() {
+                field.clone_from(v);
+            }
+        };
+        set(&mut c.email, &self.email);
+        set(&mut c.phone, &self.phone);
+        set(&mut c.first_name, &self.first_name);
+        set(&mut c.last_name, &self.last_name);
+        set(&mut c.status, &self.status);
+        set(&mut c.timezone, &self.timezone);
+        for (k, v) in &self.attributes {
+            c.attributes.insert(k.clone(), v.clone());
+        }
+        c.updated_at = self.now;
+        c
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewEvent {
+    pub id: String,
+    pub name: String,
+    pub key: Option<String>,
+    pub data: Value,
+    pub source_run_id: Option<String>,
+    pub created_at: Millis,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct EventRecord {
+    pub id: String,
+    pub name: String,
+    pub key: Option<String>,
+    pub data: Value,
+    pub source_run_id: Option<String>,
+    pub created_at: Millis,
+}
+
+/// Everything one segment of a run changed, written in one transaction: either all of it is
+/// stored or none of it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Commit {
+    pub run: RunWrite,
+    pub state: RunState,
+    pub now: Millis,
+    pub steps: Vec<StepLogEntry>,
+    pub outbox: Vec<NewOutbox>,
+    pub events: Vec<NewEvent>,
+    /// Runs started by this segment (`emit` subscribers, `call` children).
+    pub new_runs: Vec<NewRun>,
+    pub contacts: Vec<ContactUpsert>,
+    /// Runs to wake now if they are waiting (a parent whose child just finished).
+    pub wake_runs: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum CommitOutcome {
+    Committed {
+        /// The contacts as stored after the upserts, in order.
+        contacts: Vec<Contact>,
+    },
+    /// An inserted run's idempotency key was taken: nothing was written. The existing run's id.
+    Duplicate { existing_run_id: String },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CronOutcome {
+    Fired,
+    Skipped,
+    Missed,
+}
+
+impl CronOutcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CronOutcome::Fired => "fired",
+            CronOutcome::Skipped => "skipped",
+            CronOutcome::Missed => "missed",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<CronOutcome> {
+        [CronOutcome::Fired, CronOutcome::Skipped, CronOutcome::Missed].into_iter().find(|o| o.as_str() == s)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct CronFire {
+    pub workflow_id: String,
+    pub trigger_key: String,
+    pub slot: Millis,
+    pub outcome: CronOutcome,
+    pub reason: Option<String>,
+    pub run_id: Option<String>,
+    pub recorded_at: Millis,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct DefinitionVersion {
+    pub hash: String,
+    pub id: String,
+    pub kind: String,
+    pub source: String,
+    pub document: Value,
+    pub first_seen_at: Millis,
+}
+
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct RunFilter {
+    pub workflow_id: Option<String>,
+    pub status: Option<RunStatus>,
+    /// Only runs created before this (for paging back through history).
+    pub created_before: Option<Millis>,
+    pub limit: i64,
+}
+
+#[async_trait]
+pub trait Store: Send + Sync + std::fmt::Debug {
+    /// `sqlite` or `postgres`.
+    fn backend(&self) -> &'static str;
+
+    /// Checks the database answers.
+    async fn ping(&self) -> Result<()>;
+
+    // Definitions.
+    async fn save_definition(&self, version: &DefinitionVersion) -> Result<()>;
+    async fn definition(&self, hash: &str) -> Result<Option<DefinitionVersion>>;
+
+    // Runs.
+    /// Writes one segment atomically (see [`Commit`]).
+    async fn commit(&self, commit: Commit) -> Result<CommitOutcome>;
+    async fn run(&self, id: &str) -> Result<Option<RunRecord>>;
+    async fn run_by_idempotency_key(&self, workflow_id: &str, key: &str) -> Result<Option<RunRecord>>;
+    async fn list_runs(&self, filter: &RunFilter) -> Result<Vec<RunRecord>>;
+    async fn step_log(&self, run_id: &str) -> Result<Vec<StepLogEntry>>;
+    /// Claims up to `limit` due runs for `owner` until `now + lease_ms`, oldest due first.
+    /// Several processes may call this at once; each due run goes to exactly one of them.
+    async fn claim_runs(&self, owner: &str, now: Millis, lease_ms: i64, limit: i64) -> Result<Vec<RunRecord>>;
+    /// Extends the lease on runs `owner` still holds; returns the ids it no longer holds.
+    async fn renew_leases(&self, owner: &str, run_ids: &[String], until: Millis) -> Result<Vec<String>>;
+    /// Makes every run `owner` holds due now, for another worker (on shutdown).
+    async fn release_runs(&self, owner: &str, now: Millis) -> Result<u64>;
+    /// The earliest `due_at` of any unfinished run.
+    async fn next_due_at(&self) -> Result<Option<Millis>>;
+    /// Cancels an unfinished run. False if it was already finished or does not exist.
+    async fn cancel_run(&self, id: &str, now: Millis) -> Result<bool>;
+    /// Makes a failed run pending again, at the step that failed. False if it is not failed.
+    async fn retry_run(&self, id: &str, now: Millis) -> Result<bool>;
+    async fn count_runs(&self) -> Result<Vec<(RunStatus, i64)>>;
+
+    // Events.
+    /// Stores events (inbound messages, or emits from outside a run).
+    async fn insert_events(&self, events: &[NewEvent], new_runs: &[NewRun]) -> Result<()>;
+    /// Makes runs waiting for `(name, key)` due now. Call it after the event is committed.
+    async fn wake_waiting(&self, name: &str, key: &str, now: Millis) -> Result<u64>;
+    /// The oldest matching event created at or after `since` whose id is not in `exclude`.
+    async fn find_event(&self, name: &str, key: &str, since: Millis, exclude: &[String]) -> Result<Option<EventRecord>>;
+
+    // Contacts.
+    async fn contact(&self, id: &str) -> Result<Option<Contact>>;
+    async fn find_contact(&self, email: Option<&str>, phone: Option<&str>) -> Result<Option<Contact>>;
+
+    // Outbox.
+    async fn claim_outbox(&self, owner: &str, now: Millis, lease_ms: i64, limit: i64) -> Result<Vec<OutboxRecord>>;
+    /// Records a delivery attempt's outcome, if `owner` still holds the message.
+    async fn finish_delivery(&self, id: &str, owner: &str, outcome: DeliveryOutcome, now: Millis) -> Result<bool>;
+    async fn outbox_for_run(&self, run_id: &str) -> Result<Vec<OutboxRecord>>;
+    async fn count_outbox(&self) -> Result<Vec<(OutboxStatus, i64)>>;
+    async fn next_outbox_at(&self) -> Result<Option<Millis>>;
+
+    // Cron.
+    async fn cron_checked_until(&self, workflow_id: &str, trigger_key: &str) -> Result<Option<Millis>>;
+    /// Moves the checked-until mark forward (never back).
+    async fn set_cron_checked_until(&self, workflow_id: &str, trigger_key: &str, until: Millis) -> Result<()>;
+    /// Records a slot's outcome, starting `run` with it when it fired. False, with nothing
+    /// written, when the slot was already recorded (by this or another process).
+    async fn record_cron_fire(&self, fire: &CronFire, run: Option<&NewRun>) -> Result<bool>;
+    /// True while a run started by this trigger is unfinished (for `overlap: skip`).
+    async fn cron_run_active(&self, workflow_id: &str, trigger_key: &str) -> Result<bool>;
+    async fn cron_fires(&self, workflow_id: &str, limit: i64) -> Result<Vec<CronFire>>;
+}
+
+pub type DynStore = Arc<dyn Store>;
+
+/// Opens the store a URL names: `sqlite://path` (created if missing) or `postgres://...`.
+pub async fn open(url: &str) -> Result<DynStore> {
+    if url.starts_with("sqlite:") {
+        Ok(Arc::new(sqlite::SqliteStore::open(url).await?))
+    } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        postgres::PgStore::open(url).await
+    } else {
+        Err(StoreError::Config(format!(
+            "unsupported database URL `{}`: use sqlite://path/to/herald.db or postgres://user@host/db",
+            redact_url(url)
+        )))
+    }
+}
+
+/// A database URL with its password replaced, for messages and logs.
+pub fn redact_url(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let creds = &url[scheme + 3..at];
+            match creds.find(':') {
+                Some(colon) => format!("{}{}:***{}", &url[..scheme + 3], &creds[..colon], &url[at..]),
+                None => url.to_owned(),
+            }
+        }
+        _ => url.to_owned(),
+    }
+}

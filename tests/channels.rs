@@ -1,0 +1,647 @@
+//! The delivery channels against real servers on loopback: an SMTP server for `smtp`, an
+//! HTTP server for `webhook`.
+
+mod support;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use herald::channels::{self, Channel, Channels, DeliveryError, OutboundMessage};
+use herald::definitions::env::EnvSource;
+use herald::definitions::model::ConfigDef;
+use herald::definitions::model::config::{
+    ChannelConfig, SmtpConfig, SmtpTls, WebhookChannelConfig,
+};
+use indexmap::IndexMap;
+use support::{HttpSink, Reply, SmtpSink};
+
+const WAIT: Duration = Duration::from_secs(5);
+
+fn env(vars: &[(&str, &str)]) -> EnvSource {
+    let map: HashMap<String, String> = vars
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect();
+    EnvSource::Map(Arc::new(map))
+}
+
+fn message(key: &str, to: &str) -> OutboundMessage {
+    OutboundMessage {
+        id: format!("outbox-{key}"),
+        idempotency_key: key.to_owned(),
+        channel: "email".to_owned(),
+        to: to.to_owned(),
+        from: None,
+        subject: Some("Welcome aboard".to_owned()),
+        body: "Hello Ann,\nyour account is ready.".to_owned(),
+        html: false,
+        headers: IndexMap::new(),
+        run_id: Some("run-1".to_owned()),
+        workflow_id: Some("onboarding".to_owned()),
+        step_id: Some("welcome".to_owned()),
+    }
+}
+
+fn smtp_config(port: u16) -> SmtpConfig {
+    SmtpConfig {
+        host: "127.0.0.1".to_owned(),
+        port: Some(port),
+        username: None,
+        password: None,
+        tls: SmtpTls::None,
+        from: "Herald <herald@example.com>".to_owned(),
+        timeout: herald::definitions::model::Duration::from_secs(5),
+    }
+}
+
+fn webhook_config(url: String) -> WebhookChannelConfig {
+    WebhookChannelConfig {
+        url,
+        headers: IndexMap::new(),
+        timeout: herald::definitions::model::Duration::from_secs(5),
+    }
+}
+
+/// Builds the channels of a config holding just `channel`, named `name`.
+fn build_one(name: &str, channel: ChannelConfig, env: &EnvSource) -> Arc<dyn Channel> {
+    let mut config = ConfigDef::default();
+    config.channels.insert(name.to_owned(), channel);
+    let channels = channels::build(&config, env).expect("channels build");
+    Arc::clone(&channels[name])
+}
+
+fn smtp_channel(config: SmtpConfig) -> Arc<dyn Channel> {
+    build_one("email", ChannelConfig::Smtp(config), &env(&[]))
+}
+
+fn webhook_channel(config: WebhookChannelConfig) -> Arc<dyn Channel> {
+    build_one("hook", ChannelConfig::Webhook(config), &env(&[]))
+}
+
+/// A port on which nothing listens: bound, then released.
+fn closed_port() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    listener.local_addr().expect("local addr").port()
+}
+
+fn expect_transient(
+    result: Result<channels::Delivered, DeliveryError>,
+) -> (String, Option<Duration>) {
+    match result {
+        Err(DeliveryError::Transient {
+            message,
+            retry_after,
+        }) => (message, retry_after),
+        other => panic!("expected a transient failure, got {other:?}"),
+    }
+}
+
+fn expect_permanent(result: Result<channels::Delivered, DeliveryError>) -> String {
+    match result {
+        Err(DeliveryError::Permanent { message }) => message,
+        other => panic!("expected a permanent failure, got {other:?}"),
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// SMTP
+
+#[tokio::test]
+async fn smtp_delivers_a_plain_text_message() {
+    let sink = SmtpSink::start().await;
+    let channel = smtp_channel(smtp_config(sink.port()));
+    let mut msg = message("run-1/welcome/0", "Ann Example <ann@example.org>");
+    msg.subject = Some("Bienvenue, Ann ✓".to_owned());
+    msg.body = "Hello Ann,\nyour account is ready. Café?".to_owned();
+    msg.headers
+        .insert("X-Campaign".to_owned(), "spring-2025".to_owned());
+    msg.headers.insert(
+        "Subject".to_owned(),
+        "must not replace the subject".to_owned(),
+    );
+
+    let delivered = channel.deliver(&msg).await.expect("delivered");
+
+    let mails = sink.wait_for_messages(1, WAIT).await;
+    assert_eq!(mails.len(), 1);
+    let mail = &mails[0];
+    assert_eq!(mail.envelope_from, "herald@example.com");
+    assert_eq!(mail.recipients, ["ann@example.org"]);
+    assert_eq!(mail.subject.as_deref(), Some("Bienvenue, Ann ✓"));
+    assert_eq!(mail.body(), "Hello Ann,\nyour account is ready. Café?");
+    let from = mail.header("From").expect("From header");
+    assert!(from.contains("<herald@example.com>"), "From: {from}");
+    let to = mail.header("To").expect("To header");
+    assert!(to.contains("ann@example.org"), "To: {to}");
+    assert_eq!(
+        mail.header("Content-Type").as_deref(),
+        Some("text/plain; charset=utf-8")
+    );
+    assert_eq!(mail.header("X-Campaign").as_deref(), Some("spring-2025"));
+    assert_eq!(
+        mail.headers()
+            .iter()
+            .filter(|(n, _)| n == "Subject")
+            .count(),
+        1
+    );
+    assert_eq!(delivered.provider_id, mail.message_id);
+    let id = mail.message_id.as_deref().expect("Message-ID");
+    assert!(id.starts_with('<') && id.ends_with("@example.com>"), "{id}");
+}
+
+#[tokio::test]
+async fn smtp_sends_html_as_text_html() {
+    let sink = SmtpSink::start().await;
+    let channel = smtp_channel(smtp_config(sink.port()));
+    let mut msg = message("run-1/welcome/0", "ann@example.org");
+    msg.html = true;
+    msg.body = "<p>Hello <b>Ann</b></p>".to_owned();
+
+    channel.deliver(&msg).await.expect("delivered");
+
+    let mail = &sink.wait_for_messages(1, WAIT).await[0];
+    assert_eq!(
+        mail.header("Content-Type").as_deref(),
+        Some("text/html; charset=utf-8")
+    );
+    assert_eq!(mail.body(), "<p>Hello <b>Ann</b></p>");
+}
+
+#[tokio::test]
+async fn smtp_message_id_follows_the_idempotency_key() {
+    let sink = SmtpSink::start().await;
+    let channel = smtp_channel(smtp_config(sink.port()));
+
+    let first = channel
+        .deliver(&message("run-1/welcome/0", "ann@example.org"))
+        .await
+        .expect("first");
+    // The same message again, as after a crash between sending and recording it.
+    let again = channel
+        .deliver(&message("run-1/welcome/0", "ann@example.org"))
+        .await
+        .expect("again");
+    let other = channel
+        .deliver(&message("run-1/welcome/1", "ann@example.org"))
+        .await
+        .expect("other");
+    let mut from_sales = message("run-1/welcome/0", "ann@example.org");
+    from_sales.from = Some("Sales <sales@example.net>".to_owned());
+    let overridden = channel.deliver(&from_sales).await.expect("overridden");
+
+    let mails = sink.wait_for_messages(4, WAIT).await;
+    let ids: Vec<_> = mails.iter().map(|m| m.message_id.clone()).collect();
+    assert_eq!(ids[0], ids[1]);
+    assert_ne!(ids[0], ids[2]);
+    assert_eq!(
+        [first.provider_id, again.provider_id, other.provider_id],
+        [ids[0].clone(), ids[1].clone(), ids[2].clone()]
+    );
+    // The id names the sender's domain.
+    let sales_id = ids[3].clone().expect("id");
+    assert!(sales_id.ends_with("@example.net>"), "{sales_id}");
+    assert_eq!(overridden.provider_id, Some(sales_id));
+    assert_eq!(mails[3].envelope_from, "sales@example.net");
+}
+
+#[tokio::test]
+async fn smtp_reuses_its_connection() {
+    let sink = SmtpSink::start().await;
+    let channel = smtp_channel(smtp_config(sink.port()));
+    for n in 0..3 {
+        channel
+            .deliver(&message(&format!("run-1/welcome/{n}"), "ann@example.org"))
+            .await
+            .expect("delivered");
+        // lettre returns a connection to its pool from a task of its own.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    sink.wait_for_messages(3, WAIT).await;
+    assert_eq!(sink.connections(), 1);
+}
+
+#[tokio::test]
+async fn smtp_550_on_rcpt_is_permanent() {
+    let sink = SmtpSink::start().await;
+    sink.reject_recipient("gone@example.org", 550);
+    let channel = smtp_channel(smtp_config(sink.port()));
+
+    let error = expect_permanent(
+        channel
+            .deliver(&message("run-1/welcome/0", "gone@example.org"))
+            .await,
+    );
+    assert!(error.contains("550"), "{error}");
+    assert!(sink.messages().is_empty());
+
+    // The refused transaction does not spoil the channel for the next message.
+    channel
+        .deliver(&message("run-1/welcome/1", "ann@example.org"))
+        .await
+        .expect("next message delivered");
+    assert_eq!(sink.wait_for_messages(1, WAIT).await.len(), 1);
+}
+
+#[tokio::test]
+async fn smtp_451_on_rcpt_is_transient_and_a_retry_succeeds() {
+    let sink = SmtpSink::start().await;
+    sink.reject_recipient_times("ann@example.org", 451, 1);
+    let channel = smtp_channel(smtp_config(sink.port()));
+    let msg = message("run-1/welcome/0", "ann@example.org");
+
+    let (error, retry_after) = expect_transient(channel.deliver(&msg).await);
+    assert!(error.contains("451"), "{error}");
+    assert_eq!(retry_after, None);
+    assert!(sink.messages().is_empty());
+
+    channel.deliver(&msg).await.expect("the retry is delivered");
+    let mails = sink.wait_for_messages(1, WAIT).await;
+    assert_eq!(mails[0].recipients, ["ann@example.org"]);
+}
+
+#[tokio::test]
+async fn smtp_with_nothing_listening_is_transient() {
+    let channel = smtp_channel(smtp_config(closed_port()));
+    let (error, _) = expect_transient(
+        channel
+            .deliver(&message("run-1/welcome/0", "ann@example.org"))
+            .await,
+    );
+    assert!(error.contains("127.0.0.1"), "{error}");
+}
+
+#[tokio::test]
+async fn smtp_bad_address_is_permanent_and_says_which() {
+    let sink = SmtpSink::start().await;
+    let channel = smtp_channel(smtp_config(sink.port()));
+
+    let error = expect_permanent(
+        channel
+            .deliver(&message("run-1/welcome/0", "ann at example.org"))
+            .await,
+    );
+    assert!(
+        error.contains("recipient address `ann at example.org`"),
+        "{error}"
+    );
+
+    let mut msg = message("run-1/welcome/0", "ann@example.org");
+    msg.from = Some("sales@".to_owned());
+    let error = expect_permanent(channel.deliver(&msg).await);
+    assert!(error.contains("sender address `sales@`"), "{error}");
+
+    assert!(sink.messages().is_empty());
+    assert_eq!(sink.connections(), 0);
+}
+
+#[tokio::test]
+async fn smtp_relay_that_hangs_times_out_as_transient() {
+    let sink = SmtpSink::start().await;
+    let mut config = smtp_config(sink.port());
+    config.timeout = herald::definitions::model::Duration(Duration::from_millis(300));
+    let channel = smtp_channel(config);
+
+    sink.pause();
+    let started = std::time::Instant::now();
+    let (error, _) = expect_transient(
+        channel
+            .deliver(&message("run-1/welcome/0", "ann@example.org"))
+            .await,
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(error.contains("300ms"), "{error}");
+
+    // The abandoned connection is not reused: the next delivery starts a clean one.
+    sink.resume();
+    channel
+        .deliver(&message("run-1/welcome/1", "ann@example.org"))
+        .await
+        .expect("delivered after the relay recovers");
+    let mails = sink.wait_for_messages(1, WAIT).await;
+    assert_eq!(mails.len(), 1);
+    assert_eq!(sink.messages().len(), 1);
+}
+
+#[tokio::test]
+async fn smtp_logs_in_with_credentials_from_the_environment() {
+    let sink = SmtpSink::start_with_login("mailer", "hunter2").await;
+    let mut config = smtp_config(sink.port());
+    config.username = Some("${env:SMTP_USER}".to_owned());
+    config.password = Some("${env:SMTP_PASSWORD}".to_owned());
+    let vars = env(&[("SMTP_USER", "mailer"), ("SMTP_PASSWORD", "hunter2")]);
+    let channel = build_one("email", ChannelConfig::Smtp(config.clone()), &vars);
+
+    channel
+        .deliver(&message("run-1/welcome/0", "ann@example.org"))
+        .await
+        .expect("delivered");
+    let mails = sink.wait_for_messages(1, WAIT).await;
+    assert_eq!(mails[0].authenticated_as.as_deref(), Some("mailer"));
+
+    let wrong = env(&[("SMTP_USER", "mailer"), ("SMTP_PASSWORD", "wrong")]);
+    let channel = build_one("email", ChannelConfig::Smtp(config), &wrong);
+    let error = expect_permanent(
+        channel
+            .deliver(&message("run-1/welcome/1", "ann@example.org"))
+            .await,
+    );
+    assert!(error.contains("535"), "{error}");
+    assert!(!error.contains("wrong"), "the password leaked: {error}");
+}
+
+// ---------------------------------------------------------------------------------------
+// Webhook
+
+#[tokio::test]
+async fn webhook_posts_the_message_as_json() {
+    let sink = HttpSink::start().await;
+    let mut config = webhook_config(sink.url("/hooks/messages"));
+    config.headers.insert(
+        "Authorization".to_owned(),
+        "Bearer ${env:HOOK_TOKEN}".to_owned(),
+    );
+    let vars = env(&[("HOOK_TOKEN", "t0ken")]);
+    let channel = build_one("hook", ChannelConfig::Webhook(config), &vars);
+    let mut msg = message("run-1/notify/0", "+15555550100");
+    msg.channel = "hook".to_owned();
+    msg.html = true;
+    msg.from = Some("Herald".to_owned());
+    msg.headers
+        .insert("X-Priority".to_owned(), "high".to_owned());
+
+    let delivered = channel.deliver(&msg).await.expect("delivered");
+
+    let requests = sink.wait_for_requests(1, WAIT).await;
+    let request = &requests[0];
+    assert_eq!(request.method, "POST");
+    assert_eq!(request.path, "/hooks/messages");
+    assert_eq!(request.idempotency_key(), Some("run-1/notify/0"));
+    assert_eq!(request.header("authorization"), Some("Bearer t0ken"));
+    assert_eq!(request.header("content-type"), Some("application/json"));
+    assert_eq!(
+        request.json,
+        serde_json::json!({
+            "id": "outbox-run-1/notify/0",
+            "idempotency_key": "run-1/notify/0",
+            "channel": "hook",
+            "to": "+15555550100",
+            "from": "Herald",
+            "subject": "Welcome aboard",
+            "body": "Hello Ann,\nyour account is ready.",
+            "html": true,
+            "headers": {"X-Priority": "high"},
+            "run_id": "run-1",
+            "workflow_id": "onboarding",
+            "step_id": "welcome",
+        })
+    );
+    // The sink's default answer is {"id": "sink-1"}.
+    assert_eq!(delivered.provider_id.as_deref(), Some("sink-1"));
+    assert_eq!(sink.unique_keys(), ["run-1/notify/0"]);
+}
+
+#[tokio::test]
+async fn webhook_provider_id_comes_from_the_response_when_there_is_one() {
+    let sink = HttpSink::start().await;
+    let channel = webhook_channel(webhook_config(sink.url("/hook")));
+    sink.respond_next(
+        1,
+        Reply::ok().json(serde_json::json!({"id": "prov-42", "ok": true})),
+    );
+    sink.respond_next(1, Reply::status(202).body("accepted"));
+    sink.respond_next(1, Reply::ok().json(serde_json::json!({"id": 42})));
+
+    let ids = [
+        channel.deliver(&message("k1", "ann")).await.expect("1"),
+        channel.deliver(&message("k2", "ann")).await.expect("2"),
+        channel.deliver(&message("k3", "ann")).await.expect("3"),
+    ]
+    .map(|d| d.provider_id);
+    assert_eq!(ids, [Some("prov-42".to_owned()), None, None]);
+}
+
+#[tokio::test]
+async fn webhook_500_is_transient_and_the_retry_carries_the_same_key() {
+    let sink = HttpSink::start().await;
+    sink.fail_next(1, 500);
+    let channel = webhook_channel(webhook_config(sink.url("/hook")));
+    let msg = message("run-1/notify/0", "ann");
+
+    let (error, retry_after) = expect_transient(channel.deliver(&msg).await);
+    assert!(error.contains("500"), "{error}");
+    assert_eq!(retry_after, None);
+
+    channel.deliver(&msg).await.expect("the retry is delivered");
+    assert_eq!(sink.count_for_key("run-1/notify/0"), 2);
+    assert_eq!(sink.duplicate_keys(), ["run-1/notify/0"]);
+    let answered: Vec<u16> = sink.requests().iter().map(|r| r.answered).collect();
+    assert_eq!(answered, [500, 200]);
+}
+
+#[tokio::test]
+async fn webhook_429_is_transient_with_retry_after() {
+    let sink = HttpSink::start().await;
+    sink.respond_next(1, Reply::status(429).retry_after(7));
+    let channel = webhook_channel(webhook_config(sink.url("/hook")));
+
+    let (error, retry_after) = expect_transient(channel.deliver(&message("k", "ann")).await);
+    assert!(error.contains("429"), "{error}");
+    assert_eq!(retry_after, Some(Duration::from_secs(7)));
+}
+
+#[tokio::test]
+async fn webhook_400_is_permanent_with_the_status_and_body() {
+    let sink = HttpSink::start().await;
+    sink.respond_to_recipient(
+        "nobody",
+        Reply::status(400).json(serde_json::json!({"error": "unknown recipient"})),
+    );
+    let channel = webhook_channel(webhook_config(sink.url("/hook")));
+
+    let error = expect_permanent(channel.deliver(&message("k1", "nobody")).await);
+    assert!(error.contains("400"), "{error}");
+    assert!(error.contains("unknown recipient"), "{error}");
+
+    // Other recipients are unaffected.
+    channel
+        .deliver(&message("k2", "ann"))
+        .await
+        .expect("another recipient is delivered");
+
+    // And a long body is cut to its first 200 characters.
+    sink.reject_recipient("nobody", 422);
+    sink.respond_to_recipient("long", Reply::status(404).body(&"x".repeat(1000)));
+    let error = expect_permanent(channel.deliver(&message("k3", "long")).await);
+    assert!(error.contains("404"), "{error}");
+    assert!(error.contains(&"x".repeat(200)), "{error}");
+    assert!(!error.contains(&"x".repeat(201)), "{error}");
+}
+
+#[tokio::test]
+async fn webhook_with_nothing_listening_is_transient() {
+    let url = format!("http://127.0.0.1:{}/hook?token=s3cret", closed_port());
+    let channel = webhook_channel(webhook_config(url));
+    let (error, retry_after) = expect_transient(channel.deliver(&message("k", "ann")).await);
+    assert_eq!(retry_after, None);
+    assert!(error.contains("127.0.0.1"), "{error}");
+    assert!(
+        !error.contains("s3cret"),
+        "the URL's secret leaked: {error}"
+    );
+}
+
+#[tokio::test]
+async fn webhook_that_hangs_times_out_as_transient() {
+    let sink = HttpSink::start().await;
+    sink.respond_next(1, Reply::ok().after(Duration::from_secs(3)));
+    let mut config = webhook_config(sink.url("/hook"));
+    config.timeout = herald::definitions::model::Duration(Duration::from_millis(200));
+    let channel = webhook_channel(config);
+
+    let started = std::time::Instant::now();
+    let (error, _) = expect_transient(channel.deliver(&message("k", "ann")).await);
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(error.contains("200ms"), "{error}");
+    assert_eq!(sink.count_for_key("k"), 1);
+}
+
+// ---------------------------------------------------------------------------------------
+// build() and log
+
+#[tokio::test]
+async fn build_adds_log_and_resolves_the_environment() {
+    let sink = HttpSink::start().await;
+    let mut config = ConfigDef::default();
+    config.channels.insert(
+        "email".to_owned(),
+        ChannelConfig::Smtp(SmtpConfig {
+            host: "${env:SMTP_HOST}".to_owned(),
+            from: "${env:MAIL_FROM}".to_owned(),
+            ..smtp_config(2525)
+        }),
+    );
+    config.channels.insert(
+        "hook".to_owned(),
+        ChannelConfig::Webhook(webhook_config("${env:HOOK_URL}".to_owned())),
+    );
+    let vars = env(&[
+        ("SMTP_HOST", "127.0.0.1"),
+        ("MAIL_FROM", "Herald <herald@example.com>"),
+        ("HOOK_URL", &sink.url("/from-env")),
+    ]);
+
+    let channels: Channels = channels::build(&config, &vars).expect("build");
+    let names: Vec<&str> = channels.keys().map(String::as_str).collect();
+    assert_eq!(names, ["email", "hook", "log"]);
+    assert_eq!(channels["log"].provider(), "log");
+
+    channels["hook"]
+        .deliver(&message("k", "ann"))
+        .await
+        .expect("delivered to the URL from the environment");
+    assert_eq!(sink.wait_for_requests(1, WAIT).await[0].path, "/from-env");
+}
+
+#[test]
+fn build_names_an_unset_variable_and_its_channel() {
+    let mut config = ConfigDef::default();
+    config.channels.insert(
+        "alerts".to_owned(),
+        ChannelConfig::Webhook(WebhookChannelConfig {
+            headers: [("X-Token".to_owned(), "${env:ALERTS_TOKEN}".to_owned())].into(),
+            ..webhook_config("http://127.0.0.1:9/".to_owned())
+        }),
+    );
+    let error = channels::build(&config, &env(&[])).expect_err("unset variable");
+    assert!(error.contains("ALERTS_TOKEN"), "{error}");
+    assert!(error.contains("`alerts`"), "{error}");
+}
+
+#[tokio::test]
+async fn the_log_channel_delivers() {
+    let channels = channels::build(&ConfigDef::default(), &env(&[])).expect("build");
+    let log = &channels["log"];
+    let delivered = log
+        .deliver(&message("run-1/welcome/0", "ann@example.org"))
+        .await
+        .expect("the log channel never fails");
+    assert_eq!(
+        delivered.provider_id.as_deref(),
+        Some("log-outbox-run-1/welcome/0")
+    );
+}
+
+// ---------------------------------------------------------------------------------------
+// The sinks themselves
+
+/// The engine's crash test drives the sinks from another process while the test thread
+/// blocks on it; this talks to both with blocking sockets on the test's only thread.
+#[tokio::test]
+async fn sinks_answer_while_the_test_thread_blocks() {
+    use std::io::{BufRead, BufReader, Read, Write};
+
+    let smtp = SmtpSink::start().await;
+    smtp.reject_recipient("gone@example.org", 550);
+    let stream = std::net::TcpStream::connect(smtp.addr()).expect("connect");
+    stream.set_read_timeout(Some(WAIT)).expect("read timeout");
+    let mut writer = stream.try_clone().expect("clone");
+    let mut reader = BufReader::new(stream);
+    let mut say = |line: &str| -> String {
+        if !line.is_empty() {
+            writer.write_all(line.as_bytes()).expect("write");
+        }
+        let mut reply = String::new();
+        loop {
+            let mut part = String::new();
+            reader.read_line(&mut part).expect("read");
+            reply.push_str(&part);
+            // The last line of a multi-line reply has a space after the code.
+            if part.len() < 4 || part.as_bytes()[3] != b'-' {
+                return reply;
+            }
+        }
+    };
+    assert!(say("").starts_with("220 "));
+    assert!(say("EHLO test\r\n").starts_with("250"));
+    assert!(say("MAIL FROM:<a@example.com>\r\n").starts_with("250"));
+    assert!(say("RCPT TO:<gone@example.org>\r\n").starts_with("550"));
+    assert!(say("RCPT TO:<b@example.org>\r\n").starts_with("250"));
+    assert!(say("DATA\r\n").starts_with("354"));
+    assert!(say("Subject: raw\r\n\r\n..dot-stuffed\r\n.\r\n").starts_with("250"));
+    assert!(say("QUIT\r\n").starts_with("221"));
+    let mails = smtp.messages();
+    assert_eq!(mails.len(), 1);
+    assert_eq!(mails[0].recipients, ["b@example.org"]);
+    assert_eq!(mails[0].subject.as_deref(), Some("raw"));
+    assert_eq!(mails[0].body(), ".dot-stuffed");
+
+    let http = HttpSink::start().await;
+    http.fail_next(1, 503);
+    let mut stream = std::net::TcpStream::connect(http.addr()).expect("connect");
+    stream.set_read_timeout(Some(WAIT)).expect("read timeout");
+    let body = r#"{"to":"ann"}"#;
+    write!(
+        stream,
+        "POST /raw HTTP/1.1\r\nHost: localhost\r\nIdempotency-Key: raw-1\r\n\
+         Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .expect("write");
+    let mut response = String::new();
+    stream.read_to_string(&mut response).expect("read");
+    assert!(response.starts_with("HTTP/1.1 503"), "{response}");
+    let requests = http.requests();
+    assert_eq!(requests[0].field("to"), Some("ann"));
+    assert_eq!(requests[0].answered, 503);
+    assert_eq!(http.count_for_key("raw-1"), 1);
+}
