@@ -8,3 +8,6 @@ pub mod cli;
 pub mod channels;
 pub mod tls;
 pub mod store;
+pub mod engine;
+pub mod server;
+pub mod reload;

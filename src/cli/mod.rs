@@ -5,6 +5,7 @@
 mod init;
 mod render;
 mod schema;
+pub mod serve;
 mod validate;
 
 use std::path::PathBuf;
@@ -29,6 +30,8 @@ enum Command {
     Render(render::Args),
     /// Create a small working project in a new folder.
     Init(init::Args),
+    /// Serve webhooks, run schedules and workflows, deliver messages; reload on file changes.
+    Serve(serve::Args),
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum, Default)]
@@ -76,6 +79,7 @@ pub fn main() -> ExitCode {
         Command::Schema(a) => schema::run(a),
         Command::Render(a) => render::run(a),
         Command::Init(a) => init::run(a),
+        Command::Serve(a) => serve::run(a),
     };
     match result {
         Ok(code) => code,

@@ -183,41 +183,40 @@ impl Templates {
 
     /// Renders a template file.
     pub fn render(&self, name: &str, ctx: &Value) -> Result<String, RenderError> {
+        self.render_in(name, &context(ctx))
+    }
+
+    /// Renders a template file with a context already converted by [`context`].
+    pub fn render_in(&self, name: &str, ctx: &JValue) -> Result<String, RenderError> {
         let tmpl = self.env.get_template(name).map_err(|e| RenderError::from_minijinja(&e))?;
-        tmpl.render(JValue::from(Serde(ctx))).map_err(|e| RenderError::from_minijinja(&e))
+        tmpl.render(ctx).map_err(|e| RenderError::from_minijinja(&e))
     }
 
     /// Renders an inline template from a definition.
-    pub fn render_str(&self, source: &str, ctx: &Value) -> Result<String, RenderError> {
+    pub fn render_str(&self, source: &str, ctx: &JValue) -> Result<String, RenderError> {
         if !source.contains("{{") && !source.contains("{%") && !source.contains("{#") {
             return Ok(source.to_owned());
         }
-        self.env
-            .render_str(source, JValue::from(Serde(ctx)))
-            .map_err(|e| RenderError::from_minijinja(&e))
+        self.env.render_str(source, ctx).map_err(|e| RenderError::from_minijinja(&e))
     }
 
     /// Evaluates an expression (no braces) to a value.
-    pub fn eval(&self, expr: &str, ctx: &Value) -> Result<Value, RenderError> {
+    pub fn eval(&self, expr: &str, ctx: &JValue) -> Result<Value, RenderError> {
         let compiled = self.env.compile_expression(expr).map_err(|e| RenderError::from_minijinja(&e))?;
-        let v = compiled
-            .eval(JValue::from(Serde(ctx)))
-            .map_err(|e| RenderError::from_minijinja(&e))?;
+        let v = compiled.eval(ctx).map_err(|e| RenderError::from_minijinja(&e))?;
         to_json(&v)
     }
 
     /// Evaluates an expression for its truth, as `if` does.
-    pub fn is_true(&self, expr: &str, ctx: &Value) -> Result<bool, RenderError> {
+    pub fn is_true(&self, expr: &str, ctx: &JValue) -> Result<bool, RenderError> {
         let compiled = self.env.compile_expression(expr).map_err(|e| RenderError::from_minijinja(&e))?;
-        let v = compiled
-            .eval(JValue::from(Serde(ctx)))
-            .map_err(|e| RenderError::from_minijinja(&e))?;
+        let v = compiled.eval(ctx).map_err(|e| RenderError::from_minijinja(&e))?;
         Ok(v.is_true())
     }
 
     /// Renders a template value: a string that is exactly one `{{ expression }}` keeps the
     /// expression's type; any other string renders to a string.
-    pub fn render_value_str(&self, source: &str, ctx: &Value) -> Result<Value, RenderError> {
+    pub fn render_value_str(&self, source: &str, ctx: &JValue) -> Result<Value, RenderError> {
         match sole_expression(source) {
             Some(expr) => self.eval(expr, ctx),
             None => self.render_str(source, ctx).map(Value::String),
@@ -225,7 +224,7 @@ impl Templates {
     }
 
     /// Renders every string inside a JSON value (object keys stay as written).
-    pub fn render_json(&self, value: &Value, ctx: &Value) -> Result<Value, RenderError> {
+    pub fn render_json(&self, value: &Value, ctx: &JValue) -> Result<Value, RenderError> {
         Ok(match value {
             Value::String(s) => self.render_value_str(s, ctx)?,
             Value::Array(items) => Value::Array(
@@ -241,6 +240,11 @@ impl Templates {
             other => other.clone(),
         })
     }
+}
+
+/// Converts a JSON context for rendering. Convert once per step and render many times.
+pub fn context(ctx: &Value) -> JValue {
+    JValue::from(Serde(ctx))
 }
 
 /// When `source` is exactly one `{{ expression }}` (whitespace around allowed), the expression.

@@ -1,0 +1,214 @@
+//! `herald serve`: the HTTP API, the scheduler, the workers and the outbox dispatcher, in one
+//! process.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::{Arc, Mutex};
+
+use tokio_util::sync::CancellationToken;
+
+use super::{ColorChoice, UsageError, dir_or_current};
+use crate::definitions::env::EnvSource;
+use crate::definitions::project::Layout;
+use crate::engine::clock::{SystemClock, rfc3339};
+use crate::engine::{Engine, EngineOptions, load_registry};
+use crate::server::{AppState, ReloadStatus, admin, metrics_handle, router};
+use crate::triggers::scheduler::Scheduler;
+
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// The project folder (holding herald.yaml).
+    #[arg(long, value_name = "DIR")]
+    dir: Option<PathBuf>,
+    /// The database: sqlite://path or postgres://... Overrides herald.yaml.
+    #[arg(long, env = "DATABASE_URL", value_name = "URL")]
+    database_url: Option<String>,
+    /// The address to listen on. Overrides herald.yaml. Port 0 picks a free port.
+    #[arg(long, value_name = "ADDR")]
+    listen: Option<String>,
+    /// Read `NAME=value` lines from this file before the environment, for `${env:NAME}`.
+    #[arg(long, value_name = "FILE")]
+    env_file: Option<PathBuf>,
+    /// Log format.
+    #[arg(long, value_enum, default_value_t)]
+    log_format: LogFormat,
+    /// Do not watch workflows/ and templates/ for changes (reload with SIGHUP or the API).
+    #[arg(long)]
+    no_watch: bool,
+    #[arg(long, value_enum, default_value_t)]
+    color: ColorChoice,
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum, Default)]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+pub fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,sqlx=warn,hyper=warn,lettre=warn"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+    };
+}
+
+/// Where a `sqlite://` URL's relative path points: the project folder, so the database sits
+/// beside herald.yaml wherever `herald serve` is started from.
+pub fn resolve_database_url(url: &str, root: &Path) -> String {
+    if let Some(rest) = url.strip_prefix("sqlite://").or_else(|| url.strip_prefix("sqlite:"))
+        && !rest.starts_with('/')
+        && !rest.starts_with(":memory:")
+    {
+        return format!("sqlite://{}", root.join(rest).display());
+    }
+    url.to_owned()
+}
+
+pub fn run(args: Args) -> Result<ExitCode, UsageError> {
+    init_logging(args.log_format);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| UsageError(format!("cannot start the runtime: {e}")))?;
+    runtime.block_on(serve(args))
+}
+
+async fn serve(args: Args) -> Result<ExitCode, UsageError> {
+    let started = std::time::Instant::now();
+    let dir = dir_or_current(args.dir);
+    let layout = Layout::discover(&dir)?;
+    let env = match &args.env_file {
+        Some(f) => EnvSource::with_env_file(f)?,
+        None => EnvSource::Process,
+    };
+    let clock = Arc::new(SystemClock);
+    let now = crate::engine::clock::Clock::now(&*clock);
+    let color = args.color.enabled();
+    let (registry, report) = match load_registry(&layout, &env, 1, now) {
+        Ok(r) => r,
+        Err(report) => {
+            for d in &report.diagnostics {
+                eprintln!("{}", d.render(color));
+            }
+            eprintln!("herald serve: {} error(s) in the definitions; nothing was started", report.errors());
+            return Ok(ExitCode::from(1));
+        }
+    };
+    for d in &report.diagnostics {
+        eprintln!("{}", d.render(color));
+    }
+    let config = registry.config.clone();
+    let url = resolve_database_url(args.database_url.as_deref().unwrap_or(&config.database), &layout.root);
+    let url = env.resolve(&url).map_err(UsageError)?;
+    let store = crate::store::open(&url)
+        .await
+        .map_err(|e| UsageError(format!("cannot open the database {}: {e}", crate::store::redact_url(&url))))?;
+    let options = EngineOptions {
+        lease: config.engine.lease.as_std(),
+        workers: config.engine.workers as usize,
+        ..EngineOptions::default()
+    };
+    let engine = Engine::new(store, clock, env.clone(), options);
+    engine.install(registry).await.map_err(|e| UsageError(format!("cannot store the definitions: {e}")))?;
+
+    let admin_keys = config
+        .admin
+        .api_keys
+        .iter()
+        .map(|k| env.resolve(k).map(|k| admin::digest(&k)))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(UsageError)?;
+    let state = Arc::new(AppState {
+        engine: engine.clone(),
+        admin_keys,
+        metrics: metrics_handle(),
+        reload: Mutex::new(ReloadStatus {
+            ok: true,
+            at: Some(rfc3339(now)),
+            generation: 1,
+            errors: Vec::new(),
+        }),
+        started_at: now,
+        reloader: Mutex::new(None),
+    });
+
+    let listen = args.listen.unwrap_or(config.listen.clone());
+    let addr: SocketAddr = listen
+        .parse()
+        .map_err(|e| UsageError(format!("`{listen}` is not a listen address (host:port): {e}")))?;
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|e| UsageError(format!("cannot listen on {addr}: {e}")))?;
+    let bound = listener.local_addr().map_err(|e| UsageError(e.to_string()))?;
+
+    let shutdown = CancellationToken::new();
+    let mut tasks = tokio::task::JoinSet::new();
+    tasks.spawn(engine.clone().work(shutdown.clone()));
+    tasks.spawn(engine.clone().renew_leases(shutdown.clone()));
+    tasks.spawn(engine.clone().dispatch(shutdown.clone()));
+    tasks.spawn(Arc::new(Scheduler::new(engine.clone())).run(shutdown.clone()));
+    crate::reload::spawn(state.clone(), layout.clone(), env.clone(), !args.no_watch, shutdown.clone(), &mut tasks);
+
+    tracing::info!(
+        listen = %bound,
+        database = %crate::store::redact_url(&url),
+        definitions = engine.registry().workflows.len(),
+        owner = %engine.options.owner,
+        startup_ms = started.elapsed().as_millis() as u64,
+        "herald is serving"
+    );
+    // A line scripts and tests can wait for, with the real port when port 0 was asked for.
+    println!("listening on http://{bound}");
+
+    let app = router(state.clone());
+    let stop = shutdown.clone();
+    let engine_for_signal = engine.clone();
+    let signal = async move {
+        wait_for_signal().await;
+        tracing::info!("shutting down: no new work is taken; runs in progress finish their current step");
+        engine_for_signal.drain();
+        stop.cancel();
+    };
+    let server = axum::serve(listener, app).with_graceful_shutdown(signal);
+    if let Err(e) = server.await {
+        tracing::error!(error = %e, "the HTTP server failed");
+    }
+    shutdown.cancel();
+    // Workers finish the segment they are in; bounded so a hung call cannot block exit.
+    let drain = async { while tasks.join_next().await.is_some() {} };
+    if tokio::time::timeout(std::time::Duration::from_secs(30), drain).await.is_err() {
+        tracing::warn!("some work did not finish within 30s; its leases expire and another process resumes it");
+    }
+    match engine.store.release_runs(&engine.options.owner, engine.now()).await {
+        Ok(n) if n > 0 => tracing::info!(runs = n, "released runs for other processes"),
+        _ => {}
+    }
+    tracing::info!("stopped");
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn wait_for_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {}
+        _ = term => {}
+    }
+}

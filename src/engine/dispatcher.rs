@@ -1,0 +1,152 @@
+//! The outbox dispatcher: delivers queued messages through their channels, retrying
+//! transient failures with backoff, and recording every outcome.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use indexmap::IndexMap;
+use serde_json::Value;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use super::{Engine, EngineError, retry};
+use crate::channels::{DeliveryError, OutboundMessage};
+use crate::store::{DeliveryOutcome, OutboxRecord};
+
+const BATCH: i64 = 32;
+const MAX_IDLE: Duration = Duration::from_secs(1);
+
+impl Engine {
+    /// A message stays claimed this long; a delivery that takes longer (or a process that
+    /// died mid-delivery) lets another dispatcher try again, with the same idempotency key.
+    fn outbox_lease_ms(&self) -> i64 {
+        (self.lease_ms() * 4).max(120_000)
+    }
+
+    /// Delivers every message due now. Tests call this; `herald serve` runs [`Engine::dispatch`].
+    pub async fn deliver_due(self: &Arc<Self>) -> Result<usize, EngineError> {
+        let mut total = 0;
+        loop {
+            let batch = self
+                .store
+                .claim_outbox(&self.options.owner, self.now(), self.outbox_lease_ms(), BATCH)
+                .await?;
+            if batch.is_empty() {
+                return Ok(total);
+            }
+            total += batch.len();
+            let mut set = JoinSet::new();
+            for m in batch {
+                let engine = self.clone();
+                set.spawn(async move { engine.deliver(m).await });
+            }
+            while set.join_next().await.is_some() {}
+        }
+    }
+
+    pub async fn dispatch(self: Arc<Self>, shutdown: CancellationToken) {
+        loop {
+            if shutdown.is_cancelled() {
+                return;
+            }
+            let notified = self.outbox_ready.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            match self.deliver_due().await {
+                Ok(_) => {}
+                Err(e) => tracing::error!(error = %e, "could not claim messages to deliver"),
+            }
+            if self.is_draining() {
+                return;
+            }
+            let sleep = match self.store.next_outbox_at().await {
+                Ok(Some(at)) => Duration::from_millis((at - self.now()).clamp(1, MAX_IDLE.as_millis() as i64) as u64),
+                _ => MAX_IDLE,
+            };
+            tokio::select! {
+                _ = tokio::time::sleep(sleep) => {}
+                _ = &mut notified => {}
+                _ = shutdown.cancelled() => return,
+            }
+        }
+    }
+
+    async fn deliver(&self, m: OutboxRecord) {
+        let registry = self.registry();
+        let outcome = match registry.channels.get(&m.channel) {
+            None => DeliveryOutcome::Failed {
+                error: format!("channel `{}` is not configured", m.channel),
+            },
+            Some(_) if m.attempts > m.max_attempts => DeliveryOutcome::Failed {
+                error: format!(
+                    "gave up after {} attempts (the last was interrupted): {}",
+                    m.max_attempts,
+                    m.last_error.clone().unwrap_or_default()
+                ),
+            },
+            Some(channel) => {
+                let message = OutboundMessage {
+                    id: m.id.clone(),
+                    idempotency_key: m.idempotency_key.clone(),
+                    channel: m.channel.clone(),
+                    to: m.recipient.clone(),
+                    from: m.sender.clone(),
+                    subject: m.subject.clone(),
+                    body: m.body.clone(),
+                    html: m.html,
+                    headers: m
+                        .headers
+                        .as_object()
+                        .map(|h| {
+                            h.iter()
+                                .map(|(k, v)| (k.clone(), v.as_str().map(str::to_owned).unwrap_or_else(|| v.to_string())))
+                                .collect::<IndexMap<_, _>>()
+                        })
+                        .unwrap_or_default(),
+                    run_id: m.run_id.clone(),
+                    workflow_id: m.workflow_id.clone(),
+                    step_id: m.step_id.clone(),
+                };
+                match channel.deliver(&message).await {
+                    Ok(d) => DeliveryOutcome::Sent { provider_id: d.provider_id },
+                    Err(DeliveryError::Permanent { message }) => DeliveryOutcome::Failed { error: message },
+                    Err(DeliveryError::Transient { message, retry_after }) => {
+                        if m.attempts >= m.max_attempts {
+                            DeliveryOutcome::Failed {
+                                error: format!("{message} (after {} attempts)", m.attempts),
+                            }
+                        } else {
+                            let wait = retry::delay(&retry::outbox_default(), m.attempts.max(1) as u32)
+                                .max(retry_after.unwrap_or_default());
+                            DeliveryOutcome::Retry {
+                                error: message,
+                                next_attempt_at: self.now() + wait.as_millis() as i64,
+                            }
+                        }
+                    }
+                }
+            }
+        };
+        let label = match &outcome {
+            DeliveryOutcome::Sent { .. } => "sent",
+            DeliveryOutcome::Retry { .. } => "retry",
+            DeliveryOutcome::Failed { .. } => "failed",
+        };
+        metrics::counter!("herald_deliveries_total", "channel" => m.channel.clone(), "outcome" => label).increment(1);
+        match &outcome {
+            DeliveryOutcome::Failed { error } => {
+                tracing::warn!(message = %m.id, channel = %m.channel, run = ?m.run_id, error = %error, "message failed for good")
+            }
+            DeliveryOutcome::Retry { error, .. } => {
+                tracing::info!(message = %m.id, channel = %m.channel, attempt = m.attempts, error = %error, "delivery will be retried")
+            }
+            DeliveryOutcome::Sent { .. } => {}
+        }
+        match self.store.finish_delivery(&m.id, &self.options.owner, outcome, self.now()).await {
+            Ok(true) => {}
+            Ok(false) => tracing::warn!(message = %m.id, "the message's claim expired before its outcome was recorded"),
+            Err(e) => tracing::error!(message = %m.id, error = %e, "could not record a delivery outcome; it will be retried"),
+        }
+        let _ = Value::Null;
+    }
+}

@@ -1,0 +1,118 @@
+//! The `http` step: one request, its response kept as the step's output.
+
+use std::time::Duration;
+
+use serde_json::{Map, Value, json};
+
+use super::interpreter::StepError;
+use crate::definitions::model::trigger::HttpMethod;
+
+/// The largest response body kept; a step's output lives in the run's context.
+const MAX_BODY: usize = 1024 * 1024;
+
+/// URLs in messages lose their query string, which is where tokens tend to be.
+fn display_url(url: &str) -> &str {
+    url.split(['?', '#']).next().unwrap_or(url)
+}
+
+#[allow(clippy::too_many_arguments)]
+pub(crate) async fn call(
+    client: &reqwest::Client,
+    method: HttpMethod,
+    url: &str,
+    headers: &[(String, String)],
+    json_body: Option<&Value>,
+    idempotency_key: &str,
+    timeout: Duration,
+    expect: Option<&[u16]>,
+) -> Result<Value, StepError> {
+    let m = match method {
+        HttpMethod::Get => reqwest::Method::GET,
+        HttpMethod::Post => reqwest::Method::POST,
+        HttpMethod::Put => reqwest::Method::PUT,
+        HttpMethod::Patch => reqwest::Method::PATCH,
+        HttpMethod::Delete => reqwest::Method::DELETE,
+    };
+    let parsed = reqwest::Url::parse(url)
+        .map_err(|e| StepError::Permanent(format!("`{}` is not a valid URL: {e}", display_url(url))))?;
+    if !matches!(parsed.scheme(), "http" | "https") {
+        return Err(StepError::Permanent(format!("`{}` is not an http(s) URL", display_url(url))));
+    }
+    let mut req = client.request(m, parsed).timeout(timeout);
+    let mut has_key = false;
+    for (k, v) in headers {
+        has_key |= k.eq_ignore_ascii_case("idempotency-key");
+        req = req.header(k.as_str(), v.as_str());
+    }
+    // The same key on every attempt of this step, so a server that honours it does the work
+    // once even if a crash makes Herald call twice.
+    if !has_key {
+        req = req.header("Idempotency-Key", idempotency_key);
+    }
+    if let Some(body) = json_body {
+        req = req.json(body);
+    }
+    let what = format!("{} {}", method.as_str(), display_url(url));
+    let mut resp = req.send().await.map_err(|e| {
+        let kind = if e.is_timeout() {
+            format!("timed out after {}", crate::definitions::model::Duration(timeout))
+        } else if e.is_connect() {
+            "could not connect".to_owned()
+        } else if e.is_builder() {
+            return StepError::Permanent(format!("{what}: invalid request: {e}"));
+        } else {
+            format!("failed: {e}")
+        };
+        StepError::Transient {
+            message: format!("{what} {kind}"),
+            retry_after: None,
+        }
+    })?;
+    let status = resp.status().as_u16();
+    let mut out_headers = Map::new();
+    for (k, v) in resp.headers() {
+        if let Ok(v) = v.to_str() {
+            out_headers.insert(k.as_str().to_owned(), Value::String(v.to_owned()));
+        }
+    }
+    let retry_after = resp
+        .headers()
+        .get(reqwest::header::RETRY_AFTER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .map(Duration::from_secs);
+    let mut bytes = Vec::new();
+    loop {
+        match resp.chunk().await {
+            Ok(Some(chunk)) => {
+                if bytes.len() + chunk.len() > MAX_BODY {
+                    return Err(StepError::Permanent(format!("{what}: the response is larger than {MAX_BODY} bytes")));
+                }
+                bytes.extend_from_slice(&chunk);
+            }
+            Ok(None) => break,
+            Err(e) => {
+                return Err(StepError::Transient {
+                    message: format!("{what}: reading the response failed: {e}"),
+                    retry_after: None,
+                });
+            }
+        }
+    }
+    let text = String::from_utf8_lossy(&bytes).into_owned();
+    let body = serde_json::from_slice::<Value>(&bytes).unwrap_or(Value::String(text.clone()));
+    let ok = match expect {
+        Some(codes) => codes.contains(&status),
+        None => (200..300).contains(&status),
+    };
+    if !ok {
+        let snippet: String = text.chars().take(200).collect();
+        let message = format!("{what} answered {status}: {snippet}");
+        return Err(if status == 408 || status == 429 || status >= 500 {
+            StepError::Transient { message, retry_after }
+        } else {
+            StepError::Permanent(message)
+        });
+    }
+    Ok(json!({"status": status, "headers": out_headers, "body": body}))
+}

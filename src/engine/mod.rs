@@ -1,0 +1,523 @@
+//! The engine: a durable step interpreter.
+//!
+//! A run executes in *segments*: the steps between two points where the run must be durable. A
+//! segment's writes (the run's new cursor and context, its step-log lines, outbox messages,
+//! events, started runs, contact upserts) are committed in one transaction, so after a crash a
+//! run is exactly at its last committed step and nothing it did since is half-written. Every
+//! step but `http` only writes to the database, so a segment runs until the run waits, ends, or
+//! reaches an `http` step; an `http` call is committed before it is made and after it returns,
+//! and carries an `Idempotency-Key` in case a crash makes it happen twice.
+//!
+//! Work is found in the store, not in memory: due runs (`due_at <= now`) are claimed under a
+//! lease, so several processes can share one Postgres database, and a crashed process's runs
+//! become due again when its leases expire.
+
+pub mod clock;
+pub mod cursor;
+pub mod dispatcher;
+mod interpreter;
+pub mod program;
+pub mod registry;
+pub mod retry;
+pub mod worker;
+mod http;
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use arc_swap::ArcSwap;
+use serde::Serialize;
+use serde_json::{Value, json};
+use tokio::sync::{Notify, oneshot};
+
+use crate::definitions::env::EnvSource;
+use crate::definitions::project::{EnvMode, LoadOptions};
+use crate::definitions::read_definition;
+use crate::definitions::source::SourceFile;
+use crate::store::{DynStore, Millis, NewEvent, NewRun, RunRecord, RunStatus, StoreError};
+use clock::Clock;
+use cursor::Cursor;
+use registry::{CompiledWorkflow, Registry};
+
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// The reply a `sync` webhook gives.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct SyncReply {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Value,
+}
+
+impl SyncReply {
+    /// The reply of a run that ended without a `respond` step.
+    pub fn from_finished(run_id: &str, status: RunStatus, context: &Value, error: Option<&str>) -> SyncReply {
+        match status {
+            RunStatus::Completed => SyncReply {
+                status: 200,
+                headers: Vec::new(),
+                body: json!({"run_id": run_id, "status": "completed", "vars": context.get("vars").cloned().unwrap_or(json!({}))}),
+            },
+            other => SyncReply {
+                status: 500,
+                headers: Vec::new(),
+                body: json!({"run_id": run_id, "status": other.as_str(), "error": error.unwrap_or("the run did not complete")}),
+            },
+        }
+    }
+
+    /// A reply recorded by a `respond` step (`{status, headers, body}`).
+    pub fn from_value(v: &Value) -> SyncReply {
+        let headers = v
+            .get("headers")
+            .and_then(Value::as_object)
+            .map(|h| h.iter().map(|(k, v)| (k.clone(), v.as_str().map(str::to_owned).unwrap_or_else(|| v.to_string()))).collect())
+            .unwrap_or_default();
+        SyncReply {
+            status: v.get("status").and_then(Value::as_u64).and_then(|s| u16::try_from(s).ok()).unwrap_or(200),
+            headers,
+            body: v.get("body").cloned().unwrap_or(Value::Null),
+        }
+    }
+}
+
+/// How to start a run.
+#[derive(Debug, Clone)]
+pub struct StartRun {
+    pub workflow: Arc<CompiledWorkflow>,
+    pub trigger_kind: String,
+    pub context: Value,
+    pub idempotency_key: Option<String>,
+    /// Set for `sync` webhooks: the caller waits for the run's reply.
+    pub want_reply: bool,
+}
+
+#[derive(Debug)]
+pub struct Started {
+    pub run_id: String,
+    /// The idempotency key was already used: `run_id` is the original run.
+    pub duplicate: bool,
+    /// For `want_reply` starts: resolves with the reply once the run has one.
+    pub reply: Option<oneshot::Receiver<SyncReply>>,
+}
+
+#[derive(Debug, Clone)]
+pub struct EngineOptions {
+    pub lease: std::time::Duration,
+    pub workers: usize,
+    /// How this process identifies itself as a lease owner.
+    pub owner: String,
+}
+
+impl Default for EngineOptions {
+    fn default() -> Self {
+        EngineOptions {
+            lease: std::time::Duration::from_secs(30),
+            workers: 16,
+            owner: default_owner(),
+        }
+    }
+}
+
+/// `host-pid-random`: unique per process, readable in the runs table.
+pub fn default_owner() -> String {
+    let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "herald".into());
+    let id = uuid::Uuid::now_v7().simple().to_string();
+    format!("{host}-{}-{}", std::process::id(), &id[id.len() - 6..])
+}
+
+pub struct Engine {
+    pub store: DynStore,
+    pub clock: Arc<dyn Clock>,
+    registry: ArcSwap<Registry>,
+    /// Older workflow versions that runs are pinned to, compiled on first use.
+    versions: std::sync::Mutex<HashMap<String, Arc<CompiledWorkflow>>>,
+    pub env: EnvSource,
+    pub options: EngineOptions,
+    http: reqwest::Client,
+    responders: std::sync::Mutex<HashMap<String, oneshot::Sender<SyncReply>>>,
+    /// Signalled when this process creates due work, so workers need not wait for a poll.
+    pub work_ready: Notify,
+    /// Signalled when messages are enqueued.
+    pub outbox_ready: Notify,
+    /// Runs this process is executing, whose leases the worker keeps renewing.
+    held: std::sync::Mutex<HashSet<String>>,
+    draining: AtomicBool,
+}
+
+impl std::fmt::Debug for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Engine").field("owner", &self.options.owner).finish_non_exhaustive()
+    }
+}
+
+pub fn new_id() -> String {
+    uuid::Uuid::now_v7().to_string()
+}
+
+impl Engine {
+    pub fn new(store: DynStore, clock: Arc<dyn Clock>, env: EnvSource, options: EngineOptions) -> Arc<Engine> {
+        crate::tls::init();
+        let http = reqwest::Client::builder()
+            .user_agent(concat!("herald/", env!("CARGO_PKG_VERSION")))
+            .redirect(reqwest::redirect::Policy::limited(5))
+            .build()
+            .expect("the HTTP client builds with the ring provider installed");
+        Arc::new(Engine {
+            store,
+            clock,
+            registry: ArcSwap::from_pointee(Registry::empty()),
+            versions: Default::default(),
+            env,
+            options,
+            http,
+            responders: Default::default(),
+            work_ready: Notify::new(),
+            outbox_ready: Notify::new(),
+            held: Default::default(),
+            draining: AtomicBool::new(false),
+        })
+    }
+
+    pub fn now(&self) -> Millis {
+        self.clock.now()
+    }
+
+    pub fn lease_ms(&self) -> i64 {
+        self.options.lease.as_millis() as i64
+    }
+
+    pub fn registry(&self) -> Arc<Registry> {
+        self.registry.load_full()
+    }
+
+    /// Makes a registry current. Its workflow versions are stored first, so every run started
+    /// from it names a version the database has.
+    pub async fn install(&self, registry: Registry) -> Result<(), EngineError> {
+        let now = self.now();
+        for wf in registry.workflows.values() {
+            self.store.save_definition(&wf.version_record(now)).await?;
+        }
+        self.registry.store(Arc::new(registry));
+        self.work_ready.notify_waiters();
+        Ok(())
+    }
+
+    /// The compiled workflow for a stored version: the current one if it matches, else one
+    /// compiled from the stored source.
+    pub async fn workflow_version(&self, workflow_id: &str, hash: &str) -> Result<Arc<CompiledWorkflow>, EngineError> {
+        if let Some(wf) = self.registry().workflows.get(workflow_id)
+            && wf.hash == hash
+        {
+            return Ok(wf.clone());
+        }
+        if let Some(wf) = self.versions.lock().expect("not poisoned").get(hash) {
+            return Ok(wf.clone());
+        }
+        let stored = self
+            .store
+            .definition(hash)
+            .await?
+            .ok_or_else(|| EngineError::Invalid(format!("definition version {hash} of `{workflow_id}` is not stored")))?;
+        let file = SourceFile::new(format!("{workflow_id}@{}", &hash[..12.min(hash.len())]), stored.source);
+        let def = read_definition(file).map_err(|d| {
+            EngineError::Invalid(format!("stored version {hash} of `{workflow_id}` no longer loads: {}", d[0].message))
+        })?;
+        let wf = Arc::new(CompiledWorkflow::compile(&def, &self.env).map_err(|d| {
+            EngineError::Invalid(format!("stored version {hash} of `{workflow_id}` does not compile: {}", d[0].message))
+        })?);
+        self.versions.lock().expect("not poisoned").insert(hash.to_owned(), wf.clone());
+        Ok(wf)
+    }
+
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::SeqCst)
+    }
+
+    /// Stops taking new work (on SIGTERM); runs in progress finish their segment.
+    pub fn drain(&self) {
+        self.draining.store(true, Ordering::SeqCst);
+        self.work_ready.notify_waiters();
+        self.outbox_ready.notify_waiters();
+    }
+
+    pub fn held_runs(&self) -> Vec<String> {
+        self.held.lock().expect("not poisoned").iter().cloned().collect()
+    }
+
+    /// Starts a run: stores it and executes its first segment before returning, so a caller
+    /// that answers after this returns answers only for a committed run.
+    pub async fn start(self: &Arc<Self>, req: StartRun) -> Result<Started, EngineError> {
+        if let Some(key) = &req.idempotency_key
+            && let Some(existing) = self.store.run_by_idempotency_key(&req.workflow.id, key).await?
+        {
+            return Ok(self.duplicate(existing, req.want_reply));
+        }
+        let now = self.now();
+        let run_id = new_id();
+        let mut context = req.context;
+        if let Some(obj) = context.as_object_mut() {
+            obj.insert("run".into(), json!({"id": run_id, "workflow": req.workflow.id, "started_at": clock::rfc3339(now)}));
+            obj.entry("vars").or_insert(json!({}));
+            obj.entry("steps").or_insert(json!({}));
+            obj.entry("contact").or_insert(Value::Null);
+        }
+        let new = NewRun {
+            id: run_id.clone(),
+            workflow_id: req.workflow.id.clone(),
+            version: req.workflow.hash.clone(),
+            trigger_kind: req.trigger_kind,
+            idempotency_key: req.idempotency_key,
+            parent_run_id: None,
+            cursor: Cursor::at(req.workflow.program.entry.map(|i| req.workflow.program.nodes[i].step.id.clone())).to_value(),
+            context,
+            created_at: now,
+        };
+        let reply = if req.want_reply {
+            let (tx, rx) = oneshot::channel();
+            self.responders.lock().expect("not poisoned").insert(run_id.clone(), tx);
+            Some(rx)
+        } else {
+            None
+        };
+        let (first_tx, first_rx) = oneshot::channel();
+        let engine = self.clone();
+        let workflow = req.workflow.clone();
+        self.held.lock().expect("not poisoned").insert(run_id.clone());
+        tokio::spawn(async move {
+            engine.drive_new(new, workflow, first_tx).await;
+        });
+        match first_rx.await {
+            Ok(Ok(interpreter::FirstCommit::Committed)) => Ok(Started {
+                run_id,
+                duplicate: false,
+                reply,
+            }),
+            Ok(Ok(interpreter::FirstCommit::Duplicate(existing))) => {
+                self.responders.lock().expect("not poisoned").remove(&run_id);
+                let existing = self
+                    .store
+                    .run(&existing)
+                    .await?
+                    .ok_or_else(|| EngineError::Invalid("the original run disappeared".into()))?;
+                Ok(self.duplicate(existing, req.want_reply))
+            }
+            Ok(Err(e)) => {
+                self.responders.lock().expect("not poisoned").remove(&run_id);
+                Err(e)
+            }
+            Err(_) => {
+                self.responders.lock().expect("not poisoned").remove(&run_id);
+                Err(EngineError::Invalid("the run stopped before it was stored".into()))
+            }
+        }
+    }
+
+    fn duplicate(&self, existing: RunRecord, want_reply: bool) -> Started {
+        let reply = want_reply.then(|| {
+            let (tx, rx) = oneshot::channel();
+            if let Some(r) = &existing.response {
+                let _ = tx.send(SyncReply::from_value(r));
+            } else if existing.status.is_finished() {
+                let _ = tx.send(SyncReply::from_finished(&existing.id, existing.status, &existing.context, existing.error.as_deref()));
+            } else {
+                self.responders.lock().expect("not poisoned").insert(existing.id.clone(), tx);
+            }
+            rx
+        });
+        Started {
+            run_id: existing.id,
+            duplicate: true,
+            reply,
+        }
+    }
+
+    pub(crate) fn take_responder(&self, run_id: &str) -> Option<oneshot::Sender<SyncReply>> {
+        self.responders.lock().expect("not poisoned").remove(run_id)
+    }
+
+    /// Forgets a sync caller that gave up waiting.
+    pub fn forget_reply(&self, run_id: &str) {
+        self.responders.lock().expect("not poisoned").remove(run_id);
+    }
+
+    /// Records an event from outside a run (the admin API) and starts its subscribers.
+    pub async fn emit(self: &Arc<Self>, name: &str, key: Option<&str>, data: Value) -> Result<String, EngineError> {
+        let now = self.now();
+        let event = NewEvent {
+            id: new_id(),
+            name: name.to_owned(),
+            key: key.map(str::to_owned),
+            data,
+            source_run_id: None,
+            created_at: now,
+        };
+        let runs = self.subscriber_runs(&event, None, now)?;
+        self.store.insert_events(std::slice::from_ref(&event), &runs).await?;
+        if let Some(k) = key {
+            self.store.wake_waiting(name, k, now).await?;
+        }
+        self.work_ready.notify_waiters();
+        Ok(event.id)
+    }
+
+    /// Records an inbound message: an event `message.<channel>` keyed by the sender (which
+    /// wakes runs waiting for a reply), and a run of every workflow whose `message` trigger
+    /// matches. Returns the ids of the runs started.
+    pub async fn inbound_message(
+        self: &Arc<Self>,
+        channel: &str,
+        from: &str,
+        text: &str,
+        provider_id: Option<&str>,
+    ) -> Result<Vec<String>, EngineError> {
+        let now = self.now();
+        let message = json!({"channel": channel, "from": from, "text": text, "id": provider_id});
+        let event = NewEvent {
+            // A provider's message id makes a redelivered message one event, not two.
+            id: provider_id.map(|p| format!("message:{channel}:{p}")).unwrap_or_else(new_id),
+            name: format!("message.{channel}"),
+            key: Some(from.to_owned()),
+            data: message.clone(),
+            source_run_id: None,
+            created_at: now,
+        };
+        let registry = self.registry();
+        let mut runs = Vec::new();
+        for sub in registry.messages.get(channel).map(Vec::as_slice).unwrap_or_default() {
+            let crate::definitions::model::Trigger::Message(m) = &sub.workflow.workflow.triggers[sub.trigger] else {
+                continue;
+            };
+            let trimmed = text.trim();
+            let keyword_ok = m.keyword.as_ref().is_none_or(|k| k.words().iter().any(|w| w.eq_ignore_ascii_case(trimmed)));
+            let pattern_ok = sub.workflow.patterns[sub.trigger].as_ref().is_none_or(|re| re.is_match(text));
+            if !(keyword_ok && pattern_ok) {
+                continue;
+            }
+            runs.push(self.new_run(
+                &sub.workflow,
+                "message",
+                json!({"trigger": {"kind": "message", "channel": channel}, "message": message}),
+                provider_id.map(|p| format!("message:{channel}:{p}")),
+                None,
+                now,
+            ));
+        }
+        let ids = runs.iter().map(|r| r.id.clone()).collect();
+        self.store.insert_events(std::slice::from_ref(&event), &runs).await?;
+        self.store.wake_waiting(&event.name, from, now).await?;
+        self.work_ready.notify_waiters();
+        Ok(ids)
+    }
+
+    /// A run record for a trigger, due now.
+    pub fn new_run(
+        &self,
+        wf: &CompiledWorkflow,
+        trigger_kind: &str,
+        mut context: Value,
+        idempotency_key: Option<String>,
+        parent_run_id: Option<String>,
+        now: Millis,
+    ) -> NewRun {
+        let id = new_id();
+        if let Some(obj) = context.as_object_mut() {
+            obj.insert("run".into(), json!({"id": id, "workflow": wf.id, "started_at": clock::rfc3339(now)}));
+            obj.entry("vars").or_insert(json!({}));
+            obj.entry("steps").or_insert(json!({}));
+            obj.entry("contact").or_insert(Value::Null);
+        }
+        NewRun {
+            id,
+            workflow_id: wf.id.clone(),
+            version: wf.hash.clone(),
+            trigger_kind: trigger_kind.to_owned(),
+            idempotency_key,
+            parent_run_id,
+            cursor: Cursor::at(wf.program.entry.map(|i| wf.program.nodes[i].step.id.clone())).to_value(),
+            context,
+            created_at: now,
+        }
+    }
+
+    /// Runs of the workflows an event starts (those whose `event` trigger names it and whose
+    /// filter passes).
+    pub fn subscriber_runs(&self, event: &NewEvent, source_run: Option<&str>, now: Millis) -> Result<Vec<NewRun>, EngineError> {
+        let registry = self.registry();
+        let mut runs = Vec::new();
+        let event_value = json!({"name": event.name, "key": event.key, "data": event.data, "source_run_id": source_run});
+        for sub in registry.events.get(&event.name).map(Vec::as_slice).unwrap_or_default() {
+            let crate::definitions::model::Trigger::Event(t) = &sub.workflow.workflow.triggers[sub.trigger] else {
+                continue;
+            };
+            if let Some(filter) = &t.filter {
+                let ctx = crate::templates::context(&json!({"event": event_value}));
+                match registry.templates.is_true(filter.as_str(), &ctx) {
+                    Ok(true) => {}
+                    Ok(false) => continue,
+                    Err(e) => {
+                        tracing::warn!(workflow = %sub.workflow.id, event = %event.name, error = %e, "event filter failed; the workflow was not started");
+                        continue;
+                    }
+                }
+            }
+            runs.push(self.new_run(
+                &sub.workflow,
+                "event",
+                json!({"trigger": {"kind": "event", "name": event.name}, "event": event_value}),
+                // One event starts a subscriber once, even if it is recorded twice.
+                Some(format!("event:{}", event.id)),
+                None,
+                now,
+            ));
+        }
+        Ok(runs)
+    }
+
+    /// Cancels a run; a parent waiting on it wakes to see it.
+    pub async fn cancel(&self, run_id: &str) -> Result<bool, EngineError> {
+        let ok = self.store.cancel_run(run_id, self.now()).await?;
+        if let Some(tx) = self.take_responder(run_id) {
+            let _ = tx.send(SyncReply::from_finished(run_id, RunStatus::Cancelled, &Value::Null, Some("the run was cancelled")));
+        }
+        self.work_ready.notify_waiters();
+        Ok(ok)
+    }
+
+    /// Retries a failed run from the step that failed.
+    pub async fn retry(&self, run_id: &str) -> Result<bool, EngineError> {
+        let ok = self.store.retry_run(run_id, self.now()).await?;
+        self.work_ready.notify_waiters();
+        Ok(ok)
+    }
+}
+
+/// Loads the project with `serve` rules (unset secrets are errors) and compiles it.
+pub fn load_registry(
+    layout: &crate::definitions::project::Layout,
+    env: &EnvSource,
+    generation: u64,
+    now: Millis,
+) -> Result<(Registry, crate::definitions::diagnostics::Report), crate::definitions::diagnostics::Report> {
+    let mut opts = LoadOptions::new(EnvMode::Serve);
+    opts.env = env.clone();
+    let (project, report) = crate::definitions::project::load(layout, &opts);
+    if report.has_errors() {
+        return Err(report);
+    }
+    match Registry::build(&project, env, generation, now) {
+        Ok(r) => Ok((r, report)),
+        Err(diags) => {
+            let mut report = report;
+            report.extend(diags);
+            Err(report)
+        }
+    }
+}

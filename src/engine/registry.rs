@@ -1,0 +1,262 @@
+//! The registry: an immutable, compiled snapshot of a project's definitions, templates and
+//! channels. The engine holds the current one behind an atomic pointer; a reload builds a new
+//! one and swaps it in whole, so nothing ever sees half a reload.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use regex::Regex;
+use serde_json::Value;
+
+use crate::channels::{self, Channels};
+use crate::definitions::diagnostics::Diagnostic;
+use crate::definitions::env::EnvSource;
+use crate::definitions::model::ConfigDef;
+use crate::definitions::model::step::resolve_steps;
+use crate::definitions::model::trigger::{CronTrigger, Trigger};
+use crate::definitions::model::workflow::WorkflowDef;
+use crate::definitions::project::Project;
+use crate::definitions::{Body, Definition, Workflow};
+use crate::engine::program::Program;
+use crate::store::{DefinitionVersion, Millis};
+use crate::templates::Templates;
+use crate::triggers::cron::{parse_schedule, parse_timezone};
+use crate::triggers::webhook_auth::Verifier;
+
+/// One workflow version, ready to run.
+#[derive(Debug)]
+pub struct CompiledWorkflow {
+    pub id: String,
+    /// The content hash runs record as their version.
+    pub hash: String,
+    pub workflow: Workflow,
+    pub program: Program,
+    /// Webhook verifiers, by trigger index (`None` for triggers without auth).
+    pub verifiers: Vec<Option<Verifier>>,
+    /// Compiled `match` patterns of message triggers, by trigger index.
+    pub patterns: Vec<Option<Regex>>,
+    /// The source as loaded, stored with the version.
+    pub source: String,
+    pub document: Value,
+}
+
+impl CompiledWorkflow {
+    /// Compiles a validated definition. `${env:...}` references are resolved here, so secrets
+    /// exist only in memory, never in the stored document.
+    pub fn compile(def: &Definition, env: &EnvSource) -> Result<CompiledWorkflow, Vec<Diagnostic>> {
+        let Body::Workflow(_) = &def.body;
+        let mut resolved = def.doc.value.clone();
+        env.resolve_json(&mut resolved)
+            .map_err(|e| vec![def.file.whole(Diagnostic::error("unset-env", e))])?;
+        let wdef: WorkflowDef = serde_json::from_value(resolved)
+            .map_err(|e| vec![def.file.whole(Diagnostic::error("invalid-value", e.to_string()))])?;
+        let steps = resolve_steps(wdef.steps, "/steps")
+            .map_err(|e| vec![def.file.whole(Diagnostic::error("invalid-step", e))])?;
+        let workflow = Workflow {
+            id: def.id.clone(),
+            description: wdef.description,
+            metadata: wdef.metadata,
+            on_update: wdef.on_update,
+            triggers: wdef.triggers,
+            steps,
+        };
+        let mut errors = Vec::new();
+        let mut verifiers = Vec::new();
+        let mut patterns = Vec::new();
+        for (i, t) in workflow.triggers.iter().enumerate() {
+            verifiers.push(match t {
+                Trigger::Webhook(w) => match &w.auth {
+                    Some(auth) => match Verifier::new(auth, env) {
+                        Ok(v) => Some(v),
+                        Err(e) => {
+                            errors.push(def.at_value(&format!("/triggers/{i}/webhook/auth"), Diagnostic::error("invalid-secret", e)));
+                            None
+                        }
+                    },
+                    None => None,
+                },
+                _ => None,
+            });
+            patterns.push(match t {
+                Trigger::Message(m) => m.pattern.as_deref().and_then(|p| Regex::new(p).ok()),
+                _ => None,
+            });
+        }
+        if !errors.is_empty() {
+            return Err(errors);
+        }
+        Ok(CompiledWorkflow {
+            id: def.id.clone(),
+            hash: def.hash.clone(),
+            program: Program::compile(&workflow.steps),
+            workflow,
+            verifiers,
+            patterns,
+            source: def.file.text.to_string(),
+            document: def.doc.value.clone(),
+        })
+    }
+
+    pub fn version_record(&self, now: Millis) -> DefinitionVersion {
+        DefinitionVersion {
+            hash: self.hash.clone(),
+            id: self.id.clone(),
+            kind: "workflow".into(),
+            source: self.source.clone(),
+            document: self.document.clone(),
+            first_seen_at: now,
+        }
+    }
+}
+
+/// A webhook's place in the router.
+#[derive(Debug, Clone)]
+pub struct Route {
+    pub workflow: Arc<CompiledWorkflow>,
+    pub trigger: usize,
+}
+
+/// A cron trigger, parsed.
+#[derive(Debug, Clone)]
+pub struct CronEntry {
+    pub workflow: Arc<CompiledWorkflow>,
+    pub trigger: usize,
+    pub spec: CronTrigger,
+    /// Identifies the schedule across reloads: a changed schedule or time zone is a new key.
+    pub key: String,
+    pub cron: croner::Cron,
+    pub tz: jiff::tz::TimeZone,
+}
+
+/// A trigger subscription (event or message).
+#[derive(Debug, Clone)]
+pub struct Subscription {
+    pub workflow: Arc<CompiledWorkflow>,
+    pub trigger: usize,
+}
+
+#[derive(Debug)]
+pub struct Registry {
+    pub workflows: HashMap<String, Arc<CompiledWorkflow>>,
+    routes: HashMap<String, matchit::Router<Route>>,
+    pub crons: Vec<CronEntry>,
+    pub events: HashMap<String, Vec<Subscription>>,
+    pub messages: HashMap<String, Vec<Subscription>>,
+    pub templates: Templates,
+    pub channels: Channels,
+    pub config: ConfigDef,
+    /// Counts reloads in this process; 1 is the first load.
+    pub generation: u64,
+    pub loaded_at: Millis,
+}
+
+/// A webhook match: the route and the path's parameters.
+#[derive(Debug)]
+pub struct RouteMatch {
+    pub route: Route,
+    pub params: serde_json::Map<String, Value>,
+}
+
+impl Registry {
+    /// Compiles a validated project. Fails with diagnostics when a secret cannot be resolved or
+    /// a channel cannot be built: a registry is complete or it is not made.
+    pub fn build(project: &Project, env: &EnvSource, generation: u64, now: Millis) -> Result<Registry, Vec<Diagnostic>> {
+        let mut errors = Vec::new();
+        let mut workflows = HashMap::new();
+        for def in &project.definitions {
+            match CompiledWorkflow::compile(def, env) {
+                Ok(wf) => {
+                    workflows.insert(wf.id.clone(), Arc::new(wf));
+                }
+                Err(mut e) => errors.append(&mut e),
+            }
+        }
+        let channels = match channels::build(&project.config.def, env) {
+            Ok(c) => c,
+            Err(e) => {
+                errors.push(Diagnostic::error("invalid-channel", e));
+                Channels::default()
+            }
+        };
+        let mut routes: HashMap<String, matchit::Router<Route>> = HashMap::new();
+        let mut crons = Vec::new();
+        let mut events: HashMap<String, Vec<Subscription>> = HashMap::new();
+        let mut messages: HashMap<String, Vec<Subscription>> = HashMap::new();
+        let mut ids: Vec<&String> = workflows.keys().collect();
+        ids.sort();
+        for id in ids {
+            let wf = &workflows[id];
+            for (i, t) in wf.workflow.triggers.iter().enumerate() {
+                match t {
+                    Trigger::Webhook(w) => {
+                        let router = routes.entry(w.method.as_str().to_owned()).or_default();
+                        if let Err(e) = router.insert(w.path.clone(), Route { workflow: wf.clone(), trigger: i }) {
+                            errors.push(Diagnostic::error("duplicate-webhook", format!("webhook {} {}: {e}", w.method.as_str(), w.path)));
+                        }
+                    }
+                    Trigger::Cron(c) => match (parse_schedule(&c.schedule), parse_timezone(&c.timezone)) {
+                        (Ok(cron), Ok(tz)) => crons.push(CronEntry {
+                            workflow: wf.clone(),
+                            trigger: i,
+                            key: format!("{} @ {}", c.schedule.split_whitespace().collect::<Vec<_>>().join(" "), c.timezone),
+                            spec: c.clone(),
+                            cron,
+                            tz,
+                        }),
+                        (Err(e), _) | (_, Err(e)) => errors.push(Diagnostic::error("invalid-cron", e)),
+                    },
+                    Trigger::Event(e) => events.entry(e.name.clone()).or_default().push(Subscription { workflow: wf.clone(), trigger: i }),
+                    Trigger::Message(m) => {
+                        messages.entry(m.channel.clone()).or_default().push(Subscription { workflow: wf.clone(), trigger: i })
+                    }
+                }
+            }
+        }
+        if !errors.is_empty() {
+            return Err(errors);
+        }
+        Ok(Registry {
+            workflows,
+            routes,
+            crons,
+            events,
+            messages,
+            templates: project.templates.clone(),
+            channels,
+            config: project.config.def.clone(),
+            generation,
+            loaded_at: now,
+        })
+    }
+
+    /// Finds the webhook for a method and path.
+    pub fn route(&self, method: &str, path: &str) -> Option<RouteMatch> {
+        let m = self.routes.get(method)?.at(path).ok()?;
+        let params = m.params.iter().map(|(k, v)| (k.to_owned(), Value::String(v.to_owned()))).collect();
+        Some(RouteMatch {
+            route: m.value.clone(),
+            params,
+        })
+    }
+
+    /// Whether any method has a webhook at this path (to tell 405 from 404).
+    pub fn path_exists(&self, path: &str) -> bool {
+        self.routes.values().any(|r| r.at(path).is_ok())
+    }
+
+    /// An empty registry, before the first load.
+    pub fn empty() -> Registry {
+        Registry {
+            workflows: HashMap::new(),
+            routes: HashMap::new(),
+            crons: Vec::new(),
+            events: HashMap::new(),
+            messages: HashMap::new(),
+            templates: Templates::empty(100_000),
+            channels: Channels::default(),
+            config: ConfigDef::default(),
+            generation: 0,
+            loaded_at: 0,
+        }
+    }
+}

@@ -1,0 +1,281 @@
+//! Webhooks: every request that is not the admin API, health or metrics.
+//!
+//! Order matters, and is the contract: find the route (404/405), read the body within the limit
+//! (413), verify the declared auth (401), parse the body (400/415), work out the idempotency key
+//! (422), then start the run. Nothing is stored before the run is; a 2xx is sent only after the
+//! run is committed.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::{HeaderMap, Method, StatusCode, Uri, header};
+use axum::response::{IntoResponse, Response};
+use serde_json::{Map, Value, json};
+
+use super::{ApiError, AppState};
+use crate::definitions::model::trigger::{RespondMode, Trigger, WebhookAuth};
+use crate::engine::{StartRun, SyncReply};
+
+/// Headers never copied into a run's context: credentials and signatures stay out of the
+/// database.
+const SECRET_HEADERS: &[&str] = &[
+    "authorization",
+    "proxy-authorization",
+    "cookie",
+    "x-api-key",
+    "stripe-signature",
+    "webhook-signature",
+    "svix-signature",
+];
+
+pub async fn webhook(State(state): State<Arc<AppState>>, method: Method, uri: Uri, headers: HeaderMap, body: Body) -> Response {
+    let engine = &state.engine;
+    let registry = engine.registry();
+    let path = normalize_path(uri.path());
+    let Some(found) = registry.route(method.as_str(), &path) else {
+        let e = if registry.path_exists(&path) {
+            ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", format!("{path} does not accept {method}"))
+        } else {
+            ApiError::not_found(format!("no webhook at {method} {path}"))
+        };
+        return counted(e.into_response(), "-");
+    };
+    let wf = found.route.workflow.clone();
+    let Trigger::Webhook(trigger) = &wf.workflow.triggers[found.route.trigger] else {
+        return ApiError::not_found("no webhook here").into_response();
+    };
+    let limit = registry.config.webhooks.body_limit.0 as usize;
+
+    let finish = |r: Response| counted(r, &wf.id);
+
+    if let Some(len) = headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<usize>().ok())
+        && len > limit
+    {
+        return finish(too_large(limit));
+    }
+    let bytes = match axum::body::to_bytes(body, limit).await {
+        Ok(b) => b,
+        Err(_) => return finish(too_large(limit)),
+    };
+
+    let verified = match &wf.verifiers[found.route.trigger] {
+        Some(v) => match v.verify(&headers, &bytes, jiff::Timestamp::from_millisecond(engine.now()).unwrap_or_else(|_| jiff::Timestamp::now())) {
+            Ok(v) => Some(v),
+            Err(e) => {
+                tracing::info!(workflow = %wf.id, path = %path, error = %e, "webhook refused: authentication");
+                return finish(ApiError::new(StatusCode::UNAUTHORIZED, e.code(), e.to_string()).into_response());
+            }
+        },
+        None => None,
+    };
+
+    let body_value = match parse_body(&headers, &bytes) {
+        Ok(v) => v,
+        Err(e) => return finish(e.into_response()),
+    };
+
+    let mut hidden: Vec<String> = SECRET_HEADERS.iter().map(|s| (*s).to_owned()).collect();
+    match &trigger.auth {
+        Some(WebhookAuth::ApiKey(a)) => hidden.push(a.header.to_ascii_lowercase()),
+        Some(WebhookAuth::HmacSha256(h)) => hidden.push(h.header.to_ascii_lowercase()),
+        _ => {}
+    }
+    let mut header_map = Map::new();
+    for (name, value) in &headers {
+        let name = name.as_str();
+        if hidden.iter().any(|h| h == name) {
+            continue;
+        }
+        if let Ok(v) = value.to_str() {
+            header_map.insert(name.to_owned(), Value::String(v.to_owned()));
+        }
+    }
+    let query: Map<String, Value> = uri
+        .query()
+        .map(|q| form_urlencoded::parse(q.as_bytes()).map(|(k, v)| (k.into_owned(), Value::String(v.into_owned()))).collect())
+        .unwrap_or_default();
+    let context = json!({
+        "trigger": {"kind": "webhook", "method": method.as_str(), "path": path},
+        "body": body_value,
+        "headers": header_map,
+        "query": query,
+        "params": found.params,
+    });
+
+    let idempotency_key = match &trigger.idempotency_key {
+        Some(tmpl) => match registry.templates.render_str(tmpl.as_str(), &crate::templates::context(&context)) {
+            Ok(k) if !k.trim().is_empty() => Some(k.trim().to_owned()),
+            Ok(_) => {
+                return finish(
+                    ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "missing_idempotency_key", "the idempotency key is empty for this request")
+                        .into_response(),
+                );
+            }
+            Err(e) => {
+                return finish(
+                    ApiError::new(
+                        StatusCode::UNPROCESSABLE_ENTITY,
+                        "missing_idempotency_key",
+                        format!("the idempotency key could not be computed: {}", e.message),
+                    )
+                    .into_response(),
+                );
+            }
+        },
+        // The Standard Webhooks message id is the sender's own idempotency key.
+        None => verified.and_then(|v| v.message_id),
+    };
+
+    let sync = trigger.respond == RespondMode::Sync;
+    let started = match engine
+        .start(StartRun {
+            workflow: wf.clone(),
+            trigger_kind: "webhook".into(),
+            context,
+            idempotency_key,
+            want_reply: sync,
+        })
+        .await
+    {
+        Ok(s) => s,
+        Err(e) => return finish(ApiError::unavailable(e).into_response()),
+    };
+    metrics::counter!("herald_runs_started_total", "workflow" => wf.id.clone(), "trigger" => "webhook").increment(u64::from(!started.duplicate));
+
+    if !sync {
+        let (status, word) = if started.duplicate { (StatusCode::OK, "duplicate") } else { (StatusCode::ACCEPTED, "accepted") };
+        return finish((status, axum::Json(json!({"run_id": started.run_id, "status": word}))).into_response());
+    }
+    let reply = wait_for_reply(&state, &started.run_id, started.reply, trigger.timeout.as_std()).await;
+    finish(match reply {
+        Some(r) => reply_response(r, &started.run_id, started.duplicate),
+        None => ApiError::new(
+            StatusCode::GATEWAY_TIMEOUT,
+            "timeout",
+            format!("no reply within {}; the run ({}) goes on", trigger.timeout, started.run_id),
+        )
+        .into_response(),
+    })
+}
+
+/// Waits for a sync run's reply: notified in-process when this process runs the step, and
+/// read from the store otherwise (the run may resume on another process after a wait).
+async fn wait_for_reply(
+    state: &AppState,
+    run_id: &str,
+    rx: Option<tokio::sync::oneshot::Receiver<SyncReply>>,
+    timeout: Duration,
+) -> Option<SyncReply> {
+    let deadline = tokio::time::Instant::now() + timeout;
+    let mut rx = rx?;
+    loop {
+        let poll = tokio::time::sleep(Duration::from_millis(250).min(deadline.saturating_duration_since(tokio::time::Instant::now())));
+        tokio::select! {
+            r = &mut rx => match r {
+                Ok(reply) => return Some(reply),
+                Err(_) => break,
+            },
+            _ = poll => {}
+        }
+        if tokio::time::Instant::now() >= deadline {
+            state.engine.forget_reply(run_id);
+            return None;
+        }
+        if let Ok(Some(run)) = state.engine.store.run(run_id).await {
+            if let Some(r) = &run.response {
+                state.engine.forget_reply(run_id);
+                return Some(SyncReply::from_value(r));
+            }
+            if run.status.is_finished() {
+                state.engine.forget_reply(run_id);
+                return Some(SyncReply::from_finished(run_id, run.status, &run.context, run.error.as_deref()));
+            }
+        }
+    }
+    // The sender was dropped without a reply: read the outcome once more.
+    match state.engine.store.run(run_id).await {
+        Ok(Some(run)) if run.response.is_some() => run.response.as_ref().map(SyncReply::from_value),
+        Ok(Some(run)) if run.status.is_finished() => {
+            Some(SyncReply::from_finished(run_id, run.status, &run.context, run.error.as_deref()))
+        }
+        _ => None,
+    }
+}
+
+fn reply_response(reply: SyncReply, run_id: &str, duplicate: bool) -> Response {
+    let status = StatusCode::from_u16(reply.status).unwrap_or(StatusCode::OK);
+    let mut resp = match &reply.body {
+        Value::String(text) => (status, text.clone()).into_response(),
+        Value::Null => status.into_response(),
+        other => (status, axum::Json(other.clone())).into_response(),
+    };
+    for (k, v) in &reply.headers {
+        if let (Ok(name), Ok(value)) = (header::HeaderName::try_from(k.as_str()), header::HeaderValue::try_from(v.as_str())) {
+            resp.headers_mut().insert(name, value);
+        }
+    }
+    if let Ok(v) = header::HeaderValue::try_from(run_id) {
+        resp.headers_mut().insert("x-herald-run-id", v);
+    }
+    if duplicate {
+        resp.headers_mut().insert("x-herald-duplicate", header::HeaderValue::from_static("true"));
+    }
+    resp
+}
+
+fn too_large(limit: usize) -> Response {
+    ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "body_too_large", format!("the body is larger than the limit of {limit} bytes"))
+        .into_response()
+}
+
+/// `/hooks/x/` and `/hooks/x` are the same webhook.
+pub fn normalize_path(path: &str) -> String {
+    if path.len() > 1 { path.trim_end_matches('/').to_owned() } else { path.to_owned() }
+}
+
+/// JSON, form-encoded and text bodies become the run's `body`; anything else is refused.
+fn parse_body(headers: &HeaderMap, bytes: &[u8]) -> Result<Value, ApiError> {
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Ok(Value::Null);
+    }
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    let is_json = content_type.is_empty() || content_type == "application/json" || content_type.ends_with("+json");
+    if is_json {
+        return serde_json::from_slice(bytes).map_err(|e| {
+            ApiError::new(StatusCode::BAD_REQUEST, "malformed_json", format!("the body is not valid JSON: {e}"))
+        });
+    }
+    if content_type == "application/x-www-form-urlencoded" {
+        let map: Map<String, Value> = form_urlencoded::parse(bytes)
+            .map(|(k, v)| (k.into_owned(), Value::String(v.into_owned())))
+            .collect();
+        return Ok(Value::Object(map));
+    }
+    if content_type.starts_with("text/") {
+        return std::str::from_utf8(bytes)
+            .map(|s| Value::String(s.to_owned()))
+            .map_err(|_| ApiError::new(StatusCode::BAD_REQUEST, "malformed_body", "the text body is not valid UTF-8"));
+    }
+    Err(ApiError::new(
+        StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        "unsupported_media_type",
+        format!("`{content_type}` bodies are not accepted; send JSON, form data or text"),
+    ))
+}
+
+/// Counts the response for `/metrics`.
+fn counted(resp: Response, workflow: &str) -> Response {
+    metrics::counter!("herald_webhook_responses_total", "workflow" => workflow.to_owned(), "status" => resp.status().as_u16().to_string())
+        .increment(1);
+    resp
+}

@@ -1,0 +1,118 @@
+//! The HTTP side of `herald serve`: webhooks, the admin API, health and metrics. Handlers are
+//! thin; errors become JSON responses in one place ([`ApiError`]).
+
+pub mod admin;
+pub mod health;
+pub mod hooks;
+
+use std::sync::{Arc, Mutex};
+
+use axum::Router;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use metrics_exporter_prometheus::PrometheusHandle;
+use serde::Serialize;
+use serde_json::json;
+
+use crate::engine::Engine;
+use crate::store::Millis;
+
+/// What the last reload did, for `/health` (filled in by hot reload).
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct ReloadStatus {
+    pub ok: bool,
+    /// RFC 3339 time of the last attempt.
+    pub at: Option<String>,
+    pub generation: u64,
+    pub errors: Vec<String>,
+}
+
+/// Shared state of every handler.
+pub struct AppState {
+    pub engine: Arc<Engine>,
+    /// SHA-256 digests of the admin keys; see `admin::authorized`.
+    pub admin_keys: Vec<[u8; 32]>,
+    pub metrics: PrometheusHandle,
+    pub reload: Mutex<ReloadStatus>,
+    pub started_at: Millis,
+    /// Triggers a reload (the admin endpoint); hot reload installs it.
+    pub reloader: Mutex<Option<tokio::sync::mpsc::UnboundedSender<tokio::sync::oneshot::Sender<ReloadStatus>>>>,
+}
+
+impl std::fmt::Debug for AppState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AppState").finish_non_exhaustive()
+    }
+}
+
+pub fn router(state: Arc<AppState>) -> Router {
+    let api = Router::new()
+        .route("/definitions", get(admin::definitions))
+        .route("/runs", get(admin::list_runs))
+        .route("/runs/{id}", get(admin::get_run))
+        .route("/runs/{id}/cancel", post(admin::cancel_run))
+        .route("/runs/{id}/retry", post(admin::retry_run))
+        .route("/events", post(admin::emit_event))
+        .route("/messages/{channel}", post(admin::inbound_message))
+        .route("/cron/{workflow}", get(admin::cron_fires))
+        .route("/reload", post(admin::reload))
+        .route_layer(axum::middleware::from_fn_with_state(state.clone(), admin::require_key));
+    Router::new()
+        .route("/health", get(health::health))
+        .route("/metrics", get(health::metrics))
+        .nest("/api", api)
+        .fallback(hooks::webhook)
+        .with_state(state)
+}
+
+/// An error as the API answers it: a status and `{"error": code, "message": text}`.
+#[derive(Debug)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub code: &'static str,
+    pub message: String,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> ApiError {
+        ApiError {
+            status,
+            code,
+            message: message.into(),
+        }
+    }
+
+    pub fn not_found(message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::NOT_FOUND, "not_found", message)
+    }
+
+    pub fn unavailable(e: impl std::fmt::Display) -> ApiError {
+        tracing::error!(error = %e, "request failed on the store");
+        ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", "the database is not answering; nothing was stored")
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.status, axum::Json(json!({"error": self.code, "message": self.message}))).into_response()
+    }
+}
+
+/// The process-wide Prometheus recorder (a process has one metrics registry).
+pub fn metrics_handle() -> PrometheusHandle {
+    static HANDLE: std::sync::OnceLock<PrometheusHandle> = std::sync::OnceLock::new();
+    HANDLE
+        .get_or_init(|| {
+            let recorder = metrics_exporter_prometheus::PrometheusBuilder::new()
+                .set_buckets(&[0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0])
+                .expect("static buckets are valid")
+                .build_recorder();
+            let handle = recorder.handle();
+            // Another recorder may already be installed (tests); this handle still renders
+            // what reaches it, and `set_global_recorder` failing is harmless.
+            let _ = metrics::set_global_recorder(recorder);
+            handle
+        })
+        .clone()
+}

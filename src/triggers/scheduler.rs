@@ -1,0 +1,200 @@
+//! The cron scheduler: decides every slot of every cron trigger, exactly once.
+//!
+//! Each slot gets a row in `cron_fires`: `fired` (with the run it started), `skipped` (the
+//! catch-up or overlap policy said no) or `missed` (older than the catch-up window). The row's
+//! primary key is what makes a slot fire once across processes sharing a database: whoever
+//! inserts it first decides, and the run is created in the same transaction.
+//!
+//! How far each trigger has been decided is stored (`cron_state`), so after downtime the
+//! slots in between are found and the `catch_up` policy applied to them. A trigger the store
+//! has never seen (a new workflow, or an edited schedule or time zone, which is a new key)
+//! starts from now: it has missed nothing.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use tokio_util::sync::CancellationToken;
+
+use crate::definitions::model::trigger::{CatchUp, Overlap};
+use crate::engine::clock::rfc3339;
+use crate::engine::registry::CronEntry;
+use crate::engine::{Engine, EngineError};
+use crate::store::{CronFire, CronOutcome, Millis};
+
+/// A slot this late is still "on time": the scheduler ticks every second, and a slot due
+/// while Herald was briefly busy should not count as missed.
+const GRACE_MS: i64 = 60_000;
+/// Slots decided per trigger per tick, so a long outage of a per-minute schedule is worked
+/// through in bounded steps.
+const MAX_SLOTS_PER_TICK: usize = 10_000;
+
+#[derive(Debug)]
+pub struct Scheduler {
+    engine: Arc<Engine>,
+    /// The next slot of each trigger, so a tick only touches the store for triggers that are due.
+    next_due: Mutex<HashMap<(String, String), Millis>>,
+}
+
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct TickReport {
+    pub fired: usize,
+    pub skipped: usize,
+    pub missed: usize,
+}
+
+impl Scheduler {
+    pub fn new(engine: Arc<Engine>) -> Scheduler {
+        Scheduler {
+            engine,
+            next_due: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Decides every slot due by the engine clock's now.
+    pub async fn tick(&self) -> Result<TickReport, EngineError> {
+        let now = self.engine.now();
+        let registry = self.engine.registry();
+        let mut report = TickReport::default();
+        for entry in &registry.crons {
+            let id = (entry.workflow.id.clone(), entry.key.clone());
+            let due = self.next_due.lock().expect("not poisoned").get(&id).copied();
+            if due.is_some_and(|d| d > now) {
+                continue;
+            }
+            let next = self.decide(entry, now, &mut report).await?;
+            self.next_due.lock().expect("not poisoned").insert(id, next);
+        }
+        if report.fired > 0 {
+            self.engine.work_ready.notify_waiters();
+        }
+        Ok(report)
+    }
+
+    /// Decides the slots of one trigger up to `now`; returns its next slot.
+    async fn decide(&self, entry: &CronEntry, now: Millis, report: &mut TickReport) -> Result<Millis, EngineError> {
+        let store = &self.engine.store;
+        let wf = &entry.workflow.id;
+        let Some(from) = store.cron_checked_until(wf, &entry.key).await? else {
+            store.set_cron_checked_until(wf, &entry.key, now).await?;
+            return Ok(next_slot(entry, now));
+        };
+        if from >= now {
+            return Ok(next_slot(entry, from));
+        }
+        let slots = slots_between(entry, from, now);
+        let window = entry.spec.catch_up_window.as_std().as_millis() as i64;
+        let on_time = |s: Millis| now - s <= GRACE_MS;
+        let latest_late = slots.iter().copied().filter(|&s| !on_time(s) && now - s <= window).max();
+        let any_on_time = slots.iter().any(|&s| on_time(s));
+        for &slot in &slots {
+            let decision = if now - slot > window {
+                Err((CronOutcome::Missed, format!("more than {} late (catch_up_window)", entry.spec.catch_up_window)))
+            } else if on_time(slot) {
+                Ok(())
+            } else {
+                match entry.spec.catch_up {
+                    CatchUp::None => Err((CronOutcome::Skipped, "missed while Herald was not running (catch_up: none)".to_owned())),
+                    CatchUp::All => Ok(()),
+                    CatchUp::Latest if Some(slot) == latest_late && !any_on_time => Ok(()),
+                    CatchUp::Latest => Err((
+                        CronOutcome::Skipped,
+                        "a later slot was run instead (catch_up: latest)".to_owned(),
+                    )),
+                }
+            };
+            let decision = match decision {
+                Ok(()) if entry.spec.overlap == Overlap::Skip && store.cron_run_active(wf, &entry.key).await? => Err((
+                    CronOutcome::Skipped,
+                    "the previous run is still going (overlap: skip)".to_owned(),
+                )),
+                d => d,
+            };
+            let mut fire = CronFire {
+                workflow_id: wf.clone(),
+                trigger_key: entry.key.clone(),
+                slot,
+                outcome: CronOutcome::Fired,
+                reason: None,
+                run_id: None,
+                recorded_at: now,
+            };
+            match decision {
+                Ok(()) => {
+                    let run = self.engine.new_run(
+                        &entry.workflow,
+                        "cron",
+                        json!({
+                            "trigger": {"kind": "cron", "schedule": entry.spec.schedule, "timezone": entry.spec.timezone, "slot": rfc3339(slot)},
+                            "input": entry.spec.input.clone().unwrap_or(Value::Object(Default::default())),
+                        }),
+                        Some(format!("cron:{}:{slot}", entry.key)),
+                        None,
+                        now,
+                    );
+                    fire.run_id = Some(run.id.clone());
+                    if store.record_cron_fire(&fire, Some(&run)).await? {
+                        report.fired += 1;
+                        tracing::info!(workflow = %wf, slot = %rfc3339(slot), run = %run.id, "cron slot fired");
+                        metrics::counter!("herald_cron_slots_total", "workflow" => wf.clone(), "outcome" => "fired").increment(1);
+                    }
+                }
+                Err((outcome, reason)) => {
+                    fire.outcome = outcome;
+                    fire.reason = Some(reason.clone());
+                    if store.record_cron_fire(&fire, None).await? {
+                        match outcome {
+                            CronOutcome::Missed => report.missed += 1,
+                            _ => report.skipped += 1,
+                        }
+                        tracing::warn!(workflow = %wf, slot = %rfc3339(slot), outcome = outcome.as_str(), reason = %reason, "cron slot not run");
+                        metrics::counter!("herald_cron_slots_total", "workflow" => wf.clone(), "outcome" => outcome.as_str()).increment(1);
+                    }
+                }
+            }
+        }
+        let decided_until = if slots.len() >= MAX_SLOTS_PER_TICK { *slots.last().unwrap_or(&now) } else { now };
+        store.set_cron_checked_until(wf, &entry.key, decided_until).await?;
+        Ok(if decided_until < now { decided_until } else { next_slot(entry, now) })
+    }
+
+    /// Ticks once a second until shut down.
+    pub async fn run(self: Arc<Self>, shutdown: CancellationToken) {
+        loop {
+            if let Err(e) = self.tick().await {
+                tracing::error!(error = %e, "cron tick failed; retrying next second");
+            }
+            // Wake just after the next whole second: slots are on whole minutes.
+            let ms = 1000 - (self.engine.now().rem_euclid(1000)) + 5;
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_millis(ms as u64)) => {}
+                _ = shutdown.cancelled() => return,
+            }
+        }
+    }
+}
+
+fn zoned(entry: &CronEntry, ms: Millis) -> Option<jiff::Zoned> {
+    jiff::Timestamp::from_millisecond(ms).ok().map(|t| t.to_zoned(entry.tz.clone()))
+}
+
+/// Slots in `(from, to]`, at most [`MAX_SLOTS_PER_TICK`].
+fn slots_between(entry: &CronEntry, from: Millis, to: Millis) -> Vec<Millis> {
+    let Some(start) = zoned(entry, from) else { return Vec::new() };
+    entry
+        .cron
+        .iter_after(start)
+        .map(|z| z.timestamp().as_millisecond())
+        .take_while(|&s| s <= to)
+        .take(MAX_SLOTS_PER_TICK)
+        .collect()
+}
+
+/// The first slot after `after` (far in the future if the schedule never fires again).
+fn next_slot(entry: &CronEntry, after: Millis) -> Millis {
+    zoned(entry, after)
+        .and_then(|z| entry.cron.find_next_occurrence(&z, false).ok())
+        .map(|z| z.timestamp().as_millisecond())
+        .unwrap_or(i64::MAX)
+}
