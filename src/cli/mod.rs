@@ -4,6 +4,7 @@
 
 mod init;
 mod render;
+mod run;
 mod schema;
 pub mod serve;
 mod validate;
@@ -32,6 +33,8 @@ enum Command {
     Init(init::Args),
     /// Serve webhooks, run schedules and workflows, deliver messages; reload on file changes.
     Serve(serve::Args),
+    /// Run one workflow in-process, fast-forwarding its waits, and print its step log.
+    Run(run::Args),
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum, Default)]
@@ -80,6 +83,7 @@ pub fn main() -> ExitCode {
         Command::Render(a) => render::run(a),
         Command::Init(a) => init::run(a),
         Command::Serve(a) => serve::run(a),
+        Command::Run(a) => run::run(a),
     };
     match result {
         Ok(code) => code,

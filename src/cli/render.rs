@@ -93,7 +93,7 @@ fn template_name(arg: &str, templates_dir: &Path) -> String {
     arg.trim_start_matches("templates/").to_owned()
 }
 
-fn read_data(path: &Path) -> Result<Value, UsageError> {
+pub(crate) fn read_data(path: &Path) -> Result<Value, UsageError> {
     let text = if path == Path::new("-") {
         std::io::read_to_string(std::io::stdin())?
     } else {
