@@ -11,7 +11,7 @@ use tokio_util::sync::CancellationToken;
 use super::{ColorChoice, UsageError, dir_or_current};
 use crate::definitions::env::EnvSource;
 use crate::definitions::project::Layout;
-use crate::engine::clock::{SystemClock, rfc3339};
+use crate::engine::clock::{Clock, ScaledClock, SystemClock, rfc3339};
 use crate::engine::{Engine, EngineOptions, load_registry};
 use crate::server::{AppState, ReloadStatus, admin, metrics_handle, router};
 use crate::triggers::scheduler::Scheduler;
@@ -86,8 +86,15 @@ async fn serve(args: Args) -> Result<ExitCode, UsageError> {
         Some(f) => EnvSource::with_env_file(f)?,
         None => EnvSource::Process,
     };
-    let clock = Arc::new(SystemClock);
-    let now = crate::engine::clock::Clock::now(&*clock);
+    let clock: Arc<dyn Clock> = match std::env::var("HERALD_TEST_CLOCK") {
+        Ok(spec) => {
+            let c = ScaledClock::parse(&spec).map_err(|e| UsageError(format!("HERALD_TEST_CLOCK: {e}")))?;
+            tracing::warn!(speed = c.speed, "HERALD_TEST_CLOCK is set: time runs at {}x; this is for tests only", c.speed);
+            Arc::new(c)
+        }
+        Err(_) => Arc::new(SystemClock),
+    };
+    let now = clock.now();
     let color = args.color.enabled();
     let (registry, report) = match load_registry(&layout, &env, 1, now) {
         Ok(r) => r,

@@ -60,7 +60,7 @@ impl Engine {
                 return;
             }
             let sleep = match self.store.next_outbox_at().await {
-                Ok(Some(at)) => Duration::from_millis((at - self.now()).clamp(1, MAX_IDLE.as_millis() as i64) as u64),
+                Ok(Some(at)) => self.clock.real(at - self.now()).clamp(Duration::from_millis(1), MAX_IDLE),
                 _ => MAX_IDLE,
             };
             tokio::select! {

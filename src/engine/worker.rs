@@ -80,7 +80,7 @@ impl Engine {
                 }
             }
             let sleep = match self.store.next_due_at().await {
-                Ok(Some(due)) => Duration::from_millis((due - self.now()).clamp(1, MAX_IDLE.as_millis() as i64) as u64),
+                Ok(Some(due)) => self.clock.real(due - self.now()).clamp(Duration::from_millis(1), MAX_IDLE),
                 _ => MAX_IDLE,
             };
             tokio::select! {
@@ -96,7 +96,8 @@ impl Engine {
     /// Renews the leases of runs this process is executing, so a long step (an HTTP call) does
     /// not let another process take the run over.
     pub async fn renew_leases(self: Arc<Self>, shutdown: CancellationToken) {
-        let every = Duration::from_millis((self.lease_ms() / 3).max(100) as u64);
+        // A third of the lease, in the clock's time, so two renewals can fail before it lapses.
+        let every = self.clock.real(self.lease_ms() / 3).max(Duration::from_millis(20));
         loop {
             tokio::select! {
                 _ = tokio::time::sleep(every) => {}

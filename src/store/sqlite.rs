@@ -448,9 +448,13 @@ impl Store for SqliteStore {
     }
 
     async fn next_due_at(&self) -> Result<Option<Millis>> {
-        Ok(sqlx::query_scalar("SELECT MIN(due_at) FROM runs WHERE due_at IS NOT NULL")
-            .fetch_one(&self.pool)
-            .await?)
+        // Only what `claim_runs` would take: a finished run whose state kept a timer would
+        // otherwise make an idle worker wake for it over and over.
+        Ok(sqlx::query_scalar(
+            "SELECT MIN(due_at) FROM runs WHERE due_at IS NOT NULL AND status IN ('pending', 'waiting', 'running')",
+        )
+        .fetch_one(&self.pool)
+        .await?)
     }
 
     async fn cancel_run(&self, id: &str, now: Millis) -> Result<bool> {

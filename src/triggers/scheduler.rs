@@ -12,7 +12,6 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
@@ -165,10 +164,11 @@ impl Scheduler {
             if let Err(e) = self.tick().await {
                 tracing::error!(error = %e, "cron tick failed; retrying next second");
             }
-            // Wake just after the next whole second: slots are on whole minutes.
+            // Wake just after the next whole second of the engine's clock: slots are on whole
+            // minutes.
             let ms = 1000 - (self.engine.now().rem_euclid(1000)) + 5;
             tokio::select! {
-                _ = tokio::time::sleep(Duration::from_millis(ms as u64)) => {}
+                _ = tokio::time::sleep(self.engine.clock.real(ms)) => {}
                 _ = shutdown.cancelled() => return,
             }
         }
