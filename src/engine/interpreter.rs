@@ -292,7 +292,11 @@ impl Engine {
             }
         }
         self.held.lock().expect("not poisoned").remove(&a.id);
-        if let Some(tx) = self.take_responder(&a.id).filter(|_| a.response.is_some()) {
+        // Taken only when there is a reply to give: a run that waits keeps its sync caller,
+        // who is answered when a later segment responds (or at the webhook's timeout).
+        if a.response.is_some()
+            && let Some(tx) = self.take_responder(&a.id)
+        {
             // A reply that was recorded but not delivered (the caller registered late).
             let _ = tx.send(SyncReply::from_value(a.response.as_ref().unwrap_or(&Value::Null)));
         }
