@@ -294,11 +294,9 @@ impl Engine {
         self.held.lock().expect("not poisoned").remove(&a.id);
         // Taken only when there is a reply to give: a run that waits keeps its sync caller,
         // who is answered when a later segment responds (or at the webhook's timeout).
-        if a.response.is_some()
-            && let Some(tx) = self.take_responder(&a.id)
-        {
+        if let Some(response) = &a.response {
             // A reply that was recorded but not delivered (the caller registered late).
-            let _ = tx.send(SyncReply::from_value(a.response.as_ref().unwrap_or(&Value::Null)));
+            self.reply(&a.id, &SyncReply::from_value(response));
         }
     }
 
@@ -381,11 +379,7 @@ impl Engine {
                         Err(e) => tracing::warn!(error = %e, "could not re-check for an event"),
                     }
                 }
-                After::Reply(reply) => {
-                    if let Some(tx) = self.take_responder(&a.id) {
-                        let _ = tx.send(reply);
-                    }
-                }
+                After::Reply(reply) => self.reply(&a.id, &reply),
                 After::Work => self.work_ready.notify_waiters(),
                 After::Outbox => self.outbox_ready.notify_waiters(),
             }

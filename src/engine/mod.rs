@@ -105,7 +105,31 @@ pub struct Started {
     /// The idempotency key was already used: `run_id` is the original run.
     pub duplicate: bool,
     /// For `want_reply` starts: resolves with the reply once the run has one.
-    pub reply: Option<oneshot::Receiver<SyncReply>>,
+    pub reply: Option<ReplyWaiter>,
+}
+
+/// A caller waiting for a sync run's reply. Dropping it (the caller timed out or hung up)
+/// unregisters it, so nothing is kept for a caller that is gone.
+#[derive(Debug)]
+pub struct ReplyWaiter {
+    pub rx: oneshot::Receiver<SyncReply>,
+    token: u64,
+    run_id: String,
+    engine: std::sync::Weak<Engine>,
+}
+
+impl Drop for ReplyWaiter {
+    fn drop(&mut self) {
+        if let Some(engine) = self.engine.upgrade() {
+            let mut map = engine.responders.lock().expect("not poisoned");
+            if let Some(list) = map.get_mut(&self.run_id) {
+                list.retain(|(t, _)| *t != self.token);
+                if list.is_empty() {
+                    map.remove(&self.run_id);
+                }
+            }
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -142,7 +166,9 @@ pub struct Engine {
     pub env: EnvSource,
     pub options: EngineOptions,
     http: reqwest::Client,
-    responders: std::sync::Mutex<HashMap<String, oneshot::Sender<SyncReply>>>,
+    /// Sync callers waiting for a run's reply; several when a key is repeated meanwhile.
+    responders: std::sync::Mutex<HashMap<String, Vec<(u64, oneshot::Sender<SyncReply>)>>>,
+    next_token: std::sync::atomic::AtomicU64,
     /// Signalled when this process creates due work, so workers need not wait for a poll.
     pub work_ready: Notify,
     /// Signalled when messages are enqueued.
@@ -179,6 +205,7 @@ impl Engine {
             options,
             http,
             responders: Default::default(),
+            next_token: std::sync::atomic::AtomicU64::new(1),
             work_ready: Notify::new(),
             outbox_ready: Notify::new(),
             held: Default::default(),
@@ -280,13 +307,7 @@ impl Engine {
             context,
             created_at: now,
         };
-        let reply = if req.want_reply {
-            let (tx, rx) = oneshot::channel();
-            self.responders.lock().expect("not poisoned").insert(run_id.clone(), tx);
-            Some(rx)
-        } else {
-            None
-        };
+        let reply = req.want_reply.then(|| self.wait_reply(&run_id));
         let (first_tx, first_rx) = oneshot::channel();
         let engine = self.clone();
         let workflow = req.workflow.clone();
@@ -301,7 +322,7 @@ impl Engine {
                 reply,
             }),
             Ok(Ok(interpreter::FirstCommit::Duplicate(existing))) => {
-                self.responders.lock().expect("not poisoned").remove(&run_id);
+                drop(reply);
                 let existing = self
                     .store
                     .run(&existing)
@@ -309,28 +330,30 @@ impl Engine {
                     .ok_or_else(|| EngineError::Invalid("the original run disappeared".into()))?;
                 Ok(self.duplicate(existing, req.want_reply))
             }
-            Ok(Err(e)) => {
-                self.responders.lock().expect("not poisoned").remove(&run_id);
-                Err(e)
-            }
-            Err(_) => {
-                self.responders.lock().expect("not poisoned").remove(&run_id);
-                Err(EngineError::Invalid("the run stopped before it was stored".into()))
-            }
+            Ok(Err(e)) => Err(e),
+            Err(_) => Err(EngineError::Invalid("the run stopped before it was stored".into())),
         }
     }
 
-    fn duplicate(&self, existing: RunRecord, want_reply: bool) -> Started {
+    fn duplicate(self: &Arc<Self>, existing: RunRecord, want_reply: bool) -> Started {
         let reply = want_reply.then(|| {
-            let (tx, rx) = oneshot::channel();
-            if let Some(r) = &existing.response {
-                let _ = tx.send(SyncReply::from_value(r));
-            } else if existing.status.is_finished() {
-                let _ = tx.send(SyncReply::from_finished(&existing.id, existing.status, &existing.context, existing.error.as_deref()));
-            } else {
-                self.responders.lock().expect("not poisoned").insert(existing.id.clone(), tx);
+            let waiter = self.wait_reply(&existing.id);
+            let reply = match &existing.response {
+                Some(r) => Some(SyncReply::from_value(r)),
+                None if existing.status.is_finished() => Some(SyncReply::from_finished(
+                    &existing.id,
+                    existing.status,
+                    &existing.context,
+                    existing.error.as_deref(),
+                )),
+                None => None,
+            };
+            if let Some(r) = reply {
+                for tx in self.take_responders(&existing.id) {
+                    let _ = tx.send(r.clone());
+                }
             }
-            rx
+            waiter
         });
         Started {
             run_id: existing.id,
@@ -339,13 +362,39 @@ impl Engine {
         }
     }
 
-    pub(crate) fn take_responder(&self, run_id: &str) -> Option<oneshot::Sender<SyncReply>> {
-        self.responders.lock().expect("not poisoned").remove(run_id)
+    /// Registers a caller for a run's reply.
+    fn wait_reply(self: &Arc<Self>, run_id: &str) -> ReplyWaiter {
+        let (tx, rx) = oneshot::channel();
+        let token = self.next_token.fetch_add(1, Ordering::Relaxed);
+        self.responders
+            .lock()
+            .expect("not poisoned")
+            .entry(run_id.to_owned())
+            .or_default()
+            .push((token, tx));
+        ReplyWaiter {
+            rx,
+            token,
+            run_id: run_id.to_owned(),
+            engine: Arc::downgrade(self),
+        }
     }
 
-    /// Forgets a sync caller that gave up waiting.
-    pub fn forget_reply(&self, run_id: &str) {
-        self.responders.lock().expect("not poisoned").remove(run_id);
+    /// Every caller waiting for this run's reply, unregistered.
+    pub(crate) fn take_responders(&self, run_id: &str) -> Vec<oneshot::Sender<SyncReply>> {
+        self.responders
+            .lock()
+            .expect("not poisoned")
+            .remove(run_id)
+            .map(|list| list.into_iter().map(|(_, tx)| tx).collect())
+            .unwrap_or_default()
+    }
+
+    /// Sends a reply to every caller waiting for it.
+    pub(crate) fn reply(&self, run_id: &str, reply: &SyncReply) {
+        for tx in self.take_responders(run_id) {
+            let _ = tx.send(reply.clone());
+        }
     }
 
     /// Records an event from outside a run (the admin API) and starts its subscribers.
@@ -484,9 +533,7 @@ impl Engine {
     /// Cancels a run; a parent waiting on it wakes to see it.
     pub async fn cancel(&self, run_id: &str) -> Result<bool, EngineError> {
         let ok = self.store.cancel_run(run_id, self.now()).await?;
-        if let Some(tx) = self.take_responder(run_id) {
-            let _ = tx.send(SyncReply::from_finished(run_id, RunStatus::Cancelled, &Value::Null, Some("the run was cancelled")));
-        }
+        self.reply(run_id, &SyncReply::from_finished(run_id, RunStatus::Cancelled, &Value::Null, Some("the run was cancelled")));
         self.work_ready.notify_waiters();
         Ok(ok)
     }

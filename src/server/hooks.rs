@@ -16,7 +16,7 @@ use serde_json::{Map, Value, json};
 
 use super::{ApiError, AppState};
 use crate::definitions::model::trigger::{RespondMode, Trigger, WebhookAuth};
-use crate::engine::{StartRun, SyncReply};
+use crate::engine::{ReplyWaiter, StartRun, SyncReply};
 
 /// Headers never copied into a run's context: credentials and signatures stay out of the
 /// database.
@@ -65,7 +65,14 @@ pub async fn webhook(State(state): State<Arc<AppState>>, method: Method, uri: Ur
             Ok(v) => Some(v),
             Err(e) => {
                 tracing::info!(workflow = %wf.id, path = %path, error = %e, "webhook refused: authentication");
-                return finish(ApiError::new(StatusCode::UNAUTHORIZED, e.code(), e.to_string()).into_response());
+                let mut resp = ApiError::new(StatusCode::UNAUTHORIZED, e.code(), e.to_string()).into_response();
+                // RFC 9110 asks every 401 to name the scheme it wants.
+                let challenge = match &trigger.auth {
+                    Some(WebhookAuth::Bearer(_)) => "Bearer",
+                    _ => "Signature",
+                };
+                resp.headers_mut().insert(header::WWW_AUTHENTICATE, header::HeaderValue::from_static(challenge));
+                return finish(resp);
             }
         },
         None => None,
@@ -162,34 +169,27 @@ pub async fn webhook(State(state): State<Arc<AppState>>, method: Method, uri: Ur
 
 /// Waits for a sync run's reply: notified in-process when this process runs the step, and
 /// read from the store otherwise (the run may resume on another process after a wait).
-async fn wait_for_reply(
-    state: &AppState,
-    run_id: &str,
-    rx: Option<tokio::sync::oneshot::Receiver<SyncReply>>,
-    timeout: Duration,
-) -> Option<SyncReply> {
+/// Dropping the waiter, on every way out, unregisters this caller.
+async fn wait_for_reply(state: &AppState, run_id: &str, waiter: Option<ReplyWaiter>, timeout: Duration) -> Option<SyncReply> {
     let deadline = tokio::time::Instant::now() + timeout;
-    let mut rx = rx?;
+    let mut waiter = waiter?;
     loop {
         let poll = tokio::time::sleep(Duration::from_millis(250).min(deadline.saturating_duration_since(tokio::time::Instant::now())));
         tokio::select! {
-            r = &mut rx => match r {
+            r = &mut waiter.rx => match r {
                 Ok(reply) => return Some(reply),
                 Err(_) => break,
             },
             _ = poll => {}
         }
         if tokio::time::Instant::now() >= deadline {
-            state.engine.forget_reply(run_id);
             return None;
         }
         if let Ok(Some(run)) = state.engine.store.run(run_id).await {
             if let Some(r) = &run.response {
-                state.engine.forget_reply(run_id);
                 return Some(SyncReply::from_value(r));
             }
             if run.status.is_finished() {
-                state.engine.forget_reply(run_id);
                 return Some(SyncReply::from_finished(run_id, run.status, &run.context, run.error.as_deref()));
             }
         }

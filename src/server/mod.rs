@@ -57,7 +57,11 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/messages/{channel}", post(admin::inbound_message))
         .route("/cron/{workflow}", get(admin::cron_fires))
         .route("/reload", post(admin::reload))
-        .route_layer(axum::middleware::from_fn_with_state(state.clone(), admin::require_key));
+        .route_layer(axum::middleware::from_fn_with_state(state.clone(), admin::require_key))
+        .method_not_allowed_fallback(|method: axum::http::Method, uri: axum::http::Uri| async move {
+            ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", format!("{} does not accept {method}", uri.path()))
+        })
+        .fallback(|uri: axum::http::Uri| async move { ApiError::not_found(format!("no admin endpoint at {}", uri.path())) });
     Router::new()
         .route("/health", get(health::health))
         .route("/metrics", get(health::metrics))
