@@ -18,7 +18,10 @@ fn workflow(i: usize) -> String {
             "  - webhook:\n      path: /hooks/leads/{i}\n      auth:\n        hmac_sha256: {{ header: X-Signature, secret: \"${{env:SECRET}}\" }}\n      idempotency_key: \"{{{{ body.id }}}}\"\n"
         )
     } else {
-        format!("  - cron:\n      schedule: \"{} 7 * * MON-FRI\"\n      timezone: America/Denver\n      catch_up: latest\n", i % 60)
+        format!(
+            "  - cron:\n      schedule: \"{} 7 * * MON-FRI\"\n      timezone: America/Denver\n      catch_up: latest\n",
+            i % 60
+        )
     };
     format!(
         r#"# yaml-language-server: $schema=../schemas/workflow.json
@@ -97,7 +100,9 @@ fn make_project(dir: &Path, n: usize) {
 
 fn measure(dir: &Path, rounds: usize) -> (Duration, Duration, usize) {
     let layout = Layout::discover(dir).unwrap();
-    let env = EnvSource::Map(std::sync::Arc::new([("SECRET".to_owned(), "s".to_owned())].into()));
+    let env = EnvSource::Map(std::sync::Arc::new(
+        [("SECRET".to_owned(), "s".to_owned())].into(),
+    ));
     let opts = LoadOptions {
         env_mode: EnvMode::Validate,
         env,

@@ -44,14 +44,22 @@ pub fn spawn(
 ) {
     let (tx, rx) = mpsc::unbounded_channel::<Request>();
     *state.reloader.lock().expect("not poisoned") = Some(tx.clone());
-    tasks.spawn(reload_loop(state, layout.clone(), env, rx, shutdown.clone()));
+    tasks.spawn(reload_loop(
+        state,
+        layout.clone(),
+        env,
+        rx,
+        shutdown.clone(),
+    ));
 
     #[cfg(unix)]
     {
         let tx = tx.clone();
         let shutdown = shutdown.clone();
         tasks.spawn(async move {
-            let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) else {
+            let Ok(mut hup) =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+            else {
                 return;
             };
             loop {
@@ -78,7 +86,9 @@ pub fn spawn(
                     drop(watcher);
                 });
             }
-            Err(e) => tracing::warn!(error = %e, "cannot watch the project's files; reload with SIGHUP or POST /api/reload"),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot watch the project's files; reload with SIGHUP or POST /api/reload")
+            }
         }
     }
 }
@@ -113,7 +123,12 @@ async fn reload_loop(
 }
 
 /// Loads, validates and (if valid) installs the project; returns what happened.
-pub async fn reload_once(state: &AppState, layout: &Layout, env: &EnvSource, generation: u64) -> ReloadStatus {
+pub async fn reload_once(
+    state: &AppState,
+    layout: &Layout,
+    env: &EnvSource,
+    generation: u64,
+) -> ReloadStatus {
     let engine = &state.engine;
     let started = std::time::Instant::now();
     let now = engine.now();
@@ -124,7 +139,12 @@ pub async fn reload_once(state: &AppState, layout: &Layout, env: &EnvSource, gen
             let count = registry.workflows.len();
             match engine.install(registry).await {
                 Ok(()) => {
-                    tracing::info!(generation, definitions = count, ms = started.elapsed().as_millis() as u64, "reloaded");
+                    tracing::info!(
+                        generation,
+                        definitions = count,
+                        ms = started.elapsed().as_millis() as u64,
+                        "reloaded"
+                    );
                     metrics::counter!("herald_reloads_total", "outcome" => "ok").increment(1);
                     ReloadStatus {
                         ok: true,
@@ -133,7 +153,11 @@ pub async fn reload_once(state: &AppState, layout: &Layout, env: &EnvSource, gen
                         errors: Vec::new(),
                     }
                 }
-                Err(e) => failed(now, generation - 1, vec![format!("could not store the new definitions: {e}")]),
+                Err(e) => failed(
+                    now,
+                    generation - 1,
+                    vec![format!("could not store the new definitions: {e}")],
+                ),
             }
         }
         Ok(Err(report)) => {
@@ -143,16 +167,27 @@ pub async fn reload_once(state: &AppState, layout: &Layout, env: &EnvSource, gen
                 .filter(|d| d.is_error())
                 .map(|d| {
                     let loc = d.location();
-                    if loc.is_empty() { format!("error: {}", d.message) } else { format!("{loc}: error: {}", d.message) }
+                    if loc.is_empty() {
+                        format!("error: {}", d.message)
+                    } else {
+                        format!("{loc}: error: {}", d.message)
+                    }
                 })
                 .collect();
             for d in report.diagnostics.iter().filter(|d| d.is_error()) {
                 tracing::error!("{}", d.render(false).trim_end());
             }
-            tracing::error!(errors = errors.len(), "reload refused; the previous definitions stay in force");
+            tracing::error!(
+                errors = errors.len(),
+                "reload refused; the previous definitions stay in force"
+            );
             failed(now, generation - 1, errors)
         }
-        Err(e) => failed(now, generation - 1, vec![format!("the reload crashed: {e}")]),
+        Err(e) => failed(
+            now,
+            generation - 1,
+            vec![format!("the reload crashed: {e}")],
+        ),
     };
     *state.reload.lock().expect("not poisoned") = status.clone();
     status
@@ -171,7 +206,10 @@ fn failed(now: i64, generation: u64, errors: Vec<String>) -> ReloadStatus {
 /// Whether a changed path can affect the project: definitions, templates and the config, not
 /// editor swap files, backups or the database.
 fn relevant(path: &Path, layout: &Layout) -> bool {
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
     if is_ignored_file(&name) {
         return false;
     }
@@ -182,13 +220,20 @@ fn relevant(path: &Path, layout: &Layout) -> bool {
         return true;
     }
     // A folder rename or removal under workflows/ reports the folder itself.
-    path.starts_with(&layout.workflows_dir) && (name.ends_with(".yaml") || name.ends_with(".yml") || path.extension().is_none())
+    path.starts_with(&layout.workflows_dir)
+        && (name.ends_with(".yaml") || name.ends_with(".yml") || path.extension().is_none())
 }
 
 fn start_watcher(
     layout: &Layout,
     tx: mpsc::UnboundedSender<Request>,
-) -> Result<notify_debouncer_full::Debouncer<notify::RecommendedWatcher, notify_debouncer_full::RecommendedCache>, String> {
+) -> Result<
+    notify_debouncer_full::Debouncer<
+        notify::RecommendedWatcher,
+        notify_debouncer_full::RecommendedCache,
+    >,
+    String,
+> {
     let canonical = |p: &Path| p.canonicalize().unwrap_or_else(|_| p.to_path_buf());
     let watched = Layout {
         root: canonical(&layout.root),
@@ -202,8 +247,10 @@ fn start_watcher(
             // Reading a file is an event too (the reload itself reads every file): only
             // content, creation, removal and renames count.
             let any = events.iter().any(|e| {
-                !matches!(e.kind, EventKind::Access(_) | EventKind::Modify(ModifyKind::Metadata(_)))
-                    && e.paths.iter().any(|p| relevant(p, &filter))
+                !matches!(
+                    e.kind,
+                    EventKind::Access(_) | EventKind::Modify(ModifyKind::Metadata(_))
+                ) && e.paths.iter().any(|p| relevant(p, &filter))
             });
             if any {
                 let (done, _) = oneshot::channel();
@@ -216,18 +263,23 @@ fn start_watcher(
             }
         }
     };
-    let mut debouncer = new_debouncer(DEBOUNCE, Some(Duration::from_millis(25)), handler).map_err(|e| e.to_string())?;
+    let mut debouncer = new_debouncer(DEBOUNCE, Some(Duration::from_millis(25)), handler)
+        .map_err(|e| e.to_string())?;
     // Folders are watched, not files: an editor that saves by renaming a new file over the
     // old one would leave a watch on the old file's inode behind.
     let mut dirs: Vec<PathBuf> = vec![watched.workflows_dir.clone(), watched.templates_dir.clone()];
     dirs.dedup();
     for dir in &dirs {
         if dir.is_dir() {
-            debouncer.watch(dir, RecursiveMode::Recursive).map_err(|e| format!("{}: {e}", dir.display()))?;
+            debouncer
+                .watch(dir, RecursiveMode::Recursive)
+                .map_err(|e| format!("{}: {e}", dir.display()))?;
         }
     }
     if watched.config_file.is_some() {
-        debouncer.watch(&watched.root, RecursiveMode::NonRecursive).map_err(|e| e.to_string())?;
+        debouncer
+            .watch(&watched.root, RecursiveMode::NonRecursive)
+            .map_err(|e| e.to_string())?;
     }
     Ok(debouncer)
 }

@@ -33,7 +33,12 @@ impl Server {
         let mut child = Command::new(env!("CARGO_BIN_EXE_herald"))
             .args(["serve", "--no-watch", "--dir"])
             .arg(dir)
-            .args(["--database-url", url, "--listen", &format!("127.0.0.1:{port}")])
+            .args([
+                "--database-url",
+                url,
+                "--listen",
+                &format!("127.0.0.1:{port}"),
+            ])
             .env("RUST_LOG", "warn")
             .env_remove("DATABASE_URL")
             .stdout(Stdio::piped())
@@ -49,7 +54,8 @@ impl Server {
                 }
             }
         });
-        rx.recv_timeout(Duration::from_secs(60)).expect("herald serve said it is listening");
+        rx.recv_timeout(Duration::from_secs(60))
+            .expect("herald serve said it is listening");
         Server { child: Some(child) }
     }
 
@@ -64,12 +70,18 @@ impl Server {
     fn stop(&mut self) {
         if let Some(mut c) = self.child.take() {
             // SIGTERM, then a bounded wait for a clean exit.
-            let _ = Command::new("kill").arg("-TERM").arg(c.id().to_string()).status();
+            let _ = Command::new("kill")
+                .arg("-TERM")
+                .arg(c.id().to_string())
+                .status();
             let deadline = Instant::now() + Duration::from_secs(30);
             loop {
                 match c.try_wait() {
                     Ok(Some(status)) => {
-                        assert!(status.success(), "herald serve exited with {status} after SIGTERM");
+                        assert!(
+                            status.success(),
+                            "herald serve exited with {status} after SIGTERM"
+                        );
                         return;
                     }
                     _ if Instant::now() > deadline => {
@@ -90,7 +102,11 @@ impl Drop for Server {
 }
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 fn project(sink: &HttpSink) -> tempfile::TempDir {
@@ -134,7 +150,10 @@ async fn crash_and_recover(url: String) {
     let port = free_port();
     let mut server = Server::start(dir.path(), &url, port);
     herald::tls::init();
-    let client = reqwest::Client::builder().timeout(Duration::from_secs(10)).build().unwrap();
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap();
     let accepted = Arc::new(AtomicUsize::new(0));
 
     // Senders: every webhook is retried until it gets a 2xx, as a real sender retries on a
@@ -161,7 +180,11 @@ async fn crash_and_recover(url: String) {
                             accepted.fetch_add(1, Ordering::SeqCst);
                             break;
                         }
-                        Ok(resp) => assert!(resp.status().is_server_error(), "webhook {n} refused: {}", resp.status()),
+                        Ok(resp) => assert!(
+                            resp.status().is_server_error(),
+                            "webhook {n} refused: {}",
+                            resp.status()
+                        ),
                         Err(_) => {}
                     }
                     assert!(Instant::now() < deadline, "webhook {n} never accepted");
@@ -179,7 +202,11 @@ async fn crash_and_recover(url: String) {
         let pause = rand::rng().random_range(300..1500);
         tokio::time::sleep(Duration::from_millis(pause)).await;
         server.kill9();
-        eprintln!("kill -9 #{} after {pause} ms; {} webhooks accepted so far", k + 1, accepted.load(Ordering::SeqCst));
+        eprintln!(
+            "kill -9 #{} after {pause} ms; {} webhooks accepted so far",
+            k + 1,
+            accepted.load(Ordering::SeqCst)
+        );
         server = Server::start(dir.path(), &url, port);
     }
     while let Some(r) = senders.join_next().await {
@@ -201,11 +228,24 @@ async fn crash_and_recover(url: String) {
             })
             .await
             .unwrap();
-        let keys: HashSet<String> = sink.requests().iter().filter_map(|r| r.idempotency_key().map(str::to_owned)).collect();
+        let keys: HashSet<String> = sink
+            .requests()
+            .iter()
+            .filter_map(|r| r.idempotency_key().map(str::to_owned))
+            .collect();
         let outbox = store.count_outbox().await.unwrap();
-        let all_sent = outbox.iter().all(|(s, n)| *s == herald::store::OutboxStatus::Sent || *n == 0);
-        if runs.len() == RUNS && runs.iter().all(|r| r.status == RunStatus::Completed) && keys.len() == RUNS && all_sent {
-            eprintln!("all runs complete {:.1} s after the last restart", waiting_since.elapsed().as_secs_f64());
+        let all_sent = outbox
+            .iter()
+            .all(|(s, n)| *s == herald::store::OutboxStatus::Sent || *n == 0);
+        if runs.len() == RUNS
+            && runs.iter().all(|r| r.status == RunStatus::Completed)
+            && keys.len() == RUNS
+            && all_sent
+        {
+            eprintln!(
+                "all runs complete {:.1} s after the last restart",
+                waiting_since.elapsed().as_secs_f64()
+            );
             break runs;
         }
         if last_report.elapsed() > Duration::from_secs(10) {
@@ -214,41 +254,74 @@ async fn crash_and_recover(url: String) {
             for r in &runs {
                 *by_status.entry(r.status.as_str()).or_insert(0) += 1;
             }
-            eprintln!("waiting: {by_status:?}, {} distinct messages, outbox {outbox:?}", keys.len());
+            eprintln!(
+                "waiting: {by_status:?}, {} distinct messages, outbox {outbox:?}",
+                keys.len()
+            );
         }
         if Instant::now() > deadline {
             let mut by_status = BTreeMap::new();
             for r in &runs {
                 *by_status.entry(r.status.as_str()).or_insert(0) += 1;
             }
-            panic!("not finished after 120 s: {} runs {by_status:?}, {} distinct messages", runs.len(), keys.len());
+            panic!(
+                "not finished after 120 s: {} runs {by_status:?}, {} distinct messages",
+                runs.len(),
+                keys.len()
+            );
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
     server.stop();
 
     // One run per webhook: the idempotency key held across kills and client retries.
-    let ns: HashSet<String> = runs.iter().map(|r| r.idempotency_key.clone().unwrap()).collect();
+    let ns: HashSet<String> = runs
+        .iter()
+        .map(|r| r.idempotency_key.clone().unwrap())
+        .collect();
     assert_eq!(ns.len(), RUNS);
     let counts = store.count_runs().await.unwrap();
-    assert!(counts.iter().all(|(s, n)| *s == RunStatus::Completed || *n == 0), "left over: {counts:?}");
+    assert!(
+        counts
+            .iter()
+            .all(|(s, n)| *s == RunStatus::Completed || *n == 0),
+        "left over: {counts:?}"
+    );
 
     // Every message arrived, each under its own stable key: `<run id>:nudge`.
     let requests = sink.requests();
     let mut bodies = BTreeMap::new();
     for r in &requests {
-        let key = r.idempotency_key().expect("every delivery carries its key").to_owned();
-        bodies.entry(key).or_insert_with(Vec::new).push(r.json["body"].as_str().unwrap_or_default().to_owned());
+        let key = r
+            .idempotency_key()
+            .expect("every delivery carries its key")
+            .to_owned();
+        bodies
+            .entry(key)
+            .or_insert_with(Vec::new)
+            .push(r.json["body"].as_str().unwrap_or_default().to_owned());
     }
     assert_eq!(bodies.len(), RUNS, "one distinct message per run");
     for run in &runs {
         let key = format!("{}:nudge", run.id);
-        let got = bodies.get(&key).unwrap_or_else(|| panic!("no message for run {}", run.id));
+        let got = bodies
+            .get(&key)
+            .unwrap_or_else(|| panic!("no message for run {}", run.id));
         let n = run.context["vars"]["n"].as_i64().unwrap();
-        assert!(got.iter().all(|b| *b == format!("message {n}")), "{key}: {got:?}");
+        assert!(
+            got.iter().all(|b| *b == format!("message {n}")),
+            "{key}: {got:?}"
+        );
         let log = store.step_log(&run.id).await.unwrap();
-        let nudges = log.iter().filter(|s| s.step_id == "nudge" && s.status == "completed").count();
-        assert_eq!(nudges, 1, "run {} sent its message in more than one step execution", run.id);
+        let nudges = log
+            .iter()
+            .filter(|s| s.step_id == "nudge" && s.status == "completed")
+            .count();
+        assert_eq!(
+            nudges, 1,
+            "run {} sent its message in more than one step execution",
+            run.id
+        );
     }
     // A kill between a delivery and its record makes the dispatcher deliver again under the
     // same key; an idempotent provider sees one message. Report how often that happened.
@@ -260,7 +333,9 @@ async fn crash_and_recover(url: String) {
     );
     let outbox_failed = store.count_outbox().await.unwrap();
     assert!(
-        outbox_failed.iter().all(|(s, n)| *s == herald::store::OutboxStatus::Sent || *n == 0),
+        outbox_failed
+            .iter()
+            .all(|(s, n)| *s == herald::store::OutboxStatus::Sent || *n == 0),
         "{outbox_failed:?}"
     );
 }
@@ -276,6 +351,8 @@ async fn sqlite_survives_kill_9() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn postgres_survives_kill_9() {
-    let Some(db) = db::postgres("crash::postgres").await else { return };
+    let Some(db) = db::postgres("crash::postgres").await else {
+        return;
+    };
     crash_and_recover(db.url.clone()).await;
 }

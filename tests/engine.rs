@@ -15,7 +15,9 @@ use herald::definitions::env::EnvSource;
 use herald::definitions::project::Layout;
 use herald::engine::clock::{Clock, VirtualClock};
 use herald::engine::{Engine, EngineOptions, StartRun, load_registry};
-use herald::store::{Commit, OutboxStatus, RunRecord, RunState, RunStatus, RunWrite, StepLogEntry, StoreError};
+use herald::store::{
+    Commit, OutboxStatus, RunRecord, RunState, RunStatus, RunWrite, StepLogEntry, StoreError,
+};
 use serde_json::{Value, json};
 use support::{HttpSink, Reply};
 
@@ -50,8 +52,15 @@ impl Harness {
             std::fs::write(p, text.replace("{{SINK}}", &sink.url(""))).unwrap();
         }
         let clock = VirtualClock::at(START);
-        let env = EnvSource::Map(Arc::new([("API_TOKEN".to_owned(), "t0ken".to_owned())].into()));
-        let engine = Engine::new(db.store.clone(), Arc::new(clock.clone()), env.clone(), EngineOptions::default());
+        let env = EnvSource::Map(Arc::new(
+            [("API_TOKEN".to_owned(), "t0ken".to_owned())].into(),
+        ));
+        let engine = Engine::new(
+            db.store.clone(),
+            Arc::new(clock.clone()),
+            env.clone(),
+            EngineOptions::default(),
+        );
         let h = Harness {
             engine,
             clock,
@@ -68,15 +77,30 @@ impl Harness {
     /// Loads the project from disk and installs it, as a reload does.
     async fn reload(&self) {
         let layout = Layout::discover(self.dir.path()).unwrap();
-        let generation = self.generation.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
-        let (registry, _) = load_registry(&layout, &self.env, generation, self.clock.now()).unwrap_or_else(|report| {
-            panic!("{}", report.diagnostics.iter().map(|d| d.render(false)).collect::<String>())
-        });
+        let generation = self
+            .generation
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst)
+            + 1;
+        let (registry, _) = load_registry(&layout, &self.env, generation, self.clock.now())
+            .unwrap_or_else(|report| {
+                panic!(
+                    "{}",
+                    report
+                        .diagnostics
+                        .iter()
+                        .map(|d| d.render(false))
+                        .collect::<String>()
+                )
+            });
         self.engine.install(registry).await.unwrap();
     }
 
     fn write(&self, path: &str, text: &str) {
-        std::fs::write(self.dir.path().join(path), text.replace("{{SINK}}", &self.sink.url(""))).unwrap();
+        std::fs::write(
+            self.dir.path().join(path),
+            text.replace("{{SINK}}", &self.sink.url("")),
+        )
+        .unwrap();
     }
 
     async fn start(&self, workflow: &str, body: Value) -> String {
@@ -84,7 +108,13 @@ impl Harness {
     }
 
     async fn start_keyed(&self, workflow: &str, body: Value, key: Option<&str>) -> (String, bool) {
-        let wf = self.engine.registry().workflows.get(workflow).cloned().unwrap_or_else(|| panic!("no workflow {workflow}"));
+        let wf = self
+            .engine
+            .registry()
+            .workflows
+            .get(workflow)
+            .cloned()
+            .unwrap_or_else(|| panic!("no workflow {workflow}"));
         let started = self
             .engine
             .start(StartRun {
@@ -106,7 +136,10 @@ impl Harness {
         for _ in 0..200 {
             let deadline = std::time::Instant::now() + Duration::from_secs(20);
             while !self.engine.held_runs().is_empty() {
-                assert!(std::time::Instant::now() < deadline, "runs still executing after 20s");
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "runs still executing after 20s"
+                );
                 tokio::time::sleep(Duration::from_millis(2)).await;
             }
             let runs = self.engine.run_due().await.unwrap();
@@ -124,7 +157,12 @@ impl Harness {
     }
 
     async fn run(&self, id: &str) -> RunRecord {
-        self.engine.store.run(id).await.unwrap().expect("the run exists")
+        self.engine
+            .store
+            .run(id)
+            .await
+            .unwrap()
+            .expect("the run exists")
     }
 
     async fn steps(&self, id: &str) -> Vec<StepLogEntry> {
@@ -133,7 +171,11 @@ impl Harness {
 
     /// `step_id:status` for each step-log line, for compact assertions.
     async fn trail(&self, id: &str) -> Vec<String> {
-        self.steps(id).await.iter().map(|s| format!("{}:{}", s.step_id, s.status)).collect()
+        self.steps(id)
+            .await
+            .iter()
+            .map(|s| format!("{}:{}", s.step_id, s.status))
+            .collect()
     }
 
     fn at(&self, offset: Duration) -> i64 {
@@ -214,15 +256,26 @@ steps:
         )],
     )
     .await;
-    let id = h.start("greet", json!({"firstName": "ada", "amount": 25000})).await;
+    let id = h
+        .start("greet", json!({"firstName": "ada", "amount": 25000}))
+        .await;
     let run = h.run(&id).await;
     assert_eq!(run.status, RunStatus::Completed);
-    assert_eq!(run.context["vars"]["greeting"], "Hi Ada, your pre-approval is waiting");
+    assert_eq!(
+        run.context["vars"]["greeting"],
+        "Hi Ada, your pre-approval is waiting"
+    );
     // A value that is exactly one expression keeps its type.
     assert_eq!(run.context["vars"]["amount"], json!(250));
     assert_eq!(run.response.as_ref().unwrap()["status"], 201);
-    assert_eq!(run.response.as_ref().unwrap()["body"]["greeting"], "Hi Ada, your pre-approval is waiting");
-    assert_eq!(h.trail(&id).await, vec!["greet:completed", "reply:completed"]);
+    assert_eq!(
+        run.response.as_ref().unwrap()["body"]["greeting"],
+        "Hi Ada, your pre-approval is waiting"
+    );
+    assert_eq!(
+        h.trail(&id).await,
+        vec!["greet:completed", "reply:completed"]
+    );
     assert_eq!(run.finished_at, Some(h.at(Duration::ZERO)));
 }
 
@@ -243,12 +296,18 @@ steps:
         )],
     )
     .await;
-    let id = h.start("nudge", json!({"email": "ada@example.com", "name": "Ada"})).await;
+    let id = h
+        .start("nudge", json!({"email": "ada@example.com", "name": "Ada"}))
+        .await;
     let run = h.run(&id).await;
     assert_eq!(run.status, RunStatus::Waiting);
     assert_eq!(run.due_at, Some(h.at(Duration::from_secs(2 * 86400))));
     h.advance(Duration::from_secs(86400)).await;
-    assert_eq!(h.run(&id).await.status, RunStatus::Waiting, "one day in, the two-day wait is not over");
+    assert_eq!(
+        h.run(&id).await.status,
+        RunStatus::Waiting,
+        "one day in, the two-day wait is not over"
+    );
     assert!(h.sink.requests().is_empty());
     h.advance(Duration::from_secs(86400)).await;
     let run = h.run(&id).await;
@@ -257,8 +316,14 @@ steps:
     assert_eq!(delivered.len(), 1);
     assert_eq!(delivered[0].json["to"], "ada@example.com");
     assert_eq!(delivered[0].json["body"], "Hi Ada");
-    assert_eq!(delivered[0].idempotency_key(), Some(format!("{id}:nudge").as_str()));
-    assert_eq!(h.trail(&id).await, vec!["pause:waiting", "pause:completed", "nudge:completed"]);
+    assert_eq!(
+        delivered[0].idempotency_key(),
+        Some(format!("{id}:nudge").as_str())
+    );
+    assert_eq!(
+        h.trail(&id).await,
+        vec!["pause:waiting", "pause:completed", "nudge:completed"]
+    );
 }
 
 async fn wait_until_a_rendered_time(db: db::TestDb) {
@@ -278,22 +343,46 @@ steps:
         )],
     )
     .await;
-    let id = h.start("remind", json!({"remind_at": "2026-11-03T09:30:00-07:00"})).await;
+    let id = h
+        .start("remind", json!({"remind_at": "2026-11-03T09:30:00-07:00"}))
+        .await;
     let run = h.run(&id).await;
     assert_eq!(run.status, RunStatus::Waiting);
-    assert_eq!(run.due_at, Some(jiff::Timestamp::from_str("2026-11-03T16:30:00Z").unwrap().as_millisecond()));
+    assert_eq!(
+        run.due_at,
+        Some(
+            jiff::Timestamp::from_str("2026-11-03T16:30:00Z")
+                .unwrap()
+                .as_millisecond()
+        )
+    );
     h.advance(Duration::from_secs(25 * 3600)).await;
-    assert_eq!(h.run(&id).await.status, RunStatus::Waiting, "half an hour to go");
+    assert_eq!(
+        h.run(&id).await.status,
+        RunStatus::Waiting,
+        "half an hour to go"
+    );
     h.advance(Duration::from_secs(1800)).await;
     assert_eq!(h.run(&id).await.status, RunStatus::Completed);
 
     // A time already past does not wait; a malformed one fails with what was wrong.
-    let past = h.start("remind", json!({"remind_at": "2020-01-01T00:00:00Z"})).await;
+    let past = h
+        .start("remind", json!({"remind_at": "2020-01-01T00:00:00Z"}))
+        .await;
     assert_eq!(h.run(&past).await.status, RunStatus::Completed);
-    let bad = h.start("remind", json!({"remind_at": "next tuesday"})).await;
+    let bad = h
+        .start("remind", json!({"remind_at": "next tuesday"}))
+        .await;
     let run = h.run(&bad).await;
     assert_eq!(run.status, RunStatus::Failed);
-    assert!(run.error.as_deref().unwrap().contains("not an RFC 3339 time"), "{:?}", run.error);
+    assert!(
+        run.error
+            .as_deref()
+            .unwrap()
+            .contains("not an RFC 3339 time"),
+        "{:?}",
+        run.error
+    );
 }
 
 const WAITER: &str = r#"
@@ -313,13 +402,30 @@ async fn wait_for_sees_an_event_that_arrived_before_it_waited(db: db::TestDb) {
     let id = h.start("waiter", json!({"email": "ada@example.com"})).await;
     // The reply arrives during the first wait, before the `wait_for` is registered.
     h.advance(Duration::from_secs(60)).await;
-    h.engine.emit("lead.replied", Some("ada@example.com"), json!({"text": "yes please"})).await.unwrap();
+    h.engine
+        .emit(
+            "lead.replied",
+            Some("ada@example.com"),
+            json!({"text": "yes please"}),
+        )
+        .await
+        .unwrap();
     // Another contact's reply must not count.
-    h.engine.emit("lead.replied", Some("bob@example.com"), json!({"text": "no"})).await.unwrap();
+    h.engine
+        .emit(
+            "lead.replied",
+            Some("bob@example.com"),
+            json!({"text": "no"}),
+        )
+        .await
+        .unwrap();
     h.advance(Duration::from_secs(600)).await;
     let run = h.run(&id).await;
     assert_eq!(run.status, RunStatus::Completed, "{:?}", h.trail(&id).await);
-    assert_eq!(run.context["steps"]["reply"]["output"]["data"]["text"], "yes please");
+    assert_eq!(
+        run.context["steps"]["reply"]["output"]["data"]["text"],
+        "yes please"
+    );
     assert_eq!(run.context["vars"]["timed_out"], false);
 }
 
@@ -346,9 +452,19 @@ steps:
     let failing = h.start("strict", json!({"email": "dee@example.com"})).await;
     h.advance(Duration::from_secs(600)).await;
     assert_eq!(h.run(&woken).await.status, RunStatus::Waiting);
-    assert_eq!(h.run(&woken).await.wait_event.as_deref(), Some("lead.replied"));
+    assert_eq!(
+        h.run(&woken).await.wait_event.as_deref(),
+        Some("lead.replied")
+    );
     // The event wakes the run at once: no clock movement needed.
-    h.engine.emit("lead.replied", Some("ada@example.com"), json!({"text": "call me"})).await.unwrap();
+    h.engine
+        .emit(
+            "lead.replied",
+            Some("ada@example.com"),
+            json!({"text": "call me"}),
+        )
+        .await
+        .unwrap();
     h.settle().await;
     let run = h.run(&woken).await;
     assert_eq!(run.status, RunStatus::Completed);
@@ -361,7 +477,11 @@ steps:
     assert_eq!(run.context["vars"]["timed_out"], true);
     let run = h.run(&failing).await;
     assert_eq!(run.status, RunStatus::Failed);
-    assert!(run.error.as_deref().unwrap().contains("before the timeout"), "{:?}", run.error);
+    assert!(
+        run.error.as_deref().unwrap().contains("before the timeout"),
+        "{:?}",
+        run.error
+    );
 }
 
 const FLAKY: &str = r#"
@@ -384,33 +504,59 @@ async fn transient_failures_retry_with_backoff_until_they_succeed(db: db::TestDb
     let id = h.start("flaky", json!({"lead": "L1"})).await;
     let run = h.run(&id).await;
     assert_eq!(run.status, RunStatus::Waiting);
-    assert_eq!(run.due_at, Some(h.at(Duration::from_secs(10))), "first backoff is the delay");
+    assert_eq!(
+        run.due_at,
+        Some(h.at(Duration::from_secs(10))),
+        "first backoff is the delay"
+    );
     h.advance(Duration::from_secs(10)).await;
     let run = h.run(&id).await;
-    assert_eq!(run.due_at, Some(h.at(Duration::from_secs(30))), "the second doubles");
+    assert_eq!(
+        run.due_at,
+        Some(h.at(Duration::from_secs(30))),
+        "the second doubles"
+    );
     h.advance(Duration::from_secs(20)).await;
     let run = h.run(&id).await;
     assert_eq!(run.status, RunStatus::Completed, "{:?}", h.trail(&id).await);
     assert_eq!(run.context["vars"]["status"], 200);
-    assert_eq!(h.trail(&id).await, vec!["call_crm:retrying", "call_crm:retrying", "call_crm:completed", "after:completed"]);
+    assert_eq!(
+        h.trail(&id).await,
+        vec![
+            "call_crm:retrying",
+            "call_crm:retrying",
+            "call_crm:completed",
+            "after:completed"
+        ]
+    );
     let reqs = h.sink.requests();
     assert_eq!(reqs.len(), 3);
     // Every attempt carries the same idempotency key.
-    assert!(reqs.iter().all(|r| r.idempotency_key() == Some(format!("{id}:call_crm").as_str())));
+    assert!(
+        reqs.iter()
+            .all(|r| r.idempotency_key() == Some(format!("{id}:call_crm").as_str()))
+    );
 }
 
 async fn exhausted_retries_fail_the_run_with_the_error_kept(db: db::TestDb) {
     let h = Harness::new(db, &[("workflows/flaky.yaml", FLAKY)]).await;
-    h.sink.respond_by_default(Reply::status(502).body("bad gateway"));
+    h.sink
+        .respond_by_default(Reply::status(502).body("bad gateway"));
     let id = h.start("flaky", json!({"lead": "L2"})).await;
     h.advance(Duration::from_secs(10)).await;
     h.advance(Duration::from_secs(20)).await;
     let run = h.run(&id).await;
     assert_eq!(run.status, RunStatus::Failed);
     let error = run.error.unwrap();
-    assert!(error.contains("call_crm") && error.contains("502") && error.contains("after 3 attempts"), "{error}");
+    assert!(
+        error.contains("call_crm") && error.contains("502") && error.contains("after 3 attempts"),
+        "{error}"
+    );
     assert_eq!(h.sink.requests().len(), 3);
-    assert_eq!(run.cursor["step"], "call_crm", "the cursor stays at the failed step");
+    assert_eq!(
+        run.cursor["step"], "call_crm",
+        "the cursor stays at the failed step"
+    );
 }
 
 async fn permanent_errors_are_not_retried(db: db::TestDb) {
@@ -431,17 +577,26 @@ steps:
         ],
     )
     .await;
-    h.sink.respond_by_default(Reply::status(404).body("no such lead"));
+    h.sink
+        .respond_by_default(Reply::status(404).body("no such lead"));
     let id = h.start("flaky", json!({"lead": "L3"})).await;
     let run = h.run(&id).await;
-    assert_eq!(run.status, RunStatus::Failed, "a 404 fails at once despite max_attempts: 3");
+    assert_eq!(
+        run.status,
+        RunStatus::Failed,
+        "a 404 fails at once despite max_attempts: 3"
+    );
     assert!(run.error.as_deref().unwrap().contains("404"));
     assert_eq!(h.sink.requests().len(), 1);
 
     let id = h.start("typo", json!({})).await;
     let run = h.run(&id).await;
     assert_eq!(run.status, RunStatus::Failed);
-    assert!(run.error.as_deref().unwrap().contains("undefined"), "{:?}", run.error);
+    assert!(
+        run.error.as_deref().unwrap().contains("undefined"),
+        "{:?}",
+        run.error
+    );
 }
 
 async fn branches_and_loops_follow_the_data(db: db::TestDb) {
@@ -500,15 +655,26 @@ steps:
     assert_eq!(run.context["vars"]["kind"], "refund");
     assert_eq!(run.context["vars"]["sent"], 3);
     let reqs = h.sink.requests();
-    let mut to: Vec<&str> = reqs.iter().map(|r| r.json["to"].as_str().unwrap()).collect();
+    let mut to: Vec<&str> = reqs
+        .iter()
+        .map(|r| r.json["to"].as_str().unwrap())
+        .collect();
     to.sort();
     assert_eq!(to, vec!["a@example.com", "b@example.com", "c@example.com"]);
-    let mut keys: Vec<String> = reqs.iter().map(|r| r.idempotency_key().unwrap().to_owned()).collect();
+    let mut keys: Vec<String> = reqs
+        .iter()
+        .map(|r| r.idempotency_key().unwrap().to_owned())
+        .collect();
     keys.sort();
     keys.dedup();
     assert_eq!(keys.len(), 3, "one idempotency key per loop iteration");
 
-    let id = h.start("route", json!({"amount": 10, "type": "mystery", "leads": []})).await;
+    let id = h
+        .start(
+            "route",
+            json!({"amount": 10, "type": "mystery", "leads": []}),
+        )
+        .await;
     let run = h.run(&id).await;
     assert_eq!(run.status, RunStatus::Completed);
     assert_eq!(run.context["vars"]["size"], "small");
@@ -557,7 +723,11 @@ steps:
         })
         .await
         .unwrap();
-    assert_eq!(runs.len(), 1, "the zero-amount payment does not pass the filter");
+    assert_eq!(
+        runs.len(),
+        1,
+        "the zero-amount payment does not pass the filter"
+    );
     assert_eq!(runs[0].status, RunStatus::Completed);
     assert_eq!(runs[0].context["vars"]["letter"], "L-7");
     assert_eq!(runs[0].context["vars"]["source"], payer.as_str());
@@ -600,7 +770,9 @@ steps:
         ],
     )
     .await;
-    let id = h.start("parent", json!({"severity": "high", "summary": "API down"})).await;
+    let id = h
+        .start("parent", json!({"severity": "high", "summary": "API down"}))
+        .await;
     assert_eq!(h.run(&id).await.status, RunStatus::Waiting);
     h.advance(Duration::from_secs(300)).await;
     let run = h.run(&id).await;
@@ -638,11 +810,19 @@ steps:
         ],
     )
     .await;
-    let id = h.start("parent", json!({"severity": "boom", "summary": "disk full"})).await;
+    let id = h
+        .start(
+            "parent",
+            json!({"severity": "boom", "summary": "disk full"}),
+        )
+        .await;
     let run = h.run(&id).await;
     assert_eq!(run.status, RunStatus::Failed, "{:?}", h.trail(&id).await);
     let error = run.error.unwrap();
-    assert!(error.contains("notify") && error.contains("cannot notify about disk full"), "{error}");
+    assert!(
+        error.contains("notify") && error.contains("cannot notify about disk full"),
+        "{error}"
+    );
 }
 
 async fn contacts_merge_and_opted_out_recipients_get_nothing(db: db::TestDb) {
@@ -680,10 +860,18 @@ steps:
     .await;
     let first = h.start("capture", json!({"email": "Ada@Example.com", "phone": "(801) 555-0100", "first_name": "Ada", "source": "chat"})).await;
     let c1 = h.run(&first).await.context["contact"].clone();
-    assert_eq!(c1["email"], "ada@example.com", "e-mail is stored in lower case");
+    assert_eq!(
+        c1["email"], "ada@example.com",
+        "e-mail is stored in lower case"
+    );
     assert_eq!(c1["phone"], "+18015550100", "phone is stored as E.164");
     // A second upsert for the same e-mail updates the same contact and merges attributes.
-    let second = h.start("capture", json!({"email": "ada@example.com", "status": "opted_out"})).await;
+    let second = h
+        .start(
+            "capture",
+            json!({"email": "ada@example.com", "status": "opted_out"}),
+        )
+        .await;
     let c2 = h.run(&second).await.context["contact"].clone();
     assert_eq!(c2["id"], c1["id"]);
     assert_eq!(c2["first_name"], "Ada", "a field not given is left alone");
@@ -697,7 +885,14 @@ steps:
     let bad = h.start("bad", json!({"phone": "not a phone"})).await;
     let run = h.run(&bad).await;
     assert_eq!(run.status, RunStatus::Failed);
-    assert!(run.error.as_deref().unwrap().contains("is not a phone number"), "{:?}", run.error);
+    assert!(
+        run.error
+            .as_deref()
+            .unwrap()
+            .contains("is not a phone number"),
+        "{:?}",
+        run.error
+    );
 }
 
 async fn idempotency_key_returns_the_original_run(db: db::TestDb) {
@@ -714,12 +909,20 @@ steps:
         )],
     )
     .await;
-    let (a, dup_a) = h.start_keyed("once", json!({"email": "ada@example.com"}), Some("app-42")).await;
-    let (b, dup_b) = h.start_keyed("once", json!({"email": "ada@example.com"}), Some("app-42")).await;
+    let (a, dup_a) = h
+        .start_keyed("once", json!({"email": "ada@example.com"}), Some("app-42"))
+        .await;
+    let (b, dup_b) = h
+        .start_keyed("once", json!({"email": "ada@example.com"}), Some("app-42"))
+        .await;
     assert!(!dup_a);
     assert!(dup_b);
     assert_eq!(a, b);
-    assert_eq!(h.sink.requests().len(), 1, "the repeat started nothing and sent nothing");
+    assert_eq!(
+        h.sink.requests().len(),
+        1,
+        "the repeat started nothing and sent nothing"
+    );
 }
 
 async fn a_crashed_workers_run_is_resumed_after_its_lease_expires(db: db::TestDb) {
@@ -743,10 +946,17 @@ steps:
     h.clock.advance(Duration::from_secs(3600));
     // A worker of another process claims the due run and dies before committing anything.
     let store = &h.engine.store;
-    let claimed = store.claim_runs("dead-worker", h.clock.now(), 30_000, 10).await.unwrap();
+    let claimed = store
+        .claim_runs("dead-worker", h.clock.now(), 30_000, 10)
+        .await
+        .unwrap();
     assert_eq!(claimed.len(), 1);
     h.settle().await;
-    assert_eq!(h.run(&id).await.status, RunStatus::Running, "its lease still holds");
+    assert_eq!(
+        h.run(&id).await.status,
+        RunStatus::Running,
+        "its lease still holds"
+    );
     assert!(h.sink.requests().is_empty());
     // The lease expires; this engine takes the run over and finishes it.
     h.advance(Duration::from_secs(31)).await;
@@ -781,7 +991,10 @@ steps:
         contacts: Vec::new(),
         wake_runs: Vec::new(),
     };
-    assert!(matches!(store.commit(late).await, Err(StoreError::LeaseLost)));
+    assert!(matches!(
+        store.commit(late).await,
+        Err(StoreError::LeaseLost)
+    ));
     assert_eq!(h.run(&id).await.context, run.context);
 }
 
@@ -801,8 +1014,14 @@ async fn waiting_runs_move_to_the_new_version_only_when_asked(db: db::TestDb) {
         db,
         &[
             ("workflows/drip.yaml", DRIP_V1),
-            ("workflows/pinned.yaml", &DRIP_V1.replace("id: drip\non_update: latest", "id: pinned")),
-            ("workflows/renamed.yaml", &DRIP_V1.replace("id: drip", "id: renamed")),
+            (
+                "workflows/pinned.yaml",
+                &DRIP_V1.replace("id: drip\non_update: latest", "id: pinned"),
+            ),
+            (
+                "workflows/renamed.yaml",
+                &DRIP_V1.replace("id: drip", "id: renamed"),
+            ),
         ],
     )
     .await;
@@ -811,10 +1030,24 @@ async fn waiting_runs_move_to_the_new_version_only_when_asked(db: db::TestDb) {
     let renamed = h.start("renamed", json!({"email": "c@example.com"})).await;
     let v1 = h.run(&latest).await.version;
     let renamed_v1 = h.run(&renamed).await.version;
-    h.write("workflows/drip.yaml", &DRIP_V1.replace("version one", "version two"));
-    h.write("workflows/pinned.yaml", &DRIP_V1.replace("id: drip\non_update: latest", "id: pinned").replace("version one", "version two"));
+    h.write(
+        "workflows/drip.yaml",
+        &DRIP_V1.replace("version one", "version two"),
+    );
+    h.write(
+        "workflows/pinned.yaml",
+        &DRIP_V1
+            .replace("id: drip\non_update: latest", "id: pinned")
+            .replace("version one", "version two"),
+    );
     // The new version has no step `pause`: the waiting run cannot be placed in it.
-    h.write("workflows/renamed.yaml", &DRIP_V1.replace("id: drip", "id: renamed").replace("id: pause", "id: hold").replace("version one", "version two"));
+    h.write(
+        "workflows/renamed.yaml",
+        &DRIP_V1
+            .replace("id: drip", "id: renamed")
+            .replace("id: pause", "id: hold")
+            .replace("version one", "version two"),
+    );
     h.reload().await;
     h.advance(Duration::from_secs(86400)).await;
     let bodies = |to: &str| {
@@ -825,9 +1058,21 @@ async fn waiting_runs_move_to_the_new_version_only_when_asked(db: db::TestDb) {
             .map(|r| r.json["body"].as_str().unwrap().to_owned())
             .collect::<Vec<_>>()
     };
-    assert_eq!(bodies("a@example.com"), vec!["version two"], "on_update: latest moves to the new version");
-    assert_eq!(bodies("b@example.com"), vec!["version one"], "pinned runs finish on their own version");
-    assert_eq!(bodies("c@example.com"), vec!["version one"], "without the step id, the run stays where it was");
+    assert_eq!(
+        bodies("a@example.com"),
+        vec!["version two"],
+        "on_update: latest moves to the new version"
+    );
+    assert_eq!(
+        bodies("b@example.com"),
+        vec!["version one"],
+        "pinned runs finish on their own version"
+    );
+    assert_eq!(
+        bodies("c@example.com"),
+        vec!["version one"],
+        "without the step id, the run stays where it was"
+    );
     assert_ne!(h.run(&latest).await.version, v1);
     assert_eq!(h.run(&pinned).await.status, RunStatus::Completed);
     assert_eq!(h.run(&renamed).await.version, renamed_v1);
@@ -856,7 +1101,10 @@ steps:
     h.reload().await;
     h.advance(Duration::from_secs(3600)).await;
     assert_eq!(h.run(&id).await.status, RunStatus::Completed);
-    assert_eq!(h.sink.requests()[0].json["body"], "New copy for ada@example.com");
+    assert_eq!(
+        h.sink.requests()[0].json["body"],
+        "New copy for ada@example.com"
+    );
 }
 
 async fn cancel_stops_a_run_and_its_queued_messages(db: db::TestDb) {
@@ -892,29 +1140,44 @@ steps:
         .await
         .unwrap();
     assert!(h.engine.cancel(&started.run_id).await.unwrap());
-    assert!(!h.engine.cancel(&started.run_id).await.unwrap(), "cancelling twice reports false");
+    assert!(
+        !h.engine.cancel(&started.run_id).await.unwrap(),
+        "cancelling twice reports false"
+    );
     h.advance(Duration::from_secs(2 * 86400)).await;
     let run = h.run(&started.run_id).await;
     assert_eq!(run.status, RunStatus::Cancelled);
     assert!(h.sink.requests().is_empty(), "neither message was sent");
-    let messages = h.engine.store.outbox_for_run(&started.run_id).await.unwrap();
+    let messages = h
+        .engine
+        .store
+        .outbox_for_run(&started.run_id)
+        .await
+        .unwrap();
     assert_eq!(messages.len(), 1);
     assert_eq!(messages[0].status, OutboxStatus::Failed);
 }
 
 async fn retry_resumes_a_failed_run_at_the_failed_step(db: db::TestDb) {
     let h = Harness::new(db, &[("workflows/flaky.yaml", FLAKY)]).await;
-    h.sink.respond_by_default(Reply::status(400).body("lead missing"));
+    h.sink
+        .respond_by_default(Reply::status(400).body("lead missing"));
     let id = h.start("flaky", json!({"lead": "L9"})).await;
     assert_eq!(h.run(&id).await.status, RunStatus::Failed);
     h.sink.respond_by_default(Reply::ok());
     assert!(h.engine.retry(&id).await.unwrap());
-    assert!(!h.engine.retry(&id).await.unwrap(), "only a failed run can be retried");
+    assert!(
+        !h.engine.retry(&id).await.unwrap(),
+        "only a failed run can be retried"
+    );
     h.settle().await;
     let run = h.run(&id).await;
     assert_eq!(run.status, RunStatus::Completed);
     assert_eq!(run.error, None);
-    assert_eq!(h.trail(&id).await, vec!["call_crm:failed", "call_crm:completed", "after:completed"]);
+    assert_eq!(
+        h.trail(&id).await,
+        vec!["call_crm:failed", "call_crm:completed", "after:completed"]
+    );
 }
 
 async fn deliveries_retry_transient_failures_and_fail_permanent_ones(db: db::TestDb) {
@@ -943,12 +1206,23 @@ steps:
     let ok_msgs = h.engine.store.outbox_for_run(&ok).await.unwrap();
     assert_eq!(ok_msgs[0].status, OutboxStatus::Sent);
     assert!(ok_msgs[0].attempts >= 2, "{:?}", ok_msgs[0]);
-    assert_eq!(ok_msgs[0].provider_id.as_deref().map(|p| p.starts_with("sink-")), Some(true));
+    assert_eq!(
+        ok_msgs[0]
+            .provider_id
+            .as_deref()
+            .map(|p| p.starts_with("sink-")),
+        Some(true)
+    );
     let bad_msgs = h.engine.store.outbox_for_run(&bad).await.unwrap();
     assert_eq!(bad_msgs[0].status, OutboxStatus::Failed);
     assert_eq!(bad_msgs[0].attempts, 1, "a 400 is not retried");
     assert!(bad_msgs[0].last_error.as_deref().unwrap().contains("400"));
-    let delivered: Vec<_> = h.sink.requests().into_iter().filter(|r| r.answered == 200).collect();
+    let delivered: Vec<_> = h
+        .sink
+        .requests()
+        .into_iter()
+        .filter(|r| r.answered == 200)
+        .collect();
     assert_eq!(delivered.len(), 1, "delivered exactly once");
 }
 
@@ -973,15 +1247,25 @@ steps:
         )],
     )
     .await;
-    h.sink.respond_by_default(Reply::ok().json(json!({"id": "crm-9", "ok": true})));
-    let id = h.start("crm", json!({"email": "ada@example.com", "score": 21, "source": "chat"})).await;
+    h.sink
+        .respond_by_default(Reply::ok().json(json!({"id": "crm-9", "ok": true})));
+    let id = h
+        .start(
+            "crm",
+            json!({"email": "ada@example.com", "score": 21, "source": "chat"}),
+        )
+        .await;
     let run = h.run(&id).await;
     assert_eq!(run.status, RunStatus::Completed, "{:?}", run.error);
     assert_eq!(run.context["vars"]["crm_id"], "crm-9");
     let req = &h.sink.requests()[0];
     assert_eq!(req.method, "POST");
     assert_eq!(req.query.as_deref(), Some("source=chat"));
-    assert_eq!(req.header("authorization"), Some("Bearer t0ken"), "secrets are resolved from the environment");
+    assert_eq!(
+        req.header("authorization"),
+        Some("Bearer t0ken"),
+        "secrets are resolved from the environment"
+    );
     assert_eq!(req.json, json!({"email": "ada@example.com", "score": 42}));
     assert_eq!(req.idempotency_key(), Some(format!("{id}:lookup").as_str()));
     // The secret is in the request, never in the stored run.
@@ -1005,14 +1289,19 @@ steps:
         )],
     )
     .await;
-    h.sink.respond_by_default(Reply::ok().after(Duration::from_secs(3)));
+    h.sink
+        .respond_by_default(Reply::ok().after(Duration::from_secs(3)));
     let id = h.start("slow", json!({})).await;
     let run = h.run(&id).await;
     assert_eq!(run.status, RunStatus::Waiting, "a timeout is retried");
     h.advance(Duration::from_secs(1)).await;
     let run = h.run(&id).await;
     assert_eq!(run.status, RunStatus::Failed);
-    assert!(run.error.as_deref().unwrap().contains("timed out"), "{:?}", run.error);
+    assert!(
+        run.error.as_deref().unwrap().contains("timed out"),
+        "{:?}",
+        run.error
+    );
 }
 
 async fn inbound_messages_start_keyword_workflows_and_answer_waiting_replies(db: db::TestDb) {
@@ -1046,17 +1335,33 @@ steps:
     )
     .await;
     let ask = h.start("ask", json!({"phone": "+18015550100"})).await;
-    let started = h.engine.inbound_message("sms", "+18015550100", "book me in", Some("SM1")).await.unwrap();
+    let started = h
+        .engine
+        .inbound_message("sms", "+18015550100", "book me in", Some("SM1"))
+        .await
+        .unwrap();
     assert!(started.is_empty(), "no keyword matched");
     h.settle().await;
     let run = h.run(&ask).await;
     assert_eq!(run.status, RunStatus::Completed);
     assert_eq!(run.context["vars"]["text"], "book me in");
 
-    let started = h.engine.inbound_message("sms", "+18015550199", "  stop ", Some("SM2")).await.unwrap();
-    assert_eq!(started.len(), 1, "the keyword matches whole and in any case");
+    let started = h
+        .engine
+        .inbound_message("sms", "+18015550199", "  stop ", Some("SM2"))
+        .await
+        .unwrap();
+    assert_eq!(
+        started.len(),
+        1,
+        "the keyword matches whole and in any case"
+    );
     // The provider redelivers the same message: it is one event and starts nothing new.
-    let again = h.engine.inbound_message("sms", "+18015550199", "  stop ", Some("SM2")).await.unwrap();
+    let again = h
+        .engine
+        .inbound_message("sms", "+18015550199", "  stop ", Some("SM2"))
+        .await
+        .unwrap();
     h.settle().await;
     let stops = h
         .engine
@@ -1069,6 +1374,12 @@ steps:
         .await
         .unwrap();
     assert_eq!(stops.len(), 1, "{again:?}");
-    let contact = h.engine.store.find_contact(None, Some("+18015550199")).await.unwrap().unwrap();
+    let contact = h
+        .engine
+        .store
+        .find_contact(None, Some("+18015550199"))
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(contact.status.as_deref(), Some("opted_out"));
 }

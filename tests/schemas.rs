@@ -26,8 +26,12 @@ fn schemas_are_valid_draft_2020_12() {
     for kind in SchemaKind::ALL {
         let text = generate_text(kind);
         let schema: serde_json::Value = serde_json::from_str(&text).expect("schema is JSON");
-        assert_eq!(schema["$schema"], "https://json-schema.org/draft/2020-12/schema");
-        jsonschema::meta::validate(&schema).unwrap_or_else(|e| panic!("{} schema: {e}", kind.name()));
+        assert_eq!(
+            schema["$schema"],
+            "https://json-schema.org/draft/2020-12/schema"
+        );
+        jsonschema::meta::validate(&schema)
+            .unwrap_or_else(|e| panic!("{} schema: {e}", kind.name()));
         jsonschema::draft202012::options()
             .build(&schema)
             .unwrap_or_else(|e| panic!("{} schema does not compile: {e}", kind.name()));
@@ -54,6 +58,11 @@ fn examples_declare_their_schema() {
             .strip_prefix("# yaml-language-server: $schema=")
             .unwrap_or_else(|| panic!("{} does not start with the schema line", f.display()));
         let schema = f.parent().unwrap().join(target);
-        assert!(schema.is_file(), "{} points at {}, which does not exist", f.display(), schema.display());
+        assert!(
+            schema.is_file(),
+            "{} points at {}, which does not exist",
+            f.display(),
+            schema.display()
+        );
     }
 }

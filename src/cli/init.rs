@@ -101,22 +101,39 @@ pub fn run(args: Args) -> Result<ExitCode, UsageError> {
         (dir.join("herald.yaml"), CONFIG.to_owned()),
         (dir.join("workflows/welcome.yaml"), WELCOME.to_owned()),
         (dir.join("workflows/lead-replied.yaml"), REPLIED.to_owned()),
-        (dir.join("templates/emails/welcome.txt.j2"), TEMPLATE.to_owned()),
-        (dir.join("schemas").join(SchemaKind::Workflow.file_name()), generate_text(SchemaKind::Workflow)),
-        (dir.join("schemas").join(SchemaKind::Config.file_name()), generate_text(SchemaKind::Config)),
+        (
+            dir.join("templates/emails/welcome.txt.j2"),
+            TEMPLATE.to_owned(),
+        ),
+        (
+            dir.join("schemas").join(SchemaKind::Workflow.file_name()),
+            generate_text(SchemaKind::Workflow),
+        ),
+        (
+            dir.join("schemas").join(SchemaKind::Config.file_name()),
+            generate_text(SchemaKind::Config),
+        ),
     ];
     for (path, _) in &files {
         if path.exists() {
-            return Err(UsageError(format!("{} already exists; init will not overwrite it", path.display())));
+            return Err(UsageError(format!(
+                "{} already exists; init will not overwrite it",
+                path.display()
+            )));
         }
     }
     for (path, text) in files {
         if let Some(parent) = path.parent() {
-            std::fs::create_dir_all(parent).map_err(|e| UsageError(format!("cannot create {}: {e}", parent.display())))?;
+            std::fs::create_dir_all(parent)
+                .map_err(|e| UsageError(format!("cannot create {}: {e}", parent.display())))?;
         }
-        std::fs::write(&path, text).map_err(|e| UsageError(format!("cannot write {}: {e}", path.display())))?;
+        std::fs::write(&path, text)
+            .map_err(|e| UsageError(format!("cannot write {}: {e}", path.display())))?;
     }
     eprintln!("created a Herald project in {}", dir.display());
-    eprintln!("next: herald validate {0} && herald serve --dir {0}", dir.display());
+    eprintln!(
+        "next: herald validate {0} && herald serve --dir {0}",
+        dir.display()
+    );
     Ok(ExitCode::SUCCESS)
 }

@@ -15,7 +15,11 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand, ValueEnum};
 
 #[derive(Parser, Debug)]
-#[command(name = "herald", version, about = "A declarative workflow engine: YAML definitions, validated, run durably, reloaded live.")]
+#[command(
+    name = "herald",
+    version,
+    about = "A declarative workflow engine: YAML definitions, validated, run durably, reloaded live."
+)]
 pub struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -60,7 +64,9 @@ impl ColorChoice {
         match self {
             ColorChoice::Always => true,
             ColorChoice::Never => false,
-            ColorChoice::Auto => std::env::var_os("NO_COLOR").is_none() && std::io::stderr().is_terminal(),
+            ColorChoice::Auto => {
+                std::env::var_os("NO_COLOR").is_none() && std::io::stderr().is_terminal()
+            }
         }
     }
 }

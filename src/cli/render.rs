@@ -37,7 +37,9 @@ pub fn run(args: Args) -> Result<ExitCode, UsageError> {
         let own: Vec<_> = report
             .diagnostics
             .iter()
-            .filter(|d| d.code == "template-syntax" && d.file.as_ref().is_some_and(|f| f.ends_with(&name)))
+            .filter(|d| {
+                d.code == "template-syntax" && d.file.as_ref().is_some_and(|f| f.ends_with(&name))
+            })
             .collect();
         if !own.is_empty() {
             for d in own {
@@ -49,7 +51,10 @@ pub fn run(args: Args) -> Result<ExitCode, UsageError> {
             "no template `{name}` in {}",
             display_path(&layout.templates_dir, &opts.display_base).display()
         );
-        if let Some(s) = crate::definitions::suggest::did_you_mean(&name, project.templates.names().iter().map(String::as_str)) {
+        if let Some(s) = crate::definitions::suggest::did_you_mean(
+            &name,
+            project.templates.names().iter().map(String::as_str),
+        ) {
             msg.push_str(&format!("; did you mean `{s}`?"));
         }
         return Err(UsageError(msg));
@@ -71,9 +76,17 @@ pub fn run(args: Args) -> Result<ExitCode, UsageError> {
             let file = display_path(&layout.templates_dir.join(&name), &opts.display_base);
             let mut d = Diagnostic::error("render", e.message.clone()).in_file(file.clone());
             if let Some(line) = e.line {
-                let text = std::fs::read_to_string(layout.templates_dir.join(&name)).unwrap_or_default();
+                let text =
+                    std::fs::read_to_string(layout.templates_dir.join(&name)).unwrap_or_default();
                 let src = SourceFile::new(file, text);
-                d = src.locate(d, crate::definitions::diagnostics::Span::new(line, 1, src.line(line).map(|l| l.chars().count()).unwrap_or(1)));
+                d = src.locate(
+                    d,
+                    crate::definitions::diagnostics::Span::new(
+                        line,
+                        1,
+                        src.line(line).map(|l| l.chars().count()).unwrap_or(1),
+                    ),
+                );
             }
             eprintln!("{}", d.render(color));
             Ok(ExitCode::from(1))
@@ -97,14 +110,21 @@ pub(crate) fn read_data(path: &Path) -> Result<Value, UsageError> {
     let text = if path == Path::new("-") {
         std::io::read_to_string(std::io::stdin())?
     } else {
-        std::fs::read_to_string(path).map_err(|e| UsageError(format!("cannot read {}: {e}", path.display())))?
+        std::fs::read_to_string(path)
+            .map_err(|e| UsageError(format!("cannot read {}: {e}", path.display())))?
     };
     let is_yaml = path.extension().is_some_and(|e| e == "yaml" || e == "yml");
     if is_yaml {
         let file = SourceFile::new(path, text);
         return parse(&file).map(|p| p.value).map_err(|ds| {
-            UsageError(ds.iter().map(|d| d.render(false)).collect::<Vec<_>>().join("\n"))
+            UsageError(
+                ds.iter()
+                    .map(|d| d.render(false))
+                    .collect::<Vec<_>>()
+                    .join("\n"),
+            )
         });
     }
-    serde_json::from_str(&text).map_err(|e| UsageError(format!("{} is not valid JSON: {e}", path.display())))
+    serde_json::from_str(&text)
+        .map_err(|e| UsageError(format!("{} is not valid JSON: {e}", path.display())))
 }

@@ -88,7 +88,8 @@ async fn run_async(args: Args) -> Result<ExitCode, UsageError> {
         }
     }
     let tmp = std::env::temp_dir().join(format!("herald-run-{}", uuid::Uuid::now_v7().simple()));
-    std::fs::create_dir_all(&tmp).map_err(|e| UsageError(format!("cannot create a temporary folder: {e}")))?;
+    std::fs::create_dir_all(&tmp)
+        .map_err(|e| UsageError(format!("cannot create a temporary folder: {e}")))?;
     let result = execute(&args, registry, workflow, input, clock, &tmp, env).await;
     let _ = std::fs::remove_dir_all(&tmp);
     result
@@ -105,9 +106,19 @@ async fn execute(
 ) -> Result<ExitCode, UsageError> {
     let start = clock.now();
     let url = format!("sqlite://{}", tmp.join("run.db").display());
-    let store = crate::store::open(&url).await.map_err(|e| UsageError(e.to_string()))?;
-    let engine = Engine::new(store, Arc::new(clock.clone()), env, EngineOptions::default());
-    engine.install(registry).await.map_err(|e| UsageError(e.to_string()))?;
+    let store = crate::store::open(&url)
+        .await
+        .map_err(|e| UsageError(e.to_string()))?;
+    let engine = Engine::new(
+        store,
+        Arc::new(clock.clone()),
+        env,
+        EngineOptions::default(),
+    );
+    engine
+        .install(registry)
+        .await
+        .map_err(|e| UsageError(e.to_string()))?;
 
     let context = match workflow.workflow.triggers.first() {
         Some(Trigger::Webhook(w)) => json!({
@@ -143,12 +154,30 @@ async fn execute(
 
     // Fast-forward: run what is due, deliver what is queued, then jump to the next timer.
     for _ in 0..10_000 {
-        engine.run_due().await.map_err(|e| UsageError(e.to_string()))?;
-        engine.deliver_due().await.map_err(|e| UsageError(e.to_string()))?;
-        let run = engine.store.run(&run_id).await.map_err(|e| UsageError(e.to_string()))?;
+        engine
+            .run_due()
+            .await
+            .map_err(|e| UsageError(e.to_string()))?;
+        engine
+            .deliver_due()
+            .await
+            .map_err(|e| UsageError(e.to_string()))?;
+        let run = engine
+            .store
+            .run(&run_id)
+            .await
+            .map_err(|e| UsageError(e.to_string()))?;
         let finished = run.as_ref().is_some_and(|r| r.status.is_finished());
-        let next_run = engine.store.next_due_at().await.map_err(|e| UsageError(e.to_string()))?;
-        let next_msg = engine.store.next_outbox_at().await.map_err(|e| UsageError(e.to_string()))?;
+        let next_run = engine
+            .store
+            .next_due_at()
+            .await
+            .map_err(|e| UsageError(e.to_string()))?;
+        let next_msg = engine
+            .store
+            .next_outbox_at()
+            .await
+            .map_err(|e| UsageError(e.to_string()))?;
         let next = match (finished, next_run, next_msg) {
             (true, _, Some(m)) => Some(m),
             (true, _, None) => None,
@@ -167,31 +196,62 @@ async fn execute(
         .await
         .map_err(|e| UsageError(e.to_string()))?
         .ok_or_else(|| UsageError("the run disappeared".into()))?;
-    let steps = engine.store.step_log(&run_id).await.map_err(|e| UsageError(e.to_string()))?;
-    let messages = engine.store.outbox_for_run(&run_id).await.map_err(|e| UsageError(e.to_string()))?;
-    println!("run {run_id} of `{}` ({} version {})", workflow.id, if args.live { "live" } else { "dry" }, &workflow.hash[..12]);
+    let steps = engine
+        .store
+        .step_log(&run_id)
+        .await
+        .map_err(|e| UsageError(e.to_string()))?;
+    let messages = engine
+        .store
+        .outbox_for_run(&run_id)
+        .await
+        .map_err(|e| UsageError(e.to_string()))?;
+    println!(
+        "run {run_id} of `{}` ({} version {})",
+        workflow.id,
+        if args.live { "live" } else { "dry" },
+        &workflow.hash[..12]
+    );
     for s in &steps {
-        let at = crate::definitions::model::Duration(std::time::Duration::from_millis((s.finished_at - start).max(0) as u64));
+        let at = crate::definitions::model::Duration(std::time::Duration::from_millis(
+            (s.finished_at - start).max(0) as u64,
+        ));
         let detail = match (&s.error, &s.output) {
             (Some(e), _) => e.clone(),
             (None, Some(o)) => summarize(o),
             (None, None) => String::new(),
         };
-        println!("  +{:<8} {:<22} {:<14} {:<10} {detail}", at.to_string(), s.step_id, s.action, s.status);
+        println!(
+            "  +{:<8} {:<22} {:<14} {:<10} {detail}",
+            at.to_string(),
+            s.step_id,
+            s.action,
+            s.status
+        );
     }
     for m in &messages {
         println!(
             "  message via {} to {}{}: {}",
             m.channel,
             m.recipient,
-            m.subject.as_ref().map(|s| format!(" ({s})")).unwrap_or_default(),
+            m.subject
+                .as_ref()
+                .map(|s| format!(" ({s})"))
+                .unwrap_or_default(),
             m.status.as_str()
         );
         for line in m.body.lines() {
             println!("    | {line}");
         }
     }
-    println!("{}{}", run.status.as_str(), run.error.as_ref().map(|e| format!(": {e}")).unwrap_or_default());
+    println!(
+        "{}{}",
+        run.status.as_str(),
+        run.error
+            .as_ref()
+            .map(|e| format!(": {e}"))
+            .unwrap_or_default()
+    );
     Ok(match run.status {
         RunStatus::Completed => ExitCode::SUCCESS,
         RunStatus::Waiting => ExitCode::SUCCESS,
@@ -201,5 +261,9 @@ async fn execute(
 
 fn summarize(v: &Value) -> String {
     let s = v.to_string();
-    if s.chars().count() > 100 { format!("{}…", s.chars().take(100).collect::<String>()) } else { s }
+    if s.chars().count() > 100 {
+        format!("{}…", s.chars().take(100).collect::<String>())
+    } else {
+        s
+    }
 }

@@ -17,7 +17,8 @@ pub struct Args {
 
 pub fn run(args: Args) -> Result<ExitCode, UsageError> {
     if let Some(dir) = args.write {
-        std::fs::create_dir_all(&dir).map_err(|e| UsageError(format!("cannot create {}: {e}", dir.display())))?;
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| UsageError(format!("cannot create {}: {e}", dir.display())))?;
         for kind in SchemaKind::ALL {
             let path = dir.join(kind.file_name());
             std::fs::write(&path, generate_text(kind))
@@ -29,7 +30,10 @@ pub fn run(args: Args) -> Result<ExitCode, UsageError> {
     let name = args.kind.as_deref().unwrap_or("workflow");
     let kind = SchemaKind::from_name(name).ok_or_else(|| {
         let names: Vec<_> = SchemaKind::ALL.iter().map(|k| k.name()).collect();
-        UsageError(format!("unknown kind `{name}`; available: {}", names.join(", ")))
+        UsageError(format!(
+            "unknown kind `{name}`; available: {}",
+            names.join(", ")
+        ))
     })?;
     print!("{}", generate_text(kind));
     Ok(ExitCode::SUCCESS)

@@ -48,9 +48,12 @@ pub enum LogFormat {
 }
 
 pub fn init_logging(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,sqlx=warn,hyper=warn,lettre=warn"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+        tracing_subscriber::EnvFilter::new("info,sqlx=warn,hyper=warn,lettre=warn")
+    });
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     let _ = match format {
         LogFormat::Text => builder.try_init(),
         LogFormat::Json => builder.json().flatten_event(true).try_init(),
@@ -60,7 +63,9 @@ pub fn init_logging(format: LogFormat) {
 /// Where a `sqlite://` URL's relative path points: the project folder, so the database sits
 /// beside herald.yaml wherever `herald serve` is started from.
 pub fn resolve_database_url(url: &str, root: &Path) -> String {
-    if let Some(rest) = url.strip_prefix("sqlite://").or_else(|| url.strip_prefix("sqlite:"))
+    if let Some(rest) = url
+        .strip_prefix("sqlite://")
+        .or_else(|| url.strip_prefix("sqlite:"))
         && !rest.starts_with('/')
         && !rest.starts_with(":memory:")
     {
@@ -88,8 +93,13 @@ async fn serve(args: Args) -> Result<ExitCode, UsageError> {
     };
     let clock: Arc<dyn Clock> = match std::env::var("HERALD_TEST_CLOCK") {
         Ok(spec) => {
-            let c = ScaledClock::parse(&spec).map_err(|e| UsageError(format!("HERALD_TEST_CLOCK: {e}")))?;
-            tracing::warn!(speed = c.speed, "HERALD_TEST_CLOCK is set: time runs at {}x; this is for tests only", c.speed);
+            let c = ScaledClock::parse(&spec)
+                .map_err(|e| UsageError(format!("HERALD_TEST_CLOCK: {e}")))?;
+            tracing::warn!(
+                speed = c.speed,
+                "HERALD_TEST_CLOCK is set: time runs at {}x; this is for tests only",
+                c.speed
+            );
             Arc::new(c)
         }
         Err(_) => Arc::new(SystemClock),
@@ -102,7 +112,10 @@ async fn serve(args: Args) -> Result<ExitCode, UsageError> {
             for d in &report.diagnostics {
                 eprintln!("{}", d.render(color));
             }
-            eprintln!("herald serve: {} error(s) in the definitions; nothing was started", report.errors());
+            eprintln!(
+                "herald serve: {} error(s) in the definitions; nothing was started",
+                report.errors()
+            );
             return Ok(ExitCode::from(1));
         }
     };
@@ -110,18 +123,27 @@ async fn serve(args: Args) -> Result<ExitCode, UsageError> {
         eprintln!("{}", d.render(color));
     }
     let config = registry.config.clone();
-    let url = resolve_database_url(args.database_url.as_deref().unwrap_or(&config.database), &layout.root);
+    let url = resolve_database_url(
+        args.database_url.as_deref().unwrap_or(&config.database),
+        &layout.root,
+    );
     let url = env.resolve(&url).map_err(UsageError)?;
-    let store = crate::store::open(&url)
-        .await
-        .map_err(|e| UsageError(format!("cannot open the database {}: {e}", crate::store::redact_url(&url))))?;
+    let store = crate::store::open(&url).await.map_err(|e| {
+        UsageError(format!(
+            "cannot open the database {}: {e}",
+            crate::store::redact_url(&url)
+        ))
+    })?;
     let options = EngineOptions {
         lease: config.engine.lease.as_std(),
         workers: config.engine.workers as usize,
         ..EngineOptions::default()
     };
     let engine = Engine::new(store, clock, env.clone(), options);
-    engine.install(registry).await.map_err(|e| UsageError(format!("cannot store the definitions: {e}")))?;
+    engine
+        .install(registry)
+        .await
+        .map_err(|e| UsageError(format!("cannot store the definitions: {e}")))?;
 
     let admin_keys = config
         .admin
@@ -145,13 +167,17 @@ async fn serve(args: Args) -> Result<ExitCode, UsageError> {
     });
 
     let listen = args.listen.unwrap_or(config.listen.clone());
-    let addr: SocketAddr = listen
-        .parse()
-        .map_err(|e| UsageError(format!("`{listen}` is not a listen address (host:port): {e}")))?;
+    let addr: SocketAddr = listen.parse().map_err(|e| {
+        UsageError(format!(
+            "`{listen}` is not a listen address (host:port): {e}"
+        ))
+    })?;
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .map_err(|e| UsageError(format!("cannot listen on {addr}: {e}")))?;
-    let bound = listener.local_addr().map_err(|e| UsageError(e.to_string()))?;
+    let bound = listener
+        .local_addr()
+        .map_err(|e| UsageError(e.to_string()))?;
 
     let shutdown = CancellationToken::new();
     let mut tasks = tokio::task::JoinSet::new();
@@ -159,7 +185,14 @@ async fn serve(args: Args) -> Result<ExitCode, UsageError> {
     tasks.spawn(engine.clone().renew_leases(shutdown.clone()));
     tasks.spawn(engine.clone().dispatch(shutdown.clone()));
     tasks.spawn(Arc::new(Scheduler::new(engine.clone())).run(shutdown.clone()));
-    crate::reload::spawn(state.clone(), layout.clone(), env.clone(), !args.no_watch, shutdown.clone(), &mut tasks);
+    crate::reload::spawn(
+        state.clone(),
+        layout.clone(),
+        env.clone(),
+        !args.no_watch,
+        shutdown.clone(),
+        &mut tasks,
+    );
 
     tracing::info!(
         listen = %bound,
@@ -177,7 +210,9 @@ async fn serve(args: Args) -> Result<ExitCode, UsageError> {
     let engine_for_signal = engine.clone();
     let signal = async move {
         wait_for_signal().await;
-        tracing::info!("shutting down: no new work is taken; runs in progress finish their current step");
+        tracing::info!(
+            "shutting down: no new work is taken; runs in progress finish their current step"
+        );
         engine_for_signal.drain();
         stop.cancel();
     };
@@ -188,10 +223,19 @@ async fn serve(args: Args) -> Result<ExitCode, UsageError> {
     shutdown.cancel();
     // Workers finish the segment they are in; bounded so a hung call cannot block exit.
     let drain = async { while tasks.join_next().await.is_some() {} };
-    if tokio::time::timeout(std::time::Duration::from_secs(30), drain).await.is_err() {
-        tracing::warn!("some work did not finish within 30s; its leases expire and another process resumes it");
+    if tokio::time::timeout(std::time::Duration::from_secs(30), drain)
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            "some work did not finish within 30s; its leases expire and another process resumes it"
+        );
     }
-    match engine.store.release_runs(&engine.options.owner, engine.now()).await {
+    match engine
+        .store
+        .release_runs(&engine.options.owner, engine.now())
+        .await
+    {
         Ok(n) if n > 0 => tracing::info!(runs = n, "released runs for other processes"),
         _ => {}
     }

@@ -65,8 +65,11 @@ pub fn run(args: Args) -> Result<ExitCode, UsageError> {
                     plural(project.templates.names().len())
                 );
             } else {
-                let files_with: std::collections::HashSet<_> =
-                    report.diagnostics.iter().filter_map(|d| d.file.clone()).collect();
+                let files_with: std::collections::HashSet<_> = report
+                    .diagnostics
+                    .iter()
+                    .filter_map(|d| d.file.clone())
+                    .collect();
                 eprintln!(
                     "{}: {errors} error{}, {warnings} warning{} in {} file{} ({files} definition file{} read)",
                     if failed { "failed" } else { "ok" },
@@ -79,7 +82,11 @@ pub fn run(args: Args) -> Result<ExitCode, UsageError> {
             }
         }
     }
-    Ok(if failed { ExitCode::from(1) } else { ExitCode::SUCCESS })
+    Ok(if failed {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    })
 }
 
 fn plural(n: usize) -> &'static str {

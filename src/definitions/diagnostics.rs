@@ -127,7 +127,13 @@ impl Diagnostic {
     /// caret under the offending text, then the hint.
     pub fn render(&self, color: bool) -> String {
         let (bold, red, yellow, blue, reset) = if color {
-            ("\x1b[1m", "\x1b[1;31m", "\x1b[1;33m", "\x1b[1;34m", "\x1b[0m")
+            (
+                "\x1b[1m",
+                "\x1b[1;31m",
+                "\x1b[1;33m",
+                "\x1b[1;34m",
+                "\x1b[0m",
+            )
         } else {
             ("", "", "", "", "")
         };

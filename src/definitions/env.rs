@@ -66,7 +66,8 @@ impl EnvSource {
     /// The process environment with an env file's `NAME=value` lines in front of it. The file
     /// is read, never exported: its values do not leak into child processes.
     pub fn with_env_file(path: &std::path::Path) -> Result<EnvSource, String> {
-        let iter = dotenvy::from_path_iter(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+        let iter = dotenvy::from_path_iter(path)
+            .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
         let mut map = HashMap::new();
         for item in iter {
             let (k, v) = item.map_err(|e| format!("{}: {e}", path.display()))?;
@@ -91,7 +92,10 @@ impl EnvSource {
         if missing.is_empty() {
             Ok(out.into_owned())
         } else {
-            Err(format!("environment variable `{}` is not set", missing.join("`, `")))
+            Err(format!(
+                "environment variable `{}` is not set",
+                missing.join("`, `")
+            ))
         }
     }
 
@@ -161,8 +165,13 @@ mod tests {
         assert_eq!(refs[0].as_ref().unwrap().name, "API_TOKEN");
         assert_eq!(refs[0].as_ref().unwrap().start, 7);
         assert!(refs[1].is_err());
-        let env = EnvSource::Map(Arc::new([("API_TOKEN".to_owned(), "s3cret".to_owned())].into()));
-        assert_eq!(env.resolve("Bearer ${env:API_TOKEN}").unwrap(), "Bearer s3cret");
+        let env = EnvSource::Map(Arc::new(
+            [("API_TOKEN".to_owned(), "s3cret".to_owned())].into(),
+        ));
+        assert_eq!(
+            env.resolve("Bearer ${env:API_TOKEN}").unwrap(),
+            "Bearer s3cret"
+        );
         assert!(env.resolve("${env:NOPE}").unwrap_err().contains("NOPE"));
         assert_eq!(format!("{:?}", Secret::new("s3cret".into())), "Secret(***)");
     }

@@ -116,25 +116,33 @@ impl Workflow {
 pub fn read_definition(file: SourceFile) -> Result<Definition, Vec<Diagnostic>> {
     let doc = source::parse(&file)?;
     let kind = match &doc.value {
-        Value::Object(map) => match map.get("kind") {
-            Some(Value::String(k)) => k.clone(),
-            Some(other) => {
-                let d = Diagnostic::error(
-                    "wrong-type",
-                    format!("expected the kind as text, found {}", schema::describe_value(other)),
-                );
-                return Err(vec![file.locate(d, doc.index.value("/kind"))]);
-            }
-            None => {
-                let d = Diagnostic::error("missing-field", "missing required field `kind`")
+        Value::Object(map) => {
+            match map.get("kind") {
+                Some(Value::String(k)) => k.clone(),
+                Some(other) => {
+                    let d = Diagnostic::error(
+                        "wrong-type",
+                        format!(
+                            "expected the kind as text, found {}",
+                            schema::describe_value(other)
+                        ),
+                    );
+                    return Err(vec![file.locate(d, doc.index.value("/kind"))]);
+                }
+                None => {
+                    let d = Diagnostic::error("missing-field", "missing required field `kind`")
                     .with_hint("a definition starts with `kind: workflow` (or another kind) and an `id:`");
-                return Err(vec![file.locate(d, doc.index.value(""))]);
+                    return Err(vec![file.locate(d, doc.index.value(""))]);
+                }
             }
-        },
+        }
         other => {
             let d = Diagnostic::error(
                 "wrong-type",
-                format!("a definition is a mapping with `kind:` and `id:`, found {}", schema::describe_value(other)),
+                format!(
+                    "a definition is a mapping with `kind:` and `id:`, found {}",
+                    schema::describe_value(other)
+                ),
             );
             return Err(vec![file.locate(d, doc.index.value(""))]);
         }
@@ -168,7 +176,10 @@ fn read_workflow(file: SourceFile, doc: Parsed) -> Result<Definition, Vec<Diagno
     }
     let def: WorkflowDef = deserialize(&file, &doc)?;
     let steps = resolve_steps(def.steps, "/steps").map_err(|e| {
-        vec![file.locate(Diagnostic::error("invalid-step", e), doc.index.value("/steps"))]
+        vec![file.locate(
+            Diagnostic::error("invalid-step", e),
+            doc.index.value("/steps"),
+        )]
     })?;
     let DefinitionId(id) = def.id;
     Ok(Definition {
@@ -189,13 +200,19 @@ fn read_workflow(file: SourceFile, doc: Parsed) -> Result<Definition, Vec<Diagno
 
 /// Deserializes a schema-valid document. The schemas are generated from these types, so a
 /// failure here means the two disagree: it is reported at the path serde names, as a bug.
-pub fn deserialize<T: serde::de::DeserializeOwned>(file: &SourceFile, doc: &Parsed) -> Result<T, Vec<Diagnostic>> {
+pub fn deserialize<T: serde::de::DeserializeOwned>(
+    file: &SourceFile,
+    doc: &Parsed,
+) -> Result<T, Vec<Diagnostic>> {
     serde_path_to_error::deserialize(&doc.value).map_err(|e| {
         let mut pointer = String::new();
         for seg in e.path().iter() {
             match seg {
-                serde_path_to_error::Segment::Seq { index } => pointer.push_str(&format!("/{index}")),
-                serde_path_to_error::Segment::Map { key } | serde_path_to_error::Segment::Enum { variant: key } => {
+                serde_path_to_error::Segment::Seq { index } => {
+                    pointer.push_str(&format!("/{index}"))
+                }
+                serde_path_to_error::Segment::Map { key }
+                | serde_path_to_error::Segment::Enum { variant: key } => {
                     pointer.push('/');
                     pointer.push_str(&source::escape_token(key));
                 }

@@ -127,7 +127,9 @@ pub fn display_path(path: &Path, base: &Path) -> PathBuf {
         .map(Path::to_path_buf)
         .or_else(|_| {
             let (p, b) = (path.canonicalize()?, base.canonicalize()?);
-            p.strip_prefix(&b).map(Path::to_path_buf).map_err(std::io::Error::other)
+            p.strip_prefix(&b)
+                .map(Path::to_path_buf)
+                .map_err(std::io::Error::other)
         })
         .unwrap_or_else(|_| path.to_path_buf())
 }
@@ -136,7 +138,9 @@ pub fn display_path(path: &Path, base: &Path) -> PathBuf {
 /// editor leftovers. Sorted, so output order never depends on the file system.
 pub fn definition_files(dir: &Path) -> Vec<PathBuf> {
     fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
-        let Ok(entries) = std::fs::read_dir(dir) else { return };
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            return;
+        };
         for entry in entries.flatten() {
             let path = entry.path();
             let name = entry.file_name().to_string_lossy().into_owned();
@@ -162,8 +166,11 @@ pub fn load(layout: &Layout, opts: &LoadOptions) -> (Project, Report) {
     let config = load_config(layout, opts, &mut report);
 
     let templates_display = display_path(&layout.templates_dir, &opts.display_base);
-    let (templates, template_diags) =
-        Templates::load(&layout.templates_dir, &templates_display, config.def.templates.fuel);
+    let (templates, template_diags) = Templates::load(
+        &layout.templates_dir,
+        &templates_display,
+        config.def.templates.fuel,
+    );
     report.extend(template_diags);
 
     let mut definitions = Vec::new();
@@ -173,7 +180,10 @@ pub fn load(layout: &Layout, opts: &LoadOptions) -> (Project, Report) {
         report.push(
             Diagnostic::warning(
                 "no-definitions",
-                format!("no definitions folder at {}", display_path(&layout.workflows_dir, &opts.display_base).display()),
+                format!(
+                    "no definitions folder at {}",
+                    display_path(&layout.workflows_dir, &opts.display_base).display()
+                ),
             )
             .with_hint("create it, or point `paths.workflows` in herald.yaml at yours"),
         );
@@ -185,7 +195,9 @@ pub fn load(layout: &Layout, opts: &LoadOptions) -> (Project, Report) {
         let file = match SourceFile::read(&path, display.clone()) {
             Ok(f) => f,
             Err(e) => {
-                report.push(Diagnostic::error("io", format!("cannot read the file: {e}")).in_file(display));
+                report.push(
+                    Diagnostic::error("io", format!("cannot read the file: {e}")).in_file(display),
+                );
                 continue;
             }
         };
@@ -218,7 +230,9 @@ fn load_config(layout: &Layout, opts: &LoadOptions, report: &mut Report) -> Conf
     let file = match SourceFile::read(path, display.clone()) {
         Ok(f) => f,
         Err(e) => {
-            report.push(Diagnostic::error("io", format!("cannot read the config: {e}")).in_file(display));
+            report.push(
+                Diagnostic::error("io", format!("cannot read the config: {e}")).in_file(display),
+            );
             return Config {
                 def: ConfigDef::default(),
                 file: None,

@@ -75,10 +75,17 @@ impl Transform for ExternallyTaggedAsProperties {
             else {
                 return;
             };
-            if props.len() != 1 || req.len() != 1 || b.get("additionalProperties") != Some(&json!(false)) {
+            if props.len() != 1
+                || req.len() != 1
+                || b.get("additionalProperties") != Some(&json!(false))
+            {
                 return;
             }
-            let (key, mut prop) = props.iter().next().map(|(k, v)| (k.clone(), v.clone())).unwrap_or_default();
+            let (key, mut prop) = props
+                .iter()
+                .next()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .unwrap_or_default();
             if req[0] != json!(key) {
                 return;
             }
@@ -221,9 +228,14 @@ impl ErrorMapper<'_> {
         for e in errors {
             let path = e.instance_path().as_str();
             let is_missing_alternative = match e.kind() {
-                ValidationErrorKind::OneOfNotValid { context } | ValidationErrorKind::AnyOf { context } => {
-                    self.required_alternatives(e.schema_path().as_str()).is_some()
-                        && context.iter().all(|b| b.iter().all(|x| matches!(x.kind(), ValidationErrorKind::Required { .. })))
+                ValidationErrorKind::OneOfNotValid { context }
+                | ValidationErrorKind::AnyOf { context } => {
+                    self.required_alternatives(e.schema_path().as_str())
+                        .is_some()
+                        && context.iter().all(|b| {
+                            b.iter()
+                                .all(|x| matches!(x.kind(), ValidationErrorKind::Required { .. }))
+                        })
                 }
                 ValidationErrorKind::MinProperties { .. } => true,
                 _ => false,
@@ -317,10 +329,14 @@ impl ErrorMapper<'_> {
         let schema_path = e.schema_path().as_str();
         match e.kind() {
             ValidationErrorKind::AdditionalProperties { unexpected } => {
-                let allowed = self.parent_node(schema_path).map(Self::property_names).unwrap_or_default();
+                let allowed = self
+                    .parent_node(schema_path)
+                    .map(Self::property_names)
+                    .unwrap_or_default();
                 for key in unexpected {
                     let pointer = format!("{path}/{}", escape_token(key));
-                    let mut d = Diagnostic::error("unknown-field", format!("unknown field `{key}`"));
+                    let mut d =
+                        Diagnostic::error("unknown-field", format!("unknown field `{key}`"));
                     d = match did_you_mean(key, allowed.iter().map(String::as_str)) {
                         Some(s) => d.with_hint(format!("did you mean `{s}`?")),
                         None if !allowed.is_empty() => {
@@ -355,7 +371,8 @@ impl ErrorMapper<'_> {
                     out.push(self.at_key(&pointer, d));
                     return;
                 }
-                let mut d = Diagnostic::error("missing-field", format!("missing required field `{prop}`"));
+                let mut d =
+                    Diagnostic::error("missing-field", format!("missing required field `{prop}`"));
                 let desc = self
                     .parent_node(schema_path)
                     .and_then(|n| n.get("properties"))
@@ -379,7 +396,9 @@ impl ErrorMapper<'_> {
                     format!(
                         "expected {}{}, found {found}",
                         join_or(&expected.iter().map(|t| type_phrase(t)).collect::<Vec<_>>()),
-                        field_name(path).map(|f| format!(" for `{f}`")).unwrap_or_default()
+                        field_name(path)
+                            .map(|f| format!(" for `{f}`"))
+                            .unwrap_or_default()
                     ),
                 );
                 out.push(self.at_value(path, d));
@@ -387,15 +406,29 @@ impl ErrorMapper<'_> {
             ValidationErrorKind::Enum { options } => {
                 let options: Vec<String> = options
                     .as_array()
-                    .map(|a| a.iter().map(|v| v.as_str().map(str::to_owned).unwrap_or_else(|| v.to_string())).collect())
+                    .map(|a| {
+                        a.iter()
+                            .map(|v| {
+                                v.as_str()
+                                    .map(str::to_owned)
+                                    .unwrap_or_else(|| v.to_string())
+                            })
+                            .collect()
+                    })
                     .unwrap_or_default();
                 let found = self.instance(path).map(short_value).unwrap_or_default();
                 out.push(self.at_value(path, not_one_of(path, &found, &options)));
             }
             ValidationErrorKind::Constant { expected_value } => {
                 let found = self.instance(path).map(short_value).unwrap_or_default();
-                let expected = expected_value.as_str().map(str::to_owned).unwrap_or_else(|| expected_value.to_string());
-                let d = Diagnostic::error("invalid-value", format!("expected `{expected}`, found `{found}`"));
+                let expected = expected_value
+                    .as_str()
+                    .map(str::to_owned)
+                    .unwrap_or_else(|| expected_value.to_string());
+                let d = Diagnostic::error(
+                    "invalid-value",
+                    format!("expected `{expected}`, found `{found}`"),
+                );
                 out.push(self.at_value(path, d));
             }
             ValidationErrorKind::Pattern { pattern } => {
@@ -433,7 +466,8 @@ impl ErrorMapper<'_> {
                 }
                 out.push(self.at_value(path, d));
             }
-            ValidationErrorKind::MinProperties { .. } | ValidationErrorKind::MaxProperties { .. } => {
+            ValidationErrorKind::MinProperties { .. }
+            | ValidationErrorKind::MaxProperties { .. } => {
                 let node = self.parent_node(schema_path);
                 let names = node.map(Self::property_names).unwrap_or_default();
                 let what = match Self::def_name(schema_path) {
@@ -449,12 +483,21 @@ impl ErrorMapper<'_> {
                 if present.len() > 1 {
                     let d = Diagnostic::error(
                         "conflicting-fields",
-                        format!("`{}` and `{}` cannot be used together", present[0], present[1]),
+                        format!(
+                            "`{}` and `{}` cannot be used together",
+                            present[0], present[1]
+                        ),
                     )
-                    .with_hint(format!("{what} takes exactly one of: {}; split it in two", names.join(", ")));
+                    .with_hint(format!(
+                        "{what} takes exactly one of: {}; split it in two",
+                        names.join(", ")
+                    ));
                     out.push(self.at_key(&format!("{path}/{}", escape_token(&present[1])), d));
                 } else {
-                    let d = Diagnostic::error("missing-field", format!("{what} needs one of: {}", names.join(", ")));
+                    let d = Diagnostic::error(
+                        "missing-field",
+                        format!("{what} needs one of: {}", names.join(", ")),
+                    );
                     out.push(self.at_key(path, d));
                 }
             }
@@ -463,13 +506,21 @@ impl ErrorMapper<'_> {
                 let present: Vec<&String> = self
                     .instance(path)
                     .and_then(Value::as_object)
-                    .map(|o| alternatives.iter().filter(|k| o.contains_key(k.as_str())).collect())
+                    .map(|o| {
+                        alternatives
+                            .iter()
+                            .filter(|k| o.contains_key(k.as_str()))
+                            .collect()
+                    })
                     .unwrap_or_default();
                 if present.len() > 1 {
                     let is_step = Self::def_name(schema_path) == Some("RawStep");
                     let mut d = Diagnostic::error(
                         "conflicting-fields",
-                        format!("`{}` and `{}` cannot be used together", present[0], present[1]),
+                        format!(
+                            "`{}` and `{}` cannot be used together",
+                            present[0], present[1]
+                        ),
                     );
                     d = d.with_hint(if is_step {
                         "a step has exactly one action; make them two steps".to_owned()
@@ -481,14 +532,19 @@ impl ErrorMapper<'_> {
                     out.push(self.at_value(path, Diagnostic::error("schema", e.to_string())));
                 }
             }
-            ValidationErrorKind::OneOfNotValid { context } | ValidationErrorKind::AnyOf { context } => {
+            ValidationErrorKind::OneOfNotValid { context }
+            | ValidationErrorKind::AnyOf { context } => {
                 if let Some(alternatives) = self.required_alternatives(schema_path) {
                     let is_step = Self::def_name(schema_path) == Some("RawStep");
                     let d = if is_step {
-                        Diagnostic::error("missing-field", "this step has no action")
-                            .with_hint(format!("a step needs exactly one of: {}", alternatives.join(", ")))
+                        Diagnostic::error("missing-field", "this step has no action").with_hint(
+                            format!("a step needs exactly one of: {}", alternatives.join(", ")),
+                        )
                     } else {
-                        Diagnostic::error("missing-field", format!("missing one of: {}", alternatives.join(", ")))
+                        Diagnostic::error(
+                            "missing-field",
+                            format!("missing one of: {}", alternatives.join(", ")),
+                        )
                     };
                     out.push(self.at_key(path, d));
                     return;
@@ -496,7 +552,9 @@ impl ErrorMapper<'_> {
                 self.convert_alternatives(path, context, out);
             }
             ValidationErrorKind::MinItems { limit } => {
-                let what = field_name(path).map(|f| format!("`{f}`")).unwrap_or_else(|| "this list".to_owned());
+                let what = field_name(path)
+                    .map(|f| format!("`{f}`"))
+                    .unwrap_or_else(|| "this list".to_owned());
                 let d = Diagnostic::error(
                     "invalid-value",
                     if *limit == 1 {
@@ -508,17 +566,30 @@ impl ErrorMapper<'_> {
                 out.push(self.at_value(path, d));
             }
             ValidationErrorKind::MinLength { .. } => {
-                let what = field_name(path).map(|f| format!("`{f}`")).unwrap_or_else(|| "this".to_owned());
-                out.push(self.at_value(path, Diagnostic::error("invalid-value", format!("{what} must not be empty"))));
+                let what = field_name(path)
+                    .map(|f| format!("`{f}`"))
+                    .unwrap_or_else(|| "this".to_owned());
+                out.push(self.at_value(
+                    path,
+                    Diagnostic::error("invalid-value", format!("{what} must not be empty")),
+                ));
             }
-            ValidationErrorKind::Minimum { limit } | ValidationErrorKind::ExclusiveMinimum { limit } => {
+            ValidationErrorKind::Minimum { limit }
+            | ValidationErrorKind::ExclusiveMinimum { limit } => {
                 let found = self.instance(path).map(short_value).unwrap_or_default();
-                let d = Diagnostic::error("invalid-value", format!("{found} is too small; the minimum is {limit}"));
+                let d = Diagnostic::error(
+                    "invalid-value",
+                    format!("{found} is too small; the minimum is {limit}"),
+                );
                 out.push(self.at_value(path, d));
             }
-            ValidationErrorKind::Maximum { limit } | ValidationErrorKind::ExclusiveMaximum { limit } => {
+            ValidationErrorKind::Maximum { limit }
+            | ValidationErrorKind::ExclusiveMaximum { limit } => {
                 let found = self.instance(path).map(short_value).unwrap_or_default();
-                let d = Diagnostic::error("invalid-value", format!("{found} is too large; the maximum is {limit}"));
+                let d = Diagnostic::error(
+                    "invalid-value",
+                    format!("{found} is too large; the maximum is {limit}"),
+                );
                 out.push(self.at_value(path, d));
             }
             _ => out.push(self.at_value(path, Diagnostic::error("schema", e.to_string()))),
@@ -529,10 +600,16 @@ impl ErrorMapper<'_> {
     /// channel). Reporting all of them buries the point, so pick the alternative the author most
     /// likely meant, and report that one's errors. If the value's shape fits none of them, say
     /// which shapes would do.
-    fn convert_alternatives(&self, path: &str, context: &[Vec<ValidationError<'static>>], out: &mut Vec<Diagnostic>) {
+    fn convert_alternatives(
+        &self,
+        path: &str,
+        context: &[Vec<ValidationError<'static>>],
+        out: &mut Vec<Diagnostic>,
+    ) {
         let shape_mismatch = |branch: &[ValidationError]| {
             branch.iter().any(|e| {
-                e.instance_path().as_str() == path && matches!(e.kind(), ValidationErrorKind::Type { .. })
+                e.instance_path().as_str() == path
+                    && matches!(e.kind(), ValidationErrorKind::Type { .. })
             })
         };
         if context.iter().all(|b| shape_mismatch(b)) {
@@ -554,7 +631,10 @@ impl ErrorMapper<'_> {
                 }
             }
             let found = self.instance(path).map(describe_value).unwrap_or_default();
-            let d = Diagnostic::error("wrong-type", format!("expected {}, found {found}", join_or(&expected)));
+            let d = Diagnostic::error(
+                "wrong-type",
+                format!("expected {}, found {found}", join_or(&expected)),
+            );
             out.push(self.at_value(path, d));
             return;
         }
@@ -563,21 +643,29 @@ impl ErrorMapper<'_> {
         // happens to score best.
         let discriminator = |branch: &[ValidationError<'static>]| {
             branch.iter().find_map(|e| match e.kind() {
-                ValidationErrorKind::Constant { expected_value } => {
-                    Some((e.instance_path().as_str().to_owned(), Value::clone(expected_value)))
-                }
+                ValidationErrorKind::Constant { expected_value } => Some((
+                    e.instance_path().as_str().to_owned(),
+                    Value::clone(expected_value),
+                )),
                 _ => None,
             })
         };
-        let constants: Vec<Option<(String, Value)>> = context.iter().map(|b| discriminator(b)).collect();
+        let constants: Vec<Option<(String, Value)>> =
+            context.iter().map(|b| discriminator(b)).collect();
         if context.len() > 1
             && let Some(Some((at, _))) = constants.first()
-            && constants.iter().all(|c| c.as_ref().is_some_and(|(p, _)| p == at))
+            && constants
+                .iter()
+                .all(|c| c.as_ref().is_some_and(|(p, _)| p == at))
         {
             let options: Vec<String> = constants
                 .iter()
                 .flatten()
-                .map(|(_, v)| v.as_str().map(str::to_owned).unwrap_or_else(|| v.to_string()))
+                .map(|(_, v)| {
+                    v.as_str()
+                        .map(str::to_owned)
+                        .unwrap_or_else(|| v.to_string())
+                })
                 .collect();
             let found = self.instance(at).map(short_value).unwrap_or_default();
             out.push(self.at_value(at, not_one_of(at, &found, &options)));
@@ -593,7 +681,9 @@ impl ErrorMapper<'_> {
                     // A wrong discriminator (`provider: smtp` against the webhook branch) means
                     // the author did not mean this branch at all.
                     ValidationErrorKind::Constant { .. } => 100_000,
-                    ValidationErrorKind::Required { .. } if e.instance_path().as_str() == path => 100,
+                    ValidationErrorKind::Required { .. } if e.instance_path().as_str() == path => {
+                        100
+                    }
                     _ => 1,
                 })
                 .sum()
@@ -631,7 +721,10 @@ fn not_one_of(pointer: &str, found: &str, options: &[String]) -> Diagnostic {
     };
     let d = Diagnostic::error("invalid-value", message);
     match did_you_mean(found, options.iter().map(String::as_str)) {
-        Some(s) => d.with_hint(format!("did you mean `{s}`? expected one of: {}", options.join(", "))),
+        Some(s) => d.with_hint(format!(
+            "did you mean `{s}`? expected one of: {}",
+            options.join(", ")
+        )),
         None => d.with_hint(format!("expected one of: {}", options.join(", "))),
     }
 }

@@ -28,8 +28,8 @@ use crate::triggers::cron::{parse_schedule, parse_timezone};
 
 /// Names every expression may use, whatever started the run.
 pub const CONTEXT_ROOTS: &[&str] = &[
-    "trigger", "body", "headers", "query", "params", "event", "message", "input", "vars", "steps", "contact",
-    "run",
+    "trigger", "body", "headers", "query", "params", "event", "message", "input", "vars", "steps",
+    "contact", "run",
 ];
 
 /// The channel that exists without configuration.
@@ -48,10 +48,11 @@ pub fn check(project: &Project, opts: &LoadOptions) -> Vec<Diagnostic> {
     let mut first_by_id: HashMap<&str, &Definition> = HashMap::new();
     for def in defs {
         if let Some(first) = first_by_id.get(def.id.as_str()) {
-            let d = Diagnostic::error("duplicate-id", format!("duplicate id `{}`", def.id)).with_hint(format!(
-                "{} defines it first; ids must be unique across all definitions",
-                first.at_value("/id", Diagnostic::error("", "")).location()
-            ));
+            let d = Diagnostic::error("duplicate-id", format!("duplicate id `{}`", def.id))
+                .with_hint(format!(
+                    "{} defines it first; ids must be unique across all definitions",
+                    first.at_value("/id", Diagnostic::error("", "")).location()
+                ));
             out.push(def.at_value("/id", d));
         } else {
             first_by_id.insert(&def.id, def);
@@ -61,7 +62,9 @@ pub fn check(project: &Project, opts: &LoadOptions) -> Vec<Diagnostic> {
     let workflow_ids: Vec<&str> = defs.iter().map(|d| d.id.as_str()).collect();
     let mut listened: HashSet<&str> = HashSet::new();
     for def in defs {
-        let Some(wf) = def.as_workflow() else { continue };
+        let Some(wf) = def.as_workflow() else {
+            continue;
+        };
         for t in &wf.triggers {
             if let Trigger::Event(e) = t {
                 listened.insert(&e.name);
@@ -79,7 +82,9 @@ pub fn check(project: &Project, opts: &LoadOptions) -> Vec<Diagnostic> {
     // Webhooks on the same method and path.
     let mut routes: HashMap<(String, String), (&Definition, String)> = HashMap::new();
     for def in defs {
-        let Some(wf) = def.as_workflow() else { continue };
+        let Some(wf) = def.as_workflow() else {
+            continue;
+        };
         for (i, t) in wf.triggers.iter().enumerate() {
             let Trigger::Webhook(w) = t else { continue };
             let key = (w.method.as_str().to_owned(), normalize_route(&w.path));
@@ -87,11 +92,17 @@ pub fn check(project: &Project, opts: &LoadOptions) -> Vec<Diagnostic> {
             if let Some((first, first_ptr)) = routes.get(&key) {
                 let d = Diagnostic::error(
                     "duplicate-webhook",
-                    format!("another webhook already answers {} {}", w.method.as_str(), w.path),
+                    format!(
+                        "another webhook already answers {} {}",
+                        w.method.as_str(),
+                        w.path
+                    ),
                 )
                 .with_hint(format!(
                     "{} (workflow `{}`) declares it first; give one of them another path",
-                    first.at_value(first_ptr, Diagnostic::error("", "")).location(),
+                    first
+                        .at_value(first_ptr, Diagnostic::error("", ""))
+                        .location(),
                     first.id
                 ));
                 out.push(def.at_value(&pointer, d));
@@ -135,7 +146,11 @@ pub fn check(project: &Project, opts: &LoadOptions) -> Vec<Diagnostic> {
                 .and_then(|l| l.find(needle))
                 .map(|b| {
                     let line = file.line(span.line).unwrap_or_default();
-                    super::diagnostics::Span::new(span.line, line[..b].chars().count() + 1, needle.chars().count())
+                    super::diagnostics::Span::new(
+                        span.line,
+                        line[..b].chars().count() + 1,
+                        needle.chars().count(),
+                    )
                 })
                 .unwrap_or(span);
             file.locate(d, span)
@@ -146,25 +161,46 @@ pub fn check(project: &Project, opts: &LoadOptions) -> Vec<Diagnostic> {
 
 /// `/hooks/{tenant}/leads/` and `/hooks/{t}/leads` are the same route.
 fn normalize_route(path: &str) -> String {
-    let trimmed = if path.len() > 1 { path.trim_end_matches('/') } else { path };
+    let trimmed = if path.len() > 1 {
+        path.trim_end_matches('/')
+    } else {
+        path
+    };
     trimmed
         .split('/')
-        .map(|seg| if seg.starts_with('{') && seg.ends_with('}') { "{}" } else { seg })
+        .map(|seg| {
+            if seg.starts_with('{') && seg.ends_with('}') {
+                "{}"
+            } else {
+                seg
+            }
+        })
         .collect::<Vec<_>>()
         .join("/")
 }
 
 type Locate<'a> = dyn Fn(&str, &str, Diagnostic) -> Diagnostic + 'a;
 
-fn check_env_refs(value: &Value, pointer: &str, opts: &LoadOptions, out: &mut Vec<Diagnostic>, locate: &Locate) {
+fn check_env_refs(
+    value: &Value,
+    pointer: &str,
+    opts: &LoadOptions,
+    out: &mut Vec<Diagnostic>,
+    locate: &Locate,
+) {
     match value {
         Value::String(s) => {
             for r in env::references(s) {
                 match r {
                     Err(bad) => {
                         let needle = &s[bad.start..bad.start + bad.len];
-                        let d = Diagnostic::error("invalid-env-ref", format!("`{needle}` is not a valid environment reference"))
-                            .with_hint("names are letters, digits and `_`, such as ${env:SMTP_PASSWORD}");
+                        let d = Diagnostic::error(
+                            "invalid-env-ref",
+                            format!("`{needle}` is not a valid environment reference"),
+                        )
+                        .with_hint(
+                            "names are letters, digits and `_`, such as ${env:SMTP_PASSWORD}",
+                        );
                         out.push(locate(pointer, needle, d));
                     }
                     Ok(r) => {
@@ -176,8 +212,9 @@ fn check_env_refs(value: &Value, pointer: &str, opts: &LoadOptions, out: &mut Ve
                         let d = match opts.env_mode {
                             EnvMode::Validate => Diagnostic::warning("unset-env", message)
                                 .with_hint("`herald serve` refuses to start until it is set"),
-                            EnvMode::Serve => Diagnostic::error("unset-env", message)
-                                .with_hint(format!("set {} in the environment of `herald serve`", r.name)),
+                            EnvMode::Serve => Diagnostic::error("unset-env", message).with_hint(
+                                format!("set {} in the environment of `herald serve`", r.name),
+                            ),
                         };
                         out.push(locate(pointer, needle, d));
                     }
@@ -191,7 +228,13 @@ fn check_env_refs(value: &Value, pointer: &str, opts: &LoadOptions, out: &mut Ve
         }
         Value::Object(map) => {
             for (k, v) in map {
-                check_env_refs(v, &format!("{pointer}/{}", escape_token(k)), opts, out, locate);
+                check_env_refs(
+                    v,
+                    &format!("{pointer}/{}", escape_token(k)),
+                    opts,
+                    out,
+                    locate,
+                );
             }
         }
         _ => {}
@@ -230,9 +273,13 @@ impl WorkflowCheck<'_> {
             if let Some(first) = seen.get(&s.id) {
                 let hint = format!(
                     "the step at {} has it too; step ids must be unique in a workflow",
-                    self.def.at_value(&format!("{first}/id"), Diagnostic::error("", "")).location()
+                    self.def
+                        .at_value(&format!("{first}/id"), Diagnostic::error("", ""))
+                        .location()
                 );
-                let d = Diagnostic::error("duplicate-step-id", format!("duplicate step id `{}`", s.id)).with_hint(hint);
+                let d =
+                    Diagnostic::error("duplicate-step-id", format!("duplicate step id `{}`", s.id))
+                        .with_hint(hint);
                 self.error(&format!("{}/id", s.pointer), d);
             } else {
                 seen.insert(s.id.clone(), s.pointer.clone());
@@ -271,14 +318,20 @@ impl WorkflowCheck<'_> {
                             .with_hint(hint);
                             let whole = self.def.span_in_value(&pointer, &c.schedule);
                             let span = if whole.len == c.schedule.chars().count() {
-                                whole.shifted(c.schedule[..offset].chars().count(), field.chars().count())
+                                whole.shifted(
+                                    c.schedule[..offset].chars().count(),
+                                    field.chars().count(),
+                                )
                             } else {
                                 whole
                             };
                             let d = self.def.file.locate(d, span);
                             self.out.push(d);
                         }
-                        None => self.error(&pointer, Diagnostic::error("invalid-cron", e).with_hint(hint)),
+                        None => self.error(
+                            &pointer,
+                            Diagnostic::error("invalid-cron", e).with_hint(hint),
+                        ),
                     }
                 }
                 if let Err(e) = parse_timezone(&c.timezone) {
@@ -292,7 +345,12 @@ impl WorkflowCheck<'_> {
             }
             Trigger::Webhook(w) => {
                 if let Some(k) = &w.idempotency_key {
-                    self.check_text(&format!("{base}/idempotency_key"), k.as_str(), TextKind::Template, &[]);
+                    self.check_text(
+                        &format!("{base}/idempotency_key"),
+                        k.as_str(),
+                        TextKind::Template,
+                        &[],
+                    );
                 }
                 if let Some(WebhookAuth::StandardWebhooks(s)) = &w.auth
                     && env::references(&s.secret).is_empty()
@@ -311,7 +369,13 @@ impl WorkflowCheck<'_> {
                     let msg = e.to_string();
                     let last = msg.lines().last().unwrap_or(&msg).trim();
                     let last = last.strip_prefix("error: ").unwrap_or(last).to_owned();
-                    self.error(&format!("{base}/match"), Diagnostic::error("invalid-regex", format!("invalid regular expression: {last}")));
+                    self.error(
+                        &format!("{base}/match"),
+                        Diagnostic::error(
+                            "invalid-regex",
+                            format!("invalid regular expression: {last}"),
+                        ),
+                    );
                 }
             }
             Trigger::Event(e) => {
@@ -326,7 +390,10 @@ impl WorkflowCheck<'_> {
         if self.channels.iter().any(|c| c == channel) {
             return;
         }
-        let mut d = Diagnostic::error("unknown-channel", format!("channel `{channel}` is not defined in herald.yaml"));
+        let mut d = Diagnostic::error(
+            "unknown-channel",
+            format!("channel `{channel}` is not defined in herald.yaml"),
+        );
         d = match did_you_mean(channel, self.channels.iter().map(String::as_str)) {
             Some(s) => d.with_hint(format!("did you mean `{s}`?")),
             None => d.with_hint(format!(
@@ -346,8 +413,16 @@ impl WorkflowCheck<'_> {
             {
                 // One report per list: the steps after it are unreachable for the same reason.
                 reported = true;
-                let what = if step.explicit_id { format!("step `{}`", step.id) } else { "this step".to_owned() };
-                let cause = if fail.explicit_id { format!("step `{}`", fail.id) } else { "a step".to_owned() };
+                let what = if step.explicit_id {
+                    format!("step `{}`", step.id)
+                } else {
+                    "this step".to_owned()
+                };
+                let cause = if fail.explicit_id {
+                    format!("step `{}`", fail.id)
+                } else {
+                    "a step".to_owned()
+                };
                 let d = Diagnostic::error("unreachable-step", format!("{what} can never run")).with_hint(format!(
                     "{cause} before it always fails the run; remove this step or move it earlier"
                 ));
@@ -361,7 +436,9 @@ impl WorkflowCheck<'_> {
         }
         for step in steps {
             match &step.action {
-                Action::ForEach { as_, steps: body, .. } => {
+                Action::ForEach {
+                    as_, steps: body, ..
+                } => {
                     let mut inner = scope.to_vec();
                     inner.push(as_.0.clone());
                     self.check_steps(body, &inner, sync);
@@ -383,8 +460,15 @@ impl WorkflowCheck<'_> {
                     self.check_json(v, &format!("{p}/set/{}", escape_token(&k.0)), scope);
                 }
             }
-            Action::If { condition, .. } => self.check_text(&format!("{p}/if"), condition.as_str(), TextKind::Expr, scope),
-            Action::Switch { on, .. } => self.check_text(&format!("{p}/switch"), on.as_str(), TextKind::Expr, scope),
+            Action::If { condition, .. } => self.check_text(
+                &format!("{p}/if"),
+                condition.as_str(),
+                TextKind::Expr,
+                scope,
+            ),
+            Action::Switch { on, .. } => {
+                self.check_text(&format!("{p}/switch"), on.as_str(), TextKind::Expr, scope)
+            }
             Action::Send(s) => {
                 let b = format!("{p}/send");
                 self.check_channel(&s.channel, &format!("{b}/channel"));
@@ -392,37 +476,72 @@ impl WorkflowCheck<'_> {
                 if let Some(t) = &s.template
                     && !self.templates.iter().any(|n| n == t)
                 {
-                    let mut d = Diagnostic::error("unknown-template", format!("template `{t}` does not exist"));
+                    let mut d = Diagnostic::error(
+                        "unknown-template",
+                        format!("template `{t}` does not exist"),
+                    );
                     d = match did_you_mean(t, self.templates.iter().map(String::as_str)) {
                         Some(s) => d.with_hint(format!("did you mean `{s}`?")),
                         None => d.with_hint("template names are paths under templates/, such as emails/nudge.html.j2"),
                     };
                     self.error(&format!("{b}/template"), d);
                 }
-                for (field, value) in [("body", &s.body), ("subject", &s.subject), ("from", &s.from)] {
+                for (field, value) in [
+                    ("body", &s.body),
+                    ("subject", &s.subject),
+                    ("from", &s.from),
+                ] {
                     if let Some(v) = value {
-                        self.check_text(&format!("{b}/{field}"), v.as_str(), TextKind::Template, scope);
+                        self.check_text(
+                            &format!("{b}/{field}"),
+                            v.as_str(),
+                            TextKind::Template,
+                            scope,
+                        );
                     }
                 }
                 for (k, v) in &s.headers {
-                    self.check_text(&format!("{b}/headers/{}", escape_token(k)), v.as_str(), TextKind::Template, scope);
+                    self.check_text(
+                        &format!("{b}/headers/{}", escape_token(k)),
+                        v.as_str(),
+                        TextKind::Template,
+                        scope,
+                    );
                 }
             }
-            Action::Wait(WaitStep::Until(u)) => {
-                self.check_text(&format!("{p}/wait/until"), u.until.as_str(), TextKind::Template, scope)
-            }
+            Action::Wait(WaitStep::Until(u)) => self.check_text(
+                &format!("{p}/wait/until"),
+                u.until.as_str(),
+                TextKind::Template,
+                scope,
+            ),
             Action::Wait(WaitStep::For(_)) => {}
             Action::WaitFor(w) => {
                 if let Some(ch) = &w.reply {
                     self.check_channel(ch, &format!("{p}/wait_for/reply"));
                 }
-                self.check_text(&format!("{p}/wait_for/key"), w.key.as_str(), TextKind::Template, scope);
+                self.check_text(
+                    &format!("{p}/wait_for/key"),
+                    w.key.as_str(),
+                    TextKind::Template,
+                    scope,
+                );
             }
             Action::Http(h) => {
                 let b = format!("{p}/http");
-                self.check_text(&format!("{b}/url"), h.url.as_str(), TextKind::Template, scope);
+                self.check_text(
+                    &format!("{b}/url"),
+                    h.url.as_str(),
+                    TextKind::Template,
+                    scope,
+                );
                 for (k, v) in &h.headers {
-                    self.check_text(&format!("{b}/headers/{}", escape_token(k)), v.as_str(), TextKind::Template, scope);
+                    self.check_text(
+                        &format!("{b}/headers/{}", escape_token(k)),
+                        v.as_str(),
+                        TextKind::Template,
+                        scope,
+                    );
                 }
                 if let Some(j) = &h.json {
                     self.check_json(j, &format!("{b}/json"), scope);
@@ -444,7 +563,10 @@ impl WorkflowCheck<'_> {
             }
             Action::Call(c) => {
                 if !self.workflow_ids.contains(&c.workflow.as_str()) {
-                    let mut d = Diagnostic::error("unknown-workflow", format!("workflow `{}` is not defined", c.workflow));
+                    let mut d = Diagnostic::error(
+                        "unknown-workflow",
+                        format!("workflow `{}` is not defined", c.workflow),
+                    );
                     d = match did_you_mean(&c.workflow, self.workflow_ids.iter().copied()) {
                         Some(s) => d.with_hint(format!("did you mean `{s}`?")),
                         None => {
@@ -463,10 +585,18 @@ impl WorkflowCheck<'_> {
                 }
             }
             Action::ForEach { items, as_, .. } => {
-                self.check_text(&format!("{p}/for_each/items"), items.as_str(), TextKind::Expr, scope);
+                self.check_text(
+                    &format!("{p}/for_each/items"),
+                    items.as_str(),
+                    TextKind::Expr,
+                    scope,
+                );
                 if CONTEXT_ROOTS.contains(&as_.0.as_str()) {
-                    let d = Diagnostic::error("shadowed-name", format!("`{}` is already a name in every run", as_.0))
-                        .with_hint("pick another loop variable name, such as `item`");
+                    let d = Diagnostic::error(
+                        "shadowed-name",
+                        format!("`{}` is already a name in every run", as_.0),
+                    )
+                    .with_hint("pick another loop variable name, such as `item`");
                     self.error(&format!("{p}/for_each/as"), d);
                 }
             }
@@ -481,7 +611,12 @@ impl WorkflowCheck<'_> {
                     ("timezone", &u.timezone),
                 ] {
                     if let Some(v) = value {
-                        self.check_text(&format!("{b}/{field}"), v.as_str(), TextKind::Template, scope);
+                        self.check_text(
+                            &format!("{b}/{field}"),
+                            v.as_str(),
+                            TextKind::Template,
+                            scope,
+                        );
                     }
                 }
                 for (k, v) in &u.attributes {
@@ -491,19 +626,29 @@ impl WorkflowCheck<'_> {
             Action::Respond(r) => {
                 let b = format!("{p}/respond");
                 if !sync {
-                    let d = Diagnostic::warning("respond-without-sync", "`respond` has no effect in this workflow")
-                        .with_hint("only a webhook trigger with `respond: sync` waits for a reply");
+                    let d = Diagnostic::warning(
+                        "respond-without-sync",
+                        "`respond` has no effect in this workflow",
+                    )
+                    .with_hint("only a webhook trigger with `respond: sync` waits for a reply");
                     let d = self.def.at_key(&b, d);
                     self.out.push(d);
                 }
                 for (k, v) in &r.headers {
-                    self.check_text(&format!("{b}/headers/{}", escape_token(k)), v.as_str(), TextKind::Template, scope);
+                    self.check_text(
+                        &format!("{b}/headers/{}", escape_token(k)),
+                        v.as_str(),
+                        TextKind::Template,
+                        scope,
+                    );
                 }
                 if let Some(body) = &r.body {
                     self.check_json(body, &format!("{b}/body"), scope);
                 }
             }
-            Action::Fail(t) => self.check_text(&format!("{p}/fail"), t.as_str(), TextKind::Template, scope),
+            Action::Fail(t) => {
+                self.check_text(&format!("{p}/fail"), t.as_str(), TextKind::Template, scope)
+            }
         }
     }
 
@@ -529,7 +674,12 @@ impl WorkflowCheck<'_> {
             TextKind::Expr => (Some(text), "expression"),
             TextKind::Template => (sole_expression(text), "template"),
         };
-        if kind == TextKind::Template && expr.is_none() && !text.contains("{{") && !text.contains("{%") && !text.contains("{#") {
+        if kind == TextKind::Template
+            && expr.is_none()
+            && !text.contains("{{")
+            && !text.contains("{%")
+            && !text.contains("{#")
+        {
             return;
         }
         let vars = match expr {
@@ -554,19 +704,32 @@ impl WorkflowCheck<'_> {
         for v in vars {
             let mut parts = v.split('.');
             let root = parts.next().unwrap_or_default();
-            if CONTEXT_ROOTS.contains(&root) || scope.iter().any(|s| s == root) || self.globals.contains(root) {
+            if CONTEXT_ROOTS.contains(&root)
+                || scope.iter().any(|s| s == root)
+                || self.globals.contains(root)
+            {
                 if root == "steps"
                     && let Some(id) = parts.next()
                     && !self.step_ids.contains(id)
                     && reported.insert(format!("steps.{id}"))
                 {
-                    let mut d = Diagnostic::error("unknown-step", format!("there is no step `{id}` in this workflow"));
-                    let mut ids: Vec<&str> = self.step_ids.iter().map(String::as_str).filter(|s| !s.starts_with('_')).collect();
+                    let mut d = Diagnostic::error(
+                        "unknown-step",
+                        format!("there is no step `{id}` in this workflow"),
+                    );
+                    let mut ids: Vec<&str> = self
+                        .step_ids
+                        .iter()
+                        .map(String::as_str)
+                        .filter(|s| !s.starts_with('_'))
+                        .collect();
                     ids.sort();
                     d = match did_you_mean(id, ids.iter().copied()) {
                         Some(s) => d.with_hint(format!("did you mean `{s}`?")),
                         None if ids.is_empty() => d.with_hint("give the step you mean an `id`"),
-                        None => d.with_hint(format!("step ids in this workflow: {}", ids.join(", "))),
+                        None => {
+                            d.with_hint(format!("step ids in this workflow: {}", ids.join(", ")))
+                        }
                     };
                     let span = self.def.span_in_value(pointer, &format!("steps.{id}"));
                     let d = self.def.file.locate(d, span);
@@ -579,7 +742,10 @@ impl WorkflowCheck<'_> {
             }
             let mut available: Vec<&str> = CONTEXT_ROOTS.to_vec();
             available.extend(scope.iter().map(String::as_str));
-            let mut d = Diagnostic::error("unknown-variable", format!("unknown variable `{root}` in {what}"));
+            let mut d = Diagnostic::error(
+                "unknown-variable",
+                format!("unknown variable `{root}` in {what}"),
+            );
             d = match did_you_mean(root, available.iter().copied()) {
                 Some(s) => d.with_hint(format!("did you mean `{s}`?")),
                 None => d.with_hint(format!("available here: {}", available.join(", "))),
@@ -590,11 +756,23 @@ impl WorkflowCheck<'_> {
         }
     }
 
-    fn syntax_error(&mut self, pointer: &str, text: &str, compiled: &str, err: &minijinja::Error, what: &str) {
-        let mut d = Diagnostic::error("invalid-expression", format!("invalid {what}: {}", describe_error(err)));
+    fn syntax_error(
+        &mut self,
+        pointer: &str,
+        text: &str,
+        compiled: &str,
+        err: &minijinja::Error,
+        what: &str,
+    ) {
+        let mut d = Diagnostic::error(
+            "invalid-expression",
+            format!("invalid {what}: {}", describe_error(err)),
+        );
         // `a = b` is the commonest slip in a condition: say what was meant.
         if let Some(r) = err.range()
-            && compiled.get(r.start..).is_some_and(|rest| rest.starts_with('=') && !rest.starts_with("=="))
+            && compiled
+                .get(r.start..)
+                .is_some_and(|rest| rest.starts_with('=') && !rest.starts_with("=="))
         {
             d = d.with_hint("to compare two values, use `==`");
         }
@@ -605,7 +783,13 @@ impl WorkflowCheck<'_> {
                 let snippet = &text[..offset + r.start];
                 let base = self.def.span_in_value(pointer, text);
                 if base.len == text.chars().count() {
-                    base.shifted(snippet.chars().count(), compiled[r.start..r.end.min(compiled.len())].chars().count().max(1))
+                    base.shifted(
+                        snippet.chars().count(),
+                        compiled[r.start..r.end.min(compiled.len())]
+                            .chars()
+                            .count()
+                            .max(1),
+                    )
                 } else {
                     self.def.doc.index.value(pointer)
                 }
@@ -635,10 +819,15 @@ fn bad_cron_field(schedule: &str) -> Option<(usize, &str, &'static str, &'static
         return None;
     }
     tokens.iter().enumerate().find_map(|(i, &(offset, token))| {
-        let probe: Vec<&str> = (0..FIELDS.len()).map(|j| if j == i { token } else { "*" }).collect();
-        parse_schedule(&probe.join(" "))
-            .is_err()
-            .then_some((offset, token, FIELDS[i].0, FIELDS[i].1))
+        let probe: Vec<&str> = (0..FIELDS.len())
+            .map(|j| if j == i { token } else { "*" })
+            .collect();
+        parse_schedule(&probe.join(" ")).is_err().then_some((
+            offset,
+            token,
+            FIELDS[i].0,
+            FIELDS[i].1,
+        ))
     })
 }
 
@@ -648,7 +837,9 @@ fn always_fails(step: &Step) -> bool {
     match &step.action {
         Action::Fail(_) => true,
         Action::If { then, else_, .. } => list_fails(then) && list_fails(else_),
-        Action::Switch { cases, default, .. } => cases.values().all(|c| list_fails(c)) && list_fails(default),
+        Action::Switch { cases, default, .. } => {
+            cases.values().all(|c| list_fails(c)) && list_fails(default)
+        }
         _ => false,
     }
 }
@@ -656,5 +847,7 @@ fn always_fails(step: &Step) -> bool {
 fn crate_b64_secret(secret: &str) -> Result<Vec<u8>, ()> {
     use base64::Engine as _;
     let raw = secret.strip_prefix("whsec_").unwrap_or(secret);
-    base64::engine::general_purpose::STANDARD.decode(raw).map_err(|_| ())
+    base64::engine::general_purpose::STANDARD
+        .decode(raw)
+        .map_err(|_| ())
 }

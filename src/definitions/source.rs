@@ -141,11 +141,13 @@ pub fn parse(file: &SourceFile) -> Result<Parsed, Vec<Diagnostic>> {
     let Some(doc) = docs.next() else {
         // Positioned at 1:1 like every other diagnostic, so editors and `--format json` can
         // place it.
-        return Err(vec![file.locate(
-            Diagnostic::error("empty-file", "the file is empty")
-                .with_hint("a definition starts with `kind:` and `id:`"),
-            Span::new(1, 1, 1),
-        )]);
+        return Err(vec![
+            file.locate(
+                Diagnostic::error("empty-file", "the file is empty")
+                    .with_hint("a definition starts with `kind:` and `id:`"),
+                Span::new(1, 1, 1),
+            ),
+        ]);
     };
     if let Some(second) = docs.next() {
         // Point at the `---` that starts the second document when it can be found: that is
@@ -161,14 +163,16 @@ pub fn parse(file: &SourceFile) -> Result<Parsed, Vec<Diagnostic>> {
             })
             .map(|l| Span::new(l, 1, 3))
             .unwrap_or_else(|| marker_span(&second.span.start, &second.span.end));
-        return Err(vec![file.locate(
-            Diagnostic::error(
-                "multiple-documents",
-                "a file holds one definition, but this one has a second YAML document",
-            )
-            .with_hint("move each definition after `---` into a file of its own"),
-            span,
-        )]);
+        return Err(vec![
+            file.locate(
+                Diagnostic::error(
+                    "multiple-documents",
+                    "a file holds one definition, but this one has a second YAML document",
+                )
+                .with_hint("move each definition after `---` into a file of its own"),
+                span,
+            ),
+        ]);
     }
     let mut converter = Converter {
         file,
@@ -229,13 +233,9 @@ impl Converter<'_> {
 
     fn convert(&mut self, node: &MarkedYaml, pointer: &mut String, key: Option<Span>) -> Value {
         let span = self.span_of(node);
-        self.index.map.insert(
-            pointer.clone(),
-            Located {
-                key,
-                value: span,
-            },
-        );
+        self.index
+            .map
+            .insert(pointer.clone(), Located { key, value: span });
         match &node.data {
             YamlData::Value(scalar) => self.scalar(scalar, span),
             YamlData::Sequence(items) => {

@@ -87,16 +87,35 @@ impl ScaledClock {
     pub fn parse(spec: &str) -> Result<ScaledClock, String> {
         let (mut speed, mut origin, mut start) = (None, None, None);
         for part in spec.split(',') {
-            let (k, v) = part.split_once('=').ok_or_else(|| format!("`{part}` is not key=value"))?;
+            let (k, v) = part
+                .split_once('=')
+                .ok_or_else(|| format!("`{part}` is not key=value"))?;
             match k.trim() {
-                "speed" => speed = Some(v.trim().parse::<f64>().map_err(|e| format!("speed: {e}"))?),
-                "origin" => origin = Some(v.trim().parse::<Millis>().map_err(|e| format!("origin: {e}"))?),
-                "start" => start = Some(v.trim().parse::<jiff::Timestamp>().map_err(|e| format!("start: {e}"))?.as_millisecond()),
+                "speed" => {
+                    speed = Some(v.trim().parse::<f64>().map_err(|e| format!("speed: {e}"))?)
+                }
+                "origin" => {
+                    origin = Some(
+                        v.trim()
+                            .parse::<Millis>()
+                            .map_err(|e| format!("origin: {e}"))?,
+                    )
+                }
+                "start" => {
+                    start = Some(
+                        v.trim()
+                            .parse::<jiff::Timestamp>()
+                            .map_err(|e| format!("start: {e}"))?
+                            .as_millisecond(),
+                    )
+                }
                 other => return Err(format!("unknown setting `{other}`")),
             }
         }
         Ok(ScaledClock {
-            speed: speed.filter(|s| *s > 0.0).ok_or("speed must be a positive number")?,
+            speed: speed
+                .filter(|s| *s > 0.0)
+                .ok_or("speed must be a positive number")?,
             origin: origin.ok_or("origin is required")?,
             start: start.ok_or("start is required")?,
         })

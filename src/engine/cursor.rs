@@ -45,7 +45,12 @@ pub enum Wait {
     /// A `wait` step, until this time.
     Timer { until: Millis },
     /// A `wait_for` step: an event `(name, key)` that arrived at or after `since`, or the timeout.
-    Event { name: String, key: String, since: Millis, timeout_at: Millis },
+    Event {
+        name: String,
+        key: String,
+        since: Millis,
+        timeout_at: Millis,
+    },
     /// A `call` step: the child run.
     Child { run_id: String },
     /// A failed attempt's backoff, before the step is tried again.
@@ -70,6 +75,9 @@ impl Cursor {
 
     /// A suffix that makes an idempotency key unique per loop iteration.
     pub fn loop_suffix(&self) -> String {
-        self.frames.iter().map(|f| format!("[{}]", f.index)).collect()
+        self.frames
+            .iter()
+            .map(|f| format!("[{}]", f.index))
+            .collect()
     }
 }

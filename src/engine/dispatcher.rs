@@ -29,7 +29,12 @@ impl Engine {
         loop {
             let batch = self
                 .store
-                .claim_outbox(&self.options.owner, self.now(), self.outbox_lease_ms(), BATCH)
+                .claim_outbox(
+                    &self.options.owner,
+                    self.now(),
+                    self.outbox_lease_ms(),
+                    BATCH,
+                )
                 .await?;
             if batch.is_empty() {
                 return Ok(total);
@@ -60,7 +65,10 @@ impl Engine {
                 return;
             }
             let sleep = match self.store.next_outbox_at().await {
-                Ok(Some(at)) => self.clock.real(at - self.now()).clamp(Duration::from_millis(1), MAX_IDLE),
+                Ok(Some(at)) => self
+                    .clock
+                    .real(at - self.now())
+                    .clamp(Duration::from_millis(1), MAX_IDLE),
                 _ => MAX_IDLE,
             };
             tokio::select! {
@@ -99,7 +107,14 @@ impl Engine {
                         .as_object()
                         .map(|h| {
                             h.iter()
-                                .map(|(k, v)| (k.clone(), v.as_str().map(str::to_owned).unwrap_or_else(|| v.to_string())))
+                                .map(|(k, v)| {
+                                    (
+                                        k.clone(),
+                                        v.as_str()
+                                            .map(str::to_owned)
+                                            .unwrap_or_else(|| v.to_string()),
+                                    )
+                                })
                                 .collect::<IndexMap<_, _>>()
                         })
                         .unwrap_or_default(),
@@ -108,16 +123,24 @@ impl Engine {
                     step_id: m.step_id.clone(),
                 };
                 match channel.deliver(&message).await {
-                    Ok(d) => DeliveryOutcome::Sent { provider_id: d.provider_id },
-                    Err(DeliveryError::Permanent { message }) => DeliveryOutcome::Failed { error: message },
-                    Err(DeliveryError::Transient { message, retry_after }) => {
+                    Ok(d) => DeliveryOutcome::Sent {
+                        provider_id: d.provider_id,
+                    },
+                    Err(DeliveryError::Permanent { message }) => {
+                        DeliveryOutcome::Failed { error: message }
+                    }
+                    Err(DeliveryError::Transient {
+                        message,
+                        retry_after,
+                    }) => {
                         if m.attempts >= m.max_attempts {
                             DeliveryOutcome::Failed {
                                 error: format!("{message} (after {} attempts)", m.attempts),
                             }
                         } else {
-                            let wait = retry::delay(&retry::outbox_default(), m.attempts.max(1) as u32)
-                                .max(retry_after.unwrap_or_default());
+                            let wait =
+                                retry::delay(&retry::outbox_default(), m.attempts.max(1) as u32)
+                                    .max(retry_after.unwrap_or_default());
                             DeliveryOutcome::Retry {
                                 error: message,
                                 next_attempt_at: self.now() + wait.as_millis() as i64,
@@ -142,10 +165,18 @@ impl Engine {
             }
             DeliveryOutcome::Sent { .. } => {}
         }
-        match self.store.finish_delivery(&m.id, &self.options.owner, outcome, self.now()).await {
+        match self
+            .store
+            .finish_delivery(&m.id, &self.options.owner, outcome, self.now())
+            .await
+        {
             Ok(true) => {}
-            Ok(false) => tracing::warn!(message = %m.id, "the message's claim expired before its outcome was recorded"),
-            Err(e) => tracing::error!(message = %m.id, error = %e, "could not record a delivery outcome; it will be retried"),
+            Ok(false) => {
+                tracing::warn!(message = %m.id, "the message's claim expired before its outcome was recorded")
+            }
+            Err(e) => {
+                tracing::error!(message = %m.id, error = %e, "could not record a delivery outcome; it will be retried")
+            }
         }
         let _ = Value::Null;
     }

@@ -33,10 +33,14 @@ pub(crate) async fn call(
         HttpMethod::Patch => reqwest::Method::PATCH,
         HttpMethod::Delete => reqwest::Method::DELETE,
     };
-    let parsed = reqwest::Url::parse(url)
-        .map_err(|e| StepError::Permanent(format!("`{}` is not a valid URL: {e}", display_url(url))))?;
+    let parsed = reqwest::Url::parse(url).map_err(|e| {
+        StepError::Permanent(format!("`{}` is not a valid URL: {e}", display_url(url)))
+    })?;
     if !matches!(parsed.scheme(), "http" | "https") {
-        return Err(StepError::Permanent(format!("`{}` is not an http(s) URL", display_url(url))));
+        return Err(StepError::Permanent(format!(
+            "`{}` is not an http(s) URL",
+            display_url(url)
+        )));
     }
     let mut req = client.request(m, parsed).timeout(timeout);
     let mut has_key = false;
@@ -55,7 +59,10 @@ pub(crate) async fn call(
     let what = format!("{} {}", method.as_str(), display_url(url));
     let mut resp = req.send().await.map_err(|e| {
         let kind = if e.is_timeout() {
-            format!("timed out after {}", crate::definitions::model::Duration(timeout))
+            format!(
+                "timed out after {}",
+                crate::definitions::model::Duration(timeout)
+            )
         } else if e.is_connect() {
             "could not connect".to_owned()
         } else if e.is_builder() {
@@ -86,7 +93,9 @@ pub(crate) async fn call(
         match resp.chunk().await {
             Ok(Some(chunk)) => {
                 if bytes.len() + chunk.len() > MAX_BODY {
-                    return Err(StepError::Permanent(format!("{what}: the response is larger than {MAX_BODY} bytes")));
+                    return Err(StepError::Permanent(format!(
+                        "{what}: the response is larger than {MAX_BODY} bytes"
+                    )));
                 }
                 bytes.extend_from_slice(&chunk);
             }
@@ -109,7 +118,10 @@ pub(crate) async fn call(
         let snippet: String = text.chars().take(200).collect();
         let message = format!("{what} answered {status}: {snippet}");
         return Err(if status == 408 || status == 429 || status >= 500 {
-            StepError::Transient { message, retry_after }
+            StepError::Transient {
+                message,
+                retry_after,
+            }
         } else {
             StepError::Permanent(message)
         });

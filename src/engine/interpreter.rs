@@ -1,5 +1,6 @@
 //! Executing a run, segment by segment (see the module docs of `engine`).
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use serde_json::{Map, Value, json};
@@ -11,10 +12,11 @@ use super::{Engine, EngineError, SyncReply, new_id, retry};
 use crate::definitions::model::step::{Action, OnTimeout, Step, WaitStep};
 use crate::definitions::model::workflow::OnUpdate;
 use crate::store::{
-    Commit, CommitOutcome, ContactUpsert, Millis, NewEvent, NewOutbox, NewRun, RunRecord, RunState, RunStatus, RunWrite,
-    StepLogEntry, StoreError,
+    Commit, CommitOutcome, ContactUpsert, Millis, NewEvent, NewOutbox, NewRun, RunRecord, RunState,
+    RunStatus, RunWrite, StepLogEntry, StoreError,
 };
-use crate::templates::{RenderError, context as render_context};
+use crate::templates::{JsonNode, RenderError};
+use minijinja::value::{Serde, Value as JValue, merge_maps};
 
 /// How a run's first commit went, for the caller that started it.
 #[derive(Debug)]
@@ -29,7 +31,10 @@ pub(crate) enum StepError {
     /// Retrying cannot help: bad input, a template error, a 4xx.
     Permanent(String),
     /// Worth retrying under the step's policy.
-    Transient { message: String, retry_after: Option<std::time::Duration> },
+    Transient {
+        message: String,
+        retry_after: Option<std::time::Duration>,
+    },
 }
 
 impl From<RenderError> for StepError {
@@ -48,17 +53,28 @@ enum Outcome {
     /// Done; continue at this node (a branch, a loop body), or after the step if `None`.
     Goto(Option<usize>, Value),
     /// Wait: the run suspends until `due_at` (or until woken).
-    Wait { wait: Wait, due_at: Option<Millis>, event: Option<(String, String)>, note: Value },
+    Wait {
+        wait: Wait,
+        due_at: Option<Millis>,
+        event: Option<(String, String)>,
+        note: Value,
+    },
     /// End the run as failed with this message (`fail`).
     Fail(String),
 }
 
 /// What to do after a commit.
 enum After {
-    WakeWaiters { name: String, key: String },
+    WakeWaiters {
+        name: String,
+        key: String,
+    },
     /// A `wait_for` was stored: look once more for its event, which may have been stored by
     /// another transaction between our look and our commit.
-    Recheck { name: String, key: String },
+    Recheck {
+        name: String,
+        key: String,
+    },
     Reply(SyncReply),
     Work,
     Outbox,
@@ -91,7 +107,9 @@ struct Active {
     id: String,
     workflow: Arc<CompiledWorkflow>,
     cursor: Cursor,
-    ctx: Value,
+    /// The run's context. Shared with the template values of the step being executed (see
+    /// `JsonNode`); changed with `Arc::make_mut` once they are gone, so it is not copied.
+    ctx: Arc<Value>,
     attempts: i64,
     contact_id: Option<String>,
     response: Option<Value>,
@@ -106,8 +124,14 @@ enum Flow {
     Next { commit: bool },
     /// Commit before the next step runs (it is an external call).
     Barrier,
-    Suspend { due_at: Option<Millis>, event: Option<(String, String)> },
-    End { status: RunStatus, error: Option<String> },
+    Suspend {
+        due_at: Option<Millis>,
+        event: Option<(String, String)>,
+    },
+    End {
+        status: RunStatus,
+        error: Option<String>,
+    },
 }
 
 const DEFAULT_HTTP_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
@@ -126,7 +150,7 @@ impl Engine {
         let active = Active {
             id: new.id.clone(),
             cursor: Cursor::from_value(&new.cursor).unwrap_or_default(),
-            ctx: new.context.clone(),
+            ctx: Arc::new(new.context.clone()),
             attempts: 0,
             contact_id: None,
             response: None,
@@ -141,7 +165,10 @@ impl Engine {
     /// Executes a run this process has claimed.
     pub(crate) async fn drive_claimed(self: Arc<Self>, run: RunRecord) {
         let run_id = run.id.clone();
-        self.held.lock().expect("not poisoned").insert(run_id.clone());
+        self.held
+            .lock()
+            .expect("not poisoned")
+            .insert(run_id.clone());
         match self.prepare(run).await {
             Ok(active) => self.drive(active, None).await,
             Err(e) => {
@@ -153,7 +180,9 @@ impl Engine {
     }
 
     async fn fail_unresumable(&self, run_id: &str, error: &str) {
-        let Ok(Some(run)) = self.store.run(run_id).await else { return };
+        let Ok(Some(run)) = self.store.run(run_id).await else {
+            return;
+        };
         let now = self.now();
         let commit = Commit {
             run: RunWrite::Update {
@@ -191,14 +220,22 @@ impl Engine {
     /// when the workflow says `on_update: latest` and the step still exists there), and its
     /// contact as stored now, so an opt-out recorded meanwhile is seen.
     async fn prepare(&self, run: RunRecord) -> Result<Active, EngineError> {
-        let mut workflow = self.workflow_version(&run.workflow_id, &run.version).await?;
+        let mut workflow = self
+            .workflow_version(&run.workflow_id, &run.version)
+            .await?;
         let cursor = Cursor::from_value(&run.cursor).map_err(EngineError::Invalid)?;
         if let Some(latest) = self.registry().workflows.get(&run.workflow_id).cloned()
             && latest.hash != workflow.hash
             && latest.workflow.on_update == OnUpdate::Latest
         {
-            let step_ok = cursor.step.as_ref().is_none_or(|s| latest.program.node(s).is_some());
-            let frames_ok = cursor.frames.iter().all(|f| latest.program.node(&f.step).is_some());
+            let step_ok = cursor
+                .step
+                .as_ref()
+                .is_none_or(|s| latest.program.node(s).is_some());
+            let frames_ok = cursor
+                .frames
+                .iter()
+                .all(|f| latest.program.node(&f.step).is_some());
             if step_ok && frames_ok {
                 tracing::info!(run = %run.id, workflow = %run.workflow_id, from = %short(&workflow.hash), to = %short(&latest.hash), "run moves to the new version");
                 workflow = latest;
@@ -216,13 +253,16 @@ impl Engine {
             && let Some(c) = self.store.contact(cid).await?
             && let Some(obj) = ctx.as_object_mut()
         {
-            obj.insert("contact".into(), serde_json::to_value(&c).unwrap_or(Value::Null));
+            obj.insert(
+                "contact".into(),
+                serde_json::to_value(&c).unwrap_or(Value::Null),
+            );
         }
         Ok(Active {
             id: run.id,
             workflow,
             cursor,
-            ctx,
+            ctx: Arc::new(ctx),
             attempts: run.attempts,
             contact_id: run.contact_id,
             response: run.response,
@@ -232,7 +272,11 @@ impl Engine {
         })
     }
 
-    async fn drive(&self, mut a: Active, mut first: Option<tokio::sync::oneshot::Sender<Result<FirstCommit, EngineError>>>) {
+    async fn drive(
+        &self,
+        mut a: Active,
+        mut first: Option<tokio::sync::oneshot::Sender<Result<FirstCommit, EngineError>>>,
+    ) {
         let mut pending = Pending::default();
         let result: Result<(), EngineError> = async {
             loop {
@@ -285,7 +329,9 @@ impl Engine {
                 EngineError::Store(StoreError::LeaseLost) => {
                     tracing::warn!(run = %a.id, "lost the run's lease (it was cancelled or another worker took it over); stopping")
                 }
-                other => tracing::error!(run = %a.id, error = %other, "run interrupted; it resumes when its lease expires"),
+                other => {
+                    tracing::error!(run = %a.id, error = %other, "run interrupted; it resumes when its lease expires")
+                }
             }
             if let Some(f) = first.take() {
                 let _ = f.send(Err(e));
@@ -312,12 +358,14 @@ impl Engine {
         error: Option<String>,
     ) -> Result<Option<String>, EngineError> {
         let now = self.now();
-        let (wait_event, wait_key) = event.map(|(n, k)| (Some(n), Some(k))).unwrap_or((None, None));
+        let (wait_event, wait_key) = event
+            .map(|(n, k)| (Some(n), Some(k)))
+            .unwrap_or((None, None));
         let state = RunState {
             status,
             version: a.workflow.hash.clone(),
             cursor: a.cursor.to_value(),
-            context: a.ctx.clone(),
+            context: (*a.ctx).clone(),
             due_at,
             wait_event,
             wait_key,
@@ -353,10 +401,13 @@ impl Engine {
             CommitOutcome::Duplicate { existing_run_id } => return Ok(Some(existing_run_id)),
             CommitOutcome::Committed { contacts } => {
                 if let Some(last) = contacts.last()
-                    && let Some(obj) = a.ctx.as_object_mut()
+                    && let Some(obj) = Arc::make_mut(&mut a.ctx).as_object_mut()
                 {
                     a.contact_id = Some(last.id.clone());
-                    obj.insert("contact".into(), serde_json::to_value(last).unwrap_or(Value::Null));
+                    obj.insert(
+                        "contact".into(),
+                        serde_json::to_value(last).unwrap_or(Value::Null),
+                    );
                 }
             }
         }
@@ -370,7 +421,11 @@ impl Engine {
                 }
                 After::Recheck { name, key } => {
                     let since = a.created_at;
-                    match self.store.find_event(&name, &key, since, &a.cursor.consumed).await {
+                    match self
+                        .store
+                        .find_event(&name, &key, since, &a.cursor.consumed)
+                        .await
+                    {
                         Ok(Some(_)) => {
                             let _ = self.store.wake_waiting(&name, &key, now).await;
                             self.work_ready.notify_waiters();
@@ -399,13 +454,19 @@ impl Engine {
         let Some((idx, node)) = workflow.program.node(&step_id) else {
             return Ok(Flow::End {
                 status: RunStatus::Failed,
-                error: Some(format!("step `{step_id}` does not exist in this version of `{}`", workflow.id)),
+                error: Some(format!(
+                    "step `{step_id}` does not exist in this version of `{}`",
+                    workflow.id
+                )),
             });
         };
         let step = &node.step;
         // An external call must not happen before the run is stored, nor be undone by a crash
         // that loses the steps before it.
-        if matches!(step.action, Action::Http(_)) && a.cursor.wait.is_none() && (a.insert.is_some() || !p.is_empty()) {
+        if matches!(step.action, Action::Http(_))
+            && a.cursor.wait.is_none()
+            && (a.insert.is_some() || !p.is_empty())
+        {
             return Ok(Flow::Barrier);
         }
         let now = self.now();
@@ -422,12 +483,18 @@ impl Engine {
         };
         let outcome = match result {
             Ok(o) => o,
-            Err(StepError::Permanent(message)) => return Ok(self.fail_step(a, p, step, started, message)),
-            Err(StepError::Transient { message, retry_after }) => {
+            Err(StepError::Permanent(message)) => {
+                return Ok(self.fail_step(a, p, step, started, message));
+            }
+            Err(StepError::Transient {
+                message,
+                retry_after,
+            }) => {
                 return Ok(self.retry_or_fail(a, p, step, started, message, retry_after));
             }
         };
-        metrics::histogram!("herald_step_duration_seconds", "action" => step.action.key()).record(timer.elapsed().as_secs_f64());
+        metrics::histogram!("herald_step_duration_seconds", "action" => step.action.key())
+            .record(timer.elapsed().as_secs_f64());
         let is_http = matches!(step.action, Action::Http(_));
         Ok(match outcome {
             Outcome::Done(output) => {
@@ -446,7 +513,12 @@ impl Engine {
                 a.cursor.step = next.map(|i| workflow.program.nodes[i].step.id.clone());
                 Flow::Next { commit: false }
             }
-            Outcome::Wait { wait, due_at, event, note } => {
+            Outcome::Wait {
+                wait,
+                due_at,
+                event,
+                note,
+            } => {
                 a.cursor.seq += 1;
                 p.steps.push(StepLogEntry {
                     seq: a.cursor.seq,
@@ -489,7 +561,15 @@ impl Engine {
         })
     }
 
-    fn complete(&self, a: &mut Active, p: &mut Pending, step: &Step, started: Millis, output: Value, status: &str) {
+    fn complete(
+        &self,
+        a: &mut Active,
+        p: &mut Pending,
+        step: &Step,
+        started: Millis,
+        output: Value,
+        status: &str,
+    ) {
         let now = self.now();
         a.cursor.seq += 1;
         p.steps.push(StepLogEntry {
@@ -503,7 +583,10 @@ impl Engine {
             output: Some(output.clone()),
             error: None,
         });
-        if let Some(steps) = a.ctx.get_mut("steps").and_then(Value::as_object_mut) {
+        if let Some(steps) = Arc::make_mut(&mut a.ctx)
+            .get_mut("steps")
+            .and_then(Value::as_object_mut)
+        {
             steps.insert(step.id.clone(), json!({"output": output}));
         }
         a.attempts = 0;
@@ -511,7 +594,14 @@ impl Engine {
         a.cursor.step_started_at = None;
     }
 
-    fn fail_step(&self, a: &mut Active, p: &mut Pending, step: &Step, started: Millis, message: String) -> Flow {
+    fn fail_step(
+        &self,
+        a: &mut Active,
+        p: &mut Pending,
+        step: &Step,
+        started: Millis,
+        message: String,
+    ) -> Flow {
         let now = self.now();
         a.cursor.seq += 1;
         p.steps.push(StepLogEntry {
@@ -544,8 +634,16 @@ impl Engine {
         retry_after: Option<std::time::Duration>,
     ) -> Flow {
         let attempt = a.attempts + 1;
-        let Some(policy) = step.retry.as_ref().filter(|r| attempt < i64::from(r.max_attempts)) else {
-            let message = if attempt > 1 { format!("{message} (after {attempt} attempts)") } else { message };
+        let Some(policy) = step
+            .retry
+            .as_ref()
+            .filter(|r| attempt < i64::from(r.max_attempts))
+        else {
+            let message = if attempt > 1 {
+                format!("{message} (after {attempt} attempts)")
+            } else {
+                message
+            };
             return self.fail_step(a, p, step, started, message);
         };
         let now = self.now();
@@ -571,19 +669,32 @@ impl Engine {
         }
     }
 
-    /// The context templates see: the run's context, the loop variables, and the clock.
-    fn eval_context(&self, a: &Active, now: Millis) -> Value {
-        let mut ctx = a.ctx.clone();
-        if let Some(obj) = ctx.as_object_mut() {
-            for f in &a.cursor.frames {
-                obj.insert(f.var.clone(), f.items.get(f.index).cloned().unwrap_or(Value::Null));
-            }
-            obj.insert("__now".into(), Value::String(rfc3339(now)));
-        }
-        ctx
+    /// The context templates see: the run's context, the loop variables, and the clock. The
+    /// context is not copied; templates read it in place.
+    fn eval_context(&self, a: &Active, now: Millis) -> JValue {
+        let mut extra: BTreeMap<String, JValue> = a
+            .cursor
+            .frames
+            .iter()
+            .map(|f| {
+                (
+                    f.var.clone(),
+                    JValue::from(Serde(f.items.get(f.index).unwrap_or(&Value::Null))),
+                )
+            })
+            .collect();
+        extra.insert("__now".into(), JValue::from(rfc3339(now)));
+        // The last map wins: loop variables and the clock over the context.
+        merge_maps([JsonNode::root(a.ctx.clone()), JValue::from(extra)])
     }
 
-    async fn resume(&self, a: &mut Active, wait: Wait, step: &Step, now: Millis) -> Result<Outcome, StepError> {
+    async fn resume(
+        &self,
+        a: &mut Active,
+        wait: Wait,
+        step: &Step,
+        now: Millis,
+    ) -> Result<Outcome, StepError> {
         match wait {
             Wait::Timer { until } => {
                 if now >= until {
@@ -604,8 +715,17 @@ impl Engine {
                 event: None,
                 note: json!({"retry_at": rfc3339(until)}),
             }),
-            Wait::Event { name, key, since, timeout_at } => {
-                match self.store.find_event(&name, &key, since, &a.cursor.consumed).await {
+            Wait::Event {
+                name,
+                key,
+                since,
+                timeout_at,
+            } => {
+                match self
+                    .store
+                    .find_event(&name, &key, since, &a.cursor.consumed)
+                    .await
+                {
                     Ok(Some(e)) => {
                         a.cursor.consumed.push(e.id.clone());
                         Ok(Outcome::Done(event_output(&e)))
@@ -641,26 +761,32 @@ impl Engine {
                 }
             }
             Wait::Child { run_id } => match self.store.run(&run_id).await {
-                Ok(Some(child)) if child.status == RunStatus::Completed => Ok(Outcome::Done(json!({
-                    "run_id": child.id,
-                    "status": "completed",
-                    "vars": child.context.get("vars").cloned().unwrap_or(json!({})),
-                    "response": child.response,
-                }))),
-                Ok(Some(child)) if child.status.is_finished() => Err(StepError::Permanent(format!(
-                    "workflow `{}` (run {}) {}: {}",
-                    child.workflow_id,
-                    child.id,
-                    child.status.as_str(),
-                    child.error.unwrap_or_default()
-                ))),
+                Ok(Some(child)) if child.status == RunStatus::Completed => {
+                    Ok(Outcome::Done(json!({
+                        "run_id": child.id,
+                        "status": "completed",
+                        "vars": child.context.get("vars").cloned().unwrap_or(json!({})),
+                        "response": child.response,
+                    })))
+                }
+                Ok(Some(child)) if child.status.is_finished() => {
+                    Err(StepError::Permanent(format!(
+                        "workflow `{}` (run {}) {}: {}",
+                        child.workflow_id,
+                        child.id,
+                        child.status.as_str(),
+                        child.error.unwrap_or_default()
+                    )))
+                }
                 Ok(Some(_)) => Ok(Outcome::Wait {
                     wait: Wait::Child { run_id },
                     due_at: None,
                     event: None,
                     note: json!({"still_waiting": true}),
                 }),
-                Ok(None) => Err(StepError::Permanent(format!("the called run {run_id} does not exist"))),
+                Ok(None) => Err(StepError::Permanent(format!(
+                    "the called run {run_id} does not exist"
+                ))),
                 Err(e) => Err(StepError::Transient {
                     message: format!("could not read the called run: {e}"),
                     retry_after: None,
@@ -669,41 +795,60 @@ impl Engine {
         }
     }
 
-    async fn execute(&self, a: &mut Active, p: &mut Pending, idx: usize, registry: &Registry, now: Millis) -> Result<Outcome, StepError> {
+    async fn execute(
+        &self,
+        a: &mut Active,
+        p: &mut Pending,
+        idx: usize,
+        registry: &Registry,
+        now: Millis,
+    ) -> Result<Outcome, StepError> {
         let workflow = a.workflow.clone();
         let node = &workflow.program.nodes[idx];
         let step = &node.step;
-        let ctx_json = self.eval_context(a, now);
-        let ctx = render_context(&ctx_json);
+        let ctx = self.eval_context(a, now);
         let t = &registry.templates;
         let render = |s: &str| -> Result<String, StepError> { Ok(t.render_str(s, &ctx)?) };
-        let render_opt = |s: &Option<crate::definitions::model::Template>| -> Result<Option<String>, StepError> {
-            s.as_ref().map(|v| render(v.as_str())).transpose().map(|o| o.filter(|s| !s.trim().is_empty()))
-        };
+        let render_opt =
+            |s: &Option<crate::definitions::model::Template>| -> Result<Option<String>, StepError> {
+                s.as_ref()
+                    .map(|v| render(v.as_str()))
+                    .transpose()
+                    .map(|o| o.filter(|s| !s.trim().is_empty()))
+            };
         let key_suffix = a.cursor.loop_suffix();
         match &step.action {
             Action::Set(vars) => {
                 let mut out = Map::new();
                 // Each value sees the ones set before it.
-                let mut local = ctx_json.clone();
+                let mut all_vars = a
+                    .ctx
+                    .get("vars")
+                    .and_then(Value::as_object)
+                    .cloned()
+                    .unwrap_or_default();
                 for (name, value) in vars {
-                    let rendered = t.render_json(value, &render_context(&local))?;
-                    if let Some(v) = local.get_mut("vars").and_then(Value::as_object_mut) {
-                        v.insert(name.0.clone(), rendered.clone());
-                    }
+                    let layer =
+                        BTreeMap::from([("vars".to_owned(), JValue::from(Serde(&all_vars)))]);
+                    let local = merge_maps([ctx.clone(), JValue::from(layer)]);
+                    let rendered = t.render_json(value, &local)?;
+                    all_vars.insert(name.0.clone(), rendered.clone());
                     out.insert(name.0.clone(), rendered);
                 }
-                if let Some(v) = a.ctx.get_mut("vars").and_then(Value::as_object_mut) {
-                    for (k, val) in &out {
-                        v.insert(k.clone(), val.clone());
-                    }
+                drop(ctx);
+                if let Some(obj) = Arc::make_mut(&mut a.ctx).as_object_mut() {
+                    obj.insert("vars".into(), Value::Object(all_vars));
                 }
                 Ok(Outcome::Done(Value::Object(out)))
             }
             Action::If { condition, .. } => {
                 let yes = t.is_true(condition.as_str(), &ctx)?;
                 let branch = if yes { "then" } else { "else" };
-                let target = node.branches.iter().find(|(k, _)| k == branch).and_then(|(_, f)| *f);
+                let target = node
+                    .branches
+                    .iter()
+                    .find(|(k, _)| k == branch)
+                    .and_then(|(_, f)| *f);
                 Ok(Outcome::Goto(target, json!({"branch": branch})))
             }
             Action::Switch { on, .. } => {
@@ -714,18 +859,32 @@ impl Engine {
                     Value::Bool(b) => Some(b.to_string()),
                     _ => None,
                 };
-                let case = key.as_ref().and_then(|k| node.branches.iter().find(|(b, _)| b.strip_prefix("case:") == Some(k.as_str())));
+                let case = key.as_ref().and_then(|k| {
+                    node.branches
+                        .iter()
+                        .find(|(b, _)| b.strip_prefix("case:") == Some(k.as_str()))
+                });
                 let (chosen, target) = match case {
                     Some((b, first)) => (b.trim_start_matches("case:").to_owned(), *first),
                     None => (
                         "default".to_owned(),
-                        node.branches.iter().find(|(b, _)| b == "default").and_then(|(_, f)| *f),
+                        node.branches
+                            .iter()
+                            .find(|(b, _)| b == "default")
+                            .and_then(|(_, f)| *f),
                     ),
                 };
-                Ok(Outcome::Goto(target, json!({"value": value, "case": chosen})))
+                Ok(Outcome::Goto(
+                    target,
+                    json!({"value": value, "case": chosen}),
+                ))
             }
             Action::ForEach { items, as_, .. } => {
-                let body = node.branches.iter().find(|(k, _)| k == "body").and_then(|(_, f)| *f);
+                let body = node
+                    .branches
+                    .iter()
+                    .find(|(k, _)| k == "body")
+                    .and_then(|(_, f)| *f);
                 if let Some(frame) = a.cursor.frames.last_mut()
                     && frame.step == step.id
                 {
@@ -761,30 +920,46 @@ impl Engine {
             }
             Action::Send(s) => {
                 if !registry.channels.contains_key(&s.channel) {
-                    return Err(StepError::Permanent(format!("channel `{}` is not configured", s.channel)));
+                    return Err(StepError::Permanent(format!(
+                        "channel `{}` is not configured",
+                        s.channel
+                    )));
                 }
                 let to = render(s.to.as_str())?.trim().to_owned();
                 if to.is_empty() {
                     return Err(StepError::Permanent("the recipient (`to`) is empty".into()));
                 }
-                if let Some(reason) = self.suppressed(&ctx_json, &to).await? {
-                    return Ok(Outcome::Done(json!({"status": "suppressed", "to": to, "reason": reason})));
+                if let Some(reason) = self.suppressed(&a.ctx, &to).await? {
+                    return Ok(Outcome::Done(
+                        json!({"status": "suppressed", "to": to, "reason": reason}),
+                    ));
                 }
                 let (body, html) = match (&s.template, &s.body) {
                     (Some(name), _) => {
                         let body = t.render_in(name, &ctx)?;
-                        let base = name.strip_suffix(".j2").or_else(|| name.strip_suffix(".jinja")).unwrap_or(name);
+                        let base = name
+                            .strip_suffix(".j2")
+                            .or_else(|| name.strip_suffix(".jinja"))
+                            .unwrap_or(name);
                         (body, base.ends_with(".html") || base.ends_with(".htm"))
                     }
                     (None, Some(b)) => (render(b.as_str())?, false),
-                    (None, None) => return Err(StepError::Permanent("`send` needs a `template` or a `body`".into())),
+                    (None, None) => {
+                        return Err(StepError::Permanent(
+                            "`send` needs a `template` or a `body`".into(),
+                        ));
+                    }
                 };
                 let mut headers = Map::new();
                 for (k, v) in &s.headers {
                     headers.insert(k.clone(), Value::String(render(v.as_str())?));
                 }
                 let id = new_id();
-                let max_attempts = step.retry.as_ref().map(|r| r.max_attempts).unwrap_or(retry::outbox_default().max_attempts);
+                let max_attempts = step
+                    .retry
+                    .as_ref()
+                    .map(|r| r.max_attempts)
+                    .unwrap_or(retry::outbox_default().max_attempts);
                 p.outbox.push(NewOutbox {
                     id: id.clone(),
                     run_id: Some(a.id.clone()),
@@ -802,7 +977,9 @@ impl Engine {
                     created_at: now,
                 });
                 p.after.push(After::Outbox);
-                Ok(Outcome::Done(json!({"message_id": id, "channel": s.channel, "to": to, "status": "queued"})))
+                Ok(Outcome::Done(
+                    json!({"message_id": id, "channel": s.channel, "to": to, "status": "queued"}),
+                ))
             }
             Action::Wait(WaitStep::For(d)) => {
                 let until = now + d.as_std().as_millis() as i64;
@@ -816,11 +993,15 @@ impl Engine {
             Action::Wait(WaitStep::Until(u)) => {
                 let text = render(u.until.as_str())?;
                 let ts: jiff::Timestamp = text.trim().parse().map_err(|e| {
-                    StepError::Permanent(format!("`wait.until` gave `{text}`, which is not an RFC 3339 time: {e}"))
+                    StepError::Permanent(format!(
+                        "`wait.until` gave `{text}`, which is not an RFC 3339 time: {e}"
+                    ))
                 })?;
                 let until = ts.as_millisecond();
                 if until <= now {
-                    return Ok(Outcome::Done(json!({"waited_until": rfc3339(until), "already_passed": true})));
+                    return Ok(Outcome::Done(
+                        json!({"waited_until": rfc3339(until), "already_passed": true}),
+                    ));
                 }
                 Ok(Outcome::Wait {
                     wait: Wait::Timer { until },
@@ -833,11 +1014,19 @@ impl Engine {
                 let name = match (&w.event, &w.reply) {
                     (Some(e), _) => e.clone(),
                     (None, Some(channel)) => format!("message.{channel}"),
-                    (None, None) => return Err(StepError::Permanent("`wait_for` needs an `event` or a `reply`".into())),
+                    (None, None) => {
+                        return Err(StepError::Permanent(
+                            "`wait_for` needs an `event` or a `reply`".into(),
+                        ));
+                    }
                 };
                 let key = render(w.key.as_str())?;
                 // An event that arrived before this wait was registered still counts.
-                match self.store.find_event(&name, &key, a.created_at, &a.cursor.consumed).await {
+                match self
+                    .store
+                    .find_event(&name, &key, a.created_at, &a.cursor.consumed)
+                    .await
+                {
                     Ok(Some(e)) => {
                         a.cursor.consumed.push(e.id.clone());
                         Ok(Outcome::Done(event_output(&e)))
@@ -868,16 +1057,37 @@ impl Engine {
                 for (k, v) in &h.headers {
                     headers.push((k.clone(), render(v.as_str())?));
                 }
-                let json_body = h.json.as_ref().map(|j| t.render_json(j, &ctx)).transpose()?;
+                let json_body = h
+                    .json
+                    .as_ref()
+                    .map(|j| t.render_json(j, &ctx))
+                    .transpose()?;
                 let key = format!("{}:{}{key_suffix}", a.id, step.id);
-                let timeout = step.timeout.map(|d| d.as_std()).unwrap_or(DEFAULT_HTTP_TIMEOUT);
-                super::http::call(&self.http, h.method, &url, &headers, json_body.as_ref(), &key, timeout, h.expect.as_deref())
-                    .await
-                    .map(Outcome::Done)
+                let timeout = step
+                    .timeout
+                    .map(|d| d.as_std())
+                    .unwrap_or(DEFAULT_HTTP_TIMEOUT);
+                super::http::call(
+                    &self.http,
+                    h.method,
+                    &url,
+                    &headers,
+                    json_body.as_ref(),
+                    &key,
+                    timeout,
+                    h.expect.as_deref(),
+                )
+                .await
+                .map(Outcome::Done)
             }
             Action::Emit(e) => {
                 let key = e.key.as_ref().map(|k| render(k.as_str())).transpose()?;
-                let data = e.data.as_ref().map(|d| t.render_json(d, &ctx)).transpose()?.unwrap_or(Value::Null);
+                let data = e
+                    .data
+                    .as_ref()
+                    .map(|d| t.render_json(d, &ctx))
+                    .transpose()?
+                    .unwrap_or(Value::Null);
                 let event = NewEvent {
                     // Derived from the run and step, so a re-executed segment cannot emit twice.
                     id: format!("{}:{}{key_suffix}", a.id, step.id),
@@ -904,11 +1114,15 @@ impl Engine {
                 Ok(Outcome::Done(out))
             }
             Action::Call(c) => {
-                let target = registry
-                    .workflows
-                    .get(&c.workflow)
-                    .ok_or_else(|| StepError::Permanent(format!("workflow `{}` is not loaded", c.workflow)))?;
-                let input = c.input.as_ref().map(|i| t.render_json(i, &ctx)).transpose()?.unwrap_or(json!({}));
+                let target = registry.workflows.get(&c.workflow).ok_or_else(|| {
+                    StepError::Permanent(format!("workflow `{}` is not loaded", c.workflow))
+                })?;
+                let input = c
+                    .input
+                    .as_ref()
+                    .map(|i| t.render_json(i, &ctx))
+                    .transpose()?
+                    .unwrap_or(json!({}));
                 let child = self.new_run(
                     target,
                     "call",
@@ -921,7 +1135,9 @@ impl Engine {
                 p.new_runs.push(child);
                 p.after.push(After::Work);
                 Ok(Outcome::Wait {
-                    wait: Wait::Child { run_id: child_id.clone() },
+                    wait: Wait::Child {
+                        run_id: child_id.clone(),
+                    },
                     due_at: None,
                     event: None,
                     note: json!({"called": c.workflow, "run_id": child_id}),
@@ -932,12 +1148,15 @@ impl Engine {
                 if let Some(e) = &email
                     && (!e.contains('@') || e.contains(char::is_whitespace))
                 {
-                    return Err(StepError::Permanent(format!("`{e}` is not an e-mail address")));
+                    return Err(StepError::Permanent(format!(
+                        "`{e}` is not an e-mail address"
+                    )));
                 }
                 let phone = match render_opt(&u.phone)? {
                     Some(raw) => Some(
-                        crate::templates::filters::normalize_phone(&raw, "US")
-                            .ok_or_else(|| StepError::Permanent(format!("`{raw}` is not a phone number")))?,
+                        crate::templates::filters::normalize_phone(&raw, "US").ok_or_else(
+                            || StepError::Permanent(format!("`{raw}` is not a phone number")),
+                        )?,
                     ),
                     None => None,
                 };
@@ -973,20 +1192,26 @@ impl Engine {
                     .filter(|c| !c.is_null())
                     .and_then(|c| serde_json::from_value(c.clone()).ok())
                     .filter(|c: &crate::store::Contact| {
-                        (email.is_some() && c.email == email) || (email.is_none() && phone.is_some() && c.phone == phone)
+                        (email.is_some() && c.email == email)
+                            || (email.is_none() && phone.is_some() && c.phone == phone)
                     });
                 let existing = match own {
                     Some(c) => Some(c),
-                    None => self.store.find_contact(email.as_deref(), phone.as_deref()).await.map_err(|e| StepError::Transient {
-                        message: format!("could not read the contact: {e}"),
-                        retry_after: None,
-                    })?,
+                    None => self
+                        .store
+                        .find_contact(email.as_deref(), phone.as_deref())
+                        .await
+                        .map_err(|e| StepError::Transient {
+                            message: format!("could not read the contact: {e}"),
+                            retry_after: None,
+                        })?,
                 };
                 let merged = upsert.apply(existing);
                 let mut upsert = upsert;
                 upsert.new_id = merged.id.clone();
                 let value = serde_json::to_value(&merged).unwrap_or(Value::Null);
-                if let Some(obj) = a.ctx.as_object_mut() {
+                drop(ctx);
+                if let Some(obj) = Arc::make_mut(&mut a.ctx).as_object_mut() {
                     obj.insert("contact".into(), value.clone());
                 }
                 a.contact_id = Some(merged.id.clone());
@@ -998,7 +1223,12 @@ impl Engine {
                 for (k, v) in &r.headers {
                     headers.insert(k.clone(), Value::String(render(v.as_str())?));
                 }
-                let body = r.body.as_ref().map(|b| t.render_json(b, &ctx)).transpose()?.unwrap_or(Value::Null);
+                let body = r
+                    .body
+                    .as_ref()
+                    .map(|b| t.render_json(b, &ctx))
+                    .transpose()?
+                    .unwrap_or(Value::Null);
                 let response = json!({"status": r.status, "headers": headers, "body": body});
                 a.response = Some(response.clone());
                 p.after.push(After::Reply(SyncReply::from_value(&response)));
@@ -1013,8 +1243,12 @@ impl Engine {
     async fn suppressed(&self, ctx: &Value, to: &str) -> Result<Option<String>, StepError> {
         let status_of = |c: &Value| c.get("status").and_then(Value::as_str).map(str::to_owned);
         let matches = |c: &Value| {
-            c.get("email").and_then(Value::as_str).is_some_and(|e| e.eq_ignore_ascii_case(to))
-                || c.get("phone").and_then(Value::as_str).is_some_and(|p| p == to)
+            c.get("email")
+                .and_then(Value::as_str)
+                .is_some_and(|e| e.eq_ignore_ascii_case(to))
+                || c.get("phone")
+                    .and_then(Value::as_str)
+                    .is_some_and(|p| p == to)
         };
         let status = match ctx.get("contact").filter(|c| matches(c)) {
             Some(c) => status_of(c),
@@ -1037,7 +1271,9 @@ impl Engine {
                     .and_then(|c| c.status)
             }
         };
-        Ok(status.filter(|s| SUPPRESSED.contains(&s.as_str())).map(|s| format!("the recipient's status is `{s}`")))
+        Ok(status
+            .filter(|s| SUPPRESSED.contains(&s.as_str()))
+            .map(|s| format!("the recipient's status is `{s}`")))
     }
 }
 

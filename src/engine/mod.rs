@@ -15,12 +15,12 @@
 pub mod clock;
 pub mod cursor;
 pub mod dispatcher;
+mod http;
 mod interpreter;
 pub mod program;
 pub mod registry;
 pub mod retry;
 pub mod worker;
-mod http;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -58,7 +58,12 @@ pub struct SyncReply {
 
 impl SyncReply {
     /// The reply of a run that ended without a `respond` step.
-    pub fn from_finished(run_id: &str, status: RunStatus, context: &Value, error: Option<&str>) -> SyncReply {
+    pub fn from_finished(
+        run_id: &str,
+        status: RunStatus,
+        context: &Value,
+        error: Option<&str>,
+    ) -> SyncReply {
         match status {
             RunStatus::Completed => SyncReply {
                 status: 200,
@@ -78,15 +83,33 @@ impl SyncReply {
         let headers = v
             .get("headers")
             .and_then(Value::as_object)
-            .map(|h| h.iter().map(|(k, v)| (k.clone(), v.as_str().map(str::to_owned).unwrap_or_else(|| v.to_string()))).collect())
+            .map(|h| {
+                h.iter()
+                    .map(|(k, v)| {
+                        (
+                            k.clone(),
+                            v.as_str()
+                                .map(str::to_owned)
+                                .unwrap_or_else(|| v.to_string()),
+                        )
+                    })
+                    .collect()
+            })
             .unwrap_or_default();
         SyncReply {
-            status: v.get("status").and_then(Value::as_u64).and_then(|s| u16::try_from(s).ok()).unwrap_or(200),
+            status: v
+                .get("status")
+                .and_then(Value::as_u64)
+                .and_then(|s| u16::try_from(s).ok())
+                .unwrap_or(200),
             headers,
             body: v.get("body").cloned().unwrap_or(Value::Null),
         }
     }
 }
+
+/// A sync caller's token and the channel its reply goes to.
+type Responder = (u64, oneshot::Sender<SyncReply>);
 
 /// How to start a run.
 #[derive(Debug, Clone)]
@@ -167,7 +190,7 @@ pub struct Engine {
     pub options: EngineOptions,
     http: reqwest::Client,
     /// Sync callers waiting for a run's reply; several when a key is repeated meanwhile.
-    responders: std::sync::Mutex<HashMap<String, Vec<(u64, oneshot::Sender<SyncReply>)>>>,
+    responders: std::sync::Mutex<HashMap<String, Vec<Responder>>>,
     next_token: std::sync::atomic::AtomicU64,
     /// Signalled when this process creates due work, so workers need not wait for a poll.
     pub work_ready: Notify,
@@ -180,7 +203,9 @@ pub struct Engine {
 
 impl std::fmt::Debug for Engine {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Engine").field("owner", &self.options.owner).finish_non_exhaustive()
+        f.debug_struct("Engine")
+            .field("owner", &self.options.owner)
+            .finish_non_exhaustive()
     }
 }
 
@@ -189,7 +214,12 @@ pub fn new_id() -> String {
 }
 
 impl Engine {
-    pub fn new(store: DynStore, clock: Arc<dyn Clock>, env: EnvSource, options: EngineOptions) -> Arc<Engine> {
+    pub fn new(
+        store: DynStore,
+        clock: Arc<dyn Clock>,
+        env: EnvSource,
+        options: EngineOptions,
+    ) -> Arc<Engine> {
         crate::tls::init();
         let http = reqwest::Client::builder()
             .user_agent(concat!("herald/", env!("CARGO_PKG_VERSION")))
@@ -239,7 +269,11 @@ impl Engine {
 
     /// The compiled workflow for a stored version: the current one if it matches, else one
     /// compiled from the stored source.
-    pub async fn workflow_version(&self, workflow_id: &str, hash: &str) -> Result<Arc<CompiledWorkflow>, EngineError> {
+    pub async fn workflow_version(
+        &self,
+        workflow_id: &str,
+        hash: &str,
+    ) -> Result<Arc<CompiledWorkflow>, EngineError> {
         if let Some(wf) = self.registry().workflows.get(workflow_id)
             && wf.hash == hash
         {
@@ -248,19 +282,31 @@ impl Engine {
         if let Some(wf) = self.versions.lock().expect("not poisoned").get(hash) {
             return Ok(wf.clone());
         }
-        let stored = self
-            .store
-            .definition(hash)
-            .await?
-            .ok_or_else(|| EngineError::Invalid(format!("definition version {hash} of `{workflow_id}` is not stored")))?;
-        let file = SourceFile::new(format!("{workflow_id}@{}", &hash[..12.min(hash.len())]), stored.source);
+        let stored = self.store.definition(hash).await?.ok_or_else(|| {
+            EngineError::Invalid(format!(
+                "definition version {hash} of `{workflow_id}` is not stored"
+            ))
+        })?;
+        let file = SourceFile::new(
+            format!("{workflow_id}@{}", &hash[..12.min(hash.len())]),
+            stored.source,
+        );
         let def = read_definition(file).map_err(|d| {
-            EngineError::Invalid(format!("stored version {hash} of `{workflow_id}` no longer loads: {}", d[0].message))
+            EngineError::Invalid(format!(
+                "stored version {hash} of `{workflow_id}` no longer loads: {}",
+                d[0].message
+            ))
         })?;
         let wf = Arc::new(CompiledWorkflow::compile(&def, &self.env).map_err(|d| {
-            EngineError::Invalid(format!("stored version {hash} of `{workflow_id}` does not compile: {}", d[0].message))
+            EngineError::Invalid(format!(
+                "stored version {hash} of `{workflow_id}` does not compile: {}",
+                d[0].message
+            ))
         })?);
-        self.versions.lock().expect("not poisoned").insert(hash.to_owned(), wf.clone());
+        self.versions
+            .lock()
+            .expect("not poisoned")
+            .insert(hash.to_owned(), wf.clone());
         Ok(wf)
     }
 
@@ -276,14 +322,22 @@ impl Engine {
     }
 
     pub fn held_runs(&self) -> Vec<String> {
-        self.held.lock().expect("not poisoned").iter().cloned().collect()
+        self.held
+            .lock()
+            .expect("not poisoned")
+            .iter()
+            .cloned()
+            .collect()
     }
 
     /// Starts a run: stores it and executes its first segment before returning, so a caller
     /// that answers after this returns answers only for a committed run.
     pub async fn start(self: &Arc<Self>, req: StartRun) -> Result<Started, EngineError> {
         if let Some(key) = &req.idempotency_key
-            && let Some(existing) = self.store.run_by_idempotency_key(&req.workflow.id, key).await?
+            && let Some(existing) = self
+                .store
+                .run_by_idempotency_key(&req.workflow.id, key)
+                .await?
         {
             return Ok(self.duplicate(existing, req.want_reply));
         }
@@ -303,7 +357,13 @@ impl Engine {
             trigger_kind: req.trigger_kind,
             idempotency_key: req.idempotency_key,
             parent_run_id: None,
-            cursor: Cursor::at(req.workflow.program.entry.map(|i| req.workflow.program.nodes[i].step.id.clone())).to_value(),
+            cursor: Cursor::at(
+                req.workflow
+                    .program
+                    .entry
+                    .map(|i| req.workflow.program.nodes[i].step.id.clone()),
+            )
+            .to_value(),
             context,
             created_at: now,
         };
@@ -311,7 +371,10 @@ impl Engine {
         let (first_tx, first_rx) = oneshot::channel();
         let engine = self.clone();
         let workflow = req.workflow.clone();
-        self.held.lock().expect("not poisoned").insert(run_id.clone());
+        self.held
+            .lock()
+            .expect("not poisoned")
+            .insert(run_id.clone());
         tokio::spawn(async move {
             engine.drive_new(new, workflow, first_tx).await;
         });
@@ -323,15 +386,16 @@ impl Engine {
             }),
             Ok(Ok(interpreter::FirstCommit::Duplicate(existing))) => {
                 drop(reply);
-                let existing = self
-                    .store
-                    .run(&existing)
-                    .await?
-                    .ok_or_else(|| EngineError::Invalid("the original run disappeared".into()))?;
+                let existing =
+                    self.store.run(&existing).await?.ok_or_else(|| {
+                        EngineError::Invalid("the original run disappeared".into())
+                    })?;
                 Ok(self.duplicate(existing, req.want_reply))
             }
             Ok(Err(e)) => Err(e),
-            Err(_) => Err(EngineError::Invalid("the run stopped before it was stored".into())),
+            Err(_) => Err(EngineError::Invalid(
+                "the run stopped before it was stored".into(),
+            )),
         }
     }
 
@@ -398,7 +462,12 @@ impl Engine {
     }
 
     /// Records an event from outside a run (the admin API) and starts its subscribers.
-    pub async fn emit(self: &Arc<Self>, name: &str, key: Option<&str>, data: Value) -> Result<String, EngineError> {
+    pub async fn emit(
+        self: &Arc<Self>,
+        name: &str,
+        key: Option<&str>,
+        data: Value,
+    ) -> Result<String, EngineError> {
         let now = self.now();
         let event = NewEvent {
             id: new_id(),
@@ -409,7 +478,9 @@ impl Engine {
             created_at: now,
         };
         let runs = self.subscriber_runs(&event, None, now)?;
-        self.store.insert_events(std::slice::from_ref(&event), &runs).await?;
+        self.store
+            .insert_events(std::slice::from_ref(&event), &runs)
+            .await?;
         if let Some(k) = key {
             self.store.wake_waiting(name, k, now).await?;
         }
@@ -431,7 +502,9 @@ impl Engine {
         let message = json!({"channel": channel, "from": from, "text": text, "id": provider_id});
         let event = NewEvent {
             // A provider's message id makes a redelivered message one event, not two.
-            id: provider_id.map(|p| format!("message:{channel}:{p}")).unwrap_or_else(new_id),
+            id: provider_id
+                .map(|p| format!("message:{channel}:{p}"))
+                .unwrap_or_else(new_id),
             name: format!("message.{channel}"),
             key: Some(from.to_owned()),
             data: message.clone(),
@@ -440,13 +513,25 @@ impl Engine {
         };
         let registry = self.registry();
         let mut runs = Vec::new();
-        for sub in registry.messages.get(channel).map(Vec::as_slice).unwrap_or_default() {
-            let crate::definitions::model::Trigger::Message(m) = &sub.workflow.workflow.triggers[sub.trigger] else {
+        for sub in registry
+            .messages
+            .get(channel)
+            .map(Vec::as_slice)
+            .unwrap_or_default()
+        {
+            let crate::definitions::model::Trigger::Message(m) =
+                &sub.workflow.workflow.triggers[sub.trigger]
+            else {
                 continue;
             };
             let trimmed = text.trim();
-            let keyword_ok = m.keyword.as_ref().is_none_or(|k| k.words().iter().any(|w| w.eq_ignore_ascii_case(trimmed)));
-            let pattern_ok = sub.workflow.patterns[sub.trigger].as_ref().is_none_or(|re| re.is_match(text));
+            let keyword_ok = m
+                .keyword
+                .as_ref()
+                .is_none_or(|k| k.words().iter().any(|w| w.eq_ignore_ascii_case(trimmed)));
+            let pattern_ok = sub.workflow.patterns[sub.trigger]
+                .as_ref()
+                .is_none_or(|re| re.is_match(text));
             if !(keyword_ok && pattern_ok) {
                 continue;
             }
@@ -460,7 +545,9 @@ impl Engine {
             ));
         }
         let ids = runs.iter().map(|r| r.id.clone()).collect();
-        self.store.insert_events(std::slice::from_ref(&event), &runs).await?;
+        self.store
+            .insert_events(std::slice::from_ref(&event), &runs)
+            .await?;
         self.store.wake_waiting(&event.name, from, now).await?;
         self.work_ready.notify_waiters();
         Ok(ids)
@@ -478,7 +565,10 @@ impl Engine {
     ) -> NewRun {
         let id = new_id();
         if let Some(obj) = context.as_object_mut() {
-            obj.insert("run".into(), json!({"id": id, "workflow": wf.id, "started_at": clock::rfc3339(now)}));
+            obj.insert(
+                "run".into(),
+                json!({"id": id, "workflow": wf.id, "started_at": clock::rfc3339(now)}),
+            );
             obj.entry("vars").or_insert(json!({}));
             obj.entry("steps").or_insert(json!({}));
             obj.entry("contact").or_insert(Value::Null);
@@ -490,7 +580,12 @@ impl Engine {
             trigger_kind: trigger_kind.to_owned(),
             idempotency_key,
             parent_run_id,
-            cursor: Cursor::at(wf.program.entry.map(|i| wf.program.nodes[i].step.id.clone())).to_value(),
+            cursor: Cursor::at(
+                wf.program
+                    .entry
+                    .map(|i| wf.program.nodes[i].step.id.clone()),
+            )
+            .to_value(),
             context,
             created_at: now,
         }
@@ -498,12 +593,24 @@ impl Engine {
 
     /// Runs of the workflows an event starts (those whose `event` trigger names it and whose
     /// filter passes).
-    pub fn subscriber_runs(&self, event: &NewEvent, source_run: Option<&str>, now: Millis) -> Result<Vec<NewRun>, EngineError> {
+    pub fn subscriber_runs(
+        &self,
+        event: &NewEvent,
+        source_run: Option<&str>,
+        now: Millis,
+    ) -> Result<Vec<NewRun>, EngineError> {
         let registry = self.registry();
         let mut runs = Vec::new();
         let event_value = json!({"name": event.name, "key": event.key, "data": event.data, "source_run_id": source_run});
-        for sub in registry.events.get(&event.name).map(Vec::as_slice).unwrap_or_default() {
-            let crate::definitions::model::Trigger::Event(t) = &sub.workflow.workflow.triggers[sub.trigger] else {
+        for sub in registry
+            .events
+            .get(&event.name)
+            .map(Vec::as_slice)
+            .unwrap_or_default()
+        {
+            let crate::definitions::model::Trigger::Event(t) =
+                &sub.workflow.workflow.triggers[sub.trigger]
+            else {
                 continue;
             };
             if let Some(filter) = &t.filter {
@@ -533,7 +640,15 @@ impl Engine {
     /// Cancels a run; a parent waiting on it wakes to see it.
     pub async fn cancel(&self, run_id: &str) -> Result<bool, EngineError> {
         let ok = self.store.cancel_run(run_id, self.now()).await?;
-        self.reply(run_id, &SyncReply::from_finished(run_id, RunStatus::Cancelled, &Value::Null, Some("the run was cancelled")));
+        self.reply(
+            run_id,
+            &SyncReply::from_finished(
+                run_id,
+                RunStatus::Cancelled,
+                &Value::Null,
+                Some("the run was cancelled"),
+            ),
+        );
         self.work_ready.notify_waiters();
         Ok(ok)
     }
@@ -552,7 +667,10 @@ pub fn load_registry(
     env: &EnvSource,
     generation: u64,
     now: Millis,
-) -> Result<(Registry, crate::definitions::diagnostics::Report), crate::definitions::diagnostics::Report> {
+) -> Result<
+    (Registry, crate::definitions::diagnostics::Report),
+    crate::definitions::diagnostics::Report,
+> {
     let mut opts = LoadOptions::new(EnvMode::Serve);
     opts.env = env.clone();
     let (project, report) = crate::definitions::project::load(layout, &opts);

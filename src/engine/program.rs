@@ -36,7 +36,10 @@ impl Program {
     }
 
     pub fn branch(&self, node: &Node, key: &str) -> Option<usize> {
-        node.branches.iter().find(|(k, _)| k == key).and_then(|(_, first)| *first)
+        node.branches
+            .iter()
+            .find(|(k, _)| k == key)
+            .and_then(|(_, first)| *first)
     }
 
     fn add_list(&mut self, steps: &[Step], cont: Option<usize>) -> Option<usize> {
@@ -64,13 +67,17 @@ impl Program {
                     ("else".to_owned(), self.add_list(else_, next)),
                 ],
                 Action::Switch { cases, default, .. } => {
-                    let mut b: Vec<(String, Option<usize>)> =
-                        cases.iter().map(|(k, v)| (format!("case:{k}"), self.add_list(v, next))).collect();
+                    let mut b: Vec<(String, Option<usize>)> = cases
+                        .iter()
+                        .map(|(k, v)| (format!("case:{k}"), self.add_list(v, next)))
+                        .collect();
                     b.push(("default".to_owned(), self.add_list(default, next)));
                     b
                 }
                 // The end of the body goes back to the loop, which moves to the next item.
-                Action::ForEach { steps: body, .. } => vec![("body".to_owned(), self.add_list(body, Some(me)))],
+                Action::ForEach { steps: body, .. } => {
+                    vec![("body".to_owned(), self.add_list(body, Some(me)))]
+                }
                 _ => Vec::new(),
             };
             self.nodes[me].branches = branches;

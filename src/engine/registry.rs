@@ -48,8 +48,12 @@ impl CompiledWorkflow {
         let mut resolved = def.doc.value.clone();
         env.resolve_json(&mut resolved)
             .map_err(|e| vec![def.file.whole(Diagnostic::error("unset-env", e))])?;
-        let wdef: WorkflowDef = serde_json::from_value(resolved)
-            .map_err(|e| vec![def.file.whole(Diagnostic::error("invalid-value", e.to_string()))])?;
+        let wdef: WorkflowDef = serde_json::from_value(resolved).map_err(|e| {
+            vec![
+                def.file
+                    .whole(Diagnostic::error("invalid-value", e.to_string())),
+            ]
+        })?;
         let steps = resolve_steps(wdef.steps, "/steps")
             .map_err(|e| vec![def.file.whole(Diagnostic::error("invalid-step", e))])?;
         let workflow = Workflow {
@@ -69,7 +73,10 @@ impl CompiledWorkflow {
                     Some(auth) => match Verifier::new(auth, env) {
                         Ok(v) => Some(v),
                         Err(e) => {
-                            errors.push(def.at_value(&format!("/triggers/{i}/webhook/auth"), Diagnostic::error("invalid-secret", e)));
+                            errors.push(def.at_value(
+                                &format!("/triggers/{i}/webhook/auth"),
+                                Diagnostic::error("invalid-secret", e),
+                            ));
                             None
                         }
                     },
@@ -160,7 +167,12 @@ pub struct RouteMatch {
 impl Registry {
     /// Compiles a validated project. Fails with diagnostics when a secret cannot be resolved or
     /// a channel cannot be built: a registry is complete or it is not made.
-    pub fn build(project: &Project, env: &EnvSource, generation: u64, now: Millis) -> Result<Registry, Vec<Diagnostic>> {
+    pub fn build(
+        project: &Project,
+        env: &EnvSource,
+        generation: u64,
+        now: Millis,
+    ) -> Result<Registry, Vec<Diagnostic>> {
         let mut errors = Vec::new();
         let mut workflows = HashMap::new();
         for def in &project.definitions {
@@ -190,24 +202,55 @@ impl Registry {
                 match t {
                     Trigger::Webhook(w) => {
                         let router = routes.entry(w.method.as_str().to_owned()).or_default();
-                        if let Err(e) = router.insert(w.path.clone(), Route { workflow: wf.clone(), trigger: i }) {
-                            errors.push(Diagnostic::error("duplicate-webhook", format!("webhook {} {}: {e}", w.method.as_str(), w.path)));
+                        if let Err(e) = router.insert(
+                            w.path.clone(),
+                            Route {
+                                workflow: wf.clone(),
+                                trigger: i,
+                            },
+                        ) {
+                            errors.push(Diagnostic::error(
+                                "duplicate-webhook",
+                                format!("webhook {} {}: {e}", w.method.as_str(), w.path),
+                            ));
                         }
                     }
-                    Trigger::Cron(c) => match (parse_schedule(&c.schedule), parse_timezone(&c.timezone)) {
-                        (Ok(cron), Ok(tz)) => crons.push(CronEntry {
-                            workflow: wf.clone(),
-                            trigger: i,
-                            key: format!("{} @ {}", c.schedule.split_whitespace().collect::<Vec<_>>().join(" "), c.timezone),
-                            spec: c.clone(),
-                            cron,
-                            tz,
-                        }),
-                        (Err(e), _) | (_, Err(e)) => errors.push(Diagnostic::error("invalid-cron", e)),
-                    },
-                    Trigger::Event(e) => events.entry(e.name.clone()).or_default().push(Subscription { workflow: wf.clone(), trigger: i }),
+                    Trigger::Cron(c) => {
+                        match (parse_schedule(&c.schedule), parse_timezone(&c.timezone)) {
+                            (Ok(cron), Ok(tz)) => crons.push(CronEntry {
+                                workflow: wf.clone(),
+                                trigger: i,
+                                key: format!(
+                                    "{} @ {}",
+                                    c.schedule.split_whitespace().collect::<Vec<_>>().join(" "),
+                                    c.timezone
+                                ),
+                                spec: c.clone(),
+                                cron,
+                                tz,
+                            }),
+                            (Err(e), _) | (_, Err(e)) => {
+                                errors.push(Diagnostic::error("invalid-cron", e))
+                            }
+                        }
+                    }
+                    Trigger::Event(e) => {
+                        events
+                            .entry(e.name.clone())
+                            .or_default()
+                            .push(Subscription {
+                                workflow: wf.clone(),
+                                trigger: i,
+                            })
+                    }
                     Trigger::Message(m) => {
-                        messages.entry(m.channel.clone()).or_default().push(Subscription { workflow: wf.clone(), trigger: i })
+                        messages
+                            .entry(m.channel.clone())
+                            .or_default()
+                            .push(Subscription {
+                                workflow: wf.clone(),
+                                trigger: i,
+                            })
                     }
                 }
             }
@@ -232,7 +275,11 @@ impl Registry {
     /// Finds the webhook for a method and path.
     pub fn route(&self, method: &str, path: &str) -> Option<RouteMatch> {
         let m = self.routes.get(method)?.at(path).ok()?;
-        let params = m.params.iter().map(|(k, v)| (k.to_owned(), Value::String(v.to_owned()))).collect();
+        let params = m
+            .params
+            .iter()
+            .map(|(k, v)| (k.to_owned(), Value::String(v.to_owned())))
+            .collect();
         Some(RouteMatch {
             route: m.value.clone(),
             params,

@@ -23,7 +23,12 @@ impl Engine {
         loop {
             let runs = self
                 .store
-                .claim_runs(&self.options.owner, self.now(), self.lease_ms(), CLAIM_BATCH as i64)
+                .claim_runs(
+                    &self.options.owner,
+                    self.now(),
+                    self.lease_ms(),
+                    CLAIM_BATCH as i64,
+                )
                 .await?;
             if runs.is_empty() {
                 return Ok(total);
@@ -57,10 +62,18 @@ impl Engine {
             tokio::pin!(notified);
             notified.as_mut().enable();
             let limit = free.min(CLAIM_BATCH) as i64;
-            match self.store.claim_runs(&self.options.owner, self.now(), self.lease_ms(), limit).await {
+            match self
+                .store
+                .claim_runs(&self.options.owner, self.now(), self.lease_ms(), limit)
+                .await
+            {
                 Ok(runs) if !runs.is_empty() => {
                     for run in runs {
-                        let permit = permits.clone().acquire_owned().await.expect("the semaphore is never closed");
+                        let permit = permits
+                            .clone()
+                            .acquire_owned()
+                            .await
+                            .expect("the semaphore is never closed");
                         let engine = self.clone();
                         tokio::spawn(async move {
                             engine.drive_claimed(run).await;
@@ -80,7 +93,10 @@ impl Engine {
                 }
             }
             let sleep = match self.store.next_due_at().await {
-                Ok(Some(due)) => self.clock.real(due - self.now()).clamp(Duration::from_millis(1), MAX_IDLE),
+                Ok(Some(due)) => self
+                    .clock
+                    .real(due - self.now())
+                    .clamp(Duration::from_millis(1), MAX_IDLE),
                 _ => MAX_IDLE,
             };
             tokio::select! {
@@ -90,14 +106,19 @@ impl Engine {
             }
         }
         // Let runs in progress reach their next commit.
-        let _ = permits.acquire_many(self.options.workers.max(1) as u32).await;
+        let _ = permits
+            .acquire_many(self.options.workers.max(1) as u32)
+            .await;
     }
 
     /// Renews the leases of runs this process is executing, so a long step (an HTTP call) does
     /// not let another process take the run over.
     pub async fn renew_leases(self: Arc<Self>, shutdown: CancellationToken) {
         // A third of the lease, in the clock's time, so two renewals can fail before it lapses.
-        let every = self.clock.real(self.lease_ms() / 3).max(Duration::from_millis(20));
+        let every = self
+            .clock
+            .real(self.lease_ms() / 3)
+            .max(Duration::from_millis(20));
         loop {
             tokio::select! {
                 _ = tokio::time::sleep(every) => {}
@@ -108,7 +129,11 @@ impl Engine {
                 continue;
             }
             let until = self.now() + self.lease_ms();
-            match self.store.renew_leases(&self.options.owner, &held, until).await {
+            match self
+                .store
+                .renew_leases(&self.options.owner, &held, until)
+                .await
+            {
                 Ok(lost) if !lost.is_empty() => {
                     // Usually a run that just committed a wait between the snapshot and the renewal;
                     // a run really taken over finds out at its next commit.

@@ -33,13 +33,26 @@ pub async fn require_key(State(state): State<Arc<AppState>>, req: Request, next:
     }
     let given = req.headers().get("x-api-key").and_then(|v| v.to_str().ok());
     let Some(given) = given else {
-        return ApiError::new(StatusCode::UNAUTHORIZED, "missing_credentials", "send the admin key in the x-api-key header").into_response();
+        return ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "missing_credentials",
+            "send the admin key in the x-api-key header",
+        )
+        .into_response();
     };
     let d = digest(given);
     // Compare against every key, without stopping at the first match.
-    let ok = state.admin_keys.iter().fold(0u8, |acc, k| acc | k.ct_eq(&d).unwrap_u8());
+    let ok = state
+        .admin_keys
+        .iter()
+        .fold(0u8, |acc, k| acc | k.ct_eq(&d).unwrap_u8());
     if ok != 1 {
-        return ApiError::new(StatusCode::UNAUTHORIZED, "invalid_credentials", "the x-api-key is not valid").into_response();
+        return ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "invalid_credentials",
+            "the x-api-key is not valid",
+        )
+        .into_response();
     }
     next.run(req).await
 }
@@ -102,7 +115,10 @@ fn summary(r: &RunRecord) -> Value {
     })
 }
 
-pub async fn list_runs(State(state): State<Arc<AppState>>, Query(q): Query<RunsQuery>) -> Result<Json<Value>, ApiError> {
+pub async fn list_runs(
+    State(state): State<Arc<AppState>>,
+    Query(q): Query<RunsQuery>,
+) -> Result<Json<Value>, ApiError> {
     let status = match q.status.as_deref() {
         Some(s) => Some(RunStatus::parse(s).ok_or_else(|| {
             ApiError::new(
@@ -125,11 +141,20 @@ pub async fn list_runs(State(state): State<Arc<AppState>>, Query(q): Query<RunsQ
         })
         .await
         .map_err(ApiError::unavailable)?;
-    let next = if runs.len() as i64 == limit { runs.last().map(|r| r.created_at) } else { None };
-    Ok(Json(json!({"runs": runs.iter().map(summary).collect::<Vec<_>>(), "next_before": next})))
+    let next = if runs.len() as i64 == limit {
+        runs.last().map(|r| r.created_at)
+    } else {
+        None
+    };
+    Ok(Json(
+        json!({"runs": runs.iter().map(summary).collect::<Vec<_>>(), "next_before": next}),
+    ))
 }
 
-pub async fn get_run(State(state): State<Arc<AppState>>, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
+pub async fn get_run(
+    State(state): State<Arc<AppState>>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
     let store = &state.engine.store;
     let run = store
         .run(&id)
@@ -137,12 +162,18 @@ pub async fn get_run(State(state): State<Arc<AppState>>, Path(id): Path<String>)
         .map_err(ApiError::unavailable)?
         .ok_or_else(|| ApiError::not_found(format!("no run {id}")))?;
     let steps = store.step_log(&id).await.map_err(ApiError::unavailable)?;
-    let messages = store.outbox_for_run(&id).await.map_err(ApiError::unavailable)?;
+    let messages = store
+        .outbox_for_run(&id)
+        .await
+        .map_err(ApiError::unavailable)?;
     let mut detail = summary(&run);
     if let Some(obj) = detail.as_object_mut() {
         obj.insert("cursor".into(), run.cursor.clone());
         obj.insert("context".into(), run.context.clone());
-        obj.insert("response".into(), run.response.clone().unwrap_or(Value::Null));
+        obj.insert(
+            "response".into(),
+            run.response.clone().unwrap_or(Value::Null),
+        );
         obj.insert("attempts".into(), json!(run.attempts));
         obj.insert("parent_run_id".into(), json!(run.parent_run_id));
     }
@@ -155,10 +186,15 @@ pub async fn get_run(State(state): State<Arc<AppState>>, Path(id): Path<String>)
             })
         })
         .collect();
-    Ok(Json(json!({"run": detail, "steps": steps, "messages": messages})))
+    Ok(Json(
+        json!({"run": detail, "steps": steps, "messages": messages}),
+    ))
 }
 
-pub async fn cancel_run(State(state): State<Arc<AppState>>, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
+pub async fn cancel_run(
+    State(state): State<Arc<AppState>>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
     let run = state
         .engine
         .store
@@ -167,16 +203,31 @@ pub async fn cancel_run(State(state): State<Arc<AppState>>, Path(id): Path<Strin
         .map_err(ApiError::unavailable)?
         .ok_or_else(|| ApiError::not_found(format!("no run {id}")))?;
     if run.status.is_finished() {
-        return Err(ApiError::new(StatusCode::CONFLICT, "already_finished", format!("run {id} is already {}", run.status.as_str())));
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "already_finished",
+            format!("run {id} is already {}", run.status.as_str()),
+        ));
     }
-    let ok = state.engine.cancel(&id).await.map_err(ApiError::unavailable)?;
+    let ok = state
+        .engine
+        .cancel(&id)
+        .await
+        .map_err(ApiError::unavailable)?;
     if !ok {
-        return Err(ApiError::new(StatusCode::CONFLICT, "already_finished", format!("run {id} finished meanwhile")));
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "already_finished",
+            format!("run {id} finished meanwhile"),
+        ));
     }
     Ok(Json(json!({"run_id": id, "status": "cancelled"})))
 }
 
-pub async fn retry_run(State(state): State<Arc<AppState>>, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
+pub async fn retry_run(
+    State(state): State<Arc<AppState>>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
     let run = state
         .engine
         .store
@@ -188,11 +239,20 @@ pub async fn retry_run(State(state): State<Arc<AppState>>, Path(id): Path<String
         return Err(ApiError::new(
             StatusCode::CONFLICT,
             "not_failed",
-            format!("run {id} is {}; only failed runs can be retried", run.status.as_str()),
+            format!(
+                "run {id} is {}; only failed runs can be retried",
+                run.status.as_str()
+            ),
         ));
     }
-    state.engine.retry(&id).await.map_err(ApiError::unavailable)?;
-    Ok(Json(json!({"run_id": id, "status": "pending", "step": run.cursor.get("step")})))
+    state
+        .engine
+        .retry(&id)
+        .await
+        .map_err(ApiError::unavailable)?;
+    Ok(Json(
+        json!({"run_id": id, "status": "pending", "step": run.cursor.get("step")}),
+    ))
 }
 
 #[derive(Debug, Deserialize)]
@@ -204,12 +264,24 @@ pub struct EmitBody {
     data: Value,
 }
 
-pub async fn emit_event(State(state): State<Arc<AppState>>, body: Result<Json<EmitBody>, axum::extract::rejection::JsonRejection>) -> Result<Response, ApiError> {
-    let Json(body) = body.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "malformed_json", e.body_text()))?;
+pub async fn emit_event(
+    State(state): State<Arc<AppState>>,
+    body: Result<Json<EmitBody>, axum::extract::rejection::JsonRejection>,
+) -> Result<Response, ApiError> {
+    let Json(body) =
+        body.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "malformed_json", e.body_text()))?;
     if body.name.trim().is_empty() {
-        return Err(ApiError::new(StatusCode::BAD_REQUEST, "invalid_event", "the event needs a `name`"));
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_event",
+            "the event needs a `name`",
+        ));
     }
-    let id = state.engine.emit(&body.name, body.key.as_deref(), body.data).await.map_err(ApiError::unavailable)?;
+    let id = state
+        .engine
+        .emit(&body.name, body.key.as_deref(), body.data)
+        .await
+        .map_err(ApiError::unavailable)?;
     Ok((StatusCode::ACCEPTED, Json(json!({"event_id": id}))).into_response())
 }
 
@@ -228,41 +300,73 @@ pub async fn inbound_message(
     Path(channel): Path<String>,
     body: Result<Json<MessageBody>, axum::extract::rejection::JsonRejection>,
 ) -> Result<Response, ApiError> {
-    let Json(body) = body.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "malformed_json", e.body_text()))?;
+    let Json(body) =
+        body.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "malformed_json", e.body_text()))?;
     if !state.engine.registry().channels.contains_key(&channel) {
-        return Err(ApiError::not_found(format!("no channel `{channel}` in herald.yaml")));
+        return Err(ApiError::not_found(format!(
+            "no channel `{channel}` in herald.yaml"
+        )));
     }
     // Replies are correlated by sender: phone numbers in E.164, e-mail in lower case.
     let from = if body.from.contains('@') {
         body.from.trim().to_lowercase()
     } else {
-        crate::templates::filters::normalize_phone(&body.from, "US").unwrap_or_else(|| body.from.trim().to_owned())
+        crate::templates::filters::normalize_phone(&body.from, "US")
+            .unwrap_or_else(|| body.from.trim().to_owned())
     };
     let runs = state
         .engine
         .inbound_message(&channel, &from, &body.text, body.id.as_deref())
         .await
         .map_err(ApiError::unavailable)?;
-    Ok((StatusCode::ACCEPTED, Json(json!({"from": from, "started_runs": runs}))).into_response())
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(json!({"from": from, "started_runs": runs})),
+    )
+        .into_response())
 }
 
-pub async fn cron_fires(State(state): State<Arc<AppState>>, Path(workflow): Path<String>) -> Result<Json<Value>, ApiError> {
-    let fires = state.engine.store.cron_fires(&workflow, 200).await.map_err(ApiError::unavailable)?;
+pub async fn cron_fires(
+    State(state): State<Arc<AppState>>,
+    Path(workflow): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let fires = state
+        .engine
+        .store
+        .cron_fires(&workflow, 200)
+        .await
+        .map_err(ApiError::unavailable)?;
     Ok(Json(json!({"workflow": workflow, "slots": fires})))
 }
 
 pub async fn reload(State(state): State<Arc<AppState>>) -> Result<Response, ApiError> {
     let sender = state.reloader.lock().expect("not poisoned").clone();
     let Some(sender) = sender else {
-        return Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "reload_unavailable", "reloading is not running"));
+        return Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "reload_unavailable",
+            "reloading is not running",
+        ));
     };
     let (tx, rx) = tokio::sync::oneshot::channel();
-    sender
-        .send(tx)
-        .map_err(|_| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "reload_unavailable", "reloading stopped"))?;
-    let status = rx
-        .await
-        .map_err(|_| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "reload_unavailable", "reloading stopped"))?;
-    let code = if status.ok { StatusCode::OK } else { StatusCode::UNPROCESSABLE_ENTITY };
+    sender.send(tx).map_err(|_| {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "reload_unavailable",
+            "reloading stopped",
+        )
+    })?;
+    let status = rx.await.map_err(|_| {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "reload_unavailable",
+            "reloading stopped",
+        )
+    })?;
+    let code = if status.ok {
+        StatusCode::OK
+    } else {
+        StatusCode::UNPROCESSABLE_ENTITY
+    };
     Ok((code, Json(json!({"reload": status}))).into_response())
 }

@@ -30,7 +30,11 @@ pub async fn health(State(state): State<Arc<AppState>>) -> Response {
         "reload": reload,
         "draining": engine.is_draining(),
     });
-    let code = if ok { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    let code = if ok {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
     (code, Json(body)).into_response()
 }
 
@@ -39,13 +43,21 @@ pub async fn metrics(State(state): State<Arc<AppState>>) -> Response {
     // Gauges come from the store, so they count every process's work, not just this one's.
     if let Ok(counts) = store.count_runs().await {
         for s in RunStatus::ALL {
-            let n = counts.iter().find(|(c, _)| *c == s).map(|(_, n)| *n).unwrap_or(0);
+            let n = counts
+                .iter()
+                .find(|(c, _)| *c == s)
+                .map(|(_, n)| *n)
+                .unwrap_or(0);
             metrics::gauge!("herald_runs", "status" => s.as_str()).set(n as f64);
         }
     }
     if let Ok(counts) = store.count_outbox().await {
         for s in OutboxStatus::ALL {
-            let n = counts.iter().find(|(c, _)| *c == s).map(|(_, n)| *n).unwrap_or(0);
+            let n = counts
+                .iter()
+                .find(|(c, _)| *c == s)
+                .map(|(_, n)| *n)
+                .unwrap_or(0);
             metrics::gauge!("herald_outbox_messages", "status" => s.as_str()).set(n as f64);
         }
     }

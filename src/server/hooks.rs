@@ -30,13 +30,23 @@ const SECRET_HEADERS: &[&str] = &[
     "svix-signature",
 ];
 
-pub async fn webhook(State(state): State<Arc<AppState>>, method: Method, uri: Uri, headers: HeaderMap, body: Body) -> Response {
+pub async fn webhook(
+    State(state): State<Arc<AppState>>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
     let engine = &state.engine;
     let registry = engine.registry();
     let path = normalize_path(uri.path());
     let Some(found) = registry.route(method.as_str(), &path) else {
         let e = if registry.path_exists(&path) {
-            ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", format!("{path} does not accept {method}"))
+            ApiError::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                format!("{path} does not accept {method}"),
+            )
         } else {
             ApiError::not_found(format!("no webhook at {method} {path}"))
         };
@@ -50,7 +60,10 @@ pub async fn webhook(State(state): State<Arc<AppState>>, method: Method, uri: Ur
 
     let finish = |r: Response| counted(r, &wf.id);
 
-    if let Some(len) = headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<usize>().ok())
+    if let Some(len) = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok())
         && len > limit
     {
         return finish(too_large(limit));
@@ -61,17 +74,26 @@ pub async fn webhook(State(state): State<Arc<AppState>>, method: Method, uri: Ur
     };
 
     let verified = match &wf.verifiers[found.route.trigger] {
-        Some(v) => match v.verify(&headers, &bytes, jiff::Timestamp::from_millisecond(engine.now()).unwrap_or_else(|_| jiff::Timestamp::now())) {
+        Some(v) => match v.verify(
+            &headers,
+            &bytes,
+            jiff::Timestamp::from_millisecond(engine.now())
+                .unwrap_or_else(|_| jiff::Timestamp::now()),
+        ) {
             Ok(v) => Some(v),
             Err(e) => {
                 tracing::info!(workflow = %wf.id, path = %path, error = %e, "webhook refused: authentication");
-                let mut resp = ApiError::new(StatusCode::UNAUTHORIZED, e.code(), e.to_string()).into_response();
+                let mut resp = ApiError::new(StatusCode::UNAUTHORIZED, e.code(), e.to_string())
+                    .into_response();
                 // RFC 9110 asks every 401 to name the scheme it wants.
                 let challenge = match &trigger.auth {
                     Some(WebhookAuth::Bearer(_)) => "Bearer",
                     _ => "Signature",
                 };
-                resp.headers_mut().insert(header::WWW_AUTHENTICATE, header::HeaderValue::from_static(challenge));
+                resp.headers_mut().insert(
+                    header::WWW_AUTHENTICATE,
+                    header::HeaderValue::from_static(challenge),
+                );
                 return finish(resp);
             }
         },
@@ -101,7 +123,11 @@ pub async fn webhook(State(state): State<Arc<AppState>>, method: Method, uri: Ur
     }
     let query: Map<String, Value> = uri
         .query()
-        .map(|q| form_urlencoded::parse(q.as_bytes()).map(|(k, v)| (k.into_owned(), Value::String(v.into_owned()))).collect())
+        .map(|q| {
+            form_urlencoded::parse(q.as_bytes())
+                .map(|(k, v)| (k.into_owned(), Value::String(v.into_owned())))
+                .collect()
+        })
         .unwrap_or_default();
     let context = json!({
         "trigger": {"kind": "webhook", "method": method.as_str(), "path": path},
@@ -112,12 +138,19 @@ pub async fn webhook(State(state): State<Arc<AppState>>, method: Method, uri: Ur
     });
 
     let idempotency_key = match &trigger.idempotency_key {
-        Some(tmpl) => match registry.templates.render_str(tmpl.as_str(), &crate::templates::context(&context)) {
+        Some(tmpl) => match registry
+            .templates
+            .render_str(tmpl.as_str(), &crate::templates::context(&context))
+        {
             Ok(k) if !k.trim().is_empty() => Some(k.trim().to_owned()),
             Ok(_) => {
                 return finish(
-                    ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "missing_idempotency_key", "the idempotency key is empty for this request")
-                        .into_response(),
+                    ApiError::new(
+                        StatusCode::UNPROCESSABLE_ENTITY,
+                        "missing_idempotency_key",
+                        "the idempotency key is empty for this request",
+                    )
+                    .into_response(),
                 );
             }
             Err(e) => {
@@ -152,16 +185,35 @@ pub async fn webhook(State(state): State<Arc<AppState>>, method: Method, uri: Ur
     metrics::counter!("herald_runs_started_total", "workflow" => wf.id.clone(), "trigger" => "webhook").increment(u64::from(!started.duplicate));
 
     if !sync {
-        let (status, word) = if started.duplicate { (StatusCode::OK, "duplicate") } else { (StatusCode::ACCEPTED, "accepted") };
-        return finish((status, axum::Json(json!({"run_id": started.run_id, "status": word}))).into_response());
+        let (status, word) = if started.duplicate {
+            (StatusCode::OK, "duplicate")
+        } else {
+            (StatusCode::ACCEPTED, "accepted")
+        };
+        return finish(
+            (
+                status,
+                axum::Json(json!({"run_id": started.run_id, "status": word})),
+            )
+                .into_response(),
+        );
     }
-    let reply = wait_for_reply(&state, &started.run_id, started.reply, trigger.timeout.as_std()).await;
+    let reply = wait_for_reply(
+        &state,
+        &started.run_id,
+        started.reply,
+        trigger.timeout.as_std(),
+    )
+    .await;
     finish(match reply {
         Some(r) => reply_response(r, &started.run_id, started.duplicate),
         None => ApiError::new(
             StatusCode::GATEWAY_TIMEOUT,
             "timeout",
-            format!("no reply within {}; the run ({}) goes on", trigger.timeout, started.run_id),
+            format!(
+                "no reply within {}; the run ({}) goes on",
+                trigger.timeout, started.run_id
+            ),
         )
         .into_response(),
     })
@@ -170,11 +222,19 @@ pub async fn webhook(State(state): State<Arc<AppState>>, method: Method, uri: Ur
 /// Waits for a sync run's reply: notified in-process when this process runs the step, and
 /// read from the store otherwise (the run may resume on another process after a wait).
 /// Dropping the waiter, on every way out, unregisters this caller.
-async fn wait_for_reply(state: &AppState, run_id: &str, waiter: Option<ReplyWaiter>, timeout: Duration) -> Option<SyncReply> {
+async fn wait_for_reply(
+    state: &AppState,
+    run_id: &str,
+    waiter: Option<ReplyWaiter>,
+    timeout: Duration,
+) -> Option<SyncReply> {
     let deadline = tokio::time::Instant::now() + timeout;
     let mut waiter = waiter?;
     loop {
-        let poll = tokio::time::sleep(Duration::from_millis(250).min(deadline.saturating_duration_since(tokio::time::Instant::now())));
+        let poll = tokio::time::sleep(
+            Duration::from_millis(250)
+                .min(deadline.saturating_duration_since(tokio::time::Instant::now())),
+        );
         tokio::select! {
             r = &mut waiter.rx => match r {
                 Ok(reply) => return Some(reply),
@@ -190,16 +250,24 @@ async fn wait_for_reply(state: &AppState, run_id: &str, waiter: Option<ReplyWait
                 return Some(SyncReply::from_value(r));
             }
             if run.status.is_finished() {
-                return Some(SyncReply::from_finished(run_id, run.status, &run.context, run.error.as_deref()));
+                return Some(SyncReply::from_finished(
+                    run_id,
+                    run.status,
+                    &run.context,
+                    run.error.as_deref(),
+                ));
             }
         }
     }
     // The sender was dropped without a reply: read the outcome once more.
     match state.engine.store.run(run_id).await {
         Ok(Some(run)) if run.response.is_some() => run.response.as_ref().map(SyncReply::from_value),
-        Ok(Some(run)) if run.status.is_finished() => {
-            Some(SyncReply::from_finished(run_id, run.status, &run.context, run.error.as_deref()))
-        }
+        Ok(Some(run)) if run.status.is_finished() => Some(SyncReply::from_finished(
+            run_id,
+            run.status,
+            &run.context,
+            run.error.as_deref(),
+        )),
         _ => None,
     }
 }
@@ -212,7 +280,10 @@ fn reply_response(reply: SyncReply, run_id: &str, duplicate: bool) -> Response {
         other => (status, axum::Json(other.clone())).into_response(),
     };
     for (k, v) in &reply.headers {
-        if let (Ok(name), Ok(value)) = (header::HeaderName::try_from(k.as_str()), header::HeaderValue::try_from(v.as_str())) {
+        if let (Ok(name), Ok(value)) = (
+            header::HeaderName::try_from(k.as_str()),
+            header::HeaderValue::try_from(v.as_str()),
+        ) {
             resp.headers_mut().insert(name, value);
         }
     }
@@ -220,19 +291,30 @@ fn reply_response(reply: SyncReply, run_id: &str, duplicate: bool) -> Response {
         resp.headers_mut().insert("x-herald-run-id", v);
     }
     if duplicate {
-        resp.headers_mut().insert("x-herald-duplicate", header::HeaderValue::from_static("true"));
+        resp.headers_mut().insert(
+            "x-herald-duplicate",
+            header::HeaderValue::from_static("true"),
+        );
     }
     resp
 }
 
 fn too_large(limit: usize) -> Response {
-    ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "body_too_large", format!("the body is larger than the limit of {limit} bytes"))
-        .into_response()
+    ApiError::new(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "body_too_large",
+        format!("the body is larger than the limit of {limit} bytes"),
+    )
+    .into_response()
 }
 
 /// `/hooks/x/` and `/hooks/x` are the same webhook.
 pub fn normalize_path(path: &str) -> String {
-    if path.len() > 1 { path.trim_end_matches('/').to_owned() } else { path.to_owned() }
+    if path.len() > 1 {
+        path.trim_end_matches('/').to_owned()
+    } else {
+        path.to_owned()
+    }
 }
 
 /// JSON, form-encoded and text bodies become the run's `body`; anything else is refused.
@@ -249,10 +331,16 @@ fn parse_body(headers: &HeaderMap, bytes: &[u8]) -> Result<Value, ApiError> {
         .unwrap_or("")
         .trim()
         .to_ascii_lowercase();
-    let is_json = content_type.is_empty() || content_type == "application/json" || content_type.ends_with("+json");
+    let is_json = content_type.is_empty()
+        || content_type == "application/json"
+        || content_type.ends_with("+json");
     if is_json {
         return serde_json::from_slice(bytes).map_err(|e| {
-            ApiError::new(StatusCode::BAD_REQUEST, "malformed_json", format!("the body is not valid JSON: {e}"))
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "malformed_json",
+                format!("the body is not valid JSON: {e}"),
+            )
         });
     }
     if content_type == "application/x-www-form-urlencoded" {
@@ -264,7 +352,13 @@ fn parse_body(headers: &HeaderMap, bytes: &[u8]) -> Result<Value, ApiError> {
     if content_type.starts_with("text/") {
         return std::str::from_utf8(bytes)
             .map(|s| Value::String(s.to_owned()))
-            .map_err(|_| ApiError::new(StatusCode::BAD_REQUEST, "malformed_body", "the text body is not valid UTF-8"));
+            .map_err(|_| {
+                ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    "malformed_body",
+                    "the text body is not valid UTF-8",
+                )
+            });
     }
     Err(ApiError::new(
         StatusCode::UNSUPPORTED_MEDIA_TYPE,

@@ -37,7 +37,9 @@ pub struct AppState {
     pub reload: Mutex<ReloadStatus>,
     pub started_at: Millis,
     /// Triggers a reload (the admin endpoint); hot reload installs it.
-    pub reloader: Mutex<Option<tokio::sync::mpsc::UnboundedSender<tokio::sync::oneshot::Sender<ReloadStatus>>>>,
+    pub reloader: Mutex<
+        Option<tokio::sync::mpsc::UnboundedSender<tokio::sync::oneshot::Sender<ReloadStatus>>>,
+    >,
 }
 
 impl std::fmt::Debug for AppState {
@@ -57,11 +59,22 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/messages/{channel}", post(admin::inbound_message))
         .route("/cron/{workflow}", get(admin::cron_fires))
         .route("/reload", post(admin::reload))
-        .route_layer(axum::middleware::from_fn_with_state(state.clone(), admin::require_key))
-        .method_not_allowed_fallback(|method: axum::http::Method, uri: axum::http::Uri| async move {
-            ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", format!("{} does not accept {method}", uri.path()))
-        })
-        .fallback(|uri: axum::http::Uri| async move { ApiError::not_found(format!("no admin endpoint at {}", uri.path())) });
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            admin::require_key,
+        ))
+        .method_not_allowed_fallback(
+            |method: axum::http::Method, uri: axum::http::Uri| async move {
+                ApiError::new(
+                    StatusCode::METHOD_NOT_ALLOWED,
+                    "method_not_allowed",
+                    format!("{} does not accept {method}", uri.path()),
+                )
+            },
+        )
+        .fallback(|uri: axum::http::Uri| async move {
+            ApiError::not_found(format!("no admin endpoint at {}", uri.path()))
+        });
     Router::new()
         .route("/health", get(health::health))
         .route("/metrics", get(health::metrics))
@@ -93,13 +106,21 @@ impl ApiError {
 
     pub fn unavailable(e: impl std::fmt::Display) -> ApiError {
         tracing::error!(error = %e, "request failed on the store");
-        ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", "the database is not answering; nothing was stored")
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            "the database is not answering; nothing was stored",
+        )
     }
 }
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        (self.status, axum::Json(json!({"error": self.code, "message": self.message}))).into_response()
+        (
+            self.status,
+            axum::Json(json!({"error": self.code, "message": self.message})),
+        )
+            .into_response()
     }
 }
 
@@ -109,7 +130,10 @@ pub fn metrics_handle() -> PrometheusHandle {
     HANDLE
         .get_or_init(|| {
             let recorder = metrics_exporter_prometheus::PrometheusBuilder::new()
-                .set_buckets(&[0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0])
+                .set_buckets(&[
+                    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+                    10.0,
+                ])
                 .expect("static buckets are valid")
                 .build_recorder();
             let handle = recorder.handle();

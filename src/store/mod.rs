@@ -9,6 +9,7 @@
 //! Times are unix milliseconds from the engine's clock, passed in by the caller, so a virtual
 //! clock governs timers and leases in tests.
 
+mod group_commit;
 pub mod postgres;
 mod rows;
 pub mod sqlite;
@@ -80,7 +81,10 @@ impl RunStatus {
     }
 
     pub fn is_finished(self) -> bool {
-        matches!(self, RunStatus::Completed | RunStatus::Failed | RunStatus::Cancelled)
+        matches!(
+            self,
+            RunStatus::Completed | RunStatus::Failed | RunStatus::Cancelled
+        )
     }
 }
 
@@ -147,7 +151,10 @@ pub enum RunWrite {
     /// Create the run with this state (a run started and advanced in one go). Fails with
     /// [`CommitOutcome::Duplicate`] if its idempotency key was already used. With an `owner`
     /// and a `running` state, the run is created leased to that worker.
-    Insert { run: Box<NewRun>, owner: Option<String> },
+    Insert {
+        run: Box<NewRun>,
+        owner: Option<String>,
+    },
     /// Update a run this worker holds. Fails with [`StoreError::LeaseLost`] if it does not
     /// hold it any more.
     Update { run_id: String, owner: String },
@@ -198,8 +205,12 @@ pub enum OutboxStatus {
 }
 
 impl OutboxStatus {
-    pub const ALL: [OutboxStatus; 4] =
-        [OutboxStatus::Pending, OutboxStatus::Sending, OutboxStatus::Sent, OutboxStatus::Failed];
+    pub const ALL: [OutboxStatus; 4] = [
+        OutboxStatus::Pending,
+        OutboxStatus::Sending,
+        OutboxStatus::Sent,
+        OutboxStatus::Failed,
+    ];
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -242,10 +253,17 @@ pub struct OutboxRecord {
 /// What a delivery attempt came to.
 #[derive(Debug, Clone, PartialEq)]
 pub enum DeliveryOutcome {
-    Sent { provider_id: Option<String> },
+    Sent {
+        provider_id: Option<String>,
+    },
     /// Try again at `next_attempt_at`.
-    Retry { error: String, next_attempt_at: Millis },
-    Failed { error: String },
+    Retry {
+        error: String,
+        next_attempt_at: Millis,
+    },
+    Failed {
+        error: String,
+    },
 }
 
 /// A contact as stored.
@@ -377,7 +395,13 @@ impl CronOutcome {
     }
 
     pub fn parse(s: &str) -> Option<CronOutcome> {
-        [CronOutcome::Fired, CronOutcome::Skipped, CronOutcome::Missed].into_iter().find(|o| o.as_str() == s)
+        [
+            CronOutcome::Fired,
+            CronOutcome::Skipped,
+            CronOutcome::Missed,
+        ]
+        .into_iter()
+        .find(|o| o.as_str() == s)
     }
 }
 
@@ -427,14 +451,29 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     /// Writes one segment atomically (see [`Commit`]).
     async fn commit(&self, commit: Commit) -> Result<CommitOutcome>;
     async fn run(&self, id: &str) -> Result<Option<RunRecord>>;
-    async fn run_by_idempotency_key(&self, workflow_id: &str, key: &str) -> Result<Option<RunRecord>>;
+    async fn run_by_idempotency_key(
+        &self,
+        workflow_id: &str,
+        key: &str,
+    ) -> Result<Option<RunRecord>>;
     async fn list_runs(&self, filter: &RunFilter) -> Result<Vec<RunRecord>>;
     async fn step_log(&self, run_id: &str) -> Result<Vec<StepLogEntry>>;
     /// Claims up to `limit` due runs for `owner` until `now + lease_ms`, oldest due first.
     /// Several processes may call this at once; each due run goes to exactly one of them.
-    async fn claim_runs(&self, owner: &str, now: Millis, lease_ms: i64, limit: i64) -> Result<Vec<RunRecord>>;
+    async fn claim_runs(
+        &self,
+        owner: &str,
+        now: Millis,
+        lease_ms: i64,
+        limit: i64,
+    ) -> Result<Vec<RunRecord>>;
     /// Extends the lease on runs `owner` still holds; returns the ids it no longer holds.
-    async fn renew_leases(&self, owner: &str, run_ids: &[String], until: Millis) -> Result<Vec<String>>;
+    async fn renew_leases(
+        &self,
+        owner: &str,
+        run_ids: &[String],
+        until: Millis,
+    ) -> Result<Vec<String>>;
     /// Makes every run `owner` holds due now, for another worker (on shutdown).
     async fn release_runs(&self, owner: &str, now: Millis) -> Result<u64>;
     /// The earliest `due_at` of any unfinished run.
@@ -451,24 +490,55 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     /// Makes runs waiting for `(name, key)` due now. Call it after the event is committed.
     async fn wake_waiting(&self, name: &str, key: &str, now: Millis) -> Result<u64>;
     /// The oldest matching event created at or after `since` whose id is not in `exclude`.
-    async fn find_event(&self, name: &str, key: &str, since: Millis, exclude: &[String]) -> Result<Option<EventRecord>>;
+    async fn find_event(
+        &self,
+        name: &str,
+        key: &str,
+        since: Millis,
+        exclude: &[String],
+    ) -> Result<Option<EventRecord>>;
 
     // Contacts.
     async fn contact(&self, id: &str) -> Result<Option<Contact>>;
-    async fn find_contact(&self, email: Option<&str>, phone: Option<&str>) -> Result<Option<Contact>>;
+    async fn find_contact(
+        &self,
+        email: Option<&str>,
+        phone: Option<&str>,
+    ) -> Result<Option<Contact>>;
 
     // Outbox.
-    async fn claim_outbox(&self, owner: &str, now: Millis, lease_ms: i64, limit: i64) -> Result<Vec<OutboxRecord>>;
+    async fn claim_outbox(
+        &self,
+        owner: &str,
+        now: Millis,
+        lease_ms: i64,
+        limit: i64,
+    ) -> Result<Vec<OutboxRecord>>;
     /// Records a delivery attempt's outcome, if `owner` still holds the message.
-    async fn finish_delivery(&self, id: &str, owner: &str, outcome: DeliveryOutcome, now: Millis) -> Result<bool>;
+    async fn finish_delivery(
+        &self,
+        id: &str,
+        owner: &str,
+        outcome: DeliveryOutcome,
+        now: Millis,
+    ) -> Result<bool>;
     async fn outbox_for_run(&self, run_id: &str) -> Result<Vec<OutboxRecord>>;
     async fn count_outbox(&self) -> Result<Vec<(OutboxStatus, i64)>>;
     async fn next_outbox_at(&self) -> Result<Option<Millis>>;
 
     // Cron.
-    async fn cron_checked_until(&self, workflow_id: &str, trigger_key: &str) -> Result<Option<Millis>>;
+    async fn cron_checked_until(
+        &self,
+        workflow_id: &str,
+        trigger_key: &str,
+    ) -> Result<Option<Millis>>;
     /// Moves the checked-until mark forward (never back).
-    async fn set_cron_checked_until(&self, workflow_id: &str, trigger_key: &str, until: Millis) -> Result<()>;
+    async fn set_cron_checked_until(
+        &self,
+        workflow_id: &str,
+        trigger_key: &str,
+        until: Millis,
+    ) -> Result<()>;
     /// Records a slot's outcome, starting `run` with it when it fired. False, with nothing
     /// written, when the slot was already recorded (by this or another process).
     async fn record_cron_fire(&self, fire: &CronFire, run: Option<&NewRun>) -> Result<bool>;
@@ -499,7 +569,12 @@ pub fn redact_url(url: &str) -> String {
         (Some(scheme), Some(at)) if at > scheme => {
             let creds = &url[scheme + 3..at];
             match creds.find(':') {
-                Some(colon) => format!("{}{}:***{}", &url[..scheme + 3], &creds[..colon], &url[at..]),
+                Some(colon) => format!(
+                    "{}{}:***{}",
+                    &url[..scheme + 3],
+                    &creds[..colon],
+                    &url[at..]
+                ),
                 None => url.to_owned(),
             }
         }

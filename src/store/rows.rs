@@ -7,8 +7,10 @@ use serde_json::Value;
 use super::{Result, StoreError};
 
 pub(super) fn json(text: Option<String>, column: &str) -> Result<Option<Value>> {
-    text.map(|t| serde_json::from_str(&t).map_err(|e| StoreError::Corrupt(format!("{column}: {e}"))))
-        .transpose()
+    text.map(|t| {
+        serde_json::from_str(&t).map_err(|e| StoreError::Corrupt(format!("{column}: {e}")))
+    })
+    .transpose()
 }
 
 pub(super) fn json_required(text: String, column: &str) -> Result<Value> {
@@ -47,8 +49,9 @@ macro_rules! decode_run {
             id: row.try_get("id")?,
             workflow_id: row.try_get("workflow_id")?,
             version: row.try_get("version")?,
-            status: $crate::store::RunStatus::parse(&status)
-                .ok_or_else(|| $crate::store::StoreError::Corrupt(format!("run status `{status}`")))?,
+            status: $crate::store::RunStatus::parse(&status).ok_or_else(|| {
+                $crate::store::StoreError::Corrupt(format!("run status `{status}`"))
+            })?,
             trigger_kind: row.try_get("trigger_kind")?,
             idempotency_key: row.try_get("idempotency_key")?,
             cursor: $crate::store::rows::json_required(row.try_get("cursor")?, "cursor")?,
@@ -87,8 +90,9 @@ macro_rules! decode_outbox {
             html: row.try_get("html")?,
             headers: $crate::store::rows::json_required(row.try_get("headers")?, "headers")?,
             idempotency_key: row.try_get("idempotency_key")?,
-            status: $crate::store::OutboxStatus::parse(&status)
-                .ok_or_else(|| $crate::store::StoreError::Corrupt(format!("outbox status `{status}`")))?,
+            status: $crate::store::OutboxStatus::parse(&status).ok_or_else(|| {
+                $crate::store::StoreError::Corrupt(format!("outbox status `{status}`"))
+            })?,
             attempts: row.try_get("attempts")?,
             max_attempts: row.try_get("max_attempts")?,
             next_attempt_at: row.try_get("next_attempt_at")?,
@@ -104,10 +108,11 @@ macro_rules! decode_contact {
     ($row:expr) => {{
         use sqlx::Row as _;
         let row = $row;
-        let attributes = match $crate::store::rows::json_required(row.try_get("attributes")?, "attributes")? {
-            serde_json::Value::Object(m) => m,
-            _ => serde_json::Map::new(),
-        };
+        let attributes =
+            match $crate::store::rows::json_required(row.try_get("attributes")?, "attributes")? {
+                serde_json::Value::Object(m) => m,
+                _ => serde_json::Map::new(),
+            };
         $crate::store::Contact {
             id: row.try_get("id")?,
             email: row.try_get("email")?,
@@ -165,8 +170,9 @@ macro_rules! decode_cron_fire {
             workflow_id: row.try_get("workflow_id")?,
             trigger_key: row.try_get("trigger_key")?,
             slot: row.try_get("slot")?,
-            outcome: $crate::store::CronOutcome::parse(&outcome)
-                .ok_or_else(|| $crate::store::StoreError::Corrupt(format!("cron outcome `{outcome}`")))?,
+            outcome: $crate::store::CronOutcome::parse(&outcome).ok_or_else(|| {
+                $crate::store::StoreError::Corrupt(format!("cron outcome `{outcome}`"))
+            })?,
             reason: row.try_get("reason")?,
             run_id: row.try_get("run_id")?,
             recorded_at: row.try_get("recorded_at")?,
@@ -189,4 +195,7 @@ macro_rules! decode_definition {
     }};
 }
 
-pub(crate) use {contact_columns, outbox_columns, run_columns, decode_contact, decode_cron_fire, decode_definition, decode_event, decode_outbox, decode_run, decode_step};
+pub(crate) use {
+    contact_columns, decode_contact, decode_cron_fire, decode_definition, decode_event,
+    decode_outbox, decode_run, decode_step, outbox_columns, run_columns,
+};

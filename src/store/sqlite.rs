@@ -10,12 +10,14 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
+};
 use sqlx::{Sqlite, Transaction};
 
 use super::rows::{
-    contact_columns, decode_contact, decode_cron_fire, decode_definition, decode_event, decode_outbox, decode_run,
-    decode_step, outbox_columns, run_columns, to_text,
+    contact_columns, decode_contact, decode_cron_fire, decode_definition, decode_event,
+    decode_outbox, decode_run, decode_step, outbox_columns, run_columns, to_text,
 };
 use super::*;
 
@@ -23,7 +25,17 @@ static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite")
 
 #[derive(Debug, Clone)]
 pub struct SqliteStore {
-    pool: SqlitePool,
+    /// Readers; WAL lets them run beside the writer.
+    pub(super) pool: SqlitePool,
+    /// The one connection that writes. SQLite has one writer at a time anyway; queueing
+    /// writers here, on an async pool, avoids SQLite's busy handler, which sleeps and retries
+    /// and turns contention into milliseconds of latency.
+    pub(super) writer: SqlitePool,
+    /// Segment commits, written in batches by one task (see `group_commit`).
+    jobs: tokio::sync::mpsc::UnboundedSender<super::group_commit::Job>,
+    /// Set by the background checkpointer when the WAL is long; the writer then finishes the
+    /// checkpoint between two batches (see `checkpoint_loop`).
+    pub(super) checkpoint_due: std::sync::Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl SqliteStore {
@@ -41,199 +53,57 @@ impl SqliteStore {
             .busy_timeout(Duration::from_secs(10))
             .pragma("temp_store", "memory")
             .pragma("cache_size", "-8000");
+        // The writer never checkpoints: a checkpoint copies the WAL into the database file and
+        // would stall every commit queued behind it. A separate connection checkpoints in the
+        // background instead, without blocking writers.
+        let writer = SqlitePoolOptions::new()
+            .max_connections(1)
+            .min_connections(1)
+            .connect_with(options.clone().pragma("wal_autocheckpoint", "0"))
+            .await?;
+        MIGRATOR.run(&writer).await?;
+        let checkpointer = SqlitePoolOptions::new()
+            .max_connections(1)
+            .min_connections(1)
+            .connect_with(options.clone())
+            .await?;
         let pool = SqlitePoolOptions::new()
             .max_connections(4)
             .min_connections(1)
-            .connect_with(options)
+            .connect_with(options.read_only(true))
             .await?;
-        MIGRATOR.run(&pool).await?;
-        Ok(SqliteStore { pool })
+        let (jobs, queue) = tokio::sync::mpsc::unbounded_channel();
+        // The writer gets a handle without a sender to its own queue, so the queue closes, and
+        // the task ends, when the last store handle is dropped.
+        let (unused, _) = tokio::sync::mpsc::unbounded_channel();
+        let checkpoint_due = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let for_writer = SqliteStore {
+            pool: pool.clone(),
+            writer: writer.clone(),
+            jobs: unused,
+            checkpoint_due: checkpoint_due.clone(),
+        };
+        tokio::spawn(super::group_commit::run(for_writer, queue));
+        tokio::spawn(checkpoint_loop(
+            checkpointer,
+            jobs.downgrade(),
+            checkpoint_due.clone(),
+        ));
+        Ok(SqliteStore {
+            pool,
+            writer,
+            jobs,
+            checkpoint_due,
+        })
     }
 
     async fn write_tx(&self) -> Result<Transaction<'static, Sqlite>> {
-        Ok(self.pool.begin_with("BEGIN IMMEDIATE").await?)
-    }
-}
-
-async fn insert_run(tx: &mut Transaction<'_, Sqlite>, run: &NewRun, state: Option<(&RunState, Option<&str>)>) -> Result<bool> {
-    let (status, version, cursor, context, due_at, wait_event, wait_key, attempts, contact_id, response, error, finished_at, owner) =
-        match state {
-            Some((s, owner)) => (
-                s.status.as_str(),
-                s.version.as_str(),
-                to_text(&s.cursor),
-                to_text(&s.context),
-                s.due_at,
-                s.wait_event.clone(),
-                s.wait_key.clone(),
-                s.attempts,
-                s.contact_id.clone(),
-                s.response.as_ref().map(to_text),
-                s.error.clone(),
-                s.finished_at,
-                if s.status == RunStatus::Running { owner.map(str::to_owned) } else { None },
-            ),
-            None => (
-                RunStatus::Pending.as_str(),
-                run.version.as_str(),
-                to_text(&run.cursor),
-                to_text(&run.context),
-                Some(run.created_at),
-                None,
-                None,
-                0,
-                None,
-                None,
-                None,
-                None,
-                None,
-            ),
-        };
-    let result = sqlx::query(
-        "INSERT INTO runs (id, workflow_id, version, status, trigger_kind, idempotency_key, cursor, context, due_at,
-             wait_event, wait_key, lease_owner, attempts, contact_id, parent_run_id, response, error, created_at, updated_at, finished_at)
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
-         ON CONFLICT (workflow_id, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING",
-    )
-    .bind(&run.id)
-    .bind(&run.workflow_id)
-    .bind(version)
-    .bind(status)
-    .bind(&run.trigger_kind)
-    .bind(&run.idempotency_key)
-    .bind(cursor)
-    .bind(context)
-    .bind(due_at)
-    .bind(wait_event)
-    .bind(wait_key)
-    .bind(owner)
-    .bind(attempts)
-    .bind(contact_id)
-    .bind(&run.parent_run_id)
-    .bind(response)
-    .bind(error)
-    .bind(run.created_at)
-    .bind(run.created_at)
-    .bind(finished_at)
-    .execute(&mut **tx)
-    .await?;
-    Ok(result.rows_affected() == 1)
-}
-
-async fn upsert_contact(tx: &mut Transaction<'_, Sqlite>, u: &ContactUpsert) -> Result<Contact> {
-    let by_email = match &u.email {
-        Some(e) => sqlx::query(concat!("SELECT ", contact_columns!(), " FROM contacts WHERE email = ?"))
-            .bind(e)
-            .fetch_optional(&mut **tx)
-            .await?
-            .map(|r| Ok::<_, StoreError>(decode_contact!(&r)))
-            .transpose()?,
-        None => None,
-    };
-    let existing = match (by_email, &u.phone) {
-        (Some(c), _) => Some(c),
-        (None, Some(p)) => sqlx::query(concat!("SELECT ", contact_columns!(), " FROM contacts WHERE phone = ?"))
-            .bind(p)
-            .fetch_optional(&mut **tx)
-            .await?
-            .map(|r| Ok::<_, StoreError>(decode_contact!(&r)))
-            .transpose()?,
-        (None, None) => None,
-    };
-    let is_new = existing.is_none();
-    let mut merged = u.apply(existing.clone());
-    // An e-mail or phone already belonging to someone else stays theirs: two people are not
-    // merged by accident, and the unique constraint holds.
-    for (field, column) in [(&mut merged.email, "email"), (&mut merged.phone, "phone")] {
-        if let Some(value) = field.clone() {
-            let taken: Option<String> = sqlx::query_scalar(if column == "email" {
-                "SELECT id FROM contacts WHERE email = ? AND id <> ?"
-            } else {
-                "SELECT id FROM contacts WHERE phone = ? AND id <> ?"
-            })
-            .bind(&value)
-            .bind(&merged.id)
-            .fetch_optional(&mut **tx)
-            .await?;
-            if taken.is_some() {
-                *field = existing.as_ref().and_then(|c| if column == "email" { c.email.clone() } else { c.phone.clone() });
-            }
-        }
-    }
-    let attributes = to_text(&serde_json::Value::Object(merged.attributes.clone()));
-    if is_new {
-        sqlx::query(
-            "INSERT INTO contacts (id, email, phone, first_name, last_name, status, timezone, attributes, created_at, updated_at)
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-        )
-        .bind(&merged.id)
-        .bind(&merged.email)
-        .bind(&merged.phone)
-        .bind(&merged.first_name)
-        .bind(&merged.last_name)
-        .bind(&merged.status)
-        .bind(&merged.timezone)
-        .bind(attributes)
-        .bind(merged.created_at)
-        .bind(merged.updated_at)
-        .execute(&mut **tx)
-        .await?;
-    } else {
-        sqlx::query(
-            "UPDATE contacts SET email = ?, phone = ?, first_name = ?, last_name = ?, status = ?, timezone = ?,
-                 attributes = ?, updated_at = ? WHERE id = ?",
-        )
-        .bind(&merged.email)
-        .bind(&merged.phone)
-        .bind(&merged.first_name)
-        .bind(&merged.last_name)
-        .bind(&merged.status)
-        .bind(&merged.timezone)
-        .bind(attributes)
-        .bind(merged.updated_at)
-        .bind(&merged.id)
-        .execute(&mut **tx)
-        .await?;
-    }
-    Ok(merged)
-}
-
-#[async_trait]
-impl Store for SqliteStore {
-    fn backend(&self) -> &'static str {
-        "sqlite"
+        Ok(self.writer.begin_with("BEGIN IMMEDIATE").await?)
     }
 
-    async fn ping(&self) -> Result<()> {
-        sqlx::query("SELECT 1").execute(&self.pool).await?;
-        Ok(())
-    }
-
-    async fn save_definition(&self, v: &DefinitionVersion) -> Result<()> {
-        sqlx::query(
-            "INSERT INTO definitions (hash, id, kind, source, document, first_seen_at) VALUES (?, ?, ?, ?, ?, ?)
-             ON CONFLICT (hash) DO NOTHING",
-        )
-        .bind(&v.hash)
-        .bind(&v.id)
-        .bind(&v.kind)
-        .bind(&v.source)
-        .bind(to_text(&v.document))
-        .bind(v.first_seen_at)
-        .execute(&self.pool)
-        .await?;
-        Ok(())
-    }
-
-    async fn definition(&self, hash: &str) -> Result<Option<DefinitionVersion>> {
-        let row = sqlx::query("SELECT hash, id, kind, source, document, first_seen_at FROM definitions WHERE hash = ?")
-            .bind(hash)
-            .fetch_optional(&self.pool)
-            .await?;
-        row.map(|r| Ok(decode_definition!(&r))).transpose()
-    }
-
-    async fn commit(&self, c: Commit) -> Result<CommitOutcome> {
+    /// Writes one commit in its own transaction: the exact path, used when a batch cannot
+    /// be written whole (a duplicate, a lost lease, a contact upsert).
+    pub(super) async fn commit_single(&self, c: Commit) -> Result<CommitOutcome> {
         let mut tx = self.write_tx().await?;
         let s = &c.state;
         let run_id = match &c.run {
@@ -245,8 +115,12 @@ impl Store for SqliteStore {
                         .run_by_idempotency_key(&run.workflow_id, key)
                         .await?
                         .map(|r| r.id)
-                        .ok_or_else(|| StoreError::Corrupt("idempotency conflict without a run".into()))?;
-                    return Ok(CommitOutcome::Duplicate { existing_run_id: existing });
+                        .ok_or_else(|| {
+                            StoreError::Corrupt("idempotency conflict without a run".into())
+                        })?;
+                    return Ok(CommitOutcome::Duplicate {
+                        existing_run_id: existing,
+                    });
                 }
                 run.id.clone()
             }
@@ -341,31 +215,268 @@ impl Store for SqliteStore {
             contacts.push(upsert_contact(&mut tx, u).await?);
         }
         for id in &c.wake_runs {
-            sqlx::query("UPDATE runs SET due_at = ?, updated_at = ? WHERE id = ? AND status = 'waiting'")
-                .bind(c.now)
-                .bind(c.now)
-                .bind(id)
-                .execute(&mut *tx)
-                .await?;
+            sqlx::query(
+                "UPDATE runs SET due_at = ?, updated_at = ? WHERE id = ? AND status = 'waiting'",
+            )
+            .bind(c.now)
+            .bind(c.now)
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
         }
         tx.commit().await?;
         Ok(CommitOutcome::Committed { contacts })
     }
+}
 
-    async fn run(&self, id: &str) -> Result<Option<RunRecord>> {
-        let row = sqlx::query(concat!("SELECT ", run_columns!(), " FROM runs WHERE id = ?"))
-            .bind(id)
+async fn insert_run(
+    tx: &mut Transaction<'_, Sqlite>,
+    run: &NewRun,
+    state: Option<(&RunState, Option<&str>)>,
+) -> Result<bool> {
+    let (
+        status,
+        version,
+        cursor,
+        context,
+        due_at,
+        wait_event,
+        wait_key,
+        attempts,
+        contact_id,
+        response,
+        error,
+        finished_at,
+        owner,
+    ) = match state {
+        Some((s, owner)) => (
+            s.status.as_str(),
+            s.version.as_str(),
+            to_text(&s.cursor),
+            to_text(&s.context),
+            s.due_at,
+            s.wait_event.clone(),
+            s.wait_key.clone(),
+            s.attempts,
+            s.contact_id.clone(),
+            s.response.as_ref().map(to_text),
+            s.error.clone(),
+            s.finished_at,
+            if s.status == RunStatus::Running {
+                owner.map(str::to_owned)
+            } else {
+                None
+            },
+        ),
+        None => (
+            RunStatus::Pending.as_str(),
+            run.version.as_str(),
+            to_text(&run.cursor),
+            to_text(&run.context),
+            Some(run.created_at),
+            None,
+            None,
+            0,
+            None,
+            None,
+            None,
+            None,
+            None,
+        ),
+    };
+    let result = sqlx::query(
+        "INSERT INTO runs (id, workflow_id, version, status, trigger_kind, idempotency_key, cursor, context, due_at,
+             wait_event, wait_key, lease_owner, attempts, contact_id, parent_run_id, response, error, created_at, updated_at, finished_at)
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+         ON CONFLICT (workflow_id, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING",
+    )
+    .bind(&run.id)
+    .bind(&run.workflow_id)
+    .bind(version)
+    .bind(status)
+    .bind(&run.trigger_kind)
+    .bind(&run.idempotency_key)
+    .bind(cursor)
+    .bind(context)
+    .bind(due_at)
+    .bind(wait_event)
+    .bind(wait_key)
+    .bind(owner)
+    .bind(attempts)
+    .bind(contact_id)
+    .bind(&run.parent_run_id)
+    .bind(response)
+    .bind(error)
+    .bind(run.created_at)
+    .bind(run.created_at)
+    .bind(finished_at)
+    .execute(&mut **tx)
+    .await?;
+    Ok(result.rows_affected() == 1)
+}
+
+async fn upsert_contact(tx: &mut Transaction<'_, Sqlite>, u: &ContactUpsert) -> Result<Contact> {
+    let by_email = match &u.email {
+        Some(e) => sqlx::query(concat!(
+            "SELECT ",
+            contact_columns!(),
+            " FROM contacts WHERE email = ?"
+        ))
+        .bind(e)
+        .fetch_optional(&mut **tx)
+        .await?
+        .map(|r| Ok::<_, StoreError>(decode_contact!(&r)))
+        .transpose()?,
+        None => None,
+    };
+    let existing = match (by_email, &u.phone) {
+        (Some(c), _) => Some(c),
+        (None, Some(p)) => sqlx::query(concat!(
+            "SELECT ",
+            contact_columns!(),
+            " FROM contacts WHERE phone = ?"
+        ))
+        .bind(p)
+        .fetch_optional(&mut **tx)
+        .await?
+        .map(|r| Ok::<_, StoreError>(decode_contact!(&r)))
+        .transpose()?,
+        (None, None) => None,
+    };
+    let is_new = existing.is_none();
+    let mut merged = u.apply(existing.clone());
+    // An e-mail or phone already belonging to someone else stays theirs: two people are not
+    // merged by accident, and the unique constraint holds.
+    for (field, column) in [(&mut merged.email, "email"), (&mut merged.phone, "phone")] {
+        if let Some(value) = field.clone() {
+            let taken: Option<String> = sqlx::query_scalar(if column == "email" {
+                "SELECT id FROM contacts WHERE email = ? AND id <> ?"
+            } else {
+                "SELECT id FROM contacts WHERE phone = ? AND id <> ?"
+            })
+            .bind(&value)
+            .bind(&merged.id)
+            .fetch_optional(&mut **tx)
+            .await?;
+            if taken.is_some() {
+                *field = existing.as_ref().and_then(|c| {
+                    if column == "email" {
+                        c.email.clone()
+                    } else {
+                        c.phone.clone()
+                    }
+                });
+            }
+        }
+    }
+    let attributes = to_text(&serde_json::Value::Object(merged.attributes.clone()));
+    if is_new {
+        sqlx::query(
+            "INSERT INTO contacts (id, email, phone, first_name, last_name, status, timezone, attributes, created_at, updated_at)
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(&merged.id)
+        .bind(&merged.email)
+        .bind(&merged.phone)
+        .bind(&merged.first_name)
+        .bind(&merged.last_name)
+        .bind(&merged.status)
+        .bind(&merged.timezone)
+        .bind(attributes)
+        .bind(merged.created_at)
+        .bind(merged.updated_at)
+        .execute(&mut **tx)
+        .await?;
+    } else {
+        sqlx::query(
+            "UPDATE contacts SET email = ?, phone = ?, first_name = ?, last_name = ?, status = ?, timezone = ?,
+                 attributes = ?, updated_at = ? WHERE id = ?",
+        )
+        .bind(&merged.email)
+        .bind(&merged.phone)
+        .bind(&merged.first_name)
+        .bind(&merged.last_name)
+        .bind(&merged.status)
+        .bind(&merged.timezone)
+        .bind(attributes)
+        .bind(merged.updated_at)
+        .bind(&merged.id)
+        .execute(&mut **tx)
+        .await?;
+    }
+    Ok(merged)
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    fn backend(&self) -> &'static str {
+        "sqlite"
+    }
+
+    async fn ping(&self) -> Result<()> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
+    }
+
+    async fn save_definition(&self, v: &DefinitionVersion) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO definitions (hash, id, kind, source, document, first_seen_at) VALUES (?, ?, ?, ?, ?, ?)
+             ON CONFLICT (hash) DO NOTHING",
+        )
+        .bind(&v.hash)
+        .bind(&v.id)
+        .bind(&v.kind)
+        .bind(&v.source)
+        .bind(to_text(&v.document))
+        .bind(v.first_seen_at)
+        .execute(&self.writer)
+        .await?;
+        Ok(())
+    }
+
+    async fn definition(&self, hash: &str) -> Result<Option<DefinitionVersion>> {
+        let row = sqlx::query("SELECT hash, id, kind, source, document, first_seen_at FROM definitions WHERE hash = ?")
+            .bind(hash)
             .fetch_optional(&self.pool)
             .await?;
+        row.map(|r| Ok(decode_definition!(&r))).transpose()
+    }
+
+    async fn commit(&self, c: Commit) -> Result<CommitOutcome> {
+        let (reply, done) = tokio::sync::oneshot::channel();
+        self.jobs
+            .send(super::group_commit::Job { commit: c, reply })
+            .map_err(|_| StoreError::Config("the SQLite writer stopped".into()))?;
+        done.await
+            .map_err(|_| StoreError::Config("the SQLite writer stopped".into()))?
+    }
+
+    async fn run(&self, id: &str) -> Result<Option<RunRecord>> {
+        let row = sqlx::query(concat!(
+            "SELECT ",
+            run_columns!(),
+            " FROM runs WHERE id = ?"
+        ))
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await?;
         row.map(|r| Ok(decode_run!(&r))).transpose()
     }
 
-    async fn run_by_idempotency_key(&self, workflow_id: &str, key: &str) -> Result<Option<RunRecord>> {
-        let row = sqlx::query(concat!("SELECT ", run_columns!(), " FROM runs WHERE workflow_id = ? AND idempotency_key = ?"))
-            .bind(workflow_id)
-            .bind(key)
-            .fetch_optional(&self.pool)
-            .await?;
+    async fn run_by_idempotency_key(
+        &self,
+        workflow_id: &str,
+        key: &str,
+    ) -> Result<Option<RunRecord>> {
+        let row = sqlx::query(concat!(
+            "SELECT ",
+            run_columns!(),
+            " FROM runs WHERE workflow_id = ? AND idempotency_key = ?"
+        ))
+        .bind(workflow_id)
+        .bind(key)
+        .fetch_optional(&self.pool)
+        .await?;
         row.map(|r| Ok(decode_run!(&r))).transpose()
     }
 
@@ -396,7 +507,13 @@ impl Store for SqliteStore {
         rows.iter().map(|r| Ok(decode_step!(r))).collect()
     }
 
-    async fn claim_runs(&self, owner: &str, now: Millis, lease_ms: i64, limit: i64) -> Result<Vec<RunRecord>> {
+    async fn claim_runs(
+        &self,
+        owner: &str,
+        now: Millis,
+        lease_ms: i64,
+        limit: i64,
+    ) -> Result<Vec<RunRecord>> {
         let mut tx = self.write_tx().await?;
         let rows = sqlx::query(concat!(
             "UPDATE runs SET status = 'running', lease_owner = ?1, due_at = ?2, updated_at = ?3
@@ -411,12 +528,20 @@ impl Store for SqliteStore {
         .bind(limit)
         .fetch_all(&mut *tx)
         .await?;
-        let runs = rows.iter().map(|r| Ok(decode_run!(r))).collect::<Result<Vec<_>>>()?;
+        let runs = rows
+            .iter()
+            .map(|r| Ok(decode_run!(r)))
+            .collect::<Result<Vec<_>>>()?;
         tx.commit().await?;
         Ok(runs)
     }
 
-    async fn renew_leases(&self, owner: &str, run_ids: &[String], until: Millis) -> Result<Vec<String>> {
+    async fn renew_leases(
+        &self,
+        owner: &str,
+        run_ids: &[String],
+        until: Millis,
+    ) -> Result<Vec<String>> {
         let mut lost = Vec::new();
         let mut tx = self.write_tx().await?;
         for id in run_ids {
@@ -442,7 +567,7 @@ impl Store for SqliteStore {
         .bind(now)
         .bind(now)
         .bind(owner)
-        .execute(&self.pool)
+        .execute(&self.writer)
         .await?;
         Ok(r.rows_affected())
     }
@@ -504,16 +629,20 @@ impl Store for SqliteStore {
         .bind(now)
         .bind(now)
         .bind(id)
-        .execute(&self.pool)
+        .execute(&self.writer)
         .await?;
         Ok(r.rows_affected() == 1)
     }
 
     async fn count_runs(&self) -> Result<Vec<(RunStatus, i64)>> {
-        let rows: Vec<(String, i64)> = sqlx::query_as("SELECT status, COUNT(*) FROM runs GROUP BY status")
-            .fetch_all(&self.pool)
-            .await?;
-        Ok(rows.into_iter().filter_map(|(s, n)| RunStatus::parse(&s).map(|s| (s, n))).collect())
+        let rows: Vec<(String, i64)> =
+            sqlx::query_as("SELECT status, COUNT(*) FROM runs GROUP BY status")
+                .fetch_all(&self.pool)
+                .await?;
+        Ok(rows
+            .into_iter()
+            .filter_map(|(s, n)| RunStatus::parse(&s).map(|s| (s, n)))
+            .collect())
     }
 
     async fn insert_events(&self, events: &[NewEvent], new_runs: &[NewRun]) -> Result<()> {
@@ -536,12 +665,18 @@ impl Store for SqliteStore {
         .bind(now)
         .bind(name)
         .bind(key)
-        .execute(&self.pool)
+        .execute(&self.writer)
         .await?;
         Ok(r.rows_affected())
     }
 
-    async fn find_event(&self, name: &str, key: &str, since: Millis, exclude: &[String]) -> Result<Option<EventRecord>> {
+    async fn find_event(
+        &self,
+        name: &str,
+        key: &str,
+        since: Millis,
+        exclude: &[String],
+    ) -> Result<Option<EventRecord>> {
         let rows = sqlx::query(
             "SELECT id, name, key, data, source_run_id, created_at FROM events
              WHERE name = ? AND key = ? AND created_at >= ? ORDER BY created_at, id LIMIT ?",
@@ -562,28 +697,44 @@ impl Store for SqliteStore {
     }
 
     async fn contact(&self, id: &str) -> Result<Option<Contact>> {
-        let row = sqlx::query(concat!("SELECT ", contact_columns!(), " FROM contacts WHERE id = ?"))
-            .bind(id)
-            .fetch_optional(&self.pool)
-            .await?;
+        let row = sqlx::query(concat!(
+            "SELECT ",
+            contact_columns!(),
+            " FROM contacts WHERE id = ?"
+        ))
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await?;
         row.map(|r| Ok(decode_contact!(&r))).transpose()
     }
 
-    async fn find_contact(&self, email: Option<&str>, phone: Option<&str>) -> Result<Option<Contact>> {
+    async fn find_contact(
+        &self,
+        email: Option<&str>,
+        phone: Option<&str>,
+    ) -> Result<Option<Contact>> {
         if let Some(e) = email {
-            let row = sqlx::query(concat!("SELECT ", contact_columns!(), " FROM contacts WHERE email = ?"))
-                .bind(e)
-                .fetch_optional(&self.pool)
-                .await?;
+            let row = sqlx::query(concat!(
+                "SELECT ",
+                contact_columns!(),
+                " FROM contacts WHERE email = ?"
+            ))
+            .bind(e)
+            .fetch_optional(&self.pool)
+            .await?;
             if let Some(r) = row {
                 return Ok(Some(decode_contact!(&r)));
             }
         }
         if let Some(p) = phone {
-            let row = sqlx::query(concat!("SELECT ", contact_columns!(), " FROM contacts WHERE phone = ?"))
-                .bind(p)
-                .fetch_optional(&self.pool)
-                .await?;
+            let row = sqlx::query(concat!(
+                "SELECT ",
+                contact_columns!(),
+                " FROM contacts WHERE phone = ?"
+            ))
+            .bind(p)
+            .fetch_optional(&self.pool)
+            .await?;
             if let Some(r) = row {
                 return Ok(Some(decode_contact!(&r)));
             }
@@ -591,7 +742,13 @@ impl Store for SqliteStore {
         Ok(None)
     }
 
-    async fn claim_outbox(&self, owner: &str, now: Millis, lease_ms: i64, limit: i64) -> Result<Vec<OutboxRecord>> {
+    async fn claim_outbox(
+        &self,
+        owner: &str,
+        now: Millis,
+        lease_ms: i64,
+        limit: i64,
+    ) -> Result<Vec<OutboxRecord>> {
         let mut tx = self.write_tx().await?;
         let rows = sqlx::query(concat!(
             "UPDATE outbox SET status = 'sending', lease_owner = ?1, next_attempt_at = ?2, attempts = attempts + 1,
@@ -607,12 +764,21 @@ impl Store for SqliteStore {
         .bind(limit)
         .fetch_all(&mut *tx)
         .await?;
-        let out = rows.iter().map(|r| Ok(decode_outbox!(r))).collect::<Result<Vec<_>>>()?;
+        let out = rows
+            .iter()
+            .map(|r| Ok(decode_outbox!(r)))
+            .collect::<Result<Vec<_>>>()?;
         tx.commit().await?;
         Ok(out)
     }
 
-    async fn finish_delivery(&self, id: &str, owner: &str, outcome: DeliveryOutcome, now: Millis) -> Result<bool> {
+    async fn finish_delivery(
+        &self,
+        id: &str,
+        owner: &str,
+        outcome: DeliveryOutcome,
+        now: Millis,
+    ) -> Result<bool> {
         let q = match &outcome {
             DeliveryOutcome::Sent { provider_id } => sqlx::query(
                 "UPDATE outbox SET status = 'sent', provider_id = ?, sent_at = ?, next_attempt_at = NULL,
@@ -638,40 +804,61 @@ impl Store for SqliteStore {
             .bind(error.clone())
             .bind(now),
         };
-        let r = q.bind(id).bind(owner).execute(&self.pool).await?;
+        let r = q.bind(id).bind(owner).execute(&self.writer).await?;
         Ok(r.rows_affected() == 1)
     }
 
     async fn outbox_for_run(&self, run_id: &str) -> Result<Vec<OutboxRecord>> {
-        let rows = sqlx::query(concat!("SELECT ", outbox_columns!(), " FROM outbox WHERE run_id = ? ORDER BY created_at, id"))
-            .bind(run_id)
-            .fetch_all(&self.pool)
-            .await?;
+        let rows = sqlx::query(concat!(
+            "SELECT ",
+            outbox_columns!(),
+            " FROM outbox WHERE run_id = ? ORDER BY created_at, id"
+        ))
+        .bind(run_id)
+        .fetch_all(&self.pool)
+        .await?;
         rows.iter().map(|r| Ok(decode_outbox!(r))).collect()
     }
 
     async fn count_outbox(&self) -> Result<Vec<(OutboxStatus, i64)>> {
-        let rows: Vec<(String, i64)> = sqlx::query_as("SELECT status, COUNT(*) FROM outbox GROUP BY status")
-            .fetch_all(&self.pool)
-            .await?;
-        Ok(rows.into_iter().filter_map(|(s, n)| OutboxStatus::parse(&s).map(|s| (s, n))).collect())
+        let rows: Vec<(String, i64)> =
+            sqlx::query_as("SELECT status, COUNT(*) FROM outbox GROUP BY status")
+                .fetch_all(&self.pool)
+                .await?;
+        Ok(rows
+            .into_iter()
+            .filter_map(|(s, n)| OutboxStatus::parse(&s).map(|s| (s, n)))
+            .collect())
     }
 
     async fn next_outbox_at(&self) -> Result<Option<Millis>> {
-        Ok(sqlx::query_scalar("SELECT MIN(next_attempt_at) FROM outbox WHERE next_attempt_at IS NOT NULL")
-            .fetch_one(&self.pool)
-            .await?)
+        Ok(sqlx::query_scalar(
+            "SELECT MIN(next_attempt_at) FROM outbox WHERE next_attempt_at IS NOT NULL",
+        )
+        .fetch_one(&self.pool)
+        .await?)
     }
 
-    async fn cron_checked_until(&self, workflow_id: &str, trigger_key: &str) -> Result<Option<Millis>> {
-        Ok(sqlx::query_scalar("SELECT checked_until FROM cron_state WHERE workflow_id = ? AND trigger_key = ?")
-            .bind(workflow_id)
-            .bind(trigger_key)
-            .fetch_optional(&self.pool)
-            .await?)
+    async fn cron_checked_until(
+        &self,
+        workflow_id: &str,
+        trigger_key: &str,
+    ) -> Result<Option<Millis>> {
+        Ok(sqlx::query_scalar(
+            "SELECT checked_until FROM cron_state WHERE workflow_id = ? AND trigger_key = ?",
+        )
+        .bind(workflow_id)
+        .bind(trigger_key)
+        .fetch_optional(&self.pool)
+        .await?)
     }
 
-    async fn set_cron_checked_until(&self, workflow_id: &str, trigger_key: &str, until: Millis) -> Result<()> {
+    async fn set_cron_checked_until(
+        &self,
+        workflow_id: &str,
+        trigger_key: &str,
+        until: Millis,
+    ) -> Result<()> {
         sqlx::query(
             "INSERT INTO cron_state (workflow_id, trigger_key, checked_until) VALUES (?, ?, ?)
              ON CONFLICT (workflow_id, trigger_key) DO UPDATE
@@ -680,7 +867,7 @@ impl Store for SqliteStore {
         .bind(workflow_id)
         .bind(trigger_key)
         .bind(until)
-        .execute(&self.pool)
+        .execute(&self.writer)
         .await?;
         Ok(())
     }
@@ -721,7 +908,9 @@ impl Store for SqliteStore {
         .bind(trigger_key)
         .fetch_optional(&self.pool)
         .await?;
-        Ok(status.and_then(|s| RunStatus::parse(&s)).is_some_and(|s| !s.is_finished()))
+        Ok(status
+            .and_then(|s| RunStatus::parse(&s))
+            .is_some_and(|s| !s.is_finished()))
     }
 
     async fn cron_fires(&self, workflow_id: &str, limit: i64) -> Result<Vec<CronFire>> {
@@ -734,6 +923,59 @@ impl Store for SqliteStore {
         .fetch_all(&self.pool)
         .await?;
         rows.iter().map(|r| Ok(decode_cron_fire!(r))).collect()
+    }
+}
+
+/// WAL frames (about 256 MiB) after which the writer is asked to start the WAL over.
+const WAL_FRAMES_BEFORE_RESTART: i64 = 65_536;
+
+/// Copies the WAL into the database file every 250 ms, from its own connection, so the copying
+/// and the sync after it never stall a commit. PASSIVE waits for nobody.
+///
+/// SQLite starts the WAL over only when a write begins with every frame already copied. With
+/// any pause in the load that happens by itself. Under sustained saturation commits keep
+/// appending, so once the WAL is long this catches up pass by pass until a pass has little
+/// left to copy, then asks the writer to checkpoint between two batches: it copies and syncs
+/// only what was appended since (a millisecond or two), and its next write starts the WAL
+/// over. The file keeps its size and is overwritten from the start: shrinking a large file
+/// inside a commit would stall it.
+async fn checkpoint_loop(
+    conn: SqlitePool,
+    alive: tokio::sync::mpsc::WeakUnboundedSender<super::group_commit::Job>,
+    due: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) {
+    /// Frames (1 MiB) a catching-up pass may find left over and still hand the rest to the writer.
+    const SMALL_DELTA: i64 = 256;
+    let passive =
+        || sqlx::query_as::<_, (i64, i64, i64)>("PRAGMA wal_checkpoint(PASSIVE)").fetch_one(&conn);
+    loop {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        if alive.upgrade().is_none() {
+            return;
+        }
+        let (mut frames, mut copied) = match passive().await {
+            Ok((_, f, c)) => (f, c),
+            Err(e) => {
+                tracing::debug!(error = %e, "WAL checkpoint did not complete");
+                continue;
+            }
+        };
+        if frames <= WAL_FRAMES_BEFORE_RESTART {
+            continue;
+        }
+        for _ in 0..8 {
+            let before = copied;
+            match passive().await {
+                Ok((_, f, c)) => {
+                    (frames, copied) = (f, c);
+                    if frames - before <= SMALL_DELTA && copied == frames {
+                        due.store(true, std::sync::atomic::Ordering::Relaxed);
+                        break;
+                    }
+                }
+                Err(_) => break,
+            }
+        }
     }
 }
 

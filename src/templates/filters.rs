@@ -45,7 +45,10 @@ pub fn first_name(value: Option<String>, kwargs: Kwargs) -> Result<String, Error
         return Ok(token.to_owned());
     }
     let mut chars = token.chars();
-    let first = chars.next().map(|c| c.to_uppercase().collect::<String>()).unwrap_or_default();
+    let first = chars
+        .next()
+        .map(|c| c.to_uppercase().collect::<String>())
+        .unwrap_or_default();
     Ok(first + &chars.as_str().to_lowercase())
 }
 
@@ -71,7 +74,10 @@ pub fn phone(value: String, kwargs: Kwargs) -> Result<String, Error> {
     };
     let region = region.as_deref().unwrap_or("US");
     let country = region.parse::<phonenumber::country::Id>().map_err(|_| {
-        Error::new(ErrorKind::InvalidOperation, format!("unknown region `{region}`; use a two-letter code such as US or GB"))
+        Error::new(
+            ErrorKind::InvalidOperation,
+            format!("unknown region `{region}`; use a two-letter code such as US or GB"),
+        )
     })?;
     Ok(match phonenumber::parse(Some(country), &value) {
         Ok(n) if phonenumber::is_valid(&n) => n.format().mode(mode).to_string(),
@@ -90,10 +96,16 @@ pub fn normalize_phone(value: &str, region: &str) -> Option<String> {
 pub fn currency(value: Value, code: Option<String>) -> Result<String, Error> {
     let amount: f64 = match value.as_str() {
         Some(s) => s.trim().parse().map_err(|_| {
-            Error::new(ErrorKind::InvalidOperation, format!("`{s}` is not an amount"))
+            Error::new(
+                ErrorKind::InvalidOperation,
+                format!("`{s}` is not an amount"),
+            )
         })?,
         None => f64::try_from(value.clone()).map_err(|_| {
-            Error::new(ErrorKind::InvalidOperation, format!("{value} is not an amount"))
+            Error::new(
+                ErrorKind::InvalidOperation,
+                format!("{value} is not an amount"),
+            )
         })?,
     };
     let code = code.unwrap_or_else(|| "USD".to_owned()).to_uppercase();
@@ -127,7 +139,11 @@ fn group_thousands(amount: f64, decimals: usize) -> String {
         }
         grouped.push(c);
     }
-    if frac.is_empty() { grouped } else { format!("{grouped}.{frac}") }
+    if frac.is_empty() {
+        grouped
+    } else {
+        format!("{grouped}.{frac}")
+    }
 }
 
 const GSM_BASIC: &str = "@£$¥èéùìòÇ\nØø\rÅåΔ_ΦΓΛΩΠΨΣΘΞÆæßÉ !\"#¤%&'()*+,-./0123456789:;<=>?¡ABCDEFGHIJKLMNOPQRSTUVWXYZÄÖÑÜ§¿abcdefghijklmnopqrstuvwxyzäöñüà";
@@ -154,8 +170,18 @@ pub fn truncate_sms(value: String, kwargs: Kwargs) -> Result<String, Error> {
     let segments = segments.unwrap_or(1).max(1) as usize;
     let gsm = value.chars().all(|c| gsm_cost(c).is_some());
     let (single, multi) = if gsm { (160, 153) } else { (70, 67) };
-    let limit = if segments == 1 { single } else { multi * segments };
-    let cost = |c: char| if gsm { gsm_cost(c).unwrap_or(1) } else { c.len_utf16() };
+    let limit = if segments == 1 {
+        single
+    } else {
+        multi * segments
+    };
+    let cost = |c: char| {
+        if gsm {
+            gsm_cost(c).unwrap_or(1)
+        } else {
+            c.len_utf16()
+        }
+    };
     let total: usize = value.chars().map(cost).sum();
     if total <= limit {
         return Ok(value);
@@ -180,27 +206,45 @@ mod tests {
 
     fn render(src: &str, ctx: serde_json::Value) -> String {
         let env = crate::templates::environment(10_000);
-        env.render_str(src, minijinja::Value::from(minijinja::value::Serde(ctx))).unwrap()
+        env.render_str(src, minijinja::Value::from(minijinja::value::Serde(ctx)))
+            .unwrap()
     }
 
     #[test]
     fn first_names() {
-        let ctx = serde_json::json!({"a": "ada LOVELACE", "b": "  McKenzie Smith", "c": "", "d": "JOHN"});
+        let ctx =
+            serde_json::json!({"a": "ada LOVELACE", "b": "  McKenzie Smith", "c": "", "d": "JOHN"});
         assert_eq!(render("{{ a|first_name }}", ctx.clone()), "Ada");
         assert_eq!(render("{{ b|first_name }}", ctx.clone()), "McKenzie");
-        assert_eq!(render("{{ c|first_name(fallback='there') }}", ctx.clone()), "there");
+        assert_eq!(
+            render("{{ c|first_name(fallback='there') }}", ctx.clone()),
+            "there"
+        );
         assert_eq!(render("{{ d|first_name }}", ctx), "John");
     }
 
     #[test]
     fn phones() {
-        let ctx = serde_json::json!({"p": "801-555-1234", "uk": "020 7946 0958", "junk": "call me"});
+        let ctx =
+            serde_json::json!({"p": "801-555-1234", "uk": "020 7946 0958", "junk": "call me"});
         assert_eq!(render("{{ p|phone }}", ctx.clone()), "+1 801-555-1234");
-        assert_eq!(render("{{ p|phone(format='national') }}", ctx.clone()), "(801) 555-1234");
-        assert_eq!(render("{{ p|phone(format='e164') }}", ctx.clone()), "+18015551234");
-        assert_eq!(render("{{ uk|phone(region='GB', format='e164') }}", ctx.clone()), "+442079460958");
+        assert_eq!(
+            render("{{ p|phone(format='national') }}", ctx.clone()),
+            "(801) 555-1234"
+        );
+        assert_eq!(
+            render("{{ p|phone(format='e164') }}", ctx.clone()),
+            "+18015551234"
+        );
+        assert_eq!(
+            render("{{ uk|phone(region='GB', format='e164') }}", ctx.clone()),
+            "+442079460958"
+        );
         assert_eq!(render("{{ junk|phone }}", ctx), "call me");
-        assert_eq!(normalize_phone("(801) 555-1234", "US").as_deref(), Some("+18015551234"));
+        assert_eq!(
+            normalize_phone("(801) 555-1234", "US").as_deref(),
+            Some("+18015551234")
+        );
         assert_eq!(normalize_phone("nope", "US"), None);
     }
 
@@ -223,11 +267,21 @@ mod tests {
         let cut = render("{{ l|truncate_sms }}", ctx.clone());
         assert_eq!(cut.chars().count(), 160);
         assert!(cut.ends_with("..."));
-        assert_eq!(render("{{ l|truncate_sms(segments=2) }}", ctx.clone()), "x".repeat(200));
+        assert_eq!(
+            render("{{ l|truncate_sms(segments=2) }}", ctx.clone()),
+            "x".repeat(200)
+        );
         // Emoji force UCS-2: 70 UTF-16 units, each emoji taking two.
         let u = render("{{ u|truncate_sms }}", ctx.clone());
-        assert!(u.encode_utf16().count() <= 70, "{}", u.encode_utf16().count());
+        assert!(
+            u.encode_utf16().count() <= 70,
+            "{}",
+            u.encode_utf16().count()
+        );
         // Extended GSM characters cost two septets each: 78 braces + "..." = 159 septets.
-        assert_eq!(render("{{ ext|truncate_sms }}", ctx), "{".repeat(78) + "...");
+        assert_eq!(
+            render("{{ ext|truncate_sms }}", ctx),
+            "{".repeat(78) + "..."
+        );
     }
 }

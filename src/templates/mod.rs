@@ -9,6 +9,9 @@
 //!   snapshot, swapped whole on reload, and a render never touches the disk.
 
 pub mod filters;
+mod json_object;
+
+pub use json_object::JsonNode;
 
 use std::path::Path;
 use std::sync::Arc;
@@ -73,8 +76,11 @@ pub fn environment(fuel: u64) -> Environment<'static> {
     env.set_fuel(Some(fuel));
     env.set_recursion_limit(64);
     env.set_auto_escape_callback(|name| {
-        let name = name.strip_suffix(".j2").or_else(|| name.strip_suffix(".jinja")).unwrap_or(name);
-        if name.ends_with(".html") || name.ends_with(".htm") {
+        let name = name
+            .strip_suffix(".j2")
+            .or_else(|| name.strip_suffix(".jinja"))
+            .unwrap_or(name);
+        if !name.starts_with(INLINE) && (name.ends_with(".html") || name.ends_with(".htm")) {
             AutoEscape::Html
         } else {
             AutoEscape::None
@@ -90,11 +96,19 @@ pub fn environment(fuel: u64) -> Environment<'static> {
 pub struct Templates {
     env: Arc<Environment<'static>>,
     names: Arc<Vec<String>>,
+    /// Inline templates from definitions, compiled on first use and kept: a template string
+    /// in a workflow is rendered many times, and compiling it is most of the cost of a render.
+    inline: Arc<std::sync::RwLock<Environment<'static>>>,
 }
+
+/// Inline templates are cached under their source with this prefix, which no file name has.
+const INLINE: &str = "<inline>";
 
 impl std::fmt::Debug for Templates {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Templates").field("names", &self.names).finish()
+        f.debug_struct("Templates")
+            .field("names", &self.names)
+            .finish()
     }
 }
 
@@ -112,8 +126,10 @@ pub fn is_ignored_file(name: &str) -> bool {
 impl Templates {
     /// An environment with no template files, for inline templates only.
     pub fn empty(fuel: u64) -> Templates {
+        let env = environment(fuel);
         Templates {
-            env: Arc::new(environment(fuel)),
+            inline: Arc::new(std::sync::RwLock::new(env.clone())),
+            env: Arc::new(env),
             names: Arc::new(Vec::new()),
         }
     }
@@ -133,7 +149,8 @@ impl Templates {
             match std::fs::read_to_string(&path) {
                 Ok(text) => sources.push((rel, text)),
                 Err(e) => diagnostics.push(
-                    Diagnostic::error("io", format!("cannot read template: {e}")).in_file(display_dir.join(&rel)),
+                    Diagnostic::error("io", format!("cannot read template: {e}"))
+                        .in_file(display_dir.join(&rel)),
                 ),
             }
         }
@@ -143,7 +160,11 @@ impl Templates {
     }
 
     /// Compiles templates given as (name, source) pairs; names use `/` separators.
-    pub fn from_sources(sources: Vec<(String, String)>, display_dir: &Path, fuel: u64) -> (Templates, Vec<Diagnostic>) {
+    pub fn from_sources(
+        sources: Vec<(String, String)>,
+        display_dir: &Path,
+        fuel: u64,
+    ) -> (Templates, Vec<Diagnostic>) {
         let mut env = environment(fuel);
         let mut names = Vec::new();
         let mut diagnostics = Vec::new();
@@ -162,6 +183,7 @@ impl Templates {
         }
         (
             Templates {
+                inline: Arc::new(std::sync::RwLock::new(env.clone())),
                 env: Arc::new(env),
                 names: Arc::new(names),
             },
@@ -188,8 +210,12 @@ impl Templates {
 
     /// Renders a template file with a context already converted by [`context`].
     pub fn render_in(&self, name: &str, ctx: &JValue) -> Result<String, RenderError> {
-        let tmpl = self.env.get_template(name).map_err(|e| RenderError::from_minijinja(&e))?;
-        tmpl.render(ctx).map_err(|e| RenderError::from_minijinja(&e))
+        let tmpl = self
+            .env
+            .get_template(name)
+            .map_err(|e| RenderError::from_minijinja(&e))?;
+        tmpl.render(ctx)
+            .map_err(|e| RenderError::from_minijinja(&e))
     }
 
     /// Renders an inline template from a definition.
@@ -197,20 +223,50 @@ impl Templates {
         if !source.contains("{{") && !source.contains("{%") && !source.contains("{#") {
             return Ok(source.to_owned());
         }
-        self.env.render_str(source, ctx).map_err(|e| RenderError::from_minijinja(&e))
+        let name = format!("{INLINE}{source}");
+        {
+            let env = self.inline.read().unwrap_or_else(|e| e.into_inner());
+            if let Ok(t) = env.get_template(&name) {
+                return t.render(ctx).map_err(|e| RenderError::from_minijinja(&e));
+            }
+        }
+        {
+            let mut env = self.inline.write().unwrap_or_else(|e| e.into_inner());
+            if env.get_template(&name).is_err() {
+                // A template that does not compile is not cached; rendering it reports why.
+                if let Err(e) = env.add_template_owned(name.clone(), source.to_owned()) {
+                    return Err(RenderError::from_minijinja(&e));
+                }
+            }
+        }
+        let env = self.inline.read().unwrap_or_else(|e| e.into_inner());
+        let t = env
+            .get_template(&name)
+            .map_err(|e| RenderError::from_minijinja(&e))?;
+        t.render(ctx).map_err(|e| RenderError::from_minijinja(&e))
     }
 
     /// Evaluates an expression (no braces) to a value.
     pub fn eval(&self, expr: &str, ctx: &JValue) -> Result<Value, RenderError> {
-        let compiled = self.env.compile_expression(expr).map_err(|e| RenderError::from_minijinja(&e))?;
-        let v = compiled.eval(ctx).map_err(|e| RenderError::from_minijinja(&e))?;
+        let compiled = self
+            .env
+            .compile_expression(expr)
+            .map_err(|e| RenderError::from_minijinja(&e))?;
+        let v = compiled
+            .eval(ctx)
+            .map_err(|e| RenderError::from_minijinja(&e))?;
         to_json(&v)
     }
 
     /// Evaluates an expression for its truth, as `if` does.
     pub fn is_true(&self, expr: &str, ctx: &JValue) -> Result<bool, RenderError> {
-        let compiled = self.env.compile_expression(expr).map_err(|e| RenderError::from_minijinja(&e))?;
-        let v = compiled.eval(ctx).map_err(|e| RenderError::from_minijinja(&e))?;
+        let compiled = self
+            .env
+            .compile_expression(expr)
+            .map_err(|e| RenderError::from_minijinja(&e))?;
+        let v = compiled
+            .eval(ctx)
+            .map_err(|e| RenderError::from_minijinja(&e))?;
         Ok(v.is_true())
     }
 
@@ -228,7 +284,10 @@ impl Templates {
         Ok(match value {
             Value::String(s) => self.render_value_str(s, ctx)?,
             Value::Array(items) => Value::Array(
-                items.iter().map(|v| self.render_json(v, ctx)).collect::<Result<_, _>>()?,
+                items
+                    .iter()
+                    .map(|v| self.render_json(v, ctx))
+                    .collect::<Result<_, _>>()?,
             ),
             Value::Object(map) => {
                 let mut out = serde_json::Map::with_capacity(map.len());
@@ -275,18 +334,35 @@ fn error_span(file: &SourceFile, e: &minijinja::Error) -> Span {
     if let Some(range) = e.range() {
         let before = &file.text[..range.start.min(file.text.len())];
         let line = before.matches('\n').count() + 1;
-        let col = before.rsplit('\n').next().map(|l| l.chars().count()).unwrap_or(0) + 1;
-        let len = file.text.get(range.clone()).map(|t| t.chars().count()).unwrap_or(1);
+        let col = before
+            .rsplit('\n')
+            .next()
+            .map(|l| l.chars().count())
+            .unwrap_or(0)
+            + 1;
+        let len = file
+            .text
+            .get(range.clone())
+            .map(|t| t.chars().count())
+            .unwrap_or(1);
         return Span::new(line, col, len.max(1));
     }
     Span::new(e.line().unwrap_or(1), 1, 1)
 }
 
-fn collect_files(root: &Path, dir: &Path, out: &mut Vec<String>, diagnostics: &mut Vec<Diagnostic>) {
+fn collect_files(
+    root: &Path,
+    dir: &Path,
+    out: &mut Vec<String>,
+    diagnostics: &mut Vec<Diagnostic>,
+) {
     let entries = match std::fs::read_dir(dir) {
         Ok(e) => e,
         Err(e) => {
-            diagnostics.push(Diagnostic::error("io", format!("cannot read {}: {e}", dir.display())));
+            diagnostics.push(Diagnostic::error(
+                "io",
+                format!("cannot read {}: {e}", dir.display()),
+            ));
             return;
         }
     };

@@ -34,7 +34,11 @@ mod tests {
     fn five_fields_only() {
         assert!(parse_schedule("0 7 * * MON-FRI").is_ok());
         assert!(parse_schedule("*/5 * * * *").is_ok());
-        assert!(parse_schedule("0 0 7 * * *").unwrap_err().contains("5 fields"));
+        assert!(
+            parse_schedule("0 0 7 * * *")
+                .unwrap_err()
+                .contains("5 fields")
+        );
         assert!(parse_schedule("61 * * * *").is_err());
         assert!(parse_timezone("America/Denver").is_ok());
         assert!(parse_timezone("Mars/Olympus").is_err());

@@ -8,17 +8,20 @@
 //! How far each trigger has been decided is stored (`cron_state`), so after downtime the
 //! slots in between are found and the `catch_up` policy applied to them. A trigger the store
 //! has never seen (a new workflow, or an edited schedule or time zone, which is a new key)
-//! starts from now: it has missed nothing.
+//! starts when its definitions were loaded: it has missed nothing, and a slot between the load
+//! and the first tick still fires. A trigger a reload brings back (a schedule edited back to
+//! an earlier one) starts then too: while it was not loaded it had no slots to catch up. A
+//! trigger a reload removes still has the slots that came due before the reload decided.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
 use crate::definitions::model::trigger::{CatchUp, Overlap};
 use crate::engine::clock::rfc3339;
-use crate::engine::registry::CronEntry;
+use crate::engine::registry::{CronEntry, Registry};
 use crate::engine::{Engine, EngineError};
 use crate::store::{CronFire, CronOutcome, Millis};
 
@@ -29,11 +32,41 @@ const GRACE_MS: i64 = 60_000;
 /// through in bounded steps.
 const MAX_SLOTS_PER_TICK: usize = 10_000;
 
+/// A trigger across reloads: its workflow and its key.
+type TriggerId = (String, String);
+
+fn trigger_id(entry: &CronEntry) -> TriggerId {
+    (entry.workflow.id.clone(), entry.key.clone())
+}
+
 #[derive(Debug)]
 pub struct Scheduler {
     engine: Arc<Engine>,
+    state: Mutex<State>,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    /// The registry the last tick saw, to notice reloads.
+    registry: Option<Arc<Registry>>,
     /// The next slot of each trigger, so a tick only touches the store for triggers that are due.
-    next_due: Mutex<HashMap<(String, String), Millis>>,
+    next_due: HashMap<TriggerId, Millis>,
+    /// Triggers a reload added, not decided since: they start when that reload loaded them,
+    /// whatever the store remembers from an earlier time they were in force.
+    added: HashSet<TriggerId>,
+    /// Triggers a reload removed whose last slots are still to be decided.
+    removed: Vec<Removed>,
+}
+
+#[derive(Debug, Clone)]
+struct Removed {
+    entry: CronEntry,
+    /// When the registry it came from was loaded.
+    loaded_at: Millis,
+    /// Whether it was itself added by that registry's reload and never decided.
+    added: bool,
+    /// When the reload that removed it was loaded: its slots end there.
+    until: Millis,
 }
 
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -47,23 +80,53 @@ impl Scheduler {
     pub fn new(engine: Arc<Engine>) -> Scheduler {
         Scheduler {
             engine,
-            next_due: Mutex::new(HashMap::new()),
+            state: Mutex::new(State::default()),
         }
+    }
+
+    fn state(&self) -> MutexGuard<'_, State> {
+        self.state.lock().expect("not poisoned")
     }
 
     /// Decides every slot due by the engine clock's now.
     pub async fn tick(&self) -> Result<TickReport, EngineError> {
         let now = self.engine.now();
         let registry = self.engine.registry();
+        self.notice_reload(&registry);
         let mut report = TickReport::default();
+
+        let removed = std::mem::take(&mut self.state().removed);
+        for (i, r) in removed.iter().enumerate() {
+            if let Err(e) = self
+                .decide(
+                    &r.entry,
+                    r.loaded_at,
+                    r.added,
+                    r.until.min(now),
+                    &mut report,
+                )
+                .await
+            {
+                self.state().removed.extend_from_slice(&removed[i..]);
+                return Err(e);
+            }
+        }
+
         for entry in &registry.crons {
-            let id = (entry.workflow.id.clone(), entry.key.clone());
-            let due = self.next_due.lock().expect("not poisoned").get(&id).copied();
+            let id = trigger_id(entry);
+            let (due, added) = {
+                let state = self.state();
+                (state.next_due.get(&id).copied(), state.added.contains(&id))
+            };
             if due.is_some_and(|d| d > now) {
                 continue;
             }
-            let next = self.decide(entry, now, &mut report).await?;
-            self.next_due.lock().expect("not poisoned").insert(id, next);
+            let next = self
+                .decide(entry, registry.loaded_at, added, now, &mut report)
+                .await?;
+            let mut state = self.state();
+            state.next_due.insert(id.clone(), next);
+            state.added.remove(&id);
         }
         if report.fired > 0 {
             self.engine.work_ready.notify_waiters();
@@ -71,30 +134,99 @@ impl Scheduler {
         Ok(report)
     }
 
-    /// Decides the slots of one trigger up to `now`; returns its next slot.
-    async fn decide(&self, entry: &CronEntry, now: Millis, report: &mut TickReport) -> Result<Millis, EngineError> {
+    /// Compares the registry with the one the last tick saw: triggers a reload removed keep
+    /// their slots up to the reload, and triggers it added start there.
+    fn notice_reload(&self, registry: &Arc<Registry>) {
+        let mut state = self.state();
+        let previous = state.registry.replace(registry.clone());
+        // Nothing to compare with on the first tick (or before the first install): every
+        // trigger then resumes from the store, and downtime is caught up.
+        let Some(previous) = previous.filter(|p| p.generation > 0 && !Arc::ptr_eq(p, registry))
+        else {
+            return;
+        };
+        let current: HashSet<TriggerId> = registry.crons.iter().map(trigger_id).collect();
+        let before: HashSet<TriggerId> = previous.crons.iter().map(trigger_id).collect();
+        for entry in previous
+            .crons
+            .iter()
+            .filter(|e| !current.contains(&trigger_id(e)))
+        {
+            let id = trigger_id(entry);
+            state.next_due.remove(&id);
+            let added = state.added.remove(&id);
+            state.removed.push(Removed {
+                entry: entry.clone(),
+                loaded_at: previous.loaded_at,
+                added,
+                until: registry.loaded_at,
+            });
+        }
+        for entry in registry
+            .crons
+            .iter()
+            .filter(|e| !before.contains(&trigger_id(e)))
+        {
+            let id = trigger_id(entry);
+            state.next_due.remove(&id);
+            state.added.insert(id);
+        }
+    }
+
+    /// Decides the slots of one trigger up to `now`; returns its next slot. `loaded_at` is when
+    /// the trigger's definitions were loaded, where a trigger new to the store starts, and
+    /// where one that `added` (by a reload, since the last tick) starts at the earliest.
+    async fn decide(
+        &self,
+        entry: &CronEntry,
+        loaded_at: Millis,
+        added: bool,
+        now: Millis,
+        report: &mut TickReport,
+    ) -> Result<Millis, EngineError> {
         let store = &self.engine.store;
         let wf = &entry.workflow.id;
-        let Some(from) = store.cron_checked_until(wf, &entry.key).await? else {
-            store.set_cron_checked_until(wf, &entry.key, now).await?;
-            return Ok(next_slot(entry, now));
+        let stored = store.cron_checked_until(wf, &entry.key).await?;
+        let from = match stored {
+            Some(mark) if !added => mark,
+            mark => mark.map_or(loaded_at, |m| m.max(loaded_at)),
         };
         if from >= now {
+            if stored != Some(from) {
+                store.set_cron_checked_until(wf, &entry.key, from).await?;
+            }
             return Ok(next_slot(entry, from));
         }
         let slots = slots_between(entry, from, now);
         let window = entry.spec.catch_up_window.as_std().as_millis() as i64;
         let on_time = |s: Millis| now - s <= GRACE_MS;
-        let latest_late = slots.iter().copied().filter(|&s| !on_time(s) && now - s <= window).max();
+        let latest_late = slots
+            .iter()
+            .copied()
+            .filter(|&s| !on_time(s) && now - s <= window)
+            .max();
         let any_on_time = slots.iter().any(|&s| on_time(s));
+        // Whether a run this trigger started before this decision is still going, asked once:
+        // the runs this decision starts (every missed slot, with `catch_up: all`) are not a
+        // previous run still going.
+        let mut previous_active = None;
         for &slot in &slots {
-            let decision = if now - slot > window {
-                Err((CronOutcome::Missed, format!("more than {} late (catch_up_window)", entry.spec.catch_up_window)))
+            let mut decision = if now - slot > window {
+                Err((
+                    CronOutcome::Missed,
+                    format!(
+                        "more than {} late (catch_up_window)",
+                        entry.spec.catch_up_window
+                    ),
+                ))
             } else if on_time(slot) {
                 Ok(())
             } else {
                 match entry.spec.catch_up {
-                    CatchUp::None => Err((CronOutcome::Skipped, "missed while Herald was not running (catch_up: none)".to_owned())),
+                    CatchUp::None => Err((
+                        CronOutcome::Skipped,
+                        "missed while Herald was not running (catch_up: none)".to_owned(),
+                    )),
                     CatchUp::All => Ok(()),
                     CatchUp::Latest if Some(slot) == latest_late && !any_on_time => Ok(()),
                     CatchUp::Latest => Err((
@@ -103,13 +235,18 @@ impl Scheduler {
                     )),
                 }
             };
-            let decision = match decision {
-                Ok(()) if entry.spec.overlap == Overlap::Skip && store.cron_run_active(wf, &entry.key).await? => Err((
-                    CronOutcome::Skipped,
-                    "the previous run is still going (overlap: skip)".to_owned(),
-                )),
-                d => d,
-            };
+            if decision.is_ok() && entry.spec.overlap == Overlap::Skip {
+                let active = match previous_active {
+                    Some(active) => active,
+                    None => *previous_active.insert(store.cron_run_active(wf, &entry.key).await?),
+                };
+                if active {
+                    decision = Err((
+                        CronOutcome::Skipped,
+                        "the previous run is still going (overlap: skip)".to_owned(),
+                    ));
+                }
+            }
             let mut fire = CronFire {
                 workflow_id: wf.clone(),
                 trigger_key: entry.key.clone(),
@@ -153,9 +290,19 @@ impl Scheduler {
                 }
             }
         }
-        let decided_until = if slots.len() >= MAX_SLOTS_PER_TICK { *slots.last().unwrap_or(&now) } else { now };
-        store.set_cron_checked_until(wf, &entry.key, decided_until).await?;
-        Ok(if decided_until < now { decided_until } else { next_slot(entry, now) })
+        let decided_until = if slots.len() >= MAX_SLOTS_PER_TICK {
+            *slots.last().unwrap_or(&now)
+        } else {
+            now
+        };
+        store
+            .set_cron_checked_until(wf, &entry.key, decided_until)
+            .await?;
+        Ok(if decided_until < now {
+            decided_until
+        } else {
+            next_slot(entry, now)
+        })
     }
 
     /// Ticks once a second until shut down.
@@ -176,12 +323,16 @@ impl Scheduler {
 }
 
 fn zoned(entry: &CronEntry, ms: Millis) -> Option<jiff::Zoned> {
-    jiff::Timestamp::from_millisecond(ms).ok().map(|t| t.to_zoned(entry.tz.clone()))
+    jiff::Timestamp::from_millisecond(ms)
+        .ok()
+        .map(|t| t.to_zoned(entry.tz.clone()))
 }
 
 /// Slots in `(from, to]`, at most [`MAX_SLOTS_PER_TICK`].
 fn slots_between(entry: &CronEntry, from: Millis, to: Millis) -> Vec<Millis> {
-    let Some(start) = zoned(entry, from) else { return Vec::new() };
+    let Some(start) = zoned(entry, from) else {
+        return Vec::new();
+    };
     entry
         .cron
         .iter_after(start)

@@ -27,7 +27,9 @@ impl Duration {
 
     pub fn parse(text: &str) -> Result<Duration, String> {
         let bad = || {
-            format!("`{text}` is not a duration: use a number and a unit, such as 30s, 15m, 2h or 1d")
+            format!(
+                "`{text}` is not a duration: use a number and a unit, such as 30s, 15m, 2h or 1d"
+            )
         };
         if text.is_empty() {
             return Err(bad());
@@ -54,7 +56,9 @@ impl Duration {
                 };
                 (ms, 1)
             };
-            total = total.checked_add(n.checked_mul(unit_ms).ok_or_else(bad)?).ok_or_else(bad)?;
+            total = total
+                .checked_add(n.checked_mul(unit_ms).ok_or_else(bad)?)
+                .ok_or_else(bad)?;
             rest = &rest[len..];
         }
         let ms = u64::try_from(total).map_err(|_| bad())?;
@@ -68,7 +72,12 @@ impl fmt::Display for Duration {
         if ms == 0 {
             return f.write_str("0s");
         }
-        for (unit, size) in [("d", 86_400_000), ("h", 3_600_000), ("m", 60_000), ("s", 1_000)] {
+        for (unit, size) in [
+            ("d", 86_400_000),
+            ("h", 3_600_000),
+            ("m", 60_000),
+            ("s", 1_000),
+        ] {
             if ms >= size {
                 write!(f, "{}{unit}", ms / size)?;
                 ms %= size;
@@ -261,7 +270,16 @@ mod tests {
         assert_eq!(Duration::parse("500ms").unwrap().0.as_millis(), 500);
         assert_eq!(Duration::parse("2d").unwrap().to_string(), "2d");
         assert_eq!(Duration::parse("90m").unwrap().to_string(), "1h30m");
-        for bad in ["", "30", "m", "1.5h", "30 m", "-1s", "1y", "99999999999999999999d"] {
+        for bad in [
+            "",
+            "30",
+            "m",
+            "1.5h",
+            "30 m",
+            "-1s",
+            "1y",
+            "99999999999999999999d",
+        ] {
             assert!(Duration::parse(bad).is_err(), "{bad} should be rejected");
         }
     }
@@ -269,7 +287,9 @@ mod tests {
     #[test]
     fn duration_pattern_agrees_with_parser() {
         let re = regex::Regex::new(DURATION_PATTERN).unwrap();
-        for s in ["30s", "1h30m", "500ms", "1w2d", "0s", "30", "1.5h", "30 m", "1y", "ms"] {
+        for s in [
+            "30s", "1h30m", "500ms", "1w2d", "0s", "30", "1.5h", "30 m", "1y", "ms",
+        ] {
             // The parser may reject values the pattern accepts only for overflow.
             assert_eq!(re.is_match(s), Duration::parse(s).is_ok(), "{s}");
         }

@@ -364,12 +364,20 @@ impl Action {
     pub fn branches(&self) -> Vec<(String, &[Step])> {
         match self {
             Action::If { then, else_, .. } => {
-                vec![("then".into(), then.as_slice()), ("else".into(), else_.as_slice())]
+                vec![
+                    ("then".into(), then.as_slice()),
+                    ("else".into(), else_.as_slice()),
+                ]
             }
             Action::Switch { cases, default, .. } => {
                 let mut out: Vec<(String, &[Step])> = cases
                     .iter()
-                    .map(|(k, v)| (format!("cases/{}", crate::definitions::source::escape_token(k)), v.as_slice()))
+                    .map(|(k, v)| {
+                        (
+                            format!("cases/{}", crate::definitions::source::escape_token(k)),
+                            v.as_slice(),
+                        )
+                    })
                     .collect();
                 out.push(("default".into(), default.as_slice()));
                 out
@@ -414,7 +422,11 @@ impl RawStep {
             return Err(format!(
                 "a step needs exactly one action ({}), found {}",
                 ACTION_KEYS.join(", "),
-                if present.is_empty() { "none".to_owned() } else { present.join(" and ") }
+                if present.is_empty() {
+                    "none".to_owned()
+                } else {
+                    present.join(" and ")
+                }
             ));
         }
         let orphan = |key: &str, owner: &str| format!("`{key}` belongs beside `{owner}`");
@@ -425,7 +437,11 @@ impl RawStep {
             return Err(orphan("cases/default", "switch"));
         }
         // Generated ids start with `_`, which explicit ids cannot, so the two never collide.
-        let base = if id.starts_with('_') { id.clone() } else { format!("_{id}") };
+        let base = if id.starts_with('_') {
+            id.clone()
+        } else {
+            format!("_{id}")
+        };
         let list = |steps: Vec<RawStep>, key: &str| -> Result<Vec<Step>, String> {
             steps
                 .into_iter()
@@ -447,12 +463,25 @@ impl RawStep {
             }
         } else if let Some(on) = self.switch {
             let mut cases = IndexMap::new();
-            for (n, (k, v)) in self.cases.ok_or("`switch` needs `cases`")?.into_iter().enumerate() {
-                let p = format!("{pointer}/cases/{}", crate::definitions::source::escape_token(&k));
+            for (n, (k, v)) in self
+                .cases
+                .ok_or("`switch` needs `cases`")?
+                .into_iter()
+                .enumerate()
+            {
+                let p = format!(
+                    "{pointer}/cases/{}",
+                    crate::definitions::source::escape_token(&k)
+                );
                 let steps = v
                     .into_iter()
                     .enumerate()
-                    .map(|(i, s)| s.into_step(&format!("{p}/{i}"), &format!("{base}_case{}_{}", n + 1, i + 1)))
+                    .map(|(i, s)| {
+                        s.into_step(
+                            &format!("{p}/{i}"),
+                            &format!("{base}_case{}_{}", n + 1, i + 1),
+                        )
+                    })
                     .collect::<Result<Vec<_>, _>>()?;
                 cases.insert(k, steps);
             }
