@@ -26,6 +26,10 @@ impl LogChannel {
 
 #[async_trait]
 impl Channel for LogChannel {
+    fn timeout(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(1)
+    }
+
     fn provider(&self) -> &'static str {
         "log"
     }

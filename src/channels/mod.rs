@@ -79,6 +79,12 @@ pub trait Channel: Send + Sync + std::fmt::Debug {
 
     /// Attempts one delivery.
     async fn deliver(&self, message: &OutboundMessage) -> Result<Delivered, DeliveryError>;
+
+    /// The longest one delivery can take. The outbox claims a message for a little longer,
+    /// so a dispatcher that died mid-delivery is replaced soon after.
+    fn timeout(&self) -> Duration {
+        Duration::from_secs(30)
+    }
 }
 
 /// The channels of a configuration, by name, in the order herald.yaml lists them.

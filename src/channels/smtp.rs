@@ -217,6 +217,10 @@ impl Drop for SmtpChannel {
 
 #[async_trait]
 impl Channel for SmtpChannel {
+    fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
     fn provider(&self) -> &'static str {
         "smtp"
     }

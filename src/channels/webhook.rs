@@ -153,6 +153,10 @@ impl fmt::Debug for WebhookChannel {
 
 #[async_trait]
 impl Channel for WebhookChannel {
+    fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
     fn provider(&self) -> &'static str {
         "webhook"
     }

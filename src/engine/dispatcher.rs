@@ -17,10 +17,12 @@ const BATCH: i64 = 32;
 const MAX_IDLE: Duration = Duration::from_secs(1);
 
 impl Engine {
-    /// A message stays claimed this long; a delivery that takes longer (or a process that
-    /// died mid-delivery) lets another dispatcher try again, with the same idempotency key.
+    /// A message stays claimed this long: the slowest channel's timeout plus the engine's
+    /// lease. A process that died mid-delivery leaves its messages to be tried again after
+    /// that, with the same idempotency key.
     fn outbox_lease_ms(&self) -> i64 {
-        (self.lease_ms() * 4).max(120_000)
+        let slowest = self.registry().channels.values().map(|c| c.timeout()).max().unwrap_or_default();
+        slowest.as_millis() as i64 + self.lease_ms().max(5_000)
     }
 
     /// Delivers every message due now. Tests call this; `herald serve` runs [`Engine::dispatch`].
