@@ -70,7 +70,7 @@ impl SqliteStore {
         let pool = SqlitePoolOptions::new()
             .max_connections(4)
             .min_connections(1)
-            .connect_with(options.read_only(true))
+            .connect_with(options.clone().read_only(true))
             .await?;
         let (jobs, queue) = tokio::sync::mpsc::unbounded_channel();
         // The writer gets a handle without a sender to its own queue, so the queue closes, and
@@ -86,6 +86,7 @@ impl SqliteStore {
         tokio::spawn(super::group_commit::run(for_writer, queue));
         tokio::spawn(checkpoint_loop(
             checkpointer,
+            options.get_filename().to_path_buf(),
             jobs.downgrade(),
             checkpoint_due.clone(),
         ));
@@ -926,28 +927,37 @@ impl Store for SqliteStore {
     }
 }
 
-/// WAL frames (about 256 MiB) after which the writer is asked to start the WAL over.
-const WAL_FRAMES_BEFORE_RESTART: i64 = 65_536;
+/// WAL frames (about 16 MiB) after which the writer is asked to start the WAL over.
+const WAL_FRAMES_BEFORE_RESTART: i64 = 4096;
 
-/// Copies the WAL into the database file every 250 ms, from its own connection, so the copying
-/// and the sync after it never stall a commit. PASSIVE waits for nobody.
+/// Keeps checkpoints off the commit path.
 ///
-/// SQLite starts the WAL over only when a write begins with every frame already copied. With
-/// any pause in the load that happens by itself. Under sustained saturation commits keep
-/// appending, so once the WAL is long this catches up pass by pass until a pass has little
-/// left to copy, then asks the writer to checkpoint between two batches: it copies and syncs
-/// only what was appended since (a millisecond or two), and its next write starts the WAL
-/// over. The file keeps its size and is overwritten from the start: shrinking a large file
-/// inside a commit would stall it.
+/// Every 250 ms this copies the WAL into the database file from its own connection (PASSIVE:
+/// it waits for nobody) and then syncs the database file itself. SQLite only syncs the file
+/// when a checkpoint catches up completely, which under steady load it never does, so without
+/// this all the syncing would fall on whichever checkpoint finally does catch up.
+///
+/// SQLite also only starts the WAL over when a write begins with every frame copied. With any
+/// pause in the load that happens by itself. Under sustained saturation commits keep
+/// appending, so once the WAL is long this catches up pass by pass until little is left, then
+/// asks the writer to checkpoint between two batches: it copies and syncs only what was
+/// appended since, and its next write starts the WAL over.
 async fn checkpoint_loop(
     conn: SqlitePool,
+    db_file: std::path::PathBuf,
     alive: tokio::sync::mpsc::WeakUnboundedSender<super::group_commit::Job>,
     due: std::sync::Arc<std::sync::atomic::AtomicBool>,
 ) {
-    /// Frames (1 MiB) a catching-up pass may find left over and still hand the rest to the writer.
+    /// Frames (1 MiB) a catching-up pass may leave for the writer.
     const SMALL_DELTA: i64 = 256;
     let passive =
         || sqlx::query_as::<_, (i64, i64, i64)>("PRAGMA wal_checkpoint(PASSIVE)").fetch_one(&conn);
+    let sync = |path: std::path::PathBuf| async move {
+        let _ = tokio::task::spawn_blocking(move || {
+            std::fs::File::open(path).and_then(|f| f.sync_data())
+        })
+        .await;
+    };
     loop {
         tokio::time::sleep(Duration::from_millis(250)).await;
         if alive.upgrade().is_none() {
@@ -960,6 +970,7 @@ async fn checkpoint_loop(
                 continue;
             }
         };
+        sync(db_file.clone()).await;
         if frames <= WAL_FRAMES_BEFORE_RESTART {
             continue;
         }
@@ -968,6 +979,7 @@ async fn checkpoint_loop(
             match passive().await {
                 Ok((_, f, c)) => {
                     (frames, copied) = (f, c);
+                    sync(db_file.clone()).await;
                     if frames - before <= SMALL_DELTA && copied == frames {
                         due.store(true, std::sync::atomic::Ordering::Relaxed);
                         break;

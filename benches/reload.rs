@@ -1,0 +1,2 @@
+//! Placeholder: replaced by the reload benchmark.
+fn main() {}

@@ -1,0 +1,2 @@
+//! Placeholder: replaced by the timers benchmark.
+fn main() {}
