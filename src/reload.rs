@@ -11,7 +11,8 @@
 //! renaming it, a `git checkout`) is debounced and then coalesced into one reload.
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use notify::event::ModifyKind;
@@ -44,11 +45,25 @@ pub fn spawn(
 ) {
     let (tx, rx) = mpsc::unbounded_channel::<Request>();
     *state.reloader.lock().expect("not poisoned") = Some(tx.clone());
+
+    let watcher = if watch {
+        match start_watcher(&layout, tx.clone()) {
+            Ok(watcher) => Some(Arc::new(Mutex::new(watcher))),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot watch the project's files; reload with SIGHUP or POST /api/reload");
+                None
+            }
+        }
+    } else {
+        None
+    };
+    // The watcher lives as long as the reload loop, which is as long as the server.
     tasks.spawn(reload_loop(
         state,
         layout.clone(),
         env,
         rx,
+        watcher,
         shutdown.clone(),
     ));
 
@@ -76,21 +91,6 @@ pub fn spawn(
             }
         });
     }
-
-    if watch {
-        match start_watcher(&layout, tx) {
-            Ok(watcher) => {
-                // The watcher lives as long as the server.
-                tasks.spawn(async move {
-                    shutdown.cancelled().await;
-                    drop(watcher);
-                });
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot watch the project's files; reload with SIGHUP or POST /api/reload")
-            }
-        }
-    }
 }
 
 async fn reload_loop(
@@ -98,6 +98,7 @@ async fn reload_loop(
     layout: Layout,
     env: EnvSource,
     mut rx: mpsc::UnboundedReceiver<Request>,
+    watcher: Option<Arc<Mutex<Watcher>>>,
     shutdown: CancellationToken,
 ) {
     let mut generation = state.engine.registry().generation;
@@ -110,6 +111,15 @@ async fn reload_loop(
         let mut waiting = vec![first];
         while let Ok(more) = rx.try_recv() {
             waiting.push(more);
+        }
+        // Before reading the files: a folder that appeared or was replaced gets its watch
+        // first, so what is put in it after this reload's read is reported.
+        if let Some(w) = &watcher {
+            let w = w.clone();
+            let _ = tokio::task::spawn_blocking(move || {
+                w.lock().unwrap_or_else(|p| p.into_inner()).refresh()
+            })
+            .await;
         }
         generation += 1;
         let status = reload_once(&state, &layout, &env, generation).await;
@@ -219,40 +229,106 @@ fn relevant(path: &Path, layout: &Layout) -> bool {
     if path.starts_with(&layout.templates_dir) {
         return true;
     }
-    // A folder rename or removal under workflows/ reports the folder itself.
+    // A folder moved in or out of workflows/ reports only the folder itself, and a folder's
+    // name may well have a dot in it (`release-2.1`), so "no extension" does not tell a folder.
+    // What is not a regular file counts: a folder, or a path that is gone (a folder moved out,
+    // or a file deleted; which of the two cannot be told any more, and a needless reload of an
+    // unchanged project changes nothing).
     path.starts_with(&layout.workflows_dir)
-        && (name.ends_with(".yaml") || name.ends_with(".yml") || path.extension().is_none())
+        && (name.ends_with(".yaml") || name.ends_with(".yml") || !path.is_file())
 }
 
-fn start_watcher(
-    layout: &Layout,
-    tx: mpsc::UnboundedSender<Request>,
-) -> Result<
-    notify_debouncer_full::Debouncer<
-        notify::RecommendedWatcher,
-        notify_debouncer_full::RecommendedCache,
-    >,
-    String,
-> {
-    let canonical = |p: &Path| p.canonicalize().unwrap_or_else(|_| p.to_path_buf());
+type Debouncer = notify_debouncer_full::Debouncer<
+    notify::RecommendedWatcher,
+    notify_debouncer_full::RecommendedCache,
+>;
+
+/// The file watcher, and which of the folders it follows have a watch on them.
+///
+/// A watch is on a folder, not on a path: when `workflows/` or `templates/` is deleted (a
+/// branch switch, a deploy that replaces the folder) its watch goes with it, and a folder
+/// created later (a project that gets `templates/` after it started) has none. Their parent
+/// folders are watched too, so that such a change is reported; [`Watcher::refresh`], run
+/// before every reload, then puts a watch on the folder now at the path.
+pub(crate) struct Watcher {
+    debouncer: Debouncer,
+    /// `workflows/` and `templates/`, each with whether a watch is on it.
+    dirs: Vec<(PathBuf, bool)>,
+    /// Set by the event handler when an event names one of those folders itself (created,
+    /// removed, renamed): a watch on the path may then be on a folder that is gone.
+    touched: Arc<AtomicBool>,
+}
+
+impl Watcher {
+    /// Watches each followed folder that exists and has no watch, or every one again when
+    /// one of them was touched. Errors go to the log; the next reload tries again.
+    fn refresh(&mut self) {
+        let touched = self.touched.swap(false, Ordering::SeqCst);
+        for (dir, watched) in &mut self.dirs {
+            if *watched && !touched {
+                continue;
+            }
+            if *watched {
+                // Fails when the folder went and its watch with it; either way it is off now.
+                let _ = self.debouncer.unwatch(&*dir);
+                *watched = false;
+            }
+            if dir.is_dir() {
+                match self.debouncer.watch(&*dir, RecursiveMode::Recursive) {
+                    Ok(()) => *watched = true,
+                    Err(e) => {
+                        tracing::warn!(folder = %dir.display(), error = %e, "cannot watch the folder; changes in it need a reload")
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// `p` with symbolic links resolved, as the watcher reports paths; for a path that does not
+/// exist yet, its parent's.
+fn canonical(p: &Path) -> PathBuf {
+    if let Ok(c) = p.canonicalize() {
+        return c;
+    }
+    match (
+        p.parent().and_then(|d| d.canonicalize().ok()),
+        p.file_name(),
+    ) {
+        (Some(parent), Some(name)) => parent.join(name),
+        _ => p.to_path_buf(),
+    }
+}
+
+fn start_watcher(layout: &Layout, tx: mpsc::UnboundedSender<Request>) -> Result<Watcher, String> {
     let watched = Layout {
         root: canonical(&layout.root),
         config_file: layout.config_file.as_deref().map(canonical),
         workflows_dir: canonical(&layout.workflows_dir),
         templates_dir: canonical(&layout.templates_dir),
     };
+    let mut dirs: Vec<PathBuf> = vec![watched.workflows_dir.clone(), watched.templates_dir.clone()];
+    dirs.dedup();
+    let touched = Arc::new(AtomicBool::new(false));
     let filter = watched.clone();
+    let followed = dirs.clone();
+    let touched_by_events = touched.clone();
     let handler = move |result: DebounceEventResult| match result {
         Ok(events) => {
             // Reading a file is an event too (the reload itself reads every file): only
             // content, creation, removal and renames count.
-            let any = events.iter().any(|e| {
-                !matches!(
-                    e.kind,
-                    EventKind::Access(_) | EventKind::Modify(ModifyKind::Metadata(_))
-                ) && e.paths.iter().any(|p| relevant(p, &filter))
-            });
-            if any {
+            let counted = || {
+                events.iter().filter(|e| {
+                    !matches!(
+                        e.kind,
+                        EventKind::Access(_) | EventKind::Modify(ModifyKind::Metadata(_))
+                    )
+                })
+            };
+            if counted().any(|e| e.paths.iter().any(|p| followed.contains(p))) {
+                touched_by_events.store(true, Ordering::SeqCst);
+            }
+            if counted().any(|e| e.paths.iter().any(|p| relevant(p, &filter))) {
                 let (done, _) = oneshot::channel();
                 let _ = tx.send(done);
             }
@@ -265,21 +341,29 @@ fn start_watcher(
     };
     let mut debouncer = new_debouncer(DEBOUNCE, Some(Duration::from_millis(25)), handler)
         .map_err(|e| e.to_string())?;
+    // The folders holding the followed folders (and herald.yaml), without their sub-folders:
+    // they report a followed folder being created, removed or replaced.
+    let mut parents: Vec<PathBuf> = dirs
+        .iter()
+        .filter_map(|d| d.parent().map(Path::to_path_buf))
+        .collect();
+    if watched.config_file.is_some() {
+        parents.push(watched.root.clone());
+    }
+    parents.sort();
+    parents.dedup();
+    for parent in parents.iter().filter(|p| p.is_dir() && !dirs.contains(p)) {
+        debouncer
+            .watch(parent, RecursiveMode::NonRecursive)
+            .map_err(|e| format!("{}: {e}", parent.display()))?;
+    }
     // Folders are watched, not files: an editor that saves by renaming a new file over the
     // old one would leave a watch on the old file's inode behind.
-    let mut dirs: Vec<PathBuf> = vec![watched.workflows_dir.clone(), watched.templates_dir.clone()];
-    dirs.dedup();
-    for dir in &dirs {
-        if dir.is_dir() {
-            debouncer
-                .watch(dir, RecursiveMode::Recursive)
-                .map_err(|e| format!("{}: {e}", dir.display()))?;
-        }
-    }
-    if watched.config_file.is_some() {
-        debouncer
-            .watch(&watched.root, RecursiveMode::NonRecursive)
-            .map_err(|e| e.to_string())?;
-    }
-    Ok(debouncer)
+    let mut watcher = Watcher {
+        debouncer,
+        dirs: dirs.into_iter().map(|d| (d, false)).collect(),
+        touched,
+    };
+    watcher.refresh();
+    Ok(watcher)
 }
