@@ -144,6 +144,7 @@ pub async fn reload_once(
     let now = engine.now();
     let (l, e) = (layout.clone(), env.clone());
     let loaded = tokio::task::spawn_blocking(move || load_registry(&l, &e, generation, now)).await;
+    let _gate = state.reload_gate.write().await;
     let status = match loaded {
         Ok(Ok((registry, _))) => {
             let count = registry.workflows.len();

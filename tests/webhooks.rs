@@ -493,6 +493,7 @@ impl Server {
                 errors: Vec::new(),
             }),
             started_at: clock.now(),
+            reload_gate: Default::default(),
             reloader: Mutex::new(None),
         });
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

@@ -163,6 +163,7 @@ async fn serve(args: Args) -> Result<ExitCode, UsageError> {
             errors: Vec::new(),
         }),
         started_at: now,
+        reload_gate: Default::default(),
         reloader: Mutex::new(None),
     });
 

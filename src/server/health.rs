@@ -14,8 +14,11 @@ use crate::store::{OutboxStatus, RunStatus};
 pub async fn health(State(state): State<Arc<AppState>>) -> Response {
     let engine = &state.engine;
     let db = engine.store.ping().await;
-    let registry = engine.registry();
-    let reload = state.reload.lock().expect("not poisoned").clone();
+    let (registry, reload) = {
+        let _gate = state.reload_gate.read().await;
+        let reload = state.reload.lock().expect("not poisoned").clone();
+        (engine.registry(), reload)
+    };
     let ok = db.is_ok();
     let body = json!({
         "status": if ok { "ok" } else { "degraded" },

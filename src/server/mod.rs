@@ -35,6 +35,10 @@ pub struct AppState {
     pub admin_keys: Vec<[u8; 32]>,
     pub metrics: PrometheusHandle,
     pub reload: Mutex<ReloadStatus>,
+    /// Held (write) by a reload from just before it installs a registry until its status is
+    /// recorded, and (read) by `/health`, so the reported generation and reload status
+    /// always belong together.
+    pub reload_gate: tokio::sync::RwLock<()>,
     pub started_at: Millis,
     /// Triggers a reload (the admin endpoint); hot reload installs it.
     pub reloader: Mutex<
