@@ -45,6 +45,40 @@ pub fn references(text: &str) -> Vec<Result<EnvRef, EnvRef>> {
         .collect()
 }
 
+/// The strings under `value` that hold `${env:` (references, or malformed ones), each with its
+/// JSON pointer, in document order.
+pub fn env_strings(value: &serde_json::Value) -> Vec<(String, String)> {
+    fn walk(value: &serde_json::Value, pointer: &mut String, out: &mut Vec<(String, String)>) {
+        match value {
+            serde_json::Value::String(s) if s.contains("${env:") => {
+                out.push((pointer.clone(), s.clone()));
+            }
+            serde_json::Value::Array(items) => {
+                let len = pointer.len();
+                for (i, v) in items.iter().enumerate() {
+                    use std::fmt::Write as _;
+                    let _ = write!(pointer, "/{i}");
+                    walk(v, pointer, out);
+                    pointer.truncate(len);
+                }
+            }
+            serde_json::Value::Object(map) => {
+                let len = pointer.len();
+                for (k, v) in map {
+                    pointer.push('/');
+                    pointer.push_str(&super::source::escape_token(k));
+                    walk(v, pointer, out);
+                    pointer.truncate(len);
+                }
+            }
+            _ => {}
+        }
+    }
+    let mut out = Vec::new();
+    walk(value, &mut String::new(), &mut out);
+    out
+}
+
 /// Where variables are read from: the process environment, a fixed map (tests), or an env
 /// file's values in front of the process environment (`--env-file`).
 #[derive(Clone)]

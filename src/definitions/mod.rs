@@ -34,6 +34,9 @@ pub struct Definition {
     pub doc: Parsed,
     /// SHA-256 of the definition's JSON form: comments and formatting do not change it.
     pub hash: String,
+    /// The document's strings that hold `${env:` references, with their JSON pointers, in
+    /// document order: what secrets it needs, found once.
+    pub env_strings: Vec<(String, String)>,
     pub body: Body,
 }
 
@@ -185,6 +188,7 @@ fn read_workflow(file: SourceFile, doc: Parsed) -> Result<Definition, Vec<Diagno
     Ok(Definition {
         id: id.clone(),
         hash: content_hash(&doc.value),
+        env_strings: env::env_strings(&doc.value),
         body: Body::Workflow(Workflow {
             id,
             description: def.description,

@@ -2,12 +2,15 @@
 //! set. This is the single path from files to a validated set, shared by `herald validate`,
 //! `herald serve` and hot reload.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use super::diagnostics::{Diagnostic, Report};
 use super::env::EnvSource;
 use super::model::ConfigDef;
 use super::schema::{SchemaKind, Schemas};
+use super::semantic::CompiledTexts;
 use super::source::{Parsed, SourceFile};
 use super::{Definition, read_definition, semantic};
 use crate::templates::{Templates, is_ignored_file};
@@ -115,7 +118,7 @@ pub struct Config {
 pub struct Project {
     pub layout: Layout,
     pub config: Config,
-    pub definitions: Vec<Definition>,
+    pub definitions: Vec<Arc<Definition>>,
     pub templates: Templates,
     /// How many definition files were read, valid or not.
     pub files_read: usize,
@@ -147,7 +150,13 @@ pub fn definition_files(dir: &Path) -> Vec<PathBuf> {
             if is_ignored_file(&name) {
                 continue;
             }
-            if path.is_dir() {
+            // The entry's type comes with the listing; only a symbolic link needs a look at
+            // what it points to.
+            let is_dir = match entry.file_type() {
+                Ok(t) if !t.is_symlink() => t.is_dir(),
+                _ => path.is_dir(),
+            };
+            if is_dir {
                 walk(&path, out);
             } else if name.ends_with(".yaml") || name.ends_with(".yml") {
                 out.push(path);
@@ -160,8 +169,116 @@ pub fn definition_files(dir: &Path) -> Vec<PathBuf> {
     out
 }
 
+/// What one load of a project keeps for the next load of the same project, so that a reload
+/// only does again the work a change calls for. Every file is still read and the semantic pass
+/// still runs over the whole set; what is reused is a function of a file's text alone:
+///
+/// - each definition file's parse, schema check and deserialization, by path, display path and
+///   text (an unchanged file gives the same definition, or the same diagnostics);
+/// - each template and expression the semantic pass compiled, by its text.
+///
+/// A load with a cache gives exactly what [`load`] gives.
+#[derive(Debug, Default)]
+pub struct LoadCache {
+    files: HashMap<PathBuf, CachedFile>,
+    texts: CompiledTexts,
+}
+
+#[derive(Debug)]
+struct CachedFile {
+    display: PathBuf,
+    text: Arc<str>,
+    result: FileResult,
+}
+
+impl LoadCache {
+    /// Reads every definition file (path, display path) and returns, in the same order, each
+    /// one's display path and what it holds. Only files whose text is not the one cached are
+    /// parsed, on several threads when there are many. The cache is left holding exactly these
+    /// files.
+    fn read_all(
+        &mut self,
+        files: Vec<(PathBuf, PathBuf)>,
+    ) -> Vec<(PathBuf, std::io::Result<FileResult>)> {
+        let mut read = Vec::with_capacity(files.len());
+        let mut to_parse = Vec::new();
+        for (path, display) in files {
+            let entry = std::fs::read_to_string(&path).map(|text| {
+                let text: Arc<str> = text.into();
+                let cached = self
+                    .files
+                    .remove(&path)
+                    .filter(|c| c.display == display && c.text == text)
+                    .map(|c| c.result);
+                if cached.is_none() {
+                    to_parse.push(SourceFile::new(display.clone(), text.clone()));
+                }
+                (text, cached)
+            });
+            read.push((path, display, entry));
+        }
+        // What is left is files that are gone.
+        self.files.clear();
+        let mut parsed = parse_all(to_parse).into_iter();
+        read.into_iter()
+            .map(|(path, display, entry)| {
+                let (text, cached) = match entry {
+                    Ok(e) => e,
+                    Err(e) => return (display, Err(e)),
+                };
+                let result = cached
+                    .or_else(|| parsed.next())
+                    .expect("every file read is cached or parsed");
+                let kept = CachedFile {
+                    display: display.clone(),
+                    text,
+                    result: result.clone(),
+                };
+                self.files.insert(path, kept);
+                (display, Ok(result))
+            })
+            .collect()
+    }
+}
+
+type FileResult = Result<Arc<Definition>, Vec<Diagnostic>>;
+
+/// Below this many files to parse, one thread does it all.
+const PARALLEL_FROM: usize = 32;
+
+/// Parses, schema-checks and deserializes files, in order; spread over the machine's cores when
+/// there are enough of them to be worth a thread.
+fn parse_all(files: Vec<SourceFile>) -> Vec<FileResult> {
+    let read = |file: SourceFile| read_definition(file).map(Arc::new);
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    if threads < 2 || files.len() < PARALLEL_FROM {
+        return files.into_iter().map(read).collect();
+    }
+    let per_thread = files.len().div_ceil(threads);
+    let mut files = files.into_iter();
+    let chunks: Vec<Vec<SourceFile>> = (0..threads)
+        .map(|_| files.by_ref().take(per_thread).collect())
+        .collect();
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = chunks
+            .into_iter()
+            .map(|chunk| scope.spawn(move || chunk.into_iter().map(read).collect::<Vec<_>>()))
+            .collect();
+        handles
+            .into_iter()
+            .flat_map(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
+            .collect()
+    })
+}
+
 /// Loads and checks a whole project.
 pub fn load(layout: &Layout, opts: &LoadOptions) -> (Project, Report) {
+    load_with(layout, opts, &mut LoadCache::default())
+}
+
+/// [`load`], reusing what an earlier load of the same project kept in `cache`, and leaving in
+/// it what this one found.
+pub fn load_with(layout: &Layout, opts: &LoadOptions, cache: &mut LoadCache) -> (Project, Report) {
     let mut report = Report::default();
     let config = load_config(layout, opts, &mut report);
 
@@ -190,20 +307,22 @@ pub fn load(layout: &Layout, opts: &LoadOptions) -> (Project, Report) {
         Vec::new()
     };
     let files_read = files.len();
-    for path in files {
-        let display = display_path(&path, &opts.display_base);
-        let file = match SourceFile::read(&path, display.clone()) {
-            Ok(f) => f,
+    let files: Vec<(PathBuf, PathBuf)> = files
+        .into_iter()
+        .map(|path| {
+            let display = display_path(&path, &opts.display_base);
+            (path, display)
+        })
+        .collect();
+    for (display, result) in cache.read_all(files) {
+        match result {
+            Ok(Ok(def)) => definitions.push(def),
+            Ok(Err(diags)) => report.extend(diags),
             Err(e) => {
                 report.push(
                     Diagnostic::error("io", format!("cannot read the file: {e}")).in_file(display),
                 );
-                continue;
             }
-        };
-        match read_definition(file) {
-            Ok(def) => definitions.push(def),
-            Err(diags) => report.extend(diags),
         }
     }
 
@@ -214,7 +333,7 @@ pub fn load(layout: &Layout, opts: &LoadOptions) -> (Project, Report) {
         templates,
         files_read,
     };
-    report.extend(semantic::check(&project, opts));
+    report.extend(semantic::check_with(&project, opts, &mut cache.texts));
     report.sort();
     (project, report)
 }
@@ -269,5 +388,79 @@ fn load_config(layout: &Layout, opts: &LoadOptions, report: &mut Report) -> Conf
                 file: Some((file, parsed)),
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = "kind: workflow\nid: ID\ntriggers:\n  - webhook: { path: /hooks/ID }\nsteps:\n  - id: greet\n    set: { greeting: \"Hi {{ body.name }}\" }\n";
+
+    fn good(id: &str) -> String {
+        GOOD.replace("ID", id)
+    }
+
+    fn rendered(report: &Report) -> Vec<String> {
+        report.diagnostics.iter().map(|d| d.render(false)).collect()
+    }
+
+    /// A load that reuses an earlier load's cache finds exactly what a fresh load finds.
+    #[test]
+    fn a_cached_load_gives_what_a_fresh_load_gives() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path();
+        std::fs::create_dir_all(dir.join("workflows")).unwrap();
+        std::fs::write(dir.join(CONFIG_FILE), "channels: {}\n").unwrap();
+        let wf = |name: &str| dir.join("workflows").join(name);
+        std::fs::write(wf("a.yaml"), good("a")).unwrap();
+        std::fs::write(wf("b.yaml"), good("b").replace("set:", "sett:")).unwrap();
+        std::fs::write(wf("c.yaml"), good("c").replace("body.name", "bdy.name")).unwrap();
+        std::fs::write(wf("d.yaml"), good("d")).unwrap();
+        let layout = Layout::discover(dir).unwrap();
+        let opts = LoadOptions {
+            env_mode: EnvMode::Validate,
+            env: EnvSource::Map(Default::default()),
+            display_base: dir.to_path_buf(),
+        };
+        let mut cache = LoadCache::default();
+
+        let check = |cache: &mut LoadCache| {
+            let (cached, cached_report) = load_with(&layout, &opts, cache);
+            let (fresh, fresh_report) = load(&layout, &opts);
+            assert_eq!(rendered(&cached_report), rendered(&fresh_report));
+            let ids = |p: &Project| {
+                p.definitions
+                    .iter()
+                    .map(|d| (d.id.clone(), d.hash.clone()))
+                    .collect::<Vec<_>>()
+            };
+            assert_eq!(ids(&cached), ids(&fresh));
+            (cached, cached_report)
+        };
+        let (first, report) = check(&mut cache);
+        assert_eq!(report.errors(), 2, "{:#?}", rendered(&report));
+
+        // Unchanged files are not parsed again; changed, new and removed ones are seen.
+        std::fs::write(wf("a.yaml"), good("a").replace("greet", "greet_2")).unwrap();
+        std::fs::write(wf("b.yaml"), good("b")).unwrap();
+        std::fs::remove_file(wf("c.yaml")).unwrap();
+        std::fs::write(wf("e.yaml"), good("d")).unwrap();
+        let (second, report) = check(&mut cache);
+        assert_eq!(report.errors(), 2, "{:#?}", rendered(&report)); // d and e share id and path
+        let d = |p: &Project| p.definitions.iter().find(|d| d.id == "d").cloned().unwrap();
+        assert!(Arc::ptr_eq(&d(&first), &d(&second)));
+        let a = |p: &Project| p.definitions.iter().find(|d| d.id == "a").cloned().unwrap();
+        assert!(!Arc::ptr_eq(&a(&first), &a(&second)));
+
+        // Back to the first state.
+        std::fs::write(wf("a.yaml"), good("a")).unwrap();
+        std::fs::write(wf("b.yaml"), good("b").replace("set:", "sett:")).unwrap();
+        std::fs::write(wf("c.yaml"), good("c").replace("body.name", "bdy.name")).unwrap();
+        std::fs::remove_file(wf("e.yaml")).unwrap();
+        let (_, again) = check(&mut cache);
+        let (_, fresh) = load(&layout, &opts);
+        assert_eq!(rendered(&again), rendered(&fresh));
+        assert_eq!(cache.files.len(), 4);
     }
 }

@@ -11,6 +11,8 @@
 //! - steps that can never run because an earlier step always fails.
 
 use std::collections::{HashMap, HashSet};
+use std::ops::Range;
+use std::sync::Arc;
 
 use minijinja::Environment;
 use serde_json::Value;
@@ -35,7 +37,99 @@ pub const CONTEXT_ROOTS: &[&str] = &[
 /// The channel that exists without configuration.
 pub const BUILTIN_CHANNEL: &str = "log";
 
+/// What compiling one template or expression found: the variables it uses (sorted), or why it
+/// does not compile.
+#[derive(Debug, Clone)]
+enum Compiled {
+    Vars(Arc<[String]>),
+    Invalid {
+        message: String,
+        range: Option<Range<usize>>,
+    },
+}
+
+/// Templates and expressions already compiled, by kind and text, kept from one load of a
+/// project to the next: compiling them is most of the semantic pass, and a reload usually
+/// changes a file or two. What is kept depends only on the text (the syntax is fixed and the
+/// variables are looked up afterwards), so reusing it cannot change a diagnostic. Entries the
+/// last check did not use are dropped.
+#[derive(Debug, Default)]
+pub struct CompiledTexts {
+    /// By kind (templates, expressions), then text.
+    used: [HashMap<Box<str>, Compiled>; 2],
+    previous: [HashMap<Box<str>, Compiled>; 2],
+}
+
+impl CompiledTexts {
+    fn get(
+        &mut self,
+        env: &Environment<'static>,
+        kind: TextKind,
+        text: &str,
+        expr: Option<&str>,
+    ) -> Compiled {
+        let k = kind as usize;
+        if let Some(c) = self.used[k].get(text) {
+            return c.clone();
+        }
+        let compiled = match self.previous[k].remove(text) {
+            Some(c) => c,
+            None => compile_text(env, text, expr),
+        };
+        self.used[k].insert(text.into(), compiled.clone());
+        compiled
+    }
+
+    /// Starts a check: what the last one used becomes what this one may reuse.
+    fn start(&mut self) {
+        self.previous = std::mem::take(&mut self.used);
+    }
+
+    /// Ends a check: drops what it did not use.
+    fn finish(&mut self) {
+        self.previous = Default::default();
+    }
+}
+
+fn compile_text(env: &Environment<'static>, text: &str, expr: Option<&str>) -> Compiled {
+    let vars = match expr {
+        Some(e) => env
+            .compile_expression(e)
+            .map(|c| c.undeclared_variables(true)),
+        None => env
+            .template_from_str(text)
+            .map(|t| t.undeclared_variables(true)),
+    };
+    match vars {
+        Ok(vars) => {
+            let mut vars: Vec<String> = vars.into_iter().collect();
+            vars.sort();
+            Compiled::Vars(vars.into())
+        }
+        Err(err) => Compiled::Invalid {
+            message: describe_error(&err),
+            range: err.range(),
+        },
+    }
+}
+
 pub fn check(project: &Project, opts: &LoadOptions) -> Vec<Diagnostic> {
+    check_with(project, opts, &mut CompiledTexts::default())
+}
+
+/// [`check`], reusing (and refilling) `texts` compiled by an earlier check.
+pub fn check_with(
+    project: &Project,
+    opts: &LoadOptions,
+    texts: &mut CompiledTexts,
+) -> Vec<Diagnostic> {
+    texts.start();
+    let out = check_all(project, opts, texts);
+    texts.finish();
+    out
+}
+
+fn check_all(project: &Project, opts: &LoadOptions, texts: &mut CompiledTexts) -> Vec<Diagnostic> {
     let mut out = Vec::new();
     let defs = &project.definitions;
 
@@ -126,6 +220,7 @@ pub fn check(project: &Project, opts: &LoadOptions) -> Vec<Diagnostic> {
                 workflow_ids: &workflow_ids,
                 listened: &listened,
                 step_ids: HashSet::new(),
+                texts: &mut *texts,
                 out: &mut out,
             };
             c.run();
@@ -134,12 +229,13 @@ pub fn check(project: &Project, opts: &LoadOptions) -> Vec<Diagnostic> {
 
     // Secrets: every `${env:NAME}` in every definition and in the config.
     for def in defs {
-        check_env_refs(&def.doc.value, "", opts, &mut out, &|ptr, needle, d| {
+        check_env_refs(&def.env_strings, opts, &mut out, &|ptr, needle, d| {
             def.file.locate(d, def.span_in_value(ptr, needle))
         });
     }
     if let Some((file, parsed)) = &project.config.file {
-        check_env_refs(&parsed.value, "", opts, &mut out, &|ptr, needle, d| {
+        let strings = env::env_strings(&parsed.value);
+        check_env_refs(&strings, opts, &mut out, &|ptr, needle, d| {
             let span = parsed.index.value(ptr);
             let span = file
                 .line(span.line)
@@ -181,70 +277,50 @@ fn normalize_route(path: &str) -> String {
 
 type Locate<'a> = dyn Fn(&str, &str, Diagnostic) -> Diagnostic + 'a;
 
+/// Checks the references in `strings` (from [`env::env_strings`]: each string holding `${env:`,
+/// with its JSON pointer).
 fn check_env_refs(
-    value: &Value,
-    pointer: &str,
+    strings: &[(String, String)],
     opts: &LoadOptions,
     out: &mut Vec<Diagnostic>,
     locate: &Locate,
 ) {
-    match value {
-        Value::String(s) => {
-            for r in env::references(s) {
-                match r {
-                    Err(bad) => {
-                        let needle = &s[bad.start..bad.start + bad.len];
-                        let d = Diagnostic::error(
-                            "invalid-env-ref",
-                            format!("`{needle}` is not a valid environment reference"),
-                        )
-                        .with_hint(
-                            "names are letters, digits and `_`, such as ${env:SMTP_PASSWORD}",
-                        );
-                        out.push(locate(pointer, needle, d));
+    for (pointer, s) in strings {
+        for r in env::references(s) {
+            match r {
+                Err(bad) => {
+                    let needle = &s[bad.start..bad.start + bad.len];
+                    let d = Diagnostic::error(
+                        "invalid-env-ref",
+                        format!("`{needle}` is not a valid environment reference"),
+                    )
+                    .with_hint("names are letters, digits and `_`, such as ${env:SMTP_PASSWORD}");
+                    out.push(locate(pointer, needle, d));
+                }
+                Ok(r) => {
+                    if opts.env.get(&r.name).is_some() {
+                        continue;
                     }
-                    Ok(r) => {
-                        if opts.env.get(&r.name).is_some() {
-                            continue;
-                        }
-                        let needle = &s[r.start..r.start + r.len];
-                        let message = format!("environment variable `{}` is not set", r.name);
-                        let d = match opts.env_mode {
-                            EnvMode::Validate => Diagnostic::warning("unset-env", message)
-                                .with_hint("`herald serve` refuses to start until it is set"),
-                            EnvMode::Serve => Diagnostic::error("unset-env", message).with_hint(
-                                format!("set {} in the environment of `herald serve`", r.name),
-                            ),
-                        };
-                        out.push(locate(pointer, needle, d));
-                    }
+                    let needle = &s[r.start..r.start + r.len];
+                    let message = format!("environment variable `{}` is not set", r.name);
+                    let d = match opts.env_mode {
+                        EnvMode::Validate => Diagnostic::warning("unset-env", message)
+                            .with_hint("`herald serve` refuses to start until it is set"),
+                        EnvMode::Serve => Diagnostic::error("unset-env", message).with_hint(
+                            format!("set {} in the environment of `herald serve`", r.name),
+                        ),
+                    };
+                    out.push(locate(pointer, needle, d));
                 }
             }
         }
-        Value::Array(items) => {
-            for (i, v) in items.iter().enumerate() {
-                check_env_refs(v, &format!("{pointer}/{i}"), opts, out, locate);
-            }
-        }
-        Value::Object(map) => {
-            for (k, v) in map {
-                check_env_refs(
-                    v,
-                    &format!("{pointer}/{}", escape_token(k)),
-                    opts,
-                    out,
-                    locate,
-                );
-            }
-        }
-        _ => {}
     }
 }
 
-#[derive(Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum TextKind {
-    Template,
-    Expr,
+    Template = 0,
+    Expr = 1,
 }
 
 struct WorkflowCheck<'a> {
@@ -257,6 +333,7 @@ struct WorkflowCheck<'a> {
     workflow_ids: &'a [&'a str],
     listened: &'a HashSet<&'a str>,
     step_ids: HashSet<String>,
+    texts: &'a mut CompiledTexts,
     out: &'a mut Vec<Diagnostic>,
 }
 
@@ -297,8 +374,8 @@ impl WorkflowCheck<'_> {
             let base = format!("/triggers/{i}/{}", t.key());
             self.check_trigger(t, &base);
         }
-        let steps = self.wf.steps.clone();
-        self.check_steps(&steps, &[], has_sync_webhook);
+        let wf = self.wf;
+        self.check_steps(&wf.steps, &[], has_sync_webhook);
     }
 
     fn check_trigger(&mut self, t: &Trigger, base: &str) {
@@ -682,26 +759,15 @@ impl WorkflowCheck<'_> {
         {
             return;
         }
-        let vars = match expr {
-            Some(e) => match self.env.compile_expression(e) {
-                Ok(compiled) => compiled.undeclared_variables(true),
-                Err(err) => {
-                    self.syntax_error(pointer, text, e, &err, what);
-                    return;
-                }
-            },
-            None => match self.env.template_from_str(text) {
-                Ok(t) => t.undeclared_variables(true),
-                Err(err) => {
-                    self.syntax_error(pointer, text, text, &err, what);
-                    return;
-                }
-            },
+        let vars = match self.texts.get(self.env, kind, text, expr) {
+            Compiled::Vars(vars) => vars,
+            Compiled::Invalid { message, range } => {
+                self.syntax_error(pointer, text, expr.unwrap_or(text), &message, range, what);
+                return;
+            }
         };
-        let mut vars: Vec<String> = vars.into_iter().collect();
-        vars.sort();
         let mut reported = HashSet::new();
-        for v in vars {
+        for v in vars.iter() {
             let mut parts = v.split('.');
             let root = parts.next().unwrap_or_default();
             if CONTEXT_ROOTS.contains(&root)
@@ -761,15 +827,13 @@ impl WorkflowCheck<'_> {
         pointer: &str,
         text: &str,
         compiled: &str,
-        err: &minijinja::Error,
+        message: &str,
+        range: Option<Range<usize>>,
         what: &str,
     ) {
-        let mut d = Diagnostic::error(
-            "invalid-expression",
-            format!("invalid {what}: {}", describe_error(err)),
-        );
+        let mut d = Diagnostic::error("invalid-expression", format!("invalid {what}: {message}"));
         // `a = b` is the commonest slip in a condition: say what was meant.
-        if let Some(r) = err.range()
+        if let Some(r) = range.clone()
             && compiled
                 .get(r.start..)
                 .is_some_and(|rest| rest.starts_with('=') && !rest.starts_with("=="))
@@ -778,7 +842,7 @@ impl WorkflowCheck<'_> {
         }
         // Point inside the value at minijinja's own range when it can be found on the line.
         let offset = text.find(compiled).unwrap_or(0);
-        let span = match err.range() {
+        let span = match range {
             Some(r) if r.start < compiled.len() => {
                 let snippet = &text[..offset + r.start];
                 let base = self.def.span_in_value(pointer, text);

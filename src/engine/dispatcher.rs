@@ -21,7 +21,13 @@ impl Engine {
     /// lease. A process that died mid-delivery leaves its messages to be tried again after
     /// that, with the same idempotency key.
     fn outbox_lease_ms(&self) -> i64 {
-        let slowest = self.registry().channels.values().map(|c| c.timeout()).max().unwrap_or_default();
+        let slowest = self
+            .registry()
+            .channels
+            .values()
+            .map(|c| c.timeout())
+            .max()
+            .unwrap_or_default();
         slowest.as_millis() as i64 + self.lease_ms().max(5_000)
     }
 

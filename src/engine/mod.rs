@@ -32,13 +32,13 @@ use serde_json::{Value, json};
 use tokio::sync::{Notify, oneshot};
 
 use crate::definitions::env::EnvSource;
-use crate::definitions::project::{EnvMode, LoadOptions};
+use crate::definitions::project::{EnvMode, LoadCache, LoadOptions, load_with};
 use crate::definitions::read_definition;
 use crate::definitions::source::SourceFile;
 use crate::store::{DynStore, Millis, NewEvent, NewRun, RunRecord, RunStatus, StoreError};
 use clock::Clock;
 use cursor::Cursor;
-use registry::{CompiledWorkflow, Registry};
+use registry::{CompileCache, CompiledWorkflow, Registry};
 
 #[derive(Debug, thiserror::Error)]
 pub enum EngineError {
@@ -256,12 +256,22 @@ impl Engine {
     }
 
     /// Makes a registry current. Its workflow versions are stored first, so every run started
-    /// from it names a version the database has.
+    /// from it names a version the database has. Versions the current registry already has
+    /// were stored when it was installed, so a reload writes only the versions it changed.
     pub async fn install(&self, registry: Registry) -> Result<(), EngineError> {
         let now = self.now();
+        let current = self.registry.load();
         for wf in registry.workflows.values() {
+            if current
+                .workflows
+                .get(&wf.id)
+                .is_some_and(|old| old.hash == wf.hash)
+            {
+                continue;
+            }
             self.store.save_definition(&wf.version_record(now)).await?;
         }
+        drop(current);
         self.registry.store(Arc::new(registry));
         self.work_ready.notify_waiters();
         Ok(())
@@ -661,7 +671,47 @@ impl Engine {
     }
 }
 
+/// What loading a project keeps for the next load of the same project (see [`LoadCache`] and
+/// [`CompileCache`]): a reload reads every file again and checks the whole set again, but
+/// parses, schema-checks and compiles only what changed.
+#[derive(Default)]
+struct ProjectCache {
+    root: std::path::PathBuf,
+    load: LoadCache,
+    compile: CompileCache,
+}
+
+/// The caches of the projects loaded last, most recent last. A server loads one project; the
+/// bound keeps a process that loads many (the tests) from keeping them all.
+static PROJECT_CACHES: std::sync::Mutex<Vec<ProjectCache>> = std::sync::Mutex::new(Vec::new());
+const CACHED_PROJECTS: usize = 4;
+
+fn take_project_cache(root: &std::path::Path) -> ProjectCache {
+    let mut caches = PROJECT_CACHES.lock().unwrap_or_else(|e| e.into_inner());
+    match caches.iter().position(|c| c.root == root) {
+        Some(i) => caches.remove(i),
+        None => ProjectCache {
+            root: root.to_path_buf(),
+            ..ProjectCache::default()
+        },
+    }
+}
+
+fn keep_project_cache(cache: ProjectCache) {
+    let mut caches = PROJECT_CACHES.lock().unwrap_or_else(|e| e.into_inner());
+    // A load of the same project that ran meanwhile kept its own; this one is as good.
+    caches.retain(|c| c.root != cache.root);
+    caches.push(cache);
+    if caches.len() > CACHED_PROJECTS {
+        caches.remove(0);
+    }
+}
+
 /// Loads the project with `serve` rules (unset secrets are errors) and compiles it.
+///
+/// It is the same load and check as `herald validate`'s, over every file; what an earlier load
+/// of the same project found for files, templates, expressions and workflows that have not
+/// changed since is reused rather than worked out again.
 pub fn load_registry(
     layout: &crate::definitions::project::Layout,
     env: &EnvSource,
@@ -673,16 +723,20 @@ pub fn load_registry(
 > {
     let mut opts = LoadOptions::new(EnvMode::Serve);
     opts.env = env.clone();
-    let (project, report) = crate::definitions::project::load(layout, &opts);
-    if report.has_errors() {
-        return Err(report);
-    }
-    match Registry::build(&project, env, generation, now) {
-        Ok(r) => Ok((r, report)),
-        Err(diags) => {
-            let mut report = report;
-            report.extend(diags);
-            Err(report)
+    let mut cache = take_project_cache(&layout.root);
+    let (project, report) = load_with(layout, &opts, &mut cache.load);
+    let result = if report.has_errors() {
+        Err(report)
+    } else {
+        match Registry::build_with(&project, env, generation, now, &mut cache.compile) {
+            Ok(r) => Ok((r, report)),
+            Err(diags) => {
+                let mut report = report;
+                report.extend(diags);
+                Err(report)
+            }
         }
-    }
+    };
+    keep_project_cache(cache);
+    result
 }

@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use regex::Regex;
 use serde_json::Value;
+use sha2::{Digest, Sha256};
 
 use crate::channels::{self, Channels};
 use crate::definitions::diagnostics::Diagnostic;
@@ -116,6 +117,54 @@ impl CompiledWorkflow {
     }
 }
 
+/// What a definition's `${env:...}` references resolve to, as a digest (the secrets themselves
+/// are not kept). `None` when it cannot be fingerprinted: a reference that is not set, or a
+/// value that itself holds a reference.
+fn env_fingerprint(def: &Definition, env: &EnvSource) -> Option<[u8; 32]> {
+    let mut hash = Sha256::new();
+    for (pointer, s) in &def.env_strings {
+        let resolved = env.resolve(s).ok()?;
+        if resolved.contains("${env:") {
+            return None;
+        }
+        for part in [pointer, s, &resolved] {
+            hash.update((part.len() as u64).to_le_bytes());
+            hash.update(part.as_bytes());
+        }
+    }
+    Some(hash.finalize().into())
+}
+
+/// Workflows compiled by one [`Registry::build_with`], for the next build to reuse when a
+/// definition's content hash, source and resolved secrets are all unchanged: compiling is a
+/// function of those alone. Entries the last build did not use are dropped.
+#[derive(Debug, Default)]
+pub struct CompileCache {
+    by_id: HashMap<String, (Option<[u8; 32]>, Arc<CompiledWorkflow>)>,
+}
+
+impl CompileCache {
+    fn compile(
+        &self,
+        def: &Definition,
+        env: &EnvSource,
+        kept: &mut HashMap<String, (Option<[u8; 32]>, Arc<CompiledWorkflow>)>,
+    ) -> Result<Arc<CompiledWorkflow>, Vec<Diagnostic>> {
+        let fingerprint = env_fingerprint(def, env);
+        let reused = fingerprint.and_then(|fp| {
+            let (old_fp, wf) = self.by_id.get(&def.id)?;
+            (*old_fp == Some(fp) && wf.hash == def.hash && *wf.source == *def.file.text)
+                .then(|| wf.clone())
+        });
+        let wf = match reused {
+            Some(wf) => wf,
+            None => Arc::new(CompiledWorkflow::compile(def, env)?),
+        };
+        kept.insert(def.id.clone(), (fingerprint, wf.clone()));
+        Ok(wf)
+    }
+}
+
 /// A webhook's place in the router.
 #[derive(Debug, Clone)]
 pub struct Route {
@@ -173,16 +222,30 @@ impl Registry {
         generation: u64,
         now: Millis,
     ) -> Result<Registry, Vec<Diagnostic>> {
+        Registry::build_with(project, env, generation, now, &mut CompileCache::default())
+    }
+
+    /// [`Registry::build`], reusing the workflows an earlier build compiled when they are
+    /// unchanged, and leaving this build's in `cache`.
+    pub fn build_with(
+        project: &Project,
+        env: &EnvSource,
+        generation: u64,
+        now: Millis,
+        cache: &mut CompileCache,
+    ) -> Result<Registry, Vec<Diagnostic>> {
         let mut errors = Vec::new();
         let mut workflows = HashMap::new();
+        let mut kept = HashMap::with_capacity(project.definitions.len());
         for def in &project.definitions {
-            match CompiledWorkflow::compile(def, env) {
+            match cache.compile(def, env, &mut kept) {
                 Ok(wf) => {
-                    workflows.insert(wf.id.clone(), Arc::new(wf));
+                    workflows.insert(wf.id.clone(), wf);
                 }
                 Err(mut e) => errors.append(&mut e),
             }
         }
+        cache.by_id = kept;
         let channels = match channels::build(&project.config.def, env) {
             Ok(c) => c,
             Err(e) => {
@@ -304,6 +367,64 @@ impl Registry {
             config: ConfigDef::default(),
             generation: 0,
             loaded_at: 0,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::definitions::project::{EnvMode, Layout, LoadOptions, load};
+
+    fn env(token: &str) -> EnvSource {
+        EnvSource::Map(Arc::new([("TOKEN".to_owned(), token.to_owned())].into()))
+    }
+
+    /// An unchanged workflow is reused; a changed one, or one whose secret changed, is not.
+    #[test]
+    fn a_build_reuses_only_what_did_not_change() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path();
+        std::fs::create_dir_all(dir.join("workflows")).unwrap();
+        let write = |id: &str, greeting: &str| {
+            std::fs::write(
+                dir.join(format!("workflows/{id}.yaml")),
+                format!(
+                    "kind: workflow\nid: {id}\ntriggers:\n  - webhook:\n      path: /hooks/{id}\n      auth: {{ bearer: {{ token: \"${{env:TOKEN}}\" }} }}\nsteps:\n  - set: {{ greeting: \"{greeting}\" }}\n"
+                ),
+            )
+            .unwrap();
+        };
+        write("a", "hi");
+        write("b", "hi");
+        let layout = Layout::discover(dir).unwrap();
+        let build = |env: &EnvSource, cache: &mut CompileCache| {
+            let mut opts = LoadOptions::new(EnvMode::Serve);
+            opts.env = env.clone();
+            let (project, report) = load(&layout, &opts);
+            assert_eq!(report.errors(), 0, "{:#?}", report.diagnostics);
+            Registry::build_with(&project, env, 1, 0, cache).unwrap()
+        };
+        let same =
+            |x: &Registry, y: &Registry, id: &str| Arc::ptr_eq(&x.workflows[id], &y.workflows[id]);
+        let mut cache = CompileCache::default();
+        let first = build(&env("one"), &mut cache);
+        let second = build(&env("one"), &mut cache);
+        assert!(same(&first, &second, "a") && same(&first, &second, "b"));
+
+        write("b", "hello");
+        let third = build(&env("one"), &mut cache);
+        assert!(same(&second, &third, "a"));
+        assert!(!same(&second, &third, "b"));
+
+        let fourth = build(&env("two"), &mut cache);
+        assert!(!same(&third, &fourth, "a") && !same(&third, &fourth, "b"));
+
+        // A fresh build compiles the same thing.
+        let fresh = build(&env("two"), &mut CompileCache::default());
+        for id in ["a", "b"] {
+            assert_eq!(fourth.workflows[id].hash, fresh.workflows[id].hash);
+            assert_eq!(fourth.workflows[id].source, fresh.workflows[id].source);
         }
     }
 }

@@ -515,11 +515,15 @@ impl Store for SqliteStore {
         lease_ms: i64,
         limit: i64,
     ) -> Result<Vec<RunRecord>> {
+        // Unfinished is said as `NOT IN` the finished statuses, which no index serves, so the
+        // planner walks `runs_due` and reads only the due runs, in order. Said as `IN` the
+        // unfinished ones, it picks `runs_by_status` instead, which matches every waiting run:
+        // each claim then read and sorted them all (20 ms at 100,000 pending timers).
         let mut tx = self.write_tx().await?;
         let rows = sqlx::query(concat!(
             "UPDATE runs SET status = 'running', lease_owner = ?1, due_at = ?2, updated_at = ?3
              WHERE id IN (SELECT id FROM runs WHERE due_at IS NOT NULL AND due_at <= ?3
-                          AND status IN ('pending', 'waiting', 'running') ORDER BY due_at LIMIT ?4)
+                          AND status NOT IN ('completed', 'failed', 'cancelled') ORDER BY due_at LIMIT ?4)
              RETURNING ",
             run_columns!()
         ))
@@ -575,9 +579,9 @@ impl Store for SqliteStore {
 
     async fn next_due_at(&self) -> Result<Option<Millis>> {
         // Only what `claim_runs` would take: a finished run whose state kept a timer would
-        // otherwise make an idle worker wake for it over and over.
+        // otherwise make an idle worker wake for it over and over. `NOT IN`: see `claim_runs`.
         Ok(sqlx::query_scalar(
-            "SELECT MIN(due_at) FROM runs WHERE due_at IS NOT NULL AND status IN ('pending', 'waiting', 'running')",
+            "SELECT MIN(due_at) FROM runs WHERE due_at IS NOT NULL AND status NOT IN ('completed', 'failed', 'cancelled')",
         )
         .fetch_one(&self.pool)
         .await?)
