@@ -128,12 +128,16 @@ echo "backend=$BACKEND first_answer_ms=$first_ms idle_rss_mib=$(( idle_kb / 1024
 answered=0
 for path in lead lead-async three; do
   url="http://127.0.0.1:$PORT/webhook/$path"
-  [ "$WARMUP" -gt 0 ] && taskset -c "$WRK_CPU" wrk -t1 -c"$CONNS" -d"${WARMUP}s" -s "$TMP/post.lua" "$url" > /dev/null
+  if [ "$WARMUP" -gt 0 ]; then
+    line=$(taskset -c "$WRK_CPU" wrk -t1 -c"$CONNS" -d"${WARMUP}s" -s "$TMP/post.lua" "$url" | grep '^rps=')
+    answered=$(( answered + $(sed -n 's/.*requests=\([0-9]*\).*/\1/p' <<< "$line") ))
+  fi
   for r in $(seq 1 "$REPEATS"); do
     before=$(cpu_ticks)
     line=$(taskset -c "$WRK_CPU" wrk -t1 -c"$CONNS" -d"${DURATION}s" -s "$TMP/post.lua" "$url" | grep '^rps=')
     after=$(cpu_ticks)
     reqs=$(sed -n 's/.*requests=\([0-9]*\).*/\1/p' <<< "$line")
+    answered=$(( answered + reqs ))
     cpu_ms=$(awk -v t=$((after - before)) -v hz="$clk" -v n="$reqs" 'BEGIN { printf "%.3f", t * 1000 / hz / n }')
     echo "backend=$BACKEND workflow=$path run=$r $line cpu_ms_per_req=$cpu_ms"
   done
@@ -145,12 +149,20 @@ echo "backend=$BACKEND peak_rss_mib=$(( peak_kb / 1024 ))"
 # the server may have stored a few more runs than wrk counted; never fewer.
 kill -TERM "$SERVER_PID"; wait "$SERVER_PID" 2>/dev/null || true; SERVER_PID=""
 if [ "$BACKEND" = sqlite ]; then
-  python3 - "$TMP/herald.db" <<'EOF'
+  summary=$(python3 - "$TMP/herald.db" <<'EOF'
 import sqlite3, sys
 c = sqlite3.connect(sys.argv[1])
 rows = c.execute("select workflow_id, status, count(*) from runs group by 1, 2").fetchall()
-print("runs stored: " + ", ".join(f"{w} {s} {n}" for w, s, n in rows))
+print(sum(n for _, _, n in rows), ", ".join(f"{w} {s} {n}" for w, s, n in rows))
 EOF
+)
 else
-  psql "$SERVE_DB" -Atc "select workflow_id || ' ' || status || ' ' || count(*) from runs group by workflow_id, status" | tr '\n' ',' | sed 's/^/runs stored: /; s/,$/\n/'
+  summary="$(psql "$SERVE_DB" -Atc "select count(*) from runs") $(psql "$SERVE_DB" -Atc "select workflow_id || ' ' || status || ' ' || count(*) from runs group by workflow_id, status" | paste -sd, -)"
+fi
+stored=${summary%% *}
+echo "runs stored: ${summary#* }"
+echo "requests answered 2xx: $answered, runs stored: $stored"
+if [ "$stored" -lt "$answered" ]; then
+  echo "FAIL: $(( answered - stored )) answered requests have no run" >&2
+  exit 1
 fi
