@@ -10,7 +10,7 @@
 # time from start to the first answered request, and idle RSS.
 #
 # Knobs: DURATION (s, default 20), WARMUP (s, 5), REPEATS (2), CONNS (32), SERVER_CPU (1),
-# WRK_CPU (0), PORT (18181).
+# WRK_CPU (0), PORT (18181), HERALD_BIN (the binary to measure; default: build the release one).
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -24,8 +24,13 @@ WRK_CPU=${WRK_CPU:-0}
 PORT=${PORT:-18181}
 
 command -v wrk >/dev/null || { echo "wrk is needed (apt-get install wrk)" >&2; exit 2; }
-(cd "$ROOT" && cargo build --release --quiet)
-BIN="$ROOT/target/release/herald"
+# HERALD_BIN measures another build instead (an earlier commit's, or another profile's).
+if [ -n "${HERALD_BIN:-}" ]; then
+  BIN=$HERALD_BIN
+else
+  (cd "$ROOT" && cargo build --release --quiet)
+  BIN="$ROOT/target/release/herald"
+fi
 
 TMP=$(mktemp -d)
 SERVER_PID=""

@@ -56,6 +56,7 @@ scenarios! {
         commit_insert_writes_the_whole_segment,
         commit_insert_leases_only_running_runs,
         duplicate_insert_writes_nothing,
+        run_and_step_log_alone_are_all_or_nothing,
         outbox_idempotency_key_enqueues_once,
         claim_runs_takes_only_due_runs_oldest_first,
         lease_passes_to_another_worker_only_after_expiry,
@@ -736,6 +737,81 @@ async fn duplicate_insert_writes_nothing(store: DynStore) {
     // Runs without a key never collide.
     pending(&store, "anon-1", T0).await;
     pending(&store, "anon-2", T0).await;
+}
+
+/// The commonest segment writes only its run and step log (PostgreSQL does it in one
+/// statement): a duplicate or a lost lease must write none of the steps, and the rest must be
+/// written whole.
+async fn run_and_step_log_alone_are_all_or_nothing(store: DynStore) {
+    let mut first = new_run("first", "wf", T0);
+    first.idempotency_key = Some("lead:7".into());
+    let mut c = insert(first, state(RunStatus::Completed, None));
+    c.steps = vec![step(1, "greet", "completed"), step(2, "reply", "completed")];
+    committed(&store, c).await;
+    let log = store.step_log("first").await.unwrap();
+    assert_eq!(
+        log,
+        vec![step(1, "greet", "completed"), step(2, "reply", "completed")]
+    );
+
+    // The same key again, with steps of its own: nothing of it is stored.
+    let mut again = new_run("again", "wf", T0 + 1);
+    again.idempotency_key = Some("lead:7".into());
+    let mut c = insert(again, state(RunStatus::Completed, None));
+    c.steps = vec![step(1, "greet", "failed")];
+    match store.commit(c).await.unwrap() {
+        CommitOutcome::Duplicate { existing_run_id } => assert_eq!(existing_run_id, "first"),
+        other => panic!("expected a duplicate, got {other:?}"),
+    }
+    assert_eq!(store.run("again").await.unwrap(), None);
+    assert_eq!(store.step_log("again").await.unwrap(), vec![]);
+    assert_eq!(store.step_log("first").await.unwrap(), log);
+
+    // A running run, leased to w1; w2's update and its steps are refused whole.
+    running(&store, "r1", "w1", T0 + LEASE).await;
+    let mut stolen = update("r1", "w2", state(RunStatus::Completed, None), T0 + 2);
+    stolen.steps = vec![step(1, "greet", "completed")];
+    assert!(matches!(
+        store.commit(stolen).await,
+        Err(StoreError::LeaseLost)
+    ));
+    assert_eq!(store.step_log("r1").await.unwrap(), vec![]);
+    assert_eq!(get(&store, "r1").await.status, RunStatus::Running);
+
+    // The owner's update: a step retried within the segment appears once, as it ended.
+    let mut done = update("r1", "w1", state(RunStatus::Completed, None), T0 + 3);
+    let mut retried = step(2, "call", "completed");
+    retried.attempt = 2;
+    done.steps = vec![
+        step(1, "greet", "completed"),
+        step(2, "call", "retrying"),
+        retried.clone(),
+    ];
+    committed(&store, done).await;
+    assert_eq!(
+        store.step_log("r1").await.unwrap(),
+        vec![step(1, "greet", "completed"), retried]
+    );
+    let r = get(&store, "r1").await;
+    assert_eq!((r.status, r.lease_owner), (RunStatus::Completed, None));
+
+    // A later segment re-writes an entry it left waiting.
+    running(&store, "r2", "w1", T0 + LEASE).await;
+    let mut waiting = update(
+        "r2",
+        "w1",
+        state(RunStatus::Running, Some(T0 + LEASE)),
+        T0 + 4,
+    );
+    waiting.steps = vec![step(1, "await_reply", "waiting")];
+    committed(&store, waiting).await;
+    let mut resumed = update("r2", "w1", state(RunStatus::Completed, None), T0 + 5);
+    resumed.steps = vec![step(1, "await_reply", "completed")];
+    committed(&store, resumed).await;
+    assert_eq!(
+        store.step_log("r2").await.unwrap(),
+        vec![step(1, "await_reply", "completed")]
+    );
 }
 
 async fn outbox_idempotency_key_enqueues_once(store: DynStore) {

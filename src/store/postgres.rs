@@ -15,6 +15,7 @@
 //!   run again.
 
 use std::str::FromStr;
+use std::sync::LazyLock;
 
 use async_trait::async_trait;
 use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions};
@@ -70,86 +71,34 @@ impl PgStore {
     }
 
     async fn commit_once(&self, c: &Commit) -> Result<CommitOutcome> {
+        // The common segment writes only its run and step log: one statement, committed on its
+        // own, so one round trip instead of BEGIN, a statement per row, and COMMIT.
+        let alone = c.outbox.is_empty()
+            && c.events.is_empty()
+            && c.new_runs.is_empty()
+            && c.contacts.is_empty()
+            && c.wake_runs.is_empty();
+        if alone {
+            let mut conn = self.pool.acquire().await?;
+            return match write_run(&mut conn, c).await? {
+                RunWritten::Yes => Ok(CommitOutcome::Committed {
+                    contacts: Vec::new(),
+                }),
+                RunWritten::Duplicate => self.duplicate(c).await,
+                RunWritten::LeaseLost => Err(StoreError::LeaseLost),
+            };
+        }
         let mut tx = self.pool.begin().await?;
-        let s = &c.state;
-        let run_id = match &c.run {
-            RunWrite::Insert { run, owner } => {
-                // A concurrent insert of the same key makes this one wait for it; if it
-                // commits, this becomes a no-op and we report the duplicate, if it rolls back,
-                // this insert goes ahead.
-                if !insert_run(&mut tx, run, Some((s, owner.as_deref()))).await? {
-                    tx.rollback().await?;
-                    let key = run.idempotency_key.as_deref().unwrap_or_default();
-                    let existing = self
-                        .run_by_idempotency_key(&run.workflow_id, key)
-                        .await?
-                        .map(|r| r.id)
-                        .ok_or_else(|| {
-                            StoreError::Corrupt("idempotency conflict without a run".into())
-                        })?;
-                    return Ok(CommitOutcome::Duplicate {
-                        existing_run_id: existing,
-                    });
-                }
-                run.id.clone()
+        match write_run(&mut tx, c).await? {
+            RunWritten::Yes => {}
+            RunWritten::Duplicate => {
+                tx.rollback().await?;
+                return self.duplicate(c).await;
             }
-            RunWrite::Update { run_id, owner } => {
-                // This must stay the first statement: it locks the run row, so no claimer can
-                // take the run while the rest of this transaction is written. If another worker
-                // took it (or it was cancelled) first, PostgreSQL re-checks the WHERE clause
-                // against that committed version and nothing matches: the lease is lost.
-                let keep_lease = s.status == RunStatus::Running;
-                let updated = sqlx::query(
-                    "UPDATE runs SET status = $1, version = $2, cursor = $3, context = $4, due_at = $5, wait_event = $6,
-                         wait_key = $7, attempts = $8, contact_id = $9, response = $10, error = $11, finished_at = $12,
-                         updated_at = $13, lease_owner = CASE WHEN $14 THEN lease_owner ELSE NULL END
-                     WHERE id = $15 AND lease_owner = $16 AND status = 'running'",
-                )
-                .bind(s.status.as_str())
-                .bind(&s.version)
-                .bind(to_text(&s.cursor))
-                .bind(to_text(&s.context))
-                .bind(s.due_at)
-                .bind(&s.wait_event)
-                .bind(&s.wait_key)
-                .bind(s.attempts)
-                .bind(&s.contact_id)
-                .bind(s.response.as_ref().map(to_text))
-                .bind(&s.error)
-                .bind(s.finished_at)
-                .bind(c.now)
-                .bind(keep_lease)
-                .bind(run_id)
-                .bind(owner)
-                .execute(&mut *tx)
-                .await?;
-                if updated.rows_affected() != 1 {
-                    tx.rollback().await?;
-                    return Err(StoreError::LeaseLost);
-                }
-                run_id.clone()
+            RunWritten::LeaseLost => {
+                tx.rollback().await?;
+                return Err(StoreError::LeaseLost);
             }
-        };
-        for step in &c.steps {
-            sqlx::query(
-                "INSERT INTO step_log (run_id, seq, step_id, action, status, attempt, started_at, finished_at, output, error)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
-                 ON CONFLICT (run_id, seq) DO UPDATE SET step_id = EXCLUDED.step_id, action = EXCLUDED.action,
-                     status = EXCLUDED.status, attempt = EXCLUDED.attempt, started_at = EXCLUDED.started_at,
-                     finished_at = EXCLUDED.finished_at, output = EXCLUDED.output, error = EXCLUDED.error",
-            )
-            .bind(&run_id)
-            .bind(step.seq)
-            .bind(&step.step_id)
-            .bind(&step.action)
-            .bind(&step.status)
-            .bind(step.attempt)
-            .bind(step.started_at)
-            .bind(step.finished_at)
-            .bind(step.output.as_ref().map(to_text))
-            .bind(&step.error)
-            .execute(&mut *tx)
-            .await?;
         }
         for m in &c.outbox {
             // Two transactions enqueueing the same key: the second waits for the first and
@@ -197,6 +146,154 @@ impl PgStore {
         tx.commit().await?;
         Ok(CommitOutcome::Committed { contacts })
     }
+    /// The run that holds the idempotency key an insert found taken.
+    async fn duplicate(&self, c: &Commit) -> Result<CommitOutcome> {
+        let RunWrite::Insert { run, .. } = &c.run else {
+            return Err(StoreError::Corrupt(
+                "an update reported as a duplicate".into(),
+            ));
+        };
+        let key = run.idempotency_key.as_deref().unwrap_or_default();
+        let existing = self
+            .run_by_idempotency_key(&run.workflow_id, key)
+            .await?
+            .map(|r| r.id)
+            .ok_or_else(|| StoreError::Corrupt("idempotency conflict without a run".into()))?;
+        Ok(CommitOutcome::Duplicate {
+            existing_run_id: existing,
+        })
+    }
+}
+
+/// What [`write_run`] did.
+enum RunWritten {
+    Yes,
+    /// An insert whose idempotency key another run holds: nothing was written.
+    Duplicate,
+    /// An update of a run this owner no longer leases: nothing was written.
+    LeaseLost,
+}
+
+/// Writes a commit's run (inserted, or updated under its lease) and its step log in one
+/// statement. The step rows are inserted only if the run row was written, so a duplicate or a
+/// lost lease writes nothing at all, in a transaction or not.
+///
+/// For an update, the `UPDATE` is what locks the run row: a claimer cannot take the run while
+/// this statement (or the transaction around it) runs. If another worker took it, or it was
+/// cancelled, first, PostgreSQL re-checks the WHERE clause against that committed version and
+/// nothing matches.
+async fn write_run(conn: &mut PgConnection, c: &Commit) -> Result<RunWritten> {
+    let s = &c.state;
+    let (owner, run_id) = match &c.run {
+        RunWrite::Insert { run, owner } => {
+            static SQL: LazyLock<String> = LazyLock::new(|| {
+                format!(
+                    "WITH r AS ({INSERT_RUN} RETURNING 1), s AS ({}) SELECT count(*) FROM r",
+                    insert_steps_sql(20, "r")
+                )
+            });
+            let q = bind_run(
+                sqlx::query_scalar(SQL.as_str()),
+                run,
+                Some((s, owner.as_deref())),
+            );
+            let written: i64 = bind_steps(q, &run.id, &c.steps)
+                .fetch_one(&mut *conn)
+                .await?;
+            return Ok(if written == 1 {
+                RunWritten::Yes
+            } else {
+                RunWritten::Duplicate
+            });
+        }
+        RunWrite::Update { run_id, owner } => (owner, run_id),
+    };
+    let keep_lease = s.status == RunStatus::Running;
+    static SQL: LazyLock<String> = LazyLock::new(|| {
+        format!(
+        "WITH u AS (
+             UPDATE runs SET status = $1, version = $2, cursor = $3, context = $4, due_at = $5, wait_event = $6,
+                 wait_key = $7, attempts = $8, contact_id = $9, response = $10, error = $11, finished_at = $12,
+                 updated_at = $13, lease_owner = CASE WHEN $14 THEN lease_owner ELSE NULL END
+             WHERE id = $15 AND lease_owner = $16 AND status = 'running' RETURNING 1),
+         s AS ({})
+         SELECT count(*) FROM u",
+        insert_steps_sql(17, "u")
+        )
+    });
+    let q = sqlx::query_scalar(SQL.as_str())
+        .bind(s.status.as_str())
+        .bind(&s.version)
+        .bind(to_text(&s.cursor))
+        .bind(to_text(&s.context))
+        .bind(s.due_at)
+        .bind(&s.wait_event)
+        .bind(&s.wait_key)
+        .bind(s.attempts)
+        .bind(&s.contact_id)
+        .bind(s.response.as_ref().map(to_text))
+        .bind(&s.error)
+        .bind(s.finished_at)
+        .bind(c.now)
+        .bind(keep_lease)
+        .bind(run_id)
+        .bind(owner);
+    let written: i64 = bind_steps(q, run_id, &c.steps)
+        .fetch_one(&mut *conn)
+        .await?;
+    Ok(if written == 1 {
+        RunWritten::Yes
+    } else {
+        RunWritten::LeaseLost
+    })
+}
+
+type PgScalar<'q> = sqlx::query::QueryScalar<'q, Postgres, i64, sqlx::postgres::PgArguments>;
+
+/// An `INSERT` of step-log rows from arrays bound at `$first` (the run id) and the ten after
+/// it, done only if the CTE `gate` returned a row. Re-written entries (a retried step's) replace
+/// the old ones.
+fn insert_steps_sql(first: usize, gate: &str) -> String {
+    let p: Vec<String> = (first..first + 10).map(|i| format!("${i}")).collect();
+    format!(
+        "INSERT INTO step_log (run_id, seq, step_id, action, status, attempt, started_at, finished_at, output, error)
+         SELECT {run}, t.* FROM unnest({}::bigint[], {}::text[], {}::text[], {}::text[], {}::bigint[],
+             {}::bigint[], {}::bigint[], {}::text[], {}::text[])
+             AS t(seq, step_id, action, status, attempt, started_at, finished_at, output, error)
+         WHERE EXISTS (SELECT 1 FROM {gate})
+         ON CONFLICT (run_id, seq) DO UPDATE SET step_id = EXCLUDED.step_id, action = EXCLUDED.action,
+             status = EXCLUDED.status, attempt = EXCLUDED.attempt, started_at = EXCLUDED.started_at,
+             finished_at = EXCLUDED.finished_at, output = EXCLUDED.output, error = EXCLUDED.error",
+        p[1], p[2], p[3], p[4], p[5], p[6], p[7], p[8], p[9],
+        run = p[0],
+    )
+}
+
+/// Binds the run id and the step entries as the ten column arrays of [`insert_steps_sql`].
+/// One statement cannot touch the same row twice, so of two entries with one `seq` the later
+/// wins, as it would had they been written one after the other.
+fn bind_steps<'q>(q: PgScalar<'q>, run_id: &str, steps: &[StepLogEntry]) -> PgScalar<'q> {
+    let mut last: Vec<&StepLogEntry> = Vec::with_capacity(steps.len());
+    for step in steps {
+        match last.iter_mut().find(|e| e.seq == step.seq) {
+            Some(e) => *e = step,
+            None => last.push(step),
+        }
+    }
+    q.bind(run_id.to_owned())
+        .bind(last.iter().map(|e| e.seq).collect::<Vec<_>>())
+        .bind(last.iter().map(|e| e.step_id.clone()).collect::<Vec<_>>())
+        .bind(last.iter().map(|e| e.action.clone()).collect::<Vec<_>>())
+        .bind(last.iter().map(|e| e.status.clone()).collect::<Vec<_>>())
+        .bind(last.iter().map(|e| e.attempt).collect::<Vec<_>>())
+        .bind(last.iter().map(|e| e.started_at).collect::<Vec<_>>())
+        .bind(last.iter().map(|e| e.finished_at).collect::<Vec<_>>())
+        .bind(
+            last.iter()
+                .map(|e| e.output.as_ref().map(to_text))
+                .collect::<Vec<_>>(),
+        )
+        .bind(last.iter().map(|e| e.error.clone()).collect::<Vec<_>>())
 }
 
 /// Deadlocks and serialization failures: PostgreSQL rolled the transaction back and says so
@@ -219,6 +316,28 @@ async fn insert_run(
     run: &NewRun,
     state: Option<(&RunState, Option<&str>)>,
 ) -> Result<bool> {
+    static SQL: LazyLock<String> =
+        LazyLock::new(|| format!("WITH r AS ({INSERT_RUN} RETURNING 1) SELECT count(*) FROM r"));
+    let inserted: i64 = bind_run(sqlx::query_scalar(SQL.as_str()), run, state)
+        .fetch_one(&mut *conn)
+        .await?;
+    Ok(inserted == 1)
+}
+
+/// A run's row, from parameters `$1` to `$19` as [`bind_run`] binds them; a taken idempotency
+/// key inserts nothing.
+const INSERT_RUN: &str = "INSERT INTO runs (id, workflow_id, version, status, trigger_kind, idempotency_key, cursor, context, due_at,
+         wait_event, wait_key, lease_owner, attempts, contact_id, parent_run_id, response, error, created_at, updated_at, finished_at)
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $18, $19)
+     ON CONFLICT (workflow_id, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING";
+
+/// Binds a new run for [`INSERT_RUN`]: as its segment left it when `state` is given (the
+/// trigger ran its first steps before storing it), else pending and due now.
+fn bind_run<'q>(
+    q: PgScalar<'q>,
+    run: &NewRun,
+    state: Option<(&RunState, Option<&str>)>,
+) -> PgScalar<'q> {
     let (
         status,
         version,
@@ -269,34 +388,25 @@ async fn insert_run(
             None,
         ),
     };
-    let result = sqlx::query(
-        "INSERT INTO runs (id, workflow_id, version, status, trigger_kind, idempotency_key, cursor, context, due_at,
-             wait_event, wait_key, lease_owner, attempts, contact_id, parent_run_id, response, error, created_at, updated_at, finished_at)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $18, $19)
-         ON CONFLICT (workflow_id, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING",
-    )
-    .bind(&run.id)
-    .bind(&run.workflow_id)
-    .bind(version)
-    .bind(status)
-    .bind(&run.trigger_kind)
-    .bind(&run.idempotency_key)
-    .bind(cursor)
-    .bind(context)
-    .bind(due_at)
-    .bind(wait_event)
-    .bind(wait_key)
-    .bind(owner)
-    .bind(attempts)
-    .bind(contact_id)
-    .bind(&run.parent_run_id)
-    .bind(response)
-    .bind(error)
-    .bind(run.created_at)
-    .bind(finished_at)
-    .execute(&mut *conn)
-    .await?;
-    Ok(result.rows_affected() == 1)
+    q.bind(run.id.clone())
+        .bind(run.workflow_id.clone())
+        .bind(version.to_owned())
+        .bind(status)
+        .bind(run.trigger_kind.clone())
+        .bind(run.idempotency_key.clone())
+        .bind(cursor)
+        .bind(context)
+        .bind(due_at)
+        .bind(wait_event)
+        .bind(wait_key)
+        .bind(owner)
+        .bind(attempts)
+        .bind(contact_id)
+        .bind(run.parent_run_id.clone())
+        .bind(response)
+        .bind(error)
+        .bind(run.created_at)
+        .bind(finished_at)
 }
 
 /// Upserts one contact inside the commit's transaction.
