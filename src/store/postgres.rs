@@ -273,11 +273,16 @@ fn insert_steps_sql(first: usize, gate: &str) -> String {
 /// One statement cannot touch the same row twice, so of two entries with one `seq` the later
 /// wins, as it would had they been written one after the other.
 fn bind_steps<'q>(q: PgScalar<'q>, run_id: &str, steps: &[StepLogEntry]) -> PgScalar<'q> {
+    // A `for_each` can log thousands of entries in one segment: index them by seq.
+    let mut at: std::collections::HashMap<i64, usize> = std::collections::HashMap::new();
     let mut last: Vec<&StepLogEntry> = Vec::with_capacity(steps.len());
     for step in steps {
-        match last.iter_mut().find(|e| e.seq == step.seq) {
-            Some(e) => *e = step,
-            None => last.push(step),
+        match at.get(&step.seq) {
+            Some(&i) => last[i] = step,
+            None => {
+                at.insert(step.seq, last.len());
+                last.push(step);
+            }
         }
     }
     q.bind(run_id.to_owned())
