@@ -45,7 +45,7 @@ use herald::definitions::env::EnvSource;
 use herald::definitions::project::Layout;
 use herald::engine::clock::{Clock, SystemClock, rfc3339};
 use herald::engine::registry::CompiledWorkflow;
-use herald::engine::{Engine, EngineOptions, StartRun, load_registry};
+use herald::engine::{Engine, EngineOptions, StartRun, Trigger, load_registry};
 use herald::store::{DynStore, Millis, RunFilter, RunStatus};
 use rand::seq::SliceRandom;
 use serde_json::json;
@@ -281,8 +281,14 @@ async fn create(
                 engine
                     .start(StartRun {
                         workflow: workflow.clone(),
-                        trigger_kind: "webhook".into(),
-                        context: json!({"trigger": {"kind": "webhook"}, "body": body, "headers": {}, "query": {}, "params": {}}),
+                        trigger: Trigger::Webhook {
+                            method: "POST".into(),
+                            path: "/bench".into(),
+                            body,
+                            headers: Default::default(),
+                            query: Default::default(),
+                            params: Default::default(),
+                        },
                         idempotency_key: None,
                         want_reply: false,
                     })

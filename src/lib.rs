@@ -5,6 +5,7 @@ pub mod channels;
 pub mod cli;
 pub mod definitions;
 pub mod engine;
+pub mod harness;
 pub mod reload;
 pub mod server;
 pub mod store;

@@ -14,7 +14,7 @@ use std::time::Duration;
 use herald::definitions::env::EnvSource;
 use herald::definitions::project::Layout;
 use herald::engine::clock::{Clock, VirtualClock};
-use herald::engine::{Engine, EngineOptions, StartRun, load_registry};
+use herald::engine::{Engine, EngineOptions, StartRun, Trigger, load_registry};
 use herald::store::{
     Commit, OutboxStatus, RunRecord, RunState, RunStatus, RunWrite, StepLogEntry, StoreError,
 };
@@ -22,6 +22,18 @@ use serde_json::{Value, json};
 use support::{HttpSink, Reply};
 
 const START: &str = "2026-11-02T15:00:00Z";
+
+/// A webhook trigger carrying `body`, as `herald serve` would make it.
+fn webhook(body: Value) -> Trigger {
+    Trigger::Webhook {
+        method: "POST".into(),
+        path: "/test".into(),
+        body,
+        headers: Default::default(),
+        query: Default::default(),
+        params: Default::default(),
+    }
+}
 
 struct Harness {
     engine: Arc<Engine>,
@@ -119,8 +131,7 @@ impl Harness {
             .engine
             .start(StartRun {
                 workflow: wf,
-                trigger_kind: "webhook".into(),
-                context: json!({"trigger": {"kind": "webhook"}, "body": body, "headers": {}, "query": {}, "params": {}}),
+                trigger: webhook(body),
                 idempotency_key: key.map(str::to_owned),
                 want_reply: false,
             })
@@ -1132,8 +1143,7 @@ steps:
         .engine
         .start(StartRun {
             workflow: wf,
-            trigger_kind: "webhook".into(),
-            context: json!({"body": {"email": "ada@example.com"}}),
+            trigger: webhook(json!({"email": "ada@example.com"})),
             idempotency_key: None,
             want_reply: false,
         })
@@ -1340,7 +1350,7 @@ steps:
         .inbound_message("sms", "+18015550100", "book me in", Some("SM1"))
         .await
         .unwrap();
-    assert!(started.is_empty(), "no keyword matched");
+    assert!(started.started_runs.is_empty(), "no keyword matched");
     h.settle().await;
     let run = h.run(&ask).await;
     assert_eq!(run.status, RunStatus::Completed);
@@ -1352,7 +1362,7 @@ steps:
         .await
         .unwrap();
     assert_eq!(
-        started.len(),
+        started.started_runs.len(),
         1,
         "the keyword matches whole and in any case"
     );

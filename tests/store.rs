@@ -12,8 +12,8 @@ use std::sync::Arc;
 
 use herald::store::{
     Commit, CommitOutcome, Contact, ContactUpsert, CronFire, CronOutcome, DefinitionVersion,
-    DeliveryOutcome, DynStore, Millis, NewEvent, NewOutbox, NewRun, OutboxStatus, RunFilter,
-    RunState, RunStatus, RunWrite, StepLogEntry, StoreError,
+    DeliveryOutcome, DynStore, MessageCategory, Millis, NewEvent, NewOutbox, NewRun, OutboxStatus,
+    RunFilter, RunState, RunStatus, RunWrite, StepLogEntry, StoreError,
 };
 use serde_json::{Value, json};
 
@@ -101,6 +101,7 @@ fn new_run(id: &str, workflow: &str, created_at: Millis) -> NewRun {
         parent_run_id: None,
         cursor: json!({"step": 0}),
         context: json!({"input": {"id": id}}),
+        labels: json!({}),
         created_at,
     }
 }
@@ -170,6 +171,7 @@ fn step(seq: i64, step_id: &str, status: &str) -> StepLogEntry {
         finished_at: T0 + seq + 1,
         output: Some(json!({"seq": seq})),
         error: (status == "failed").then(|| "boom".to_owned()),
+        iteration: None,
     }
 }
 
@@ -188,6 +190,8 @@ fn message(id: &str, run_id: Option<&str>, key: &str, created_at: Millis) -> New
         headers: json!({"X-Run": id}),
         idempotency_key: key.into(),
         max_attempts: 5,
+        category: MessageCategory::Marketing,
+        retry: None,
         created_at,
     }
 }
@@ -366,7 +370,7 @@ async fn migrations_apply_and_rerun(db: &TestDb) {
             "table {table} missing from {schema}: {tables:?}"
         );
     }
-    assert_eq!(versions, vec![1]);
+    assert_eq!(versions, vec![1, 2]);
     assert_eq!(store.count_runs().await.unwrap(), vec![]);
     assert_eq!(store.count_outbox().await.unwrap(), vec![]);
     pending(store, "r1", T0).await;
@@ -381,7 +385,7 @@ async fn migrations_apply_and_rerun(db: &TestDb) {
     assert_eq!(get(&again, "r1").await.status, RunStatus::Pending);
     assert_eq!(
         db.layout().await.2,
-        vec![1],
+        vec![1, 2],
         "each migration is recorded once"
     );
     let third = db.open_again().await;
@@ -1553,11 +1557,11 @@ async fn events_wake_and_match_waiting_runs(store: DynStore) {
         event("e-other", "message.sms", "+1666", T0 + 15),
     ];
     store
-        .insert_events(&events, std::slice::from_ref(&subscriber))
+        .insert_events(&events, std::slice::from_ref(&subscriber), &[])
         .await
         .unwrap();
     // Delivered twice (a retried webhook): stored once.
-    store.insert_events(&events[..1], &[]).await.unwrap();
+    store.insert_events(&events[..1], &[], &[]).await.unwrap();
     let sub = get(&store, "on-sms").await;
     assert_eq!(
         (sub.status, sub.due_at, sub.trigger_kind.as_str()),

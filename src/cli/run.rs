@@ -1,25 +1,27 @@
-//! `herald run WORKFLOW --input payload.json`: run one workflow in-process and print its step
-//! log, to try a definition before deploying it.
+//! `herald run WORKFLOW --input payload.json`: run one workflow in-process and print what it
+//! did, to try a definition before deploying it.
 //!
-//! The run uses a throw-away SQLite database and a clock that jumps straight to the next
-//! timer, so `wait: 2d` takes no time and a `wait_for` nobody answers times out at once.
-//! Messages go to the log instead of their channels unless `--live` is given; `http` steps
-//! make real requests.
+//! It runs on the offline harness (`crate::harness`): a throw-away SQLite database and a
+//! clock that jumps straight to the next thing due, so `wait: 2d` takes no time and a
+//! `wait_for` nobody answers times out at once. The runs it starts (`call` children, event
+//! subscribers) run too, and are printed after it. Messages go to the log instead of their
+//! channels unless `--live` is given; `http` steps make real requests, once each.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use serde_json::{Value, json};
+use serde_json::{Map, Value, json};
 
 use super::{ColorChoice, UsageError, dir_or_current};
 use crate::channels::Channel;
 use crate::channels::log::LogChannel;
 use crate::definitions::env::EnvSource;
-use crate::definitions::model::Trigger;
+use crate::definitions::model::Trigger as TriggerDef;
 use crate::definitions::project::Layout;
-use crate::engine::clock::{Clock, VirtualClock, rfc3339};
-use crate::engine::{Engine, EngineOptions, StartRun, load_registry};
+use crate::engine::clock::Clock;
+use crate::engine::{Trigger, load_registry};
+use crate::harness::{Harness, RunReport, Settled, contact_from_json};
 use crate::store::RunStatus;
 
 #[derive(clap::Args, Debug)]
@@ -31,6 +33,19 @@ pub struct Args {
     /// and `input` for every workflow.
     #[arg(long, value_name = "FILE")]
     input: Option<PathBuf>,
+    /// A request header for a webhook workflow, as `Name: value` (repeatable).
+    #[arg(long = "header", value_name = "NAME: VALUE")]
+    headers: Vec<String>,
+    /// A query parameter for a webhook workflow, as `name=value` (repeatable).
+    #[arg(long = "query", value_name = "NAME=VALUE")]
+    query: Vec<String>,
+    /// A path parameter for a webhook workflow, as `name=value` (repeatable).
+    #[arg(long = "param", value_name = "NAME=VALUE")]
+    params: Vec<String>,
+    /// Contacts to store before the run: a JSON or YAML file holding a list of
+    /// `{email, phone, first_name, last_name, status, timezone, attributes}`.
+    #[arg(long, value_name = "FILE")]
+    contacts: Option<PathBuf>,
     /// The project folder.
     #[arg(long, value_name = "DIR")]
     dir: Option<PathBuf>,
@@ -52,6 +67,34 @@ pub fn run(args: Args) -> Result<ExitCode, UsageError> {
     runtime.block_on(run_async(args))
 }
 
+/// `name=value` pairs (or `Name: value` for headers) as a JSON object.
+fn pairs(
+    items: &[String],
+    sep: char,
+    what: &str,
+    lower_keys: bool,
+) -> Result<Map<String, Value>, UsageError> {
+    let mut out = Map::new();
+    for item in items {
+        let (k, v) = item.split_once(sep).ok_or_else(|| {
+            UsageError(format!(
+                "`{item}` is not a {what}: write it as name{sep}value"
+            ))
+        })?;
+        let k = k.trim();
+        if k.is_empty() {
+            return Err(UsageError(format!("`{item}` has no name before `{sep}`")));
+        }
+        let k = if lower_keys {
+            k.to_ascii_lowercase()
+        } else {
+            k.to_owned()
+        };
+        out.insert(k, Value::String(v.trim().to_owned()));
+    }
+    Ok(out)
+}
+
 async fn run_async(args: Args) -> Result<ExitCode, UsageError> {
     let dir = dir_or_current(args.dir.clone());
     let layout = Layout::discover(&dir)?;
@@ -63,8 +106,17 @@ async fn run_async(args: Args) -> Result<ExitCode, UsageError> {
         Some(p) => super::render::read_data(p)?,
         None => json!({}),
     };
-    let clock = VirtualClock::new(jiff::Timestamp::now().as_millisecond());
-    let start = clock.now();
+    let headers = pairs(&args.headers, ':', "header", true)?;
+    let query = pairs(&args.query, '=', "query parameter", false)?;
+    let params = pairs(&args.params, '=', "path parameter", false)?;
+    let contacts = match &args.contacts {
+        Some(p) => match super::render::read_data(p)? {
+            Value::Array(items) => items,
+            other => vec![other],
+        },
+        None => Vec::new(),
+    };
+    let start = jiff::Timestamp::now().as_millisecond();
     let color = args.color.enabled();
     let (mut registry, _) = match load_registry(&layout, &env, 1, start) {
         Ok(r) => r,
@@ -87,149 +139,145 @@ async fn run_async(args: Args) -> Result<ExitCode, UsageError> {
             *channel = Arc::new(LogChannel::new(name)) as Arc<dyn Channel>;
         }
     }
-    let tmp = std::env::temp_dir().join(format!("herald-run-{}", uuid::Uuid::now_v7().simple()));
-    std::fs::create_dir_all(&tmp)
-        .map_err(|e| UsageError(format!("cannot create a temporary folder: {e}")))?;
-    let result = execute(&args, registry, workflow, input, clock, &tmp, env).await;
-    let _ = std::fs::remove_dir_all(&tmp);
-    result
-}
-
-async fn execute(
-    args: &Args,
-    registry: crate::engine::registry::Registry,
-    workflow: Arc<crate::engine::registry::CompiledWorkflow>,
-    input: Value,
-    clock: VirtualClock,
-    tmp: &std::path::Path,
-    env: EnvSource,
-) -> Result<ExitCode, UsageError> {
-    let start = clock.now();
-    let url = format!("sqlite://{}", tmp.join("run.db").display());
-    let store = crate::store::open(&url)
-        .await
-        .map_err(|e| UsageError(e.to_string()))?;
-    let engine = Engine::new(
-        store,
-        Arc::new(clock.clone()),
-        env,
-        EngineOptions::default(),
-    );
-    engine
-        .install(registry)
-        .await
-        .map_err(|e| UsageError(e.to_string()))?;
-
-    let context = match workflow.workflow.triggers.first() {
-        Some(Trigger::Webhook(w)) => json!({
-            "trigger": {"kind": "webhook", "method": w.method.as_str(), "path": w.path},
-            "body": input, "headers": {}, "query": {}, "params": {}, "input": input,
-        }),
-        Some(Trigger::Event(e)) => json!({
-            "trigger": {"kind": "event", "name": e.name},
-            "event": {"name": e.name, "key": input.get("key"), "data": input}, "input": input,
-        }),
-        Some(Trigger::Message(m)) => json!({
-            "trigger": {"kind": "message", "channel": m.channel},
-            "message": {"channel": m.channel, "from": input.get("from"), "text": input.get("text"), "id": null},
-            "input": input,
-        }),
-        Some(Trigger::Cron(c)) => json!({
-            "trigger": {"kind": "cron", "schedule": c.schedule, "timezone": c.timezone, "slot": rfc3339(start)},
-            "input": c.input.clone().unwrap_or(input),
-        }),
-        None => json!({"trigger": {"kind": "manual"}, "input": input}),
+    let trigger = match workflow.workflow.triggers.first() {
+        Some(TriggerDef::Webhook(w)) => Trigger::Webhook {
+            method: w.method.as_str().to_owned(),
+            path: w.path.clone(),
+            body: input,
+            headers,
+            query,
+            params,
+        },
+        Some(TriggerDef::Event(e)) => Trigger::Event {
+            name: e.name.clone(),
+            key: input.get("key").and_then(Value::as_str).map(str::to_owned),
+            data: input,
+            source_run_id: None,
+        },
+        Some(TriggerDef::Message(m)) => Trigger::Message {
+            channel: m.channel.clone(),
+            from: input
+                .get("from")
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_owned(),
+            text: input
+                .get("text")
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_owned(),
+            id: None,
+        },
+        Some(TriggerDef::Cron(c)) => Trigger::Cron {
+            schedule: c.schedule.clone(),
+            timezone: c.timezone.clone(),
+            slot: start,
+            input: c.input.clone().unwrap_or(input),
+        },
+        None => Trigger::Manual { input },
     };
-    let started = engine
-        .start(StartRun {
-            workflow: workflow.clone(),
-            trigger_kind: "manual".into(),
-            context,
-            idempotency_key: None,
-            want_reply: false,
-        })
+
+    let harness = Harness::new(registry, env, start)
         .await
         .map_err(|e| UsageError(e.to_string()))?;
-    let run_id = started.run_id;
-
-    // Fast-forward: run what is due, deliver what is queued, then jump to the next timer.
-    for _ in 0..10_000 {
-        engine
-            .run_due()
+    if !contacts.is_empty() {
+        let seeds = contacts
+            .iter()
+            .enumerate()
+            .map(|(i, c)| {
+                contact_from_json(c, start)
+                    .map_err(|e| UsageError(format!("contact {}: {e}", i + 1)))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        harness
+            .seed_contacts(seeds)
             .await
             .map_err(|e| UsageError(e.to_string()))?;
-        engine
-            .deliver_due()
-            .await
-            .map_err(|e| UsageError(e.to_string()))?;
-        let run = engine
-            .store
-            .run(&run_id)
-            .await
-            .map_err(|e| UsageError(e.to_string()))?;
-        let finished = run.as_ref().is_some_and(|r| r.status.is_finished());
-        let next_run = engine
-            .store
-            .next_due_at()
-            .await
-            .map_err(|e| UsageError(e.to_string()))?;
-        let next_msg = engine
-            .store
-            .next_outbox_at()
-            .await
-            .map_err(|e| UsageError(e.to_string()))?;
-        let next = match (finished, next_run, next_msg) {
-            (true, _, Some(m)) => Some(m),
-            (true, _, None) => None,
-            (false, r, m) => [r, m].into_iter().flatten().min(),
-        };
-        match next {
-            Some(t) if t > clock.now() => clock.set(t),
-            Some(_) => {}
-            None => break,
-        }
     }
-
-    let run = engine
-        .store
-        .run(&run_id)
-        .await
-        .map_err(|e| UsageError(e.to_string()))?
-        .ok_or_else(|| UsageError("the run disappeared".into()))?;
-    let steps = engine
-        .store
-        .step_log(&run_id)
+    let started = harness
+        .start(workflow.clone(), trigger)
         .await
         .map_err(|e| UsageError(e.to_string()))?;
-    let messages = engine
-        .store
-        .outbox_for_run(&run_id)
+    let settled = harness
+        .run_to_end()
         .await
         .map_err(|e| UsageError(e.to_string()))?;
+    let reports = harness
+        .report()
+        .await
+        .map_err(|e| UsageError(e.to_string()))?;
+    let Some(root) = reports.iter().find(|r| r.run.id == started.run_id) else {
+        return Err(UsageError("the run disappeared".into()));
+    };
     println!(
-        "run {run_id} of `{}` ({} version {})",
+        "run {} of `{}` ({} version {})",
+        root.run.id,
         workflow.id,
         if args.live { "live" } else { "dry" },
         &workflow.hash[..12]
     );
-    for s in &steps {
-        let at = crate::definitions::model::Duration(std::time::Duration::from_millis(
-            (s.finished_at - start).max(0) as u64,
-        ));
+    print_run(&harness, root);
+    for other in reports.iter().filter(|r| r.run.id != started.run_id) {
+        println!(
+            "{} run {} of `{}`",
+            match other.run.trigger_kind.as_str() {
+                "call" => "called",
+                "event" => "event-started",
+                other => other,
+            },
+            other.run.id,
+            other.run.workflow_id
+        );
+        print_run(&harness, other);
+        println!("  {}", outcome(other));
+    }
+    if settled == Settled::GaveUp {
+        println!(
+            "stopped after {} clock jumps at +{}; the run was still going",
+            crate::harness::MAX_JUMPS,
+            crate::definitions::model::Duration(harness.since_start(harness.clock.now()))
+        );
+    }
+    println!("{}", outcome(root));
+    Ok(match root.run.status {
+        RunStatus::Completed | RunStatus::Waiting => ExitCode::SUCCESS,
+        _ => ExitCode::from(1),
+    })
+}
+
+fn outcome(r: &RunReport) -> String {
+    format!(
+        "{}{}",
+        r.run.status.as_str(),
+        r.run
+            .error
+            .as_ref()
+            .map(|e| format!(": {e}"))
+            .unwrap_or_default()
+    )
+}
+
+fn print_run(harness: &Harness, r: &RunReport) {
+    for s in &r.steps {
+        let at = crate::definitions::model::Duration(harness.since_start(s.finished_at));
         let detail = match (&s.error, &s.output) {
             (Some(e), _) => e.clone(),
             (None, Some(o)) => summarize(o),
             (None, None) => String::new(),
         };
+        let step = match &s.iteration {
+            Some(i) => format!("{}[{i}]", s.step_id),
+            None => s.step_id.clone(),
+        };
         println!(
             "  +{:<8} {:<22} {:<14} {:<10} {detail}",
             at.to_string(),
-            s.step_id,
+            step,
             s.action,
             s.status
         );
     }
-    for m in &messages {
+    for m in &r.messages {
         println!(
             "  message via {} to {}{}: {}",
             m.channel,
@@ -244,19 +292,6 @@ async fn execute(
             println!("    | {line}");
         }
     }
-    println!(
-        "{}{}",
-        run.status.as_str(),
-        run.error
-            .as_ref()
-            .map(|e| format!(": {e}"))
-            .unwrap_or_default()
-    );
-    Ok(match run.status {
-        RunStatus::Completed => ExitCode::SUCCESS,
-        RunStatus::Waiting => ExitCode::SUCCESS,
-        _ => ExitCode::from(1),
-    })
 }
 
 fn summarize(v: &Value) -> String {
@@ -265,5 +300,20 @@ fn summarize(v: &Value) -> String {
         format!("{}…", s.chars().take(100).collect::<String>())
     } else {
         s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pairs_need_a_separator_and_a_name() {
+        let ok = pairs(&["X-Key: abc".into()], ':', "header", true).unwrap();
+        assert_eq!(ok["x-key"], "abc");
+        let e = pairs(&["novalue".into()], '=', "query parameter", false).unwrap_err();
+        assert!(e.0.contains("name=value"), "{}", e.0);
+        let e = pairs(&["=x".into()], '=', "query parameter", false).unwrap_err();
+        assert!(e.0.contains("no name"), "{}", e.0);
     }
 }

@@ -94,6 +94,7 @@ pub struct Workflow {
     pub description: Option<String>,
     pub metadata: Metadata,
     pub on_update: OnUpdate,
+    pub labels: indexmap::IndexMap<String, model::Template>,
     pub triggers: Vec<Trigger>,
     pub steps: Vec<Step>,
 }
@@ -104,7 +105,7 @@ impl Workflow {
         fn walk<'a>(steps: &'a [Step], out: &mut Vec<&'a Step>) {
             for s in steps {
                 out.push(s);
-                for (_, branch) in s.action.branches() {
+                for (_, branch) in s.nested() {
                     walk(branch, out);
                 }
             }
@@ -194,6 +195,7 @@ fn read_workflow(file: SourceFile, doc: Parsed) -> Result<Definition, Vec<Diagno
             description: def.description,
             metadata: def.metadata,
             on_update: def.on_update,
+            labels: def.labels,
             triggers: def.triggers,
             steps,
         }),

@@ -526,6 +526,12 @@ impl WorkflowCheck<'_> {
                     }
                 }
             }
+            // A handler sees the failure as `error`.
+            if let Some(handler) = &step.on_error {
+                let mut inner = scope.to_vec();
+                inner.push("error".to_owned());
+                self.check_steps(handler, &inner, sync);
+            }
         }
     }
 
@@ -550,7 +556,12 @@ impl WorkflowCheck<'_> {
                 let b = format!("{p}/send");
                 self.check_channel(&s.channel, &format!("{b}/channel"));
                 self.check_text(&format!("{b}/to"), s.to.as_str(), TextKind::Template, scope);
+                // A name chosen at run time is a template itself, checked when the run gets there.
                 if let Some(t) = &s.template
+                    && t.contains("{{")
+                {
+                    self.check_text(&format!("{b}/template"), t, TextKind::Template, scope);
+                } else if let Some(t) = &s.template
                     && !self.templates.iter().any(|n| n == t)
                 {
                     let mut d = Diagnostic::error(
@@ -726,6 +737,17 @@ impl WorkflowCheck<'_> {
             Action::Fail(t) => {
                 self.check_text(&format!("{p}/fail"), t.as_str(), TextKind::Template, scope)
             }
+            Action::Try { .. } => {
+                if step.on_error.is_none() {
+                    let d = Diagnostic::warning(
+                        "try-without-handler",
+                        "this `try` has no `on_error`, so it changes nothing",
+                    )
+                    .with_hint("add `on_error:` with the steps to run when a step inside fails, or `continue_on_error: true`");
+                    let d = self.def.at_key(&format!("{p}/try"), d);
+                    self.out.push(d);
+                }
+            }
         }
     }
 
@@ -898,8 +920,13 @@ fn bad_cron_field(schedule: &str) -> Option<(usize, &str, &'static str, &'static
 /// Whether a step always ends the run as failed.
 fn always_fails(step: &Step) -> bool {
     let list_fails = |steps: &[Step]| steps.iter().any(always_fails);
+    if step.on_error.is_some() {
+        // Its handler catches the failure and the run carries on after it.
+        return false;
+    }
     match &step.action {
         Action::Fail(_) => true,
+        Action::Try { steps } => list_fails(steps),
         Action::If { then, else_, .. } => list_fails(then) && list_fails(else_),
         Action::Switch { cases, default, .. } => {
             cases.values().all(|c| list_fails(c)) && list_fails(default)

@@ -5,7 +5,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use indexmap::IndexMap;
-use serde_json::Value;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
@@ -89,7 +88,28 @@ impl Engine {
 
     async fn deliver(&self, m: OutboxRecord) {
         let registry = self.registry();
+        // The recipient may have opted out since the message was queued (it may have waited
+        // for a retry): that wins over the send.
+        let suppressed = match self.suppression(None, &m.recipient, m.category).await {
+            Ok(s) => s,
+            Err(e) => {
+                // Unknown is not "allowed": try again shortly rather than risk it.
+                tracing::warn!(message = %m.id, error = %e, "could not check the recipient's status; delivery postponed");
+                let outcome = DeliveryOutcome::Retry {
+                    error: format!("could not check the recipient's status: {e}"),
+                    next_attempt_at: self.now() + 5_000,
+                };
+                let _ = self
+                    .store
+                    .finish_delivery(&m.id, &self.options.owner, outcome, self.now())
+                    .await;
+                return;
+            }
+        };
         let outcome = match registry.channels.get(&m.channel) {
+            _ if suppressed.is_some() => DeliveryOutcome::Suppressed {
+                reason: suppressed.unwrap_or_default(),
+            },
             None => DeliveryOutcome::Failed {
                 error: format!("channel `{}` is not configured", m.channel),
             },
@@ -146,9 +166,9 @@ impl Engine {
                                 error: format!("{message} (after {} attempts)", m.attempts),
                             }
                         } else {
-                            let wait =
-                                retry::delay(&retry::outbox_default(), m.attempts.max(1) as u32)
-                                    .max(retry_after.unwrap_or_default());
+                            let policy = m.retry.clone().unwrap_or_else(retry::outbox_default);
+                            let wait = retry::delay(&policy, m.attempts.max(1) as u32)
+                                .max(retry_after.unwrap_or_default());
                             DeliveryOutcome::Retry {
                                 error: message,
                                 next_attempt_at: self.now() + wait.as_millis() as i64,
@@ -162,6 +182,7 @@ impl Engine {
             DeliveryOutcome::Sent { .. } => "sent",
             DeliveryOutcome::Retry { .. } => "retry",
             DeliveryOutcome::Failed { .. } => "failed",
+            DeliveryOutcome::Suppressed { .. } => "suppressed",
         };
         metrics::counter!("herald_deliveries_total", "channel" => m.channel.clone(), "outcome" => label).increment(1);
         match &outcome {
@@ -170,6 +191,9 @@ impl Engine {
             }
             DeliveryOutcome::Retry { error, .. } => {
                 tracing::info!(message = %m.id, channel = %m.channel, attempt = m.attempts, error = %error, "delivery will be retried")
+            }
+            DeliveryOutcome::Suppressed { reason } => {
+                tracing::info!(message = %m.id, channel = %m.channel, run = ?m.run_id, reason = %reason, "message suppressed at delivery")
             }
             DeliveryOutcome::Sent { .. } => {}
         }
@@ -186,6 +210,5 @@ impl Engine {
                 tracing::error!(message = %m.id, error = %e, "could not record a delivery outcome; it will be retried")
             }
         }
-        let _ = Value::Null;
     }
 }

@@ -9,7 +9,7 @@ use super::clock::rfc3339;
 use super::cursor::{Cursor, LoopFrame, Wait};
 use super::registry::{CompiledWorkflow, Registry};
 use super::{Engine, EngineError, SyncReply, new_id, retry};
-use crate::definitions::model::step::{Action, OnTimeout, Step, WaitStep};
+use crate::definitions::model::step::{Action, MessageCategory, OnTimeout, Step, WaitStep};
 use crate::definitions::model::workflow::OnUpdate;
 use crate::store::{
     Commit, CommitOutcome, ContactUpsert, Millis, NewEvent, NewOutbox, NewRun, RunRecord, RunState,
@@ -136,9 +136,6 @@ enum Flow {
 
 const DEFAULT_HTTP_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
-/// Contact statuses that mean "send nothing".
-const SUPPRESSED: &[&str] = &["opted_out", "unsubscribed", "bounced", "complained"];
-
 impl Engine {
     /// Executes a run that has not been stored yet; its first commit inserts it.
     pub(crate) async fn drive_new(
@@ -174,7 +171,7 @@ impl Engine {
             Err(e) => {
                 tracing::error!(run = %run_id, error = %e, "cannot resume run");
                 self.fail_unresumable(&run_id, &e.to_string()).await;
-                self.held.lock().expect("not poisoned").remove(&run_id);
+                self.release(&run_id);
             }
         }
     }
@@ -293,6 +290,9 @@ impl Engine {
                 if finished {
                     if let Some(parent) = &a.parent_run_id {
                         pending.wake_runs.push(parent.clone());
+                        // The parent is due now: tell the workers, rather than leave it to
+                        // their next poll.
+                        pending.after.push(After::Work);
                     }
                     if a.response.is_none() {
                         pending.after.push(After::Reply(SyncReply::from_finished(&a.id, status, &a.ctx, error.as_deref())));
@@ -337,7 +337,7 @@ impl Engine {
                 let _ = f.send(Err(e));
             }
         }
-        self.held.lock().expect("not poisoned").remove(&a.id);
+        self.release(&a.id);
         // Taken only when there is a reply to give: a run that waits keeps its sync caller,
         // who is answered when a later segment responds (or at the webhook's timeout).
         if let Some(response) = &a.response {
@@ -484,17 +484,22 @@ impl Engine {
         let outcome = match result {
             Ok(o) => o,
             Err(StepError::Permanent(message)) => {
-                return Ok(self.fail_step(a, p, step, started, message));
+                return Ok(self.fail_step(a, p, idx, started, message));
             }
             Err(StepError::Transient {
                 message,
                 retry_after,
             }) => {
-                return Ok(self.retry_or_fail(a, p, step, started, message, retry_after));
+                return Ok(self.retry_or_fail(a, p, idx, started, message, retry_after));
             }
         };
-        metrics::histogram!("herald_step_duration_seconds", "action" => step.action.key())
-            .record(timer.elapsed().as_secs_f64());
+        metrics::histogram!(
+            "herald_step_duration_seconds",
+            "workflow" => workflow.id.clone(),
+            "step" => step.id.clone(),
+            "action" => step.action.key()
+        )
+        .record(timer.elapsed().as_secs_f64());
         let is_http = matches!(step.action, Action::Http(_));
         Ok(match outcome {
             Outcome::Done(output) => {
@@ -519,18 +524,8 @@ impl Engine {
                 event,
                 note,
             } => {
-                a.cursor.seq += 1;
-                p.steps.push(StepLogEntry {
-                    seq: a.cursor.seq,
-                    step_id: step.id.clone(),
-                    action: step.action.key().to_owned(),
-                    status: "waiting".into(),
-                    attempt: a.attempts + 1,
-                    started_at: started,
-                    finished_at: now,
-                    output: Some(note),
-                    error: None,
-                });
+                let entry = self.log_entry(a, step, "waiting", started, Some(note), None);
+                p.steps.push(entry);
                 if let Some((name, key)) = &event {
                     p.after.push(After::Recheck {
                         name: name.clone(),
@@ -540,25 +535,42 @@ impl Engine {
                 a.cursor.wait = Some(wait);
                 Flow::Suspend { due_at, event }
             }
-            Outcome::Fail(message) => {
-                a.cursor.seq += 1;
-                p.steps.push(StepLogEntry {
-                    seq: a.cursor.seq,
-                    step_id: step.id.clone(),
-                    action: step.action.key().to_owned(),
-                    status: "failed".into(),
-                    attempt: a.attempts + 1,
-                    started_at: started,
-                    finished_at: now,
-                    output: None,
-                    error: Some(message.clone()),
-                });
-                Flow::End {
-                    status: RunStatus::Failed,
-                    error: Some(message),
-                }
-            }
+            // `fail` is a failure like any other: a handler around it catches it.
+            Outcome::Fail(message) => self.fail_step(a, p, idx, started, message),
         })
+    }
+
+    /// A step-log line for `step`, numbered next.
+    fn log_entry(
+        &self,
+        a: &mut Active,
+        step: &Step,
+        status: &str,
+        started: Millis,
+        output: Option<Value>,
+        error: Option<String>,
+    ) -> StepLogEntry {
+        a.cursor.seq += 1;
+        let iteration = (!a.cursor.frames.is_empty()).then(|| {
+            a.cursor
+                .frames
+                .iter()
+                .map(|f| f.index.to_string())
+                .collect::<Vec<_>>()
+                .join(".")
+        });
+        StepLogEntry {
+            seq: a.cursor.seq,
+            step_id: step.id.clone(),
+            action: step.action.key().to_owned(),
+            status: status.into(),
+            attempt: a.attempts + 1,
+            started_at: started,
+            finished_at: self.now(),
+            output,
+            error,
+            iteration,
+        }
     }
 
     fn complete(
@@ -570,19 +582,8 @@ impl Engine {
         output: Value,
         status: &str,
     ) {
-        let now = self.now();
-        a.cursor.seq += 1;
-        p.steps.push(StepLogEntry {
-            seq: a.cursor.seq,
-            step_id: step.id.clone(),
-            action: step.action.key().to_owned(),
-            status: status.into(),
-            attempt: a.attempts + 1,
-            started_at: started,
-            finished_at: now,
-            output: Some(output.clone()),
-            error: None,
-        });
+        let entry = self.log_entry(a, step, status, started, Some(output.clone()), None);
+        p.steps.push(entry);
         if let Some(steps) = Arc::make_mut(&mut a.ctx)
             .get_mut("steps")
             .and_then(Value::as_object_mut)
@@ -594,45 +595,81 @@ impl Engine {
         a.cursor.step_started_at = None;
     }
 
+    /// A step failed for good: its retries are spent, or retrying cannot help. The nearest
+    /// `on_error` around it (its own, or an enclosing step's) takes over and the run carries on
+    /// after that step; with none, the run fails, its cursor left at the failed step so that an
+    /// operator's retry runs it again.
     fn fail_step(
         &self,
         a: &mut Active,
         p: &mut Pending,
-        step: &Step,
+        idx: usize,
         started: Millis,
         message: String,
     ) -> Flow {
-        let now = self.now();
-        a.cursor.seq += 1;
-        p.steps.push(StepLogEntry {
-            seq: a.cursor.seq,
-            step_id: step.id.clone(),
-            action: step.action.key().to_owned(),
-            status: "failed".into(),
-            attempt: a.attempts + 1,
-            started_at: started,
-            finished_at: now,
-            output: None,
-            error: Some(message.clone()),
-        });
-        // The cursor stays at this step, so an operator's retry runs it again.
+        let workflow = a.workflow.clone();
+        let program = &workflow.program;
+        let step = &program.nodes[idx].step;
+        let entry = self.log_entry(a, step, "failed", started, None, Some(message.clone()));
+        p.steps.push(entry);
         a.cursor.wait = None;
         a.cursor.step_started_at = None;
-        Flow::End {
-            status: RunStatus::Failed,
-            error: Some(format!("step `{}` failed: {message}", step.id)),
+        let Some(h) = program.handler_for(idx) else {
+            return Flow::End {
+                status: RunStatus::Failed,
+                error: Some(format!("step `{}` failed: {message}", step.id)),
+            };
+        };
+        let handler = &program.nodes[h];
+        let unwound = program.unwound(idx, h);
+        // Loops the failure leaves are over.
+        while a
+            .cursor
+            .frames
+            .last()
+            .is_some_and(|f| unwound.iter().any(|&n| program.nodes[n].step.id == f.step))
+        {
+            a.cursor.frames.pop();
         }
+        let error = json!({
+            "message": message,
+            "step": step.id,
+            "action": step.action.key(),
+            "at": rfc3339(self.now()),
+        });
+        let ctx = Arc::make_mut(&mut a.ctx);
+        if let Some(obj) = ctx.as_object_mut() {
+            obj.insert("error".into(), error.clone());
+        }
+        if let Some(steps) = ctx.get_mut("steps").and_then(Value::as_object_mut) {
+            steps.insert(step.id.clone(), json!({"output": null, "error": error}));
+            if h != idx {
+                steps.insert(
+                    handler.step.id.clone(),
+                    json!({"output": null, "error": error}),
+                );
+            }
+        }
+        a.attempts = 0;
+        let next = handler.handler.flatten().or(handler.next);
+        a.cursor.step = next.map(|i| program.nodes[i].step.id.clone());
+        tracing::info!(run = %a.id, step = %step.id, handled_by = %handler.step.id, error = %message, "step failed; its on_error takes over");
+        // Committed at once, so a crash inside the handler resumes in the handler, and does
+        // not repeat the step that failed.
+        Flow::Next { commit: true }
     }
 
     fn retry_or_fail(
         &self,
         a: &mut Active,
         p: &mut Pending,
-        step: &Step,
+        idx: usize,
         started: Millis,
         message: String,
         retry_after: Option<std::time::Duration>,
     ) -> Flow {
+        let workflow = a.workflow.clone();
+        let step = &workflow.program.nodes[idx].step;
         let attempt = a.attempts + 1;
         let Some(policy) = step
             .retry
@@ -644,23 +681,21 @@ impl Engine {
             } else {
                 message
             };
-            return self.fail_step(a, p, step, started, message);
+            return self.fail_step(a, p, idx, started, message);
         };
         let now = self.now();
         let backoff = retry::delay(policy, attempt as u32).max(retry_after.unwrap_or_default());
         let until = now + backoff.as_millis() as i64;
-        a.cursor.seq += 1;
-        p.steps.push(StepLogEntry {
-            seq: a.cursor.seq,
-            step_id: step.id.clone(),
-            action: step.action.key().to_owned(),
-            status: "retrying".into(),
-            attempt,
-            started_at: started,
-            finished_at: now,
-            output: Some(json!({"retry_at": rfc3339(until)})),
-            error: Some(message),
-        });
+        let entry = self.log_entry(
+            a,
+            step,
+            "retrying",
+            started,
+            Some(json!({"retry_at": rfc3339(until)})),
+            Some(message),
+        );
+        // `log_entry` numbers attempts from the run's count, which this one has not reached yet.
+        p.steps.push(StepLogEntry { attempt, ..entry });
         a.attempts = attempt;
         a.cursor.wait = Some(Wait::Retry { until });
         Flow::Suspend {
@@ -929,13 +964,38 @@ impl Engine {
                 if to.is_empty() {
                     return Err(StepError::Permanent("the recipient (`to`) is empty".into()));
                 }
-                if let Some(reason) = self.suppressed(&a.ctx, &to).await? {
+                let own = a.ctx.get("contact").filter(|c| !c.is_null());
+                if let Some(reason) = self.suppression(own, &to, s.category).await.map_err(|e| {
+                    StepError::Transient {
+                        message: format!("could not check the recipient's status: {e}"),
+                        retry_after: None,
+                    }
+                })? {
                     return Ok(Outcome::Done(
-                        json!({"status": "suppressed", "to": to, "reason": reason}),
+                        json!({"status": "suppressed", "to": to, "reason": reason, "category": s.category}),
                     ));
                 }
                 let (body, html) = match (&s.template, &s.body) {
                     (Some(name), _) => {
+                        // A name may be chosen at run time: `emails/{{ vars.kind }}.html.j2`.
+                        let name = if name.contains("{{") {
+                            let chosen = render(name)?.trim().to_owned();
+                            if !t.contains(&chosen) {
+                                let hint = crate::definitions::suggest::did_you_mean(
+                                    &chosen,
+                                    t.names().iter().map(String::as_str),
+                                )
+                                .map(|s| format!("; did you mean `{s}`?"))
+                                .unwrap_or_default();
+                                return Err(StepError::Permanent(format!(
+                                    "template `{chosen}` (from `{name}`) does not exist under templates/{hint}"
+                                )));
+                            }
+                            chosen
+                        } else {
+                            name.clone()
+                        };
+                        let name = name.as_str();
                         let body = t.render_in(name, &ctx)?;
                         let base = name
                             .strip_suffix(".j2")
@@ -955,6 +1015,8 @@ impl Engine {
                     headers.insert(k.clone(), Value::String(render(v.as_str())?));
                 }
                 let id = new_id();
+                // The step's retry policy governs the delivery attempts: a send step only
+                // enqueues, so the policy has nothing else to apply to.
                 let max_attempts = step
                     .retry
                     .as_ref()
@@ -974,6 +1036,8 @@ impl Engine {
                     headers: Value::Object(headers),
                     idempotency_key: format!("{}:{}{key_suffix}", a.id, step.id),
                     max_attempts: i64::from(max_attempts),
+                    category: s.category,
+                    retry: step.retry.clone(),
                     created_at: now,
                 });
                 p.after.push(After::Outbox);
@@ -1125,8 +1189,10 @@ impl Engine {
                     .unwrap_or(json!({}));
                 let child = self.new_run(
                     target,
-                    "call",
-                    json!({"trigger": {"kind": "call", "parent_run_id": a.id}, "input": input}),
+                    super::Trigger::Call {
+                        parent_run_id: a.id.clone(),
+                        input,
+                    },
                     Some(format!("call:{}:{}{key_suffix}", a.id, step.id)),
                     Some(a.id.clone()),
                     now,
@@ -1235,44 +1301,56 @@ impl Engine {
                 Ok(Outcome::Done(response))
             }
             Action::Fail(message) => Ok(Outcome::Fail(render(message.as_str())?)),
+            Action::Try { .. } => {
+                let body = node
+                    .branches
+                    .iter()
+                    .find(|(k, _)| k == "body")
+                    .and_then(|(_, f)| *f);
+                Ok(Outcome::Goto(body, json!({"entered": true})))
+            }
         }
     }
 
-    /// Why a message to `to` must not be sent, if it must not: the recipient opted out,
-    /// bounced or complained. Checked at every send, so no workflow has to remember to.
-    async fn suppressed(&self, ctx: &Value, to: &str) -> Result<Option<String>, StepError> {
+    /// Why a message of `category` to `to` must not be sent, if it must not: the recipient
+    /// opted out, unsubscribed, bounced or complained (see [`MessageCategory::blocked_by`]).
+    /// Checked when a `send` runs and again just before delivery, so no workflow has to
+    /// remember to, and an opt-out recorded while a message waits in the outbox still wins.
+    ///
+    /// `own` is the run's contact, used when it is the recipient (it may hold changes this
+    /// segment has not committed yet); otherwise the stored contact with that address counts.
+    pub(crate) async fn suppression(
+        &self,
+        own: Option<&Value>,
+        to: &str,
+        category: MessageCategory,
+    ) -> Result<Option<String>, StoreError> {
         let status_of = |c: &Value| c.get("status").and_then(Value::as_str).map(str::to_owned);
-        let matches = |c: &Value| {
-            c.get("email")
-                .and_then(Value::as_str)
-                .is_some_and(|e| e.eq_ignore_ascii_case(to))
-                || c.get("phone")
-                    .and_then(Value::as_str)
-                    .is_some_and(|p| p == to)
+        let (email, phone) = if to.contains('@') {
+            (Some(to.trim().to_lowercase()), None)
+        } else {
+            (None, crate::templates::filters::normalize_phone(to, "US"))
         };
-        let status = match ctx.get("contact").filter(|c| matches(c)) {
+        let matches = |c: &Value| {
+            email.as_deref().is_some_and(|e| {
+                c.get("email")
+                    .and_then(Value::as_str)
+                    .is_some_and(|ce| ce.eq_ignore_ascii_case(e))
+            }) || phone
+                .as_deref()
+                .is_some_and(|p| c.get("phone").and_then(Value::as_str) == Some(p))
+        };
+        let status = match own.filter(|c| matches(c)) {
             Some(c) => status_of(c),
-            None => {
-                let (email, phone) = if to.contains('@') {
-                    (Some(to.to_lowercase()), None)
-                } else {
-                    (None, crate::templates::filters::normalize_phone(to, "US"))
-                };
-                if email.is_none() && phone.is_none() {
-                    return Ok(None);
-                }
-                self.store
-                    .find_contact(email.as_deref(), phone.as_deref())
-                    .await
-                    .map_err(|e| StepError::Transient {
-                        message: format!("could not check the recipient's status: {e}"),
-                        retry_after: None,
-                    })?
-                    .and_then(|c| c.status)
-            }
+            None if email.is_none() && phone.is_none() => return Ok(None),
+            None => self
+                .store
+                .find_contact(email.as_deref(), phone.as_deref())
+                .await?
+                .and_then(|c| c.status),
         };
         Ok(status
-            .filter(|s| SUPPRESSED.contains(&s.as_str()))
+            .filter(|s| category.blocked_by(s))
             .map(|s| format!("the recipient's status is `{s}`")))
     }
 }

@@ -13,6 +13,7 @@
 //! become due again when its leases expire.
 
 pub mod clock;
+pub mod context;
 pub mod cursor;
 pub mod dispatcher;
 mod http;
@@ -32,11 +33,15 @@ use serde_json::{Value, json};
 use tokio::sync::{Notify, oneshot};
 
 use crate::definitions::env::EnvSource;
+use crate::definitions::model::config::Keyword;
 use crate::definitions::project::{EnvMode, LoadCache, LoadOptions, load_with};
 use crate::definitions::read_definition;
 use crate::definitions::source::SourceFile;
-use crate::store::{DynStore, Millis, NewEvent, NewRun, RunRecord, RunStatus, StoreError};
+use crate::store::{
+    ContactUpsert, DynStore, Millis, NewEvent, NewRun, RunRecord, RunStatus, StoreError,
+};
 use clock::Clock;
+pub use context::Trigger;
 use cursor::Cursor;
 use registry::{CompileCache, CompiledWorkflow, Registry};
 
@@ -108,6 +113,14 @@ impl SyncReply {
     }
 }
 
+/// How an inbound message was routed.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Inbound {
+    pub started_runs: Vec<String>,
+    /// Set when the message was an opt-out or opt-in keyword.
+    pub keyword: Option<Keyword>,
+}
+
 /// A sync caller's token and the channel its reply goes to.
 type Responder = (u64, oneshot::Sender<SyncReply>);
 
@@ -115,8 +128,8 @@ type Responder = (u64, oneshot::Sender<SyncReply>);
 #[derive(Debug, Clone)]
 pub struct StartRun {
     pub workflow: Arc<CompiledWorkflow>,
-    pub trigger_kind: String,
-    pub context: Value,
+    /// What started it; the run's context is made from this (see [`context`]).
+    pub trigger: Trigger,
     pub idempotency_key: Option<String>,
     /// Set for `sync` webhooks: the caller waits for the run's reply.
     pub want_reply: bool,
@@ -198,6 +211,8 @@ pub struct Engine {
     pub outbox_ready: Notify,
     /// Runs this process is executing, whose leases the worker keeps renewing.
     held: std::sync::Mutex<HashSet<String>>,
+    /// Signalled when `held` becomes empty.
+    idle: Notify,
     draining: AtomicBool,
 }
 
@@ -239,6 +254,7 @@ impl Engine {
             work_ready: Notify::new(),
             outbox_ready: Notify::new(),
             held: Default::default(),
+            idle: Notify::new(),
             draining: AtomicBool::new(false),
         })
     }
@@ -331,6 +347,30 @@ impl Engine {
         self.outbox_ready.notify_waiters();
     }
 
+    /// This process no longer executes the run.
+    pub(crate) fn release(&self, run_id: &str) {
+        let mut held = self.held.lock().expect("not poisoned");
+        held.remove(run_id);
+        if held.is_empty() {
+            self.idle.notify_waiters();
+        }
+    }
+
+    /// Waits until this process executes no run: every run it started or claimed has reached
+    /// a commit where it waits, ends or was handed back. A clock that is moved by hand must
+    /// not be moved before this, or a step in flight would see its own lease expire.
+    pub async fn wait_idle(&self) {
+        loop {
+            let idle = self.idle.notified();
+            tokio::pin!(idle);
+            idle.as_mut().enable();
+            if self.held.lock().expect("not poisoned").is_empty() {
+                return;
+            }
+            idle.await;
+        }
+    }
+
     pub fn held_runs(&self) -> Vec<String> {
         self.held
             .lock()
@@ -352,31 +392,8 @@ impl Engine {
             return Ok(self.duplicate(existing, req.want_reply));
         }
         let now = self.now();
-        let run_id = new_id();
-        let mut context = req.context;
-        if let Some(obj) = context.as_object_mut() {
-            obj.insert("run".into(), json!({"id": run_id, "workflow": req.workflow.id, "started_at": clock::rfc3339(now)}));
-            obj.entry("vars").or_insert(json!({}));
-            obj.entry("steps").or_insert(json!({}));
-            obj.entry("contact").or_insert(Value::Null);
-        }
-        let new = NewRun {
-            id: run_id.clone(),
-            workflow_id: req.workflow.id.clone(),
-            version: req.workflow.hash.clone(),
-            trigger_kind: req.trigger_kind,
-            idempotency_key: req.idempotency_key,
-            parent_run_id: None,
-            cursor: Cursor::at(
-                req.workflow
-                    .program
-                    .entry
-                    .map(|i| req.workflow.program.nodes[i].step.id.clone()),
-            )
-            .to_value(),
-            context,
-            created_at: now,
-        };
+        let new = self.new_run(&req.workflow, req.trigger, req.idempotency_key, None, now);
+        let run_id = new.id.clone();
         let reply = req.want_reply.then(|| self.wait_reply(&run_id));
         let (first_tx, first_rx) = oneshot::channel();
         let engine = self.clone();
@@ -489,7 +506,7 @@ impl Engine {
         };
         let runs = self.subscriber_runs(&event, None, now)?;
         self.store
-            .insert_events(std::slice::from_ref(&event), &runs)
+            .insert_events(std::slice::from_ref(&event), &runs, &[])
             .await?;
         if let Some(k) = key {
             self.store.wake_waiting(name, k, now).await?;
@@ -498,30 +515,91 @@ impl Engine {
         Ok(event.id)
     }
 
-    /// Records an inbound message: an event `message.<channel>` keyed by the sender (which
-    /// wakes runs waiting for a reply), and a run of every workflow whose `message` trigger
-    /// matches. Returns the ids of the runs started.
+    /// Records an inbound message and routes it.
+    ///
+    /// An opt-out keyword (see `compliance` in herald.yaml) is handled before anything else
+    /// sees the message: the sender's contact is marked `opted_out` in the same transaction
+    /// that records the message, so no run can send to them after it, and the message is not
+    /// a reply (it wakes no run waiting for one). It starts only the workflows whose `message`
+    /// trigger names that keyword, and those subscribed to `contact.opted_out`. An opt-in
+    /// keyword from an opted-out sender marks them `subscribed` the same way.
+    ///
+    /// Any other message is an event `message.<channel>` keyed by the sender, which wakes
+    /// runs waiting for a reply, and starts every workflow whose `message` trigger matches.
     pub async fn inbound_message(
         self: &Arc<Self>,
         channel: &str,
         from: &str,
         text: &str,
         provider_id: Option<&str>,
-    ) -> Result<Vec<String>, EngineError> {
+    ) -> Result<Inbound, EngineError> {
         let now = self.now();
-        let message = json!({"channel": channel, "from": from, "text": text, "id": provider_id});
-        let event = NewEvent {
+        let registry = self.registry();
+        let dedupe = provider_id.map(|p| format!("message:{channel}:{p}"));
+        let mut keyword = registry.config.compliance.classify(text);
+        let (email, phone) = if from.contains('@') {
+            (Some(from.to_lowercase()), None)
+        } else {
+            (None, crate::templates::filters::normalize_phone(from, "US"))
+        };
+        if keyword == Some(Keyword::OptIn) {
+            // An opt-in word is an ordinary reply unless its sender had opted out.
+            let opted_out = if email.is_some() || phone.is_some() {
+                self.store
+                    .find_contact(email.as_deref(), phone.as_deref())
+                    .await?
+                    .and_then(|c| c.status)
+                    .is_some_and(|s| s == "opted_out")
+            } else {
+                false
+            };
+            if !opted_out {
+                keyword = None;
+            }
+        }
+        let mut contacts = Vec::new();
+        let (event_name, mut events) = match keyword {
+            None => (format!("message.{channel}"), Vec::new()),
+            Some(k) => {
+                let (status, name) = match k {
+                    Keyword::OptOut => ("opted_out", "contact.opted_out"),
+                    Keyword::OptIn => ("subscribed", "contact.opted_in"),
+                };
+                if email.is_some() || phone.is_some() {
+                    contacts.push(ContactUpsert {
+                        new_id: new_id(),
+                        email: email.clone(),
+                        phone: phone.clone(),
+                        status: Some(status.to_owned()),
+                        now,
+                        ..ContactUpsert::default()
+                    });
+                }
+                tracing::info!(channel, from, keyword = %text.trim(), status, "compliance keyword");
+                metrics::counter!("herald_compliance_keywords_total", "channel" => channel.to_owned(), "kind" => name).increment(1);
+                let notice = NewEvent {
+                    id: dedupe
+                        .as_ref()
+                        .map(|d| format!("{name}:{d}"))
+                        .unwrap_or_else(new_id),
+                    name: name.to_owned(),
+                    key: Some(from.to_owned()),
+                    data: json!({"channel": channel, "from": from, "text": text, "keyword": text.trim().to_uppercase()}),
+                    source_run_id: None,
+                    created_at: now,
+                };
+                (format!("compliance.{channel}"), vec![notice])
+            }
+        };
+        let message_event = NewEvent {
             // A provider's message id makes a redelivered message one event, not two.
-            id: provider_id
-                .map(|p| format!("message:{channel}:{p}"))
-                .unwrap_or_else(new_id),
-            name: format!("message.{channel}"),
+            id: dedupe.clone().unwrap_or_else(new_id),
+            name: event_name.clone(),
             key: Some(from.to_owned()),
-            data: message.clone(),
+            data: json!({"channel": channel, "from": from, "text": text, "id": provider_id}),
             source_run_id: None,
             created_at: now,
         };
-        let registry = self.registry();
         let mut runs = Vec::new();
         for sub in registry
             .messages
@@ -535,59 +613,71 @@ impl Engine {
                 continue;
             };
             let trimmed = text.trim();
-            let keyword_ok = m
+            let named = m
                 .keyword
                 .as_ref()
-                .is_none_or(|k| k.words().iter().any(|w| w.eq_ignore_ascii_case(trimmed)));
-            let pattern_ok = sub.workflow.patterns[sub.trigger]
-                .as_ref()
-                .is_none_or(|re| re.is_match(text));
-            if !(keyword_ok && pattern_ok) {
+                .is_some_and(|k| k.words().iter().any(|w| w.eq_ignore_ascii_case(trimmed)));
+            let matched = match keyword {
+                // A compliance keyword reaches only the workflows that ask for it by name.
+                Some(_) => named,
+                None => {
+                    (m.keyword.is_none() || named)
+                        && sub.workflow.patterns[sub.trigger]
+                            .as_ref()
+                            .is_none_or(|re| re.is_match(text))
+                }
+            };
+            if !matched {
                 continue;
             }
             runs.push(self.new_run(
                 &sub.workflow,
-                "message",
-                json!({"trigger": {"kind": "message", "channel": channel}, "message": message}),
-                provider_id.map(|p| format!("message:{channel}:{p}")),
+                Trigger::Message {
+                    channel: channel.to_owned(),
+                    from: from.to_owned(),
+                    text: text.to_owned(),
+                    id: provider_id.map(str::to_owned),
+                },
+                dedupe.clone(),
                 None,
                 now,
             ));
         }
+        for notice in &events {
+            runs.extend(self.subscriber_runs(notice, None, now)?);
+        }
         let ids = runs.iter().map(|r| r.id.clone()).collect();
-        self.store
-            .insert_events(std::slice::from_ref(&event), &runs)
-            .await?;
-        self.store.wake_waiting(&event.name, from, now).await?;
+        events.insert(0, message_event);
+        self.store.insert_events(&events, &runs, &contacts).await?;
+        if keyword.is_none() {
+            self.store.wake_waiting(&event_name, from, now).await?;
+        }
         self.work_ready.notify_waiters();
-        Ok(ids)
+        Ok(Inbound {
+            started_runs: ids,
+            keyword,
+        })
     }
 
-    /// A run record for a trigger, due now.
+    /// A run record for a trigger, due now: its context made from the trigger (see
+    /// [`context`]), its labels rendered from the workflow's `labels`.
     pub fn new_run(
         &self,
         wf: &CompiledWorkflow,
-        trigger_kind: &str,
-        mut context: Value,
+        trigger: Trigger,
         idempotency_key: Option<String>,
         parent_run_id: Option<String>,
         now: Millis,
     ) -> NewRun {
         let id = new_id();
-        if let Some(obj) = context.as_object_mut() {
-            obj.insert(
-                "run".into(),
-                json!({"id": id, "workflow": wf.id, "started_at": clock::rfc3339(now)}),
-            );
-            obj.entry("vars").or_insert(json!({}));
-            obj.entry("steps").or_insert(json!({}));
-            obj.entry("contact").or_insert(Value::Null);
-        }
+        let trigger_kind = trigger.kind().to_owned();
+        let labels = self.labels(wf, &trigger);
+        let context = context::run_context(trigger, &id, &wf.id, &labels, now);
         NewRun {
             id,
             workflow_id: wf.id.clone(),
             version: wf.hash.clone(),
-            trigger_kind: trigger_kind.to_owned(),
+            trigger_kind,
             idempotency_key,
             parent_run_id,
             cursor: Cursor::at(
@@ -597,8 +687,31 @@ impl Engine {
             )
             .to_value(),
             context,
+            labels,
             created_at: now,
         }
+    }
+
+    /// A workflow's `labels`, rendered against what started the run. A label that does not
+    /// render is left out (and logged): a label is for finding runs, and must not stop one.
+    fn labels(&self, wf: &CompiledWorkflow, trigger: &Trigger) -> Value {
+        if wf.workflow.labels.is_empty() {
+            return json!({});
+        }
+        let registry = self.registry();
+        let ctx = crate::templates::context(&trigger.clone().into_context());
+        let mut out = serde_json::Map::new();
+        for (name, template) in &wf.workflow.labels {
+            match registry.templates.render_str(template.as_str(), &ctx) {
+                Ok(v) => {
+                    out.insert(name.clone(), Value::String(v));
+                }
+                Err(e) => {
+                    tracing::warn!(workflow = %wf.id, label = %name, error = %e, "a run label did not render; the run has no such label")
+                }
+            }
+        }
+        Value::Object(out)
     }
 
     /// Runs of the workflows an event starts (those whose `event` trigger names it and whose
@@ -636,8 +749,12 @@ impl Engine {
             }
             runs.push(self.new_run(
                 &sub.workflow,
-                "event",
-                json!({"trigger": {"kind": "event", "name": event.name}, "event": event_value}),
+                Trigger::Event {
+                    name: event.name.clone(),
+                    key: event.key.clone(),
+                    data: event.data.clone(),
+                    source_run_id: source_run.map(str::to_owned),
+                },
                 // One event starts a subscriber once, even if it is recorded twice.
                 Some(format!("event:{}", event.id)),
                 None,

@@ -15,6 +15,13 @@ pub struct Node {
     pub next: Option<usize>,
     /// The first node of each branch: `then`, `else`, `case:<key>`, `default`, `body`.
     pub branches: Vec<(String, Option<usize>)>,
+    /// The compound step (`if`, `switch`, `for_each`, `try`) this step is nested in. A step
+    /// of an `on_error` handler has its owner's parent: a failure inside a handler goes to
+    /// the handler around it, not back to the same one.
+    pub parent: Option<usize>,
+    /// `Some` when the step has `on_error`: the handler's first node, or `None` for an empty
+    /// handler, which carries on at `next`.
+    pub handler: Option<Option<usize>>,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -27,8 +34,36 @@ pub struct Program {
 impl Program {
     pub fn compile(steps: &[Step]) -> Program {
         let mut p = Program::default();
-        p.entry = p.add_list(steps, None);
+        p.entry = p.add_list(steps, None, None);
         p
+    }
+
+    /// The node whose `on_error` handles a failure of node `failed`: the node itself or the
+    /// nearest enclosing one with a handler.
+    pub fn handler_for(&self, failed: usize) -> Option<usize> {
+        let mut at = Some(failed);
+        while let Some(i) = at {
+            if self.nodes[i].handler.is_some() {
+                return Some(i);
+            }
+            at = self.nodes[i].parent;
+        }
+        None
+    }
+
+    /// The nodes a failure at `failed` leaves on its way to the handler at `handler`: both of
+    /// them and every node in between. Loops among them are exited.
+    pub fn unwound(&self, failed: usize, handler: usize) -> Vec<usize> {
+        let mut out = Vec::new();
+        let mut at = Some(failed);
+        while let Some(i) = at {
+            out.push(i);
+            if i == handler {
+                break;
+            }
+            at = self.nodes[i].parent;
+        }
+        out
     }
 
     pub fn node(&self, id: &str) -> Option<(usize, &Node)> {
@@ -42,7 +77,12 @@ impl Program {
             .and_then(|(_, first)| *first)
     }
 
-    fn add_list(&mut self, steps: &[Step], cont: Option<usize>) -> Option<usize> {
+    fn add_list(
+        &mut self,
+        steps: &[Step],
+        cont: Option<usize>,
+        parent: Option<usize>,
+    ) -> Option<usize> {
         // Siblings first, so each knows the index of the one after it.
         let idxs: Vec<usize> = steps
             .iter()
@@ -51,6 +91,8 @@ impl Program {
                     step: shallow(s),
                     next: None,
                     branches: Vec::new(),
+                    parent,
+                    handler: None,
                 });
                 let i = self.nodes.len() - 1;
                 self.by_id.insert(s.id.clone(), i);
@@ -61,26 +103,35 @@ impl Program {
             let me = idxs[n];
             let next = idxs.get(n + 1).copied().or(cont);
             self.nodes[me].next = next;
+            let inside = Some(me);
             let branches = match &s.action {
                 Action::If { then, else_, .. } => vec![
-                    ("then".to_owned(), self.add_list(then, next)),
-                    ("else".to_owned(), self.add_list(else_, next)),
+                    ("then".to_owned(), self.add_list(then, next, inside)),
+                    ("else".to_owned(), self.add_list(else_, next, inside)),
                 ],
                 Action::Switch { cases, default, .. } => {
                     let mut b: Vec<(String, Option<usize>)> = cases
                         .iter()
-                        .map(|(k, v)| (format!("case:{k}"), self.add_list(v, next)))
+                        .map(|(k, v)| (format!("case:{k}"), self.add_list(v, next, inside)))
                         .collect();
-                    b.push(("default".to_owned(), self.add_list(default, next)));
+                    b.push(("default".to_owned(), self.add_list(default, next, inside)));
                     b
                 }
                 // The end of the body goes back to the loop, which moves to the next item.
                 Action::ForEach { steps: body, .. } => {
-                    vec![("body".to_owned(), self.add_list(body, Some(me)))]
+                    vec![("body".to_owned(), self.add_list(body, Some(me), inside))]
+                }
+                Action::Try { steps: body } => {
+                    vec![("body".to_owned(), self.add_list(body, next, inside))]
                 }
                 _ => Vec::new(),
             };
             self.nodes[me].branches = branches;
+            // After a handler, the run carries on after the step that failed.
+            if let Some(h) = &s.on_error {
+                let first = self.add_list(h, next, parent);
+                self.nodes[me].handler = Some(first);
+            }
         }
         idxs.first().copied()
     }
@@ -104,6 +155,7 @@ fn shallow(s: &Step) -> Step {
             as_: as_.clone(),
             steps: Vec::new(),
         },
+        Action::Try { .. } => Action::Try { steps: Vec::new() },
         other => other.clone(),
     };
     Step {
@@ -113,5 +165,6 @@ fn shallow(s: &Step) -> Step {
         retry: s.retry.clone(),
         timeout: s.timeout,
         action,
+        on_error: s.on_error.as_ref().map(|_| Vec::new()),
     }
 }

@@ -62,6 +62,7 @@ impl CompiledWorkflow {
             description: wdef.description,
             metadata: wdef.metadata,
             on_update: wdef.on_update,
+            labels: wdef.labels,
             triggers: wdef.triggers,
             steps,
         };

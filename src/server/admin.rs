@@ -15,6 +15,7 @@ use subtle::ConstantTimeEq;
 
 use super::{ApiError, AppState};
 use crate::definitions::model::Trigger;
+use crate::definitions::model::config::Keyword;
 use crate::store::{RunFilter, RunRecord, RunStatus};
 
 /// Digests keys so every comparison takes the same time whatever the key's length.
@@ -314,14 +315,18 @@ pub async fn inbound_message(
         crate::templates::filters::normalize_phone(&body.from, "US")
             .unwrap_or_else(|| body.from.trim().to_owned())
     };
-    let runs = state
+    let routed = state
         .engine
         .inbound_message(&channel, &from, &body.text, body.id.as_deref())
         .await
         .map_err(ApiError::unavailable)?;
+    let keyword = routed.keyword.map(|k| match k {
+        Keyword::OptOut => "opt_out",
+        Keyword::OptIn => "opt_in",
+    });
     Ok((
         StatusCode::ACCEPTED,
-        Json(json!({"from": from, "started_runs": runs})),
+        Json(json!({"from": from, "started_runs": routed.started_runs, "compliance": keyword})),
     )
         .into_response())
 }

@@ -16,7 +16,7 @@ use serde_json::{Map, Value, json};
 
 use super::{ApiError, AppState};
 use crate::definitions::model::trigger::{RespondMode, Trigger, WebhookAuth};
-use crate::engine::{ReplyWaiter, StartRun, SyncReply};
+use crate::engine::{ReplyWaiter, StartRun, SyncReply, Trigger as RunTrigger};
 
 /// Headers never copied into a run's context: credentials and signatures stay out of the
 /// database.
@@ -129,19 +129,21 @@ pub async fn webhook(
                 .collect()
         })
         .unwrap_or_default();
-    let context = json!({
-        "trigger": {"kind": "webhook", "method": method.as_str(), "path": path},
-        "body": body_value,
-        "headers": header_map,
-        "query": query,
-        "params": found.params,
-    });
+    let params = found.params;
+    let trigger_input = RunTrigger::Webhook {
+        method: method.as_str().to_owned(),
+        path: path.clone(),
+        body: body_value,
+        headers: header_map,
+        query,
+        params,
+    };
 
     let idempotency_key = match &trigger.idempotency_key {
-        Some(tmpl) => match registry
-            .templates
-            .render_str(tmpl.as_str(), &crate::templates::context(&context))
-        {
+        Some(tmpl) => match registry.templates.render_str(
+            tmpl.as_str(),
+            &crate::templates::context(&trigger_input.clone().into_context()),
+        ) {
             Ok(k) if !k.trim().is_empty() => Some(k.trim().to_owned()),
             Ok(_) => {
                 return finish(
@@ -172,8 +174,7 @@ pub async fn webhook(
     let started = match engine
         .start(StartRun {
             workflow: wf.clone(),
-            trigger_kind: "webhook".into(),
-            context,
+            trigger: trigger_input,
             idempotency_key,
             want_reply: sync,
         })

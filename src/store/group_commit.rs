@@ -16,7 +16,7 @@ use sqlx::sqlite::SqliteArguments;
 use sqlx::{Arguments, Row};
 use tokio::sync::{mpsc, oneshot};
 
-use super::rows::to_text;
+use super::rows::{retry_text, to_text};
 use super::sqlite::SqliteStore;
 use super::{Commit, CommitOutcome, Result, RunStatus, RunWrite, StoreError};
 
@@ -145,9 +145,9 @@ fn append(sql: &mut String, args: &mut SqliteArguments, index: usize, c: &Commit
         RunWrite::Insert { run, owner } => {
             sql.push_str(
                 "INSERT INTO runs (id, workflow_id, version, status, trigger_kind, idempotency_key, cursor, context, due_at, \
-                 wait_event, wait_key, lease_owner, attempts, contact_id, parent_run_id, response, error, created_at, updated_at, finished_at) VALUES ",
+                 wait_event, wait_key, lease_owner, attempts, contact_id, parent_run_id, response, error, created_at, updated_at, finished_at, labels) VALUES ",
             );
-            sql.push_str(&placeholders(20));
+            sql.push_str(&placeholders(21));
             sql.push_str(" ON CONFLICT (workflow_id, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING RETURNING ");
             sql.push_str(&index.to_string());
             sql.push_str(";\n");
@@ -176,6 +176,7 @@ fn append(sql: &mut String, args: &mut SqliteArguments, index: usize, c: &Commit
             bind(args, run.created_at)?;
             bind(args, run.created_at)?;
             bind(args, s.finished_at)?;
+            bind(args, to_text(&run.labels))?;
             run.id.clone()
         }
         RunWrite::Update { run_id, owner } => {
@@ -207,12 +208,12 @@ fn append(sql: &mut String, args: &mut SqliteArguments, index: usize, c: &Commit
         }
     };
     if !c.steps.is_empty() {
-        sql.push_str("INSERT INTO step_log (run_id, seq, step_id, action, status, attempt, started_at, finished_at, output, error) VALUES ");
+        sql.push_str("INSERT INTO step_log (run_id, seq, step_id, action, status, attempt, started_at, finished_at, output, error, iteration) VALUES ");
         for (n, step) in c.steps.iter().enumerate() {
             if n > 0 {
                 sql.push_str(", ");
             }
-            sql.push_str(&placeholders(10));
+            sql.push_str(&placeholders(11));
             bind(args, run_id.clone())?;
             bind(args, step.seq)?;
             bind(args, step.step_id.clone())?;
@@ -223,23 +224,25 @@ fn append(sql: &mut String, args: &mut SqliteArguments, index: usize, c: &Commit
             bind(args, step.finished_at)?;
             bind(args, step.output.as_ref().map(to_text))?;
             bind(args, step.error.clone())?;
+            bind(args, step.iteration.clone())?;
         }
         sql.push_str(
             " ON CONFLICT (run_id, seq) DO UPDATE SET step_id = excluded.step_id, action = excluded.action, \
              status = excluded.status, attempt = excluded.attempt, started_at = excluded.started_at, \
-             finished_at = excluded.finished_at, output = excluded.output, error = excluded.error;\n",
+             finished_at = excluded.finished_at, output = excluded.output, error = excluded.error, \
+             iteration = excluded.iteration;\n",
         );
     }
     if !c.outbox.is_empty() {
         sql.push_str(
             "INSERT INTO outbox (id, run_id, workflow_id, step_id, channel, recipient, sender, subject, body, html, headers, \
-             idempotency_key, status, attempts, max_attempts, next_attempt_at, created_at, updated_at) VALUES ",
+             idempotency_key, status, attempts, max_attempts, next_attempt_at, created_at, updated_at, category, retry) VALUES ",
         );
         for (n, m) in c.outbox.iter().enumerate() {
             if n > 0 {
                 sql.push_str(", ");
             }
-            sql.push_str("(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'pending', 0, ?, ?, ?, ?)");
+            sql.push_str("(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'pending', 0, ?, ?, ?, ?, ?, ?)");
             bind(args, m.id.clone())?;
             bind(args, m.run_id.clone())?;
             bind(args, m.workflow_id.clone())?;
@@ -256,6 +259,8 @@ fn append(sql: &mut String, args: &mut SqliteArguments, index: usize, c: &Commit
             bind(args, m.created_at)?;
             bind(args, m.created_at)?;
             bind(args, m.created_at)?;
+            bind(args, m.category.as_str())?;
+            bind(args, retry_text(&m.retry))?;
         }
         sql.push_str(" ON CONFLICT (idempotency_key) DO NOTHING;\n");
     }
@@ -278,7 +283,7 @@ fn append(sql: &mut String, args: &mut SqliteArguments, index: usize, c: &Commit
     for r in &c.new_runs {
         sql.push_str(
             "INSERT INTO runs (id, workflow_id, version, status, trigger_kind, idempotency_key, cursor, context, due_at, \
-             attempts, parent_run_id, created_at, updated_at) VALUES (?, ?, ?, 'pending', ?, ?, ?, ?, ?, 0, ?, ?, ?) \
+             attempts, parent_run_id, created_at, updated_at, labels) VALUES (?, ?, ?, 'pending', ?, ?, ?, ?, ?, 0, ?, ?, ?, ?) \
              ON CONFLICT (workflow_id, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING;\n",
         );
         bind(args, r.id.clone())?;
@@ -292,6 +297,7 @@ fn append(sql: &mut String, args: &mut SqliteArguments, index: usize, c: &Commit
         bind(args, r.parent_run_id.clone())?;
         bind(args, r.created_at)?;
         bind(args, r.created_at)?;
+        bind(args, to_text(&r.labels))?;
     }
     for id in &c.wake_runs {
         sql.push_str(

@@ -20,6 +20,9 @@ use async_trait::async_trait;
 use serde::Serialize;
 use serde_json::Value;
 
+pub use crate::definitions::model::common::RetryPolicy;
+pub use crate::definitions::model::step::MessageCategory;
+
 /// Unix time in milliseconds.
 pub type Millis = i64;
 
@@ -99,6 +102,8 @@ pub struct NewRun {
     pub parent_run_id: Option<String>,
     pub cursor: Value,
     pub context: Value,
+    /// Labels rendered from the workflow's `labels` when the run started (a JSON object).
+    pub labels: Value,
     pub created_at: Millis,
 }
 
@@ -122,6 +127,7 @@ pub struct RunRecord {
     pub parent_run_id: Option<String>,
     pub response: Option<Value>,
     pub error: Option<String>,
+    pub labels: Value,
     pub created_at: Millis,
     pub updated_at: Millis,
     pub finished_at: Option<Millis>,
@@ -174,6 +180,9 @@ pub struct StepLogEntry {
     pub finished_at: Millis,
     pub output: Option<Value>,
     pub error: Option<String>,
+    /// The iteration of the enclosing `for_each` loops, outermost first (`2`, `0.3`); `None`
+    /// outside loops.
+    pub iteration: Option<String>,
 }
 
 /// A message to enqueue.
@@ -192,6 +201,10 @@ pub struct NewOutbox {
     pub headers: Value,
     pub idempotency_key: String,
     pub max_attempts: i64,
+    /// What suppression applies to the message (see [`MessageCategory`]).
+    pub category: MessageCategory,
+    /// The send step's retry policy; the outbox default when `None`.
+    pub retry: Option<RetryPolicy>,
     pub created_at: Millis,
 }
 
@@ -202,14 +215,21 @@ pub enum OutboxStatus {
     Sending,
     Sent,
     Failed,
+    /// Not delivered: the recipient opted out, unsubscribed, bounced or complained after the
+    /// message was queued.
+    Suppressed,
+    /// Not delivered: an operator cancelled it.
+    Cancelled,
 }
 
 impl OutboxStatus {
-    pub const ALL: [OutboxStatus; 4] = [
+    pub const ALL: [OutboxStatus; 6] = [
         OutboxStatus::Pending,
         OutboxStatus::Sending,
         OutboxStatus::Sent,
         OutboxStatus::Failed,
+        OutboxStatus::Suppressed,
+        OutboxStatus::Cancelled,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -218,6 +238,8 @@ impl OutboxStatus {
             OutboxStatus::Sending => "sending",
             OutboxStatus::Sent => "sent",
             OutboxStatus::Failed => "failed",
+            OutboxStatus::Suppressed => "suppressed",
+            OutboxStatus::Cancelled => "cancelled",
         }
     }
 
@@ -246,6 +268,8 @@ pub struct OutboxRecord {
     pub next_attempt_at: Option<Millis>,
     pub provider_id: Option<String>,
     pub last_error: Option<String>,
+    pub category: MessageCategory,
+    pub retry: Option<RetryPolicy>,
     pub created_at: Millis,
     pub sent_at: Option<Millis>,
 }
@@ -263,6 +287,10 @@ pub enum DeliveryOutcome {
     },
     Failed {
         error: String,
+    },
+    /// Not sent, for good: the recipient must not get it any more.
+    Suppressed {
+        reason: String,
     },
 }
 
@@ -485,8 +513,15 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     async fn count_runs(&self) -> Result<Vec<(RunStatus, i64)>>;
 
     // Events.
-    /// Stores events (inbound messages, or emits from outside a run).
-    async fn insert_events(&self, events: &[NewEvent], new_runs: &[NewRun]) -> Result<()>;
+    /// Stores events (inbound messages, or emits from outside a run), the runs they start and
+    /// the contact changes they make (an opt-out), in one transaction. Returns the contacts
+    /// as stored.
+    async fn insert_events(
+        &self,
+        events: &[NewEvent],
+        new_runs: &[NewRun],
+        contacts: &[ContactUpsert],
+    ) -> Result<Vec<Contact>>;
     /// Makes runs waiting for `(name, key)` due now. Call it after the event is committed.
     async fn wake_waiting(&self, name: &str, key: &str, now: Millis) -> Result<u64>;
     /// The oldest matching event created at or after `since` whose id is not in `exclude`.

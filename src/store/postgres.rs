@@ -23,7 +23,7 @@ use sqlx::{Acquire as _, Postgres, Transaction};
 
 use super::rows::{
     contact_columns, decode_contact, decode_cron_fire, decode_definition, decode_event,
-    decode_outbox, decode_run, decode_step, outbox_columns, run_columns, to_text,
+    decode_outbox, decode_run, decode_step, outbox_columns, retry_text, run_columns, to_text,
 };
 use super::*;
 
@@ -105,8 +105,8 @@ impl PgStore {
             // then inserts nothing, so one message goes out.
             sqlx::query(
                 "INSERT INTO outbox (id, run_id, workflow_id, step_id, channel, recipient, sender, subject, body, html, headers,
-                     idempotency_key, status, attempts, max_attempts, next_attempt_at, created_at, updated_at)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, 'pending', 0, $13, $14, $14, $14)
+                     idempotency_key, status, attempts, max_attempts, next_attempt_at, created_at, updated_at, category, retry)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, 'pending', 0, $13, $14, $14, $14, $15, $16)
                  ON CONFLICT (idempotency_key) DO NOTHING",
             )
             .bind(&m.id)
@@ -123,6 +123,8 @@ impl PgStore {
             .bind(&m.idempotency_key)
             .bind(m.max_attempts)
             .bind(m.created_at)
+            .bind(m.category.as_str())
+            .bind(retry_text(&m.retry))
             .execute(&mut *tx)
             .await?;
         }
@@ -189,7 +191,7 @@ async fn write_run(conn: &mut PgConnection, c: &Commit) -> Result<RunWritten> {
             static SQL: LazyLock<String> = LazyLock::new(|| {
                 format!(
                     "WITH r AS ({INSERT_RUN} RETURNING 1), s AS ({}) SELECT count(*) FROM r",
-                    insert_steps_sql(20, "r")
+                    insert_steps_sql(21, "r")
                 )
             });
             let q = bind_run(
@@ -254,22 +256,23 @@ type PgScalar<'q> = sqlx::query::QueryScalar<'q, Postgres, i64, sqlx::postgres::
 /// it, done only if the CTE `gate` returned a row. Re-written entries (a retried step's) replace
 /// the old ones.
 fn insert_steps_sql(first: usize, gate: &str) -> String {
-    let p: Vec<String> = (first..first + 10).map(|i| format!("${i}")).collect();
+    let p: Vec<String> = (first..first + 11).map(|i| format!("${i}")).collect();
     format!(
-        "INSERT INTO step_log (run_id, seq, step_id, action, status, attempt, started_at, finished_at, output, error)
+        "INSERT INTO step_log (run_id, seq, step_id, action, status, attempt, started_at, finished_at, output, error, iteration)
          SELECT {run}, t.* FROM unnest({}::bigint[], {}::text[], {}::text[], {}::text[], {}::bigint[],
-             {}::bigint[], {}::bigint[], {}::text[], {}::text[])
-             AS t(seq, step_id, action, status, attempt, started_at, finished_at, output, error)
+             {}::bigint[], {}::bigint[], {}::text[], {}::text[], {}::text[])
+             AS t(seq, step_id, action, status, attempt, started_at, finished_at, output, error, iteration)
          WHERE EXISTS (SELECT 1 FROM {gate})
          ON CONFLICT (run_id, seq) DO UPDATE SET step_id = EXCLUDED.step_id, action = EXCLUDED.action,
              status = EXCLUDED.status, attempt = EXCLUDED.attempt, started_at = EXCLUDED.started_at,
-             finished_at = EXCLUDED.finished_at, output = EXCLUDED.output, error = EXCLUDED.error",
-        p[1], p[2], p[3], p[4], p[5], p[6], p[7], p[8], p[9],
+             finished_at = EXCLUDED.finished_at, output = EXCLUDED.output, error = EXCLUDED.error,
+             iteration = EXCLUDED.iteration",
+        p[1], p[2], p[3], p[4], p[5], p[6], p[7], p[8], p[9], p[10],
         run = p[0],
     )
 }
 
-/// Binds the run id and the step entries as the ten column arrays of [`insert_steps_sql`].
+/// Binds the run id and the step entries as the eleven column arrays of [`insert_steps_sql`].
 /// One statement cannot touch the same row twice, so of two entries with one `seq` the later
 /// wins, as it would had they been written one after the other.
 fn bind_steps<'q>(q: PgScalar<'q>, run_id: &str, steps: &[StepLogEntry]) -> PgScalar<'q> {
@@ -299,6 +302,7 @@ fn bind_steps<'q>(q: PgScalar<'q>, run_id: &str, steps: &[StepLogEntry]) -> PgSc
                 .collect::<Vec<_>>(),
         )
         .bind(last.iter().map(|e| e.error.clone()).collect::<Vec<_>>())
+        .bind(last.iter().map(|e| e.iteration.clone()).collect::<Vec<_>>())
 }
 
 /// Deadlocks and serialization failures: PostgreSQL rolled the transaction back and says so
@@ -329,11 +333,11 @@ async fn insert_run(
     Ok(inserted == 1)
 }
 
-/// A run's row, from parameters `$1` to `$19` as [`bind_run`] binds them; a taken idempotency
+/// A run's row, from parameters `$1` to `$20` as [`bind_run`] binds them; a taken idempotency
 /// key inserts nothing.
 const INSERT_RUN: &str = "INSERT INTO runs (id, workflow_id, version, status, trigger_kind, idempotency_key, cursor, context, due_at,
-         wait_event, wait_key, lease_owner, attempts, contact_id, parent_run_id, response, error, created_at, updated_at, finished_at)
-     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $18, $19)
+         wait_event, wait_key, lease_owner, attempts, contact_id, parent_run_id, response, error, created_at, updated_at, finished_at, labels)
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $18, $19, $20)
      ON CONFLICT (workflow_id, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING";
 
 /// Binds a new run for [`INSERT_RUN`]: as its segment left it when `state` is given (the
@@ -412,6 +416,7 @@ fn bind_run<'q>(
         .bind(error)
         .bind(run.created_at)
         .bind(finished_at)
+        .bind(to_text(&run.labels))
 }
 
 /// Upserts one contact inside the commit's transaction.
@@ -665,7 +670,7 @@ impl Store for PgStore {
 
     async fn step_log(&self, run_id: &str) -> Result<Vec<StepLogEntry>> {
         let rows = sqlx::query(
-            "SELECT seq, step_id, action, status, attempt, started_at, finished_at, output, error
+            "SELECT seq, step_id, action, status, attempt, started_at, finished_at, output, error, iteration
              FROM step_log WHERE run_id = $1 ORDER BY seq",
         )
         .bind(run_id)
@@ -820,8 +825,18 @@ impl Store for PgStore {
             .collect())
     }
 
-    async fn insert_events(&self, events: &[NewEvent], new_runs: &[NewRun]) -> Result<()> {
+    async fn insert_events(
+        &self,
+        events: &[NewEvent],
+        new_runs: &[NewRun],
+        contacts: &[ContactUpsert],
+    ) -> Result<Vec<Contact>> {
         let mut tx = self.pool.begin().await?;
+        // Contacts first: the runs started in this transaction see them as they are now.
+        let mut stored = Vec::with_capacity(contacts.len());
+        for u in contacts {
+            stored.push(upsert_contact(&mut tx, u).await?);
+        }
         for e in events {
             insert_event(&mut tx, e).await?;
         }
@@ -829,7 +844,7 @@ impl Store for PgStore {
             insert_run(&mut tx, r, None).await?;
         }
         tx.commit().await?;
-        Ok(())
+        Ok(stored)
     }
 
     async fn wake_waiting(&self, name: &str, key: &str, now: Millis) -> Result<u64> {
@@ -975,6 +990,15 @@ impl Store for PgStore {
             .bind(id)
             .bind(owner)
             .bind(error.clone())
+            .bind(now),
+            DeliveryOutcome::Suppressed { reason } => sqlx::query(
+                "UPDATE outbox SET status = 'suppressed', last_error = $3, next_attempt_at = NULL, lease_owner = NULL,
+                     updated_at = $4
+                 WHERE id = $1 AND lease_owner = $2 AND status = 'sending'",
+            )
+            .bind(id)
+            .bind(owner)
+            .bind(reason.clone())
             .bind(now),
         };
         let r = q.execute(&self.pool).await?;

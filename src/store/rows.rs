@@ -21,16 +21,22 @@ pub(super) fn to_text(v: &Value) -> String {
     serde_json::to_string(v).expect("JSON values always serialize")
 }
 
+/// A retry policy as stored in the outbox's `retry` column.
+pub(super) fn retry_text(r: &Option<super::RetryPolicy>) -> Option<String> {
+    r.as_ref()
+        .map(|p| serde_json::to_string(p).expect("a retry policy always serializes"))
+}
+
 // Column lists as macros, so queries can be assembled with `concat!` and stay `&'static str`.
 macro_rules! run_columns {
     () => {
-        "id, workflow_id, version, status, trigger_kind, idempotency_key, cursor, context, due_at, wait_event, wait_key, lease_owner, attempts, contact_id, parent_run_id, response, error, created_at, updated_at, finished_at"
+        "id, workflow_id, version, status, trigger_kind, idempotency_key, cursor, context, due_at, wait_event, wait_key, lease_owner, attempts, contact_id, parent_run_id, response, error, labels, created_at, updated_at, finished_at"
     };
 }
 
 macro_rules! outbox_columns {
     () => {
-        "id, run_id, workflow_id, step_id, channel, recipient, sender, subject, body, html, headers, idempotency_key, status, attempts, max_attempts, next_attempt_at, provider_id, last_error, created_at, sent_at"
+        "id, run_id, workflow_id, step_id, channel, recipient, sender, subject, body, html, headers, idempotency_key, status, attempts, max_attempts, next_attempt_at, provider_id, last_error, category, retry, created_at, sent_at"
     };
 }
 
@@ -65,6 +71,7 @@ macro_rules! decode_run {
             parent_run_id: row.try_get("parent_run_id")?,
             response: $crate::store::rows::json(row.try_get("response")?, "response")?,
             error: row.try_get("error")?,
+            labels: $crate::store::rows::json_required(row.try_get("labels")?, "labels")?,
             created_at: row.try_get("created_at")?,
             updated_at: row.try_get("updated_at")?,
             finished_at: row.try_get("finished_at")?,
@@ -98,6 +105,16 @@ macro_rules! decode_outbox {
             next_attempt_at: row.try_get("next_attempt_at")?,
             provider_id: row.try_get("provider_id")?,
             last_error: row.try_get("last_error")?,
+            category: {
+                let c: String = row.try_get("category")?;
+                $crate::store::MessageCategory::parse(&c).ok_or_else(|| {
+                    $crate::store::StoreError::Corrupt(format!("outbox category `{c}`"))
+                })?
+            },
+            retry: $crate::store::rows::json(row.try_get("retry")?, "retry")?
+                .map(serde_json::from_value)
+                .transpose()
+                .map_err(|e| $crate::store::StoreError::Corrupt(format!("retry: {e}")))?,
             created_at: row.try_get("created_at")?,
             sent_at: row.try_get("sent_at")?,
         }
@@ -142,6 +159,7 @@ macro_rules! decode_step {
             finished_at: row.try_get("finished_at")?,
             output: $crate::store::rows::json(row.try_get("output")?, "output")?,
             error: row.try_get("error")?,
+            iteration: row.try_get("iteration")?,
         }
     }};
 }

@@ -17,7 +17,7 @@ use sqlx::{Sqlite, Transaction};
 
 use super::rows::{
     contact_columns, decode_contact, decode_cron_fire, decode_definition, decode_event,
-    decode_outbox, decode_run, decode_step, outbox_columns, run_columns, to_text,
+    decode_outbox, decode_run, decode_step, outbox_columns, retry_text, run_columns, to_text,
 };
 use super::*;
 
@@ -160,11 +160,12 @@ impl SqliteStore {
         };
         for step in &c.steps {
             sqlx::query(
-                "INSERT INTO step_log (run_id, seq, step_id, action, status, attempt, started_at, finished_at, output, error)
-                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+                "INSERT INTO step_log (run_id, seq, step_id, action, status, attempt, started_at, finished_at, output, error, iteration)
+                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
                  ON CONFLICT (run_id, seq) DO UPDATE SET step_id = excluded.step_id, action = excluded.action,
                      status = excluded.status, attempt = excluded.attempt, started_at = excluded.started_at,
-                     finished_at = excluded.finished_at, output = excluded.output, error = excluded.error",
+                     finished_at = excluded.finished_at, output = excluded.output, error = excluded.error,
+                     iteration = excluded.iteration",
             )
             .bind(&run_id)
             .bind(step.seq)
@@ -176,14 +177,15 @@ impl SqliteStore {
             .bind(step.finished_at)
             .bind(step.output.as_ref().map(to_text))
             .bind(&step.error)
+            .bind(&step.iteration)
             .execute(&mut *tx)
             .await?;
         }
         for m in &c.outbox {
             sqlx::query(
                 "INSERT INTO outbox (id, run_id, workflow_id, step_id, channel, recipient, sender, subject, body, html, headers,
-                     idempotency_key, status, attempts, max_attempts, next_attempt_at, created_at, updated_at)
-                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'pending', 0, ?, ?, ?, ?)
+                     idempotency_key, status, attempts, max_attempts, next_attempt_at, created_at, updated_at, category, retry)
+                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'pending', 0, ?, ?, ?, ?, ?, ?)
                  ON CONFLICT (idempotency_key) DO NOTHING",
             )
             .bind(&m.id)
@@ -202,6 +204,8 @@ impl SqliteStore {
             .bind(m.created_at)
             .bind(m.created_at)
             .bind(m.created_at)
+            .bind(m.category.as_str())
+            .bind(retry_text(&m.retry))
             .execute(&mut *tx)
             .await?;
         }
@@ -287,8 +291,8 @@ async fn insert_run(
     };
     let result = sqlx::query(
         "INSERT INTO runs (id, workflow_id, version, status, trigger_kind, idempotency_key, cursor, context, due_at,
-             wait_event, wait_key, lease_owner, attempts, contact_id, parent_run_id, response, error, created_at, updated_at, finished_at)
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+             wait_event, wait_key, lease_owner, attempts, contact_id, parent_run_id, response, error, created_at, updated_at, finished_at, labels)
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
          ON CONFLICT (workflow_id, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING",
     )
     .bind(&run.id)
@@ -311,6 +315,7 @@ async fn insert_run(
     .bind(run.created_at)
     .bind(run.created_at)
     .bind(finished_at)
+    .bind(to_text(&run.labels))
     .execute(&mut **tx)
     .await?;
     Ok(result.rows_affected() == 1)
@@ -499,7 +504,7 @@ impl Store for SqliteStore {
 
     async fn step_log(&self, run_id: &str) -> Result<Vec<StepLogEntry>> {
         let rows = sqlx::query(
-            "SELECT seq, step_id, action, status, attempt, started_at, finished_at, output, error
+            "SELECT seq, step_id, action, status, attempt, started_at, finished_at, output, error, iteration
              FROM step_log WHERE run_id = ? ORDER BY seq",
         )
         .bind(run_id)
@@ -650,8 +655,18 @@ impl Store for SqliteStore {
             .collect())
     }
 
-    async fn insert_events(&self, events: &[NewEvent], new_runs: &[NewRun]) -> Result<()> {
+    async fn insert_events(
+        &self,
+        events: &[NewEvent],
+        new_runs: &[NewRun],
+        contacts: &[ContactUpsert],
+    ) -> Result<Vec<Contact>> {
         let mut tx = self.write_tx().await?;
+        // Contacts first: the runs started in this transaction see them as they are now.
+        let mut stored = Vec::with_capacity(contacts.len());
+        for u in contacts {
+            stored.push(upsert_contact(&mut tx, u).await?);
+        }
         for e in events {
             insert_event(&mut tx, e).await?;
         }
@@ -659,7 +674,7 @@ impl Store for SqliteStore {
             insert_run(&mut tx, r, None).await?;
         }
         tx.commit().await?;
-        Ok(())
+        Ok(stored)
     }
 
     async fn wake_waiting(&self, name: &str, key: &str, now: Millis) -> Result<u64> {
@@ -807,6 +822,13 @@ impl Store for SqliteStore {
                  WHERE id = ? AND lease_owner = ? AND status = 'sending'",
             )
             .bind(error.clone())
+            .bind(now),
+            DeliveryOutcome::Suppressed { reason } => sqlx::query(
+                "UPDATE outbox SET status = 'suppressed', last_error = ?, next_attempt_at = NULL, lease_owner = NULL,
+                     updated_at = ?
+                 WHERE id = ? AND lease_owner = ? AND status = 'sending'",
+            )
+            .bind(reason.clone())
             .bind(now),
         };
         let r = q.bind(id).bind(owner).execute(&self.writer).await?;

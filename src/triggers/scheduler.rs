@@ -16,13 +16,13 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use serde_json::{Value, json};
+use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
 use crate::definitions::model::trigger::{CatchUp, Overlap};
 use crate::engine::clock::rfc3339;
 use crate::engine::registry::{CronEntry, Registry};
-use crate::engine::{Engine, EngineError};
+use crate::engine::{Engine, EngineError, Trigger};
 use crate::store::{CronFire, CronOutcome, Millis};
 
 /// A slot this late is still "on time": the scheduler ticks every second, and a slot due
@@ -260,11 +260,16 @@ impl Scheduler {
                 Ok(()) => {
                     let run = self.engine.new_run(
                         &entry.workflow,
-                        "cron",
-                        json!({
-                            "trigger": {"kind": "cron", "schedule": entry.spec.schedule, "timezone": entry.spec.timezone, "slot": rfc3339(slot)},
-                            "input": entry.spec.input.clone().unwrap_or(Value::Object(Default::default())),
-                        }),
+                        Trigger::Cron {
+                            schedule: entry.spec.schedule.clone(),
+                            timezone: entry.spec.timezone.clone(),
+                            slot,
+                            input: entry
+                                .spec
+                                .input
+                                .clone()
+                                .unwrap_or(Value::Object(Default::default())),
+                        },
                         Some(format!("cron:{}:{slot}", entry.key)),
                         None,
                         now,

@@ -35,6 +35,8 @@ pub struct ConfigDef {
     pub templates: TemplatesConfig,
     #[serde(default)]
     pub engine: EngineConfig,
+    #[serde(default)]
+    pub compliance: ComplianceConfig,
 }
 
 impl ConfigDef {
@@ -57,6 +59,7 @@ impl Default for ConfigDef {
             webhooks: WebhooksConfig::default(),
             templates: TemplatesConfig::default(),
             engine: EngineConfig::default(),
+            compliance: ComplianceConfig::default(),
         }
     }
 }
@@ -254,6 +257,81 @@ impl Default for EngineConfig {
         EngineConfig {
             workers: EngineConfig::default_workers(),
             lease: EngineConfig::default_lease(),
+        }
+    }
+}
+
+/// Opt-out and opt-in keywords, honoured for every inbound message before anything else sees
+/// it. A message whose whole text (trimmed, any case) is an opt-out keyword marks the sender's
+/// contact `opted_out` in the same transaction that records the message; it wakes no run
+/// waiting for a reply, and starts only workflows whose `message` trigger names the keyword
+/// itself (to send the confirmation carriers require, as a `category: compliance` send). An
+/// opt-in keyword from an opted-out contact marks it `subscribed` again. Both also emit an
+/// event, `contact.opted_out` or `contact.opted_in`, keyed by the sender.
+#[derive(Debug, Clone, PartialEq, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ComplianceConfig {
+    /// Defaults to the carrier and FCC set: STOP, STOPALL, UNSUBSCRIBE, CANCEL, END, QUIT,
+    /// REVOKE, OPTOUT.
+    #[serde(default = "ComplianceConfig::default_opt_out")]
+    pub opt_out_keywords: Vec<String>,
+    /// Defaults to START, UNSTOP, YES (YES counts only from a contact who opted out).
+    #[serde(default = "ComplianceConfig::default_opt_in")]
+    pub opt_in_keywords: Vec<String>,
+}
+
+/// What an inbound message's text is, for compliance.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Keyword {
+    OptOut,
+    OptIn,
+}
+
+impl ComplianceConfig {
+    fn default_opt_out() -> Vec<String> {
+        [
+            "STOP",
+            "STOPALL",
+            "UNSUBSCRIBE",
+            "CANCEL",
+            "END",
+            "QUIT",
+            "REVOKE",
+            "OPTOUT",
+        ]
+        .map(String::from)
+        .to_vec()
+    }
+    fn default_opt_in() -> Vec<String> {
+        ["START", "UNSTOP", "YES"].map(String::from).to_vec()
+    }
+
+    /// Whether a message is an opt-out or opt-in: its whole text is one of the keywords.
+    pub fn classify(&self, text: &str) -> Option<Keyword> {
+        let t = text.trim().trim_end_matches(['.', '!']);
+        if self
+            .opt_out_keywords
+            .iter()
+            .any(|k| k.eq_ignore_ascii_case(t))
+        {
+            Some(Keyword::OptOut)
+        } else if self
+            .opt_in_keywords
+            .iter()
+            .any(|k| k.eq_ignore_ascii_case(t))
+        {
+            Some(Keyword::OptIn)
+        } else {
+            None
+        }
+    }
+}
+
+impl Default for ComplianceConfig {
+    fn default() -> Self {
+        ComplianceConfig {
+            opt_out_keywords: ComplianceConfig::default_opt_out(),
+            opt_in_keywords: ComplianceConfig::default_opt_in(),
         }
     }
 }

@@ -30,6 +30,7 @@ pub const ACTION_KEYS: &[&str] = &[
     "upsert_contact",
     "respond",
     "fail",
+    "try",
 ];
 
 /// One step, as written.
@@ -43,7 +44,7 @@ pub const ACTION_KEYS: &[&str] = &[
             {"required": ["send"]}, {"required": ["wait"]}, {"required": ["wait_for"]},
             {"required": ["http"]}, {"required": ["emit"]}, {"required": ["call"]},
             {"required": ["for_each"]}, {"required": ["upsert_contact"]},
-            {"required": ["respond"]}, {"required": ["fail"]}
+            {"required": ["respond"]}, {"required": ["fail"]}, {"required": ["try"]}
         ],
         "dependentRequired" = {
             "if": ["then"], "then": ["if"], "else": ["if"],
@@ -61,6 +62,16 @@ pub struct RawStep {
     /// Fail the attempt if the step takes longer than this.
     #[serde(default)]
     pub timeout: Option<Duration>,
+    /// Steps to run when this step fails for good (after its retries), or when a step inside
+    /// it (a `try`, `if`, `switch` or `for_each` body) fails and has no `on_error` of its own.
+    /// They see the failure as `error` (`error.message`, `error.step`); then the run carries
+    /// on after this step. A failure inside `on_error` goes to the next enclosing handler.
+    #[serde(default)]
+    pub on_error: Option<Vec<RawStep>>,
+    /// Carry on after this step if it fails for good, as an empty `on_error` would. The
+    /// failure is in `steps.<id>.error`.
+    #[serde(default)]
+    pub continue_on_error: Option<bool>,
 
     /// Set variables, available as vars.<name>. Values are templates; later names can use
     /// earlier ones.
@@ -114,9 +125,14 @@ pub struct RawStep {
     /// Reply to a `sync` webhook.
     #[serde(default)]
     pub respond: Option<RespondStep>,
-    /// End the run as failed, with this message (a template).
+    /// End the run as failed, with this message (a template). Inside a step with `on_error`,
+    /// the handler catches it.
     #[serde(default)]
     pub fail: Option<Template>,
+    /// Run these steps as one unit whose failures its `on_error` handles (try/catch).
+    #[serde(default, rename = "try")]
+    #[schemars(length(min = 1))]
+    pub try_: Option<Vec<RawStep>>,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize, JsonSchema)]
@@ -142,6 +158,63 @@ pub struct SendStep {
     /// Extra headers, for channels that have them.
     #[serde(default)]
     pub headers: IndexMap<String, Template>,
+    /// What the message is, which decides who may not receive it: `marketing` (the default)
+    /// is suppressed for contacts who opted out, unsubscribed, bounced or complained;
+    /// `transactional` (receipts, appointment details, the letter someone paid for) still
+    /// reaches contacts who unsubscribed from marketing; `compliance` is only for confirming
+    /// an opt-out or opt-in and reaches everyone but addresses that bounced.
+    #[serde(default)]
+    pub category: MessageCategory,
+}
+
+/// What a message is, for suppression. Checked when the step runs and again at delivery.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, serde::Serialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum MessageCategory {
+    /// Promotions, nudges, win-backs: anything a person can say no to.
+    #[default]
+    Marketing,
+    /// Messages a person needs about something they asked for or bought.
+    Transactional,
+    /// The confirmation of an opt-out or opt-in, which carriers and the FCC require.
+    Compliance,
+}
+
+impl MessageCategory {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MessageCategory::Marketing => "marketing",
+            MessageCategory::Transactional => "transactional",
+            MessageCategory::Compliance => "compliance",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<MessageCategory> {
+        [
+            MessageCategory::Marketing,
+            MessageCategory::Transactional,
+            MessageCategory::Compliance,
+        ]
+        .into_iter()
+        .find(|c| c.as_str() == s)
+    }
+
+    /// Why a contact with this status must not get a message of this category, if they
+    /// must not.
+    pub fn blocked_by(self, status: &str) -> bool {
+        match self {
+            MessageCategory::Marketing => {
+                matches!(
+                    status,
+                    "opted_out" | "unsubscribed" | "bounced" | "complained"
+                )
+            }
+            MessageCategory::Transactional => {
+                matches!(status, "opted_out" | "bounced" | "complained")
+            }
+            MessageCategory::Compliance => status == "bounced",
+        }
+    }
 }
 
 /// `wait: 30m`, or `wait: {until: "{{ ... }}"}`.
@@ -310,6 +383,21 @@ pub struct Step {
     pub retry: Option<RetryPolicy>,
     pub timeout: Option<Duration>,
     pub action: Action,
+    /// What runs when this step (or one inside it) fails for good; `Some(vec![])` carries on
+    /// at once (`continue_on_error: true`).
+    pub on_error: Option<Vec<Step>>,
+}
+
+impl Step {
+    /// The step lists nested in this step, with the key each sits under: its action's
+    /// branches, then its `on_error` handler.
+    pub fn nested(&self) -> Vec<(String, &[Step])> {
+        let mut out = self.action.branches();
+        if let Some(h) = &self.on_error {
+            out.push(("on_error".into(), h.as_slice()));
+        }
+        out
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -339,6 +427,9 @@ pub enum Action {
     UpsertContact(UpsertContactStep),
     Respond(RespondStep),
     Fail(Template),
+    Try {
+        steps: Vec<Step>,
+    },
 }
 
 impl Action {
@@ -357,6 +448,7 @@ impl Action {
             Action::UpsertContact(_) => "upsert_contact",
             Action::Respond(_) => "respond",
             Action::Fail(_) => "fail",
+            Action::Try { .. } => "try",
         }
     }
 
@@ -383,6 +475,7 @@ impl Action {
                 out
             }
             Action::ForEach { steps, .. } => vec![("for_each/steps".into(), steps.as_slice())],
+            Action::Try { steps } => vec![("try".into(), steps.as_slice())],
             _ => Vec::new(),
         }
     }
@@ -414,6 +507,7 @@ impl RawStep {
             ("upsert_contact", self.upsert_contact.is_some()),
             ("respond", self.respond.is_some()),
             ("fail", self.fail.is_some()),
+            ("try", self.try_.is_some()),
         ]
         .into_iter()
         .filter_map(|(k, p)| p.then_some(k))
@@ -435,6 +529,12 @@ impl RawStep {
         }
         if self.switch.is_none() && (self.cases.is_some() || self.default.is_some()) {
             return Err(orphan("cases/default", "switch"));
+        }
+        if self.on_error.is_some() && self.continue_on_error.is_some() {
+            return Err(
+                "a step takes `on_error` or `continue_on_error`, not both: `continue_on_error: true` is an empty `on_error`"
+                    .into(),
+            );
         }
         // Generated ids start with `_`, which explicit ids cannot, so the two never collide.
         let base = if id.starts_with('_') {
@@ -514,8 +614,17 @@ impl RawStep {
             Action::Respond(r)
         } else if let Some(f) = self.fail {
             Action::Fail(f)
+        } else if let Some(body) = self.try_ {
+            Action::Try {
+                steps: list(body, "try")?,
+            }
         } else {
             unreachable!("exactly one action was checked above")
+        };
+        let on_error = match (self.on_error, self.continue_on_error) {
+            (Some(h), _) => Some(list(h, "on_error")?),
+            (None, Some(true)) => Some(Vec::new()),
+            (None, _) => None,
         };
         Ok(Step {
             id,
@@ -524,6 +633,7 @@ impl RawStep {
             retry: self.retry,
             timeout: self.timeout,
             action,
+            on_error,
         })
     }
 }

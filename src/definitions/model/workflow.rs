@@ -3,7 +3,9 @@
 use schemars::JsonSchema;
 use serde::Deserialize;
 
-use super::common::{DefinitionId, Metadata};
+use indexmap::IndexMap;
+
+use super::common::{DefinitionId, Metadata, Template};
 use super::step::RawStep;
 use super::trigger::Trigger;
 
@@ -26,6 +28,11 @@ pub struct WorkflowDef {
     /// step's id still exists in it.
     #[serde(default)]
     pub on_update: OnUpdate,
+    /// Labels every run of this workflow carries, such as `client: "{{ params.client }}"`:
+    /// templates rendered when the run starts. Runs can be listed and cancelled by label
+    /// (`/api/runs?label=client:acme`), and a run sees its own as `run.labels`.
+    #[serde(default)]
+    pub labels: IndexMap<String, Template>,
     /// What starts a run. A workflow without triggers runs only through `call` or `herald run`.
     #[serde(default)]
     pub triggers: Vec<Trigger>,
