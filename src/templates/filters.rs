@@ -11,6 +11,7 @@ pub fn register(env: &mut Environment<'static>) {
     env.add_filter("currency", currency);
     env.add_filter("truncate_sms", truncate_sms);
     env.add_function("now", now);
+    super::encoding::register(env);
 }
 
 /// The current time as RFC 3339. The engine passes its clock's time as `__now`, so a run on a

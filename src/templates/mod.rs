@@ -8,6 +8,7 @@
 //! - All template files are read and compiled up front: a [`Templates`] value is an immutable
 //!   snapshot, swapped whole on reload, and a render never touches the disk.
 
+mod encoding;
 pub mod filters;
 mod json_object;
 mod undefined;
