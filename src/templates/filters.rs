@@ -1,28 +1,18 @@
 //! Filters a message author needs beyond minijinja's own: first names, phone numbers, money,
-//! and SMS length. Dates in a time zone come from minijinja-contrib's `datetimeformat`,
-//! `dateformat` and `timeformat` (with `tz=`).
+//! and SMS length. `register` also adds the encodings (`encoding`: JSON, base64, HMAC) and
+//! datetimes and durations (`time`); dates in a time zone are formatted by minijinja-contrib's
+//! `datetimeformat`, `dateformat` and `timeformat` (with `tz=`).
 
 use minijinja::value::{Kwargs, Value};
-use minijinja::{Environment, Error, ErrorKind, State};
+use minijinja::{Environment, Error, ErrorKind};
 
 pub fn register(env: &mut Environment<'static>) {
     env.add_filter("first_name", first_name);
     env.add_filter("phone", phone);
     env.add_filter("currency", currency);
     env.add_filter("truncate_sms", truncate_sms);
-    env.add_function("now", now);
     super::encoding::register(env);
-}
-
-/// The current time as RFC 3339. The engine passes its clock's time as `__now`, so a run on a
-/// virtual clock sees virtual time; outside a run this is the system time.
-fn now(state: &State) -> String {
-    if let Some(v) = state.lookup("__now")
-        && let Some(s) = v.as_str()
-    {
-        return s.to_owned();
-    }
-    jiff::Timestamp::now().to_string()
+    super::time::register(env);
 }
 
 /// `{{ contact.name | first_name }}`: "ada LOVELACE" → "Ada". Names already in mixed case keep
