@@ -1,16 +1,16 @@
-//! Filters a message author needs beyond minijinja's own: first names, phone numbers, money,
-//! and SMS length. `register` also adds the encodings (`encoding`: JSON, base64, HMAC) and
-//! datetimes and durations (`time`); dates in a time zone are formatted by minijinja-contrib's
-//! `datetimeformat`, `dateformat` and `timeformat` (with `tz=`).
+//! Filters a message author needs beyond minijinja's own: first names, phone numbers and SMS
+//! length. `register` also adds money and numbers (`numbers`), encodings (`encoding`: JSON,
+//! base64, HMAC), and datetimes and durations (`time`); dates in a time zone are formatted by
+//! minijinja-contrib's `datetimeformat`, `dateformat` and `timeformat` (with `tz=`).
 
-use minijinja::value::{Kwargs, Value};
+use minijinja::value::Kwargs;
 use minijinja::{Environment, Error, ErrorKind};
 
 pub fn register(env: &mut Environment<'static>) {
     env.add_filter("first_name", first_name);
     env.add_filter("phone", phone);
-    env.add_filter("currency", currency);
     env.add_filter("truncate_sms", truncate_sms);
+    super::numbers::register(env);
     super::encoding::register(env);
     super::time::register(env);
 }
@@ -81,60 +81,6 @@ pub fn normalize_phone(value: &str, region: &str) -> Option<String> {
     let country = region.parse::<phonenumber::country::Id>().ok()?;
     let n = phonenumber::parse(Some(country), value).ok()?;
     phonenumber::is_valid(&n).then(|| n.format().mode(phonenumber::Mode::E164).to_string())
-}
-
-/// `{{ amount | currency }}` → "$1,234.50"; `{{ amount | currency("EUR") }}` → "€1,234.50".
-pub fn currency(value: Value, code: Option<String>) -> Result<String, Error> {
-    let amount: f64 = match value.as_str() {
-        Some(s) => s.trim().parse().map_err(|_| {
-            Error::new(
-                ErrorKind::InvalidOperation,
-                format!("`{s}` is not an amount"),
-            )
-        })?,
-        None => f64::try_from(value.clone()).map_err(|_| {
-            Error::new(
-                ErrorKind::InvalidOperation,
-                format!("{value} is not an amount"),
-            )
-        })?,
-    };
-    let code = code.unwrap_or_else(|| "USD".to_owned()).to_uppercase();
-    let (symbol, decimals) = match code.as_str() {
-        "USD" => ("$", 2),
-        "EUR" => ("€", 2),
-        "GBP" => ("£", 2),
-        "JPY" => ("¥", 0),
-        "CAD" => ("CA$", 2),
-        "AUD" => ("A$", 2),
-        "MXN" => ("MX$", 2),
-        "INR" => ("₹", 2),
-        _ => ("", 2),
-    };
-    let formatted = group_thousands(amount.abs(), decimals);
-    let sign = if amount < 0.0 { "-" } else { "" };
-    Ok(if symbol.is_empty() {
-        format!("{sign}{formatted} {code}")
-    } else {
-        format!("{sign}{symbol}{formatted}")
-    })
-}
-
-fn group_thousands(amount: f64, decimals: usize) -> String {
-    let fixed = format!("{amount:.decimals$}");
-    let (int, frac) = fixed.split_once('.').unwrap_or((&fixed, ""));
-    let mut grouped = String::new();
-    for (i, c) in int.chars().enumerate() {
-        if i > 0 && (int.len() - i) % 3 == 0 {
-            grouped.push(',');
-        }
-        grouped.push(c);
-    }
-    if frac.is_empty() {
-        grouped
-    } else {
-        format!("{grouped}.{frac}")
-    }
 }
 
 const GSM_BASIC: &str = "@£$¥èéùìòÇ\nØø\rÅåΔ_ΦΓΛΩΠΨΣΘΞÆæßÉ !\"#¤%&'()*+,-./0123456789:;<=>?¡ABCDEFGHIJKLMNOPQRSTUVWXYZÄÖÑÜ§¿abcdefghijklmnopqrstuvwxyzäöñüà";
@@ -237,16 +183,6 @@ mod tests {
             Some("+18015551234")
         );
         assert_eq!(normalize_phone("nope", "US"), None);
-    }
-
-    #[test]
-    fn money() {
-        let ctx = serde_json::json!({"a": 1234.5, "b": -3, "c": "25000", "d": 1234567});
-        assert_eq!(render("{{ a|currency }}", ctx.clone()), "$1,234.50");
-        assert_eq!(render("{{ b|currency('EUR') }}", ctx.clone()), "-€3.00");
-        assert_eq!(render("{{ c|currency }}", ctx.clone()), "$25,000.00");
-        assert_eq!(render("{{ d|currency('JPY') }}", ctx.clone()), "¥1,234,567");
-        assert_eq!(render("{{ a|currency('CHF') }}", ctx), "1,234.50 CHF");
     }
 
     #[test]

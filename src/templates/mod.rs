@@ -11,6 +11,7 @@
 mod encoding;
 pub mod filters;
 mod json_object;
+pub mod numbers;
 pub mod time;
 mod undefined;
 
