@@ -211,4 +211,57 @@ mod tests {
             "{".repeat(78) + "..."
         );
     }
+
+    /// The examples in the README's Templates section.
+    #[test]
+    fn readme_examples() {
+        let ctx = serde_json::json!({"__now": "2026-03-07T19:00:00Z", "n": 2});
+        let r = |src: &str| {
+            crate::templates::environment(10_000)
+                .render_str(src, minijinja::Value::from(minijinja::value::Serde(&ctx)))
+                .unwrap_or_else(|e| panic!("{src}: {e:#}"))
+        };
+        assert_eq!(r("{{ 'ada LOVELACE' | first_name }}"), "Ada");
+        assert_eq!(
+            r("{{ '801-555-1234' | phone(format='national') }}"),
+            "(801) 555-1234"
+        );
+        assert_eq!(r("{{ 1234.5 | currency }}"), "$1,234.50");
+        assert_eq!(r("{{ 1234.5 | currency('EUR') }}"), "€1,234.50");
+        assert_eq!(
+            r("{{ 1234.5 | currency('EUR', locale='de-DE') }}"),
+            "1.234,50\u{a0}€"
+        );
+        assert_eq!(r("{{ 1234.5 | currency(locale='ja-JP') }}"), "￥1,235");
+        assert_eq!(
+            r("{{ 1234567.891 | number(locale='de-DE', decimals=2) }}"),
+            "1.234.567,89"
+        );
+        assert_eq!(r("{{ now() }}"), "2026-03-07T19:00:00Z");
+        assert_eq!(r("{{ 1767225600 | datetime }}"), "2026-01-01T00:00:00Z");
+        assert_eq!(
+            r("{{ duration('1h30m') }} {{ duration('PT15M').seconds }} {{ duration(900) }}"),
+            "PT1H30M 900 PT15M"
+        );
+        assert_eq!(
+            r("{{ '2026-01-01T00:00:00Z' | datetime | add_duration('2d') }}"),
+            "2026-01-03T00:00:00Z"
+        );
+        assert_eq!(
+            r("{{ '2026-01-31' | datetime | add_months(1) }}"),
+            "2026-02-28T00:00:00Z"
+        );
+        assert_eq!(
+            r("{{ now() | dateformat(format='%A, %B %-d', tz='America/Denver') }}"),
+            "Saturday, March 7"
+        );
+        assert_eq!(r("{{ ('{\"id\": 7}' | fromjson).id }}"), "7");
+        assert_eq!(r("{{ 'user:pass' | b64encode }}"), "dXNlcjpwYXNz");
+        assert_eq!(r("{{ n }} reminder{{ n | pluralize }}"), "2 reminders");
+        assert_eq!(r("{{ 1500000 | filesizeformat }}"), "1.5 MB");
+        assert_eq!(
+            r("{% set row = cycler(['odd', 'even']) %}{{ row.next() }} {{ row.next() }}"),
+            "odd even"
+        );
+    }
 }
