@@ -105,7 +105,6 @@ pub(crate) fn explain(
 /// Walks `path` from the context; explains the first segment that cannot be followed.
 fn probe(ctx: &Value, path: &str) -> Option<Explanation> {
     let segments: Vec<&str> = path.split('.').collect();
-    let mut parent: Option<Value> = None;
     let mut current = ctx.clone();
     for (i, seg) in segments.iter().enumerate() {
         let so_far = segments[..i].join(".");
@@ -138,9 +137,8 @@ fn probe(ctx: &Value, path: &str) -> Option<Explanation> {
         let next = current.get_attr(seg);
         if !is_defined(&next) {
             let owner = if i == 0 { None } else { Some(so_far.as_str()) };
-            return Some(missing(&current, owner, seg, &here, parent.is_none()));
+            return Some(missing(&current, owner, seg, &here));
         }
-        parent = Some(current);
         current = next.unwrap_or_default();
     }
     None
@@ -150,14 +148,10 @@ fn is_defined(v: &Result<Value, minijinja::Error>) -> bool {
     matches!(v, Ok(v) if !v.is_undefined())
 }
 
-/// `here` is not defined in `container` (the context itself when `owner` is `None`).
-fn missing(
-    container: &Value,
-    owner: Option<&str>,
-    name: &str,
-    here: &str,
-    at_root: bool,
-) -> Explanation {
+/// `here` is not defined in `container` (the context itself when `owner` is `None`, whose
+/// `__` names are the engine's own and not listed).
+fn missing(container: &Value, owner: Option<&str>, name: &str, here: &str) -> Explanation {
+    let at_root = owner.is_none();
     let mut keys: Vec<String> = container
         .try_iter()
         .map(|it| {
