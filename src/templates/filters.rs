@@ -1,27 +1,18 @@
-//! Filters a message author needs beyond minijinja's own: first names, phone numbers, money,
-//! and SMS length. Dates in a time zone come from minijinja-contrib's `datetimeformat`,
-//! `dateformat` and `timeformat` (with `tz=`).
+//! Filters a message author needs beyond minijinja's own: first names, phone numbers and SMS
+//! length. `register` also adds money and numbers (`numbers`), encodings (`encoding`: JSON,
+//! base64, HMAC), and datetimes and durations (`time`); dates in a time zone are formatted by
+//! minijinja-contrib's `datetimeformat`, `dateformat` and `timeformat` (with `tz=`).
 
-use minijinja::value::{Kwargs, Value};
-use minijinja::{Environment, Error, ErrorKind, State};
+use minijinja::value::Kwargs;
+use minijinja::{Environment, Error, ErrorKind};
 
 pub fn register(env: &mut Environment<'static>) {
     env.add_filter("first_name", first_name);
     env.add_filter("phone", phone);
-    env.add_filter("currency", currency);
     env.add_filter("truncate_sms", truncate_sms);
-    env.add_function("now", now);
-}
-
-/// The current time as RFC 3339. The engine passes its clock's time as `__now`, so a run on a
-/// virtual clock sees virtual time; outside a run this is the system time.
-fn now(state: &State) -> String {
-    if let Some(v) = state.lookup("__now")
-        && let Some(s) = v.as_str()
-    {
-        return s.to_owned();
-    }
-    jiff::Timestamp::now().to_string()
+    super::numbers::register(env);
+    super::encoding::register(env);
+    super::time::register(env);
 }
 
 /// `{{ contact.name | first_name }}`: "ada LOVELACE" → "Ada". Names already in mixed case keep
@@ -90,60 +81,6 @@ pub fn normalize_phone(value: &str, region: &str) -> Option<String> {
     let country = region.parse::<phonenumber::country::Id>().ok()?;
     let n = phonenumber::parse(Some(country), value).ok()?;
     phonenumber::is_valid(&n).then(|| n.format().mode(phonenumber::Mode::E164).to_string())
-}
-
-/// `{{ amount | currency }}` → "$1,234.50"; `{{ amount | currency("EUR") }}` → "€1,234.50".
-pub fn currency(value: Value, code: Option<String>) -> Result<String, Error> {
-    let amount: f64 = match value.as_str() {
-        Some(s) => s.trim().parse().map_err(|_| {
-            Error::new(
-                ErrorKind::InvalidOperation,
-                format!("`{s}` is not an amount"),
-            )
-        })?,
-        None => f64::try_from(value.clone()).map_err(|_| {
-            Error::new(
-                ErrorKind::InvalidOperation,
-                format!("{value} is not an amount"),
-            )
-        })?,
-    };
-    let code = code.unwrap_or_else(|| "USD".to_owned()).to_uppercase();
-    let (symbol, decimals) = match code.as_str() {
-        "USD" => ("$", 2),
-        "EUR" => ("€", 2),
-        "GBP" => ("£", 2),
-        "JPY" => ("¥", 0),
-        "CAD" => ("CA$", 2),
-        "AUD" => ("A$", 2),
-        "MXN" => ("MX$", 2),
-        "INR" => ("₹", 2),
-        _ => ("", 2),
-    };
-    let formatted = group_thousands(amount.abs(), decimals);
-    let sign = if amount < 0.0 { "-" } else { "" };
-    Ok(if symbol.is_empty() {
-        format!("{sign}{formatted} {code}")
-    } else {
-        format!("{sign}{symbol}{formatted}")
-    })
-}
-
-fn group_thousands(amount: f64, decimals: usize) -> String {
-    let fixed = format!("{amount:.decimals$}");
-    let (int, frac) = fixed.split_once('.').unwrap_or((&fixed, ""));
-    let mut grouped = String::new();
-    for (i, c) in int.chars().enumerate() {
-        if i > 0 && (int.len() - i) % 3 == 0 {
-            grouped.push(',');
-        }
-        grouped.push(c);
-    }
-    if frac.is_empty() {
-        grouped
-    } else {
-        format!("{grouped}.{frac}")
-    }
 }
 
 const GSM_BASIC: &str = "@£$¥èéùìòÇ\nØø\rÅåΔ_ΦΓΛΩΠΨΣΘΞÆæßÉ !\"#¤%&'()*+,-./0123456789:;<=>?¡ABCDEFGHIJKLMNOPQRSTUVWXYZÄÖÑÜ§¿abcdefghijklmnopqrstuvwxyzäöñüà";
@@ -249,16 +186,6 @@ mod tests {
     }
 
     #[test]
-    fn money() {
-        let ctx = serde_json::json!({"a": 1234.5, "b": -3, "c": "25000", "d": 1234567});
-        assert_eq!(render("{{ a|currency }}", ctx.clone()), "$1,234.50");
-        assert_eq!(render("{{ b|currency('EUR') }}", ctx.clone()), "-€3.00");
-        assert_eq!(render("{{ c|currency }}", ctx.clone()), "$25,000.00");
-        assert_eq!(render("{{ d|currency('JPY') }}", ctx.clone()), "¥1,234,567");
-        assert_eq!(render("{{ a|currency('CHF') }}", ctx), "1,234.50 CHF");
-    }
-
-    #[test]
     fn sms_lengths() {
         let short = "Hi Ada, your pre-approval is waiting".to_owned();
         let long = "x".repeat(200);
@@ -282,6 +209,59 @@ mod tests {
         assert_eq!(
             render("{{ ext|truncate_sms }}", ctx),
             "{".repeat(78) + "..."
+        );
+    }
+
+    /// The examples in the README's Templates section.
+    #[test]
+    fn readme_examples() {
+        let ctx = serde_json::json!({"__now": "2026-03-07T19:00:00Z", "n": 2});
+        let r = |src: &str| {
+            crate::templates::environment(10_000)
+                .render_str(src, minijinja::Value::from(minijinja::value::Serde(&ctx)))
+                .unwrap_or_else(|e| panic!("{src}: {e:#}"))
+        };
+        assert_eq!(r("{{ 'ada LOVELACE' | first_name }}"), "Ada");
+        assert_eq!(
+            r("{{ '801-555-1234' | phone(format='national') }}"),
+            "(801) 555-1234"
+        );
+        assert_eq!(r("{{ 1234.5 | currency }}"), "$1,234.50");
+        assert_eq!(r("{{ 1234.5 | currency('EUR') }}"), "€1,234.50");
+        assert_eq!(
+            r("{{ 1234.5 | currency('EUR', locale='de-DE') }}"),
+            "1.234,50\u{a0}€"
+        );
+        assert_eq!(r("{{ 1234.5 | currency(locale='ja-JP') }}"), "￥1,235");
+        assert_eq!(
+            r("{{ 1234567.891 | number(locale='de-DE', decimals=2) }}"),
+            "1.234.567,89"
+        );
+        assert_eq!(r("{{ now() }}"), "2026-03-07T19:00:00Z");
+        assert_eq!(r("{{ 1767225600 | datetime }}"), "2026-01-01T00:00:00Z");
+        assert_eq!(
+            r("{{ duration('1h30m') }} {{ duration('PT15M').seconds }} {{ duration(900) }}"),
+            "PT1H30M 900 PT15M"
+        );
+        assert_eq!(
+            r("{{ '2026-01-01T00:00:00Z' | datetime | add_duration('2d') }}"),
+            "2026-01-03T00:00:00Z"
+        );
+        assert_eq!(
+            r("{{ '2026-01-31' | datetime | add_months(1) }}"),
+            "2026-02-28T00:00:00Z"
+        );
+        assert_eq!(
+            r("{{ now() | dateformat(format='%A, %B %-d', tz='America/Denver') }}"),
+            "Saturday, March 7"
+        );
+        assert_eq!(r("{{ ('{\"id\": 7}' | fromjson).id }}"), "7");
+        assert_eq!(r("{{ 'user:pass' | b64encode }}"), "dXNlcjpwYXNz");
+        assert_eq!(r("{{ n }} reminder{{ n | pluralize }}"), "2 reminders");
+        assert_eq!(r("{{ 1500000 | filesizeformat }}"), "1.5 MB");
+        assert_eq!(
+            r("{% set row = cycler(['odd', 'even']) %}{{ row.next() }} {{ row.next() }}"),
+            "odd even"
         );
     }
 }

@@ -8,8 +8,12 @@
 //! - All template files are read and compiled up front: a [`Templates`] value is an immutable
 //!   snapshot, swapped whole on reload, and a render never touches the disk.
 
+mod encoding;
 pub mod filters;
 mod json_object;
+pub mod numbers;
+pub mod time;
+mod undefined;
 
 pub use json_object::JsonNode;
 
@@ -24,6 +28,10 @@ use crate::definitions::diagnostics::{Diagnostic, Span};
 use crate::definitions::source::SourceFile;
 
 /// An error from rendering or evaluating, with the template's own position when known.
+///
+/// For an undefined value the message names the path and what exists beside it:
+/// ``undefined value: `body.first_name` is not defined (`body` has: email, last_name) in
+/// `{{ body.first_name | title }}` ``.
 #[derive(Debug, Clone, thiserror::Error)]
 #[error("{message}")]
 pub struct RenderError {
@@ -33,6 +41,11 @@ pub struct RenderError {
     pub line: Option<usize>,
     /// True when the render ran out of fuel.
     pub out_of_fuel: bool,
+    /// The failing tag (`{{ body.x | title }}`) or expression, when it could be found.
+    pub expression: Option<String>,
+    /// For an undefined value, the path that is undefined, up to its first missing segment
+    /// (`body.first_name`), when it could be found.
+    pub variable: Option<String>,
 }
 
 impl RenderError {
@@ -42,8 +55,21 @@ impl RenderError {
             template: e.name().filter(|n| !n.starts_with('<')).map(str::to_owned),
             line: e.line(),
             out_of_fuel: e.kind() == ErrorKind::OutOfFuel,
+            expression: None,
+            variable: None,
         }
     }
+}
+
+/// What a failed render was rendering, to find and explain the failing part.
+#[derive(Clone, Copy)]
+enum Failing<'a> {
+    /// A template file, or a template it includes: the error names which.
+    File,
+    /// An inline template from a definition.
+    Inline(&'a str),
+    /// An expression, and how to quote it (`{{ expr }}` for a template value).
+    Expression { expr: &'a str, quoted: &'a str },
 }
 
 /// A readable one-line description of a minijinja error, without its position (which the
@@ -73,6 +99,10 @@ pub fn describe_error(e: &minijinja::Error) -> String {
 pub fn environment(fuel: u64) -> Environment<'static> {
     let mut env = Environment::new();
     env.set_undefined_behavior(UndefinedBehavior::Strict);
+    // Debug mode records which expression produced an undefined value, which names the
+    // failing path for loop variables too. It costs only when a render fails, and setting it
+    // here keeps messages the same in debug and release builds.
+    env.set_debug(true);
     env.set_fuel(Some(fuel));
     env.set_recursion_limit(64);
     env.set_auto_escape_callback(|name| {
@@ -215,7 +245,7 @@ impl Templates {
             .get_template(name)
             .map_err(|e| RenderError::from_minijinja(&e))?;
         tmpl.render(ctx)
-            .map_err(|e| RenderError::from_minijinja(&e))
+            .map_err(|e| self.runtime_error(&e, Failing::File, ctx))
     }
 
     /// Renders an inline template from a definition.
@@ -227,7 +257,9 @@ impl Templates {
         {
             let env = self.inline.read().unwrap_or_else(|e| e.into_inner());
             if let Ok(t) = env.get_template(&name) {
-                return t.render(ctx).map_err(|e| RenderError::from_minijinja(&e));
+                return t
+                    .render(ctx)
+                    .map_err(|e| self.runtime_error(&e, Failing::Inline(source), ctx));
             }
         }
         {
@@ -243,40 +275,88 @@ impl Templates {
         let t = env
             .get_template(&name)
             .map_err(|e| RenderError::from_minijinja(&e))?;
-        t.render(ctx).map_err(|e| RenderError::from_minijinja(&e))
+        t.render(ctx)
+            .map_err(|e| self.runtime_error(&e, Failing::Inline(source), ctx))
     }
 
     /// Evaluates an expression (no braces) to a value.
     pub fn eval(&self, expr: &str, ctx: &JValue) -> Result<Value, RenderError> {
-        let compiled = self
-            .env
-            .compile_expression(expr)
-            .map_err(|e| RenderError::from_minijinja(&e))?;
-        let v = compiled
-            .eval(ctx)
-            .map_err(|e| RenderError::from_minijinja(&e))?;
-        to_json(&v)
+        to_json(&self.eval_value(expr, expr, ctx)?)
     }
 
     /// Evaluates an expression for its truth, as `if` does.
     pub fn is_true(&self, expr: &str, ctx: &JValue) -> Result<bool, RenderError> {
+        Ok(self.eval_value(expr, expr, ctx)?.is_true())
+    }
+
+    /// Evaluates `expr`; an error quotes it as `quoted`.
+    fn eval_value(&self, expr: &str, quoted: &str, ctx: &JValue) -> Result<JValue, RenderError> {
         let compiled = self
             .env
             .compile_expression(expr)
             .map_err(|e| RenderError::from_minijinja(&e))?;
-        let v = compiled
+        compiled
             .eval(ctx)
-            .map_err(|e| RenderError::from_minijinja(&e))?;
-        Ok(v.is_true())
+            .map_err(|e| self.runtime_error(&e, Failing::Expression { expr, quoted }, ctx))
     }
 
     /// Renders a template value: a string that is exactly one `{{ expression }}` keeps the
     /// expression's type; any other string renders to a string.
     pub fn render_value_str(&self, source: &str, ctx: &JValue) -> Result<Value, RenderError> {
         match sole_expression(source) {
-            Some(expr) => self.eval(expr, ctx),
+            Some(expr) => to_json(&self.eval_value(expr, source.trim(), ctx)?),
             None => self.render_str(source, ctx).map(Value::String),
         }
+    }
+
+    /// A render's error, with the failing tag quoted and, for an undefined value, the path
+    /// that is undefined explained. Runs only when a render fails.
+    fn runtime_error(&self, e: &minijinja::Error, what: Failing<'_>, ctx: &JValue) -> RenderError {
+        let mut err = RenderError::from_minijinja(e);
+        let (paths, snippet) = match what {
+            Failing::File => {
+                let Some(t) = e.name().and_then(|n| self.env.get_template(n).ok()) else {
+                    return err;
+                };
+                (
+                    t.undeclared_variables(true),
+                    undefined::tag_at(t.source(), e.range()),
+                )
+            }
+            Failing::Inline(source) => (
+                self.env
+                    .template_from_str(source)
+                    .map(|t| t.undeclared_variables(true))
+                    .unwrap_or_default(),
+                undefined::tag_at(source, e.range()),
+            ),
+            Failing::Expression { expr, quoted } => (
+                self.env
+                    .compile_expression(expr)
+                    .map(|c| c.undeclared_variables(true))
+                    .unwrap_or_default(),
+                Some(undefined::quote_expression(quoted)),
+            ),
+        };
+        if e.kind() == ErrorKind::UndefinedError {
+            let globals: std::collections::HashSet<&str> =
+                self.env.globals().map(|(k, _)| k).collect();
+            match undefined::explain(paths, snippet.as_deref(), e.detail(), ctx, |n| {
+                globals.contains(n)
+            }) {
+                Some(x) => {
+                    err.message = x.render(snippet.as_deref());
+                    err.variable = Some(x.variable);
+                }
+                None => {
+                    if let Some(s) = &snippet {
+                        err.message = format!("{} in `{s}`", err.message);
+                    }
+                }
+            }
+        }
+        err.expression = snippet;
+        err
     }
 
     /// Renders every string inside a JSON value (object keys stay as written).
@@ -326,6 +406,8 @@ fn to_json(v: &JValue) -> Result<Value, RenderError> {
         template: None,
         line: None,
         out_of_fuel: false,
+        expression: None,
+        variable: None,
     })
 }
 
