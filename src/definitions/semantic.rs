@@ -173,7 +173,8 @@ fn check_all(project: &Project, opts: &LoadOptions, texts: &mut CompiledTexts) -
         }
     }
 
-    // Webhooks on the same method and path.
+    // Webhooks on the same method and path, or on Herald's own routes.
+    let reserved = project.config.def.routes.reserved();
     let mut routes: HashMap<(String, String), (&Definition, String)> = HashMap::new();
     for def in defs {
         let Some(wf) = def.as_workflow() else {
@@ -183,6 +184,16 @@ fn check_all(project: &Project, opts: &LoadOptions, texts: &mut CompiledTexts) -
             let Trigger::Webhook(w) = t else { continue };
             let key = (w.method.as_str().to_owned(), normalize_route(&w.path));
             let pointer = format!("/triggers/{i}/webhook/path");
+            if let Some(own) = clashing_route(&w.path, &reserved) {
+                let d = Diagnostic::error(
+                    "reserved-path",
+                    format!("`{}` is a route Herald answers itself ({own})", w.path),
+                )
+                .with_hint(
+                    "give the webhook another path, or move Herald's own routes with `routes:` in herald.yaml (api, health, metrics)",
+                );
+                out.push(def.at_value(&pointer, d));
+            }
             if let Some((first, first_ptr)) = routes.get(&key) {
                 let d = Diagnostic::error(
                     "duplicate-webhook",
@@ -256,6 +267,43 @@ fn check_all(project: &Project, opts: &LoadOptions, texts: &mut CompiledTexts) -
 }
 
 /// `/hooks/{tenant}/leads/` and `/hooks/{t}/leads` are the same route.
+/// The first of Herald's own routes that a request could reach through either `path` or it:
+/// each is tried as a pattern against the other with its parameters filled in.
+fn clashing_route(path: &str, reserved: &[String]) -> Option<String> {
+    let concrete = |p: &str| -> String {
+        p.split('/')
+            .map(|seg| {
+                if seg.starts_with('{') && seg.ends_with('}') {
+                    "x"
+                } else {
+                    seg
+                }
+            })
+            .collect::<Vec<_>>()
+            .join("/")
+    };
+    let path = normalize_route_text(path);
+    let mut mine = matchit::Router::new();
+    mine.insert(path.as_str(), ()).ok()?;
+    reserved
+        .iter()
+        .find(|own| {
+            let mut theirs = matchit::Router::new();
+            theirs.insert(own.as_str(), ()).is_ok()
+                && (mine.at(&concrete(own)).is_ok() || theirs.at(&concrete(&path)).is_ok())
+        })
+        .cloned()
+}
+
+/// `/a/b/` and `/a/b` are one path.
+fn normalize_route_text(path: &str) -> String {
+    if path.len() > 1 {
+        path.trim_end_matches('/').to_owned()
+    } else {
+        path.to_owned()
+    }
+}
+
 fn normalize_route(path: &str) -> String {
     let trimmed = if path.len() > 1 {
         path.trim_end_matches('/')
@@ -713,6 +761,23 @@ impl WorkflowCheck<'_> {
             }
             Action::Respond(r) => {
                 let b = format!("{p}/respond");
+                if let super::model::step::ResponseStatus::Template(t) = &r.status {
+                    if t.as_str().contains("{{") {
+                        self.check_text(
+                            &format!("{b}/status"),
+                            t.as_str(),
+                            TextKind::Template,
+                            scope,
+                        );
+                    } else {
+                        let d = Diagnostic::error(
+                            "invalid-status",
+                            format!("`{}` is not an HTTP status", t.as_str()),
+                        )
+                        .with_hint("write a number from 100 to 599, or a template that gives one");
+                        self.error(&format!("{b}/status"), d);
+                    }
+                }
                 if !sync {
                     let d = Diagnostic::warning(
                         "respond-without-sync",

@@ -9,7 +9,9 @@ use super::clock::rfc3339;
 use super::cursor::{Cursor, LoopFrame, Wait};
 use super::registry::{CompiledWorkflow, Registry};
 use super::{Engine, EngineError, SyncReply, new_id, retry};
-use crate::definitions::model::step::{Action, MessageCategory, OnTimeout, Step, WaitStep};
+use crate::definitions::model::step::{
+    Action, MessageCategory, OnTimeout, ResponseStatus, Step, WaitStep,
+};
 use crate::definitions::model::workflow::OnUpdate;
 use crate::store::{
     Commit, CommitOutcome, ContactUpsert, Millis, NewEvent, NewOutbox, NewRun, RunRecord, RunState,
@@ -615,9 +617,14 @@ impl Engine {
         a.cursor.wait = None;
         a.cursor.step_started_at = None;
         let Some(h) = program.handler_for(idx) else {
+            let at = workflow
+                .locations
+                .get(&step.id)
+                .map(|l| format!(" ({l})"))
+                .unwrap_or_default();
             return Flow::End {
                 status: RunStatus::Failed,
-                error: Some(format!("step `{}` failed: {message}", step.id)),
+                error: Some(format!("step `{}`{at} failed: {message}", step.id)),
             };
         };
         let handler = &program.nodes[h];
@@ -1084,7 +1091,26 @@ impl Engine {
                         ));
                     }
                 };
-                let key = render(w.key.as_str())?;
+                let key = match t.render_value_str(w.key.as_str(), &ctx)? {
+                    Value::String(k) if !k.trim().is_empty() => k.trim().to_owned(),
+                    Value::Number(n) => n.to_string(),
+                    other => {
+                        return Err(StepError::Permanent(format!(
+                            "the `wait_for` key `{}` is {}; a wait needs a key to match {} by",
+                            w.key.as_str(),
+                            match other {
+                                Value::Null => "null".to_owned(),
+                                Value::String(_) => "empty".to_owned(),
+                                v => format!("not text ({v})"),
+                            },
+                            if w.reply.is_some() {
+                                "the reply's sender"
+                            } else {
+                                "the event's key"
+                            }
+                        )));
+                    }
+                };
                 // An event that arrived before this wait was registered still counts.
                 match self
                     .store
@@ -1235,9 +1261,19 @@ impl Engine {
                 {
                     return Err(StepError::Permanent(format!("`{tz}` is not a time zone")));
                 }
+                // One rule for every field: an empty or null value leaves what is stored, so a
+                // form that omits a field does not erase what an earlier one recorded.
                 let mut attributes = Map::new();
                 for (k, v) in &u.attributes {
-                    attributes.insert(k.clone(), t.render_json(v, &ctx)?);
+                    let value = t.render_json(v, &ctx)?;
+                    let empty = match &value {
+                        Value::Null => true,
+                        Value::String(s) => s.trim().is_empty(),
+                        _ => false,
+                    };
+                    if !empty {
+                        attributes.insert(k.clone(), value);
+                    }
                 }
                 let upsert = ContactUpsert {
                     new_id: new_id(),
@@ -1295,7 +1331,22 @@ impl Engine {
                     .map(|b| t.render_json(b, &ctx))
                     .transpose()?
                     .unwrap_or(Value::Null);
-                let response = json!({"status": r.status, "headers": headers, "body": body});
+                let status = match &r.status {
+                    ResponseStatus::Code(c) => *c,
+                    ResponseStatus::Template(t) => {
+                        let text = render(t.as_str())?;
+                        text.trim()
+                            .parse::<u16>()
+                            .ok()
+                            .filter(|c| (100..=599).contains(c))
+                            .ok_or_else(|| {
+                                StepError::Permanent(format!(
+                                    "`respond.status` gave `{text}`, which is not an HTTP status (100 to 599)"
+                                ))
+                            })?
+                    }
+                };
+                let response = json!({"status": status, "headers": headers, "body": body});
                 a.response = Some(response.clone());
                 p.after.push(After::Reply(SyncReply::from_value(&response)));
                 Ok(Outcome::Done(response))

@@ -36,6 +36,9 @@ pub struct CompiledWorkflow {
     pub verifiers: Vec<Option<Verifier>>,
     /// Compiled `match` patterns of message triggers, by trigger index.
     pub patterns: Vec<Option<Regex>>,
+    /// Where each step is written, `file:line:col` by step id, so an error at run time can
+    /// point at the definition.
+    pub locations: HashMap<String, String>,
     /// The source as loaded, stored with the version.
     pub source: String,
     pub document: Value,
@@ -94,9 +97,21 @@ impl CompiledWorkflow {
         if !errors.is_empty() {
             return Err(errors);
         }
+        let locations = workflow
+            .all_steps()
+            .into_iter()
+            .map(|step| {
+                let at = def.doc.index.key(&step.pointer);
+                (
+                    step.id.clone(),
+                    format!("{}:{}:{}", def.file.path.display(), at.line, at.column),
+                )
+            })
+            .collect();
         Ok(CompiledWorkflow {
             id: def.id.clone(),
             hash: def.hash.clone(),
+            locations,
             program: Program::compile(&workflow.steps),
             workflow,
             verifiers,

@@ -76,15 +76,50 @@ pub fn router(state: Arc<AppState>) -> Router {
                 )
             },
         )
-        .fallback(|uri: axum::http::Uri| async move {
-            ApiError::not_found(format!("no admin endpoint at {}", uri.path()))
+        .fallback(|req: axum::extract::Request| async move {
+            // Nested routers see the path without the prefix; the original has it whole.
+            let path = req
+                .extensions()
+                .get::<axum::extract::OriginalUri>()
+                .map(|u| u.path().to_owned())
+                .unwrap_or_else(|| req.uri().path().to_owned());
+            ApiError::not_found(format!("no admin endpoint or webhook at {path}"))
         });
+    let routes = state.engine.registry().config.routes.clone();
     Router::new()
-        .route("/health", get(health::health))
-        .route("/metrics", get(health::metrics))
-        .nest("/api", api)
+        .route(&routes.health, get(health::health))
+        .route(&routes.metrics, get(health::metrics))
+        .nest(routes.api.trim_end_matches('/'), api)
         .fallback(hooks::webhook)
+        // Declared webhooks come first: `/api/chat` is the operator's, even though the admin
+        // API lives under `/api` (validation refuses a webhook on one of Herald's own routes).
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            webhooks_first,
+        ))
         .with_state(state)
+}
+
+/// Sends a request for a declared webhook path to the webhook handler, before Herald's own
+/// routes are looked at.
+async fn webhooks_first(
+    axum::extract::State(state): axum::extract::State<Arc<AppState>>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let path = hooks::normalize_path(req.uri().path());
+    if !state.engine.registry().path_exists(&path) {
+        return next.run(req).await;
+    }
+    let (parts, body) = req.into_parts();
+    hooks::webhook(
+        axum::extract::State(state),
+        parts.method,
+        parts.uri,
+        parts.headers,
+        body,
+    )
+    .await
 }
 
 /// An error as the API answers it: a status and `{"error": code, "message": text}`.

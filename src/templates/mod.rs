@@ -295,9 +295,17 @@ impl Templates {
             .env
             .compile_expression(expr)
             .map_err(|e| RenderError::from_minijinja(&e))?;
-        compiled
+        let value = compiled
             .eval(ctx)
-            .map_err(|e| self.runtime_error(&e, Failing::Expression { expr, quoted }, ctx))
+            .map_err(|e| self.runtime_error(&e, Failing::Expression { expr, quoted }, ctx))?;
+        // Strict undefined fails a render that prints an undefined value, but an expression
+        // may simply evaluate to one (`{{ body.emial }}` as a whole value). That is the same
+        // mistake and gets the same error, rather than becoming a silent null.
+        if value.is_undefined() {
+            let e = minijinja::Error::new(ErrorKind::UndefinedError, "");
+            return Err(self.runtime_error(&e, Failing::Expression { expr, quoted }, ctx));
+        }
+        Ok(value)
     }
 
     /// Renders a template value: a string that is exactly one `{{ expression }}` keeps the

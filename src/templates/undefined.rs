@@ -291,6 +291,35 @@ mod tests {
     }
 
     #[test]
+    fn a_whole_value_that_is_undefined_is_an_error_not_null() {
+        let t = Templates::empty(10_000);
+        let e = t.render_value_str("{{ body.emial }}", &ctx()).unwrap_err();
+        assert!(
+            e.message
+                .starts_with("undefined value: `body.emial` is not defined (`body` has: "),
+            "{}",
+            e.message
+        );
+        assert!(
+            e.message.contains("did you mean `body.email`?"),
+            "{}",
+            e.message
+        );
+        let e = t.eval("steps.fetch.output.body", &ctx()).unwrap_err();
+        assert_eq!(e.variable.as_deref(), Some("steps.fetch.output.body"));
+        // A value that is there, even null, is not undefined.
+        assert_eq!(
+            t.render_value_str("{{ contact }}", &ctx()).unwrap(),
+            serde_json::Value::Null
+        );
+        assert_eq!(
+            t.render_value_str("{{ body.x | default(none) }}", &ctx())
+                .unwrap(),
+            serde_json::Value::Null
+        );
+    }
+
+    #[test]
     fn the_failing_tag_is_found_among_several() {
         // `body.x` is guarded by `default`; `body.y` is the one that fails.
         let e =

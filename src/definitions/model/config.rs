@@ -37,6 +37,8 @@ pub struct ConfigDef {
     pub engine: EngineConfig,
     #[serde(default)]
     pub compliance: ComplianceConfig,
+    #[serde(default)]
+    pub routes: RoutesConfig,
 }
 
 impl ConfigDef {
@@ -60,6 +62,7 @@ impl Default for ConfigDef {
             templates: TemplatesConfig::default(),
             engine: EngineConfig::default(),
             compliance: ComplianceConfig::default(),
+            routes: RoutesConfig::default(),
         }
     }
 }
@@ -257,6 +260,81 @@ impl Default for EngineConfig {
         EngineConfig {
             workers: EngineConfig::default_workers(),
             lease: EngineConfig::default_lease(),
+        }
+    }
+}
+
+/// Where `herald serve` answers for itself. Declared webhooks are matched first, so a webhook
+/// may live anywhere (`/api/chat`, `/api/stripe/webhook`) except on one of these routes, which
+/// `herald validate` reports as a clash. Move these when your own URLs need them. Read when
+/// the server starts: a change takes effect at the next start.
+#[derive(Debug, Clone, PartialEq, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RoutesConfig {
+    /// The prefix of the admin API.
+    #[serde(default = "RoutesConfig::default_api")]
+    #[schemars(regex(pattern = r"^/[A-Za-z0-9._~-]+(/[A-Za-z0-9._~-]+)*$"))]
+    pub api: String,
+    /// The health check.
+    #[serde(default = "RoutesConfig::default_health")]
+    #[schemars(regex(pattern = r"^/[A-Za-z0-9._~/-]*$"))]
+    pub health: String,
+    /// The Prometheus metrics.
+    #[serde(default = "RoutesConfig::default_metrics")]
+    #[schemars(regex(pattern = r"^/[A-Za-z0-9._~/-]*$"))]
+    pub metrics: String,
+}
+
+/// The admin API's routes, under `routes.api`. The server builds its router from this list,
+/// and validation checks webhooks against it, so the two cannot drift apart.
+pub const API_ROUTES: &[&str] = &[
+    "/definitions",
+    "/runs",
+    "/runs/{id}",
+    "/runs/{id}/cancel",
+    "/runs/{id}/retry",
+    "/runs/cancel",
+    "/runs/counts",
+    "/events",
+    "/messages/{channel}",
+    "/cron/{workflow}",
+    "/cron/{workflow}/run",
+    "/contacts",
+    "/contacts/{id}",
+    "/outbox",
+    "/outbox/{id}",
+    "/outbox/{id}/retry",
+    "/outbox/{id}/cancel",
+    "/retention/run",
+    "/reload",
+];
+
+impl RoutesConfig {
+    fn default_api() -> String {
+        "/api".into()
+    }
+    fn default_health() -> String {
+        "/health".into()
+    }
+    fn default_metrics() -> String {
+        "/metrics".into()
+    }
+
+    /// Every route Herald answers itself, as route patterns (`/api/runs/{id}`).
+    pub fn reserved(&self) -> Vec<String> {
+        let api = self.api.trim_end_matches('/');
+        let mut out = vec![self.health.clone(), self.metrics.clone()];
+        out.extend(API_ROUTES.iter().map(|r| format!("{api}{r}")));
+        out
+    }
+}
+
+impl Default for RoutesConfig {
+    fn default() -> Self {
+        RoutesConfig {
+            api: RoutesConfig::default_api(),
+            health: RoutesConfig::default_health(),
+            metrics: RoutesConfig::default_metrics(),
         }
     }
 }

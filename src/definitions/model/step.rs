@@ -356,9 +356,9 @@ pub struct UpsertContactStep {
 #[derive(Debug, Clone, PartialEq, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RespondStep {
+    /// The HTTP status: a number, or a template giving one (`"{{ 503 if vars.degraded else 200 }}"`).
     #[serde(default = "RespondStep::default_status")]
-    #[schemars(range(min = 100, max = 599))]
-    pub status: u16,
+    pub status: ResponseStatus,
     #[serde(default)]
     pub headers: IndexMap<String, Template>,
     /// The body: JSON whose strings are templates, or one template for a text body.
@@ -367,9 +367,17 @@ pub struct RespondStep {
 }
 
 impl RespondStep {
-    fn default_status() -> u16 {
-        200
+    fn default_status() -> ResponseStatus {
+        ResponseStatus::Code(200)
     }
+}
+
+/// A `respond` status: fixed, or chosen when the step runs.
+#[derive(Debug, Clone, PartialEq, Deserialize, JsonSchema)]
+#[serde(untagged)]
+pub enum ResponseStatus {
+    Code(#[schemars(range(min = 100, max = 599))] u16),
+    Template(Template),
 }
 
 /// A step, with its id settled and its action resolved.
