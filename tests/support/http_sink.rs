@@ -2,9 +2,10 @@
 //!
 //! By default every request gets `200` with `{"id": "sink-<n>"}`, n counting from 1. Replies
 //! can be scripted: for the next few requests ([`HttpSink::fail_next`],
-//! [`HttpSink::respond_next`]), for one recipient ([`HttpSink::reject_recipient`]), or for
-//! everything else ([`HttpSink::respond_by_default`]). The first that applies wins, in that
-//! order: recipient, next, default.
+//! [`HttpSink::respond_next`]), for one recipient ([`HttpSink::reject_recipient`]), for one
+//! path ([`HttpSink::respond_to_path`]), or for everything else
+//! ([`HttpSink::respond_by_default`]). The first that applies wins, in that order: recipient,
+//! path, next, default.
 //!
 //! ```ignore
 //! let sink = HttpSink::start().await;
@@ -226,6 +227,11 @@ impl HttpSink {
             .insert(to.to_owned(), reply);
     }
 
+    /// Answers every request to `path` with `reply`, from now on.
+    pub fn respond_to_path(&self, path: &str, reply: Reply) {
+        self.shared.state().by_path.insert(path.to_owned(), reply);
+    }
+
     /// Answers with `reply` when nothing more specific applies.
     pub fn respond_by_default(&self, reply: Reply) {
         self.shared.state().default = Some(reply);
@@ -236,6 +242,7 @@ impl HttpSink {
         let mut state = self.shared.state();
         state.next.clear();
         state.by_recipient.clear();
+        state.by_path.clear();
         state.default = None;
     }
 }
@@ -259,6 +266,7 @@ struct SinkState {
     key_counts: IndexMap<String, usize>,
     next: VecDeque<Reply>,
     by_recipient: HashMap<String, Reply>,
+    by_path: HashMap<String, Reply>,
     default: Option<Reply>,
 }
 
@@ -277,6 +285,7 @@ async fn record(
             .and_then(|to| to.as_str())
             .and_then(|to| state.by_recipient.get(to).cloned());
         let reply = for_recipient
+            .or_else(|| state.by_path.get(uri.path()).cloned())
             .or_else(|| state.next.pop_front())
             .or_else(|| state.default.clone())
             .unwrap_or_else(Reply::ok);
