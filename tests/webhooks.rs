@@ -253,6 +253,18 @@ steps:
 "#,
     ),
     (
+        "chat.yaml",
+        r#"
+kind: workflow
+id: chat
+triggers:
+  - webhook: { path: /api/chat, respond: sync, timeout: 5s }
+steps:
+  - id: reply
+    respond: { status: 200, body: { echo: "{{ input.message }}", same: "{{ input == body }}" } }
+"#,
+    ),
+    (
         "lead.yaml",
         r#"
 kind: workflow
@@ -2067,6 +2079,15 @@ async fn metrics_count_runs_and_webhook_responses() {
         )
     };
     assert_eq!(responses("202"), Some(2.0), "{text}");
+    assert_eq!(
+        sample(
+            text,
+            "herald_webhook_duration_seconds_count",
+            &[("workflow", "metered")]
+        ),
+        Some(4.0),
+        "every answer of the workflow is timed: {text}"
+    );
     assert_eq!(responses("401"), Some(1.0), "{text}");
     assert_eq!(responses("400"), Some(1.0), "{text}");
     // A 405 is not the workflow's: no workflow matched the method.
@@ -2089,4 +2110,33 @@ async fn metrics_count_runs_and_webhook_responses() {
         Some(2.0),
         "{text}"
     );
+}
+
+/// The seeds' own URLs live under `/api`, beside Herald's admin API: declared webhooks answer
+/// first, and `input` is the body there as in `herald run`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_webhook_under_api_answers_before_the_admin_api() {
+    let s = Server::start().await;
+    let r = s
+        .post_json("/api/chat", &json!({"message": "hello"}), &[])
+        .await;
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(r.json["echo"], "hello", "{r:?}");
+    assert_eq!(r.json["same"], true, "{r:?}");
+    // Herald's own routes are still there.
+    s.send(s.http.get(s.url("/api/runs")))
+        .await
+        .assert_error(401, "missing_credentials");
+    let r = s.send(s.http.get(s.url("/health"))).await;
+    assert_eq!(r.status, 200, "{r:?}");
+    // A path that is neither says so in full.
+    let r = s
+        .send(
+            s.http
+                .post(s.url("/api/nothing"))
+                .header("x-api-key", ADMIN_KEY),
+        )
+        .await;
+    let message = r.assert_error(404, "not_found");
+    assert!(message.contains("/api/nothing"), "{message}");
 }

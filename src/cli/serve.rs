@@ -47,12 +47,15 @@ pub enum LogFormat {
     Json,
 }
 
-pub fn init_logging(format: LogFormat) {
+/// Logs go to stderr, in colour only when `color` allows it and stderr is a terminal: a log
+/// redirected to a file gets no escape codes.
+pub fn init_logging(format: LogFormat, color: ColorChoice) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
         tracing_subscriber::EnvFilter::new("info,sqlx=warn,hyper=warn,lettre=warn")
     });
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(color.enabled())
         .with_writer(std::io::stderr);
     let _ = match format {
         LogFormat::Text => builder.try_init(),
@@ -75,7 +78,7 @@ pub fn resolve_database_url(url: &str, root: &Path) -> String {
 }
 
 pub fn run(args: Args) -> Result<ExitCode, UsageError> {
-    init_logging(args.log_format);
+    init_logging(args.log_format, args.color);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

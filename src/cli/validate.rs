@@ -12,7 +12,11 @@ use crate::definitions::project::{EnvMode, Layout, LoadOptions, load};
 #[derive(clap::Args, Debug)]
 pub struct Args {
     /// The project folder (holding herald.yaml), or a folder of definitions inside it.
+    #[arg(value_name = "DIR", conflicts_with = "dir_flag")]
     dir: Option<PathBuf>,
+    /// The same, as every other command takes it.
+    #[arg(long = "dir", id = "dir_flag", value_name = "DIR")]
+    dir_flag: Option<PathBuf>,
     /// Output format.
     #[arg(long, value_enum, default_value_t)]
     format: Format,
@@ -27,7 +31,7 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> Result<ExitCode, UsageError> {
-    let dir = dir_or_current(args.dir);
+    let dir = dir_or_current(args.dir.or(args.dir_flag));
     let layout = Layout::discover(&dir)?;
     let mut opts = LoadOptions::new(EnvMode::Validate);
     if let Some(f) = &args.env_file {

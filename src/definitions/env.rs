@@ -104,7 +104,7 @@ impl EnvSource {
             .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
         let mut map = HashMap::new();
         for item in iter {
-            let (k, v) = item.map_err(|e| format!("{}: {e}", path.display()))?;
+            let (k, v) = item.map_err(|e| describe_env_error(path, &e))?;
             map.insert(k, v);
         }
         Ok(EnvSource::Overlay(Arc::new(map)))
@@ -208,5 +208,48 @@ mod tests {
         );
         assert!(env.resolve("${env:NOPE}").unwrap_err().contains("NOPE"));
         assert_eq!(format!("{:?}", Secret::new("s3cret".into())), "Secret(***)");
+    }
+}
+
+/// An env file's parse error at `file:line:col`. dotenvy reports the offending line's text and
+/// a character index in it; the line number is found by looking for that text in the file.
+fn describe_env_error(path: &std::path::Path, e: &dotenvy::Error) -> String {
+    let dotenvy::Error::LineParse(line, index) = e else {
+        return format!("{}: {e}", path.display());
+    };
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let first = line.lines().next().unwrap_or_default();
+    let number = text
+        .lines()
+        .position(|l| l == first || l.trim() == first.trim())
+        .map(|n| n + 1);
+    let at = match number {
+        Some(n) => format!("{}:{n}:{}", path.display(), index + 1),
+        None => path.display().to_string(),
+    };
+    format!(
+        "{at}: cannot read `{}`: write each setting as NAME=value, quoting values with spaces or special characters",
+        first.trim()
+    )
+}
+
+#[cfg(test)]
+mod env_file_tests {
+    use super::*;
+
+    #[test]
+    fn a_bad_line_is_reported_by_line_and_column() {
+        let dir = std::env::temp_dir().join(format!("herald-env-{}", uuid::Uuid::now_v7()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("app.env");
+        std::fs::write(&file, "# secrets\nGOOD=1\nBAD LINE here\n").unwrap();
+        let e = EnvSource::with_env_file(&file).unwrap_err();
+        let _ = std::fs::remove_dir_all(&dir);
+        assert!(
+            e.starts_with(&format!("{}:3:", file.display())),
+            "the file's own line, not a character index: {e}"
+        );
+        assert!(e.contains("`BAD LINE here`"), "{e}");
+        assert!(e.contains("NAME=value"), "{e}");
     }
 }

@@ -37,6 +37,7 @@ pub async fn webhook(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
+    let started = std::time::Instant::now();
     let engine = &state.engine;
     let registry = engine.registry();
     let path = normalize_path(uri.path());
@@ -50,7 +51,7 @@ pub async fn webhook(
         } else {
             ApiError::not_found(format!("no webhook at {method} {path}"))
         };
-        return counted(e.into_response(), "-");
+        return counted(e.into_response(), "-", started);
     };
     let wf = found.route.workflow.clone();
     let Trigger::Webhook(trigger) = &wf.workflow.triggers[found.route.trigger] else {
@@ -58,7 +59,7 @@ pub async fn webhook(
     };
     let limit = registry.config.webhooks.body_limit.0 as usize;
 
-    let finish = |r: Response| counted(r, &wf.id);
+    let finish = |r: Response| counted(r, &wf.id, started);
 
     if let Some(len) = headers
         .get(header::CONTENT_LENGTH)
@@ -368,9 +369,14 @@ fn parse_body(headers: &HeaderMap, bytes: &[u8]) -> Result<Value, ApiError> {
     ))
 }
 
-/// Counts the response for `/metrics`.
-fn counted(resp: Response, workflow: &str) -> Response {
-    metrics::counter!("herald_webhook_responses_total", "workflow" => workflow.to_owned(), "status" => resp.status().as_u16().to_string())
+/// Counts the response, and how long it took, for `/metrics`: "chat latency over 3 s" is an
+/// alert on `herald_webhook_duration_seconds` of one workflow. The workflow label is bounded by
+/// the definitions (`-` for paths that match none).
+fn counted(resp: Response, workflow: &str, started: std::time::Instant) -> Response {
+    let status = resp.status().as_u16().to_string();
+    metrics::counter!("herald_webhook_responses_total", "workflow" => workflow.to_owned(), "status" => status)
         .increment(1);
+    metrics::histogram!("herald_webhook_duration_seconds", "workflow" => workflow.to_owned())
+        .record(started.elapsed().as_secs_f64());
     resp
 }
