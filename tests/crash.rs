@@ -1,5 +1,6 @@
 //! The crash test: `herald serve` as a child process, killed with SIGKILL at random moments
-//! while 200 webhook-started runs wait and then send, restarted each time.
+//! while 200 webhook-started runs fail into an error handler that waits and then sends,
+//! restarted each time.
 //!
 //! Afterwards every run must have completed, every message must have reached the sink (an HTTP
 //! server in this test process that, like a real provider, treats a repeated
@@ -132,10 +133,17 @@ triggers:
 steps:
   - id: note
     set: { n: "{{ body.n }}" }
-  - id: pause
-    wait: 2s
-  - id: nudge
-    send: { channel: sink, to: "lead-{{ vars.n }}@example.com", body: "message {{ vars.n }}" }
+  # Every run fails here and spends its wait and its send inside the error handler, so the
+  # kills land inside handlers.
+  - id: attempt
+    try:
+      - id: charge
+        fail: "card declined for {{ vars.n }}"
+    on_error:
+      - id: pause
+        wait: 2s
+      - id: nudge
+        send: { channel: sink, to: "lead-{{ vars.n }}@example.com", body: "message {{ vars.n }}" }
   - id: done
     set: { finished: true }
 "#,
@@ -322,6 +330,12 @@ async fn crash_and_recover(url: String) {
             "run {} sent its message in more than one step execution",
             run.id
         );
+        let failures = log
+            .iter()
+            .filter(|s| s.step_id == "charge" && s.status == "failed")
+            .count();
+        assert_eq!(failures, 1, "run {} failed into its handler once", run.id);
+        assert_eq!(run.context["vars"]["finished"], true, "the run carried on after the handler");
     }
     // A kill between a delivery and its record makes the dispatcher deliver again under the
     // same key; an idempotent provider sees one message. Report how often that happened.
