@@ -498,3 +498,70 @@ fn help_works_for_every_subcommand() {
         assert_eq!(code(&out), 0, "{}", show(&out));
     }
 }
+
+#[test]
+fn validate_takes_the_folder_as_dir_too() {
+    let tmp = project_with_errors();
+    let positional = run(herald(tmp.path().parent().unwrap())
+        .args(["validate", "--color", "never"])
+        .arg(tmp.path()));
+    let flag = run(herald(tmp.path().parent().unwrap())
+        .args(["validate", "--color", "never", "--dir"])
+        .arg(tmp.path()));
+    assert_eq!(code(&positional), 1, "{}", show(&positional));
+    assert_eq!(code(&flag), 1, "{}", show(&flag));
+    assert_eq!(stdout(&positional), stdout(&flag));
+    assert_eq!(stderr(&positional), stderr(&flag));
+    let both = run(herald(tmp.path()).args(["validate", ".", "--dir", "."]));
+    assert_eq!(code(&both), 2, "{}", show(&both));
+}
+
+/// A server whose log goes to a file (not a terminal) writes no colour codes into it.
+#[test]
+fn serve_logs_without_colour_codes_when_not_on_a_terminal() {
+    use std::io::Read as _;
+    let tmp = tempfile::tempdir().unwrap();
+    write(tmp.path(), "herald.yaml", CONFIG);
+    write(
+        tmp.path(),
+        "workflows/a.yaml",
+        "kind: workflow\nid: a\nsteps:\n  - set: { x: 1 }\n",
+    );
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut child = herald(tmp.path())
+        .args(["serve", "--no-watch", "--listen"])
+        .arg(format!("127.0.0.1:{port}"))
+        .args(["--database-url", "sqlite://herald.db"])
+        .env("RUST_LOG", "info")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Wait until it answers, so it has logged its start.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "herald serve never listened"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let _ = Command::new("kill")
+        .arg("-TERM")
+        .arg(child.id().to_string())
+        .status();
+    let _ = child.wait();
+    let mut log = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut log)
+        .unwrap();
+    assert!(log.contains("INFO"), "the server logged: {log}");
+    assert!(!log.contains('\u{1b}'), "no escape codes: {log:?}");
+}

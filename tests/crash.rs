@@ -335,7 +335,10 @@ async fn crash_and_recover(url: String) {
             .filter(|s| s.step_id == "charge" && s.status == "failed")
             .count();
         assert_eq!(failures, 1, "run {} failed into its handler once", run.id);
-        assert_eq!(run.context["vars"]["finished"], true, "the run carried on after the handler");
+        assert_eq!(
+            run.context["vars"]["finished"], true,
+            "the run carried on after the handler"
+        );
     }
     // A kill between a delivery and its record makes the dispatcher deliver again under the
     // same key; an idempotent provider sees one message. Report how often that happened.
