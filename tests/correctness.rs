@@ -46,6 +46,7 @@ scenarios![
     a_missing_wait_for_key_is_an_error_not_none,
     empty_values_leave_stored_contact_fields_alone,
     a_template_name_and_a_status_can_be_chosen_at_run_time,
+    what_a_run_makes_is_bounded,
 ];
 
 /// ConversionSurgery's provider needs exactly 1, 2 and 4 seconds between attempts.
@@ -308,4 +309,64 @@ steps:
         error.contains("template `emails/degarded.txt.j2`") && error.contains("did you mean"),
         "{error}"
     );
+}
+
+/// A 17-byte request must not make a 100 MB message or context.
+async fn what_a_run_makes_is_bounded(db: db::TestDb) {
+    let h = Harness::new(
+        db,
+        &[
+            (
+                "workflows/blowup.yaml",
+                r#"
+kind: workflow
+id: blowup
+steps:
+  - id: big
+    send: { channel: hook, to: "ops@example.com", body: "{{ 'x' * body.n }}" }
+"#,
+            ),
+            (
+                "workflows/hoard.yaml",
+                r#"
+kind: workflow
+id: hoard
+steps:
+  - id: keep
+    set: { blob: "{{ 'x' * body.n }}" }
+"#,
+            ),
+        ],
+    )
+    .await;
+    let run = h.start("blowup", json!({"n": 5_000_000})).await;
+    let r = h.run(&run).await;
+    assert_eq!(r.status, RunStatus::Failed);
+    let error = r.error.unwrap();
+    assert!(
+        error.contains("over the limit of 1048576 bytes for channel `hook`"),
+        "{error}"
+    );
+    assert!(
+        h.engine
+            .store
+            .outbox_for_run(&run)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert!(h.sink.requests().is_empty());
+
+    let run = h.start("hoard", json!({"n": 5_000_000})).await;
+    let r = h.run(&run).await;
+    assert_eq!(r.status, RunStatus::Failed);
+    let error = r.error.unwrap();
+    assert!(error.contains("limits.context_size"), "{error}");
+    assert!(
+        r.context["vars"].get("blob").is_none(),
+        "the oversized value is not stored"
+    );
+    // A small one is fine.
+    let run = h.start("hoard", json!({"n": 10})).await;
+    assert_eq!(h.run(&run).await.status, RunStatus::Completed);
 }

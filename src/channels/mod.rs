@@ -85,6 +85,12 @@ pub trait Channel: Send + Sync + std::fmt::Debug {
     fn timeout(&self) -> Duration {
         Duration::from_secs(30)
     }
+
+    /// The largest message (body and subject, in bytes) this channel takes, unless
+    /// `limits.message_size` says otherwise.
+    fn max_message_bytes(&self) -> usize {
+        1 << 20
+    }
 }
 
 /// The channels of a configuration, by name, in the order herald.yaml lists them.

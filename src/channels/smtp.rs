@@ -221,6 +221,11 @@ impl Channel for SmtpChannel {
         self.timeout
     }
 
+    /// Most relays refuse messages over 10 to 50 MB; 10 MiB is the common floor.
+    fn max_message_bytes(&self) -> usize {
+        10 << 20
+    }
+
     fn provider(&self) -> &'static str {
         "smtp"
     }

@@ -503,6 +503,13 @@ impl Engine {
         )
         .record(timer.elapsed().as_secs_f64());
         let is_http = matches!(step.action, Action::Http(_));
+        let output = match &outcome {
+            Outcome::Done(o) | Outcome::Goto(_, o) => o,
+            _ => &Value::Null,
+        };
+        if let Err(message) = check_context_size(&a.ctx, output, &registry.config.limits) {
+            return Ok(self.fail_step(a, p, idx, started, message));
+        }
         Ok(match outcome {
             Outcome::Done(output) => {
                 self.complete(a, p, step, started, output, "completed");
@@ -878,10 +885,15 @@ impl Engine {
                     out.insert(name.0.clone(), rendered);
                 }
                 drop(ctx);
+                // Checked before the variables are kept, so a failed step leaves the context
+                // as it was.
+                let out = Value::Object(out);
+                check_context_size(&a.ctx, &out, &registry.config.limits)
+                    .map_err(StepError::Permanent)?;
                 if let Some(obj) = Arc::make_mut(&mut a.ctx).as_object_mut() {
                     obj.insert("vars".into(), Value::Object(all_vars));
                 }
-                Ok(Outcome::Done(Value::Object(out)))
+                Ok(Outcome::Done(out))
             }
             Action::If { condition, .. } => {
                 let yes = t.is_true(condition.as_str(), &ctx)?;
@@ -1021,6 +1033,26 @@ impl Engine {
                 for (k, v) in &s.headers {
                     headers.insert(k.clone(), Value::String(render(v.as_str())?));
                 }
+                let subject = render_opt(&s.subject)?;
+                let limit = registry
+                    .config
+                    .limits
+                    .message_size
+                    .map(|b| b.0 as usize)
+                    .or_else(|| {
+                        registry
+                            .channels
+                            .get(&s.channel)
+                            .map(|c| c.max_message_bytes())
+                    })
+                    .unwrap_or(1 << 20);
+                let size = body.len() + subject.as_ref().map_or(0, String::len);
+                if size > limit {
+                    return Err(StepError::Permanent(format!(
+                        "the rendered message is {size} bytes, over the limit of {limit} bytes for channel `{}` (limits.message_size in herald.yaml)",
+                        s.channel
+                    )));
+                }
                 let id = new_id();
                 // The step's retry policy governs the delivery attempts: a send step only
                 // enqueues, so the policy has nothing else to apply to.
@@ -1037,7 +1069,7 @@ impl Engine {
                     channel: s.channel.clone(),
                     recipient: to.clone(),
                     sender: render_opt(&s.from)?,
-                    subject: render_opt(&s.subject)?,
+                    subject,
                     body,
                     html,
                     headers: Value::Object(headers),
@@ -1404,6 +1436,37 @@ impl Engine {
             .filter(|s| category.blocked_by(s))
             .map(|s| format!("the recipient's status is `{s}`")))
     }
+}
+
+/// A run's context may not grow past `limits.context_size`: the step that would make it so
+/// (with its output, which the context keeps too) fails instead. Counted without building the
+/// JSON text.
+fn check_context_size(
+    ctx: &Value,
+    output: &Value,
+    limits: &crate::definitions::model::config::LimitsConfig,
+) -> Result<(), String> {
+    struct Count(usize);
+    impl std::io::Write for Count {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0 += buf.len();
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let limit = limits.context_size.0 as usize;
+    let mut count = Count(0);
+    let _ = serde_json::to_writer(&mut count, ctx);
+    let _ = serde_json::to_writer(&mut count, output);
+    if count.0 > limit {
+        return Err(format!(
+            "the run's context would be {} bytes, over the limit of {limit} bytes (limits.context_size in herald.yaml); keep only what later steps need",
+            count.0
+        ));
+    }
+    Ok(())
 }
 
 fn event_output(e: &crate::store::EventRecord) -> Value {

@@ -39,6 +39,8 @@ pub struct ConfigDef {
     pub compliance: ComplianceConfig,
     #[serde(default)]
     pub routes: RoutesConfig,
+    #[serde(default)]
+    pub limits: LimitsConfig,
 }
 
 impl ConfigDef {
@@ -63,6 +65,7 @@ impl Default for ConfigDef {
             engine: EngineConfig::default(),
             compliance: ComplianceConfig::default(),
             routes: RoutesConfig::default(),
+            limits: LimitsConfig::default(),
         }
     }
 }
@@ -260,6 +263,35 @@ impl Default for EngineConfig {
         EngineConfig {
             workers: EngineConfig::default_workers(),
             lease: EngineConfig::default_lease(),
+        }
+    }
+}
+
+/// Bounds on what a run can make, so one bad template or a hostile request cannot fill the
+/// memory or the database. Exceeding one is a permanent error of the step, naming the limit.
+#[derive(Debug, Clone, PartialEq, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsConfig {
+    /// The largest rendered message (body and subject). By default each channel's own: 10MiB
+    /// for e-mail over SMTP, 1MiB for the others.
+    #[serde(default)]
+    pub message_size: Option<ByteSize>,
+    /// The largest run context (its input, variables and step outputs, as JSON).
+    #[serde(default = "LimitsConfig::default_context_size")]
+    pub context_size: ByteSize,
+}
+
+impl LimitsConfig {
+    fn default_context_size() -> ByteSize {
+        ByteSize(4 << 20)
+    }
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        LimitsConfig {
+            message_size: None,
+            context_size: LimitsConfig::default_context_size(),
         }
     }
 }
