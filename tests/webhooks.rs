@@ -1198,10 +1198,13 @@ async fn an_idempotency_key_that_cannot_be_computed_is_422() {
     s.post_json("/hooks/orders", &json!({"order_id": "  "}), &[])
         .await
         .assert_error(422, "missing_idempotency_key");
-    // Nor is a body that is no JSON object at all.
-    s.post_raw("/hooks/orders", "", &[])
+    // An empty body that says it is JSON is refused before any key is looked for.
+    let message = s
+        .post_raw("/hooks/orders", "", &[])
         .await
-        .assert_error(422, "missing_idempotency_key");
+        .assert_error(400, "empty_body")
+        .to_owned();
+    assert!(message.contains("application/json"), "{message}");
     s.assert_unchanged(before, "a request without its idempotency key")
         .await;
 }

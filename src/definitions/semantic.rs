@@ -184,6 +184,17 @@ fn check_all(project: &Project, opts: &LoadOptions, texts: &mut CompiledTexts) -
             let Trigger::Webhook(w) = t else { continue };
             let key = (w.method.as_str().to_owned(), normalize_route(&w.path));
             let pointer = format!("/triggers/{i}/webhook/path");
+            if let Some(WebhookAuth::HmacSha256(h)) = &w.auth
+                && h.timestamp_header.is_none()
+                && w.idempotency_key.is_none()
+            {
+                let d = Diagnostic::warning(
+                    "replayable-webhook",
+                    "a captured request to this webhook can be replayed forever",
+                )
+                .with_hint("give it an `idempotency_key` (such as the sender's event id), or a `timestamp_header` if the sender signs a timestamp");
+                out.push(def.at_key(&format!("/triggers/{i}/webhook/auth/hmac_sha256"), d));
+            }
             if let Some(own) = clashing_route(&w.path, &reserved) {
                 let d = Diagnostic::error(
                     "reserved-path",

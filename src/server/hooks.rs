@@ -320,10 +320,12 @@ pub fn normalize_path(path: &str) -> String {
 }
 
 /// JSON, form-encoded and text bodies become the run's `body`; anything else is refused.
+///
+/// An empty body is `{}` when the request names no type (a bare ping), so `body.x` is an
+/// undefined field like any other; a request that says it sends JSON and sends nothing is
+/// refused. Form and text bodies must be UTF-8: a lossy decode would change what the sender
+/// sent (and what it signed).
 fn parse_body(headers: &HeaderMap, bytes: &[u8]) -> Result<Value, ApiError> {
-    if bytes.iter().all(u8::is_ascii_whitespace) {
-        return Ok(Value::Null);
-    }
     let content_type = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -336,6 +338,20 @@ fn parse_body(headers: &HeaderMap, bytes: &[u8]) -> Result<Value, ApiError> {
     let is_json = content_type.is_empty()
         || content_type == "application/json"
         || content_type.ends_with("+json");
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return match content_type.as_str() {
+            "" => Ok(Value::Object(Map::new())),
+            t if is_json => Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "empty_body",
+                format!(
+                    "the body is empty, but its content type is `{t}`; send a JSON document, or no content type"
+                ),
+            )),
+            "application/x-www-form-urlencoded" => Ok(Value::Object(Map::new())),
+            _ => Ok(Value::String(String::new())),
+        };
+    }
     if is_json {
         return serde_json::from_slice(bytes).map_err(|e| {
             ApiError::new(
@@ -346,10 +362,7 @@ fn parse_body(headers: &HeaderMap, bytes: &[u8]) -> Result<Value, ApiError> {
         });
     }
     if content_type == "application/x-www-form-urlencoded" {
-        let map: Map<String, Value> = form_urlencoded::parse(bytes)
-            .map(|(k, v)| (k.into_owned(), Value::String(v.into_owned())))
-            .collect();
-        return Ok(Value::Object(map));
+        return parse_form(bytes).map(Value::Object);
     }
     if content_type.starts_with("text/") {
         return std::str::from_utf8(bytes)
@@ -379,4 +392,96 @@ fn counted(resp: Response, workflow: &str, started: std::time::Instant) -> Respo
     metrics::histogram!("herald_webhook_duration_seconds", "workflow" => workflow.to_owned())
         .record(started.elapsed().as_secs_f64());
     resp
+}
+
+/// A form body, refusing any name or value that is not UTF-8 once decoded (where
+/// `form_urlencoded` would replace the bytes silently).
+fn parse_form(bytes: &[u8]) -> Result<Map<String, Value>, ApiError> {
+    fn decode(part: &[u8]) -> Option<String> {
+        let mut out = Vec::with_capacity(part.len());
+        let mut i = 0;
+        while i < part.len() {
+            match part[i] {
+                b'+' => out.push(b' '),
+                b'%' if i + 2 < part.len() => {
+                    let hex = std::str::from_utf8(&part[i + 1..i + 3])
+                        .ok()
+                        .and_then(|h| u8::from_str_radix(h, 16).ok());
+                    match hex {
+                        Some(b) => {
+                            out.push(b);
+                            i += 2;
+                        }
+                        // Not an escape: kept as written, as browsers do.
+                        None => out.push(b'%'),
+                    }
+                }
+                b => out.push(b),
+            }
+            i += 1;
+        }
+        String::from_utf8(out).ok()
+    }
+    let mut map = Map::new();
+    for (n, pair) in bytes.split(|b| *b == b'&').enumerate() {
+        if pair.is_empty() {
+            continue;
+        }
+        let (name, value) = match pair.iter().position(|b| *b == b'=') {
+            Some(at) => (&pair[..at], &pair[at + 1..]),
+            None => (pair, &b""[..]),
+        };
+        let (Some(name), Some(value)) = (decode(name), decode(value)) else {
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "malformed_body",
+                format!("field {} of the form body is not UTF-8 once decoded", n + 1),
+            ));
+        };
+        map.insert(name, Value::String(value));
+    }
+    Ok(map)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn typed(t: &str) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        h.insert(header::CONTENT_TYPE, t.parse().unwrap());
+        h
+    }
+
+    #[test]
+    fn empty_bodies_are_decided_by_their_type() {
+        assert_eq!(parse_body(&HeaderMap::new(), b"").unwrap(), json!({}));
+        let e = parse_body(&typed("application/json"), b"  ").unwrap_err();
+        assert_eq!((e.status.as_u16(), e.code), (400, "empty_body"));
+        assert_eq!(
+            parse_body(&typed("application/x-www-form-urlencoded"), b"").unwrap(),
+            json!({})
+        );
+        assert_eq!(parse_body(&typed("text/plain"), b"").unwrap(), json!(""));
+    }
+
+    #[test]
+    fn form_bodies_decode_exactly_or_are_refused() {
+        let ok = parse_body(
+            &typed("application/x-www-form-urlencoded"),
+            b"From=%2B13035550123&Body=caf%C3%A9+ok&odd=100%&flag",
+        )
+        .unwrap();
+        assert_eq!(
+            ok,
+            json!({"From": "+13035550123", "Body": "café ok", "odd": "100%", "flag": ""})
+        );
+        let e = parse_body(
+            &typed("application/x-www-form-urlencoded"),
+            b"a=1&Body=%FF%FE",
+        )
+        .unwrap_err();
+        assert_eq!((e.status.as_u16(), e.code), (400, "malformed_body"));
+        assert!(e.message.contains("field 2"), "{}", e.message);
+    }
 }

@@ -72,6 +72,10 @@ enum Scheme {
         mac: HmacSha256,
         encoding: SignatureEncoding,
         prefix: Option<String>,
+        /// The timestamp header and how far from now it may be.
+        timestamp: Option<(HeaderName, Duration)>,
+        /// What was signed, in order.
+        payload: Vec<Signed>,
     },
     Stripe {
         mac: HmacSha256,
@@ -81,6 +85,50 @@ enum Scheme {
         mac: HmacSha256,
         tolerance: Duration,
     },
+}
+
+/// A piece of what an `hmac_sha256` sender signs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Signed {
+    Text(Vec<u8>),
+    Body,
+    Timestamp,
+}
+
+/// Reads a `payload` layout such as `v0:{timestamp}:{body}`.
+fn signed_layout(payload: &str, has_timestamp: bool) -> Result<Vec<Signed>, String> {
+    let mut out = Vec::new();
+    let mut rest = payload;
+    while !rest.is_empty() {
+        let next = [("{body}", Signed::Body), ("{timestamp}", Signed::Timestamp)]
+            .into_iter()
+            .filter_map(|(marker, part)| rest.find(marker).map(|at| (at, marker, part)))
+            .min_by_key(|(at, _, _)| *at);
+        match next {
+            Some((at, marker, part)) => {
+                if at > 0 {
+                    out.push(Signed::Text(rest[..at].as_bytes().to_vec()));
+                }
+                out.push(part);
+                rest = &rest[at + marker.len()..];
+            }
+            None => {
+                out.push(Signed::Text(rest.as_bytes().to_vec()));
+                rest = "";
+            }
+        }
+    }
+    if out.iter().filter(|p| **p == Signed::Body).count() != 1 {
+        return Err(format!(
+            "the signed `payload` `{payload}` must hold `{{body}}` once, such as `{{timestamp}}.{{body}}`"
+        ));
+    }
+    if out.contains(&Signed::Timestamp) && !has_timestamp {
+        return Err(format!(
+            "the signed `payload` `{payload}` uses `{{timestamp}}`, so set `timestamp_header` to the header that carries it"
+        ));
+    }
+    Ok(out)
 }
 
 /// What a successful check learned about the request.
@@ -141,11 +189,23 @@ impl Verifier {
             }
             WebhookAuth::HmacSha256(h) => {
                 let secret = resolve_secret(env, &h.secret, "HMAC secret")?;
+                let timestamp = h
+                    .timestamp_header
+                    .as_deref()
+                    .map(|t| header_name(t).map(|n| (n, h.tolerance)))
+                    .transpose()?;
+                let layout = h.payload.as_deref().unwrap_or(if timestamp.is_some() {
+                    "{timestamp}.{body}"
+                } else {
+                    "{body}"
+                });
                 Scheme::Hmac {
                     header: header_name(&h.header)?,
                     mac: keyed_mac(secret.as_bytes(), "HMAC secret")?,
                     encoding: h.encoding,
                     prefix: h.prefix.clone().filter(|p| !p.is_empty()),
+                    payload: signed_layout(layout, timestamp.is_some())?,
+                    timestamp,
                 }
             }
             WebhookAuth::Stripe(s) => {
@@ -196,7 +256,21 @@ impl Verifier {
                 mac,
                 encoding,
                 prefix,
-            } => verify_hmac(headers, body, header, mac, *encoding, prefix.as_deref()),
+                timestamp,
+                payload,
+            } => verify_hmac(
+                headers,
+                body,
+                now,
+                HmacCheck {
+                    header,
+                    mac,
+                    encoding: *encoding,
+                    prefix: prefix.as_deref(),
+                    timestamp: timestamp.as_ref(),
+                    payload,
+                },
+            ),
             Scheme::Stripe { mac, tolerance } => verify_stripe(headers, body, now, mac, *tolerance),
             Scheme::StandardWebhooks { mac, tolerance } => {
                 verify_standard(headers, body, now, mac, *tolerance)
@@ -337,16 +411,25 @@ fn verify_api_key(
     }
 }
 
+/// An `hmac_sha256` scheme, borrowed for one check.
+struct HmacCheck<'a> {
+    header: &'a HeaderName,
+    mac: &'a HmacSha256,
+    encoding: SignatureEncoding,
+    prefix: Option<&'a str>,
+    timestamp: Option<&'a (HeaderName, Duration)>,
+    payload: &'a [Signed],
+}
+
 fn verify_hmac(
     headers: &HeaderMap,
     body: &[u8],
-    header: &HeaderName,
-    mac: &HmacSha256,
-    encoding: SignatureEncoding,
-    prefix: Option<&str>,
+    now: jiff::Timestamp,
+    c: HmacCheck<'_>,
 ) -> Result<Verified, AuthError> {
+    let header = c.header;
     let value = required_header(headers, header)?;
-    let signature = match prefix {
+    let signature = match c.prefix {
         // Matched without regard to case: `SHA256=` and `sha256=` name the same algorithm.
         // `get` rather than slicing, so a prefix longer than the value cannot panic.
         Some(prefix) => match value.get(..prefix.len()) {
@@ -364,7 +447,7 @@ fn verify_hmac(
             "The `{header}` header holds no signature."
         )));
     }
-    let tag = match encoding {
+    let tag = match c.encoding {
         SignatureEncoding::Hex => hex::decode(signature).map_err(|_| {
             AuthError::Malformed(format!(
                 "The signature in the `{header}` header is not hex."
@@ -376,15 +459,31 @@ fn verify_hmac(
             ))
         })?,
     };
-    let mut mac = mac.clone();
-    mac.update(body);
-    mac.verify_slice(&tag)
-        .map(|()| Verified::default())
-        .map_err(|_| {
-            AuthError::Mismatch(format!(
-                "The signature in the `{header}` header does not match the body."
-            ))
-        })
+    let stamp = match c.timestamp {
+        Some((name, _)) => {
+            let text = required_header(headers, name)?;
+            Some((text, parse_timestamp(text, name.as_str())?))
+        }
+        None => None,
+    };
+    let mut mac = c.mac.clone();
+    for part in c.payload {
+        match part {
+            Signed::Text(t) => mac.update(t),
+            Signed::Body => mac.update(body),
+            Signed::Timestamp => mac.update(stamp.map(|(t, _)| t).unwrap_or_default().as_bytes()),
+        }
+    }
+    mac.verify_slice(&tag).map_err(|_| {
+        AuthError::Mismatch(format!(
+            "The signature in the `{header}` header does not match the body."
+        ))
+    })?;
+    // Checked after the signature, as for Stripe: Expired means genuine but stale.
+    if let (Some((_, t)), Some((_, tolerance))) = (stamp, c.timestamp) {
+        check_fresh(t, now, *tolerance)?;
+    }
+    Ok(Verified::default())
 }
 
 /// HMAC-SHA256 over the parts in order, as one message.
@@ -998,6 +1097,9 @@ mod tests {
                 secret: "${env:HMAC_SECRET}".to_owned(),
                 encoding,
                 prefix: prefix.map(str::to_owned),
+                timestamp_header: None,
+                tolerance: crate::definitions::model::Duration::from_secs(300),
+                payload: None,
             }),
             &env([("HMAC_SECRET", "hmac-shared-secret")]),
         )
@@ -1006,6 +1108,97 @@ mod tests {
 
     fn sig_headers(value: &str) -> HeaderMap {
         headers(&[("x-signature", value)])
+    }
+
+    // Slack's published example ("Verifying requests from Slack"): signing secret, timestamp,
+    // body and the `X-Slack-Signature` it gives.
+    const SLACK_SECRET: &str = "8f742231b10e8888abcd99yyyzzz85a5";
+    const SLACK_TS: &str = "1531420618";
+    const SLACK_BODY: &str = "token=xyzz0WbapA4vBCDEFasx0q6G&team_id=T1DC2JH3J&team_domain=testteamnow&channel_id=G8PSS9T3V&channel_name=foobar&user_id=U2CERLKJA&user_name=roadrunner&command=%2Fwebhook-collect&text=&response_url=https%3A%2F%2Fhooks.slack.com%2Fcommands%2FT1DC2JH3J%2F397700885554%2F96rGlfmibIGlgcZRskXaIFfN&trigger_id=398738663015.47445629121.803a0bc887a14d10d2c447fce8b6703c";
+    const SLACK_SIGNATURE: &str =
+        "v0=a2114d57b48eac39b9ad189dd8316235a7b4a8d21a10bd27519666489c69b503";
+
+    fn slack_verifier(payload: Option<&str>) -> Result<Verifier, String> {
+        Verifier::new(
+            &WebhookAuth::HmacSha256(HmacAuth {
+                header: "X-Slack-Signature".to_owned(),
+                secret: "${env:SLACK_SECRET}".to_owned(),
+                encoding: SignatureEncoding::Hex,
+                prefix: Some("v0=".to_owned()),
+                timestamp_header: Some("X-Slack-Request-Timestamp".to_owned()),
+                tolerance: crate::definitions::model::Duration::from_secs(300),
+                payload: payload.map(str::to_owned),
+            }),
+            &env([("SLACK_SECRET", SLACK_SECRET)]),
+        )
+    }
+
+    #[test]
+    fn hmac_with_a_timestamp_refuses_replays() {
+        let v = slack_verifier(Some("v0:{timestamp}:{body}")).unwrap();
+        let signed = headers(&[
+            ("x-slack-signature", SLACK_SIGNATURE),
+            ("x-slack-request-timestamp", SLACK_TS),
+        ]);
+        let ts: i64 = SLACK_TS.parse().unwrap();
+        let body = SLACK_BODY.as_bytes();
+        assert_eq!(
+            v.verify(&signed, body, at(ts + 60)),
+            Ok(Verified::default())
+        );
+        // The same request an hour later is a replay.
+        assert_eq!(
+            code(v.verify(&signed, body, at(ts + 3600))),
+            "expired_signature"
+        );
+        // A timestamp changed to look fresh breaks the signature.
+        let moved = headers(&[
+            ("x-slack-signature", SLACK_SIGNATURE),
+            ("x-slack-request-timestamp", "1531424218"),
+        ]);
+        assert_eq!(
+            code(v.verify(&moved, body, at(ts + 3600))),
+            "invalid_signature"
+        );
+        let missing = headers(&[("x-slack-signature", SLACK_SIGNATURE)]);
+        assert_eq!(
+            code(v.verify(&missing, body, at(ts))),
+            "missing_credentials"
+        );
+        let garbled = headers(&[
+            ("x-slack-signature", SLACK_SIGNATURE),
+            ("x-slack-request-timestamp", "yesterday"),
+        ]);
+        assert_eq!(
+            code(v.verify(&garbled, body, at(ts))),
+            "malformed_signature"
+        );
+        // The default layout with a timestamp is `{timestamp}.{body}`: not Slack's.
+        let dotted = slack_verifier(None).unwrap();
+        assert_eq!(
+            code(dotted.verify(&signed, body, at(ts))),
+            "invalid_signature"
+        );
+    }
+
+    #[test]
+    fn a_signed_payload_must_name_the_body_once() {
+        let e = slack_verifier(Some("v0:{timestamp}")).unwrap_err();
+        assert!(e.contains("must hold `{body}` once"), "{e}");
+        let e = Verifier::new(
+            &WebhookAuth::HmacSha256(HmacAuth {
+                header: "X-Signature".to_owned(),
+                secret: "s".to_owned(),
+                encoding: SignatureEncoding::Hex,
+                prefix: None,
+                timestamp_header: None,
+                tolerance: crate::definitions::model::Duration::from_secs(300),
+                payload: Some("{timestamp}.{body}".to_owned()),
+            }),
+            &env([]),
+        )
+        .unwrap_err();
+        assert!(e.contains("set `timestamp_header`"), "{e}");
     }
 
     #[test]
@@ -1212,6 +1405,9 @@ mod tests {
                 secret: "${env:UNSET_TOKEN}".to_owned(),
                 encoding: SignatureEncoding::Hex,
                 prefix: None,
+                timestamp_header: None,
+                tolerance: Duration::from_secs(300),
+                payload: None,
             }),
             WebhookAuth::Stripe(SignedAuth {
                 secret: "${env:UNSET_TOKEN}".to_owned(),
@@ -1278,6 +1474,9 @@ mod tests {
                 secret: "${env:S}".to_owned(),
                 encoding: SignatureEncoding::Base64,
                 prefix: Some("sha256=".to_owned()),
+                timestamp_header: None,
+                tolerance: Duration::from_secs(300),
+                payload: None,
             }),
             WebhookAuth::Stripe(SignedAuth {
                 secret: "${env:S}".to_owned(),

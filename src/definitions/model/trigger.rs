@@ -221,6 +221,25 @@ pub struct HmacAuth {
     /// Text before the signature in the header, such as "sha256=" (GitHub, Meta).
     #[serde(default)]
     pub prefix: Option<String>,
+    /// A header holding the unix time (seconds) the sender signed at, such as
+    /// X-Slack-Request-Timestamp. With it, a request signed longer ago (or further ahead) than
+    /// `tolerance` is refused, so a captured request cannot be replayed later. Without it,
+    /// nothing stops a replay but an `idempotency_key`: give the trigger one.
+    #[serde(default)]
+    pub timestamp_header: Option<String>,
+    /// How far the signed timestamp may be from now.
+    #[serde(default = "HmacAuth::default_tolerance")]
+    pub tolerance: Duration,
+    /// What the sender signs: `{body}` by default, `{timestamp}.{body}` by default with a
+    /// `timestamp_header`, or another layout of the two, such as Slack's `v0:{timestamp}:{body}`.
+    #[serde(default)]
+    pub payload: Option<String>,
+}
+
+impl HmacAuth {
+    fn default_tolerance() -> Duration {
+        Duration::from_secs(300)
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, JsonSchema)]
