@@ -107,7 +107,7 @@ fn signed_layout(payload: &str, has_timestamp: bool) -> Result<Vec<Signed>, Stri
         match next {
             Some((at, marker, part)) => {
                 if at > 0 {
-                    out.push(Signed::Text(rest[..at].as_bytes().to_vec()));
+                    out.push(Signed::Text(rest.as_bytes()[..at].to_vec()));
                 }
                 out.push(part);
                 rest = &rest[at + marker.len()..];
