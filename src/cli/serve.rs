@@ -220,10 +220,7 @@ async fn serve(args: Args) -> Result<ExitCode, UsageError> {
         engine_for_signal.drain();
         stop.cancel();
     };
-    let server = axum::serve(listener, app).with_graceful_shutdown(signal);
-    if let Err(e) = server.await {
-        tracing::error!(error = %e, "the HTTP server failed");
-    }
+    crate::server::listener::serve(listener, app, &config.server, signal).await;
     shutdown.cancel();
     // Workers finish the segment they are in; bounded so a hung call cannot block exit.
     let drain = async { while tasks.join_next().await.is_some() {} };

@@ -69,9 +69,22 @@ pub async fn webhook(
     {
         return finish(too_large(limit));
     }
-    let bytes = match axum::body::to_bytes(body, limit).await {
-        Ok(b) => b,
-        Err(_) => return finish(too_large(limit)),
+    let body_timeout = registry.config.server.body_timeout;
+    let bytes = match tokio::time::timeout(body_timeout.as_std(), axum::body::to_bytes(body, limit))
+        .await
+    {
+        Ok(Ok(b)) => b,
+        Ok(Err(_)) => return finish(too_large(limit)),
+        Err(_) => {
+            return finish(
+                ApiError::new(
+                    StatusCode::REQUEST_TIMEOUT,
+                    "body_timeout",
+                    format!("the body did not arrive within {body_timeout} (server.body_timeout)"),
+                )
+                .into_response(),
+            );
+        }
     };
 
     let verified = match &wf.verifiers[found.route.trigger] {

@@ -4,6 +4,7 @@
 pub mod admin;
 pub mod health;
 pub mod hooks;
+pub mod listener;
 
 use std::sync::{Arc, Mutex};
 
@@ -97,7 +98,45 @@ pub fn router(state: Arc<AppState>) -> Router {
             state.clone(),
             webhooks_first,
         ))
+        // Outermost: a request too big to look at gets a JSON answer like every other error.
+        // (hyper's own limits, higher, remain for requests too big to parse at all.)
+        .layer(axum::middleware::from_fn(request_limits))
         .with_state(state)
+}
+
+/// The longest request target and the most header bytes and lines Herald reads.
+pub const MAX_URI_BYTES: usize = 8 * 1024;
+pub const MAX_HEADER_BYTES: usize = 32 * 1024;
+pub const MAX_HEADERS: usize = 100;
+
+/// Refuses requests whose target or headers are too large, with a JSON error.
+async fn request_limits(req: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    let uri = req.uri().to_string().len();
+    if uri > MAX_URI_BYTES {
+        return ApiError::new(
+            StatusCode::URI_TOO_LONG,
+            "uri_too_long",
+            format!("the request target is {uri} bytes; at most {MAX_URI_BYTES} are read"),
+        )
+        .into_response();
+    }
+    let headers = req.headers();
+    let bytes: usize = headers
+        .iter()
+        .map(|(k, v)| k.as_str().len() + v.as_bytes().len() + 4)
+        .sum();
+    if headers.len() > MAX_HEADERS || bytes > MAX_HEADER_BYTES {
+        return ApiError::new(
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            "headers_too_large",
+            format!(
+                "the request has {} headers in {bytes} bytes; at most {MAX_HEADERS} headers and {MAX_HEADER_BYTES} bytes are read",
+                headers.len()
+            ),
+        )
+        .into_response();
+    }
+    next.run(req).await
 }
 
 /// Sends a request for a declared webhook path to the webhook handler, before Herald's own

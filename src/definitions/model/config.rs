@@ -41,6 +41,8 @@ pub struct ConfigDef {
     pub routes: RoutesConfig,
     #[serde(default)]
     pub limits: LimitsConfig,
+    #[serde(default)]
+    pub server: ServerConfig,
 }
 
 impl ConfigDef {
@@ -66,6 +68,7 @@ impl Default for ConfigDef {
             compliance: ComplianceConfig::default(),
             routes: RoutesConfig::default(),
             limits: LimitsConfig::default(),
+            server: ServerConfig::default(),
         }
     }
 }
@@ -263,6 +266,56 @@ impl Default for EngineConfig {
         EngineConfig {
             workers: EngineConfig::default_workers(),
             lease: EngineConfig::default_lease(),
+        }
+    }
+}
+
+/// How `herald serve` treats connections (read when it starts).
+#[derive(Debug, Clone, PartialEq, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ServerConfig {
+    /// How long a client has to send a request's headers; also how long a keep-alive
+    /// connection may sit idle.
+    #[serde(default = "ServerConfig::default_header_timeout")]
+    pub header_timeout: Duration,
+    /// How long a client has to send a request's body.
+    #[serde(default = "ServerConfig::default_body_timeout")]
+    pub body_timeout: Duration,
+    /// Connections open at once. By default half the process's open-file limit.
+    #[serde(default)]
+    #[schemars(range(min = 1))]
+    pub max_connections: Option<u32>,
+    /// On shutdown, how long requests in progress may take to finish.
+    #[serde(default = "ServerConfig::default_drain_timeout")]
+    pub drain_timeout: Duration,
+    /// How long a request waits for the database before it is answered 503 with Retry-After.
+    #[serde(default = "ServerConfig::default_store_timeout")]
+    pub store_timeout: Duration,
+}
+
+impl ServerConfig {
+    fn default_header_timeout() -> Duration {
+        Duration::from_secs(10)
+    }
+    fn default_body_timeout() -> Duration {
+        Duration::from_secs(30)
+    }
+    fn default_drain_timeout() -> Duration {
+        Duration::from_secs(30)
+    }
+    fn default_store_timeout() -> Duration {
+        Duration::from_secs(2)
+    }
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            header_timeout: ServerConfig::default_header_timeout(),
+            body_timeout: ServerConfig::default_body_timeout(),
+            max_connections: None,
+            drain_timeout: ServerConfig::default_drain_timeout(),
+            store_timeout: ServerConfig::default_store_timeout(),
         }
     }
 }
