@@ -5,6 +5,8 @@ pub mod channels;
 pub mod cli;
 pub mod definitions;
 pub mod engine;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod harness;
 pub mod reload;
 pub mod server;

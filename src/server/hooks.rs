@@ -338,7 +338,7 @@ pub fn normalize_path(path: &str) -> String {
 /// undefined field like any other; a request that says it sends JSON and sends nothing is
 /// refused. Form and text bodies must be UTF-8: a lossy decode would change what the sender
 /// sent (and what it signed).
-fn parse_body(headers: &HeaderMap, bytes: &[u8]) -> Result<Value, ApiError> {
+pub(crate) fn parse_body(headers: &HeaderMap, bytes: &[u8]) -> Result<Value, ApiError> {
     let content_type = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
