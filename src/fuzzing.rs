@@ -141,8 +141,11 @@ pub fn body(data: &[u8]) {
     }
 }
 
+/// A fuzz target: any bytes in, nothing out; it must not panic.
+pub type Target = fn(&[u8]);
+
 /// The targets by name, for harnesses that take the name as an argument.
-pub const TARGETS: &[(&str, fn(&[u8]))] = &[
+pub const TARGETS: &[(&str, Target)] = &[
     ("definition", definition),
     ("template", template),
     ("webhook_auth", webhook_auth),
