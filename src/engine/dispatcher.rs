@@ -42,7 +42,9 @@ impl Engine {
                     self.outbox_lease_ms(),
                     BATCH,
                 )
-                .await?;
+                .await;
+            self.storage.record(&batch);
+            let batch = batch?;
             if batch.is_empty() {
                 return Ok(total);
             }

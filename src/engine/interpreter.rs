@@ -210,7 +210,9 @@ impl Engine {
             contacts: Vec::new(),
             wake_runs: run.parent_run_id.into_iter().collect(),
         };
-        if let Err(e) = self.store.commit(commit).await {
+        let result = self.store.commit(commit).await;
+        self.storage.record(&result);
+        if let Err(e) = result {
             tracing::error!(run = %run_id, error = %e, "cannot record that the run failed");
         }
     }
@@ -399,7 +401,9 @@ impl Engine {
             contacts: taken.contacts,
             wake_runs: taken.wake_runs,
         };
-        match self.store.commit(commit).await? {
+        let result = self.store.commit(commit).await;
+        self.storage.record(&result);
+        match result? {
             CommitOutcome::Duplicate { existing_run_id } => return Ok(Some(existing_run_id)),
             CommitOutcome::Committed { contacts } => {
                 if let Some(last) = contacts.last()

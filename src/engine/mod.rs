@@ -113,6 +113,46 @@ impl SyncReply {
     }
 }
 
+/// Whether the store is taking this process's work: a ping can succeed on a read connection
+/// while every write fails, so the engine records how its own writes and claims go. `/health`
+/// answers 503 while they fail, and `herald_store_failing` says so to Prometheus.
+#[derive(Debug, Default)]
+pub struct StorageHealth {
+    failures: std::sync::atomic::AtomicU64,
+    last_error: std::sync::Mutex<Option<String>>,
+}
+
+impl StorageHealth {
+    /// Records the outcome of a write or claim (not of a lost lease, which is the database
+    /// working as it should).
+    pub fn record<T>(&self, result: &Result<T, StoreError>) {
+        match result {
+            Ok(_) | Err(StoreError::LeaseLost) => {
+                if self.failures.swap(0, Ordering::Relaxed) > 0 {
+                    tracing::info!("the database takes writes again");
+                    metrics::gauge!("herald_store_failing").set(0.0);
+                }
+            }
+            Err(e) => {
+                let n = self.failures.fetch_add(1, Ordering::Relaxed) + 1;
+                *self.last_error.lock().expect("not poisoned") = Some(e.to_string());
+                metrics::counter!("herald_store_errors_total").increment(1);
+                metrics::gauge!("herald_store_failing").set(1.0);
+                if n == 1 {
+                    tracing::error!(error = %e, "the database refused a write; work waits until it recovers");
+                }
+            }
+        }
+    }
+
+    /// The last error while writes are failing, `None` while they succeed.
+    pub fn failing(&self) -> Option<String> {
+        (self.failures.load(Ordering::Relaxed) > 0)
+            .then(|| self.last_error.lock().expect("not poisoned").clone())
+            .flatten()
+    }
+}
+
 /// How an inbound message was routed.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Inbound {
@@ -213,6 +253,8 @@ pub struct Engine {
     held: std::sync::Mutex<HashSet<String>>,
     /// Signalled when `held` becomes empty.
     idle: Notify,
+    /// Whether the database is taking this process's writes, for `/health`.
+    pub storage: StorageHealth,
     draining: AtomicBool,
 }
 
@@ -255,6 +297,7 @@ impl Engine {
             outbox_ready: Notify::new(),
             held: Default::default(),
             idle: Notify::new(),
+            storage: StorageHealth::default(),
             draining: AtomicBool::new(false),
         })
     }

@@ -62,11 +62,12 @@ impl Engine {
             tokio::pin!(notified);
             notified.as_mut().enable();
             let limit = free.min(CLAIM_BATCH) as i64;
-            match self
+            let claimed = self
                 .store
                 .claim_runs(&self.options.owner, self.now(), self.lease_ms(), limit)
-                .await
-            {
+                .await;
+            self.storage.record(&claimed);
+            match claimed {
                 Ok(runs) if !runs.is_empty() => {
                     for run in runs {
                         let permit = permits

@@ -13,7 +13,19 @@ use crate::store::{OutboxStatus, RunStatus};
 
 pub async fn health(State(state): State<Arc<AppState>>) -> Response {
     let engine = &state.engine;
-    let db = engine.store.ping().await;
+    // A database that does not answer is an answer too: bounded, so a load balancer's check
+    // is not left hanging while the pool waits for a connection.
+    let bound = engine.registry().config.server.store_timeout;
+    let db = match tokio::time::timeout(bound.as_std(), engine.store.ping()).await {
+        Ok(Ok(())) => match engine.storage.failing() {
+            None => Ok(()),
+            Some(e) => Err(format!("reads work, but writes fail: {e}")),
+        },
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err(format!(
+            "the database did not answer within {bound} (server.store_timeout)"
+        )),
+    };
     let (registry, reload) = {
         let _gate = state.reload_gate.read().await;
         let reload = state.reload.lock().expect("not poisoned").clone();
@@ -26,19 +38,23 @@ pub async fn health(State(state): State<Arc<AppState>>) -> Response {
         "database": {
             "ok": ok,
             "backend": engine.store.backend(),
-            "error": db.err().map(|e| e.to_string()),
+            "error": db.err(),
         },
         "definitions": registry.workflows.len(),
         "generation": registry.generation,
         "reload": reload,
         "draining": engine.is_draining(),
     });
-    let code = if ok {
-        StatusCode::OK
+    if ok {
+        (StatusCode::OK, Json(body)).into_response()
     } else {
-        StatusCode::SERVICE_UNAVAILABLE
-    };
-    (code, Json(body)).into_response()
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            [(header::RETRY_AFTER, "5")],
+            Json(body),
+        )
+            .into_response()
+    }
 }
 
 pub async fn metrics(State(state): State<Arc<AppState>>) -> Response {

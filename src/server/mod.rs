@@ -194,11 +194,19 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        (
+        let mut resp = (
             self.status,
             axum::Json(json!({"error": self.code, "message": self.message})),
         )
-            .into_response()
+            .into_response();
+        // A sender that sees 503 should come back soon, not give up or hammer.
+        if self.status == StatusCode::SERVICE_UNAVAILABLE {
+            resp.headers_mut().insert(
+                axum::http::header::RETRY_AFTER,
+                axum::http::HeaderValue::from_static("2"),
+            );
+        }
+        resp
     }
 }
 
