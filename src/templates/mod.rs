@@ -87,7 +87,17 @@ pub fn describe_error(e: &minijinja::Error) -> String {
         }
         ErrorKind::InvalidOperation => "invalid operation",
         ErrorKind::BadSerialization => "a value could not be used",
-        _ => "error",
+        ErrorKind::MissingArgument => "a filter or function is missing an argument",
+        ErrorKind::TooManyArguments => "too many arguments",
+        ErrorKind::InvalidDelimiter => "invalid delimiter",
+        ErrorKind::UnknownMethod => "unknown method",
+        ErrorKind::CannotUnpack => "cannot unpack",
+        ErrorKind::BadEscape => "bad string escape",
+        ErrorKind::BadInclude => "bad include",
+        ErrorKind::EvalBlock => "cannot evaluate the block",
+        ErrorKind::CannotDeserialize => "cannot convert the value",
+        ErrorKind::UnknownBlock => "unknown block",
+        _ => "template error",
     };
     match e.detail() {
         Some(detail) => format!("{kind}: {detail}"),
@@ -117,6 +127,9 @@ pub fn environment(fuel: u64) -> Environment<'static> {
         }
     });
     minijinja_contrib::add_to_environment(&mut env);
+    // Templates are often pasted from Python's Jinja2: `"a,b".split(",")`, `name.upper()`,
+    // `d.items()` work as they do there.
+    env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
     filters::register(&mut env);
     env
 }
