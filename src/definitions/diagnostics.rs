@@ -155,16 +155,19 @@ impl Diagnostic {
         if let (Some(span), Some(line)) = (self.span, &self.source_line) {
             let gutter = span.line.to_string();
             let pad = " ".repeat(gutter.len());
-            let line_text = line.trim_end_matches(['\r', '\n']);
+            let full = line.trim_end_matches(['\r', '\n']);
+            // A long line (minified JSON, say) is shown as a window around the caret, so one
+            // error in a 5 MB line prints a line, not 5 MB.
+            let (line_text, column) = window(full, span.column);
             let _ = writeln!(out, "{blue}{pad} |{reset}");
             let _ = writeln!(out, "{blue}{gutter} |{reset} {line_text}");
             // Tabs keep their width in the caret line so the caret stays under the text.
             let lead: String = line_text
                 .chars()
-                .take(span.column.saturating_sub(1))
+                .take(column.saturating_sub(1))
                 .map(|c| if c == '\t' { '\t' } else { ' ' })
                 .collect();
-            let available = line_text.chars().count().saturating_sub(span.column - 1);
+            let available = line_text.chars().count().saturating_sub(column - 1);
             let len = span.len.clamp(1, available.max(1));
             let _ = writeln!(
                 out,
@@ -181,6 +184,28 @@ impl Diagnostic {
         }
         out
     }
+}
+
+/// Characters of a source line shown around the caret at most.
+const WINDOW: usize = 120;
+
+/// The part of `line` to show for a caret at `column` (1-based), and the caret's column in
+/// it: the whole line when it is short, else about [`WINDOW`] characters around the caret with
+/// `…` where it was cut.
+fn window(line: &str, column: usize) -> (std::borrow::Cow<'_, str>, usize) {
+    let count = line.chars().count();
+    if count <= WINDOW {
+        return (line.into(), column);
+    }
+    let caret = column.saturating_sub(1).min(count);
+    let start = caret.saturating_sub(WINDOW / 3);
+    let end = (start + WINDOW).min(count);
+    let start = end.saturating_sub(WINDOW).min(start);
+    let body: String = line.chars().skip(start).take(end - start).collect();
+    let head = if start > 0 { "…" } else { "" };
+    let tail = if end < count { "…" } else { "" };
+    let column = caret - start + 1 + usize::from(start > 0);
+    (format!("{head}{body}{tail}").into(), column)
 }
 
 /// Paths print with forward slashes and without a leading `./`, so output is the same on every
@@ -230,5 +255,34 @@ impl Report {
             };
             key(a).cmp(&key(b))
         });
+    }
+}
+
+#[cfg(test)]
+mod window_tests {
+    use super::*;
+
+    #[test]
+    fn a_long_line_is_shown_as_a_window_with_the_caret_under_the_mistake() {
+        let mut line = "x".repeat(5_000_000);
+        line.replace_range(2_500_000..2_500_005, "oops!");
+        let d = Diagnostic::error("test", "here").at(Span::new(1, 2_500_001, 5), Some(line.into()));
+        let out = d.render(false);
+        assert!(out.len() < 600, "{} bytes printed", out.len());
+        let lines: Vec<&str> = out.lines().collect();
+        let text = lines[2].split_once("| ").unwrap().1;
+        let carets = lines[3].split_once("| ").unwrap().1;
+        assert!(text.starts_with('…') && text.ends_with('…'), "{text}");
+        let at = carets.find('^').unwrap();
+        let under: String = text.chars().skip(at).take(5).collect();
+        assert_eq!(under, "oops!", "{text}\n{carets}");
+    }
+
+    #[test]
+    fn a_short_line_is_shown_whole() {
+        let d = Diagnostic::error("test", "here").at(Span::new(3, 5, 3), Some("  a: bad".into()));
+        let out = d.render(false);
+        assert!(out.contains("3 |   a: bad"), "{out}");
+        assert!(out.contains("  |     ^^^"), "{out}");
     }
 }
