@@ -203,7 +203,14 @@ impl LoadCache {
         let mut read = Vec::with_capacity(files.len());
         let mut to_parse = Vec::new();
         for (path, display) in files {
-            let entry = std::fs::read_to_string(&path).map(|text| {
+            let entry = std::fs::read(&path).map(|bytes| {
+                let text = match String::from_utf8(bytes) {
+                    Ok(text) => text,
+                    Err(e) => {
+                        let (text, d) = not_utf8(&display, e);
+                        return (text, Some(Err(vec![d])));
+                    }
+                };
                 let text: Arc<str> = text.into();
                 let cached = self
                     .files
@@ -242,6 +249,32 @@ impl LoadCache {
 }
 
 type FileResult = Result<Arc<Definition>, Vec<Diagnostic>>;
+
+/// A file that is not UTF-8, reported at its first bad byte (with the text shown lossily).
+fn not_utf8(display: &Path, e: std::string::FromUtf8Error) -> (Arc<str>, Diagnostic) {
+    let bytes = e.as_bytes();
+    let at = e.utf8_error().valid_up_to();
+    let before = String::from_utf8_lossy(&bytes[..at]);
+    let line = before.matches('\n').count() + 1;
+    let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+    let text: Arc<str> = String::from_utf8_lossy(bytes).into_owned().into();
+    let file = SourceFile::new(display.to_path_buf(), text.clone());
+    let d = Diagnostic::error(
+        "not-utf8",
+        format!(
+            "the file is not UTF-8: byte 0x{:02X} here is not valid UTF-8",
+            bytes[at]
+        ),
+    )
+    .with_hint("save the file as UTF-8; text from older Windows tools is often Windows-1252");
+    (
+        text,
+        file.locate(
+            d,
+            crate::definitions::diagnostics::Span::new(line, column, 1),
+        ),
+    )
+}
 
 /// Below this many files to parse, one thread does it all.
 const PARALLEL_FROM: usize = 32;

@@ -129,11 +129,7 @@ pub fn parse(file: &SourceFile) -> Result<Parsed, Vec<Diagnostic>> {
         Ok(docs) => docs,
         Err(e) => {
             let m = e.marker();
-            let span = Span::new(m.line(), m.col() + 1, 1);
-            let mut d = Diagnostic::error("yaml-syntax", format!("invalid YAML: {}", e.info()));
-            if e.info().contains("quoted scalar") {
-                d = d.with_hint("check that the quote opened here is closed; a value continued on the next line must be indented more than its key");
-            }
+            let (d, span) = yaml_error(file, e.info(), m.line(), m.col() + 1);
             return Err(vec![file.locate(d, span)]);
         }
     };
@@ -191,6 +187,142 @@ pub fn parse(file: &SourceFile) -> Result<Parsed, Vec<Diagnostic>> {
     }
 }
 
+/// The YAML parser's error in plain words, at the place to fix: the first of two duplicate
+/// keys, the tab itself, the bracket that is never closed.
+fn yaml_error(file: &SourceFile, info: &str, line: usize, column: usize) -> (Diagnostic, Span) {
+    let text = file.line(line).unwrap_or_default();
+    let at = Span::new(line, column, 1);
+    let plain = |message: String, hint: Option<String>| {
+        let d = Diagnostic::error("yaml-syntax", message);
+        match hint {
+            Some(h) => d.with_hint(h),
+            None => d,
+        }
+    };
+    if info.contains("duplicated key") {
+        let indent = text.len() - text.trim_start().len();
+        let key = text
+            .trim_start()
+            .split(':')
+            .next()
+            .unwrap_or("")
+            .trim()
+            .to_owned();
+        let span = Span::new(line, indent + 1, key.chars().count().max(1));
+        let first = (1..line).rev().find(|&l| {
+            file.line(l).is_some_and(|t| {
+                t.len() - t.trim_start().len() == indent
+                    && t.trim_start().split(':').next().map(str::trim) == Some(key.as_str())
+            })
+        });
+        // At the first one: the mapping's key is defined there, and set again below.
+        return match first {
+            Some(f) => (
+                plain(
+                    format!("`{key}` appears twice in this mapping"),
+                    Some(format!("it is set again on line {line}; keep one of them")),
+                ),
+                Span::new(f, indent + 1, key.chars().count().max(1)),
+            ),
+            None => (
+                plain(
+                    format!("`{key}` appears twice in this mapping"),
+                    Some("keep one of them".to_owned()),
+                ),
+                span,
+            ),
+        };
+    }
+    if info.contains("mapping values are not allowed") {
+        let suggestion = text
+            .split_once(": ")
+            .map(|(k, v)| format!("{k}: \"{}\"", v.trim().replace('"', "\\\"")))
+            .unwrap_or_default();
+        return (
+            plain(
+                "a `: ` inside this value reads as the start of another key".to_owned(),
+                Some(format!("quote the whole value: `{}`", suggestion.trim())),
+            ),
+            at,
+        );
+    }
+    if info.contains("unknown anchor") {
+        let name: String = text
+            .chars()
+            .skip(column.saturating_sub(1))
+            .skip_while(|c| *c == '*')
+            .take_while(|c| !c.is_whitespace() && !",]}".contains(*c))
+            .collect();
+        return (
+            plain(
+                format!("the alias `*{name}` names no anchor"),
+                Some(format!(
+                    "an alias repeats a value marked `&{name}` earlier in the file; define the anchor first, or write the value out"
+                )),
+            ),
+            Span::new(line, column, name.chars().count() + 1),
+        );
+    }
+    if info.contains("tabs disallowed") {
+        let tab = text
+            .find('\t')
+            .map(|i| text[..i].chars().count() + 1)
+            .unwrap_or(column);
+        return (
+            plain(
+                "a tab in the indentation: YAML indents with spaces only".to_owned(),
+                Some(
+                    "replace the tab with spaces (most editors can show and convert tabs)"
+                        .to_owned(),
+                ),
+            ),
+            Span::new(line, tab, 1),
+        );
+    }
+    if info.contains("flow") || info.contains("did not find expected ',' or") {
+        if let Some((l, c, open)) = unclosed_bracket(&file.text, line) {
+            let close = if open == '[' { ']' } else { '}' };
+            return (
+                plain(
+                    format!("this `{open}` is never closed"),
+                    Some(format!(
+                        "close it with `{close}`, or write the list or mapping in block style"
+                    )),
+                ),
+                Span::new(l, c, 1),
+            );
+        }
+    }
+    let mut d = Diagnostic::error("yaml-syntax", format!("invalid YAML: {info}"));
+    if info.contains("quoted scalar") {
+        d = d.with_hint("check that the quote opened here is closed; a value continued on the next line must be indented more than its key");
+    }
+    (d, at)
+}
+
+/// The last `[` or `{` opened before `line` and not closed by then, ignoring brackets in
+/// quotes and comments: where an unclosed flow collection starts.
+fn unclosed_bracket(text: &str, line: usize) -> Option<(usize, usize, char)> {
+    let mut stack: Vec<(usize, usize, char)> = Vec::new();
+    for (i, l) in text.lines().enumerate().take(line) {
+        let mut quote: Option<char> = None;
+        for (c_i, c) in l.chars().enumerate() {
+            match (quote, c) {
+                (Some(q), c) if c == q => quote = None,
+                (Some(_), _) => {}
+                (None, '"' | '\'') => quote = Some(c),
+                (None, '#') => break,
+                (None, '[' | '{') => stack.push((i + 1, c_i + 1, c)),
+                (None, ']' | '}') => {
+                    stack.pop();
+                }
+                _ => {}
+            }
+        }
+    }
+    stack.last().copied()
+}
+
 fn marker_span(start: &Marker, end: &Marker) -> Span {
     let len = if end.line() == start.line() && end.col() > start.col() {
         end.col() - start.col()
@@ -221,6 +353,16 @@ impl Converter<'_> {
                 .unwrap_or(1);
             Span::new(start.line(), start.col() + 1, rest.max(1))
         }
+    }
+
+    /// Whether the source at `span` starts with `prefix`.
+    fn starts_with(&self, span: Span, prefix: &str) -> bool {
+        self.file.line(span.line).is_some_and(|l| {
+            l.chars()
+                .skip(span.column.saturating_sub(1))
+                .collect::<String>()
+                .starts_with(prefix)
+        })
     }
 
     fn error(&mut self, span: Span, message: impl Into<String>, hint: Option<&str>) {
@@ -258,6 +400,21 @@ impl Converter<'_> {
                         YamlData::Value(Scalar::Integer(i)) => i.to_string(),
                         YamlData::Value(Scalar::Boolean(b)) => b.to_string(),
                         YamlData::Value(Scalar::FloatingPoint(f)) => f.to_string(),
+                        YamlData::Mapping(_) if self.starts_with(span, "{{") => {
+                            // `to: {{ body.email }}`: YAML read the template as a mapping.
+                            let quoted = self
+                                .file
+                                .line(span.line)
+                                .and_then(|l| l.trim().split_once(": "))
+                                .map(|(k, v)| format!("`{k}: \"{}\"`", v.trim()))
+                                .unwrap_or_else(|| "`\"{{ ... }}\"`".to_owned());
+                            self.error(
+                                span,
+                                "a template must be quoted: YAML reads `{{` as the start of a mapping",
+                                Some(&format!("put the whole value in quotes: {quoted}")),
+                            );
+                            return Value::Null;
+                        }
                         _ => {
                             self.error(
                                 key_span,
