@@ -279,19 +279,19 @@ fn yaml_error(file: &SourceFile, info: &str, line: usize, column: usize) -> (Dia
             Span::new(line, tab, 1),
         );
     }
-    if info.contains("flow") || info.contains("did not find expected ',' or") {
-        if let Some((l, c, open)) = unclosed_bracket(&file.text, line) {
-            let close = if open == '[' { ']' } else { '}' };
-            return (
-                plain(
-                    format!("this `{open}` is never closed"),
-                    Some(format!(
-                        "close it with `{close}`, or write the list or mapping in block style"
-                    )),
-                ),
-                Span::new(l, c, 1),
-            );
-        }
+    if (info.contains("flow") || info.contains("did not find expected ',' or"))
+        && let Some((l, c, open)) = unclosed_bracket(&file.text, line)
+    {
+        let close = if open == '[' { ']' } else { '}' };
+        return (
+            plain(
+                format!("this `{open}` is never closed"),
+                Some(format!(
+                    "close it with `{close}`, or write the list or mapping in block style"
+                )),
+            ),
+            Span::new(l, c, 1),
+        );
     }
     let mut d = Diagnostic::error("yaml-syntax", format!("invalid YAML: {info}"));
     if info.contains("quoted scalar") {
