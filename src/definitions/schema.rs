@@ -364,10 +364,18 @@ impl ErrorMapper<'_> {
                         .map(|(owner, _)| owner.clone())
                         .unwrap_or_default();
                     let pointer = format!("{path}/{}", escape_token(&owner));
-                    let d = Diagnostic::error(
+                    let mut d = Diagnostic::error(
                         "missing-field",
                         format!("`{owner}` needs `{prop}` beside it in the same step"),
                     );
+                    let has = |k: &str| instance.is_some_and(|i| i.contains_key(k));
+                    if owner == "else" && has("switch") {
+                        d = d.with_hint(
+                            "a `switch` takes `default:` for the steps when no case matches",
+                        );
+                    } else if owner == "default" && has("if") {
+                        d = d.with_hint("an `if` takes `else:` for the steps when it is false");
+                    }
                     out.push(self.at_key(&pointer, d));
                     return;
                 }

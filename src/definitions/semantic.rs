@@ -703,8 +703,14 @@ impl WorkflowCheck<'_> {
                     self.check_json(data, &format!("{b}/data"), scope);
                 }
                 if !self.listened.contains(e.event.as_str()) {
-                    let d = Diagnostic::warning("unused-event", format!("no workflow listens for event `{}`", e.event))
-                        .with_hint("add a workflow with `triggers: [{event: {name: ...}}]`, or a `wait_for` on it");
+                    let d = Diagnostic::warning(
+                        "unused-event",
+                        format!("no workflow listens for event `{}`", e.event),
+                    );
+                    let d = match did_you_mean(&e.event, self.listened.iter().copied()) {
+                        Some(s) => d.with_hint(format!("did you mean `{s}`, which a workflow listens for?")),
+                        None => d.with_hint("add a workflow with `triggers: [{event: {name: ...}}]`, or a `wait_for` on it"),
+                    };
                     self.error(&format!("{b}/event"), d);
                 }
             }
