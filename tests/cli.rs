@@ -565,3 +565,41 @@ fn serve_logs_without_colour_codes_when_not_on_a_terminal() {
     assert!(log.contains("INFO"), "the server logged: {log}");
     assert!(!log.contains('\u{1b}'), "no escape codes: {log:?}");
 }
+
+/// A schema error in one step does not hide independent mistakes elsewhere in the file.
+#[test]
+fn a_schema_error_does_not_hide_the_files_other_mistakes() {
+    let tmp = tempfile::tempdir().unwrap();
+    write(tmp.path(), "herald.yaml", CONFIG);
+    write(
+        tmp.path(),
+        "workflows/reminder.yaml",
+        r#"kind: workflow
+id: reminder
+triggers:
+  - cron:
+      schedule: "0 9 * * *"
+      timezone: America/Denvr
+steps:
+  - id: pause
+    wait: 1 hour
+  - id: text
+    send:
+      channel: sms-twilio
+      to: "+13035550123"
+      body: "See you at {{ steps.pause.output.waited_until }}"
+"#,
+    );
+    let out = run(herald(tmp.path()).args(["validate", "--color", "never"]));
+    assert_eq!(code(&out), 1, "{}", show(&out));
+    let text = stdout(&out) + &stderr(&out);
+    for expected in [
+        "reminder.yaml:6:17: error: unknown time zone `America/Denvr`",
+        "reminder.yaml:9:11: error: `1 hour` is not a duration",
+        "reminder.yaml:12:16: error: channel `sms-twilio` is not defined in herald.yaml",
+    ] {
+        assert!(text.contains(expected), "missing `{expected}`:\n{text}");
+    }
+    // The step that broke the schema is still known by its id: no "no step `pause`".
+    assert!(!text.contains("no step `pause`"), "{text}");
+}

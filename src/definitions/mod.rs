@@ -10,6 +10,7 @@ pub mod diagnostics;
 pub mod env;
 pub mod model;
 pub mod project;
+mod salvage;
 pub mod schema;
 pub mod semantic;
 pub mod source;
@@ -178,6 +179,73 @@ fn read_workflow(file: SourceFile, doc: Parsed) -> Result<Definition, Vec<Diagno
     if !errors.is_empty() {
         return Err(errors);
     }
+    build_workflow(file, doc)
+}
+
+/// Reads a definition as [`read_definition`] does and, when it breaks the schema, also the
+/// rest of it: the steps and triggers with errors are replaced by inert stand-ins, so the
+/// semantic pass can still report the file's other, independent mistakes (a bad duration in
+/// one step should not hide an unknown channel in another). The salvaged definition is for
+/// checking only: its file has errors, so nothing runs it.
+pub fn read_definition_salvaging(file: SourceFile) -> Result<Definition, Box<Salvaged>> {
+    let schema_errors = |value: &Value| Schemas::get().error_pointers(SchemaKind::Workflow, value);
+    match read_definition(file.clone()) {
+        Ok(def) => Ok(def),
+        Err(diags) => {
+            let Ok(doc) = source::parse(&file) else {
+                return Err(Box::new(Salvaged {
+                    diagnostics: diags,
+                    partial: None,
+                }));
+            };
+            if doc.value.get("kind").and_then(Value::as_str) != Some("workflow") {
+                return Err(Box::new(Salvaged {
+                    diagnostics: diags,
+                    partial: None,
+                }));
+            }
+            let mut value = doc.value.clone();
+            for _ in 0..3 {
+                let pointers = schema_errors(&value);
+                if pointers.is_empty() {
+                    break;
+                }
+                for p in pointers {
+                    if !salvage::patch(&mut value, &p) {
+                        return Err(Box::new(Salvaged {
+                            diagnostics: diags,
+                            partial: None,
+                        }));
+                    }
+                }
+            }
+            if !schema_errors(&value).is_empty() {
+                return Err(Box::new(Salvaged {
+                    diagnostics: diags,
+                    partial: None,
+                }));
+            }
+            let patched = Parsed {
+                value,
+                index: doc.index,
+            };
+            let partial = build_workflow(file, patched).ok();
+            Err(Box::new(Salvaged {
+                diagnostics: diags,
+                partial,
+            }))
+        }
+    }
+}
+
+/// A definition with errors, and what of it could still be checked.
+#[derive(Debug)]
+pub struct Salvaged {
+    pub diagnostics: Vec<Diagnostic>,
+    pub partial: Option<Definition>,
+}
+
+fn build_workflow(file: SourceFile, doc: Parsed) -> Result<Definition, Vec<Diagnostic>> {
     let def: WorkflowDef = deserialize(&file, &doc)?;
     let steps = resolve_steps(def.steps, "/steps").map_err(|e| {
         vec![file.locate(

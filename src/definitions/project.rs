@@ -12,7 +12,7 @@ use super::model::ConfigDef;
 use super::schema::{SchemaKind, Schemas};
 use super::semantic::CompiledTexts;
 use super::source::{Parsed, SourceFile};
-use super::{Definition, read_definition, semantic};
+use super::{Definition, semantic};
 use crate::templates::{Templates, is_ignored_file};
 
 pub const CONFIG_FILE: &str = "herald.yaml";
@@ -208,7 +208,7 @@ impl LoadCache {
                     Ok(text) => text,
                     Err(e) => {
                         let (text, d) = not_utf8(&display, e);
-                        return (text, Some(Err(vec![d])));
+                        return (text, Some(Err((vec![d], None))));
                     }
                 };
                 let text: Arc<str> = text.into();
@@ -248,7 +248,8 @@ impl LoadCache {
     }
 }
 
-type FileResult = Result<Arc<Definition>, Vec<Diagnostic>>;
+/// A file's definition, or its errors with what could be salvaged of it for checking.
+type FileResult = Result<Arc<Definition>, (Vec<Diagnostic>, Option<Arc<Definition>>)>;
 
 /// A file that is not UTF-8, reported at its first bad byte (with the text shown lossily).
 fn not_utf8(display: &Path, e: std::string::FromUtf8Error) -> (Arc<str>, Diagnostic) {
@@ -282,7 +283,11 @@ const PARALLEL_FROM: usize = 32;
 /// Parses, schema-checks and deserializes files, in order; spread over the machine's cores when
 /// there are enough of them to be worth a thread.
 fn parse_all(files: Vec<SourceFile>) -> Vec<FileResult> {
-    let read = |file: SourceFile| read_definition(file).map(Arc::new);
+    let read = |file: SourceFile| {
+        crate::definitions::read_definition_salvaging(file)
+            .map(Arc::new)
+            .map_err(|s| (s.diagnostics, s.partial.map(Arc::new)))
+    };
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
     if threads < 2 || files.len() < PARALLEL_FROM {
         return files.into_iter().map(read).collect();
@@ -350,7 +355,12 @@ pub fn load_with(layout: &Layout, opts: &LoadOptions, cache: &mut LoadCache) -> 
     for (display, result) in cache.read_all(files) {
         match result {
             Ok(Ok(def)) => definitions.push(def),
-            Ok(Err(diags)) => report.extend(diags),
+            // The salvaged rest of a file with errors is checked too, so its other mistakes
+            // are reported in the same run; the errors keep it from ever being run.
+            Ok(Err((diags, partial))) => {
+                report.extend(diags);
+                definitions.extend(partial);
+            }
             Err(e) => {
                 report.push(
                     Diagnostic::error("io", format!("cannot read the file: {e}")).in_file(display),

@@ -191,6 +191,15 @@ impl Schemas {
     }
 
     /// Validates a parsed document, turning every schema error into a positioned diagnostic.
+    /// The JSON pointers of the values that break the schema (none when it is valid).
+    pub fn error_pointers(&self, kind: SchemaKind, value: &Value) -> Vec<String> {
+        let (_, validator) = &self.kinds[&kind];
+        validator
+            .iter_errors(value)
+            .map(|e| e.instance_path().as_str().to_owned())
+            .collect()
+    }
+
     pub fn validate(&self, kind: SchemaKind, file: &SourceFile, doc: &Parsed) -> Vec<Diagnostic> {
         let (schema, validator) = &self.kinds[&kind];
         if validator.is_valid(&doc.value) {
