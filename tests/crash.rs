@@ -373,3 +373,85 @@ async fn postgres_survives_kill_9() {
     };
     crash_and_recover(db.url.clone()).await;
 }
+
+/// An operator reads the live database with another program (the `sqlite3` shell, a backup
+/// tool), and later the server is killed. Every webhook answered 2xx must still have its run:
+/// the other program must never believe it was the last connection and delete the WAL.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sqlite_keeps_every_acknowledged_run_after_an_outside_read_and_kill_9() {
+    use sqlx::Connection as _;
+    // No store is open in this process: the only connections are the server's and the
+    // outside reader's, as on an operator's machine.
+    let tmp = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", tmp.path().join("herald.db").display());
+    let sink = HttpSink::start().await;
+    let dir = project(&sink);
+    let port = free_port();
+    let mut server = Server::start(dir.path(), &url, port);
+    herald::tls::init();
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap();
+    let post = |n: usize| {
+        let client = client.clone();
+        async move {
+            client
+                .post(format!("http://127.0.0.1:{port}/hooks/drip"))
+                .json(&serde_json::json!({"n": n}))
+                .send()
+                .await
+                .map(|r| r.status().as_u16())
+                .unwrap_or(0)
+        }
+    };
+    assert_eq!(post(0).await, 202);
+    // Let the server run a while (its background work included) before the outside read.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // Another process opens the database, reads, and closes it: the `sqlite3` shell when the
+    // machine has one, else a connection from this process (which holds no other).
+    let path = tmp.path().join("herald.db");
+    let shell = Command::new("sqlite3")
+        .arg(&path)
+        .arg("select count(*) from runs")
+        .output();
+    match shell {
+        Ok(out) if out.status.success() => {
+            let n: i64 = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap();
+            assert!(n >= 1);
+        }
+        _ => {
+            let mut outside = sqlx::sqlite::SqliteConnection::connect(&url).await.unwrap();
+            let n: i64 = sqlx::query_scalar("SELECT count(*) FROM runs")
+                .fetch_one(&mut outside)
+                .await
+                .unwrap();
+            assert!(n >= 1);
+            outside.close().await.unwrap();
+        }
+    }
+    let mut accepted = 1;
+    for n in 1..=300 {
+        if post(n).await == 202 {
+            accepted += 1;
+        }
+    }
+    assert_eq!(accepted, 301, "every webhook was accepted");
+    server.kill9();
+    server = Server::start(dir.path(), &url, port);
+    server.kill9();
+    let store = herald::store::open(&url).await.unwrap();
+    let runs = store
+        .list_runs(&RunFilter {
+            workflow_id: Some("drip".into()),
+            limit: 10_000,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        runs.len(),
+        accepted,
+        "runs acknowledged with 202 were lost after an outside read and a kill -9"
+    );
+}

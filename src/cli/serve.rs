@@ -131,12 +131,17 @@ async fn serve(args: Args) -> Result<ExitCode, UsageError> {
         &layout.root,
     );
     let url = env.resolve(&url).map_err(UsageError)?;
-    let store = crate::store::open(&url).await.map_err(|e| {
-        UsageError(format!(
-            "cannot open the database {}: {e}",
-            crate::store::redact_url(&url)
-        ))
-    })?;
+    let store_options = crate::store::StoreOptions {
+        acquire_timeout: config.server.store_timeout.as_std(),
+    };
+    let store = crate::store::open_with(&url, &store_options)
+        .await
+        .map_err(|e| {
+            UsageError(format!(
+                "cannot open the database {}: {e}",
+                crate::store::redact_url(&url)
+            ))
+        })?;
     let options = EngineOptions {
         lease: config.engine.lease.as_std(),
         workers: config.engine.workers as usize,

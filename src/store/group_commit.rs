@@ -100,19 +100,37 @@ async fn try_batch(store: &SqliteStore, jobs: &[Job]) -> Result<bool> {
             .filter_map(|r| r.try_get::<i64, _>(0).ok())
             .count(),
         Err(e) => {
-            let _ = sqlx::query("ROLLBACK").execute(&mut *conn).await;
+            abandon(&mut conn).await;
             return Err(e.into());
         }
     };
     if applied != jobs.len() {
-        sqlx::query("ROLLBACK").execute(&mut *conn).await?;
+        if let Err(e) = sqlx::query("ROLLBACK").execute(&mut *conn).await {
+            conn.close_on_drop();
+            return Err(e.into());
+        }
         return Ok(false);
     }
     if let Err(e) = sqlx::query("COMMIT").execute(&mut *conn).await {
-        let _ = sqlx::query("ROLLBACK").execute(&mut *conn).await;
+        abandon(&mut conn).await;
         return Err(e.into());
     }
     Ok(true)
+}
+
+/// After a failed batch: roll back what the raw `BEGIN` opened. If even that fails (the disk
+/// is failing), the connection is closed instead of going back to the pool: SQLite may still
+/// hold it inside the transaction, and every later `BEGIN` on it would fail.
+async fn abandon(conn: &mut sqlx::pool::PoolConnection<sqlx::Sqlite>) {
+    match sqlx::query("ROLLBACK").execute(&mut **conn).await {
+        Ok(_) => {}
+        // Nothing was open: the failure came before or with the BEGIN.
+        Err(e) if e.to_string().contains("no transaction is active") => {}
+        Err(e) => {
+            tracing::warn!(error = %e, "could not roll back a failed write; the connection is replaced");
+            conn.close_on_drop();
+        }
+    }
 }
 
 fn bind<'q, T>(args: &mut SqliteArguments, value: T) -> Result<()>

@@ -584,12 +584,58 @@ pub trait Store: Send + Sync + std::fmt::Debug {
 
 pub type DynStore = Arc<dyn Store>;
 
+/// How a store treats its connections.
+#[derive(Debug, Clone)]
+pub struct StoreOptions {
+    /// How long an operation waits for a database connection before it fails. A webhook's
+    /// sender gets a 503 this soon when the database is down, not after a pool's default 30 s.
+    pub acquire_timeout: std::time::Duration,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        StoreOptions {
+            acquire_timeout: std::time::Duration::from_secs(2),
+        }
+    }
+}
+
+/// A pooled connection is given back only if it is not inside a transaction. A failed
+/// `COMMIT` or `ROLLBACK` (a disk error, a dropped server connection) can leave one open;
+/// reused, that connection would refuse every later `BEGIN` and wedge whoever holds it.
+/// A rollback queued by a dropped transaction runs first (the ping waits behind it).
+pub(crate) fn reusable<'c, C: sqlx::Connection>(
+    conn: &'c mut C,
+) -> std::pin::Pin<
+    Box<dyn std::future::Future<Output = std::result::Result<bool, sqlx::Error>> + Send + 'c>,
+> {
+    Box::pin(async move {
+        if conn.is_in_transaction() {
+            let _ = conn.ping().await;
+            if conn.is_in_transaction() {
+                tracing::warn!(
+                    "a database connection was left inside a transaction; it is closed and replaced"
+                );
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    })
+}
+
 /// Opens the store a URL names: `sqlite://path` (created if missing) or `postgres://...`.
 pub async fn open(url: &str) -> Result<DynStore> {
+    open_with(url, &StoreOptions::default()).await
+}
+
+/// [`open`], with options.
+pub async fn open_with(url: &str, options: &StoreOptions) -> Result<DynStore> {
     if url.starts_with("sqlite:") {
         Ok(Arc::new(sqlite::SqliteStore::open(url).await?))
     } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-        postgres::PgStore::open(url).await
+        Ok(Arc::new(
+            postgres::PgStore::connect_with(url, options).await?,
+        ))
     } else {
         Err(StoreError::Config(format!(
             "unsupported database URL `{}`: use sqlite://path/to/herald.db or postgres://user@host/db",

@@ -57,11 +57,43 @@ impl PgStore {
 
     /// [`PgStore::open`], returning the concrete type.
     pub async fn connect(url: &str) -> Result<PgStore> {
+        PgStore::connect_with(url, &StoreOptions::default()).await
+    }
+
+    /// [`PgStore::connect`], with options.
+    pub async fn connect_with(url: &str, store: &StoreOptions) -> Result<PgStore> {
+        use sqlx::Connection as _;
         let options = PgConnectOptions::from_str(url).map_err(|e| {
             StoreError::Config(format!("invalid PostgreSQL URL `{}`: {e}", redact_url(url)))
         })?;
+        // One connection first, on its own: a pool that cannot connect waits out its acquire
+        // timeout and says only "timed out", where this says "connection refused" at once.
+        let probe = tokio::time::timeout(
+            store.acquire_timeout.max(std::time::Duration::from_secs(5)),
+            PgConnection::connect_with(&options),
+        )
+        .await
+        .map_err(|_| {
+            StoreError::Config(format!(
+                "PostgreSQL at {} did not answer within {} s",
+                redact_url(url),
+                store
+                    .acquire_timeout
+                    .max(std::time::Duration::from_secs(5))
+                    .as_secs()
+            ))
+        })?
+        .map_err(|e| {
+            StoreError::Config(format!(
+                "cannot connect to PostgreSQL at {}: {e}",
+                redact_url(url)
+            ))
+        })?;
+        let _ = probe.close().await;
         let pool = PgPoolOptions::new()
             .max_connections(MAX_CONNECTIONS)
+            .acquire_timeout(store.acquire_timeout)
+            .after_release(|conn, _| super::reusable(conn))
             .connect_with(options)
             .await?;
         // The migrator holds an advisory lock while it works, so processes starting together

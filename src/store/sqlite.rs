@@ -52,13 +52,17 @@ impl SqliteStore {
             .synchronous(sync)
             .busy_timeout(Duration::from_secs(10))
             .pragma("temp_store", "memory")
-            .pragma("cache_size", "-8000");
+            .pragma("cache_size", "-8000")
+            // After a checkpoint resets the WAL, it is truncated to this size, so a burst does
+            // not leave a large file behind.
+            .pragma("journal_size_limit", "67108864");
         // The writer never checkpoints: a checkpoint copies the WAL into the database file and
         // would stall every commit queued behind it. A separate connection checkpoints in the
         // background instead, without blocking writers.
         let writer = SqlitePoolOptions::new()
             .max_connections(1)
             .min_connections(1)
+            .after_release(|conn, _| super::reusable(conn))
             .connect_with(options.clone().pragma("wal_autocheckpoint", "0"))
             .await?;
         MIGRATOR.run(&writer).await?;
@@ -70,6 +74,7 @@ impl SqliteStore {
         let pool = SqlitePoolOptions::new()
             .max_connections(4)
             .min_connections(1)
+            .after_release(|conn, _| super::reusable(conn))
             .connect_with(options.clone().read_only(true))
             .await?;
         let (jobs, queue) = tokio::sync::mpsc::unbounded_channel();
@@ -86,7 +91,6 @@ impl SqliteStore {
         tokio::spawn(super::group_commit::run(for_writer, queue));
         tokio::spawn(checkpoint_loop(
             checkpointer,
-            options.get_filename().to_path_buf(),
             jobs.downgrade(),
             checkpoint_due.clone(),
         ));
@@ -970,20 +974,17 @@ const WAL_FRAMES_BEFORE_RESTART: i64 = 4096;
 /// appended since, and its next write starts the WAL over.
 async fn checkpoint_loop(
     conn: SqlitePool,
-    db_file: std::path::PathBuf,
     alive: tokio::sync::mpsc::WeakUnboundedSender<super::group_commit::Job>,
     due: std::sync::Arc<std::sync::atomic::AtomicBool>,
 ) {
     /// Frames (1 MiB) a catching-up pass may leave for the writer.
     const SMALL_DELTA: i64 = 256;
+    // The database file is never opened here, only through SQLite: closing any descriptor of
+    // a file drops every POSIX lock this process holds on it, and another program (the
+    // `sqlite3` shell, a backup tool) would then think it was the last connection, checkpoint
+    // and delete the WAL under our feet. SQLite syncs the file itself at each checkpoint.
     let passive =
         || sqlx::query_as::<_, (i64, i64, i64)>("PRAGMA wal_checkpoint(PASSIVE)").fetch_one(&conn);
-    let sync = |path: std::path::PathBuf| async move {
-        let _ = tokio::task::spawn_blocking(move || {
-            std::fs::File::open(path).and_then(|f| f.sync_data())
-        })
-        .await;
-    };
     loop {
         tokio::time::sleep(Duration::from_millis(250)).await;
         if alive.upgrade().is_none() {
@@ -996,7 +997,6 @@ async fn checkpoint_loop(
                 continue;
             }
         };
-        sync(db_file.clone()).await;
         if frames <= WAL_FRAMES_BEFORE_RESTART {
             continue;
         }
@@ -1005,7 +1005,6 @@ async fn checkpoint_loop(
             match passive().await {
                 Ok((_, f, c)) => {
                     (frames, copied) = (f, c);
-                    sync(db_file.clone()).await;
                     if frames - before <= SMALL_DELTA && copied == frames {
                         due.store(true, std::sync::atomic::Ordering::Relaxed);
                         break;
@@ -1031,4 +1030,43 @@ async fn insert_event(tx: &mut Transaction<'_, Sqlite>, e: &NewEvent) -> Result<
     .execute(&mut **tx)
     .await?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A COMMIT and then a ROLLBACK that both fail (a disk error) leave the writer inside a
+    /// transaction, which is what forgetting one does. The connection must be replaced, not
+    /// reused: reused, it refuses every later write.
+    #[tokio::test]
+    async fn a_writer_left_inside_a_transaction_is_replaced() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("h.db").display());
+        let store = SqliteStore::open(&url).await.unwrap();
+        {
+            let mut conn = store.writer.acquire().await.unwrap();
+            let tx = sqlx::Connection::begin(&mut *conn).await.unwrap();
+            std::mem::forget(tx);
+        }
+        for _ in 0..3 {
+            store
+                .insert_events(&[], &[], &[])
+                .await
+                .expect("the writer works again");
+        }
+        let event = NewEvent {
+            id: "e1".into(),
+            name: "n".into(),
+            key: None,
+            data: serde_json::json!({}),
+            source_run_id: None,
+            created_at: 1,
+        };
+        store
+            .insert_events(std::slice::from_ref(&event), &[], &[])
+            .await
+            .unwrap();
+        assert!(store.find_event("n", "", 0, &[]).await.is_ok());
+    }
 }

@@ -1,0 +1,317 @@
+//! A database that stops taking writes (a full disk, a file made read-only, a failing volume)
+//! while reads still work, then recovers. The store is a real SQLite store behind a wrapper
+//! that makes its writes fail on demand. While they fail, webhooks get 503 with Retry-After
+//! and nothing is half-stored, `/health` answers 503 and says why, and the metrics say so;
+//! when they work again, the same process carries on by itself: no restart.
+
+#[path = "support/db.rs"]
+mod db;
+mod support;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use herald::definitions::env::EnvSource;
+use herald::definitions::project::Layout;
+use herald::engine::clock::{Clock as _, SystemClock, rfc3339};
+use herald::engine::{Engine, EngineOptions, load_registry};
+use herald::server::{AppState, ReloadStatus, metrics_handle, router};
+use herald::store::*;
+
+/// A store whose writes fail while `failing` is set, as a failing disk makes them.
+#[derive(Debug)]
+struct Failing {
+    inner: DynStore,
+    failing: AtomicBool,
+}
+
+impl Failing {
+    fn check(&self) -> Result<()> {
+        if self.failing.load(Ordering::SeqCst) {
+            return Err(StoreError::Database(sqlx::Error::Io(
+                std::io::Error::other("disk I/O error (injected)"),
+            )));
+        }
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl Store for Failing {
+    fn backend(&self) -> &'static str {
+        self.inner.backend()
+    }
+    async fn ping(&self) -> Result<()> {
+        self.inner.ping().await
+    }
+    async fn save_definition(&self, v: &DefinitionVersion) -> Result<()> {
+        self.check()?;
+        self.inner.save_definition(v).await
+    }
+    async fn definition(&self, hash: &str) -> Result<Option<DefinitionVersion>> {
+        self.inner.definition(hash).await
+    }
+    async fn commit(&self, commit: Commit) -> Result<CommitOutcome> {
+        self.check()?;
+        self.inner.commit(commit).await
+    }
+    async fn run(&self, id: &str) -> Result<Option<RunRecord>> {
+        self.inner.run(id).await
+    }
+    async fn run_by_idempotency_key(&self, w: &str, k: &str) -> Result<Option<RunRecord>> {
+        self.inner.run_by_idempotency_key(w, k).await
+    }
+    async fn list_runs(&self, f: &RunFilter) -> Result<Vec<RunRecord>> {
+        self.inner.list_runs(f).await
+    }
+    async fn step_log(&self, id: &str) -> Result<Vec<StepLogEntry>> {
+        self.inner.step_log(id).await
+    }
+    async fn claim_runs(&self, o: &str, now: Millis, l: i64, n: i64) -> Result<Vec<RunRecord>> {
+        self.check()?;
+        self.inner.claim_runs(o, now, l, n).await
+    }
+    async fn renew_leases(&self, o: &str, ids: &[String], u: Millis) -> Result<Vec<String>> {
+        self.check()?;
+        self.inner.renew_leases(o, ids, u).await
+    }
+    async fn release_runs(&self, o: &str, now: Millis) -> Result<u64> {
+        self.check()?;
+        self.inner.release_runs(o, now).await
+    }
+    async fn next_due_at(&self) -> Result<Option<Millis>> {
+        self.inner.next_due_at().await
+    }
+    async fn cancel_run(&self, id: &str, now: Millis) -> Result<bool> {
+        self.check()?;
+        self.inner.cancel_run(id, now).await
+    }
+    async fn retry_run(&self, id: &str, now: Millis) -> Result<bool> {
+        self.check()?;
+        self.inner.retry_run(id, now).await
+    }
+    async fn count_runs(&self) -> Result<Vec<(RunStatus, i64)>> {
+        self.inner.count_runs().await
+    }
+    async fn insert_events(
+        &self,
+        e: &[NewEvent],
+        r: &[NewRun],
+        c: &[ContactUpsert],
+    ) -> Result<Vec<Contact>> {
+        self.check()?;
+        self.inner.insert_events(e, r, c).await
+    }
+    async fn wake_waiting(&self, n: &str, k: &str, now: Millis) -> Result<u64> {
+        self.check()?;
+        self.inner.wake_waiting(n, k, now).await
+    }
+    async fn find_event(
+        &self,
+        n: &str,
+        k: &str,
+        s: Millis,
+        x: &[String],
+    ) -> Result<Option<EventRecord>> {
+        self.inner.find_event(n, k, s, x).await
+    }
+    async fn contact(&self, id: &str) -> Result<Option<Contact>> {
+        self.inner.contact(id).await
+    }
+    async fn find_contact(&self, e: Option<&str>, p: Option<&str>) -> Result<Option<Contact>> {
+        self.inner.find_contact(e, p).await
+    }
+    async fn claim_outbox(
+        &self,
+        o: &str,
+        now: Millis,
+        l: i64,
+        n: i64,
+    ) -> Result<Vec<OutboxRecord>> {
+        self.check()?;
+        self.inner.claim_outbox(o, now, l, n).await
+    }
+    async fn finish_delivery(
+        &self,
+        id: &str,
+        o: &str,
+        out: DeliveryOutcome,
+        now: Millis,
+    ) -> Result<bool> {
+        self.check()?;
+        self.inner.finish_delivery(id, o, out, now).await
+    }
+    async fn outbox_for_run(&self, id: &str) -> Result<Vec<OutboxRecord>> {
+        self.inner.outbox_for_run(id).await
+    }
+    async fn count_outbox(&self) -> Result<Vec<(OutboxStatus, i64)>> {
+        self.inner.count_outbox().await
+    }
+    async fn next_outbox_at(&self) -> Result<Option<Millis>> {
+        self.inner.next_outbox_at().await
+    }
+    async fn cron_checked_until(&self, w: &str, k: &str) -> Result<Option<Millis>> {
+        self.inner.cron_checked_until(w, k).await
+    }
+    async fn set_cron_checked_until(&self, w: &str, k: &str, u: Millis) -> Result<()> {
+        self.check()?;
+        self.inner.set_cron_checked_until(w, k, u).await
+    }
+    async fn record_cron_fire(&self, f: &CronFire, r: Option<&NewRun>) -> Result<bool> {
+        self.check()?;
+        self.inner.record_cron_fire(f, r).await
+    }
+    async fn cron_run_active(&self, w: &str, k: &str) -> Result<bool> {
+        self.inner.cron_run_active(w, k).await
+    }
+    async fn cron_fires(&self, w: &str, n: i64) -> Result<Vec<CronFire>> {
+        self.inner.cron_fires(w, n).await
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_write_outage_is_answered_503_and_recovered_from_without_a_restart() {
+    let db = db::sqlite("write-outage").await.unwrap();
+    let store = Arc::new(Failing {
+        inner: db.store.clone(),
+        failing: AtomicBool::new(false),
+    });
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("herald.yaml"),
+        "channels:\n  email: { provider: log }\n",
+    )
+    .unwrap();
+    std::fs::create_dir_all(dir.path().join("workflows")).unwrap();
+    std::fs::write(
+        dir.path().join("workflows/hook.yaml"),
+        "kind: workflow\nid: hook\ntriggers:\n  - webhook: { path: /hooks/in }\nsteps:\n  - id: pause\n    wait: 1s\n  - id: mail\n    send: { channel: email, to: ada@example.com, body: hi }\n",
+    )
+    .unwrap();
+    let env = EnvSource::Map(Arc::new(Default::default()));
+    let layout = Layout::discover(dir.path()).unwrap();
+    let (registry, _) = load_registry(&layout, &env, 1, SystemClock.now()).unwrap();
+    let engine = Engine::new(
+        store.clone(),
+        Arc::new(SystemClock),
+        env,
+        EngineOptions::default(),
+    );
+    engine.install(registry).await.unwrap();
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    tokio::spawn(engine.clone().work(shutdown.clone()));
+    tokio::spawn(engine.clone().dispatch(shutdown.clone()));
+    let state = Arc::new(AppState {
+        engine: engine.clone(),
+        admin_keys: Vec::new(),
+        metrics: metrics_handle(),
+        reload: Mutex::new(ReloadStatus {
+            ok: true,
+            at: Some(rfc3339(SystemClock.now())),
+            generation: 1,
+            errors: Vec::new(),
+        }),
+        started_at: SystemClock.now(),
+        reload_gate: Default::default(),
+        reloader: Mutex::new(None),
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, router(state)).await.unwrap() });
+    herald::tls::init();
+    let http = reqwest::Client::builder().no_proxy().build().unwrap();
+    let url = |p: &str| format!("http://{addr}{p}");
+
+    // A run that was accepted before the outage, and is waiting through it.
+    let r = http
+        .post(url("/hooks/in"))
+        .json(&serde_json::json!({}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    let first = r.json::<serde_json::Value>().await.unwrap()["run_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+
+    store.failing.store(true, Ordering::SeqCst);
+    let r = http
+        .post(url("/hooks/in"))
+        .json(&serde_json::json!({}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 503);
+    assert!(r.headers().contains_key("retry-after"));
+    // The workers notice too; give them a moment to try.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let r = http.get(url("/health")).send().await.unwrap();
+    assert_eq!(r.status(), 503, "reads work, but writes do not");
+    assert!(r.headers().contains_key("retry-after"));
+    let body: serde_json::Value = r.json().await.unwrap();
+    let error = body["database"]["error"].as_str().unwrap();
+    assert!(
+        error.contains("writes fail") && error.contains("disk I/O error"),
+        "{error}"
+    );
+    let metrics = http
+        .get(url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(metrics.contains("herald_store_failing 1"), "{metrics}");
+
+    // The disk is back: the same process recovers by itself.
+    store.failing.store(false, Ordering::SeqCst);
+    let r = http
+        .post(url("/hooks/in"))
+        .json(&serde_json::json!({}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    let second = r.json::<serde_json::Value>().await.unwrap()["run_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let mut done = true;
+        for id in [&first, &second] {
+            let run = db.store.run(id).await.unwrap().unwrap();
+            done &= run.status == RunStatus::Completed;
+        }
+        if done {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the runs did not finish after the outage"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let r = http.get(url("/health")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let metrics = http
+        .get(url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(metrics.contains("herald_store_failing 0"), "{metrics}");
+    // One message per run: nothing was sent twice for the failed attempts.
+    for id in [&first, &second] {
+        let messages = db.store.outbox_for_run(id).await.unwrap();
+        assert_eq!(messages.len(), 1, "{messages:?}");
+        assert_eq!(messages[0].status, OutboxStatus::Sent);
+    }
+    shutdown.cancel();
+}
