@@ -1706,6 +1706,10 @@ async fn the_admin_api_lists_definitions_and_filters_runs() {
     assert_eq!(r.json["runs"], json!([]));
     let r = s.admin_get("/api/runs?status=sleeping").await;
     r.assert_error(400, "invalid_status");
+    // A query that does not parse is a JSON error too, not plain text.
+    let r = s.admin_get("/api/runs?limit=many").await;
+    let message = r.assert_error(400, "invalid_query");
+    assert!(message.contains("limit"), "{message}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -118,8 +118,10 @@ fn summary(r: &RunRecord) -> Value {
 
 pub async fn list_runs(
     State(state): State<Arc<AppState>>,
-    Query(q): Query<RunsQuery>,
+    query: Result<Query<RunsQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<Value>, ApiError> {
+    let Query(q) = query
+        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_query", e.body_text()))?;
     let status = match q.status.as_deref() {
         Some(s) => Some(RunStatus::parse(s).ok_or_else(|| {
             ApiError::new(
