@@ -255,6 +255,11 @@ impl Report {
             };
             key(a).cmp(&key(b))
         });
+        // One mistake, one report: an error inside an anchored block is found again at each
+        // alias that repeats it, at the same place with the same words.
+        self.diagnostics.dedup_by(|a, b| {
+            a.file == b.file && a.span == b.span && a.message == b.message && a.code == b.code
+        });
     }
 }
 

@@ -252,8 +252,30 @@ impl ErrorMapper<'_> {
             if is_missing_alternative && with_unknown.contains(&path) {
                 continue;
             }
+            // `stpes:` is both an unknown field and a missing `steps`: one mistake, reported
+            // once, at the misspelt key (whose hint names the required field).
+            if let ValidationErrorKind::Required { property } = e.kind()
+                && !e.schema_path().as_str().ends_with("/dependentRequired")
+                && let Some(prop) = property.as_str()
+                && self.misspelt_as(errors, path, prop)
+            {
+                continue;
+            }
             self.convert(e, out);
         }
+    }
+
+    /// Whether the object at `path` has an unknown key that is a misspelling of `prop`.
+    fn misspelt_as(&self, errors: &[ValidationError], path: &str, prop: &str) -> bool {
+        errors.iter().any(|e| {
+            e.instance_path().as_str() == path
+                && match e.kind() {
+                    ValidationErrorKind::AdditionalProperties { unexpected } => {
+                        unexpected.iter().any(|k| did_you_mean(k, [prop]).is_some())
+                    }
+                    _ => false,
+                }
+        })
     }
 
     fn at_key(&self, pointer: &str, d: Diagnostic) -> Diagnostic {
@@ -346,7 +368,24 @@ impl ErrorMapper<'_> {
                     let pointer = format!("{path}/{}", escape_token(key));
                     let mut d =
                         Diagnostic::error("unknown-field", format!("unknown field `{key}`"));
+                    let required = self
+                        .parent_node(schema_path)
+                        .and_then(|n| n.get("required"))
+                        .and_then(Value::as_array)
+                        .cloned()
+                        .unwrap_or_default();
                     d = match did_you_mean(key, allowed.iter().map(String::as_str)) {
+                        Some(s)
+                            if required.iter().any(|r| r == s)
+                                && !self
+                                    .instance(path)
+                                    .and_then(Value::as_object)
+                                    .is_some_and(|o| o.contains_key(s)) =>
+                        {
+                            d.with_hint(format!(
+                                "did you mean `{s}`? (`{s}` is required and missing)"
+                            ))
+                        }
                         Some(s) => d.with_hint(format!("did you mean `{s}`?")),
                         None if !allowed.is_empty() => {
                             d.with_hint(format!("expected one of: {}", allowed.join(", ")))

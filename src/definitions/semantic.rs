@@ -133,7 +133,17 @@ fn check_all(project: &Project, opts: &LoadOptions, texts: &mut CompiledTexts) -
     let mut out = Vec::new();
     let defs = &project.definitions;
 
-    let mut channels: Vec<String> = project.config.def.channels.keys().cloned().collect();
+    // A config with errors was replaced by the defaults; its channels are still the ones it
+    // names, so one mistake in herald.yaml does not turn every `send` into a second error.
+    let mut channels: Vec<String> = match &project.config.file {
+        Some((_, parsed)) if project.config.def.channels.is_empty() => parsed
+            .value
+            .get("channels")
+            .and_then(Value::as_object)
+            .map(|m| m.keys().cloned().collect())
+            .unwrap_or_default(),
+        _ => project.config.def.channels.keys().cloned().collect(),
+    };
     if !channels.iter().any(|c| c == BUILTIN_CHANNEL) {
         channels.push(BUILTIN_CHANNEL.to_owned());
     }
@@ -239,6 +249,7 @@ fn check_all(project: &Project, opts: &LoadOptions, texts: &mut CompiledTexts) -
                 globals: &globals,
                 channels: &channels,
                 templates: project.templates.names(),
+                broken_templates: project.templates.broken_names(),
                 workflow_ids: &workflow_ids,
                 listened: &listened,
                 step_ids: HashSet::new(),
@@ -388,6 +399,8 @@ struct WorkflowCheck<'a> {
     env: &'a Environment<'static>,
     globals: &'a HashSet<String>,
     channels: &'a [String],
+    /// Template files that exist but do not compile: already reported, not "missing".
+    broken_templates: &'a [String],
     templates: &'a [String],
     workflow_ids: &'a [&'a str],
     listened: &'a HashSet<&'a str>,
@@ -622,6 +635,7 @@ impl WorkflowCheck<'_> {
                     self.check_text(&format!("{b}/template"), t, TextKind::Template, scope);
                 } else if let Some(t) = &s.template
                     && !self.templates.iter().any(|n| n == t)
+                    && !self.broken_templates.iter().any(|n| n == t)
                 {
                     let mut d = Diagnostic::error(
                         "unknown-template",

@@ -139,6 +139,8 @@ pub fn environment(fuel: u64) -> Environment<'static> {
 pub struct Templates {
     env: Arc<Environment<'static>>,
     names: Arc<Vec<String>>,
+    /// Template files that exist but do not compile (reported where they are).
+    broken: Arc<Vec<String>>,
     /// Inline templates from definitions, compiled on first use and kept: a template string
     /// in a workflow is rendered many times, and compiling it is most of the cost of a render.
     inline: Arc<std::sync::RwLock<Environment<'static>>>,
@@ -174,6 +176,7 @@ impl Templates {
             inline: Arc::new(std::sync::RwLock::new(env.clone())),
             env: Arc::new(env),
             names: Arc::new(Vec::new()),
+            broken: Arc::new(Vec::new()),
         }
     }
 
@@ -210,17 +213,33 @@ impl Templates {
     ) -> (Templates, Vec<Diagnostic>) {
         let mut env = environment(fuel);
         let mut names = Vec::new();
+        let mut broken = Vec::new();
         let mut diagnostics = Vec::new();
         for (name, text) in sources {
             match env.add_template_owned(name.clone(), text.clone()) {
                 Ok(()) => names.push(name),
                 Err(e) => {
-                    let file = SourceFile::new(display_dir.join(&name), text);
-                    let span = error_span(&file, &e);
-                    diagnostics.push(file.locate(
-                        Diagnostic::error("template-syntax", describe_error(&e)),
-                        span,
-                    ));
+                    let file = SourceFile::new(display_dir.join(&name), text.as_str());
+                    let d = match unclosed_block(&text, &e) {
+                        // The end of the file is not where the mistake is: the opening tag is.
+                        Some((line, column, len, tag)) => file.locate(
+                            Diagnostic::error(
+                                "template-syntax",
+                                format!("syntax error: this `{{% {tag} %}}` is never closed"),
+                            )
+                            .with_hint(format!("close it with `{{% end{tag} %}}`")),
+                            Span::new(line, column, len),
+                        ),
+                        None => {
+                            let span = error_span(&file, &e);
+                            file.locate(
+                                Diagnostic::error("template-syntax", describe_error(&e)),
+                                span,
+                            )
+                        }
+                    };
+                    diagnostics.push(d);
+                    broken.push(name);
                 }
             }
         }
@@ -229,6 +248,7 @@ impl Templates {
                 inline: Arc::new(std::sync::RwLock::new(env.clone())),
                 env: Arc::new(env),
                 names: Arc::new(names),
+                broken: Arc::new(broken),
             },
             diagnostics,
         )
@@ -236,6 +256,11 @@ impl Templates {
 
     pub fn names(&self) -> &[String] {
         &self.names
+    }
+
+    /// Template files that exist but do not compile.
+    pub fn broken_names(&self) -> &[String] {
+        &self.broken
     }
 
     pub fn contains(&self, name: &str) -> bool {
@@ -430,6 +455,61 @@ fn to_json(v: &JValue) -> Result<Value, RenderError> {
         expression: None,
         variable: None,
     })
+}
+
+/// For "unexpected end of input, expected end of block": the block tag that is still open at
+/// the end of the template (line, column, length, tag name).
+fn unclosed_block(
+    source: &str,
+    e: &minijinja::Error,
+) -> Option<(usize, usize, usize, &'static str)> {
+    const BLOCKS: &[&str] = &[
+        "if",
+        "for",
+        "block",
+        "macro",
+        "with",
+        "filter",
+        "call",
+        "raw",
+        "autoescape",
+    ];
+    if e.kind() != ErrorKind::SyntaxError
+        || !e
+            .detail()
+            .is_some_and(|d| d.contains("unexpected end of input"))
+    {
+        return None;
+    }
+    let mut open: Vec<(usize, usize, usize, &'static str)> = Vec::new();
+    let mut rest = source;
+    let mut offset = 0;
+    while let Some(at) = rest.find("{%") {
+        let start = offset + at;
+        let after = &source[start + 2..];
+        let word: String = after
+            .trim_start_matches(['-', '+'])
+            .trim_start()
+            .chars()
+            .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+            .collect();
+        let end = after.find("%}").map_or(source.len(), |i| start + 2 + i + 2);
+        if let Some(tag) = BLOCKS.iter().find(|b| **b == word) {
+            // `{% set x = ... %}` is not a block, but `{% set x %}...{% endset %}` is; only
+            // the tags above need an end.
+            let before = &source[..start];
+            let line = before.matches('\n').count() + 1;
+            let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+            open.push((line, column, source[start..end].chars().count(), tag));
+        } else if let Some(closed) = word.strip_prefix("end")
+            && open.last().is_some_and(|o| o.3 == closed)
+        {
+            open.pop();
+        }
+        offset = end;
+        rest = &source[end..];
+    }
+    open.pop()
 }
 
 /// Where in a template's own file an error is.
