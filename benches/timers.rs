@@ -422,6 +422,7 @@ async fn bench(backend: &str, db: Db, s: &Settings) {
             status: Some(RunStatus::Completed),
             created_before: None,
             limit: measured as i64 + 1,
+            ..RunFilter::default()
         })
         .await
         .expect("list the completed runs");

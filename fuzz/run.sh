@@ -8,6 +8,7 @@ cargo afl build --release
 export AFL_SKIP_CPUFREQ=1 AFL_I_DONT_CARE_ABOUT_MISSING_CRASHES=1 AFL_NO_UI=1
 targets=("$@")
 [[ ${#targets[@]} -gt 0 ]] || targets=(definition template webhook_auth body)
+mkdir -p out
 for t in "${targets[@]}"; do
   rm -rf "out/$t"
   nice cargo afl fuzz -i "corpus/$t" -o "out/$t" -V "${SECONDS_PER_TARGET:-300}" \

@@ -39,6 +39,51 @@ impl Failing {
 }
 
 #[async_trait]
+impl Admin for Failing {
+    async fn list_contacts(&self, f: &ContactFilter) -> Result<Vec<Contact>> {
+        self.inner.list_contacts(f).await
+    }
+    async fn update_contact(
+        &self,
+        id: &str,
+        p: &ContactPatch,
+        now: Millis,
+    ) -> Result<Option<Contact>> {
+        self.check()?;
+        self.inner.update_contact(id, p, now).await
+    }
+    async fn delete_contact(&self, id: &str) -> Result<bool> {
+        self.check()?;
+        self.inner.delete_contact(id).await
+    }
+    async fn count_contacts(&self) -> Result<Vec<(Option<String>, i64)>> {
+        self.inner.count_contacts().await
+    }
+    async fn message(&self, id: &str) -> Result<Option<OutboxRecord>> {
+        self.inner.message(id).await
+    }
+    async fn list_messages(&self, f: &OutboxFilter) -> Result<Vec<OutboxRecord>> {
+        self.inner.list_messages(f).await
+    }
+    async fn retry_message(&self, id: &str, now: Millis) -> Result<MessageChange> {
+        self.check()?;
+        self.inner.retry_message(id, now).await
+    }
+    async fn cancel_message(&self, id: &str, now: Millis) -> Result<MessageChange> {
+        self.check()?;
+        self.inner.cancel_message(id, now).await
+    }
+    async fn cancel_runs(&self, s: &RunSelection, now: Millis, dry: bool) -> Result<u64> {
+        self.check()?;
+        self.inner.cancel_runs(s, now, dry).await
+    }
+    async fn purge(&self, r: Option<Millis>, e: Option<Millis>, b: i64) -> Result<Purged> {
+        self.check()?;
+        self.inner.purge(r, e, b).await
+    }
+}
+
+#[async_trait]
 impl Store for Failing {
     fn backend(&self) -> &'static str {
         self.inner.backend()

@@ -11,9 +11,10 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 
 use herald::store::{
-    Commit, CommitOutcome, Contact, ContactUpsert, CronFire, CronOutcome, DefinitionVersion,
-    DeliveryOutcome, DynStore, MessageCategory, Millis, NewEvent, NewOutbox, NewRun, OutboxStatus,
-    RunFilter, RunState, RunStatus, RunWrite, StepLogEntry, StoreError,
+    Commit, CommitOutcome, Contact, ContactFilter, ContactPatch, ContactUpsert, CronFire,
+    CronOutcome, DefinitionVersion, DeliveryOutcome, DynStore, MessageCategory, MessageChange,
+    Millis, NewEvent, NewOutbox, NewRun, OutboxFilter, OutboxStatus, Purged, RunFilter,
+    RunSelection, RunState, RunStatus, RunWrite, StepLogEntry, StoreError,
 };
 use serde_json::{Value, json};
 
@@ -72,6 +73,11 @@ scenarios! {
         outbox_claims_and_deliveries,
         cron_checked_until_never_moves_back,
         cron_slots_are_recorded_once,
+        new_columns_round_trip,
+        contacts_are_listed_edited_and_erased,
+        messages_are_listed_retried_and_withdrawn,
+        runs_are_cancelled_in_bulk_by_label_contact_and_workflow,
+        retention_deletes_old_history_but_not_what_is_still_needed,
     ],
     db: [
         migrations_apply_and_rerun,
@@ -1277,7 +1283,10 @@ async fn cancel_run_stops_unfinished_runs_and_their_mail(store: DynStore) {
         "a message on its way is left to finish"
     );
     let m = &outbox["m-pending"];
-    assert_eq!((m.status, m.next_attempt_at), (OutboxStatus::Failed, None));
+    assert_eq!(
+        (m.status, m.next_attempt_at),
+        (OutboxStatus::Cancelled, None)
+    );
     assert_eq!(m.last_error.as_deref(), Some("the run was cancelled"));
     assert!(
         store
@@ -1382,6 +1391,7 @@ async fn count_and_list_runs(store: DynStore) {
             status,
             created_before,
             limit,
+            ..RunFilter::default()
         };
         async move {
             store
@@ -2659,5 +2669,387 @@ async fn concurrent_cron_fires_record_each_slot_once(db: &TestDb) {
     assert_eq!(
         store.cron_checked_until("nightly", "cron:0").await.unwrap(),
         Some(T0 + (SLOTS - 1) * 60_000)
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Labels, categories, retry policies, iterations; the admin queries; retention.
+
+async fn new_columns_round_trip(store: DynStore) {
+    let mut run = new_run("lab", "wf", T0);
+    run.labels = json!({"client": "acme"});
+    let mut c = insert(run, state(RunStatus::Completed, None));
+    let mut step = step(1, "each", "completed");
+    step.iteration = Some("0.2".into());
+    c.steps = vec![step];
+    let mut m = message("m-lab", Some("lab"), "lab:k", T0);
+    m.category = MessageCategory::Transactional;
+    m.retry = Some(
+        serde_json::from_value(
+            json!({"max_attempts": 3, "delay": "1s", "backoff": "fixed", "jitter": false}),
+        )
+        .unwrap(),
+    );
+    c.outbox = vec![m];
+    committed(&store, c).await;
+    let r = get(&store, "lab").await;
+    assert_eq!(r.labels, json!({"client": "acme"}));
+    let log = store.step_log("lab").await.unwrap();
+    assert_eq!(log[0].iteration.as_deref(), Some("0.2"));
+    let m = &store.outbox_for_run("lab").await.unwrap()[0];
+    assert_eq!(m.category, MessageCategory::Transactional);
+    let retry = m.retry.as_ref().unwrap();
+    assert_eq!((retry.max_attempts, retry.jitter), (3, false));
+    assert_eq!(retry.delay.as_std(), std::time::Duration::from_secs(1));
+    // Labels and contacts filter the run list.
+    let f = |label: Option<(&str, &str)>| RunFilter {
+        label: label.map(|(k, v)| (k.to_owned(), v.to_owned())),
+        limit: 10,
+        ..RunFilter::default()
+    };
+    assert_eq!(
+        store
+            .list_runs(&f(Some(("client", "acme"))))
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+    assert_eq!(
+        store
+            .list_runs(&f(Some(("client", "other"))))
+            .await
+            .unwrap()
+            .len(),
+        0
+    );
+    assert_eq!(
+        store
+            .list_runs(&f(Some(("team", "acme"))))
+            .await
+            .unwrap()
+            .len(),
+        0
+    );
+}
+
+fn person(email: &str, first: &str, status: Option<&str>, now: Millis) -> ContactUpsert {
+    ContactUpsert {
+        new_id: format!("c-{email}"),
+        email: Some(email.into()),
+        first_name: Some(first.into()),
+        status: status.map(Into::into),
+        now,
+        ..ContactUpsert::default()
+    }
+}
+
+async fn contacts_are_listed_edited_and_erased(store: DynStore) {
+    store
+        .insert_events(
+            &[],
+            &[],
+            &[
+                person("ada@example.com", "Ada", Some("active"), T0),
+                person("grace@example.com", "Grace", Some("opted_out"), T0 + 1),
+                person("alan_t@example.com", "Alan", None, T0 + 2),
+            ],
+        )
+        .await
+        .unwrap();
+    let list = |q: Option<&str>, status: Option<&str>| {
+        let store = store.clone();
+        let f = ContactFilter {
+            query: q.map(Into::into),
+            status: status.map(Into::into),
+            created_before: None,
+            limit: 10,
+        };
+        async move {
+            store
+                .list_contacts(&f)
+                .await
+                .unwrap()
+                .into_iter()
+                .map(|c| c.first_name.unwrap())
+                .collect::<Vec<_>>()
+        }
+    };
+    assert_eq!(
+        list(None, None).await,
+        ["Alan", "Grace", "Ada"],
+        "newest first"
+    );
+    assert_eq!(list(Some("GRACE"), None).await, ["Grace"], "any case");
+    assert_eq!(list(Some("_t@"), None).await, ["Alan"], "`_` is literal");
+    assert_eq!(list(Some("ada lov"), None).await, Vec::<String>::new());
+    assert_eq!(list(None, Some("opted_out")).await, ["Grace"]);
+
+    let patch = ContactPatch {
+        last_name: Some(Some("Lovelace".into())),
+        status: Some(None),
+        attributes: json!({"plan": "pro"}).as_object().unwrap().clone(),
+        ..ContactPatch::default()
+    };
+    let c = store
+        .update_contact("c-ada@example.com", &patch, T0 + 10)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(c.last_name.as_deref(), Some("Lovelace"));
+    assert_eq!(c.status, None, "cleared");
+    assert_eq!(c.attributes["plan"], "pro");
+    let removing = ContactPatch {
+        attributes: json!({"plan": null}).as_object().unwrap().clone(),
+        ..ContactPatch::default()
+    };
+    let c = store
+        .update_contact("c-ada@example.com", &removing, T0 + 11)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        c.attributes.get("plan").is_none(),
+        "null removes an attribute"
+    );
+    // Taking another contact's e-mail is a conflict, and changes nothing.
+    let steal = ContactPatch {
+        email: Some(Some("grace@example.com".into())),
+        ..ContactPatch::default()
+    };
+    assert!(matches!(
+        store
+            .update_contact("c-ada@example.com", &steal, T0 + 12)
+            .await,
+        Err(StoreError::Conflict(_))
+    ));
+    assert_eq!(
+        store
+            .contact("c-ada@example.com")
+            .await
+            .unwrap()
+            .unwrap()
+            .email
+            .as_deref(),
+        Some("ada@example.com")
+    );
+    assert!(
+        store
+            .update_contact("nobody", &patch, T0)
+            .await
+            .unwrap()
+            .is_none()
+    );
+
+    // Erasure: the row goes, and runs no longer point at it.
+    let mut run = new_run("about-ada", "wf", T0);
+    run.id = "about-ada".into();
+    let mut st = state(RunStatus::Completed, None);
+    st.contact_id = Some("c-ada@example.com".into());
+    committed(&store, insert(run, st)).await;
+    assert!(store.delete_contact("c-ada@example.com").await.unwrap());
+    assert!(!store.delete_contact("c-ada@example.com").await.unwrap());
+    assert!(store.contact("c-ada@example.com").await.unwrap().is_none());
+    assert_eq!(get(&store, "about-ada").await.contact_id, None);
+    let counts = store.count_contacts().await.unwrap();
+    assert_eq!(counts, vec![(None, 1), (Some("opted_out".into()), 1)]);
+}
+
+async fn messages_are_listed_retried_and_withdrawn(store: DynStore) {
+    let mut c = insert(
+        new_run("r-out", "wf", T0),
+        state(RunStatus::Completed, None),
+    );
+    c.outbox = vec![
+        message("m1", Some("r-out"), "k1", T0),
+        message("m2", Some("r-out"), "k2", T0 + 1),
+    ];
+    committed(&store, c).await;
+    // m1 fails for good, m2 stays pending.
+    let claimed = store.claim_outbox("w", T0 + 5, 60_000, 1).await.unwrap();
+    assert_eq!(claimed[0].id, "m1");
+    store
+        .finish_delivery(
+            "m1",
+            "w",
+            DeliveryOutcome::Failed {
+                error: "550 no such user".into(),
+            },
+            T0 + 6,
+        )
+        .await
+        .unwrap();
+    let f = |status: Option<OutboxStatus>| OutboxFilter {
+        status,
+        run_id: Some("r-out".into()),
+        limit: 10,
+        ..OutboxFilter::default()
+    };
+    let failed = store
+        .list_messages(&f(Some(OutboxStatus::Failed)))
+        .await
+        .unwrap();
+    assert_eq!(failed.len(), 1);
+    assert_eq!(store.list_messages(&f(None)).await.unwrap().len(), 2);
+
+    match store.retry_message("m1", T0 + 10).await.unwrap() {
+        MessageChange::Done(m) => {
+            assert_eq!(
+                (m.status, m.attempts, m.next_attempt_at),
+                (OutboxStatus::Pending, 0, Some(T0 + 10))
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(
+        store.retry_message("m2", T0 + 10).await.unwrap(),
+        MessageChange::WrongState(OutboxStatus::Pending)
+    );
+    assert_eq!(
+        store.retry_message("nope", T0).await.unwrap(),
+        MessageChange::NotFound
+    );
+    match store.cancel_message("m2", T0 + 11).await.unwrap() {
+        MessageChange::Done(m) => assert_eq!(
+            (m.status, m.next_attempt_at),
+            (OutboxStatus::Cancelled, None)
+        ),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(
+        store.cancel_message("m2", T0 + 12).await.unwrap(),
+        MessageChange::WrongState(OutboxStatus::Cancelled)
+    );
+    // A cancelled message is never claimed.
+    let claimed: Vec<String> = store
+        .claim_outbox("w", T0 + 20, 60_000, 10)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|m| m.id)
+        .collect();
+    assert_eq!(claimed, ["m1"]);
+}
+
+async fn runs_are_cancelled_in_bulk_by_label_contact_and_workflow(store: DynStore) {
+    for (id, workflow, client, status) in [
+        ("a1", "drip", "acme", RunStatus::Waiting),
+        ("a2", "drip", "acme", RunStatus::Pending),
+        ("a3", "drip", "acme", RunStatus::Completed),
+        ("b1", "drip", "beta", RunStatus::Waiting),
+        ("c1", "other", "acme", RunStatus::Waiting),
+    ] {
+        let mut run = new_run(id, workflow, T0);
+        run.labels = json!({"client": client});
+        let mut c = insert(run, state(status, Some(T0 + 60_000)));
+        if id == "a1" {
+            c.outbox = vec![message("m-a1", Some("a1"), "k-a1", T0)];
+        }
+        committed(&store, c).await;
+    }
+    let sel = |workflow: Option<&str>, label: Option<(&str, &str)>| RunSelection {
+        workflow_id: workflow.map(Into::into),
+        label: label.map(|(k, v)| (k.into(), v.into())),
+        ..RunSelection::default()
+    };
+    assert_eq!(
+        store
+            .cancel_runs(&sel(Some("drip"), Some(("client", "acme"))), T0 + 1, true)
+            .await
+            .unwrap(),
+        2,
+        "a dry run counts the unfinished ones"
+    );
+    assert_eq!(
+        get(&store, "a1").await.status,
+        RunStatus::Waiting,
+        "and changes nothing"
+    );
+    assert_eq!(
+        store
+            .cancel_runs(&sel(Some("drip"), Some(("client", "acme"))), T0 + 1, false)
+            .await
+            .unwrap(),
+        2
+    );
+    for (id, expected) in [
+        ("a1", RunStatus::Cancelled),
+        ("a2", RunStatus::Cancelled),
+        ("a3", RunStatus::Completed),
+        ("b1", RunStatus::Waiting),
+        ("c1", RunStatus::Waiting),
+    ] {
+        assert_eq!(get(&store, id).await.status, expected, "{id}");
+    }
+    let m = &store.outbox_for_run("a1").await.unwrap()[0];
+    assert_eq!(m.status, OutboxStatus::Cancelled);
+    assert!(
+        store
+            .claim_runs("w", T0 + 120_000, 1000, 10)
+            .await
+            .unwrap()
+            .iter()
+            .all(|r| !r.id.starts_with('a'))
+    );
+}
+
+async fn retention_deletes_old_history_but_not_what_is_still_needed(store: DynStore) {
+    const DAY: i64 = 86_400_000;
+    // An old finished run with its log and message; an old finished child whose parent still
+    // waits; a recent finished run; an old unfinished run.
+    let mut old = insert(new_run("old", "wf", T0), state(RunStatus::Completed, None));
+    old.state.finished_at = Some(T0);
+    old.steps = vec![step(1, "s", "completed")];
+    old.outbox = vec![message("m-old", Some("old"), "k-old", T0)];
+    committed(&store, old).await;
+    let mut parent = new_run("parent", "wf", T0);
+    parent.id = "parent".into();
+    committed(
+        &store,
+        insert(parent, state(RunStatus::Waiting, Some(T0 + 40 * DAY))),
+    )
+    .await;
+    let mut child = new_run("child", "wf", T0);
+    child.parent_run_id = Some("parent".into());
+    let mut c = insert(child, state(RunStatus::Completed, None));
+    c.state.finished_at = Some(T0);
+    committed(&store, c).await;
+    let mut recent = insert(
+        new_run("recent", "wf", T0 + 29 * DAY),
+        state(RunStatus::Completed, None),
+    );
+    recent.state.finished_at = Some(T0 + 29 * DAY);
+    committed(&store, recent).await;
+    store
+        .insert_events(&[event("e-old", "n", "k", T0 - DAY)], &[], &[])
+        .await
+        .unwrap();
+    let now = T0 + 31 * DAY;
+    let purged = store
+        .purge(Some(now - 30 * DAY), Some(now - 30 * DAY), 1)
+        .await
+        .unwrap();
+    assert_eq!(
+        (purged.runs, purged.steps, purged.messages),
+        (1, 1, 1),
+        "{purged:?}"
+    );
+    assert!(store.run("old").await.unwrap().is_none());
+    assert!(store.outbox_for_run("old").await.unwrap().is_empty());
+    assert!(
+        store.run("child").await.unwrap().is_some(),
+        "its parent still waits"
+    );
+    assert!(store.run("recent").await.unwrap().is_some());
+    assert!(store.run("parent").await.unwrap().is_some());
+    // The old event predates the waiting parent's own start, so nothing can consume it.
+    assert_eq!(purged.events, 1);
+    // Nothing more to do: a second pass deletes nothing.
+    assert_eq!(
+        store
+            .purge(Some(now - 30 * DAY), Some(now - 30 * DAY), 10)
+            .await
+            .unwrap(),
+        Purged::default()
     );
 }

@@ -2147,3 +2147,227 @@ async fn a_webhook_under_api_answers_before_the_admin_api() {
     let message = r.assert_error(404, "not_found");
     assert!(message.contains("/api/nothing"), "{message}");
 }
+
+// --- The operator's admin API: contacts, outbox, bulk cancel, counts, cron now, retention ------
+
+impl Server {
+    async fn admin_send(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> Answer {
+        let mut req = self
+            .http
+            .request(method, self.url(path))
+            .header("x-api-key", ADMIN_KEY);
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        self.send(req).await
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_admin_api_finds_edits_and_erases_contacts() {
+    use reqwest::Method;
+    let s = Server::start().await;
+    let r = s
+        .admin_send(
+            Method::POST,
+            "/api/contacts",
+            Some(json!({"email": "Ada@Example.com", "phone": "303 555 0100", "first_name": "Ada"})),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{r:?}");
+    let id = r.json["contact"]["id"].as_str().unwrap().to_owned();
+    assert_eq!(r.json["contact"]["email"], "ada@example.com");
+    assert_eq!(r.json["contact"]["phone"], "+13035550100");
+    // The same person again is the same contact.
+    let r = s
+        .admin_send(
+            Method::POST,
+            "/api/contacts",
+            Some(json!({"email": "ada@example.com", "last_name": "Lovelace"})),
+        )
+        .await;
+    assert_eq!(
+        (r.status, r.json["created"].clone()),
+        (200, json!(false)),
+        "{r:?}"
+    );
+    s.admin_send(
+        Method::POST,
+        "/api/contacts",
+        Some(json!({"email": "grace@example.com"})),
+    )
+    .await;
+    // Bad input says what is wrong.
+    let r = s
+        .admin_send(
+            Method::POST,
+            "/api/contacts",
+            Some(json!({"phone": "call me"})),
+        )
+        .await;
+    assert!(
+        r.assert_error(400, "invalid_contact")
+            .contains("country code")
+    );
+    let r = s
+        .admin_send(
+            Method::POST,
+            "/api/contacts",
+            Some(json!({"first_name": "Nobody"})),
+        )
+        .await;
+    assert!(
+        r.assert_error(400, "invalid_contact")
+            .contains("`email` or a `phone`")
+    );
+    let r = s
+        .admin_send(
+            Method::POST,
+            "/api/contacts",
+            Some(json!({"mail": "x@y.z"})),
+        )
+        .await;
+    assert!(
+        r.assert_error(400, "invalid_contact")
+            .contains("unknown field `mail`")
+    );
+
+    let r = s.admin_get("/api/contacts?q=LOVE").await;
+    let found = r.json["contacts"].as_array().unwrap();
+    assert_eq!(found.len(), 1, "{r:?}");
+    assert_eq!(found[0]["last_name"], "Lovelace");
+
+    let r = s
+        .admin_send(
+            Method::PATCH,
+            &format!("/api/contacts/{id}"),
+            Some(json!({"status": "vip", "attributes": {"plan": "pro"}})),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(r.json["contact"]["status"], "vip");
+    assert_eq!(r.json["contact"]["attributes"]["plan"], "pro");
+    let r = s
+        .admin_send(
+            Method::PATCH,
+            &format!("/api/contacts/{id}"),
+            Some(json!({"email": "grace@example.com"})),
+        )
+        .await;
+    r.assert_error(409, "conflict");
+    let r = s
+        .admin_send(
+            Method::PATCH,
+            "/api/contacts/nobody",
+            Some(json!({"status": "x"})),
+        )
+        .await;
+    r.assert_error(404, "not_found");
+    let r = s
+        .admin_send(
+            Method::PATCH,
+            &format!("/api/contacts/{id}"),
+            Some(json!({"timezone": "Mars/Base"})),
+        )
+        .await;
+    r.assert_error(400, "invalid_contact");
+
+    let r = s
+        .admin_send(Method::DELETE, &format!("/api/contacts/{id}"), None)
+        .await;
+    assert_eq!(r.status, 200, "{r:?}");
+    s.admin_get(&format!("/api/contacts/{id}"))
+        .await
+        .assert_error(404, "not_found");
+    s.admin_send(Method::DELETE, &format!("/api/contacts/{id}"), None)
+        .await
+        .assert_error(404, "not_found");
+    // Without the key, nothing.
+    let r = s.send(s.http.get(s.url("/api/contacts"))).await;
+    r.assert_error(401, "missing_credentials");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_admin_api_steers_the_outbox_and_cancels_runs_in_bulk() {
+    use reqwest::Method;
+    let s = Server::start().await;
+    // `lead` queues a message and waits two days for a reply.
+    let run = s
+        .post_json("/hooks/lead", &json!({"email": "ada@example.com"}), &[])
+        .await
+        .accepted();
+    let r = s.admin_get(&format!("/api/outbox?run={run}")).await;
+    let messages = r.json["messages"].as_array().unwrap().clone();
+    assert_eq!(messages.len(), 1, "{r:?}");
+    let m = messages[0]["id"].as_str().unwrap().to_owned();
+    assert_eq!(messages[0]["category"], "marketing");
+    let r = s.admin_get(&format!("/api/outbox/{m}")).await;
+    assert_eq!(r.json["message"]["body"], "Thanks for applying");
+    let r = s.admin_post(&format!("/api/outbox/{m}/retry"), None).await;
+    assert!(
+        r.assert_error(409, "wrong_state")
+            .contains("only failed messages")
+    );
+    let r = s.admin_post(&format!("/api/outbox/{m}/cancel"), None).await;
+    assert_eq!(r.json["message"]["status"], "cancelled", "{r:?}");
+    s.admin_post("/api/outbox/nope/cancel", None)
+        .await
+        .assert_error(404, "not_found");
+    s.admin_get("/api/outbox?status=lost")
+        .await
+        .assert_error(400, "invalid_status");
+
+    // Bulk cancel needs a filter, and a dry run changes nothing.
+    let r = s
+        .admin_send(Method::POST, "/api/runs/cancel", Some(json!({})))
+        .await;
+    r.assert_error(400, "missing_filter");
+    let r = s
+        .admin_send(
+            Method::POST,
+            "/api/runs/cancel",
+            Some(json!({"workflow": "lead", "dry_run": true})),
+        )
+        .await;
+    assert_eq!(r.json["would_cancel"], 1, "{r:?}");
+    let r = s.admin_get("/api/runs/counts?workflow=lead").await;
+    assert_eq!(r.json["runs"]["waiting"], 1, "{r:?}");
+    let r = s
+        .admin_send(
+            Method::POST,
+            "/api/runs/cancel",
+            Some(json!({"workflow": "lead"})),
+        )
+        .await;
+    assert_eq!(r.json["cancelled"], 1, "{r:?}");
+    let r = s.admin_get("/api/runs/counts").await;
+    assert_eq!(r.json["runs"]["cancelled"], 1, "{r:?}");
+    assert_eq!(r.json["outbox"]["cancelled"], 1, "{r:?}");
+    let r = s
+        .admin_send(
+            Method::POST,
+            "/api/runs/cancel",
+            Some(json!({"label": "no-colon"})),
+        )
+        .await;
+    r.assert_error(400, "invalid_label");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_admin_api_runs_a_cron_workflow_now_and_says_when_retention_is_off() {
+    let s = Server::start().await;
+    let r = s.admin_post("/api/cron/ticker/run", None).await;
+    assert_eq!(r.status, 202, "{r:?}");
+    let run = r.json["run_id"].as_str().unwrap().to_owned();
+    let r = s.admin_get(&format!("/api/runs/{run}")).await;
+    assert_eq!(r.json["run"]["trigger"], "cron", "{r:?}");
+    s.admin_post("/api/cron/lead/run", None)
+        .await
+        .assert_error(409, "no_cron_trigger");
+    s.admin_post("/api/cron/nope/run", None)
+        .await
+        .assert_error(404, "not_found");
+    s.admin_post("/api/retention/run", None)
+        .await
+        .assert_error(409, "retention_off");
+}

@@ -194,6 +194,10 @@ async fn serve(args: Args) -> Result<ExitCode, UsageError> {
     tasks.spawn(engine.clone().renew_leases(shutdown.clone()));
     tasks.spawn(engine.clone().dispatch(shutdown.clone()));
     tasks.spawn(Arc::new(Scheduler::new(engine.clone())).run(shutdown.clone()));
+    tasks.spawn(crate::server::retention::run(
+        engine.clone(),
+        shutdown.clone(),
+    ));
     crate::reload::spawn(
         state.clone(),
         layout.clone(),

@@ -98,6 +98,10 @@ pub struct RunsQuery {
     limit: Option<i64>,
     /// Only runs created before this run id's creation (paging).
     before: Option<i64>,
+    /// Only runs with this label, as `name:value`.
+    label: Option<String>,
+    /// Only runs about this contact id.
+    contact: Option<String>,
 }
 
 fn summary(r: &RunRecord) -> Value {
@@ -113,6 +117,7 @@ fn summary(r: &RunRecord) -> Value {
         "updated_at": r.updated_at,
         "finished_at": r.finished_at,
         "due_at": r.due_at,
+        "labels": r.labels,
     })
 }
 
@@ -140,6 +145,21 @@ pub async fn list_runs(
             workflow_id: q.workflow,
             status,
             created_before: q.before,
+            label: q
+                .label
+                .map(|l| {
+                    l.split_once(':')
+                        .map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned()))
+                        .ok_or_else(|| {
+                            ApiError::new(
+                                StatusCode::BAD_REQUEST,
+                                "invalid_label",
+                                format!("`{l}` is not a label: write name:value"),
+                            )
+                        })
+                })
+                .transpose()?,
+            contact_id: q.contact,
             limit,
         })
         .await

@@ -5,6 +5,8 @@ pub mod admin;
 pub mod health;
 pub mod hooks;
 pub mod listener;
+pub mod operations;
+pub mod retention;
 
 use std::sync::{Arc, Mutex};
 
@@ -62,7 +64,25 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/runs/{id}/retry", post(admin::retry_run))
         .route("/events", post(admin::emit_event))
         .route("/messages/{channel}", post(admin::inbound_message))
+        .route("/runs/cancel", post(operations::cancel_runs))
+        .route("/runs/counts", get(operations::counts))
         .route("/cron/{workflow}", get(admin::cron_fires))
+        .route("/cron/{workflow}/run", post(operations::run_cron_now))
+        .route(
+            "/contacts",
+            get(operations::list_contacts).post(operations::create_contact),
+        )
+        .route(
+            "/contacts/{id}",
+            get(operations::get_contact)
+                .patch(operations::update_contact)
+                .delete(operations::delete_contact),
+        )
+        .route("/outbox", get(operations::list_outbox))
+        .route("/outbox/{id}", get(operations::get_message))
+        .route("/outbox/{id}/retry", post(operations::retry_message))
+        .route("/outbox/{id}/cancel", post(operations::cancel_message))
+        .route("/retention/run", post(operations::run_retention))
         .route("/reload", post(admin::reload))
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),

@@ -9,10 +9,17 @@
 //! Times are unix milliseconds from the engine's clock, passed in by the caller, so a virtual
 //! clock governs timers and leases in tests.
 
+pub mod admin;
 mod group_commit;
 pub mod postgres;
+mod postgres_admin;
 mod rows;
 pub mod sqlite;
+mod sqlite_admin;
+
+pub use admin::{
+    Admin, ContactFilter, ContactPatch, MessageChange, OutboxFilter, Purged, RunSelection,
+};
 
 use std::sync::Arc;
 
@@ -40,6 +47,9 @@ pub enum StoreError {
     Corrupt(String),
     #[error("{0}")]
     Config(String),
+    /// The change would break a uniqueness rule (another contact has that e-mail, say).
+    #[error("{0}")]
+    Conflict(String),
 }
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
@@ -460,11 +470,15 @@ pub struct RunFilter {
     pub status: Option<RunStatus>,
     /// Only runs created before this (for paging back through history).
     pub created_before: Option<Millis>,
+    /// Only runs with this label, as (name, value).
+    pub label: Option<(String, String)>,
+    /// Only runs about this contact.
+    pub contact_id: Option<String>,
     pub limit: i64,
 }
 
 #[async_trait]
-pub trait Store: Send + Sync + std::fmt::Debug {
+pub trait Store: Admin + Send + Sync + std::fmt::Debug {
     /// `sqlite` or `postgres`.
     fn backend(&self) -> &'static str;
 

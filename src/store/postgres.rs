@@ -45,7 +45,7 @@ const CONTACT_ATTEMPTS: u32 = 5;
 
 #[derive(Debug, Clone)]
 pub struct PgStore {
-    pool: PgPool,
+    pub(super) pool: PgPool,
 }
 
 impl PgStore {
@@ -689,12 +689,17 @@ impl Store for PgStore {
             "SELECT ",
             run_columns!(),
             " FROM runs WHERE ($1::text IS NULL OR workflow_id = $1) AND ($2::text IS NULL OR status = $2)
-               AND ($3::bigint IS NULL OR created_at < $3) ORDER BY created_at DESC, id DESC LIMIT $4"
+               AND ($3::bigint IS NULL OR created_at < $3) AND ($5::text IS NULL OR contact_id = $5)
+               AND ($6::text IS NULL OR (labels::jsonb) ->> $6 = $7)
+             ORDER BY created_at DESC, id DESC LIMIT $4"
         ))
         .bind(&f.workflow_id)
         .bind(f.status.map(RunStatus::as_str))
         .bind(f.created_before)
         .bind(f.limit)
+        .bind(&f.contact_id)
+        .bind(f.label.as_ref().map(|l| l.0.clone()))
+        .bind(f.label.as_ref().map(|l| l.1.clone()))
         .fetch_all(&self.pool)
         .await?;
         rows.iter().map(|r| Ok(decode_run!(r))).collect()
@@ -814,7 +819,7 @@ impl Store for PgStore {
         // dispatcher is claiming right now is locked; we wait for it, see it `sending`, and
         // leave it to finish: it is already on its way.
         sqlx::query(
-            "UPDATE outbox SET status = 'failed', next_attempt_at = NULL, lease_owner = NULL,
+            "UPDATE outbox SET status = 'cancelled', next_attempt_at = NULL, lease_owner = NULL,
                  last_error = 'the run was cancelled', updated_at = $1 WHERE run_id = $2 AND status = 'pending'",
         )
         .bind(now)

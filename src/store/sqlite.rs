@@ -495,12 +495,17 @@ impl Store for SqliteStore {
             "SELECT ",
             run_columns!(),
             " FROM runs WHERE (?1 IS NULL OR workflow_id = ?1) AND (?2 IS NULL OR status = ?2)
-               AND (?3 IS NULL OR created_at < ?3) ORDER BY created_at DESC, id DESC LIMIT ?4"
+               AND (?3 IS NULL OR created_at < ?3) AND (?5 IS NULL OR contact_id = ?5)
+               AND (?6 IS NULL OR json_extract(labels, '$.\"' || ?6 || '\"') = ?7)
+             ORDER BY created_at DESC, id DESC LIMIT ?4"
         ))
         .bind(&f.workflow_id)
         .bind(f.status.map(RunStatus::as_str))
         .bind(f.created_before)
         .bind(f.limit)
+        .bind(&f.contact_id)
+        .bind(f.label.as_ref().map(|l| l.0.replace('"', "")))
+        .bind(f.label.as_ref().map(|l| l.1.clone()))
         .fetch_all(&self.pool)
         .await?;
         rows.iter().map(|r| Ok(decode_run!(r))).collect()
@@ -614,7 +619,7 @@ impl Store for SqliteStore {
         }
         // Messages the run queued but that have not gone out yet are not sent.
         sqlx::query(
-            "UPDATE outbox SET status = 'failed', next_attempt_at = NULL, lease_owner = NULL,
+            "UPDATE outbox SET status = 'cancelled', next_attempt_at = NULL, lease_owner = NULL,
                  last_error = 'the run was cancelled', updated_at = ? WHERE run_id = ? AND status = 'pending'",
         )
         .bind(now)

@@ -43,6 +43,8 @@ pub struct ConfigDef {
     pub limits: LimitsConfig,
     #[serde(default)]
     pub server: ServerConfig,
+    #[serde(default)]
+    pub retention: RetentionConfig,
 }
 
 impl ConfigDef {
@@ -69,6 +71,7 @@ impl Default for ConfigDef {
             routes: RoutesConfig::default(),
             limits: LimitsConfig::default(),
             server: ServerConfig::default(),
+            retention: RetentionConfig::default(),
         }
     }
 }
@@ -268,6 +271,20 @@ impl Default for EngineConfig {
             lease: EngineConfig::default_lease(),
         }
     }
+}
+
+/// How long history is kept. Unset, nothing is deleted. `herald serve` deletes what is older
+/// every hour, in small batches; `POST /api/retention/run` does it at once.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RetentionConfig {
+    /// Finished runs older than this are deleted, with their step logs and messages. A run a
+    /// waiting parent still needs is kept.
+    #[serde(default)]
+    pub runs: Option<Duration>,
+    /// Events older than this are deleted, unless a run still waiting could consume them.
+    #[serde(default)]
+    pub events: Option<Duration>,
 }
 
 /// How `herald serve` treats connections (read when it starts).
