@@ -990,7 +990,7 @@ steps:
         .await
         .unwrap();
     assert_eq!(messages.len(), 1);
-    assert_eq!(messages[0].status, OutboxStatus::Failed);
+    assert_eq!(messages[0].status, OutboxStatus::Cancelled);
 }
 
 async fn retry_resumes_a_failed_run_at_the_failed_step(db: db::TestDb) {
