@@ -1,7 +1,7 @@
 //! A short round of chaos across three `herald serve` processes on one PostgreSQL database
-//! (see `support/chaos.rs` for what is checked). The long round, a hundred kills, is
-//! `cargo bench --bench chaos`. Needs `HERALD_TEST_POSTGRES_URL`; without it the test says it
-//! was skipped.
+//! (see `support/chaos.rs` for what is checked). `CHAOS_KILLS=100` makes it the long round
+//! (as does `cargo bench --bench chaos`, on a release build). Needs `HERALD_TEST_POSTGRES_URL`;
+//! without it the test says it was skipped.
 
 #![cfg(unix)]
 
@@ -21,7 +21,10 @@ async fn three_processes_survive_random_kills() {
         &db.url,
         &chaos::Settings {
             processes: 3,
-            kills: 8,
+            kills: std::env::var("CHAOS_KILLS")
+                .ok()
+                .and_then(|k| k.parse().ok())
+                .unwrap_or(8),
             pause_ms: 400..1200,
             webhooks_per_second: 20,
         },
