@@ -238,6 +238,8 @@ fn check_all(project: &Project, opts: &LoadOptions, texts: &mut CompiledTexts) -
         }
     }
 
+    check_call_cycles(defs, &mut out);
+
     let env = project.templates.env();
     let globals: HashSet<String> = env.globals().map(|(k, _)| k.to_owned()).collect();
     for def in defs {
@@ -1014,6 +1016,123 @@ fn bad_cron_field(schedule: &str) -> Option<(usize, &str, &'static str, &'static
 }
 
 /// Whether a step always ends the run as failed.
+/// A `call` of a workflow from a step, and whether a branch guards it.
+struct CallEdge<'a> {
+    def: &'a Definition,
+    target: String,
+    pointer: String,
+    guarded: bool,
+}
+
+/// Workflows that call each other in a circle recurse at run time until something gives.
+/// A cycle whose every call is unconditional is an error at each call; one with a call behind
+/// a condition (an `if`, `switch`, loop or handler) may end, and is a warning.
+fn check_call_cycles(defs: &[Arc<Definition>], out: &mut Vec<Diagnostic>) {
+    fn walk<'a>(def: &'a Definition, steps: &[Step], guarded: bool, edges: &mut Vec<CallEdge<'a>>) {
+        for step in steps {
+            if let Action::Call(c) = &step.action {
+                edges.push(CallEdge {
+                    def,
+                    target: c.workflow.clone(),
+                    pointer: format!("{}/call/workflow", step.pointer),
+                    guarded,
+                });
+            }
+            // A `try` body runs whenever the `try` does; every other nested list is a branch.
+            for (key, branch) in step.nested() {
+                walk(def, branch, guarded || key != "try", edges);
+            }
+        }
+    }
+    let mut edges: Vec<CallEdge> = Vec::new();
+    for def in defs {
+        if let Some(wf) = def.as_workflow() {
+            walk(def, &wf.steps, false, &mut edges);
+        }
+    }
+    let from: HashMap<&str, Vec<usize>> =
+        edges
+            .iter()
+            .enumerate()
+            .fold(HashMap::new(), |mut m, (i, e)| {
+                m.entry(e.def.id.as_str()).or_default().push(i);
+                m
+            });
+    // Each cycle once: found from its smallest workflow id, through edges in file order.
+    let mut reported: HashSet<Vec<usize>> = HashSet::new();
+    let mut starts: Vec<&str> = from.keys().copied().collect();
+    starts.sort_unstable();
+    for start in starts {
+        let mut path: Vec<usize> = Vec::new();
+        let first = from.get(start).cloned().unwrap_or_default();
+        let mut frontier: Vec<Vec<usize>> = vec![first];
+        while let Some(choices) = frontier.last_mut() {
+            let Some(edge) = choices.pop() else {
+                frontier.pop();
+                path.pop();
+                continue;
+            };
+            let target = edges[edge].target.as_str();
+            if target == start {
+                let mut cycle = path.clone();
+                cycle.push(edge);
+                let mut key = cycle.clone();
+                key.sort_unstable();
+                if reported.insert(key) {
+                    report_cycle(&edges, &cycle, out);
+                }
+                continue;
+            }
+            // Only through workflows greater than the start, and not twice in one path.
+            if target < start || path.iter().any(|&e| edges[e].def.id == target) {
+                continue;
+            }
+            path.push(edge);
+            frontier.push(from.get(target).cloned().unwrap_or_default());
+        }
+    }
+}
+
+fn report_cycle(edges: &[CallEdge], cycle: &[usize], out: &mut Vec<Diagnostic>) {
+    let names: Vec<&str> = cycle
+        .iter()
+        .map(|&e| edges[e].def.id.as_str())
+        .chain(std::iter::once(edges[cycle[0]].def.id.as_str()))
+        .collect();
+    let chain = names.join("` → `");
+    let what = if cycle.len() == 1 {
+        format!("workflow `{}` calls itself", names[0])
+    } else {
+        format!("these workflows call each other in a circle: `{chain}`")
+    };
+    let guarded = cycle.iter().any(|&e| edges[e].guarded);
+    let locations: Vec<String> = cycle
+        .iter()
+        .map(|&e| {
+            edges[e]
+                .def
+                .at_value(&edges[e].pointer, Diagnostic::error("", ""))
+                .location()
+        })
+        .collect();
+    for &e in cycle {
+        let edge = &edges[e];
+        let d = if guarded {
+            Diagnostic::warning("call-cycle", what.clone()).with_hint(format!(
+                "a condition guards it, so it may end; make sure it does (the calls: {})",
+                locations.join(", ")
+            ))
+        } else {
+            Diagnostic::error("call-cycle", format!("{what}, with nothing to stop it"))
+            .with_hint(format!(
+                "every run would start another until something gives; put one of the calls behind an `if` (the calls: {})",
+                locations.join(", ")
+            ))
+        };
+        out.push(edge.def.at_value(&edge.pointer, d));
+    }
+}
+
 fn always_fails(step: &Step) -> bool {
     let list_fails = |steps: &[Step]| steps.iter().any(always_fails);
     if step.on_error.is_some() {
