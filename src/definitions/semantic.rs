@@ -255,6 +255,8 @@ fn check_all(project: &Project, opts: &LoadOptions, texts: &mut CompiledTexts) -
                 workflow_ids: &workflow_ids,
                 listened: &listened,
                 step_ids: HashSet::new(),
+                order: HashMap::new(),
+                current: None,
                 texts: &mut *texts,
                 out: &mut out,
             };
@@ -407,8 +409,48 @@ struct WorkflowCheck<'a> {
     workflow_ids: &'a [&'a str],
     listened: &'a HashSet<&'a str>,
     step_ids: HashSet<String>,
+    /// Each step's place in the order steps run: its pre-order index, the steps enclosing it,
+    /// and whether a loop encloses it.
+    order: HashMap<String, StepPlace>,
+    /// The step whose texts are being checked.
+    current: Option<String>,
     texts: &'a mut CompiledTexts,
     out: &'a mut Vec<Diagnostic>,
+}
+
+#[derive(Debug, Clone, Default)]
+struct StepPlace {
+    index: usize,
+    ancestors: Vec<String>,
+    in_loop: bool,
+}
+
+/// Every step's [`StepPlace`].
+fn step_places(steps: &[Step]) -> HashMap<String, StepPlace> {
+    fn walk(
+        steps: &[Step],
+        ancestors: &mut Vec<String>,
+        in_loop: bool,
+        out: &mut HashMap<String, StepPlace>,
+    ) {
+        for s in steps {
+            let index = out.len();
+            out.entry(s.id.clone()).or_insert(StepPlace {
+                index,
+                ancestors: ancestors.clone(),
+                in_loop,
+            });
+            ancestors.push(s.id.clone());
+            let looping = in_loop || matches!(s.action, Action::ForEach { .. });
+            for (_, branch) in s.nested() {
+                walk(branch, ancestors, looping, out);
+            }
+            ancestors.pop();
+        }
+    }
+    let mut out = HashMap::new();
+    walk(steps, &mut Vec::new(), false, &mut out);
+    out
 }
 
 impl WorkflowCheck<'_> {
@@ -437,6 +479,7 @@ impl WorkflowCheck<'_> {
             }
         }
         self.step_ids = seen.into_keys().collect();
+        self.order = step_places(&self.wf.steps);
 
         let has_sync_webhook = self
             .wf
@@ -610,6 +653,7 @@ impl WorkflowCheck<'_> {
     }
 
     fn check_step(&mut self, step: &Step, scope: &[String], sync: bool) {
+        self.current = Some(step.id.clone());
         let p = &step.pointer;
         match &step.action {
             Action::Set(vars) => {
@@ -866,6 +910,31 @@ impl WorkflowCheck<'_> {
         }
     }
 
+    /// Whether `steps.<id>` read by the current step is read before step `id` runs: `None` if
+    /// not, `Some(false)` if it cannot have run (an error), `Some(true)` if only a previous loop
+    /// item's run can have set it (a warning). An enclosing step has run (an `if` records its
+    /// branch, a failed step's handler sees its error).
+    fn forward_reference(&self, id: &str) -> Option<bool> {
+        let current = self.current.as_ref()?;
+        let here = self.order.get(current)?;
+        let there = self.order.get(id)?;
+        if here.ancestors.iter().any(|a| a == id) || there.index < here.index {
+            return None;
+        }
+        // Both in one loop's body: the later step ran for the previous item.
+        let shared_loop = here.in_loop
+            && there.in_loop
+            && here.ancestors.iter().any(|a| {
+                there.ancestors.contains(a)
+                    && self
+                        .wf
+                        .all_steps()
+                        .iter()
+                        .any(|s| s.id == *a && matches!(s.action, Action::ForEach { .. }))
+            });
+        Some(shared_loop)
+    }
+
     fn check_text(&mut self, pointer: &str, text: &str, kind: TextKind, scope: &[String]) {
         let (expr, what) = match kind {
             TextKind::Expr => (Some(text), "expression"),
@@ -894,6 +963,30 @@ impl WorkflowCheck<'_> {
                 || scope.iter().any(|s| s == root)
                 || self.globals.contains(root)
             {
+                if root == "steps"
+                    && let Some(id) = parts.clone().next()
+                    && self.step_ids.contains(id)
+                    && let Some(warning) = self.forward_reference(id)
+                    && reported.insert(format!("steps.{id}"))
+                {
+                    let d = if warning {
+                        Diagnostic::warning(
+                            "forward-reference",
+                            format!("step `{id}` runs after this one; in a loop its output is the previous item's"),
+                        )
+                        .with_hint("on the first item it does not exist yet: guard it with `steps.X is defined`, or move the step earlier")
+                    } else {
+                        Diagnostic::error(
+                            "forward-reference",
+                            format!("step `{id}` has not run yet when this one runs, so its output does not exist"),
+                        )
+                        .with_hint(format!("move step `{id}` before this one, or use its output after it"))
+                    };
+                    let span = self.def.span_in_value(pointer, &format!("steps.{id}"));
+                    let d = self.def.file.locate(d, span);
+                    self.out.push(d);
+                    continue;
+                }
                 if root == "steps"
                     && let Some(id) = parts.next()
                     && !self.step_ids.contains(id)
