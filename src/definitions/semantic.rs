@@ -41,7 +41,11 @@ pub const BUILTIN_CHANNEL: &str = "log";
 /// does not compile.
 #[derive(Debug, Clone)]
 enum Compiled {
-    Vars(Arc<[String]>),
+    Vars {
+        vars: Arc<[String]>,
+        /// The filters, tests, functions and templates it names.
+        refs: Arc<[crate::templates::inspect::Reference]>,
+    },
     Invalid {
         message: String,
         range: Option<Range<usize>>,
@@ -92,7 +96,12 @@ impl CompiledTexts {
 }
 
 fn compile_text(env: &Environment<'static>, text: &str, expr: Option<&str>) -> Compiled {
-    let vars = match expr {
+    // An expression is inspected as the template that prints it, which names the same things.
+    let source = match expr {
+        Some(e) => std::borrow::Cow::Owned(format!("{{{{ {e} }}}}")),
+        None => std::borrow::Cow::Borrowed(text),
+    };
+    let compiled = match expr {
         Some(e) => env
             .compile_expression(e)
             .map(|c| c.undeclared_variables(true)),
@@ -100,11 +109,18 @@ fn compile_text(env: &Environment<'static>, text: &str, expr: Option<&str>) -> C
             .template_from_str(text)
             .map(|t| t.undeclared_variables(true)),
     };
-    match vars {
+    match compiled {
         Ok(vars) => {
             let mut vars: Vec<String> = vars.into_iter().collect();
             vars.sort();
-            Compiled::Vars(vars.into())
+            let refs = env
+                .template_from_str(&source)
+                .map(|t| crate::templates::inspect::references(&t))
+                .unwrap_or_default();
+            Compiled::Vars {
+                vars: vars.into(),
+                refs: refs.into(),
+            }
         }
         Err(err) => Compiled::Invalid {
             message: describe_error(&err),
@@ -242,6 +258,7 @@ fn check_all(project: &Project, opts: &LoadOptions, texts: &mut CompiledTexts) -
 
     let env = project.templates.env();
     let globals: HashSet<String> = env.globals().map(|(k, _)| k.to_owned()).collect();
+    let known = crate::templates::inspect::Known::default();
     for def in defs {
         if let Some(wf) = def.as_workflow() {
             let mut c = WorkflowCheck {
@@ -252,6 +269,8 @@ fn check_all(project: &Project, opts: &LoadOptions, texts: &mut CompiledTexts) -
                 channels: &channels,
                 templates: project.templates.names(),
                 broken_templates: project.templates.broken_names(),
+                known: &known,
+                template_dir: project.templates.display_dir(),
                 workflow_ids: &workflow_ids,
                 listened: &listened,
                 step_ids: HashSet::new(),
@@ -406,6 +425,10 @@ struct WorkflowCheck<'a> {
     /// Template files that exist but do not compile: already reported, not "missing".
     broken_templates: &'a [String],
     templates: &'a [String],
+    /// Which filters, tests and functions exist, probed once per name.
+    known: &'a crate::templates::inspect::Known,
+    /// Where template files are shown from.
+    template_dir: &'a std::path::Path,
     workflow_ids: &'a [&'a str],
     listened: &'a HashSet<&'a str>,
     step_ids: HashSet<String>,
@@ -692,6 +715,8 @@ impl WorkflowCheck<'_> {
                         None => d.with_hint("template names are paths under templates/, such as emails/nudge.html.j2"),
                     };
                     self.error(&format!("{b}/template"), d);
+                } else if let Some(t) = &s.template {
+                    self.check_template_file(t, &format!("{b}/template"), scope);
                 }
                 for (field, value) in [
                     ("body", &s.body),
@@ -910,6 +935,51 @@ impl WorkflowCheck<'_> {
         }
     }
 
+    /// The variables a template file uses, against what this `send` gives it: reported at the
+    /// template's own line, naming the send, since a template shared by sends with different
+    /// loop variables may be fine for one and not another.
+    fn check_template_file(&mut self, name: &str, pointer: &str, scope: &[String]) {
+        let Ok(tmpl) = self.env.get_template(name) else {
+            return;
+        };
+        let mut roots: Vec<String> = tmpl.undeclared_variables(false).into_iter().collect();
+        roots.sort();
+        let source = tmpl.source().to_owned();
+        let send_at = self
+            .def
+            .at_value(pointer, Diagnostic::error("", ""))
+            .location();
+        for root in roots {
+            if CONTEXT_ROOTS.contains(&root.as_str())
+                || scope.contains(&root)
+                || self.globals.contains(&root)
+                || root == "__now"
+            {
+                continue;
+            }
+            let mut available: Vec<&str> = CONTEXT_ROOTS.to_vec();
+            available.extend(scope.iter().map(String::as_str));
+            let mut d = Diagnostic::error(
+                "unknown-variable",
+                format!(
+                    "unknown variable `{root}` in template `{name}`, used by the send at {send_at}"
+                ),
+            );
+            d = match did_you_mean(&root, available.iter().copied()) {
+                Some(s) => d.with_hint(format!("did you mean `{s}`?")),
+                None => d.with_hint(format!("available to this send: {}", available.join(", "))),
+            };
+            let file =
+                super::source::SourceFile::new(self.template_dir.join(name), source.as_str());
+            let (line, column) = word_position(&source, &root).unwrap_or((1, 1));
+            let d = file.locate(
+                d,
+                super::diagnostics::Span::new(line, column, root.chars().count()),
+            );
+            self.out.push(d);
+        }
+    }
+
     /// Whether `steps.<id>` read by the current step is read before step `id` runs: `None` if
     /// not, `Some(false)` if it cannot have run (an error), `Some(true)` if only a previous loop
     /// item's run can have set it (a warning). An enclosing step has run (an `if` records its
@@ -948,8 +1018,30 @@ impl WorkflowCheck<'_> {
         {
             return;
         }
+        // Names called as functions: an unknown one is reported as a function, not a variable.
+        let called: HashSet<String>;
         let vars = match self.texts.get(self.env, kind, text, expr) {
-            Compiled::Vars(vars) => vars,
+            Compiled::Vars { vars, refs } => {
+                called = refs
+                    .iter()
+                    .filter(|r| r.kind == crate::templates::inspect::Kind::Function)
+                    .map(|r| r.name.clone())
+                    .collect();
+                for r in refs.iter() {
+                    if let Some(d) = crate::templates::unknown_reference(
+                        self.env,
+                        self.known,
+                        r,
+                        self.templates,
+                        self.broken_templates,
+                    ) {
+                        let span = self.def.span_in_value(pointer, &r.name);
+                        let d = self.def.file.locate(d, span);
+                        self.out.push(d);
+                    }
+                }
+                vars
+            }
             Compiled::Invalid { message, range } => {
                 self.syntax_error(pointer, text, expr.unwrap_or(text), &message, range, what);
                 return;
@@ -1016,7 +1108,7 @@ impl WorkflowCheck<'_> {
                 }
                 continue;
             }
-            if !reported.insert(root.to_owned()) {
+            if called.contains(root) || !reported.insert(root.to_owned()) {
                 continue;
             }
             let mut available: Vec<&str> = CONTEXT_ROOTS.to_vec();
@@ -1109,6 +1201,34 @@ fn bad_cron_field(schedule: &str) -> Option<(usize, &str, &'static str, &'static
 }
 
 /// Whether a step always ends the run as failed.
+/// The line and column of the first use of `word` as a whole word inside a template tag.
+fn word_position(source: &str, word: &str) -> Option<(usize, usize)> {
+    let is_word = |c: char| c.is_alphanumeric() || c == '_';
+    let mut in_tag = false;
+    let bytes: Vec<(usize, char)> = source.char_indices().collect();
+    for (i, &(at, c)) in bytes.iter().enumerate() {
+        if c == '{' && matches!(bytes.get(i + 1), Some((_, '{' | '%'))) {
+            in_tag = true;
+        } else if (c == '}' || c == '%') && matches!(bytes.get(i + 1), Some((_, '}'))) {
+            in_tag = false;
+        }
+        if in_tag
+            && source[at..].starts_with(word)
+            && !source[..at].chars().next_back().is_some_and(is_word)
+            && !source[at + word.len()..]
+                .chars()
+                .next()
+                .is_some_and(is_word)
+        {
+            let before = &source[..at];
+            let line = before.matches('\n').count() + 1;
+            let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+            return Some((line, column));
+        }
+    }
+    None
+}
+
 /// A `call` of a workflow from a step, and whether a branch guards it.
 struct CallEdge<'a> {
     def: &'a Definition,

@@ -10,6 +10,7 @@
 
 mod encoding;
 pub mod filters;
+pub mod inspect;
 mod json_object;
 pub mod numbers;
 pub mod time;
@@ -141,6 +142,7 @@ pub struct Templates {
     names: Arc<Vec<String>>,
     /// Template files that exist but do not compile (reported where they are).
     broken: Arc<Vec<String>>,
+    display_dir: std::path::PathBuf,
     /// Inline templates from definitions, compiled on first use and kept: a template string
     /// in a workflow is rendered many times, and compiling it is most of the cost of a render.
     inline: Arc<std::sync::RwLock<Environment<'static>>>,
@@ -177,6 +179,7 @@ impl Templates {
             env: Arc::new(env),
             names: Arc::new(Vec::new()),
             broken: Arc::new(Vec::new()),
+            display_dir: std::path::PathBuf::from("templates"),
         }
     }
 
@@ -243,15 +246,36 @@ impl Templates {
                 }
             }
         }
+        // Names looked up only when a render reaches them, checked now: a misspelt filter or
+        // a missing include in a branch that rarely runs would otherwise surface at send time.
+        let known = inspect::Known::default();
+        for name in &names {
+            let Ok(tmpl) = env.get_template(name) else {
+                continue;
+            };
+            let file = SourceFile::new(display_dir.join(name), tmpl.source());
+            for r in inspect::references(&tmpl) {
+                if let Some(d) = unknown_reference(&env, &known, &r, &names, &broken) {
+                    diagnostics
+                        .push(file.locate(d, Span::new(r.line, r.column, r.name.chars().count())));
+                }
+            }
+        }
         (
             Templates {
                 inline: Arc::new(std::sync::RwLock::new(env.clone())),
                 env: Arc::new(env),
                 names: Arc::new(names),
                 broken: Arc::new(broken),
+                display_dir: display_dir.to_path_buf(),
             },
             diagnostics,
         )
+    }
+
+    /// Where template files are shown from (`templates/`), for positions inside them.
+    pub fn display_dir(&self) -> &Path {
+        &self.display_dir
     }
 
     pub fn names(&self) -> &[String] {
@@ -510,6 +534,59 @@ fn unclosed_block(
         rest = &source[end..];
     }
     open.pop()
+}
+
+/// The diagnostic for a name a template uses that does not exist, if it does not.
+pub fn unknown_reference(
+    env: &Environment<'static>,
+    known: &inspect::Known,
+    r: &inspect::Reference,
+    templates: &[String],
+    broken: &[String],
+) -> Option<Diagnostic> {
+    use crate::definitions::suggest::did_you_mean;
+    if r.kind == inspect::Kind::Template {
+        if templates.iter().chain(broken).any(|n| *n == r.name) {
+            return None;
+        }
+        let d = Diagnostic::error(
+            "unknown-template",
+            format!("template `{}` does not exist", r.name),
+        );
+        return Some(
+            match did_you_mean(&r.name, templates.iter().map(String::as_str)) {
+                Some(s) => d.with_hint(format!("did you mean `{s}`?")),
+                None => d.with_hint("template names are paths under templates/"),
+            },
+        );
+    }
+    if known.exists(env, r.kind, &r.name) {
+        return None;
+    }
+    let word = r.kind.word();
+    let d = Diagnostic::error(
+        match r.kind {
+            inspect::Kind::Filter => "unknown-filter",
+            inspect::Kind::Test => "unknown-test",
+            _ => "unknown-function",
+        },
+        format!("unknown {word} `{}`", r.name),
+    );
+    let names: Vec<String> = match r.kind {
+        inspect::Kind::Function => env.globals().map(|(n, _)| n.to_owned()).collect(),
+        kind => inspect::candidates(env, known, kind)
+            .into_iter()
+            .map(str::to_owned)
+            .collect(),
+    };
+    Some(
+        match did_you_mean(&r.name, names.iter().map(String::as_str)) {
+            Some(s) => d.with_hint(format!("did you mean `{s}`?")),
+            None => d.with_hint(format!(
+                "the {word}s are listed in the README's Templates section"
+            )),
+        },
+    )
 }
 
 /// Where in a template's own file an error is.
