@@ -393,6 +393,7 @@ impl Converter<'_> {
             }
             YamlData::Mapping(map) => {
                 let mut out = Map::with_capacity(map.len());
+                let mut merges: Vec<&MarkedYaml> = Vec::new();
                 for (k, v) in map {
                     let key_span = self.span_of(k);
                     let key = match &k.data {
@@ -425,11 +426,24 @@ impl Converter<'_> {
                         }
                     };
                     if key == "<<" {
-                        self.error(
-                            key_span,
-                            "YAML merge keys (`<<`) are not supported",
-                            Some("write the fields out, or put an anchor on a whole value and alias it"),
-                        );
+                        // Merged after the mapping's own keys, which win (YAML 1.1 merge).
+                        let sources: Vec<&MarkedYaml> = match &v.data {
+                            YamlData::Mapping(_) => vec![v],
+                            YamlData::Sequence(items)
+                                if items.iter().all(|i| matches!(i.data, YamlData::Mapping(_))) =>
+                            {
+                                items.iter().collect()
+                            }
+                            _ => {
+                                self.error(
+                                    key_span,
+                                    "a merge key (`<<`) takes a mapping, or a list of mappings, usually an alias such as `*defaults`",
+                                    None,
+                                );
+                                continue;
+                            }
+                        };
+                        merges.extend(sources);
                         continue;
                     }
                     let len = pointer.len();
@@ -438,6 +452,33 @@ impl Converter<'_> {
                     let value = self.convert(v, pointer, Some(key_span));
                     pointer.truncate(len);
                     out.insert(key, value);
+                }
+                // Earlier merge sources win over later ones; positions point into the anchored
+                // source, which is where a mistake in a merged field is.
+                for source in merges {
+                    let YamlData::Mapping(m) = &source.data else {
+                        continue;
+                    };
+                    for (k, v) in m {
+                        let Some(key) = (match &k.data {
+                            YamlData::Value(Scalar::String(s)) => Some(s.to_string()),
+                            YamlData::Value(Scalar::Integer(i)) => Some(i.to_string()),
+                            YamlData::Value(Scalar::Boolean(b)) => Some(b.to_string()),
+                            _ => None,
+                        }) else {
+                            continue;
+                        };
+                        if key == "<<" || out.contains_key(&key) {
+                            continue;
+                        }
+                        let key_span = self.span_of(k);
+                        let len = pointer.len();
+                        pointer.push('/');
+                        pointer.push_str(&escape_token(&key));
+                        let value = self.convert(v, pointer, Some(key_span));
+                        pointer.truncate(len);
+                        out.insert(key, value);
+                    }
                 }
                 Value::Object(out)
             }
