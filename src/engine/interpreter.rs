@@ -119,6 +119,9 @@ struct Active {
     parent_run_id: Option<String>,
     /// Set until the run's first commit, which inserts it.
     insert: Option<NewRun>,
+    /// What steps have added to the context, in bytes, since it was last measured whole (see
+    /// `grow`).
+    grown: usize,
 }
 
 enum Flow {
@@ -157,6 +160,7 @@ impl Engine {
             parent_run_id: new.parent_run_id.clone(),
             workflow,
             insert: Some(new),
+            grown: 0,
         };
         self.drive(active, Some(first)).await;
     }
@@ -270,6 +274,7 @@ impl Engine {
             created_at: run.created_at,
             parent_run_id: run.parent_run_id,
             insert: None,
+            grown: 0,
         })
     }
 
@@ -301,7 +306,7 @@ impl Engine {
                     if a.response.is_none() {
                         pending.after.push(After::Reply(SyncReply::from_finished(&a.id, status, &a.ctx, error.as_deref())));
                     }
-                    metrics::counter!("herald_runs_finished_total", "workflow" => a.workflow.id.clone(), "status" => status.as_str()).increment(1);
+                    metrics::counter!("herald_runs_finished_total", "workflow" => a.workflow.metric_id.clone(), "status" => status.as_str()).increment(1);
                 }
                 match self.commit(&mut a, &mut pending, status, due_at, event, error).await {
                     Ok(Some(dup)) => {
@@ -501,8 +506,8 @@ impl Engine {
         };
         metrics::histogram!(
             "herald_step_duration_seconds",
-            "workflow" => workflow.id.clone(),
-            "step" => step.id.clone(),
+            "workflow" => workflow.metric_id.clone(),
+            "step" => node.metric_step.clone(),
             "action" => step.action.key()
         )
         .record(timer.elapsed().as_secs_f64());
@@ -511,7 +516,7 @@ impl Engine {
             Outcome::Done(o) | Outcome::Goto(_, o) => o,
             _ => &Value::Null,
         };
-        if let Err(message) = check_context_size(&a.ctx, output, &registry.config.limits) {
+        if let Err(message) = grow(a, output, &registry.config.limits) {
             return Ok(self.fail_step(a, p, idx, started, message));
         }
         Ok(match outcome {
@@ -892,8 +897,7 @@ impl Engine {
                 // Checked before the variables are kept, so a failed step leaves the context
                 // as it was.
                 let out = Value::Object(out);
-                check_context_size(&a.ctx, &out, &registry.config.limits)
-                    .map_err(StepError::Permanent)?;
+                grow(a, &out, &registry.config.limits).map_err(StepError::Permanent)?;
                 if let Some(obj) = Arc::make_mut(&mut a.ctx).as_object_mut() {
                     obj.insert("vars".into(), Value::Object(all_vars));
                 }
@@ -1442,14 +1446,8 @@ impl Engine {
     }
 }
 
-/// A run's context may not grow past `limits.context_size`: the step that would make it so
-/// (with its output, which the context keeps too) fails instead. Counted without building the
-/// JSON text.
-fn check_context_size(
-    ctx: &Value,
-    output: &Value,
-    limits: &crate::definitions::model::config::LimitsConfig,
-) -> Result<(), String> {
+/// Bytes of `value` as JSON, counted without building the text.
+fn json_size(value: &Value) -> usize {
     struct Count(usize);
     impl std::io::Write for Count {
         fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
@@ -1460,16 +1458,36 @@ fn check_context_size(
             Ok(())
         }
     }
-    let limit = limits.context_size.0 as usize;
     let mut count = Count(0);
-    let _ = serde_json::to_writer(&mut count, ctx);
-    let _ = serde_json::to_writer(&mut count, output);
-    if count.0 > limit {
+    let _ = serde_json::to_writer(&mut count, value);
+    count.0
+}
+
+/// A run's context may not grow past `limits.context_size`: the step that would make it so
+/// fails instead. Measuring the whole context at every step would cost more than most steps
+/// do, so what each step adds is counted (twice, since a `set` keeps its values both as
+/// variables and as its output), and the whole is measured only when that count says the limit
+/// may be near. A loop that overwrites the same output does not grow the context, and the
+/// whole measurement finds that out, starting the count again. The context can therefore not
+/// pass the limit by more than it held when the run was loaded.
+fn grow(
+    a: &mut Active,
+    output: &Value,
+    limits: &crate::definitions::model::config::LimitsConfig,
+) -> Result<(), String> {
+    let limit = limits.context_size.0 as usize;
+    let added = 2 * json_size(output);
+    if a.grown + added <= limit {
+        a.grown += added;
+        return Ok(());
+    }
+    let whole = json_size(&a.ctx) + json_size(output);
+    if whole > limit {
         return Err(format!(
-            "the run's context would be {} bytes, over the limit of {limit} bytes (limits.context_size in herald.yaml); keep only what later steps need",
-            count.0
+            "the run's context would be {whole} bytes, over the limit of {limit} bytes (limits.context_size in herald.yaml); keep only what later steps need"
         ));
     }
+    a.grown = whole;
     Ok(())
 }
 

@@ -22,6 +22,8 @@ pub struct Node {
     /// `Some` when the step has `on_error`: the handler's first node, or `None` for an empty
     /// handler, which carries on at `next`.
     pub handler: Option<Option<usize>>,
+    /// The step id as a shared string, for metric labels without an allocation per use.
+    pub metric_step: std::sync::Arc<str>,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -93,6 +95,7 @@ impl Program {
                     branches: Vec::new(),
                     parent,
                     handler: None,
+                    metric_step: s.id.as_str().into(),
                 });
                 let i = self.nodes.len() - 1;
                 self.by_id.insert(s.id.clone(), i);

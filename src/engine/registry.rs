@@ -28,6 +28,8 @@ use crate::triggers::webhook_auth::Verifier;
 #[derive(Debug)]
 pub struct CompiledWorkflow {
     pub id: String,
+    /// The id as a shared string, for metric labels without an allocation per use.
+    pub metric_id: Arc<str>,
     /// The content hash runs record as their version.
     pub hash: String,
     pub workflow: Workflow,
@@ -110,6 +112,7 @@ impl CompiledWorkflow {
             .collect();
         Ok(CompiledWorkflow {
             id: def.id.clone(),
+            metric_id: def.id.as_str().into(),
             hash: def.hash.clone(),
             locations,
             program: Program::compile(&workflow.steps),

@@ -51,7 +51,7 @@ pub async fn webhook(
         } else {
             ApiError::not_found(format!("no webhook at {method} {path}"))
         };
-        return counted(e.into_response(), "-", started);
+        return counted(e.into_response(), NO_WORKFLOW.clone(), started);
     };
     let wf = found.route.workflow.clone();
     let Trigger::Webhook(trigger) = &wf.workflow.triggers[found.route.trigger] else {
@@ -59,7 +59,7 @@ pub async fn webhook(
     };
     let limit = registry.config.webhooks.body_limit.0 as usize;
 
-    let finish = |r: Response| counted(r, &wf.id, started);
+    let finish = |r: Response| counted(r, wf.metric_id.clone(), started);
 
     if let Some(len) = headers
         .get(header::CONTENT_LENGTH)
@@ -197,7 +197,7 @@ pub async fn webhook(
         Ok(s) => s,
         Err(e) => return finish(ApiError::unavailable(e).into_response()),
     };
-    metrics::counter!("herald_runs_started_total", "workflow" => wf.id.clone(), "trigger" => "webhook").increment(u64::from(!started.duplicate));
+    metrics::counter!("herald_runs_started_total", "workflow" => wf.metric_id.clone(), "trigger" => "webhook").increment(u64::from(!started.duplicate));
 
     if !sync {
         let (status, word) = if started.duplicate {
@@ -398,14 +398,17 @@ pub(crate) fn parse_body(headers: &HeaderMap, bytes: &[u8]) -> Result<Value, Api
 /// Counts the response, and how long it took, for `/metrics`: "chat latency over 3 s" is an
 /// alert on `herald_webhook_duration_seconds` of one workflow. The workflow label is bounded by
 /// the definitions (`-` for paths that match none).
-fn counted(resp: Response, workflow: &str, started: std::time::Instant) -> Response {
+fn counted(resp: Response, workflow: Arc<str>, started: std::time::Instant) -> Response {
     let status = resp.status().as_u16().to_string();
-    metrics::counter!("herald_webhook_responses_total", "workflow" => workflow.to_owned(), "status" => status)
+    metrics::counter!("herald_webhook_responses_total", "workflow" => workflow.clone(), "status" => status)
         .increment(1);
-    metrics::histogram!("herald_webhook_duration_seconds", "workflow" => workflow.to_owned())
+    metrics::histogram!("herald_webhook_duration_seconds", "workflow" => workflow)
         .record(started.elapsed().as_secs_f64());
     resp
 }
+
+/// The workflow label of a request that matched no workflow.
+static NO_WORKFLOW: std::sync::LazyLock<Arc<str>> = std::sync::LazyLock::new(|| "-".into());
 
 /// A form body, refusing any name or value that is not UTF-8 once decoded (where
 /// `form_urlencoded` would replace the bytes silently).

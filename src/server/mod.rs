@@ -131,7 +131,7 @@ pub const MAX_HEADERS: usize = 100;
 
 /// Refuses requests whose target or headers are too large, with a JSON error.
 async fn request_limits(req: axum::extract::Request, next: axum::middleware::Next) -> Response {
-    let uri = req.uri().to_string().len();
+    let uri = req.uri().path().len() + req.uri().query().map_or(0, |q| q.len() + 1);
     if uri > MAX_URI_BYTES {
         return ApiError::new(
             StatusCode::URI_TOO_LONG,
