@@ -1027,6 +1027,12 @@ impl WorkflowCheck<'_> {
                     .filter(|r| r.kind == crate::templates::inspect::Kind::Function)
                     .map(|r| r.name.clone())
                     .collect();
+                for (_, _, call, why) in crate::templates::inspect::failing_calls(self.env, text) {
+                    let d = crate::templates::failing_call(&call, &why);
+                    let span = self.def.span_in_value(pointer, &call);
+                    let d = self.def.file.locate(d, span);
+                    self.out.push(d);
+                }
                 for r in refs.iter() {
                     if let Some(d) = crate::templates::unknown_reference(
                         self.env,

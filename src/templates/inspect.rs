@@ -284,3 +284,108 @@ mod tests {
         assert!(candidates(&env, &known, Kind::Filter).contains(&"first_name"));
     }
 }
+
+/// A sample value each filter with checked arguments accepts, to try a call whose arguments are
+/// all literals: `phone(format='internatonal')` fails for every value, so it is a mistake in the
+/// definition, not in the data.
+const SAMPLES: &[(&str, &str)] = &[
+    ("phone", "'+13035550123'"),
+    ("currency", "1234.5"),
+    ("number", "1234.5"),
+    ("b64encode", "'x'"),
+    ("b64decode", "'eA=='"),
+    ("hmac_sha256", "'x'"),
+    ("truncate_sms", "'x'"),
+    ("first_name", "'ada'"),
+    ("datetimeformat", "'2026-01-01T00:00:00Z'"),
+    ("dateformat", "'2026-01-01T00:00:00Z'"),
+    ("timeformat", "'2026-01-01T00:00:00Z'"),
+    ("datetime", "'2026-01-01T00:00:00Z'"),
+    ("add_duration", "'2026-01-01T00:00:00Z' | datetime"),
+    ("subtract_duration", "'2026-01-01T00:00:00Z' | datetime"),
+];
+
+/// Calls of checked filters whose arguments are all literals and which fail for a sample
+/// value: (line, column, the call as written, why it fails).
+pub fn failing_calls(env: &Environment<'_>, source: &str) -> Vec<(usize, usize, String, String)> {
+    let mut out = Vec::new();
+    for (name, sample) in SAMPLES {
+        let needle = format!("{name}(");
+        let mut from = 0;
+        while let Some(at) = source[from..].find(&needle).map(|i| from + i) {
+            from = at + needle.len();
+            // A filter call follows a `|`; a function of the same name does not.
+            let before = source[..at].trim_end();
+            if !before.ends_with('|') {
+                continue;
+            }
+            let Some(len) = closing_paren(&source[at + name.len()..]) else {
+                continue;
+            };
+            let call = &source[at..at + name.len() + len];
+            let probe = format!("{sample} | {call}");
+            let Ok(expr) = env.compile_expression(&probe) else {
+                continue;
+            };
+            // Only calls whose arguments are literals say something about every value.
+            if !expr.undeclared_variables(false).is_empty() {
+                continue;
+            }
+            if let Err(e) = expr.eval(minijinja::context! { __now => "2026-01-01T00:00:00Z" }) {
+                let text = &source[..at];
+                let line = text.matches('\n').count() + 1;
+                let column = text.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+                let why = e
+                    .detail()
+                    .map(str::to_owned)
+                    .unwrap_or_else(|| crate::templates::describe_error(&e));
+                out.push((line, column, call.to_owned(), why));
+            }
+        }
+    }
+    out
+}
+
+/// The length of `(...)` at the start of `text`, quotes respected.
+fn closing_paren(text: &str) -> Option<usize> {
+    let mut depth = 0usize;
+    let mut quote: Option<char> = None;
+    for (i, c) in text.char_indices() {
+        match (quote, c) {
+            (Some(q), c) if c == q => quote = None,
+            (Some(_), _) => {}
+            (None, '\'' | '"') => quote = Some(c),
+            (None, '(') => depth += 1,
+            (None, ')') => {
+                depth = depth.checked_sub(1)?;
+                if depth == 0 {
+                    return Some(i + 1);
+                }
+            }
+            _ => {}
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod call_tests {
+    use super::*;
+
+    #[test]
+    fn a_call_that_fails_for_every_value_is_found() {
+        let env = crate::templates::environment(10_000);
+        let src = "{{ contact.phone | phone(format='internatonal') }} {{ x | phone(format='national') }}\n{{ amount | currency('EUR', locale=loc) }} {{ a | currency('EUROS', locale='de-DE') }}";
+        let found = failing_calls(&env, src);
+        assert_eq!(found.len(), 2, "{found:?}");
+        assert_eq!(
+            (found[0].0, found[0].2.as_str()),
+            (1, "phone(format='internatonal')")
+        );
+        assert!(found[0].3.contains("internatonal"), "{found:?}");
+        assert_eq!(
+            (found[1].0, found[1].2.as_str()),
+            (2, "currency('EUROS', locale='de-DE')")
+        );
+    }
+}

@@ -260,6 +260,12 @@ impl Templates {
                         .push(file.locate(d, Span::new(r.line, r.column, r.name.chars().count())));
                 }
             }
+            for (line, column, call, why) in inspect::failing_calls(&env, tmpl.source()) {
+                diagnostics.push(file.locate(
+                    failing_call(&call, &why),
+                    Span::new(line, column, call.chars().count()),
+                ));
+            }
         }
         (
             Templates {
@@ -534,6 +540,14 @@ fn unclosed_block(
         rest = &source[end..];
     }
     open.pop()
+}
+
+/// A filter call whose literal arguments make it fail for every value.
+pub fn failing_call(call: &str, why: &str) -> Diagnostic {
+    Diagnostic::error(
+        "invalid-filter-argument",
+        format!("`{call}` fails whatever the value: {why}"),
+    )
 }
 
 /// The diagnostic for a name a template uses that does not exist, if it does not.
