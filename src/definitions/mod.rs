@@ -15,6 +15,7 @@ pub mod schema;
 pub mod semantic;
 pub mod source;
 pub mod suggest;
+mod yaml;
 
 use serde_json::Value;
 use sha2::{Digest, Sha256};

@@ -1,16 +1,17 @@
 //! YAML source files: parsing with positions.
 //!
-//! A file is parsed with saphyr, which keeps a span on every node, and converted to a
-//! `serde_json::Value` while recording where each JSON pointer came from. Schema validation and
+//! A file is parsed with saphyr's parser, whose events carry a span for every node, straight
+//! into a `serde_json::Value` while recording where each JSON pointer came from (see `yaml`). Schema validation and
 //! deserialization then work on plain JSON, and every error they raise maps back to
 //! `file:line:col` through the [`PositionIndex`].
 
 use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use saphyr::{LoadableYamlNode, MarkedYaml, Marker, Scalar, YamlData};
-use serde_json::{Map, Number, Value};
+use saphyr::Marker;
+use serde_json::Value;
 
 use super::diagnostics::{Diagnostic, Span};
 
@@ -72,14 +73,73 @@ pub struct Located {
 }
 
 /// JSON pointer → position, for every node of a parsed document.
+///
+/// Kept compact because a definition keeps its index for as long as it is loaded, and a large
+/// file has hundreds of thousands of nodes: each pointer is stored as a 64-bit hash (a
+/// collision among a file's nodes is about as likely as one in 10^9 files of a million nodes,
+/// and would only misplace a caret), and each position as three `u32`s.
 #[derive(Debug, Default, Clone)]
 pub struct PositionIndex {
-    map: HashMap<String, Located>,
+    map: HashMap<u64, Entry, BuildHasherDefault<PrehashedKey>>,
+}
+
+/// A [`Located`] in 28 bytes instead of 56.
+#[derive(Debug, Clone, Copy)]
+struct Entry {
+    key: Option<[u32; 3]>,
+    value: [u32; 3],
+}
+
+fn pack(s: Span) -> [u32; 3] {
+    let n = |v: usize| u32::try_from(v).unwrap_or(u32::MAX);
+    [n(s.line), n(s.column), n(s.len)]
+}
+
+fn unpack(p: [u32; 3]) -> Span {
+    Span::new(p[0] as usize, p[1] as usize, p[2] as usize)
+}
+
+fn pointer_hash(pointer: &str) -> u64 {
+    // SipHash with fixed keys: the same pointer hashes the same for the life of the index.
+    let mut h = std::hash::DefaultHasher::new();
+    h.write(pointer.as_bytes());
+    h.finish()
+}
+
+/// The keys are hashes already; hashing them again would only cost time.
+#[derive(Default)]
+struct PrehashedKey(u64);
+
+impl Hasher for PrehashedKey {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(*b);
+        }
+    }
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n;
+    }
 }
 
 impl PositionIndex {
     pub fn get(&self, pointer: &str) -> Option<Located> {
-        self.map.get(pointer).copied()
+        self.map.get(&pointer_hash(pointer)).map(|e| Located {
+            key: e.key.map(unpack),
+            value: unpack(e.value),
+        })
+    }
+
+    pub(super) fn insert(&mut self, pointer: &str, at: Located) {
+        self.map.insert(
+            pointer_hash(pointer),
+            Entry {
+                key: at.key.map(pack),
+                value: pack(at.value),
+            },
+        );
     }
 
     /// The value's position, or that of the nearest ancestor that has one.
@@ -96,7 +156,7 @@ impl PositionIndex {
     fn walk_up(&self, pointer: &str, pick: impl Fn(Located) -> Option<Span>) -> Span {
         let mut p = pointer;
         loop {
-            if let Some(span) = self.map.get(p).copied().and_then(&pick) {
+            if let Some(span) = self.get(p).and_then(&pick) {
                 return span;
             }
             match p.rfind('/') {
@@ -125,65 +185,49 @@ pub fn escape_token(token: &str) -> String {
 
 /// Parses a YAML file holding exactly one document into JSON.
 pub fn parse(file: &SourceFile) -> Result<Parsed, Vec<Diagnostic>> {
-    let docs = match MarkedYaml::load_from_str(&file.text) {
-        Ok(docs) => docs,
-        Err(e) => {
-            let m = e.marker();
-            let (d, span) = yaml_error(file, e.info(), m.line(), m.col() + 1);
-            return Err(vec![file.locate(d, span)]);
+    match super::yaml::read(file) {
+        super::yaml::Read::Document(parsed) => Ok(parsed),
+        super::yaml::Read::Unsupported(errors) => Err(errors),
+        super::yaml::Read::Syntax { info, line, column } => {
+            let (d, span) = yaml_error(file, &info, line, column);
+            Err(vec![file.locate(d, span)])
         }
-    };
-    let mut docs = docs.into_iter();
-    let Some(doc) = docs.next() else {
         // Positioned at 1:1 like every other diagnostic, so editors and `--format json` can
         // place it.
-        return Err(vec![
+        super::yaml::Read::Empty => Err(vec![
             file.locate(
                 Diagnostic::error("empty-file", "the file is empty")
                     .with_hint("a definition starts with `kind:` and `id:`"),
                 Span::new(1, 1, 1),
             ),
-        ]);
-    };
-    if let Some(second) = docs.next() {
-        // Point at the `---` that starts the second document when it can be found: that is
-        // where the file should be split.
-        let first = doc.span.start.line();
-        let start = second.span.start.line();
-        let span = (first + 1..=start)
-            .rev()
-            .find(|&l| {
-                file.line(l)
-                    .map(str::trim_end)
-                    .is_some_and(|t| t == "---" || t.starts_with("--- "))
-            })
-            .map(|l| Span::new(l, 1, 3))
-            .unwrap_or_else(|| marker_span(&second.span.start, &second.span.end));
-        return Err(vec![
-            file.locate(
-                Diagnostic::error(
-                    "multiple-documents",
-                    "a file holds one definition, but this one has a second YAML document",
-                )
-                .with_hint("move each definition after `---` into a file of its own"),
-                span,
-            ),
-        ]);
-    }
-    let mut converter = Converter {
-        file,
-        index: PositionIndex::default(),
-        errors: Vec::new(),
-    };
-    let mut pointer = String::new();
-    let value = converter.convert(&doc, &mut pointer, None);
-    if converter.errors.is_empty() {
-        Ok(Parsed {
-            value,
-            index: converter.index,
-        })
-    } else {
-        Err(converter.errors)
+        ]),
+        super::yaml::Read::SecondDocument {
+            first_line,
+            start,
+            end,
+        } => {
+            // Point at the `---` that starts the second document when it can be found: that
+            // is where the file should be split.
+            let span = (first_line + 1..=start.line())
+                .rev()
+                .find(|&l| {
+                    file.line(l)
+                        .map(str::trim_end)
+                        .is_some_and(|t| t == "---" || t.starts_with("--- "))
+                })
+                .map(|l| Span::new(l, 1, 3))
+                .unwrap_or_else(|| marker_span(&start, &end));
+            Err(vec![
+                file.locate(
+                    Diagnostic::error(
+                        "multiple-documents",
+                        "a file holds one definition, but this one has a second YAML document",
+                    )
+                    .with_hint("move each definition after `---` into a file of its own"),
+                    span,
+                ),
+            ])
+        }
     }
 }
 
@@ -330,190 +374,4 @@ fn marker_span(start: &Marker, end: &Marker) -> Span {
         1
     };
     Span::new(start.line(), start.col() + 1, len)
-}
-
-struct Converter<'f> {
-    file: &'f SourceFile,
-    index: PositionIndex,
-    errors: Vec<Diagnostic>,
-}
-
-impl Converter<'_> {
-    fn span_of(&self, node: &MarkedYaml) -> Span {
-        let start = node.span.start;
-        let end = node.span.end;
-        if end.line() == start.line() && end.col() > start.col() {
-            Span::new(start.line(), start.col() + 1, end.col() - start.col())
-        } else {
-            // A block node spans lines: underline the rest of its first line.
-            let rest = self
-                .file
-                .line(start.line())
-                .map(|l| l.chars().count().saturating_sub(start.col()))
-                .unwrap_or(1);
-            Span::new(start.line(), start.col() + 1, rest.max(1))
-        }
-    }
-
-    /// Whether the source at `span` starts with `prefix`.
-    fn starts_with(&self, span: Span, prefix: &str) -> bool {
-        self.file.line(span.line).is_some_and(|l| {
-            l.chars()
-                .skip(span.column.saturating_sub(1))
-                .collect::<String>()
-                .starts_with(prefix)
-        })
-    }
-
-    fn error(&mut self, span: Span, message: impl Into<String>, hint: Option<&str>) {
-        let mut d = Diagnostic::error("yaml-unsupported", message);
-        if let Some(h) = hint {
-            d = d.with_hint(h);
-        }
-        self.errors.push(self.file.locate(d, span));
-    }
-
-    fn convert(&mut self, node: &MarkedYaml, pointer: &mut String, key: Option<Span>) -> Value {
-        let span = self.span_of(node);
-        self.index
-            .map
-            .insert(pointer.clone(), Located { key, value: span });
-        match &node.data {
-            YamlData::Value(scalar) => self.scalar(scalar, span),
-            YamlData::Sequence(items) => {
-                let mut out = Vec::with_capacity(items.len());
-                for (i, item) in items.iter().enumerate() {
-                    let len = pointer.len();
-                    pointer.push('/');
-                    pointer.push_str(&i.to_string());
-                    out.push(self.convert(item, pointer, None));
-                    pointer.truncate(len);
-                }
-                Value::Array(out)
-            }
-            YamlData::Mapping(map) => {
-                let mut out = Map::with_capacity(map.len());
-                let mut merges: Vec<&MarkedYaml> = Vec::new();
-                for (k, v) in map {
-                    let key_span = self.span_of(k);
-                    let key = match &k.data {
-                        YamlData::Value(Scalar::String(s)) => s.to_string(),
-                        YamlData::Value(Scalar::Integer(i)) => i.to_string(),
-                        YamlData::Value(Scalar::Boolean(b)) => b.to_string(),
-                        YamlData::Value(Scalar::FloatingPoint(f)) => f.to_string(),
-                        YamlData::Mapping(_) if self.starts_with(span, "{{") => {
-                            // `to: {{ body.email }}`: YAML read the template as a mapping.
-                            let quoted = self
-                                .file
-                                .line(span.line)
-                                .and_then(|l| l.trim().split_once(": "))
-                                .map(|(k, v)| format!("`{k}: \"{}\"`", v.trim()))
-                                .unwrap_or_else(|| "`\"{{ ... }}\"`".to_owned());
-                            self.error(
-                                span,
-                                "a template must be quoted: YAML reads `{{` as the start of a mapping",
-                                Some(&format!("put the whole value in quotes: {quoted}")),
-                            );
-                            return Value::Null;
-                        }
-                        _ => {
-                            self.error(
-                                key_span,
-                                "mapping keys must be plain text",
-                                Some("quote the key, or restructure it as a value"),
-                            );
-                            continue;
-                        }
-                    };
-                    if key == "<<" {
-                        // Merged after the mapping's own keys, which win (YAML 1.1 merge).
-                        let sources: Vec<&MarkedYaml> = match &v.data {
-                            YamlData::Mapping(_) => vec![v],
-                            YamlData::Sequence(items)
-                                if items.iter().all(|i| matches!(i.data, YamlData::Mapping(_))) =>
-                            {
-                                items.iter().collect()
-                            }
-                            _ => {
-                                self.error(
-                                    key_span,
-                                    "a merge key (`<<`) takes a mapping, or a list of mappings, usually an alias such as `*defaults`",
-                                    None,
-                                );
-                                continue;
-                            }
-                        };
-                        merges.extend(sources);
-                        continue;
-                    }
-                    let len = pointer.len();
-                    pointer.push('/');
-                    pointer.push_str(&escape_token(&key));
-                    let value = self.convert(v, pointer, Some(key_span));
-                    pointer.truncate(len);
-                    out.insert(key, value);
-                }
-                // Earlier merge sources win over later ones; positions point into the anchored
-                // source, which is where a mistake in a merged field is.
-                for source in merges {
-                    let YamlData::Mapping(m) = &source.data else {
-                        continue;
-                    };
-                    for (k, v) in m {
-                        let Some(key) = (match &k.data {
-                            YamlData::Value(Scalar::String(s)) => Some(s.to_string()),
-                            YamlData::Value(Scalar::Integer(i)) => Some(i.to_string()),
-                            YamlData::Value(Scalar::Boolean(b)) => Some(b.to_string()),
-                            _ => None,
-                        }) else {
-                            continue;
-                        };
-                        if key == "<<" || out.contains_key(&key) {
-                            continue;
-                        }
-                        let key_span = self.span_of(k);
-                        let len = pointer.len();
-                        pointer.push('/');
-                        pointer.push_str(&escape_token(&key));
-                        let value = self.convert(v, pointer, Some(key_span));
-                        pointer.truncate(len);
-                        out.insert(key, value);
-                    }
-                }
-                Value::Object(out)
-            }
-            YamlData::Tagged(tag, _) => {
-                self.error(
-                    span,
-                    format!("YAML tags (`{tag}`) are not supported"),
-                    Some("remove the tag; quote the value if it must stay a string"),
-                );
-                Value::Null
-            }
-            YamlData::Alias(_) | YamlData::Representation(..) | YamlData::BadValue => {
-                self.error(span, "this value could not be read", None);
-                Value::Null
-            }
-        }
-    }
-
-    fn scalar(&mut self, scalar: &Scalar, span: Span) -> Value {
-        match scalar {
-            Scalar::Null => Value::Null,
-            Scalar::Boolean(b) => Value::Bool(*b),
-            Scalar::Integer(i) => Value::Number((*i).into()),
-            Scalar::FloatingPoint(f) => match Number::from_f64(f.into_inner()) {
-                Some(n) => Value::Number(n),
-                None => {
-                    self.error(
-                        span,
-                        "infinite and NaN numbers are not supported",
-                        Some("quote the value if it is meant as text"),
-                    );
-                    Value::Null
-                }
-            },
-            Scalar::String(s) => Value::String(s.to_string()),
-        }
-    }
 }

@@ -58,7 +58,7 @@ pub struct RawStep {
     pub id: Option<StepId>,
     /// Retry this step on transient failure.
     #[serde(default)]
-    pub retry: Option<RetryPolicy>,
+    pub retry: Option<Box<RetryPolicy>>,
     /// Fail the attempt if the step takes longer than this.
     #[serde(default)]
     pub timeout: Option<Duration>,
@@ -76,7 +76,7 @@ pub struct RawStep {
     /// Set variables, available as vars.<name>. Values are templates; later names can use
     /// earlier ones.
     #[serde(default)]
-    pub set: Option<IndexMap<Ident, Value>>,
+    pub set: Option<Box<IndexMap<Ident, Value>>>,
 
     /// Run `then` when this expression is true, else `else`.
     #[serde(default, rename = "if")]
@@ -93,38 +93,38 @@ pub struct RawStep {
     pub switch: Option<Expr>,
     /// Steps per value of the `switch` expression.
     #[serde(default)]
-    pub cases: Option<IndexMap<String, Vec<RawStep>>>,
+    pub cases: Option<Box<IndexMap<String, Vec<RawStep>>>>,
     /// The steps to run when no case matches.
     #[serde(default)]
     pub default: Option<Vec<RawStep>>,
 
     /// Send a message through a channel.
     #[serde(default)]
-    pub send: Option<SendStep>,
+    pub send: Option<Box<SendStep>>,
     /// Pause the run for a while, or until a time. The worker is released meanwhile.
     #[serde(default)]
     pub wait: Option<WaitStep>,
     /// Pause until an event or a reply arrives, or a timeout passes.
     #[serde(default)]
-    pub wait_for: Option<WaitForStep>,
+    pub wait_for: Option<Box<WaitForStep>>,
     /// Make an HTTP request. The response is the step's output.
     #[serde(default)]
-    pub http: Option<HttpStep>,
+    pub http: Option<Box<HttpStep>>,
     /// Emit an event, which starts the workflows that listen for it and wakes runs waiting for it.
     #[serde(default)]
-    pub emit: Option<EmitStep>,
+    pub emit: Option<Box<EmitStep>>,
     /// Run another workflow and wait for it to finish; its variables are the step's output.
     #[serde(default)]
-    pub call: Option<CallStep>,
+    pub call: Option<Box<CallStep>>,
     /// Run steps once per item of a list.
     #[serde(default)]
-    pub for_each: Option<ForEachStep>,
+    pub for_each: Option<Box<ForEachStep>>,
     /// Create or update a contact; it becomes `contact` for the rest of the run.
     #[serde(default)]
-    pub upsert_contact: Option<UpsertContactStep>,
+    pub upsert_contact: Option<Box<UpsertContactStep>>,
     /// Reply to a `sync` webhook.
     #[serde(default)]
-    pub respond: Option<RespondStep>,
+    pub respond: Option<Box<RespondStep>>,
     /// End the run as failed, with this message (a template). Inside a step with `on_error`,
     /// the handler catches it.
     #[serde(default)]
@@ -562,7 +562,7 @@ impl RawStep {
                 .collect()
         };
         let action = if let Some(set) = self.set {
-            Action::Set(set)
+            Action::Set(*set)
         } else if let Some(condition) = self.if_ {
             Action::If {
                 condition,
@@ -599,17 +599,17 @@ impl RawStep {
                 default: list(self.default.unwrap_or_default(), "default")?,
             }
         } else if let Some(s) = self.send {
-            Action::Send(s)
+            Action::Send(*s)
         } else if let Some(w) = self.wait {
             Action::Wait(w)
         } else if let Some(w) = self.wait_for {
-            Action::WaitFor(w)
+            Action::WaitFor(*w)
         } else if let Some(h) = self.http {
-            Action::Http(h)
+            Action::Http(*h)
         } else if let Some(e) = self.emit {
-            Action::Emit(e)
+            Action::Emit(*e)
         } else if let Some(c) = self.call {
-            Action::Call(c)
+            Action::Call(*c)
         } else if let Some(f) = self.for_each {
             Action::ForEach {
                 items: f.items,
@@ -617,9 +617,9 @@ impl RawStep {
                 steps: list(f.steps, "for_each/steps")?,
             }
         } else if let Some(u) = self.upsert_contact {
-            Action::UpsertContact(u)
+            Action::UpsertContact(*u)
         } else if let Some(r) = self.respond {
-            Action::Respond(r)
+            Action::Respond(*r)
         } else if let Some(f) = self.fail {
             Action::Fail(f)
         } else if let Some(body) = self.try_ {
@@ -638,7 +638,7 @@ impl RawStep {
             id,
             explicit_id,
             pointer: pointer.to_owned(),
-            retry: self.retry,
+            retry: self.retry.map(|r| *r),
             timeout: self.timeout,
             action,
             on_error,
