@@ -301,6 +301,19 @@ pub fn deserialize<T: serde::de::DeserializeOwned>(
 
 /// A stable hash of a document's content.
 pub fn content_hash(value: &Value) -> String {
-    let bytes = serde_json::to_vec(value).expect("JSON values always serialize");
-    hex::encode(Sha256::digest(&bytes))
+    // Streamed into the hasher: a large definition's JSON text is never held whole.
+    struct Hashing(Sha256);
+    impl std::io::Write for Hashing {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.update(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut h = Hashing(Sha256::new());
+    // Writing a `Value` to a writer that never fails cannot fail.
+    let _ = serde_json::to_writer(&mut h, value);
+    hex::encode(h.0.finalize())
 }

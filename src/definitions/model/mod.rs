@@ -1,6 +1,7 @@
 //! The definition model: serde types, from which the JSON Schemas in `schemas/` are generated.
 
 pub mod common;
+mod compact;
 pub mod config;
 pub mod step;
 pub mod trigger;

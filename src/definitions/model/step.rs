@@ -75,7 +75,7 @@ pub struct RawStep {
 
     /// Set variables, available as vars.<name>. Values are templates; later names can use
     /// earlier ones.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "super::compact::boxed_map")]
     pub set: Option<Box<IndexMap<Ident, Value>>>,
 
     /// Run `then` when this expression is true, else `else`.
@@ -271,7 +271,7 @@ pub struct HttpStep {
     #[serde(default)]
     pub headers: IndexMap<String, Template>,
     /// A JSON body; strings in it are templates.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "super::compact::option")]
     pub json: Option<Value>,
     /// The status codes that count as success. Others fail the step: 4xx permanently, 5xx and
     /// 429 as retryable.
@@ -295,7 +295,7 @@ pub struct EmitStep {
     #[serde(default)]
     pub key: Option<Template>,
     /// The event's data; strings in it are templates.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "super::compact::option")]
     pub data: Option<Value>,
 }
 
@@ -305,7 +305,7 @@ pub struct CallStep {
     /// The id of the workflow to run.
     pub workflow: String,
     /// Its input; strings in it are templates.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "super::compact::option")]
     pub input: Option<Value>,
 }
 
@@ -349,7 +349,7 @@ pub struct UpsertContactStep {
     #[serde(default)]
     pub timezone: Option<Template>,
     /// Other attributes, merged into the stored ones; strings are templates.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "super::compact::map")]
     pub attributes: IndexMap<String, Value>,
 }
 
@@ -362,7 +362,7 @@ pub struct RespondStep {
     #[serde(default)]
     pub headers: IndexMap<String, Template>,
     /// The body: JSON whose strings are templates, or one template for a text body.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "super::compact::option")]
     pub body: Option<Value>,
 }
 
@@ -409,6 +409,8 @@ impl Step {
 }
 
 #[derive(Debug, Clone, PartialEq)]
+/// The large kinds are boxed: a project keeps every step in memory, and an enum is as large as
+/// its largest variant.
 pub enum Action {
     Set(IndexMap<Ident, Value>),
     If {
@@ -421,19 +423,19 @@ pub enum Action {
         cases: IndexMap<String, Vec<Step>>,
         default: Vec<Step>,
     },
-    Send(SendStep),
+    Send(Box<SendStep>),
     Wait(WaitStep),
     WaitFor(WaitForStep),
-    Http(HttpStep),
-    Emit(EmitStep),
+    Http(Box<HttpStep>),
+    Emit(Box<EmitStep>),
     Call(CallStep),
     ForEach {
         items: Expr,
         as_: Ident,
         steps: Vec<Step>,
     },
-    UpsertContact(UpsertContactStep),
-    Respond(RespondStep),
+    UpsertContact(Box<UpsertContactStep>),
+    Respond(Box<RespondStep>),
     Fail(Template),
     Try {
         steps: Vec<Step>,
@@ -551,15 +553,12 @@ impl RawStep {
             format!("_{id}")
         };
         let list = |steps: Vec<RawStep>, key: &str| -> Result<Vec<Step>, String> {
-            steps
-                .into_iter()
-                .enumerate()
-                .map(|(i, s)| {
-                    let p = format!("{pointer}/{key}/{i}");
-                    let g = format!("{base}_{}_{}", key.rsplit('/').next().unwrap_or(key), i + 1);
-                    s.into_step(&p, &g)
-                })
-                .collect()
+            resolve_list(steps, |i| {
+                (
+                    format!("{pointer}/{key}/{i}"),
+                    format!("{base}_{}_{}", key.rsplit('/').next().unwrap_or(key), i + 1),
+                )
+            })
         };
         let action = if let Some(set) = self.set {
             Action::Set(*set)
@@ -599,15 +598,15 @@ impl RawStep {
                 default: list(self.default.unwrap_or_default(), "default")?,
             }
         } else if let Some(s) = self.send {
-            Action::Send(*s)
+            Action::Send(s)
         } else if let Some(w) = self.wait {
             Action::Wait(w)
         } else if let Some(w) = self.wait_for {
             Action::WaitFor(*w)
         } else if let Some(h) = self.http {
-            Action::Http(*h)
+            Action::Http(h)
         } else if let Some(e) = self.emit {
-            Action::Emit(*e)
+            Action::Emit(e)
         } else if let Some(c) = self.call {
             Action::Call(*c)
         } else if let Some(f) = self.for_each {
@@ -617,9 +616,9 @@ impl RawStep {
                 steps: list(f.steps, "for_each/steps")?,
             }
         } else if let Some(u) = self.upsert_contact {
-            Action::UpsertContact(*u)
+            Action::UpsertContact(u)
         } else if let Some(r) = self.respond {
-            Action::Respond(*r)
+            Action::Respond(r)
         } else if let Some(f) = self.fail {
             Action::Fail(f)
         } else if let Some(body) = self.try_ {
@@ -648,8 +647,19 @@ impl RawStep {
 
 /// Turns a workflow's top-level steps into resolved [`Step`]s.
 pub fn resolve_steps(raw: Vec<RawStep>, pointer: &str) -> Result<Vec<Step>, String> {
-    raw.into_iter()
-        .enumerate()
-        .map(|(i, s)| s.into_step(&format!("{pointer}/{i}"), &format!("_{}", i + 1)))
-        .collect()
+    resolve_list(raw, |i| (format!("{pointer}/{i}"), format!("_{}", i + 1)))
+}
+
+/// Resolves a list of steps into a vector of its exact size (collecting a `Result` would grow
+/// it by doubling, which for a file of many steps is most of the memory at that moment).
+fn resolve_list(
+    raw: Vec<RawStep>,
+    place: impl Fn(usize) -> (String, String),
+) -> Result<Vec<Step>, String> {
+    let mut out = Vec::with_capacity(raw.len());
+    for (i, s) in raw.into_iter().enumerate() {
+        let (pointer, generated) = place(i);
+        out.push(s.into_step(&pointer, &generated)?);
+    }
+    Ok(out)
 }
