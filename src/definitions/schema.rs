@@ -360,87 +360,14 @@ impl ErrorMapper<'_> {
         let schema_path = e.schema_path().as_str();
         match e.kind() {
             ValidationErrorKind::AdditionalProperties { unexpected } => {
-                let allowed = self
-                    .parent_node(schema_path)
-                    .map(Self::property_names)
-                    .unwrap_or_default();
-                for key in unexpected {
-                    let pointer = format!("{path}/{}", escape_token(key));
-                    let mut d =
-                        Diagnostic::error("unknown-field", format!("unknown field `{key}`"));
-                    let required = self
-                        .parent_node(schema_path)
-                        .and_then(|n| n.get("required"))
-                        .and_then(Value::as_array)
-                        .cloned()
-                        .unwrap_or_default();
-                    d = match did_you_mean(key, allowed.iter().map(String::as_str)) {
-                        Some(s)
-                            if required.iter().any(|r| r == s)
-                                && !self
-                                    .instance(path)
-                                    .and_then(Value::as_object)
-                                    .is_some_and(|o| o.contains_key(s)) =>
-                        {
-                            d.with_hint(format!(
-                                "did you mean `{s}`? (`{s}` is required and missing)"
-                            ))
-                        }
-                        Some(s) => d.with_hint(format!("did you mean `{s}`?")),
-                        None if !allowed.is_empty() => {
-                            d.with_hint(format!("expected one of: {}", allowed.join(", ")))
-                        }
-                        None => d,
-                    };
-                    out.push(self.at_key(&pointer, d));
-                }
+                self.unknown_fields(path, schema_path, unexpected, out)
             }
-            ValidationErrorKind::Required { property } => {
-                let prop = property.as_str().unwrap_or_default();
-                if schema_path.ends_with("/dependentRequired") {
-                    // The keyword names no owner: find the present key that requires `prop`.
-                    let instance = self.instance(path).and_then(Value::as_object);
-                    let owner = self
-                        .schema_node(schema_path)
-                        .and_then(Value::as_object)
-                        .and_then(|deps| {
-                            deps.iter().find(|(owner, reqs)| {
-                                instance.is_some_and(|i| i.contains_key(owner.as_str()))
-                                    && reqs.as_array().is_some_and(|r| r.iter().any(|x| x == prop))
-                            })
-                        })
-                        .map(|(owner, _)| owner.clone())
-                        .unwrap_or_default();
-                    let pointer = format!("{path}/{}", escape_token(&owner));
-                    let mut d = Diagnostic::error(
-                        "missing-field",
-                        format!("`{owner}` needs `{prop}` beside it in the same step"),
-                    );
-                    let has = |k: &str| instance.is_some_and(|i| i.contains_key(k));
-                    if owner == "else" && has("switch") {
-                        d = d.with_hint(
-                            "a `switch` takes `default:` for the steps when no case matches",
-                        );
-                    } else if owner == "default" && has("if") {
-                        d = d.with_hint("an `if` takes `else:` for the steps when it is false");
-                    }
-                    out.push(self.at_key(&pointer, d));
-                    return;
-                }
-                let mut d =
-                    Diagnostic::error("missing-field", format!("missing required field `{prop}`"));
-                let desc = self
-                    .parent_node(schema_path)
-                    .and_then(|n| n.get("properties"))
-                    .and_then(|p| p.get(prop))
-                    .map(|p| self.deref(p))
-                    .and_then(|p| p.get("description"))
-                    .and_then(Value::as_str);
-                if let Some(desc) = desc {
-                    d = d.with_hint(format!("`{prop}`: {}", first_sentence(desc)));
-                }
-                out.push(self.at_key(path, d));
-            }
+            ValidationErrorKind::Required { property } => self.missing_field(
+                path,
+                schema_path,
+                property.as_str().unwrap_or_default(),
+                out,
+            ),
             ValidationErrorKind::Type { kind } => {
                 let expected = match kind {
                     TypeKind::Single(t) => vec![t.to_string()],
@@ -488,105 +415,14 @@ impl ErrorMapper<'_> {
                 out.push(self.at_value(path, d));
             }
             ValidationErrorKind::Pattern { pattern } => {
-                let found = self.instance(path).map(short_value).unwrap_or_default();
-                let (message, hint) = match Self::def_name(schema_path) {
-                    Some("Duration") => (
-                        format!("`{found}` is not a duration"),
-                        "use a number and a unit (ms, s, m, h, d, w), such as 30s, 15m, 2h, 1d or 1h30m".to_owned(),
-                    ),
-                    Some("StepId") => (
-                        format!("`{found}` is not a valid step id"),
-                        "step ids are snake_case (lower case letters, digits and `_`, starting with a letter), so expressions can use them as steps.<id>".to_owned(),
-                    ),
-                    Some("DefinitionId") => (
-                        format!("`{found}` is not a valid id"),
-                        "ids use lower case letters, digits, `.`, `_` and `-`, and start with a letter or digit".to_owned(),
-                    ),
-                    Some("Ident") => (
-                        format!("`{found}` is not a valid name"),
-                        "names are snake_case: lower case letters, digits and `_`".to_owned(),
-                    ),
-                    Some("ByteSize") => (
-                        format!("`{found}` is not a size"),
-                        "use bytes, or a number with a unit (B, KB, KiB, MB, MiB, GB, GiB), such as 1MiB".to_owned(),
-                    ),
-                    _ if schema_path.contains("/properties/path/") => (
-                        format!("`{found}` is not a valid URL path"),
-                        "a webhook path starts with `/`, such as /hooks/leads; parameters go in braces: /hooks/{tenant}/leads".to_owned(),
-                    ),
-                    _ => (format!("`{found}` does not match the pattern `{pattern}`"), String::new()),
-                };
-                let mut d = Diagnostic::error("invalid-value", message);
-                if !hint.is_empty() {
-                    d = d.with_hint(hint);
-                }
-                out.push(self.at_value(path, d));
+                out.push(self.pattern_mismatch(path, schema_path, pattern))
             }
             ValidationErrorKind::MinProperties { .. }
             | ValidationErrorKind::MaxProperties { .. } => {
-                let node = self.parent_node(schema_path);
-                let names = node.map(Self::property_names).unwrap_or_default();
-                let what = match Self::def_name(schema_path) {
-                    Some("Trigger") => "a trigger",
-                    Some("WebhookAuth") => "`auth`",
-                    _ => "this",
-                };
-                let present: Vec<String> = self
-                    .instance(path)
-                    .and_then(Value::as_object)
-                    .map(|o| o.keys().filter(|k| names.contains(k)).cloned().collect())
-                    .unwrap_or_default();
-                if present.len() > 1 {
-                    let d = Diagnostic::error(
-                        "conflicting-fields",
-                        format!(
-                            "`{}` and `{}` cannot be used together",
-                            present[0], present[1]
-                        ),
-                    )
-                    .with_hint(format!(
-                        "{what} takes exactly one of: {}; split it in two",
-                        names.join(", ")
-                    ));
-                    out.push(self.at_key(&format!("{path}/{}", escape_token(&present[1])), d));
-                } else {
-                    let d = Diagnostic::error(
-                        "missing-field",
-                        format!("{what} needs one of: {}", names.join(", ")),
-                    );
-                    out.push(self.at_key(path, d));
-                }
+                self.property_count(path, schema_path, out)
             }
             ValidationErrorKind::OneOfMultipleValid { .. } => {
-                let alternatives = self.required_alternatives(schema_path).unwrap_or_default();
-                let present: Vec<&String> = self
-                    .instance(path)
-                    .and_then(Value::as_object)
-                    .map(|o| {
-                        alternatives
-                            .iter()
-                            .filter(|k| o.contains_key(k.as_str()))
-                            .collect()
-                    })
-                    .unwrap_or_default();
-                if present.len() > 1 {
-                    let is_step = Self::def_name(schema_path) == Some("RawStep");
-                    let mut d = Diagnostic::error(
-                        "conflicting-fields",
-                        format!(
-                            "`{}` and `{}` cannot be used together",
-                            present[0], present[1]
-                        ),
-                    );
-                    d = d.with_hint(if is_step {
-                        "a step has exactly one action; make them two steps".to_owned()
-                    } else {
-                        format!("use one of: {}", alternatives.join(", "))
-                    });
-                    out.push(self.at_key(&format!("{path}/{}", escape_token(present[1])), d));
-                } else {
-                    out.push(self.at_value(path, Diagnostic::error("schema", e.to_string())));
-                }
+                self.several_alternatives(e, path, schema_path, out)
             }
             ValidationErrorKind::OneOfNotValid { context }
             | ValidationErrorKind::AnyOf { context } => {
@@ -649,6 +485,205 @@ impl ErrorMapper<'_> {
                 out.push(self.at_value(path, d));
             }
             _ => out.push(self.at_value(path, Diagnostic::error("schema", e.to_string()))),
+        }
+    }
+
+    /// Fields the schema does not know, each with the field it most likely meant.
+    fn unknown_fields(
+        &self,
+        path: &str,
+        schema_path: &str,
+        unexpected: &[String],
+        out: &mut Vec<Diagnostic>,
+    ) {
+        let allowed = self
+            .parent_node(schema_path)
+            .map(Self::property_names)
+            .unwrap_or_default();
+        for key in unexpected {
+            let pointer = format!("{path}/{}", escape_token(key));
+            let mut d = Diagnostic::error("unknown-field", format!("unknown field `{key}`"));
+            let required = self
+                .parent_node(schema_path)
+                .and_then(|n| n.get("required"))
+                .and_then(Value::as_array)
+                .cloned()
+                .unwrap_or_default();
+            d = match did_you_mean(key, allowed.iter().map(String::as_str)) {
+                Some(s)
+                    if required.iter().any(|r| r == s)
+                        && !self
+                            .instance(path)
+                            .and_then(Value::as_object)
+                            .is_some_and(|o| o.contains_key(s)) =>
+                {
+                    d.with_hint(format!(
+                        "did you mean `{s}`? (`{s}` is required and missing)"
+                    ))
+                }
+                Some(s) => d.with_hint(format!("did you mean `{s}`?")),
+                None if !allowed.is_empty() => {
+                    d.with_hint(format!("expected one of: {}", allowed.join(", ")))
+                }
+                None => d,
+            };
+            out.push(self.at_key(&pointer, d));
+        }
+    }
+
+    /// A required field is missing; for `dependentRequired`, the field that needs it is named.
+    fn missing_field(&self, path: &str, schema_path: &str, prop: &str, out: &mut Vec<Diagnostic>) {
+        if schema_path.ends_with("/dependentRequired") {
+            // The keyword names no owner: find the present key that requires `prop`.
+            let instance = self.instance(path).and_then(Value::as_object);
+            let owner = self
+                .schema_node(schema_path)
+                .and_then(Value::as_object)
+                .and_then(|deps| {
+                    deps.iter().find(|(owner, reqs)| {
+                        instance.is_some_and(|i| i.contains_key(owner.as_str()))
+                            && reqs.as_array().is_some_and(|r| r.iter().any(|x| x == prop))
+                    })
+                })
+                .map(|(owner, _)| owner.clone())
+                .unwrap_or_default();
+            let pointer = format!("{path}/{}", escape_token(&owner));
+            let mut d = Diagnostic::error(
+                "missing-field",
+                format!("`{owner}` needs `{prop}` beside it in the same step"),
+            );
+            let has = |k: &str| instance.is_some_and(|i| i.contains_key(k));
+            if owner == "else" && has("switch") {
+                d = d.with_hint("a `switch` takes `default:` for the steps when no case matches");
+            } else if owner == "default" && has("if") {
+                d = d.with_hint("an `if` takes `else:` for the steps when it is false");
+            }
+            out.push(self.at_key(&pointer, d));
+            return;
+        }
+        let mut d = Diagnostic::error("missing-field", format!("missing required field `{prop}`"));
+        let desc = self
+            .parent_node(schema_path)
+            .and_then(|n| n.get("properties"))
+            .and_then(|p| p.get(prop))
+            .map(|p| self.deref(p))
+            .and_then(|p| p.get("description"))
+            .and_then(Value::as_str);
+        if let Some(desc) = desc {
+            d = d.with_hint(format!("`{prop}`: {}", first_sentence(desc)));
+        }
+        out.push(self.at_key(path, d));
+    }
+
+    /// A string that does not match its pattern, worded for what the pattern stands for.
+    fn pattern_mismatch(&self, path: &str, schema_path: &str, pattern: &str) -> Diagnostic {
+        let found = self.instance(path).map(short_value).unwrap_or_default();
+        let (message, hint) = match Self::def_name(schema_path) {
+            Some("Duration") => (
+                format!("`{found}` is not a duration"),
+                "use a number and a unit (ms, s, m, h, d, w), such as 30s, 15m, 2h, 1d or 1h30m".to_owned(),
+            ),
+            Some("StepId") => (
+                format!("`{found}` is not a valid step id"),
+                "step ids are snake_case (lower case letters, digits and `_`, starting with a letter), so expressions can use them as steps.<id>".to_owned(),
+            ),
+            Some("DefinitionId") => (
+                format!("`{found}` is not a valid id"),
+                "ids use lower case letters, digits, `.`, `_` and `-`, and start with a letter or digit".to_owned(),
+            ),
+            Some("Ident") => (
+                format!("`{found}` is not a valid name"),
+                "names are snake_case: lower case letters, digits and `_`".to_owned(),
+            ),
+            Some("ByteSize") => (
+                format!("`{found}` is not a size"),
+                "use bytes, or a number with a unit (B, KB, KiB, MB, MiB, GB, GiB), such as 1MiB".to_owned(),
+            ),
+            _ if schema_path.contains("/properties/path/") => (
+                format!("`{found}` is not a valid URL path"),
+                "a webhook path starts with `/`, such as /hooks/leads; parameters go in braces: /hooks/{tenant}/leads".to_owned(),
+            ),
+            _ => (format!("`{found}` does not match the pattern `{pattern}`"), String::new()),
+        };
+        let mut d = Diagnostic::error("invalid-value", message);
+        if !hint.is_empty() {
+            d = d.with_hint(hint);
+        }
+        self.at_value(path, d)
+    }
+
+    /// A mapping that takes exactly one of its fields got none, or more than one.
+    fn property_count(&self, path: &str, schema_path: &str, out: &mut Vec<Diagnostic>) {
+        let node = self.parent_node(schema_path);
+        let names = node.map(Self::property_names).unwrap_or_default();
+        let what = match Self::def_name(schema_path) {
+            Some("Trigger") => "a trigger",
+            Some("WebhookAuth") => "`auth`",
+            _ => "this",
+        };
+        let present: Vec<String> = self
+            .instance(path)
+            .and_then(Value::as_object)
+            .map(|o| o.keys().filter(|k| names.contains(k)).cloned().collect())
+            .unwrap_or_default();
+        if present.len() > 1 {
+            let d = Diagnostic::error(
+                "conflicting-fields",
+                format!(
+                    "`{}` and `{}` cannot be used together",
+                    present[0], present[1]
+                ),
+            )
+            .with_hint(format!(
+                "{what} takes exactly one of: {}; split it in two",
+                names.join(", ")
+            ));
+            out.push(self.at_key(&format!("{path}/{}", escape_token(&present[1])), d));
+        } else {
+            let d = Diagnostic::error(
+                "missing-field",
+                format!("{what} needs one of: {}", names.join(", ")),
+            );
+            out.push(self.at_key(path, d));
+        }
+    }
+
+    /// More than one alternative of a `oneOf` matched: usually two actions in one step.
+    fn several_alternatives(
+        &self,
+        e: &ValidationError,
+        path: &str,
+        schema_path: &str,
+        out: &mut Vec<Diagnostic>,
+    ) {
+        let alternatives = self.required_alternatives(schema_path).unwrap_or_default();
+        let present: Vec<&String> = self
+            .instance(path)
+            .and_then(Value::as_object)
+            .map(|o| {
+                alternatives
+                    .iter()
+                    .filter(|k| o.contains_key(k.as_str()))
+                    .collect()
+            })
+            .unwrap_or_default();
+        if present.len() > 1 {
+            let is_step = Self::def_name(schema_path) == Some("RawStep");
+            let mut d = Diagnostic::error(
+                "conflicting-fields",
+                format!(
+                    "`{}` and `{}` cannot be used together",
+                    present[0], present[1]
+                ),
+            );
+            d = d.with_hint(if is_step {
+                "a step has exactly one action; make them two steps".to_owned()
+            } else {
+                format!("use one of: {}", alternatives.join(", "))
+            });
+            out.push(self.at_key(&format!("{path}/{}", escape_token(present[1])), d));
+        } else {
+            out.push(self.at_value(path, Diagnostic::error("schema", e.to_string())));
         }
     }
 

@@ -19,7 +19,9 @@ use serde_json::Value;
 
 use super::diagnostics::Diagnostic;
 use super::env;
-use super::model::step::{Action, Step, WaitStep};
+use super::model::step::{
+    Action, CallStep, EmitStep, RespondStep, SendStep, Step, UpsertContactStep, WaitStep,
+};
 use super::model::trigger::{RespondMode, Trigger, WebhookAuth};
 use super::project::{EnvMode, LoadOptions, Project};
 use super::source::escape_token;
@@ -164,20 +166,7 @@ fn check_all(project: &Project, opts: &LoadOptions, texts: &mut CompiledTexts) -
         channels.push(BUILTIN_CHANNEL.to_owned());
     }
 
-    // Duplicate ids across files.
-    let mut first_by_id: HashMap<&str, &Definition> = HashMap::new();
-    for def in defs {
-        if let Some(first) = first_by_id.get(def.id.as_str()) {
-            let d = Diagnostic::error("duplicate-id", format!("duplicate id `{}`", def.id))
-                .with_hint(format!(
-                    "{} defines it first; ids must be unique across all definitions",
-                    first.at_value("/id", Diagnostic::error("", "")).location()
-                ));
-            out.push(def.at_value("/id", d));
-        } else {
-            first_by_id.insert(&def.id, def);
-        }
-    }
+    check_duplicate_ids(defs, &mut out);
 
     let workflow_ids: Vec<&str> = defs.iter().map(|d| d.id.as_str()).collect();
     let mut listened: HashSet<&str> = HashSet::new();
@@ -199,60 +188,7 @@ fn check_all(project: &Project, opts: &LoadOptions, texts: &mut CompiledTexts) -
         }
     }
 
-    // Webhooks on the same method and path, or on Herald's own routes.
-    let reserved = project.config.def.routes.reserved();
-    let mut routes: HashMap<(String, String), (&Definition, String)> = HashMap::new();
-    for def in defs {
-        let Some(wf) = def.as_workflow() else {
-            continue;
-        };
-        for (i, t) in wf.triggers.iter().enumerate() {
-            let Trigger::Webhook(w) = t else { continue };
-            let key = (w.method.as_str().to_owned(), normalize_route(&w.path));
-            let pointer = format!("/triggers/{i}/webhook/path");
-            if let Some(WebhookAuth::HmacSha256(h)) = &w.auth
-                && h.timestamp_header.is_none()
-                && w.idempotency_key.is_none()
-            {
-                let d = Diagnostic::warning(
-                    "replayable-webhook",
-                    "a captured request to this webhook can be replayed forever",
-                )
-                .with_hint("give it an `idempotency_key` (such as the sender's event id), or a `timestamp_header` if the sender signs a timestamp");
-                out.push(def.at_key(&format!("/triggers/{i}/webhook/auth/hmac_sha256"), d));
-            }
-            if let Some(own) = clashing_route(&w.path, &reserved) {
-                let d = Diagnostic::error(
-                    "reserved-path",
-                    format!("`{}` is a route Herald answers itself ({own})", w.path),
-                )
-                .with_hint(
-                    "give the webhook another path, or move Herald's own routes with `routes:` in herald.yaml (api, health, metrics)",
-                );
-                out.push(def.at_value(&pointer, d));
-            }
-            if let Some((first, first_ptr)) = routes.get(&key) {
-                let d = Diagnostic::error(
-                    "duplicate-webhook",
-                    format!(
-                        "another webhook already answers {} {}",
-                        w.method.as_str(),
-                        w.path
-                    ),
-                )
-                .with_hint(format!(
-                    "{} (workflow `{}`) declares it first; give one of them another path",
-                    first
-                        .at_value(first_ptr, Diagnostic::error("", ""))
-                        .location(),
-                    first.id
-                ));
-                out.push(def.at_value(&pointer, d));
-            } else {
-                routes.insert(key, (def, pointer));
-            }
-        }
-    }
+    check_webhooks(project, &mut out);
 
     check_call_cycles(defs, &mut out);
 
@@ -309,6 +245,82 @@ fn check_all(project: &Project, opts: &LoadOptions, texts: &mut CompiledTexts) -
         });
     }
     out
+}
+
+/// Ids are unique across all definitions.
+fn check_duplicate_ids(defs: &[Arc<Definition>], out: &mut Vec<Diagnostic>) {
+    let mut first_by_id: HashMap<&str, &Definition> = HashMap::new();
+    for def in defs {
+        if let Some(first) = first_by_id.get(def.id.as_str()) {
+            let d = Diagnostic::error("duplicate-id", format!("duplicate id `{}`", def.id))
+                .with_hint(format!(
+                    "{} defines it first; ids must be unique across all definitions",
+                    first.at_value("/id", Diagnostic::error("", "")).location()
+                ));
+            out.push(def.at_value("/id", d));
+        } else {
+            first_by_id.insert(&def.id, def);
+        }
+    }
+}
+
+/// Webhooks on the same method and path, or on Herald's own routes, and webhooks a captured
+/// request could be replayed to.
+fn check_webhooks(project: &Project, out: &mut Vec<Diagnostic>) {
+    let defs = &project.definitions;
+    let reserved = project.config.def.routes.reserved();
+    let mut routes: HashMap<(String, String), (&Definition, String)> = HashMap::new();
+    for def in defs {
+        let Some(wf) = def.as_workflow() else {
+            continue;
+        };
+        for (i, t) in wf.triggers.iter().enumerate() {
+            let Trigger::Webhook(w) = t else { continue };
+            let key = (w.method.as_str().to_owned(), normalize_route(&w.path));
+            let pointer = format!("/triggers/{i}/webhook/path");
+            if let Some(WebhookAuth::HmacSha256(h)) = &w.auth
+                && h.timestamp_header.is_none()
+                && w.idempotency_key.is_none()
+            {
+                let d = Diagnostic::warning(
+                    "replayable-webhook",
+                    "a captured request to this webhook can be replayed forever",
+                )
+                .with_hint("give it an `idempotency_key` (such as the sender's event id), or a `timestamp_header` if the sender signs a timestamp");
+                out.push(def.at_key(&format!("/triggers/{i}/webhook/auth/hmac_sha256"), d));
+            }
+            if let Some(own) = clashing_route(&w.path, &reserved) {
+                let d = Diagnostic::error(
+                    "reserved-path",
+                    format!("`{}` is a route Herald answers itself ({own})", w.path),
+                )
+                .with_hint(
+                    "give the webhook another path, or move Herald's own routes with `routes:` in herald.yaml (api, health, metrics)",
+                );
+                out.push(def.at_value(&pointer, d));
+            }
+            if let Some((first, first_ptr)) = routes.get(&key) {
+                let d = Diagnostic::error(
+                    "duplicate-webhook",
+                    format!(
+                        "another webhook already answers {} {}",
+                        w.method.as_str(),
+                        w.path
+                    ),
+                )
+                .with_hint(format!(
+                    "{} (workflow `{}`) declares it first; give one of them another path",
+                    first
+                        .at_value(first_ptr, Diagnostic::error("", ""))
+                        .location(),
+                    first.id
+                ));
+                out.push(def.at_value(&pointer, d));
+            } else {
+                routes.insert(key, (def, pointer));
+            }
+        }
+    }
 }
 
 /// `/hooks/{tenant}/leads/` and `/hooks/{t}/leads` are the same route.
@@ -693,54 +705,7 @@ impl WorkflowCheck<'_> {
             Action::Switch { on, .. } => {
                 self.check_text(&format!("{p}/switch"), on.as_str(), TextKind::Expr, scope)
             }
-            Action::Send(s) => {
-                let b = format!("{p}/send");
-                self.check_channel(&s.channel, &format!("{b}/channel"));
-                self.check_text(&format!("{b}/to"), s.to.as_str(), TextKind::Template, scope);
-                // A name chosen at run time is a template itself, checked when the run gets there.
-                if let Some(t) = &s.template
-                    && t.contains("{{")
-                {
-                    self.check_text(&format!("{b}/template"), t, TextKind::Template, scope);
-                } else if let Some(t) = &s.template
-                    && !self.templates.iter().any(|n| n == t)
-                    && !self.broken_templates.iter().any(|n| n == t)
-                {
-                    let mut d = Diagnostic::error(
-                        "unknown-template",
-                        format!("template `{t}` does not exist"),
-                    );
-                    d = match did_you_mean(t, self.templates.iter().map(String::as_str)) {
-                        Some(s) => d.with_hint(format!("did you mean `{s}`?")),
-                        None => d.with_hint("template names are paths under templates/, such as emails/nudge.html.j2"),
-                    };
-                    self.error(&format!("{b}/template"), d);
-                } else if let Some(t) = &s.template {
-                    self.check_template_file(t, &format!("{b}/template"), scope);
-                }
-                for (field, value) in [
-                    ("body", &s.body),
-                    ("subject", &s.subject),
-                    ("from", &s.from),
-                ] {
-                    if let Some(v) = value {
-                        self.check_text(
-                            &format!("{b}/{field}"),
-                            v.as_str(),
-                            TextKind::Template,
-                            scope,
-                        );
-                    }
-                }
-                for (k, v) in &s.headers {
-                    self.check_text(
-                        &format!("{b}/headers/{}", escape_token(k)),
-                        v.as_str(),
-                        TextKind::Template,
-                        scope,
-                    );
-                }
-            }
+            Action::Send(s) => self.check_send(p, s, scope),
             Action::Wait(WaitStep::Until(u)) => self.check_text(
                 &format!("{p}/wait/until"),
                 u.until.as_str(),
@@ -779,49 +744,8 @@ impl WorkflowCheck<'_> {
                     self.check_json(j, &format!("{b}/json"), scope);
                 }
             }
-            Action::Emit(e) => {
-                let b = format!("{p}/emit");
-                if let Some(k) = &e.key {
-                    self.check_text(&format!("{b}/key"), k.as_str(), TextKind::Template, scope);
-                }
-                if let Some(data) = &e.data {
-                    self.check_json(data, &format!("{b}/data"), scope);
-                }
-                if !self.listened.contains(e.event.as_str()) {
-                    let d = Diagnostic::warning(
-                        "unused-event",
-                        format!("no workflow listens for event `{}`", e.event),
-                    );
-                    let d = match did_you_mean(&e.event, self.listened.iter().copied()) {
-                        Some(s) => d.with_hint(format!("did you mean `{s}`, which a workflow listens for?")),
-                        None => d.with_hint("add a workflow with `triggers: [{event: {name: ...}}]`, or a `wait_for` on it"),
-                    };
-                    self.error(&format!("{b}/event"), d);
-                }
-            }
-            Action::Call(c) => {
-                if !self.workflow_ids.contains(&c.workflow.as_str()) {
-                    let mut d = Diagnostic::error(
-                        "unknown-workflow",
-                        format!("workflow `{}` is not defined", c.workflow),
-                    );
-                    d = match did_you_mean(&c.workflow, self.workflow_ids.iter().copied()) {
-                        Some(s) => d.with_hint(format!("did you mean `{s}`?")),
-                        None => {
-                            let mut ids = self.workflow_ids.to_vec();
-                            ids.sort_unstable();
-                            d.with_hint(format!(
-                                "`call` takes the id of a workflow in this project: {}",
-                                ids.join(", ")
-                            ))
-                        }
-                    };
-                    self.error(&format!("{p}/call/workflow"), d);
-                }
-                if let Some(i) = &c.input {
-                    self.check_json(i, &format!("{p}/call/input"), scope);
-                }
-            }
+            Action::Emit(e) => self.check_emit(p, e, scope),
+            Action::Call(c) => self.check_call(p, c, scope),
             Action::ForEach { items, as_, .. } => {
                 self.check_text(
                     &format!("{p}/for_each/items"),
@@ -838,69 +762,8 @@ impl WorkflowCheck<'_> {
                     self.error(&format!("{p}/for_each/as"), d);
                 }
             }
-            Action::UpsertContact(u) => {
-                let b = format!("{p}/upsert_contact");
-                for (field, value) in [
-                    ("email", &u.email),
-                    ("phone", &u.phone),
-                    ("first_name", &u.first_name),
-                    ("last_name", &u.last_name),
-                    ("status", &u.status),
-                    ("timezone", &u.timezone),
-                ] {
-                    if let Some(v) = value {
-                        self.check_text(
-                            &format!("{b}/{field}"),
-                            v.as_str(),
-                            TextKind::Template,
-                            scope,
-                        );
-                    }
-                }
-                for (k, v) in &u.attributes {
-                    self.check_json(v, &format!("{b}/attributes/{}", escape_token(k)), scope);
-                }
-            }
-            Action::Respond(r) => {
-                let b = format!("{p}/respond");
-                if let super::model::step::ResponseStatus::Template(t) = &r.status {
-                    if t.as_str().contains("{{") {
-                        self.check_text(
-                            &format!("{b}/status"),
-                            t.as_str(),
-                            TextKind::Template,
-                            scope,
-                        );
-                    } else {
-                        let d = Diagnostic::error(
-                            "invalid-status",
-                            format!("`{}` is not an HTTP status", t.as_str()),
-                        )
-                        .with_hint("write a number from 100 to 599, or a template that gives one");
-                        self.error(&format!("{b}/status"), d);
-                    }
-                }
-                if !sync {
-                    let d = Diagnostic::warning(
-                        "respond-without-sync",
-                        "`respond` has no effect in this workflow",
-                    )
-                    .with_hint("only a webhook trigger with `respond: sync` waits for a reply");
-                    let d = self.def.at_key(&b, d);
-                    self.out.push(d);
-                }
-                for (k, v) in &r.headers {
-                    self.check_text(
-                        &format!("{b}/headers/{}", escape_token(k)),
-                        v.as_str(),
-                        TextKind::Template,
-                        scope,
-                    );
-                }
-                if let Some(body) = &r.body {
-                    self.check_json(body, &format!("{b}/body"), scope);
-                }
-            }
+            Action::UpsertContact(u) => self.check_upsert(p, u, scope),
+            Action::Respond(r) => self.check_respond(p, r, scope, sync),
             Action::Fail(t) => {
                 self.check_text(&format!("{p}/fail"), t.as_str(), TextKind::Template, scope)
             }
@@ -915,6 +778,169 @@ impl WorkflowCheck<'_> {
                     self.out.push(d);
                 }
             }
+        }
+    }
+
+    fn check_send(&mut self, p: &str, s: &SendStep, scope: &[String]) {
+        let b = format!("{p}/send");
+        self.check_channel(&s.channel, &format!("{b}/channel"));
+        self.check_text(&format!("{b}/to"), s.to.as_str(), TextKind::Template, scope);
+        // A name chosen at run time is a template itself, checked when the run gets there.
+        if let Some(t) = &s.template
+            && t.contains("{{")
+        {
+            self.check_text(&format!("{b}/template"), t, TextKind::Template, scope);
+        } else if let Some(t) = &s.template
+            && !self.templates.iter().any(|n| n == t)
+            && !self.broken_templates.iter().any(|n| n == t)
+        {
+            let mut d =
+                Diagnostic::error("unknown-template", format!("template `{t}` does not exist"));
+            d = match did_you_mean(t, self.templates.iter().map(String::as_str)) {
+                Some(s) => d.with_hint(format!("did you mean `{s}`?")),
+                None => d.with_hint(
+                    "template names are paths under templates/, such as emails/nudge.html.j2",
+                ),
+            };
+            self.error(&format!("{b}/template"), d);
+        } else if let Some(t) = &s.template {
+            self.check_template_file(t, &format!("{b}/template"), scope);
+        }
+        for (field, value) in [
+            ("body", &s.body),
+            ("subject", &s.subject),
+            ("from", &s.from),
+        ] {
+            if let Some(v) = value {
+                self.check_text(
+                    &format!("{b}/{field}"),
+                    v.as_str(),
+                    TextKind::Template,
+                    scope,
+                );
+            }
+        }
+        for (k, v) in &s.headers {
+            self.check_text(
+                &format!("{b}/headers/{}", escape_token(k)),
+                v.as_str(),
+                TextKind::Template,
+                scope,
+            );
+        }
+    }
+
+    fn check_emit(&mut self, p: &str, e: &EmitStep, scope: &[String]) {
+        let b = format!("{p}/emit");
+        if let Some(k) = &e.key {
+            self.check_text(&format!("{b}/key"), k.as_str(), TextKind::Template, scope);
+        }
+        if let Some(data) = &e.data {
+            self.check_json(data, &format!("{b}/data"), scope);
+        }
+        if !self.listened.contains(e.event.as_str()) {
+            let d = Diagnostic::warning(
+                "unused-event",
+                format!("no workflow listens for event `{}`", e.event),
+            );
+            let d = match did_you_mean(&e.event, self.listened.iter().copied()) {
+                Some(s) => {
+                    d.with_hint(format!("did you mean `{s}`, which a workflow listens for?"))
+                }
+                None => d.with_hint(
+                    "add a workflow with `triggers: [{event: {name: ...}}]`, or a `wait_for` on it",
+                ),
+            };
+            self.error(&format!("{b}/event"), d);
+        }
+    }
+
+    fn check_call(&mut self, p: &str, c: &CallStep, scope: &[String]) {
+        if !self.workflow_ids.contains(&c.workflow.as_str()) {
+            let mut d = Diagnostic::error(
+                "unknown-workflow",
+                format!("workflow `{}` is not defined", c.workflow),
+            );
+            d = match did_you_mean(&c.workflow, self.workflow_ids.iter().copied()) {
+                Some(s) => d.with_hint(format!("did you mean `{s}`?")),
+                None => {
+                    let mut ids = self.workflow_ids.to_vec();
+                    ids.sort_unstable();
+                    d.with_hint(format!(
+                        "`call` takes the id of a workflow in this project: {}",
+                        ids.join(", ")
+                    ))
+                }
+            };
+            self.error(&format!("{p}/call/workflow"), d);
+        }
+        if let Some(i) = &c.input {
+            self.check_json(i, &format!("{p}/call/input"), scope);
+        }
+    }
+
+    fn check_upsert(&mut self, p: &str, u: &UpsertContactStep, scope: &[String]) {
+        let b = format!("{p}/upsert_contact");
+        for (field, value) in [
+            ("email", &u.email),
+            ("phone", &u.phone),
+            ("first_name", &u.first_name),
+            ("last_name", &u.last_name),
+            ("status", &u.status),
+            ("timezone", &u.timezone),
+        ] {
+            if let Some(v) = value {
+                self.check_text(
+                    &format!("{b}/{field}"),
+                    v.as_str(),
+                    TextKind::Template,
+                    scope,
+                );
+            }
+        }
+        for (k, v) in &u.attributes {
+            self.check_json(v, &format!("{b}/attributes/{}", escape_token(k)), scope);
+        }
+    }
+
+    fn check_respond(&mut self, p: &str, r: &RespondStep, scope: &[String], sync: bool) {
+        let b = format!("{p}/respond");
+        if let super::model::step::ResponseStatus::Template(t) = &r.status {
+            if t.as_str().contains("{{") {
+                self.check_text(
+                    &format!("{b}/status"),
+                    t.as_str(),
+                    TextKind::Template,
+                    scope,
+                );
+            } else {
+                let d = Diagnostic::error(
+                    "invalid-status",
+                    format!("`{}` is not an HTTP status", t.as_str()),
+                )
+                .with_hint("write a number from 100 to 599, or a template that gives one");
+                self.error(&format!("{b}/status"), d);
+            }
+        }
+        if !sync {
+            let d = Diagnostic::warning(
+                "respond-without-sync",
+                "`respond` has no effect in this workflow",
+            )
+            .with_hint("only a webhook trigger with `respond: sync` waits for a reply");
+            let d = self.def.at_key(&b, d);
+            self.out.push(d);
+        }
+        for (k, v) in &r.headers {
+            self.check_text(
+                &format!("{b}/headers/{}", escape_token(k)),
+                v.as_str(),
+                TextKind::Template,
+                scope,
+            );
+        }
+        if let Some(body) = &r.body {
+            self.check_json(body, &format!("{b}/body"), scope);
         }
     }
 
