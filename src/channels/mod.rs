@@ -1,4 +1,7 @@
-//! Delivery channels: where an outbox message goes. One file per provider, behind [`Channel`].
+//! Delivery channels: where an outbox message goes. One folder per provider, behind
+//! [`Channel`], holding its settings (`config.rs`, part of `herald.yaml`'s schema) and its
+//! delivery. A new provider is a new folder, a variant of [`config::ChannelConfig`], and one
+//! line in [`build`].
 //!
 //! A channel only delivers. Rendering, the outbox, retries and their schedule live in the
 //! engine: a channel's job is to attempt one delivery and say whether a failure is worth
@@ -8,6 +11,7 @@
 //! accept one receive it (the `webhook` channel sends it as `Idempotency-Key`); SMTP gets a
 //! Message-ID derived from it, so a re-sent e-mail is recognisably the same message.
 
+pub mod config;
 pub mod log;
 pub mod smtp;
 pub mod webhook;
@@ -19,8 +23,9 @@ use async_trait::async_trait;
 use indexmap::IndexMap;
 
 use crate::definitions::env::EnvSource;
-use crate::definitions::model::config::{ChannelConfig, ConfigDef};
+use crate::definitions::model::config::ConfigDef;
 use crate::definitions::semantic::BUILTIN_CHANNEL;
+use config::ChannelConfig;
 
 /// A rendered message, ready to deliver.
 #[derive(Debug, Clone, PartialEq)]
@@ -155,8 +160,9 @@ mod tests {
     use std::collections::HashMap;
 
     use super::*;
+    use crate::channels::smtp::config::{SmtpConfig, SmtpTls};
+    use crate::channels::webhook::config::WebhookChannelConfig;
     use crate::definitions::model::Duration;
-    use crate::definitions::model::config::{SmtpConfig, SmtpTls, WebhookChannelConfig};
 
     fn env(vars: &[(&str, &str)]) -> EnvSource {
         let map: HashMap<String, String> = vars

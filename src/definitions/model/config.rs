@@ -114,87 +114,11 @@ impl Default for PathsConfig {
     }
 }
 
-/// A delivery channel, by provider.
-#[derive(Debug, Clone, PartialEq, Deserialize, JsonSchema)]
-#[serde(tag = "provider", rename_all = "snake_case", deny_unknown_fields)]
-pub enum ChannelConfig {
-    /// Records the message and prints it to the log. Needs no setup.
-    Log {},
-    /// E-mail over SMTP.
-    Smtp(SmtpConfig),
-    /// An HTTP POST of the message as JSON.
-    Webhook(WebhookChannelConfig),
-}
-
-impl ChannelConfig {
-    pub fn provider(&self) -> &'static str {
-        match self {
-            ChannelConfig::Log {} => "log",
-            ChannelConfig::Smtp(_) => "smtp",
-            ChannelConfig::Webhook(_) => "webhook",
-        }
-    }
-}
-
-#[derive(Debug, Clone, PartialEq, Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
-pub struct SmtpConfig {
-    pub host: String,
-    /// The port; by default 587 for `starttls`, 465 for `tls` and 25 for `none`.
-    #[serde(default)]
-    pub port: Option<u16>,
-    #[serde(default)]
-    pub username: Option<String>,
-    #[serde(default)]
-    pub password: Option<String>,
-    /// `starttls` (port 587), `tls` (port 465) or `none` (local relays and tests only).
-    #[serde(default)]
-    pub tls: SmtpTls,
-    /// The default sender, such as "Complete Car Loans <hello@example.com>".
-    pub from: String,
-    #[serde(default = "SmtpConfig::default_timeout")]
-    pub timeout: Duration,
-}
-
-impl SmtpConfig {
-    /// The configured port, or the usual one for the TLS mode.
-    pub fn port(&self) -> u16 {
-        self.port.unwrap_or(match self.tls {
-            SmtpTls::Starttls => 587,
-            SmtpTls::Tls => 465,
-            SmtpTls::None => 25,
-        })
-    }
-    fn default_timeout() -> Duration {
-        Duration::from_secs(30)
-    }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, JsonSchema)]
-#[serde(rename_all = "snake_case")]
-pub enum SmtpTls {
-    #[default]
-    Starttls,
-    Tls,
-    None,
-}
-
-#[derive(Debug, Clone, PartialEq, Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
-pub struct WebhookChannelConfig {
-    /// Where messages are POSTed.
-    pub url: String,
-    #[serde(default)]
-    pub headers: IndexMap<String, String>,
-    #[serde(default = "WebhookChannelConfig::default_timeout")]
-    pub timeout: Duration,
-}
-
-impl WebhookChannelConfig {
-    fn default_timeout() -> Duration {
-        Duration::from_secs(10)
-    }
-}
+// Each provider's settings live with its code, in `channels/<provider>/config.rs`; they are
+// part of this file's schema through these types.
+pub use crate::channels::config::ChannelConfig;
+pub use crate::channels::smtp::config::{SmtpConfig, SmtpTls};
+pub use crate::channels::webhook::config::WebhookChannelConfig;
 
 #[derive(Debug, Clone, PartialEq, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]

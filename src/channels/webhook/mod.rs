@@ -3,6 +3,8 @@
 //! Every request carries `Idempotency-Key`, the same on every attempt, so a receiver that
 //! honours it can drop the duplicates that at-least-once delivery produces.
 
+pub mod config;
+
 use std::fmt;
 use std::time::Duration;
 
@@ -14,7 +16,7 @@ use serde::Serialize;
 
 use super::{Channel, Delivered, DeliveryError, OutboundMessage, error_chain, resolve_setting};
 use crate::definitions::env::EnvSource;
-use crate::definitions::model::config::WebhookChannelConfig;
+use config::WebhookChannelConfig;
 
 /// How much of a response is read: enough for an id or an error message, while a receiver
 /// that answers with something huge cannot make the engine buffer it.

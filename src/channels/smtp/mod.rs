@@ -5,6 +5,8 @@
 //! after a crash carries the same Message-ID as the first attempt, which lets mail systems
 //! (and people) recognise the duplicate.
 
+pub mod config;
+
 use std::fmt;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -21,7 +23,7 @@ use sha2::{Digest, Sha256};
 
 use super::{Channel, Delivered, DeliveryError, OutboundMessage, error_chain, resolve_setting};
 use crate::definitions::env::{EnvSource, Secret};
-use crate::definitions::model::config::{SmtpConfig, SmtpTls};
+use config::{SmtpConfig, SmtpTls};
 
 /// Headers lettre writes itself, or that would change who receives the message. A custom
 /// header with one of these names is ignored rather than allowed to contradict the envelope.

@@ -1,0 +1,30 @@
+//! A channel's settings in `herald.yaml`, by provider. Each provider's own settings type sits
+//! in its folder, beside the code that uses it; this enum names them for the schema.
+
+use schemars::JsonSchema;
+use serde::Deserialize;
+
+use super::smtp::config::SmtpConfig;
+use super::webhook::config::WebhookChannelConfig;
+
+/// A delivery channel, by provider.
+#[derive(Debug, Clone, PartialEq, Deserialize, JsonSchema)]
+#[serde(tag = "provider", rename_all = "snake_case", deny_unknown_fields)]
+pub enum ChannelConfig {
+    /// Records the message and prints it to the log. Needs no setup.
+    Log {},
+    /// E-mail over SMTP.
+    Smtp(SmtpConfig),
+    /// An HTTP POST of the message as JSON.
+    Webhook(WebhookChannelConfig),
+}
+
+impl ChannelConfig {
+    pub fn provider(&self) -> &'static str {
+        match self {
+            ChannelConfig::Log {} => "log",
+            ChannelConfig::Smtp(_) => "smtp",
+            ChannelConfig::Webhook(_) => "webhook",
+        }
+    }
+}
