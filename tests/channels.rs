@@ -563,6 +563,8 @@ fn build_names_an_unset_variable_and_its_channel() {
         }),
     );
     let error = channels::build(&config, &env(&[])).expect_err("unset variable");
+    assert_eq!(error.setting.as_deref(), Some("headers/X-Token"));
+    let error = error.to_string();
     assert!(error.contains("ALERTS_TOKEN"), "{error}");
     assert!(error.contains("`alerts`"), "{error}");
 }

@@ -603,3 +603,30 @@ steps:
     // The step that broke the schema is still known by its id: no "no step `pause`".
     assert!(!text.contains("no step `pause`"), "{text}");
 }
+
+/// A channel that cannot be built stops `serve` with an error at its setting in herald.yaml.
+#[test]
+fn a_channel_that_cannot_be_built_is_reported_at_its_setting() {
+    let tmp = tempfile::tempdir().unwrap();
+    write(
+        tmp.path(),
+        "herald.yaml",
+        "channels:\n  hook:\n    provider: webhook\n    url: ftp://example.com/hook\n",
+    );
+    write(
+        tmp.path(),
+        "workflows/a.yaml",
+        "kind: workflow\nid: a\nsteps:\n  - send: { channel: hook, to: x, body: hi }\n",
+    );
+    let out = run(herald(tmp.path())
+        .args(["serve", "--no-watch", "--listen", "127.0.0.1:0"])
+        .args(["--database-url", "sqlite://herald.db"]));
+    assert_eq!(code(&out), 1, "{}", show(&out));
+    assert!(
+        stderr(&out).contains(
+            "herald.yaml:4:10: error: channel `hook`: url: `ftp://example.com/hook` must start with https:// or http://"
+        ),
+        "{}",
+        show(&out)
+    );
+}

@@ -101,13 +101,35 @@ pub trait Channel: Send + Sync + std::fmt::Debug {
 /// The channels of a configuration, by name, in the order herald.yaml lists them.
 pub type Channels = IndexMap<String, Arc<dyn Channel>>;
 
+/// A channel that cannot be built from its settings.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("channel `{channel}`: {message}")]
+pub struct ChannelError {
+    /// The channel's name in herald.yaml.
+    pub channel: String,
+    /// The setting at fault, as a JSON pointer below the channel's entry (`host`,
+    /// `headers/X-Api-Key`), so the error can point into herald.yaml.
+    pub setting: Option<String>,
+    pub message: String,
+}
+
+impl ChannelError {
+    pub(crate) fn new(channel: &str, setting: Option<&str>, message: impl Into<String>) -> Self {
+        ChannelError {
+            channel: channel.to_owned(),
+            setting: setting.map(str::to_owned),
+            message: message.into(),
+        }
+    }
+}
+
 /// Builds every channel in `config`, resolving `${env:NAME}` in their settings, plus the
 /// built-in `log` channel unless the config defines its own.
 ///
 /// Fails on the first channel that cannot be built (an unset variable, an unusable address or
 /// URL), naming the channel, so `herald serve` refuses to start rather than failing every
 /// delivery later.
-pub fn build(config: &ConfigDef, env: &EnvSource) -> Result<Channels, String> {
+pub fn build(config: &ConfigDef, env: &EnvSource) -> Result<Channels, ChannelError> {
     let mut channels = Channels::new();
     for (name, def) in &config.channels {
         let channel: Arc<dyn Channel> = match def {
@@ -129,14 +151,16 @@ pub fn build(config: &ConfigDef, env: &EnvSource) -> Result<Channels, String> {
 }
 
 /// Resolves `${env:...}` in one setting, with an error that says where the reference is.
+/// `field` is the setting's name as written (`headers.X-Key`), `pointer` its JSON pointer.
 pub(crate) fn resolve_setting(
     env: &EnvSource,
     channel: &str,
     field: &str,
+    pointer: &str,
     value: &str,
-) -> Result<String, String> {
+) -> Result<String, ChannelError> {
     env.resolve(value)
-        .map_err(|e| format!("channel `{channel}`: {field}: {e}"))
+        .map_err(|e| ChannelError::new(channel, Some(pointer), format!("{field}: {e}")))
 }
 
 /// An error with its causes: reqwest and lettre leave the useful part (connection refused,
@@ -225,6 +249,11 @@ mod tests {
     #[test]
     fn an_unset_variable_names_itself_and_the_channel() {
         let err = build(&config(), &env(&[])).unwrap_err();
+        assert_eq!(
+            (err.channel.as_str(), err.setting.as_deref()),
+            ("email", Some("host"))
+        );
+        let err = err.to_string();
         assert!(err.contains("SMTP_HOST"), "{err}");
         assert!(err.contains("`email`"), "{err}");
     }

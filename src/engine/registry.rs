@@ -268,7 +268,7 @@ impl Registry {
         let channels = match channels::build(&project.config.def, env) {
             Ok(c) => c,
             Err(e) => {
-                errors.push(Diagnostic::error("invalid-channel", e));
+                errors.push(channel_diagnostic(project, &e));
                 Channels::default()
             }
         };
@@ -388,6 +388,23 @@ impl Registry {
             loaded_at: 0,
         }
     }
+}
+
+/// A channel that cannot be built, at its setting in herald.yaml when there is a file.
+fn channel_diagnostic(project: &Project, e: &channels::ChannelError) -> Diagnostic {
+    let d = Diagnostic::error("invalid-channel", e.to_string());
+    let Some((file, parsed)) = &project.config.file else {
+        return d;
+    };
+    let mut pointer = format!(
+        "/channels/{}",
+        crate::definitions::source::escape_token(&e.channel)
+    );
+    if let Some(setting) = &e.setting {
+        pointer.push('/');
+        pointer.push_str(setting);
+    }
+    file.locate(d, parsed.index.value(&pointer))
 }
 
 #[cfg(test)]

@@ -21,7 +21,9 @@ use lettre::transport::smtp::authentication::Credentials;
 use lettre::{AsyncSmtpTransport, AsyncTransport, Tokio1Executor};
 use sha2::{Digest, Sha256};
 
-use super::{Channel, Delivered, DeliveryError, OutboundMessage, error_chain, resolve_setting};
+use super::{
+    Channel, ChannelError, Delivered, DeliveryError, OutboundMessage, error_chain, resolve_setting,
+};
 use crate::definitions::env::{EnvSource, Secret};
 use config::{SmtpConfig, SmtpTls};
 
@@ -63,37 +65,56 @@ struct Live {
 
 impl SmtpChannel {
     /// Builds the channel from its herald.yaml entry, resolving `${env:...}` in every setting.
-    pub fn from_config(name: &str, config: &SmtpConfig, env: &EnvSource) -> Result<Self, String> {
+    pub fn from_config(
+        name: &str,
+        config: &SmtpConfig,
+        env: &EnvSource,
+    ) -> Result<Self, ChannelError> {
         crate::tls::init();
-        let host = resolve_setting(env, name, "host", &config.host)?;
-        let from_text = resolve_setting(env, name, "from", &config.from)?;
+        let host = resolve_setting(env, name, "host", "host", &config.host)?;
+        let from_text = resolve_setting(env, name, "from", "from", &config.from)?;
         let username = config
             .username
             .as_deref()
-            .map(|u| resolve_setting(env, name, "username", u))
+            .map(|u| resolve_setting(env, name, "username", "username", u))
             .transpose()?;
         let password = config
             .password
             .as_deref()
-            .map(|p| resolve_setting(env, name, "password", p).map(Secret::new))
+            .map(|p| resolve_setting(env, name, "password", "password", p).map(Secret::new))
             .transpose()?;
 
         if host.trim().is_empty() {
-            return Err(format!("channel `{name}`: host is empty"));
+            return Err(ChannelError::new(name, Some("host"), "host is empty"));
         }
         let from: Mailbox = from_text.parse().map_err(|e| {
-            format!(
-                "channel `{name}`: from: `{from_text}` is not an e-mail address: {}",
-                explain_address_error(e)
+            ChannelError::new(
+                name,
+                Some("from"),
+                format!(
+                    "from: `{from_text}` is not an e-mail address: {}",
+                    explain_address_error(e)
+                ),
             )
         })?;
         let timeout = config.timeout.as_std();
 
         let builder = match config.tls {
             SmtpTls::Starttls => AsyncSmtpTransport::<Tokio1Executor>::starttls_relay(&host)
-                .map_err(|e| format!("channel `{name}`: cannot set up TLS for `{host}`: {e}"))?,
-            SmtpTls::Tls => AsyncSmtpTransport::<Tokio1Executor>::relay(&host)
-                .map_err(|e| format!("channel `{name}`: cannot set up TLS for `{host}`: {e}"))?,
+                .map_err(|e| {
+                    ChannelError::new(
+                        name,
+                        Some("tls"),
+                        format!("cannot set up TLS for `{host}`: {e}"),
+                    )
+                })?,
+            SmtpTls::Tls => AsyncSmtpTransport::<Tokio1Executor>::relay(&host).map_err(|e| {
+                ChannelError::new(
+                    name,
+                    Some("tls"),
+                    format!("cannot set up TLS for `{host}`: {e}"),
+                )
+            })?,
             SmtpTls::None => AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(&host),
         };
         let mut builder = builder.port(config.port()).timeout(Some(timeout));
@@ -504,7 +525,8 @@ mod tests {
         assert!(!debug.contains("hunter2"), "{debug}");
 
         let err = SmtpChannel::from_config("mail", &config, &EnvSource::Map(Default::default()))
-            .unwrap_err();
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("`mail`") && err.contains("SMTP_USER"), "{err}");
 
         let bad_from = SmtpConfig {
@@ -512,7 +534,8 @@ mod tests {
             ..config
         };
         let err = SmtpChannel::from_config("mail", &bad_from, &env).unwrap_err();
-        assert!(err.contains("from"), "{err}");
+        assert_eq!(err.setting.as_deref(), Some("from"));
+        assert!(err.to_string().contains("from"), "{err}");
     }
 
     #[test]

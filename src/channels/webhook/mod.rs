@@ -14,7 +14,9 @@ use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
 use reqwest::{StatusCode, Url};
 use serde::Serialize;
 
-use super::{Channel, Delivered, DeliveryError, OutboundMessage, error_chain, resolve_setting};
+use super::{
+    Channel, ChannelError, Delivered, DeliveryError, OutboundMessage, error_chain, resolve_setting,
+};
 use crate::definitions::env::EnvSource;
 use config::WebhookChannelConfig;
 
@@ -57,25 +59,44 @@ impl WebhookChannel {
         name: &str,
         config: &WebhookChannelConfig,
         env: &EnvSource,
-    ) -> Result<Self, String> {
-        let url_text = resolve_setting(env, name, "url", &config.url)?;
-        let url = Url::parse(&url_text)
-            .map_err(|e| format!("channel `{name}`: url: `{url_text}` is not a URL: {e}"))?;
+    ) -> Result<Self, ChannelError> {
+        let url_text = resolve_setting(env, name, "url", "url", &config.url)?;
+        let url = Url::parse(&url_text).map_err(|e| {
+            ChannelError::new(
+                name,
+                Some("url"),
+                format!("url: `{url_text}` is not a URL: {e}"),
+            )
+        })?;
         if !matches!(url.scheme(), "http" | "https") {
-            return Err(format!(
-                "channel `{name}`: url: `{url_text}` must start with https:// or http://"
+            return Err(ChannelError::new(
+                name,
+                Some("url"),
+                format!("url: `{url_text}` must start with https:// or http://"),
             ));
         }
 
         let mut headers = HeaderMap::new();
         for (header, raw) in &config.headers {
             let field = format!("headers.{header}");
-            let value = resolve_setting(env, name, &field, raw)?;
+            let pointer = format!(
+                "headers/{}",
+                crate::definitions::source::escape_token(header)
+            );
+            let value = resolve_setting(env, name, &field, &pointer, raw)?;
             let header_name = HeaderName::from_bytes(header.as_bytes()).map_err(|_| {
-                format!("channel `{name}`: `{header}` is not a valid HTTP header name")
+                ChannelError::new(
+                    name,
+                    Some(&pointer),
+                    format!("`{header}` is not a valid HTTP header name"),
+                )
             })?;
             let mut header_value = HeaderValue::from_str(&value).map_err(|_| {
-                format!("channel `{name}`: {field}: the value is not a valid HTTP header value")
+                ChannelError::new(
+                    name,
+                    Some(&pointer),
+                    format!("{field}: the value is not a valid HTTP header value"),
+                )
             })?;
             // Values that come from the environment are usually credentials; marked sensitive,
             // they are left out of the HTTP client's debug output.
@@ -94,7 +115,9 @@ impl WebhookChannel {
             // redirect so the configured URL gets fixed.
             .redirect(reqwest::redirect::Policy::none())
             .build()
-            .map_err(|e| format!("channel `{name}`: cannot build the HTTP client: {e}"))?;
+            .map_err(|e| {
+                ChannelError::new(name, None, format!("cannot build the HTTP client: {e}"))
+            })?;
 
         Ok(WebhookChannel {
             name: name.to_owned(),
@@ -363,7 +386,8 @@ mod tests {
         assert!(channel.headers["authorization"].is_sensitive());
 
         let err = WebhookChannel::from_config("hook", &config, &EnvSource::Map(Default::default()))
-            .unwrap_err();
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("`hook`") && err.contains("TOKEN"), "{err}");
 
         config.url = "ftp://example.com".into();
