@@ -14,11 +14,13 @@ use std::collections::{HashMap, HashSet};
 use std::ops::Range;
 use std::sync::Arc;
 
+use indexmap::IndexMap;
 use minijinja::Environment;
 use serde_json::Value;
 
 use super::diagnostics::Diagnostic;
 use super::env;
+use super::model::Template;
 use super::model::step::{
     Action, CallStep, EmitStep, RespondStep, SendStep, Step, UpsertContactStep, WaitStep,
 };
@@ -732,14 +734,7 @@ impl WorkflowCheck<'_> {
                     TextKind::Template,
                     scope,
                 );
-                for (k, v) in &h.headers {
-                    self.check_text(
-                        &format!("{b}/headers/{}", escape_token(k)),
-                        v.as_str(),
-                        TextKind::Template,
-                        scope,
-                    );
-                }
+                self.check_headers(&b, &h.headers, scope);
                 if let Some(j) = &h.json {
                     self.check_json(j, &format!("{b}/json"), scope);
                 }
@@ -806,28 +801,16 @@ impl WorkflowCheck<'_> {
         } else if let Some(t) = &s.template {
             self.check_template_file(t, &format!("{b}/template"), scope);
         }
-        for (field, value) in [
-            ("body", &s.body),
-            ("subject", &s.subject),
-            ("from", &s.from),
-        ] {
-            if let Some(v) = value {
-                self.check_text(
-                    &format!("{b}/{field}"),
-                    v.as_str(),
-                    TextKind::Template,
-                    scope,
-                );
-            }
-        }
-        for (k, v) in &s.headers {
-            self.check_text(
-                &format!("{b}/headers/{}", escape_token(k)),
-                v.as_str(),
-                TextKind::Template,
-                scope,
-            );
-        }
+        self.check_optional_texts(
+            &b,
+            &[
+                ("body", &s.body),
+                ("subject", &s.subject),
+                ("from", &s.from),
+            ],
+            scope,
+        );
+        self.check_headers(&b, &s.headers, scope);
     }
 
     fn check_emit(&mut self, p: &str, e: &EmitStep, scope: &[String]) {
@@ -881,23 +864,18 @@ impl WorkflowCheck<'_> {
 
     fn check_upsert(&mut self, p: &str, u: &UpsertContactStep, scope: &[String]) {
         let b = format!("{p}/upsert_contact");
-        for (field, value) in [
-            ("email", &u.email),
-            ("phone", &u.phone),
-            ("first_name", &u.first_name),
-            ("last_name", &u.last_name),
-            ("status", &u.status),
-            ("timezone", &u.timezone),
-        ] {
-            if let Some(v) = value {
-                self.check_text(
-                    &format!("{b}/{field}"),
-                    v.as_str(),
-                    TextKind::Template,
-                    scope,
-                );
-            }
-        }
+        self.check_optional_texts(
+            &b,
+            &[
+                ("email", &u.email),
+                ("phone", &u.phone),
+                ("first_name", &u.first_name),
+                ("last_name", &u.last_name),
+                ("status", &u.status),
+                ("timezone", &u.timezone),
+            ],
+            scope,
+        );
         for (k, v) in &u.attributes {
             self.check_json(v, &format!("{b}/attributes/{}", escape_token(k)), scope);
         }
@@ -931,16 +909,41 @@ impl WorkflowCheck<'_> {
             let d = self.def.at_key(&b, d);
             self.out.push(d);
         }
-        for (k, v) in &r.headers {
-            self.check_text(
-                &format!("{b}/headers/{}", escape_token(k)),
-                v.as_str(),
-                TextKind::Template,
-                scope,
-            );
-        }
+        self.check_headers(&b, &r.headers, scope);
         if let Some(body) = &r.body {
             self.check_json(body, &format!("{b}/body"), scope);
+        }
+    }
+
+    /// Header values are templates.
+    fn check_headers(
+        &mut self,
+        base: &str,
+        headers: &IndexMap<String, Template>,
+        scope: &[String],
+    ) {
+        for (k, v) in headers {
+            let pointer = format!("{base}/headers/{}", escape_token(k));
+            self.check_text(&pointer, v.as_str(), TextKind::Template, scope);
+        }
+    }
+
+    /// Optional fields that are templates, by name.
+    fn check_optional_texts(
+        &mut self,
+        base: &str,
+        fields: &[(&str, &Option<Template>)],
+        scope: &[String],
+    ) {
+        for (field, value) in fields {
+            if let Some(v) = value {
+                self.check_text(
+                    &format!("{base}/{field}"),
+                    v.as_str(),
+                    TextKind::Template,
+                    scope,
+                );
+            }
         }
     }
 
