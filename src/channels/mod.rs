@@ -71,8 +71,9 @@ pub enum DeliveryError {
     Permanent { message: String },
 }
 
+#[cfg(test)]
 impl DeliveryError {
-    pub fn is_permanent(&self) -> bool {
+    pub(crate) fn is_permanent(&self) -> bool {
         matches!(self, DeliveryError::Permanent { .. })
     }
 }

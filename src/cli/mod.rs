@@ -59,7 +59,7 @@ pub enum ColorChoice {
 }
 
 impl ColorChoice {
-    pub fn enabled(self) -> bool {
+    pub(crate) fn enabled(self) -> bool {
         use std::io::IsTerminal;
         match self {
             ColorChoice::Always => true,
@@ -101,6 +101,6 @@ pub fn main() -> ExitCode {
 }
 
 /// The folder a command works on, defaulting to the current one.
-pub fn dir_or_current(dir: Option<PathBuf>) -> PathBuf {
+pub(crate) fn dir_or_current(dir: Option<PathBuf>) -> PathBuf {
     dir.unwrap_or_else(|| PathBuf::from("."))
 }

@@ -27,7 +27,7 @@ impl Span {
 
     /// The span moved `delta` characters to the right on the same line, for pointing inside a
     /// scalar (an inline template's own error position, say).
-    pub fn shifted(self, delta: usize, len: usize) -> Span {
+    pub(crate) fn shifted(self, delta: usize, len: usize) -> Span {
         Span {
             line: self.line,
             column: self.column + delta,
@@ -91,7 +91,7 @@ impl Diagnostic {
         }
     }
 
-    pub fn in_file(mut self, file: impl Into<PathBuf>) -> Diagnostic {
+    pub(crate) fn in_file(mut self, file: impl Into<PathBuf>) -> Diagnostic {
         self.file = Some(file.into());
         self
     }
@@ -102,12 +102,12 @@ impl Diagnostic {
         self
     }
 
-    pub fn with_hint(mut self, hint: impl Into<String>) -> Diagnostic {
+    pub(crate) fn with_hint(mut self, hint: impl Into<String>) -> Diagnostic {
         self.hint = Some(hint.into());
         self
     }
 
-    pub fn is_error(&self) -> bool {
+    pub(crate) fn is_error(&self) -> bool {
         self.severity == Severity::Error
     }
 
@@ -210,7 +210,7 @@ fn window(line: &str, column: usize) -> (std::borrow::Cow<'_, str>, usize) {
 
 /// Paths print with forward slashes and without a leading `./`, so output is the same on every
 /// platform and matches what tests expect.
-pub fn display_path(path: &Path) -> String {
+pub(crate) fn display_path(path: &Path) -> String {
     let s = path.to_string_lossy().replace('\\', "/");
     s.strip_prefix("./").map(str::to_owned).unwrap_or(s)
 }
@@ -238,7 +238,7 @@ impl Report {
         self.diagnostics.len() - self.errors()
     }
 
-    pub fn has_errors(&self) -> bool {
+    pub(crate) fn has_errors(&self) -> bool {
         self.diagnostics.iter().any(Diagnostic::is_error)
     }
 

@@ -27,7 +27,7 @@ fn name_ok(name: &str) -> bool {
 }
 
 /// The references in `text`. Malformed names are returned with `Err`.
-pub fn references(text: &str) -> Vec<Result<EnvRef, EnvRef>> {
+pub(crate) fn references(text: &str) -> Vec<Result<EnvRef, EnvRef>> {
     if !text.contains("${env:") {
         return Vec::new();
     }
@@ -47,7 +47,7 @@ pub fn references(text: &str) -> Vec<Result<EnvRef, EnvRef>> {
 
 /// The strings under `value` that hold `${env:` (references, or malformed ones), each with its
 /// JSON pointer, in document order.
-pub fn env_strings(value: &serde_json::Value) -> Vec<(String, String)> {
+pub(crate) fn env_strings(value: &serde_json::Value) -> Vec<(String, String)> {
     fn walk(value: &serde_json::Value, pointer: &mut String, out: &mut Vec<(String, String)>) {
         match value {
             serde_json::Value::String(s) if s.contains("${env:") => {
@@ -134,7 +134,7 @@ impl EnvSource {
     }
 
     /// Resolves every string inside a JSON value.
-    pub fn resolve_json(&self, value: &mut serde_json::Value) -> Result<(), String> {
+    pub(crate) fn resolve_json(&self, value: &mut serde_json::Value) -> Result<(), String> {
         match value {
             serde_json::Value::String(s) if s.contains("${env:") => *s = self.resolve(s)?,
             serde_json::Value::Array(items) => {
@@ -171,7 +171,7 @@ impl Secret {
     pub fn new(value: String) -> Secret {
         Secret(value)
     }
-    pub fn expose(&self) -> &str {
+    pub(crate) fn expose(&self) -> &str {
         &self.0
     }
 }

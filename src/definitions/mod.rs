@@ -61,18 +61,18 @@ impl Definition {
     }
 
     /// A diagnostic at the value of a JSON pointer in this file.
-    pub fn at_value(&self, pointer: &str, d: Diagnostic) -> Diagnostic {
+    pub(crate) fn at_value(&self, pointer: &str, d: Diagnostic) -> Diagnostic {
         self.file.locate(d, self.doc.index.value(pointer))
     }
 
     /// A diagnostic at the key of a JSON pointer in this file.
-    pub fn at_key(&self, pointer: &str, d: Diagnostic) -> Diagnostic {
+    pub(crate) fn at_key(&self, pointer: &str, d: Diagnostic) -> Diagnostic {
         self.file.locate(d, self.doc.index.key(pointer))
     }
 
     /// The span of `needle` inside the string value at `pointer`, when it can be found on the
     /// value's first line; else the whole value.
-    pub fn span_in_value(&self, pointer: &str, needle: &str) -> Span {
+    pub(crate) fn span_in_value(&self, pointer: &str, needle: &str) -> Span {
         let span = self.doc.index.value(pointer);
         if let Some(line) = self.file.line(span.line) {
             let start_byte = line
@@ -188,7 +188,7 @@ fn read_workflow(file: SourceFile, doc: Parsed) -> Result<Definition, Vec<Diagno
 /// semantic pass can still report the file's other, independent mistakes (a bad duration in
 /// one step should not hide an unknown channel in another). The salvaged definition is for
 /// checking only: its file has errors, so nothing runs it.
-pub fn read_definition_salvaging(file: SourceFile) -> Result<Definition, Box<Salvaged>> {
+pub(crate) fn read_definition_salvaging(file: SourceFile) -> Result<Definition, Box<Salvaged>> {
     let schema_errors = |value: &Value| Schemas::get().error_pointers(SchemaKind::Workflow, value);
     match read_definition(file.clone()) {
         Ok(def) => Ok(def),
@@ -300,7 +300,7 @@ pub fn deserialize<T: serde::de::DeserializeOwned>(
 }
 
 /// A stable hash of a document's content.
-pub fn content_hash(value: &Value) -> String {
+pub(crate) fn content_hash(value: &Value) -> String {
     // Streamed into the hasher: a large definition's JSON text is never held whole.
     struct Hashing(Sha256);
     impl std::io::Write for Hashing {

@@ -125,7 +125,7 @@ pub struct Project {
 }
 
 /// Shows `path` relative to `base` when it is inside it.
-pub fn display_path(path: &Path, base: &Path) -> PathBuf {
+pub(crate) fn display_path(path: &Path, base: &Path) -> PathBuf {
     path.strip_prefix(base)
         .map(Path::to_path_buf)
         .or_else(|_| {
@@ -139,7 +139,7 @@ pub fn display_path(path: &Path, base: &Path) -> PathBuf {
 
 /// Lists definition files: `*.yaml` and `*.yml`, recursively, skipping hidden folders and
 /// editor leftovers. Sorted, so output order never depends on the file system.
-pub fn definition_files(dir: &Path) -> Vec<PathBuf> {
+pub(crate) fn definition_files(dir: &Path) -> Vec<PathBuf> {
     fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
         let Ok(entries) = std::fs::read_dir(dir) else {
             return;
@@ -316,7 +316,11 @@ pub fn load(layout: &Layout, opts: &LoadOptions) -> (Project, Report) {
 
 /// [`load`], reusing what an earlier load of the same project kept in `cache`, and leaving in
 /// it what this one found.
-pub fn load_with(layout: &Layout, opts: &LoadOptions, cache: &mut LoadCache) -> (Project, Report) {
+pub(crate) fn load_with(
+    layout: &Layout,
+    opts: &LoadOptions,
+    cache: &mut LoadCache,
+) -> (Project, Report) {
     let mut report = Report::default();
     let config = load_config(layout, opts, &mut report);
 

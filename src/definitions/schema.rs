@@ -20,7 +20,7 @@ use schemars::generate::SchemaSettings;
 use schemars::transform::{Transform, transform_subschemas};
 use serde_json::{Map, Value, json};
 
-use super::diagnostics::{Diagnostic, Span};
+use super::diagnostics::Diagnostic;
 use super::model::{ConfigDef, WorkflowDef};
 use super::source::{Parsed, SourceFile, escape_token};
 use super::suggest::did_you_mean;
@@ -42,7 +42,7 @@ impl SchemaKind {
         }
     }
 
-    pub fn from_name(name: &str) -> Option<SchemaKind> {
+    pub(crate) fn from_name(name: &str) -> Option<SchemaKind> {
         SchemaKind::ALL.into_iter().find(|k| k.name() == name)
     }
 
@@ -192,7 +192,7 @@ impl Schemas {
 
     /// Validates a parsed document, turning every schema error into a positioned diagnostic.
     /// The JSON pointers of the values that break the schema (none when it is valid).
-    pub fn error_pointers(&self, kind: SchemaKind, value: &Value) -> Vec<String> {
+    pub(crate) fn error_pointers(&self, kind: SchemaKind, value: &Value) -> Vec<String> {
         let (_, validator) = &self.kinds[&kind];
         validator
             .iter_errors(value)
@@ -843,7 +843,7 @@ fn join_or(items: &[String]) -> String {
 }
 
 /// How a value is named in "found ..." messages.
-pub fn describe_value(v: &Value) -> String {
+pub(crate) fn describe_value(v: &Value) -> String {
     match v {
         Value::Null => "nothing (an empty value)".to_owned(),
         Value::Bool(b) => format!("`{b}`"),
@@ -867,9 +867,4 @@ fn truncate(s: &str, max: usize) -> String {
     } else {
         format!("{}…", s.chars().take(max).collect::<String>())
     }
-}
-
-/// The span of a whole document, for errors with no better place.
-pub fn document_start() -> Span {
-    Span::new(1, 1, 1)
 }

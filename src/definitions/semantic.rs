@@ -138,7 +138,7 @@ pub fn check(project: &Project, opts: &LoadOptions) -> Vec<Diagnostic> {
 }
 
 /// [`check`], reusing (and refilling) `texts` compiled by an earlier check.
-pub fn check_with(
+pub(crate) fn check_with(
     project: &Project,
     opts: &LoadOptions,
     texts: &mut CompiledTexts,

@@ -53,7 +53,7 @@ impl SourceFile {
     }
 
     /// Attaches this file and the quoted line to a diagnostic.
-    pub fn locate(&self, d: Diagnostic, span: Span) -> Diagnostic {
+    pub(crate) fn locate(&self, d: Diagnostic, span: Span) -> Diagnostic {
         let line = self.line(span.line).map(Arc::from);
         d.in_file(self.path.clone()).at(span, line)
     }
@@ -175,7 +175,7 @@ pub struct Parsed {
 }
 
 /// Escapes one JSON pointer reference token (RFC 6901).
-pub fn escape_token(token: &str) -> String {
+pub(crate) fn escape_token(token: &str) -> String {
     if token.contains(['~', '/']) {
         token.replace('~', "~0").replace('/', "~1")
     } else {

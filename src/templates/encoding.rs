@@ -10,7 +10,7 @@ use minijinja::value::{Kwargs, Value, ValueKind};
 use minijinja::{Environment, Error, ErrorKind};
 use sha2::Sha256;
 
-pub fn register(env: &mut Environment<'static>) {
+pub(crate) fn register(env: &mut Environment<'static>) {
     env.add_filter("fromjson", fromjson);
     env.add_filter("b64encode", b64encode);
     env.add_filter("b64decode", b64decode);
@@ -47,7 +47,7 @@ fn text<'a>(filter: &str, value: &'a Value) -> Result<Cow<'a, str>, Error> {
 }
 
 /// `{{ '{"a": 1}' | fromjson }}`: parses JSON text into a value.
-pub fn fromjson(value: Value) -> Result<Value, Error> {
+pub(crate) fn fromjson(value: Value) -> Result<Value, Error> {
     let s = match value.kind() {
         ValueKind::String => value.as_str().unwrap_or_default(),
         ValueKind::Undefined => return Err(Error::from(ErrorKind::UndefinedError)),
@@ -110,7 +110,7 @@ fn engine(urlsafe: bool, pad: bool) -> GeneralPurpose {
 
 /// `{{ text | b64encode }}`, `{{ text | b64encode(urlsafe=true) }}` (`-` and `_` for `+` and
 /// `/`), with `padding=false` to leave out the trailing `=`.
-pub fn b64encode(value: Value, kwargs: Kwargs) -> Result<String, Error> {
+pub(crate) fn b64encode(value: Value, kwargs: Kwargs) -> Result<String, Error> {
     let urlsafe: Option<bool> = kwargs.get("urlsafe")?;
     let padding: Option<bool> = kwargs.get("padding")?;
     kwargs.assert_all_used()?;
@@ -120,7 +120,7 @@ pub fn b64encode(value: Value, kwargs: Kwargs) -> Result<String, Error> {
 
 /// `{{ encoded | b64decode }}` (or `urlsafe=true`): decodes base64 to text. Padding may be
 /// present or not; the decoded bytes must be UTF-8 text.
-pub fn b64decode(value: Value, kwargs: Kwargs) -> Result<String, Error> {
+pub(crate) fn b64decode(value: Value, kwargs: Kwargs) -> Result<String, Error> {
     let urlsafe: Option<bool> = kwargs.get("urlsafe")?;
     kwargs.assert_all_used()?;
     let urlsafe = urlsafe.unwrap_or(false);

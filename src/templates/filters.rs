@@ -6,7 +6,7 @@
 use minijinja::value::Kwargs;
 use minijinja::{Environment, Error, ErrorKind};
 
-pub fn register(env: &mut Environment<'static>) {
+pub(crate) fn register(env: &mut Environment<'static>) {
     env.add_filter("first_name", first_name);
     env.add_filter("phone", phone);
     env.add_filter("truncate_sms", truncate_sms);
@@ -77,7 +77,7 @@ pub fn phone(value: String, kwargs: Kwargs) -> Result<String, Error> {
 }
 
 /// Normalises a phone number to E.164, if it is one.
-pub fn normalize_phone(value: &str, region: &str) -> Option<String> {
+pub(crate) fn normalize_phone(value: &str, region: &str) -> Option<String> {
     let country = region.parse::<phonenumber::country::Id>().ok()?;
     let n = phonenumber::parse(Some(country), value).ok()?;
     phonenumber::is_valid(&n).then(|| n.format().mode(phonenumber::Mode::E164).to_string())
@@ -101,7 +101,7 @@ fn gsm_cost(c: char) -> Option<usize> {
 /// `{{ text | truncate_sms }}`: cuts text to fit one SMS segment (or `segments=N`), ending
 /// with "..." when cut. GSM-7 text fits 160 characters in one segment and 153 per segment in
 /// more; any other character makes the message UCS-2, which fits 70, or 67 per segment.
-pub fn truncate_sms(value: String, kwargs: Kwargs) -> Result<String, Error> {
+pub(crate) fn truncate_sms(value: String, kwargs: Kwargs) -> Result<String, Error> {
     let segments: Option<u32> = kwargs.get("segments")?;
     kwargs.assert_all_used()?;
     let segments = segments.unwrap_or(1).max(1) as usize;

@@ -42,7 +42,7 @@ impl Kind {
 }
 
 /// Every filter, test, function and template `tmpl` names.
-pub fn references(tmpl: &Template<'_, '_>) -> Vec<Reference> {
+pub(crate) fn references(tmpl: &Template<'_, '_>) -> Vec<Reference> {
     let compiled = get_compiled_template(tmpl);
     let mut out = Vec::new();
     collect(&compiled.instructions, &mut out);
@@ -133,7 +133,7 @@ impl Known {
 
 /// The names of `kind` that `env` has, for "did you mean" (a fixed list of the usual ones,
 /// checked against the environment).
-pub fn candidates(env: &Environment<'_>, known: &Known, kind: Kind) -> Vec<&'static str> {
+pub(crate) fn candidates(env: &Environment<'_>, known: &Known, kind: Kind) -> Vec<&'static str> {
     const FILTERS: &[&str] = &[
         "abs",
         "attr",
@@ -307,7 +307,10 @@ const SAMPLES: &[(&str, &str)] = &[
 
 /// Calls of checked filters whose arguments are all literals and which fail for a sample
 /// value: (line, column, the call as written, why it fails).
-pub fn failing_calls(env: &Environment<'_>, source: &str) -> Vec<(usize, usize, String, String)> {
+pub(crate) fn failing_calls(
+    env: &Environment<'_>,
+    source: &str,
+) -> Vec<(usize, usize, String, String)> {
     let mut out = Vec::new();
     for (name, sample) in SAMPLES {
         let needle = format!("{name}(");

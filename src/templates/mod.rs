@@ -75,7 +75,7 @@ enum Failing<'a> {
 
 /// A readable one-line description of a minijinja error, without its position (which the
 /// caller reports in its own terms).
-pub fn describe_error(e: &minijinja::Error) -> String {
+pub(crate) fn describe_error(e: &minijinja::Error) -> String {
     let kind = match e.kind() {
         ErrorKind::SyntaxError => "syntax error",
         ErrorKind::UndefinedError => "undefined value",
@@ -160,7 +160,7 @@ impl std::fmt::Debug for Templates {
 }
 
 /// Files under `templates/` that are not templates: editor swap and backup files.
-pub fn is_ignored_file(name: &str) -> bool {
+pub(crate) fn is_ignored_file(name: &str) -> bool {
     name.starts_with('.')
         || name.ends_with('~')
         || name.ends_with(".swp")
@@ -209,7 +209,7 @@ impl Templates {
     }
 
     /// Compiles templates given as (name, source) pairs; names use `/` separators.
-    pub fn from_sources(
+    pub(crate) fn from_sources(
         sources: Vec<(String, String)>,
         display_dir: &Path,
         fuel: u64,
@@ -280,7 +280,7 @@ impl Templates {
     }
 
     /// Where template files are shown from (`templates/`), for positions inside them.
-    pub fn display_dir(&self) -> &Path {
+    pub(crate) fn display_dir(&self) -> &Path {
         &self.display_dir
     }
 
@@ -289,7 +289,7 @@ impl Templates {
     }
 
     /// Template files that exist but do not compile.
-    pub fn broken_names(&self) -> &[String] {
+    pub(crate) fn broken_names(&self) -> &[String] {
         &self.broken
     }
 
@@ -307,7 +307,7 @@ impl Templates {
     }
 
     /// Renders a template file with a context already converted by [`context`].
-    pub fn render_in(&self, name: &str, ctx: &JValue) -> Result<String, RenderError> {
+    pub(crate) fn render_in(&self, name: &str, ctx: &JValue) -> Result<String, RenderError> {
         let tmpl = self
             .env
             .get_template(name)
@@ -348,12 +348,12 @@ impl Templates {
     }
 
     /// Evaluates an expression (no braces) to a value.
-    pub fn eval(&self, expr: &str, ctx: &JValue) -> Result<Value, RenderError> {
+    pub(crate) fn eval(&self, expr: &str, ctx: &JValue) -> Result<Value, RenderError> {
         to_json(&self.eval_value(expr, expr, ctx)?)
     }
 
     /// Evaluates an expression for its truth, as `if` does.
-    pub fn is_true(&self, expr: &str, ctx: &JValue) -> Result<bool, RenderError> {
+    pub(crate) fn is_true(&self, expr: &str, ctx: &JValue) -> Result<bool, RenderError> {
         Ok(self.eval_value(expr, expr, ctx)?.is_true())
     }
 
@@ -378,7 +378,11 @@ impl Templates {
 
     /// Renders a template value: a string that is exactly one `{{ expression }}` keeps the
     /// expression's type; any other string renders to a string.
-    pub fn render_value_str(&self, source: &str, ctx: &JValue) -> Result<Value, RenderError> {
+    pub(crate) fn render_value_str(
+        &self,
+        source: &str,
+        ctx: &JValue,
+    ) -> Result<Value, RenderError> {
         match sole_expression(source) {
             Some(expr) => to_json(&self.eval_value(expr, source.trim(), ctx)?),
             None => self.render_str(source, ctx).map(Value::String),
@@ -436,7 +440,7 @@ impl Templates {
     }
 
     /// Renders every string inside a JSON value (object keys stay as written).
-    pub fn render_json(&self, value: &Value, ctx: &JValue) -> Result<Value, RenderError> {
+    pub(crate) fn render_json(&self, value: &Value, ctx: &JValue) -> Result<Value, RenderError> {
         Ok(match value {
             Value::String(s) => self.render_value_str(s, ctx)?,
             Value::Array(items) => Value::Array(
@@ -463,7 +467,7 @@ pub fn context(ctx: &Value) -> JValue {
 }
 
 /// When `source` is exactly one `{{ expression }}` (whitespace around allowed), the expression.
-pub fn sole_expression(source: &str) -> Option<&str> {
+pub(crate) fn sole_expression(source: &str) -> Option<&str> {
     let inner = source.trim().strip_prefix("{{")?.strip_suffix("}}")?;
     // `{{ a }} and {{ b }}` starts and ends with braces but is two expressions.
     if inner.contains("{{") || inner.contains("}}") {
@@ -543,7 +547,7 @@ fn unclosed_block(
 }
 
 /// A filter call whose literal arguments make it fail for every value.
-pub fn failing_call(call: &str, why: &str) -> Diagnostic {
+pub(crate) fn failing_call(call: &str, why: &str) -> Diagnostic {
     Diagnostic::error(
         "invalid-filter-argument",
         format!("`{call}` fails whatever the value: {why}"),
@@ -551,7 +555,7 @@ pub fn failing_call(call: &str, why: &str) -> Diagnostic {
 }
 
 /// The diagnostic for a name a template uses that does not exist, if it does not.
-pub fn unknown_reference(
+pub(crate) fn unknown_reference(
     env: &Environment<'static>,
     known: &inspect::Known,
     r: &inspect::Reference,

@@ -13,7 +13,7 @@
 use minijinja::value::{Kwargs, Value, ValueKind};
 use minijinja::{Environment, Error, ErrorKind};
 
-pub fn register(env: &mut Environment<'static>) {
+pub(crate) fn register(env: &mut Environment<'static>) {
     env.add_filter("currency", currency);
     env.add_filter("number", number);
 }
@@ -328,7 +328,11 @@ fn apply_pattern(pattern: &str, symbol: &str, number: &str) -> String {
 /// Without a locale this keeps its original form: US separators, the symbol in front for
 /// USD, EUR, GBP, JPY, CAD, AUD, MXN and INR, and any other code after the number
 /// (`1,234.50 CHF`).
-pub fn currency(value: Value, code: Option<String>, kwargs: Kwargs) -> Result<String, Error> {
+pub(crate) fn currency(
+    value: Value,
+    code: Option<String>,
+    kwargs: Kwargs,
+) -> Result<String, Error> {
     let tag: Option<String> = kwargs.get("locale")?;
     let decimals = decimals_kwarg(&kwargs, "currency")?;
     kwargs.assert_all_used()?;

@@ -34,7 +34,7 @@ use jiff::{SignedDuration, Span, SpanRelativeTo, SpanRound, Timestamp, Unit, Zon
 use minijinja::value::{DynObject, Kwargs, Object, ObjectRepr, Rest, Value, ValueKind};
 use minijinja::{Environment, Error, ErrorKind, State};
 
-pub fn register(env: &mut Environment<'static>) {
+pub(crate) fn register(env: &mut Environment<'static>) {
     env.add_function("now", now);
     env.add_function("duration", duration);
     env.add_function("ago", ago);
@@ -264,7 +264,7 @@ const DATETIME_FORMS: &str = "write RFC 3339 such as 2026-01-31T09:00:00Z or 202
 
 /// Parses a date or time string. Without an offset or zone in the text, the time is read in
 /// `tz` (UTC if none); with one, the result is moved to `tz` if given.
-pub fn parse_datetime(s: &str, tz: Option<&TimeZone>) -> Result<Zoned, Error> {
+pub(crate) fn parse_datetime(s: &str, tz: Option<&TimeZone>) -> Result<Zoned, Error> {
     let s = s.trim();
     let bad = || invalid(format!("`{s}` is not a date or time; {DATETIME_FORMS}"));
     let pieces = Pieces::parse(s).map_err(|_| bad())?;
@@ -381,7 +381,7 @@ pub fn ago(state: &State, d: Option<Value>, kwargs: Kwargs) -> Result<Value, Err
 }
 
 /// `from_now('2d')`: the current time plus a duration.
-pub fn from_now(state: &State, d: Option<Value>, kwargs: Kwargs) -> Result<Value, Error> {
+pub(crate) fn from_now(state: &State, d: Option<Value>, kwargs: Kwargs) -> Result<Value, Error> {
     let tz = tz_kwarg(&kwargs)?;
     kwargs.assert_all_used()?;
     let d = d.ok_or_else(|| invalid("from_now needs a duration, such as from_now('2d')"))?;
@@ -392,14 +392,14 @@ pub fn from_now(state: &State, d: Option<Value>, kwargs: Kwargs) -> Result<Value
 }
 
 /// `'2026-01-31T09:00:00Z' | datetime`, `datetime(body.ts, tz='America/Denver')`.
-pub fn datetime(value: Value, kwargs: Kwargs) -> Result<Value, Error> {
+pub(crate) fn datetime(value: Value, kwargs: Kwargs) -> Result<Value, Error> {
     let tz = tz_kwarg(&kwargs)?;
     kwargs.assert_all_used()?;
     Ok(DateTime::value(to_zoned(&value, tz.as_ref(), "datetime")?))
 }
 
 /// `dt | add_duration('2d')`.
-pub fn add_duration(value: Value, d: Option<Value>) -> Result<Value, Error> {
+pub(crate) fn add_duration(value: Value, d: Option<Value>) -> Result<Value, Error> {
     let d =
         d.ok_or_else(|| invalid("add_duration needs a duration, such as add_duration('2d')"))?;
     let d = to_duration(&d, "add_duration")?;
@@ -407,7 +407,7 @@ pub fn add_duration(value: Value, d: Option<Value>) -> Result<Value, Error> {
 }
 
 /// `dt | subtract_duration('15m')`.
-pub fn subtract_duration(value: Value, d: Option<Value>) -> Result<Value, Error> {
+pub(crate) fn subtract_duration(value: Value, d: Option<Value>) -> Result<Value, Error> {
     let d = d.ok_or_else(|| {
         invalid("subtract_duration needs a duration, such as subtract_duration('15m')")
     })?;
@@ -421,7 +421,7 @@ pub fn subtract_duration(value: Value, d: Option<Value>) -> Result<Value, Error>
 
 /// `dt | add_months(1)`: the same day and time `n` calendar months later (earlier if
 /// negative); a day past the month's end becomes its last day (Jan 31 + 1 → Feb 28).
-pub fn add_months(value: Value, n: Option<Value>) -> Result<Value, Error> {
+pub(crate) fn add_months(value: Value, n: Option<Value>) -> Result<Value, Error> {
     let n = n
         .as_ref()
         .and_then(|n| i64::try_from(n.clone()).ok())
@@ -438,7 +438,7 @@ pub fn add_months(value: Value, n: Option<Value>) -> Result<Value, Error> {
 
 /// `duration_between(start, end)`: how long from `start` to `end` (negative if `end` is
 /// earlier).
-pub fn duration_between(start: Value, end: Value) -> Result<Value, Error> {
+pub(crate) fn duration_between(start: Value, end: Value) -> Result<Value, Error> {
     let start = to_zoned(&start, None, "duration_between")?;
     let end = to_zoned(&end, None, "duration_between")?;
     Ok(Value::from_object(Duration::from_exact(

@@ -65,7 +65,7 @@ struct Live {
 
 impl SmtpChannel {
     /// Builds the channel from its herald.yaml entry, resolving `${env:...}` in every setting.
-    pub fn from_config(
+    pub(crate) fn from_config(
         name: &str,
         config: &SmtpConfig,
         env: &EnvSource,
@@ -292,7 +292,7 @@ pub fn message_id(idempotency_key: &str, from: &Mailbox) -> String {
 }
 
 /// Builds the e-mail for `message`. Returns it with its Message-ID.
-pub fn compose(
+pub(crate) fn compose(
     message: &OutboundMessage,
     default_from: &Mailbox,
 ) -> Result<(Message, String), DeliveryError> {

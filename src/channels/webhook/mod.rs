@@ -55,7 +55,7 @@ struct Payload<'a> {
 impl WebhookChannel {
     /// Builds the channel from its herald.yaml entry, resolving `${env:...}` in the URL and in
     /// every header value.
-    pub fn from_config(
+    pub(crate) fn from_config(
         name: &str,
         config: &WebhookChannelConfig,
         env: &EnvSource,

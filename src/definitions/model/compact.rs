@@ -76,7 +76,7 @@ impl<'de> Visitor<'de> for CompactVisitor {
 
 /// For an `Option<Value>` field (with `#[serde(default)]`: a missing field is `None`). As
 /// with serde's own `Option`, an explicit `null` is `None` too.
-pub fn option<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Value>, D::Error> {
+pub(crate) fn option<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Value>, D::Error> {
     Compact::deserialize(d).map(|c| match c.0 {
         Value::Null => None,
         v => Some(v),
@@ -94,7 +94,7 @@ where
 }
 
 /// For `set`, boxed.
-pub fn boxed_map<'de, D, K>(d: D) -> Result<Option<Box<IndexMap<K, Value>>>, D::Error>
+pub(crate) fn boxed_map<'de, D, K>(d: D) -> Result<Option<Box<IndexMap<K, Value>>>, D::Error>
 where
     D: Deserializer<'de>,
     K: Deserialize<'de> + Hash + Eq,

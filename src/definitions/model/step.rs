@@ -201,7 +201,7 @@ impl MessageCategory {
 
     /// Why a contact with this status must not get a message of this category, if they
     /// must not.
-    pub fn blocked_by(self, status: &str) -> bool {
+    pub(crate) fn blocked_by(self, status: &str) -> bool {
         match self {
             MessageCategory::Marketing => {
                 matches!(
@@ -497,7 +497,7 @@ impl RawStep {
     ///
     /// The schema pass has already enforced "exactly one action"; this still checks, so that a
     /// step built without the schema cannot slip through.
-    pub fn into_step(self, pointer: &str, generated_id: &str) -> Result<Step, String> {
+    pub(crate) fn into_step(self, pointer: &str, generated_id: &str) -> Result<Step, String> {
         let explicit_id = self.id.is_some();
         let id = self
             .id
@@ -646,7 +646,7 @@ impl RawStep {
 }
 
 /// Turns a workflow's top-level steps into resolved [`Step`]s.
-pub fn resolve_steps(raw: Vec<RawStep>, pointer: &str) -> Result<Vec<Step>, String> {
+pub(crate) fn resolve_steps(raw: Vec<RawStep>, pointer: &str) -> Result<Vec<Step>, String> {
     resolve_list(raw, |i| (format!("{pointer}/{i}"), format!("_{}", i + 1)))
 }
 
