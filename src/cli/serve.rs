@@ -94,19 +94,7 @@ async fn serve(args: Args) -> Result<ExitCode, UsageError> {
         Some(f) => EnvSource::with_env_file(f)?,
         None => EnvSource::Process,
     };
-    let clock: Arc<dyn Clock> = match std::env::var("HERALD_TEST_CLOCK") {
-        Ok(spec) => {
-            let c = ScaledClock::parse(&spec)
-                .map_err(|e| UsageError(format!("HERALD_TEST_CLOCK: {e}")))?;
-            tracing::warn!(
-                speed = c.speed,
-                "HERALD_TEST_CLOCK is set: time runs at {}x; this is for tests only",
-                c.speed
-            );
-            Arc::new(c)
-        }
-        Err(_) => Arc::new(SystemClock),
-    };
+    let clock = clock()?;
     let now = clock.now();
     let color = args.color.enabled();
     let (registry, report) = match load_registry(&layout, &env, 1, now) {
@@ -153,27 +141,7 @@ async fn serve(args: Args) -> Result<ExitCode, UsageError> {
         .await
         .map_err(|e| UsageError(format!("cannot store the definitions: {e}")))?;
 
-    let admin_keys = config
-        .admin
-        .api_keys
-        .iter()
-        .map(|k| env.resolve(k).map(|k| admin::digest(&k)))
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(UsageError)?;
-    let state = Arc::new(AppState {
-        engine: engine.clone(),
-        admin_keys,
-        metrics: metrics_handle(),
-        reload: Mutex::new(ReloadStatus {
-            ok: true,
-            at: Some(rfc3339(now)),
-            generation: 1,
-            errors: Vec::new(),
-        }),
-        started_at: now,
-        reload_gate: Default::default(),
-        reloader: Mutex::new(None),
-    });
+    let state = app_state(&engine, &config.admin.api_keys, &env, now)?;
 
     let listen = args.listen.unwrap_or(config.listen.clone());
     let addr: SocketAddr = listen.parse().map_err(|e| {
@@ -231,7 +199,58 @@ async fn serve(args: Args) -> Result<ExitCode, UsageError> {
     };
     crate::server::listener::serve(listener, app, &config.server, signal).await;
     shutdown.cancel();
-    // Workers finish the segment they are in; bounded so a hung call cannot block exit.
+    finish(&engine, tasks).await;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The system clock, or a scaled one when `HERALD_TEST_CLOCK` asks for it (tests only).
+fn clock() -> Result<Arc<dyn Clock>, UsageError> {
+    Ok(match std::env::var("HERALD_TEST_CLOCK") {
+        Ok(spec) => {
+            let c = ScaledClock::parse(&spec)
+                .map_err(|e| UsageError(format!("HERALD_TEST_CLOCK: {e}")))?;
+            tracing::warn!(
+                speed = c.speed,
+                "HERALD_TEST_CLOCK is set: time runs at {}x; this is for tests only",
+                c.speed
+            );
+            Arc::new(c)
+        }
+        Err(_) => Arc::new(SystemClock),
+    })
+}
+
+/// What the HTTP handlers share. Admin API keys are kept only as digests.
+fn app_state(
+    engine: &Arc<Engine>,
+    api_keys: &[String],
+    env: &EnvSource,
+    now: crate::store::Millis,
+) -> Result<Arc<AppState>, UsageError> {
+    let admin_keys = api_keys
+        .iter()
+        .map(|k| env.resolve(k).map(|k| admin::digest(&k)))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(UsageError)?;
+    Ok(Arc::new(AppState {
+        engine: engine.clone(),
+        admin_keys,
+        metrics: metrics_handle(),
+        reload: Mutex::new(ReloadStatus {
+            ok: true,
+            at: Some(rfc3339(now)),
+            generation: 1,
+            errors: Vec::new(),
+        }),
+        started_at: now,
+        reload_gate: Default::default(),
+        reloader: Mutex::new(None),
+    }))
+}
+
+/// Lets the background work finish the segment it is in, bounded so a hung call cannot block
+/// exit, then hands this process's runs to the others.
+async fn finish(engine: &Arc<Engine>, mut tasks: tokio::task::JoinSet<()>) {
     let drain = async { while tasks.join_next().await.is_some() {} };
     if tokio::time::timeout(std::time::Duration::from_secs(30), drain)
         .await
@@ -250,7 +269,6 @@ async fn serve(args: Args) -> Result<ExitCode, UsageError> {
         _ => {}
     }
     tracing::info!("stopped");
-    Ok(ExitCode::SUCCESS)
 }
 
 async fn wait_for_signal() {
