@@ -11,6 +11,7 @@ pub mod harness;
 pub mod reload;
 pub mod server;
 pub mod store;
+pub(crate) mod sync;
 pub mod templates;
 pub mod tls;
 pub mod triggers;

@@ -44,7 +44,7 @@ pub fn spawn(
     tasks: &mut JoinSet<()>,
 ) {
     let (tx, rx) = mpsc::unbounded_channel::<Request>();
-    *state.reloader.lock().expect("not poisoned") = Some(tx.clone());
+    *crate::sync::lock(&state.reloader) = Some(tx.clone());
 
     let watcher = if watch {
         match start_watcher(&layout, tx.clone()) {
@@ -116,10 +116,7 @@ async fn reload_loop(
         // first, so what is put in it after this reload's read is reported.
         if let Some(w) = &watcher {
             let w = w.clone();
-            let _ = tokio::task::spawn_blocking(move || {
-                w.lock().unwrap_or_else(|p| p.into_inner()).refresh()
-            })
-            .await;
+            let _ = tokio::task::spawn_blocking(move || crate::sync::lock(&w).refresh()).await;
         }
         generation += 1;
         let status = reload_once(&state, &layout, &env, generation).await;
@@ -200,7 +197,7 @@ pub async fn reload_once(
             vec![format!("the reload crashed: {e}")],
         ),
     };
-    *state.reload.lock().expect("not poisoned") = status.clone();
+    *crate::sync::lock(&state.reload) = status.clone();
     status
 }
 

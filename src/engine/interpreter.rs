@@ -168,10 +168,7 @@ impl Engine {
     /// Executes a run this process has claimed.
     pub(crate) async fn drive_claimed(self: Arc<Self>, run: RunRecord) {
         let run_id = run.id.clone();
-        self.held
-            .lock()
-            .expect("not poisoned")
-            .insert(run_id.clone());
+        crate::sync::lock(&self.held).insert(run_id.clone());
         match self.prepare(run).await {
             Ok(active) => self.drive(active, None).await,
             Err(e) => {

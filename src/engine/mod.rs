@@ -135,7 +135,7 @@ impl StorageHealth {
             }
             Err(e) => {
                 let n = self.failures.fetch_add(1, Ordering::Relaxed) + 1;
-                *self.last_error.lock().expect("not poisoned") = Some(e.to_string());
+                *crate::sync::lock(&self.last_error) = Some(e.to_string());
                 metrics::counter!("herald_store_errors_total").increment(1);
                 metrics::gauge!("herald_store_failing").set(1.0);
                 if n == 1 {
@@ -148,7 +148,7 @@ impl StorageHealth {
     /// The last error while writes are failing, `None` while they succeed.
     pub fn failing(&self) -> Option<String> {
         (self.failures.load(Ordering::Relaxed) > 0)
-            .then(|| self.last_error.lock().expect("not poisoned").clone())
+            .then(|| crate::sync::lock(&self.last_error).clone())
             .flatten()
     }
 }
@@ -197,7 +197,7 @@ pub struct ReplyWaiter {
 impl Drop for ReplyWaiter {
     fn drop(&mut self) {
         if let Some(engine) = self.engine.upgrade() {
-            let mut map = engine.responders.lock().expect("not poisoned");
+            let mut map = crate::sync::lock(&engine.responders);
             if let Some(list) = map.get_mut(&self.run_id) {
                 list.retain(|(t, _)| *t != self.token);
                 if list.is_empty() {
@@ -348,7 +348,7 @@ impl Engine {
         {
             return Ok(wf.clone());
         }
-        if let Some(wf) = self.versions.lock().expect("not poisoned").get(hash) {
+        if let Some(wf) = crate::sync::lock(&self.versions).get(hash) {
             return Ok(wf.clone());
         }
         let stored = self.store.definition(hash).await?.ok_or_else(|| {
@@ -372,10 +372,7 @@ impl Engine {
                 d[0].message
             ))
         })?);
-        self.versions
-            .lock()
-            .expect("not poisoned")
-            .insert(hash.to_owned(), wf.clone());
+        crate::sync::lock(&self.versions).insert(hash.to_owned(), wf.clone());
         Ok(wf)
     }
 
@@ -392,7 +389,7 @@ impl Engine {
 
     /// This process no longer executes the run.
     pub(crate) fn release(&self, run_id: &str) {
-        let mut held = self.held.lock().expect("not poisoned");
+        let mut held = crate::sync::lock(&self.held);
         held.remove(run_id);
         if held.is_empty() {
             self.idle.notify_waiters();
@@ -407,7 +404,7 @@ impl Engine {
             let idle = self.idle.notified();
             tokio::pin!(idle);
             idle.as_mut().enable();
-            if self.held.lock().expect("not poisoned").is_empty() {
+            if crate::sync::lock(&self.held).is_empty() {
                 return;
             }
             idle.await;
@@ -415,12 +412,7 @@ impl Engine {
     }
 
     pub fn held_runs(&self) -> Vec<String> {
-        self.held
-            .lock()
-            .expect("not poisoned")
-            .iter()
-            .cloned()
-            .collect()
+        crate::sync::lock(&self.held).iter().cloned().collect()
     }
 
     /// Starts a run: stores it and executes its first segment before returning, so a caller
@@ -441,10 +433,7 @@ impl Engine {
         let (first_tx, first_rx) = oneshot::channel();
         let engine = self.clone();
         let workflow = req.workflow.clone();
-        self.held
-            .lock()
-            .expect("not poisoned")
-            .insert(run_id.clone());
+        crate::sync::lock(&self.held).insert(run_id.clone());
         tokio::spawn(async move {
             engine.drive_new(new, workflow, first_tx).await;
         });
@@ -500,9 +489,7 @@ impl Engine {
     fn wait_reply(self: &Arc<Self>, run_id: &str) -> ReplyWaiter {
         let (tx, rx) = oneshot::channel();
         let token = self.next_token.fetch_add(1, Ordering::Relaxed);
-        self.responders
-            .lock()
-            .expect("not poisoned")
+        crate::sync::lock(&self.responders)
             .entry(run_id.to_owned())
             .or_default()
             .push((token, tx));
@@ -516,9 +503,7 @@ impl Engine {
 
     /// Every caller waiting for this run's reply, unregistered.
     pub(crate) fn take_responders(&self, run_id: &str) -> Vec<oneshot::Sender<SyncReply>> {
-        self.responders
-            .lock()
-            .expect("not poisoned")
+        crate::sync::lock(&self.responders)
             .remove(run_id)
             .map(|list| list.into_iter().map(|(_, tx)| tx).collect())
             .unwrap_or_default()
@@ -847,7 +832,7 @@ static PROJECT_CACHES: std::sync::Mutex<Vec<ProjectCache>> = std::sync::Mutex::n
 const CACHED_PROJECTS: usize = 4;
 
 fn take_project_cache(root: &std::path::Path) -> ProjectCache {
-    let mut caches = PROJECT_CACHES.lock().unwrap_or_else(|e| e.into_inner());
+    let mut caches = crate::sync::lock(&PROJECT_CACHES);
     match caches.iter().position(|c| c.root == root) {
         Some(i) => caches.remove(i),
         None => ProjectCache {
@@ -858,7 +843,7 @@ fn take_project_cache(root: &std::path::Path) -> ProjectCache {
 }
 
 fn keep_project_cache(cache: ProjectCache) {
-    let mut caches = PROJECT_CACHES.lock().unwrap_or_else(|e| e.into_inner());
+    let mut caches = crate::sync::lock(&PROJECT_CACHES);
     // A load of the same project that ran meanwhile kept its own; this one is as good.
     caches.retain(|c| c.root != cache.root);
     caches.push(cache);

@@ -367,7 +367,7 @@ pub async fn cron_fires(
 }
 
 pub async fn reload(State(state): State<Arc<AppState>>) -> Result<Response, ApiError> {
-    let sender = state.reloader.lock().expect("not poisoned").clone();
+    let sender = crate::sync::lock(&state.reloader).clone();
     let Some(sender) = sender else {
         return Err(ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,

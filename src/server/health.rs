@@ -28,7 +28,7 @@ pub async fn health(State(state): State<Arc<AppState>>) -> Response {
     };
     let (registry, reload) = {
         let _gate = state.reload_gate.read().await;
-        let reload = state.reload.lock().expect("not poisoned").clone();
+        let reload = crate::sync::lock(&state.reload).clone();
         (engine.registry(), reload)
     };
     let ok = db.is_ok();

@@ -103,7 +103,7 @@ impl Known {
             return true;
         }
         let key = (kind, name.to_owned());
-        if let Some(&known) = self.seen.lock().expect("not poisoned").get(&key) {
+        if let Some(&known) = crate::sync::lock(&self.seen).get(&key) {
             return known;
         }
         let known = match kind {
@@ -126,7 +126,7 @@ impl Known {
             }
             Kind::Template => true,
         };
-        self.seen.lock().expect("not poisoned").insert(key, known);
+        crate::sync::lock(&self.seen).insert(key, known);
         known
     }
 }

@@ -323,7 +323,7 @@ impl Templates {
         }
         let name = format!("{INLINE}{source}");
         {
-            let env = self.inline.read().unwrap_or_else(|e| e.into_inner());
+            let env = crate::sync::read(&self.inline);
             if let Ok(t) = env.get_template(&name) {
                 return t
                     .render(ctx)
@@ -331,7 +331,7 @@ impl Templates {
             }
         }
         {
-            let mut env = self.inline.write().unwrap_or_else(|e| e.into_inner());
+            let mut env = crate::sync::write(&self.inline);
             if env.get_template(&name).is_err() {
                 // A template that does not compile is not cached; rendering it reports why.
                 if let Err(e) = env.add_template_owned(name.clone(), source.to_owned()) {
@@ -339,7 +339,7 @@ impl Templates {
                 }
             }
         }
-        let env = self.inline.read().unwrap_or_else(|e| e.into_inner());
+        let env = crate::sync::read(&self.inline);
         let t = env
             .get_template(&name)
             .map_err(|e| RenderError::from_minijinja(&e))?;

@@ -85,7 +85,7 @@ impl Scheduler {
     }
 
     fn state(&self) -> MutexGuard<'_, State> {
-        self.state.lock().expect("not poisoned")
+        crate::sync::lock(&self.state)
     }
 
     /// Decides every slot due by the engine clock's now.

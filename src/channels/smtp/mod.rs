@@ -144,7 +144,7 @@ impl SmtpChannel {
     /// The transport, built on first use. Returns its generation so a delivery that timed out
     /// can retire exactly the transport it used.
     fn transport(&self) -> (AsyncSmtpTransport<Tokio1Executor>, u64) {
-        let mut live = self.live.lock().unwrap_or_else(|p| p.into_inner());
+        let mut live = crate::sync::lock(&self.live);
         let current = live.get_or_insert_with(|| Live {
             transport: self.builder.clone().build(),
             generation: self.generations.fetch_add(1, Ordering::Relaxed),
@@ -158,7 +158,7 @@ impl SmtpChannel {
     /// the next message would be written into the middle of the old conversation.
     fn retire(&self, generation: u64) {
         let retired = {
-            let mut live = self.live.lock().unwrap_or_else(|p| p.into_inner());
+            let mut live = crate::sync::lock(&self.live);
             match &*live {
                 Some(l) if l.generation == generation => live.take(),
                 _ => None,
