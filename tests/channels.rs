@@ -516,6 +516,118 @@ async fn webhook_that_hangs_times_out_as_transient() {
 }
 
 // ---------------------------------------------------------------------------------------
+// Health checks: the provider reached without sending anything
+
+#[tokio::test]
+async fn smtp_healthcheck_logs_in_and_sends_nothing() {
+    let sink = SmtpSink::start_with_login("mailer", "hunter2").await;
+    let mut config = smtp_config(sink.port());
+    config.username = Some("mailer".to_owned());
+    config.password = Some("hunter2".to_owned());
+    smtp_channel(config.clone())
+        .healthcheck()
+        .await
+        .expect("the relay accepts the login and NOOP");
+    assert_eq!(sink.connections(), 1);
+    assert!(sink.messages().is_empty());
+
+    config.password = Some("wrong".to_owned());
+    let error = smtp_channel(config).healthcheck().await.unwrap_err();
+    assert!(error.contains("535"), "{error}");
+    assert!(!error.contains("wrong"), "the password leaked: {error}");
+}
+
+#[tokio::test]
+async fn smtp_healthcheck_names_a_relay_that_is_down_or_hangs() {
+    let port = closed_port();
+    let error = smtp_channel(smtp_config(port))
+        .healthcheck()
+        .await
+        .unwrap_err();
+    assert!(error.contains(&format!("127.0.0.1:{port}")), "{error}");
+
+    let sink = SmtpSink::start().await;
+    let mut config = smtp_config(sink.port());
+    config.timeout = herald::definitions::model::Duration(Duration::from_millis(300));
+    let channel = smtp_channel(config);
+    sink.pause();
+    let error = channel.healthcheck().await.unwrap_err();
+    assert!(error.contains("did not answer within 300ms"), "{error}");
+
+    // The connection abandoned mid-check is not the one the next delivery gets.
+    sink.resume();
+    channel
+        .deliver(&message("run-1/welcome/0", "ann@example.org"))
+        .await
+        .expect("delivered after the relay recovers");
+    assert_eq!(sink.wait_for_messages(1, WAIT).await.len(), 1);
+}
+
+#[tokio::test]
+async fn webhook_healthcheck_connects_without_sending_a_request() {
+    let sink = HttpSink::start().await;
+    webhook_channel(webhook_config(sink.url("/hook")))
+        .healthcheck()
+        .await
+        .expect("the endpoint accepts a connection");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(sink.requests().is_empty(), "{:?}", sink.requests());
+
+    let port = closed_port();
+    let url = format!("http://127.0.0.1:{port}/hook?token=s3cret");
+    let error = webhook_channel(webhook_config(url))
+        .healthcheck()
+        .await
+        .unwrap_err();
+    assert!(error.contains(&format!("127.0.0.1:{port}")), "{error}");
+    assert!(
+        !error.contains("s3cret"),
+        "the URL's secret leaked: {error}"
+    );
+}
+
+#[tokio::test]
+async fn the_health_board_keeps_each_channels_last_check() {
+    let sink = SmtpSink::start().await;
+    let mut config = ConfigDef::default();
+    config.channels.insert(
+        "email".to_owned(),
+        ChannelConfig::Smtp(smtp_config(sink.port())),
+    );
+    let down = format!("http://127.0.0.1:{}/hook", closed_port());
+    config.channels.insert(
+        "crm".to_owned(),
+        ChannelConfig::Webhook(webhook_config(down)),
+    );
+    let built = channels::build(&config, &env(&[])).expect("channels build");
+
+    let board = channels::health::Board::default();
+    board.check(&built, 1_000).await;
+    let checks = board.snapshot();
+    let summary: Vec<(&str, &str, bool)> = checks
+        .iter()
+        .map(|(name, c)| (name.as_str(), c.provider, c.ok))
+        .collect();
+    assert_eq!(
+        summary,
+        [
+            ("email", "smtp", true),
+            ("crm", "webhook", false),
+            ("log", "log", true)
+        ]
+    );
+    let crm = &checks["crm"];
+    assert!(
+        crm.error
+            .as_deref()
+            .unwrap_or_default()
+            .contains("cannot connect"),
+        "{crm:?}"
+    );
+    assert_eq!((crm.checked_at, crm.since), (1_000, 1_000));
+}
+
+// ---------------------------------------------------------------------------------------
 // build() and log
 
 #[tokio::test]

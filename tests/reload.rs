@@ -1887,3 +1887,63 @@ async fn a_hundred_reloads_under_load_refuse_and_lose_nothing() {
         latencies.last().unwrap().as_millis()
     );
 }
+
+// ---------------------------------------------------------------------------------------------
+// Channel checks in /health
+// ---------------------------------------------------------------------------------------------
+
+#[tokio::test]
+async fn health_lists_each_channels_check_and_stays_ok_when_one_is_down() {
+    let sink = HttpSink::start().await;
+    let down_port = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        listener.local_addr().expect("local addr").port()
+    };
+    let project = Project::with_channel_url(&sink.url("/messages"));
+    project.write(
+        "herald.yaml",
+        &format!(
+            "{}  crm: {{ provider: webhook, url: \"http://127.0.0.1:{down_port}/crm\", timeout: 2s }}\n",
+            config(&sink.url("/messages"))
+        ),
+    );
+    let server = Server::start(&project);
+
+    let (health, _) = poll(Instant::now(), Duration::from_secs(10), async || {
+        let health = server.health().await;
+        if health["channels"]["crm"].is_object() {
+            Ok(health)
+        } else {
+            Err(health.to_string())
+        }
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n{}", server.log()));
+
+    assert_eq!(health["status"], "ok", "{health}");
+    let channels = &health["channels"];
+    assert_eq!(channels["hook"]["ok"], true, "{health}");
+    assert_eq!(channels["hook"]["provider"], "webhook", "{health}");
+    assert_eq!(channels["log"]["ok"], true, "{health}");
+    assert_eq!(channels["crm"]["ok"], false, "{health}");
+    let error = channels["crm"]["error"].as_str().unwrap_or_default();
+    assert!(
+        error.contains(&format!("cannot connect to 127.0.0.1:{down_port}")),
+        "{health}"
+    );
+    assert!(
+        sink.requests().is_empty(),
+        "a check sent a request: {:?}",
+        sink.requests()
+    );
+    let (_, _) = poll(Instant::now(), Duration::from_secs(5), async || {
+        let log = server.log();
+        if log.contains("channel cannot reach its provider") && log.contains("crm") {
+            Ok(())
+        } else {
+            Err(log)
+        }
+    })
+    .await
+    .unwrap_or_else(|e| panic!("the failing channel was not logged: {e}"));
+}

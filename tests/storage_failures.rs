@@ -259,6 +259,7 @@ async fn a_write_outage_is_answered_503_and_recovered_from_without_a_restart() {
             errors: Vec::new(),
         }),
         started_at: SystemClock.now(),
+        channel_health: Default::default(),
         reload_gate: Default::default(),
         reloader: Mutex::new(None),
     });

@@ -505,6 +505,7 @@ impl Server {
                 errors: Vec::new(),
             }),
             started_at: clock.now(),
+            channel_health: Default::default(),
             reload_gate: Default::default(),
             reloader: Mutex::new(None),
         });

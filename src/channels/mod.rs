@@ -7,11 +7,18 @@
 //! engine: a channel's job is to attempt one delivery and say whether a failure is worth
 //! retrying ([`DeliveryError::Transient`]) or not ([`DeliveryError::Permanent`]).
 //!
+//! A provider that receives as well as sends (a person's reply, a delivery report) implements
+//! [`inbound::Receiver`]: it verifies the provider's signature and reads the request into one
+//! shape for every provider. Each channel also says whether its provider can be reached
+//! ([`Channel::healthcheck`]); [`health::Board`] keeps the answers for `/health`.
+//!
 //! Every message carries an idempotency key that is the same on every attempt. Providers that
 //! accept one receive it (the `webhook` channel sends it as `Idempotency-Key`); SMTP gets a
 //! Message-ID derived from it, so a re-sent e-mail is recognisably the same message.
 
 pub mod config;
+pub mod health;
+pub mod inbound;
 pub mod log;
 pub mod smtp;
 pub mod webhook;
@@ -96,6 +103,19 @@ pub trait Channel: Send + Sync + std::fmt::Debug {
     /// `limits.message_size` says otherwise.
     fn max_message_bytes(&self) -> usize {
         1 << 20
+    }
+
+    /// Whether the provider can be reached with these settings, without sending anything: an
+    /// SMTP relay accepts the login and answers `NOOP`, an HTTP endpoint accepts a
+    /// connection. The error says what failed, for `/health` and the log.
+    async fn healthcheck(&self) -> Result<(), String> {
+        Ok(())
+    }
+
+    /// The channel's inbound side, for providers that send people's messages and delivery
+    /// reports to Herald (see [`inbound`]). `None` for channels that only send.
+    fn receiver(&self) -> Option<&dyn inbound::Receiver> {
+        None
     }
 }
 

@@ -166,6 +166,10 @@ async fn serve(args: Args) -> Result<ExitCode, UsageError> {
         engine.clone(),
         shutdown.clone(),
     ));
+    tasks.spawn(crate::server::health::watch_channels(
+        state.clone(),
+        shutdown.clone(),
+    ));
     crate::reload::spawn(
         state.clone(),
         layout.clone(),
@@ -243,6 +247,7 @@ fn app_state(
             errors: Vec::new(),
         }),
         started_at: now,
+        channel_health: Default::default(),
         reload_gate: Default::default(),
         reloader: Mutex::new(None),
     }))

@@ -6,9 +6,11 @@ use axum::Json;
 use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use serde_json::json;
+use serde_json::{Value, json};
+use tokio_util::sync::CancellationToken;
 
 use super::AppState;
+use crate::engine::clock::rfc3339;
 use crate::store::{OutboxStatus, RunStatus};
 
 pub async fn health(State(state): State<Arc<AppState>>) -> Response {
@@ -43,6 +45,7 @@ pub async fn health(State(state): State<Arc<AppState>>) -> Response {
         "definitions": registry.workflows.len(),
         "generation": registry.generation,
         "reload": reload,
+        "channels": channels(&state),
         "draining": engine.is_draining(),
     });
     if ok {
@@ -55,6 +58,43 @@ pub async fn health(State(state): State<Arc<AppState>>) -> Response {
         )
             .into_response()
     }
+}
+
+/// How often every channel's provider is checked: soon enough that a broken relay is seen
+/// before much waits on it, seldom enough that a provider does not notice.
+const CHANNEL_CHECK_EVERY: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Checks the channels of the registry in use now, at start and then every minute, until
+/// shutdown. A reload's new channels are checked at the next round.
+pub async fn watch_channels(state: Arc<AppState>, shutdown: CancellationToken) {
+    loop {
+        let registry = state.engine.registry();
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = state.channel_health.check(&registry.channels, state.engine.now()) => {}
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(CHANNEL_CHECK_EVERY) => {}
+        }
+    }
+}
+
+/// The last check of each channel, with times in RFC 3339. Not part of the status: messages
+/// wait in the outbox while a provider is down.
+fn channels(state: &AppState) -> Value {
+    let checks = state.channel_health.snapshot();
+    let entries = checks.into_iter().map(|(name, c)| {
+        let entry = json!({
+            "provider": c.provider,
+            "ok": c.ok,
+            "error": c.error,
+            "checked_at": rfc3339(c.checked_at),
+            "since": rfc3339(c.since),
+        });
+        (name, entry)
+    });
+    Value::Object(entries.collect())
 }
 
 pub async fn metrics(State(state): State<Arc<AppState>>) -> Response {

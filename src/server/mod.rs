@@ -43,6 +43,8 @@ pub struct AppState {
     /// always belong together.
     pub reload_gate: tokio::sync::RwLock<()>,
     pub started_at: Millis,
+    /// The last check of each channel's provider, refreshed by [`health::watch_channels`].
+    pub channel_health: crate::channels::health::Board,
     /// Triggers a reload (the admin endpoint); hot reload installs it.
     pub reloader: Mutex<
         Option<tokio::sync::mpsc::UnboundedSender<tokio::sync::oneshot::Sender<ReloadStatus>>>,

@@ -253,6 +253,29 @@ impl Channel for SmtpChannel {
         "smtp"
     }
 
+    /// Connects (with the login, when there is one) and says `NOOP` on a pooled connection,
+    /// as a delivery would: a wrong password or a relay that went away shows here first.
+    async fn healthcheck(&self) -> Result<(), String> {
+        let (transport, generation) = self.transport();
+        match tokio::time::timeout(self.timeout, transport.test_connection()).await {
+            Ok(Ok(true)) => Ok(()),
+            Ok(Ok(false)) => Err(format!("SMTP relay {} did not accept NOOP", self.relay())),
+            Ok(Err(e)) => Err(format!(
+                "cannot use SMTP relay {}: {}",
+                self.relay(),
+                error_chain(&e)
+            )),
+            Err(_) => {
+                self.retire(generation);
+                Err(format!(
+                    "SMTP relay {} did not answer within {}",
+                    self.relay(),
+                    crate::definitions::model::Duration(self.timeout)
+                ))
+            }
+        }
+    }
+
     async fn deliver(&self, message: &OutboundMessage) -> Result<Delivered, DeliveryError> {
         let (email, message_id) = compose(message, &self.from)?;
         let (transport, generation) = self.transport();

@@ -186,6 +186,24 @@ impl Channel for WebhookChannel {
         "webhook"
     }
 
+    /// Resolves the URL's host and opens a TCP connection to it, without sending a request:
+    /// an endpoint that would act on any request it gets must not receive a probe.
+    async fn healthcheck(&self) -> Result<(), String> {
+        // An IPv6 literal comes bracketed, as written in URLs.
+        let host = self.url.host_str().unwrap_or_default();
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        let port = self.url.port_or_known_default().unwrap_or(80);
+        let connect = tokio::net::TcpStream::connect((host, port));
+        match tokio::time::timeout(self.timeout, connect).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(e)) => Err(format!("cannot connect to {host}:{port}: {e}")),
+            Err(_) => Err(format!(
+                "{host}:{port} did not accept a connection within {}",
+                crate::definitions::model::Duration(self.timeout)
+            )),
+        }
+    }
+
     async fn deliver(&self, message: &OutboundMessage) -> Result<Delivered, DeliveryError> {
         let payload = Payload {
             id: &message.id,
