@@ -18,6 +18,7 @@
 
 pub mod config;
 pub mod health;
+pub(crate) mod http;
 pub mod inbound;
 pub mod log;
 pub mod smtp;

@@ -14,18 +14,12 @@ use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
 use reqwest::{StatusCode, Url};
 use serde::Serialize;
 
+use super::http::{describe, read_capped, retry_after, snippet};
 use super::{
     Channel, ChannelError, Delivered, DeliveryError, OutboundMessage, error_chain, resolve_setting,
 };
 use crate::definitions::env::EnvSource;
 use config::WebhookChannelConfig;
-
-/// How much of a response is read: enough for an id or an error message, while a receiver
-/// that answers with something huge cannot make the engine buffer it.
-const RESPONSE_LIMIT: usize = 64 * 1024;
-
-/// How much of an error response goes into the delivery error.
-const ERROR_BODY_CHARS: usize = 200;
 
 pub struct WebhookChannel {
     name: String,
@@ -61,20 +55,7 @@ impl WebhookChannel {
         env: &EnvSource,
     ) -> Result<Self, ChannelError> {
         let url_text = resolve_setting(env, name, "url", "url", &config.url)?;
-        let url = Url::parse(&url_text).map_err(|e| {
-            ChannelError::new(
-                name,
-                Some("url"),
-                format!("url: `{url_text}` is not a URL: {e}"),
-            )
-        })?;
-        if !matches!(url.scheme(), "http" | "https") {
-            return Err(ChannelError::new(
-                name,
-                Some("url"),
-                format!("url: `{url_text}` must start with https:// or http://"),
-            ));
-        }
+        let url = super::http::url_setting(name, "url", &url_text)?;
 
         let mut headers = HeaderMap::new();
         for (header, raw) in &config.headers {
@@ -107,17 +88,7 @@ impl WebhookChannel {
         }
 
         let timeout = config.timeout.as_std();
-        crate::tls::init();
-        let client = reqwest::Client::builder()
-            .timeout(timeout)
-            .user_agent(concat!("herald/", env!("CARGO_PKG_VERSION")))
-            // A redirected POST turns into a GET in most clients; better to report the
-            // redirect so the configured URL gets fixed.
-            .redirect(reqwest::redirect::Policy::none())
-            .build()
-            .map_err(|e| {
-                ChannelError::new(name, None, format!("cannot build the HTTP client: {e}"))
-            })?;
+        let client = super::http::client(name, timeout)?;
 
         Ok(WebhookChannel {
             name: name.to_owned(),
@@ -241,11 +212,7 @@ impl Channel for WebhookChannel {
             .map_err(|e| self.request_error(e))?;
 
         let status = response.status();
-        let retry_after = response
-            .headers()
-            .get(reqwest::header::RETRY_AFTER)
-            .and_then(|v| v.to_str().ok())
-            .and_then(parse_retry_after);
+        let retry_after = retry_after(&response);
         let body = read_capped(&mut response).await;
 
         if status.is_success() {
@@ -283,61 +250,10 @@ fn classify(status: StatusCode, message: String, retry_after: Option<Duration>) 
     }
 }
 
-fn describe(status: StatusCode) -> String {
-    match status.canonical_reason() {
-        Some(reason) => format!("{} {reason}", status.as_u16()),
-        None => status.as_u16().to_string(),
-    }
-}
-
-/// `: <the first characters of the body>`, or nothing for an empty body.
-fn snippet(body: &[u8]) -> String {
-    let text = String::from_utf8_lossy(body);
-    let text = text.trim();
-    if text.is_empty() {
-        return String::new();
-    }
-    let mut cut: String = text.chars().take(ERROR_BODY_CHARS).collect();
-    if text.chars().nth(ERROR_BODY_CHARS).is_some() {
-        cut.push('…');
-    }
-    format!(": {cut}")
-}
-
 /// A top-level string `id` in a JSON response body.
 fn provider_id(body: &[u8]) -> Option<String> {
     let value: serde_json::Value = serde_json::from_slice(body).ok()?;
     value.get("id")?.as_str().map(str::to_owned)
-}
-
-/// `Retry-After` as seconds or as an HTTP date.
-fn parse_retry_after(value: &str) -> Option<Duration> {
-    let value = value.trim();
-    if let Ok(secs) = value.parse::<u64>() {
-        return Some(Duration::from_secs(secs));
-    }
-    static HTTP_DATE: jiff::fmt::rfc2822::DateTimeParser =
-        jiff::fmt::rfc2822::DateTimeParser::new();
-    let at = HTTP_DATE.parse_timestamp(value).ok()?;
-    let wait = at.duration_since(jiff::Timestamp::now());
-    // A date in the past means "now".
-    Some(Duration::try_from(wait).unwrap_or(Duration::ZERO))
-}
-
-/// Reads at most [`RESPONSE_LIMIT`] bytes of the body. `None` when the body could not be read.
-async fn read_capped(response: &mut reqwest::Response) -> Option<Vec<u8>> {
-    let mut body = Vec::new();
-    while body.len() < RESPONSE_LIMIT {
-        match response.chunk().await {
-            Ok(Some(chunk)) => {
-                let room = RESPONSE_LIMIT - body.len();
-                body.extend_from_slice(&chunk[..chunk.len().min(room)]);
-            }
-            Ok(None) => break,
-            Err(_) => return None,
-        }
-    }
-    Some(body)
 }
 
 #[cfg(test)]
@@ -345,26 +261,6 @@ mod tests {
     use std::sync::Arc;
 
     use super::*;
-
-    #[test]
-    fn retry_after_in_seconds_or_as_a_date() {
-        assert_eq!(parse_retry_after("7"), Some(Duration::from_secs(7)));
-        assert_eq!(parse_retry_after(" 120 "), Some(Duration::from_secs(120)));
-        assert_eq!(
-            parse_retry_after("Sun, 06 Nov 1994 08:49:37 GMT"),
-            Some(Duration::ZERO)
-        );
-        let later = jiff::Timestamp::now() + jiff::SignedDuration::from_secs(3600);
-        let text = jiff::fmt::rfc2822::DateTimePrinter::new()
-            .timestamp_to_rfc9110_string(&later)
-            .unwrap();
-        let wait = parse_retry_after(&text).unwrap();
-        assert!(
-            wait > Duration::from_secs(3500) && wait <= Duration::from_secs(3600),
-            "{wait:?}"
-        );
-        assert_eq!(parse_retry_after("soon"), None);
-    }
 
     #[test]
     fn statuses_are_classified() {
@@ -381,10 +277,6 @@ mod tests {
         assert_eq!(provider_id(br#"{"id":7}"#), None);
         assert_eq!(provider_id(br#"{"data":{"id":"x"}}"#), None);
         assert_eq!(provider_id(b"ok"), None);
-        assert_eq!(snippet(b""), "");
-        let long = "é".repeat(300);
-        let cut = snippet(long.as_bytes());
-        assert_eq!(cut.chars().count(), 2 + 200 + 1);
     }
 
     #[test]

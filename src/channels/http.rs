@@ -1,0 +1,145 @@
+//! What the providers that speak HTTP share: one way to build the client, to read a capped
+//! response, to describe a status, and to read `Retry-After`.
+
+use std::time::Duration;
+
+use reqwest::StatusCode;
+
+use super::ChannelError;
+
+/// How much of a response is read: enough for an id or an error message, while a provider
+/// that answers with something huge cannot make the engine buffer it.
+pub(crate) const RESPONSE_LIMIT: usize = 64 * 1024;
+
+/// How much of an error response goes into the delivery error.
+const ERROR_BODY_CHARS: usize = 200;
+
+/// The HTTP client of one channel, with its timeout and Herald's user agent. Redirects are
+/// not followed: a redirected POST turns into a GET in most clients, and an error that names
+/// the redirect gets the configured URL fixed.
+pub(crate) fn client(channel: &str, timeout: Duration) -> Result<reqwest::Client, ChannelError> {
+    crate::tls::init();
+    reqwest::Client::builder()
+        .timeout(timeout)
+        .user_agent(concat!("herald/", env!("CARGO_PKG_VERSION")))
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .map_err(|e| ChannelError::new(channel, None, format!("cannot build the HTTP client: {e}")))
+}
+
+/// An `http://` or `https://` URL setting, or an error at that setting.
+pub(crate) fn url_setting(
+    channel: &str,
+    setting: &str,
+    text: &str,
+) -> Result<reqwest::Url, ChannelError> {
+    let url = reqwest::Url::parse(text).map_err(|e| {
+        ChannelError::new(
+            channel,
+            Some(setting),
+            format!("{setting}: `{text}` is not a URL: {e}"),
+        )
+    })?;
+    if !matches!(url.scheme(), "http" | "https") {
+        return Err(ChannelError::new(
+            channel,
+            Some(setting),
+            format!("{setting}: `{text}` must start with https:// or http://"),
+        ));
+    }
+    Ok(url)
+}
+
+/// `404 Not Found`: the code and its reason.
+pub(crate) fn describe(status: StatusCode) -> String {
+    match status.canonical_reason() {
+        Some(reason) => format!("{} {reason}", status.as_u16()),
+        None => status.as_u16().to_string(),
+    }
+}
+
+/// `: <the first characters of the body>`, or nothing for an empty body.
+pub(crate) fn snippet(body: &[u8]) -> String {
+    let text = String::from_utf8_lossy(body);
+    let text = text.trim();
+    if text.is_empty() {
+        return String::new();
+    }
+    let mut cut: String = text.chars().take(ERROR_BODY_CHARS).collect();
+    if text.chars().nth(ERROR_BODY_CHARS).is_some() {
+        cut.push('…');
+    }
+    format!(": {cut}")
+}
+
+/// `Retry-After` as seconds or as an HTTP date.
+pub(crate) fn parse_retry_after(value: &str) -> Option<Duration> {
+    let value = value.trim();
+    if let Ok(secs) = value.parse::<u64>() {
+        return Some(Duration::from_secs(secs));
+    }
+    static HTTP_DATE: jiff::fmt::rfc2822::DateTimeParser =
+        jiff::fmt::rfc2822::DateTimeParser::new();
+    let at = HTTP_DATE.parse_timestamp(value).ok()?;
+    let wait = at.duration_since(jiff::Timestamp::now());
+    // A date in the past means "now".
+    Some(Duration::try_from(wait).unwrap_or(Duration::ZERO))
+}
+
+/// Reads at most [`RESPONSE_LIMIT`] bytes of the body. `None` when the body could not be read.
+pub(crate) async fn read_capped(response: &mut reqwest::Response) -> Option<Vec<u8>> {
+    let mut body = Vec::new();
+    while body.len() < RESPONSE_LIMIT {
+        match response.chunk().await {
+            Ok(Some(chunk)) => {
+                let room = RESPONSE_LIMIT - body.len();
+                body.extend_from_slice(&chunk[..chunk.len().min(room)]);
+            }
+            Ok(None) => break,
+            Err(_) => return None,
+        }
+    }
+    Some(body)
+}
+
+/// The `Retry-After` header of a response, when it has a readable one.
+pub(crate) fn retry_after(response: &reqwest::Response) -> Option<Duration> {
+    response
+        .headers()
+        .get(reqwest::header::RETRY_AFTER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(parse_retry_after)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retry_after_in_seconds_or_as_a_date() {
+        assert_eq!(parse_retry_after("7"), Some(Duration::from_secs(7)));
+        assert_eq!(parse_retry_after(" 120 "), Some(Duration::from_secs(120)));
+        assert_eq!(
+            parse_retry_after("Sun, 06 Nov 1994 08:49:37 GMT"),
+            Some(Duration::ZERO)
+        );
+        let later = jiff::Timestamp::now() + jiff::SignedDuration::from_secs(3600);
+        let text = jiff::fmt::rfc2822::DateTimePrinter::new()
+            .timestamp_to_rfc9110_string(&later)
+            .unwrap();
+        let wait = parse_retry_after(&text).unwrap();
+        assert!(
+            wait > Duration::from_secs(3500) && wait <= Duration::from_secs(3600),
+            "{wait:?}"
+        );
+        assert_eq!(parse_retry_after("soon"), None);
+    }
+
+    #[test]
+    fn snippets_are_cut_at_a_character() {
+        assert_eq!(snippet(b""), "");
+        let long = "é".repeat(300);
+        let cut = snippet(long.as_bytes());
+        assert_eq!(cut.chars().count(), 2 + 200 + 1);
+    }
+}
