@@ -7,6 +7,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use herald::channels::twilio_sms::config::TwilioSmsConfig;
 use herald::channels::{self, Channel, Channels, DeliveryError, OutboundMessage};
 use herald::definitions::env::EnvSource;
 use herald::definitions::model::ConfigDef;
@@ -14,7 +15,8 @@ use herald::definitions::model::config::{
     ChannelConfig, SmtpConfig, SmtpTls, WebhookChannelConfig,
 };
 use indexmap::IndexMap;
-use support::{HttpSink, Reply, SmtpSink};
+use support::twilio::{ACCOUNT_SID, API_KEY, API_SECRET, AUTH_TOKEN};
+use support::{FakeTwilio, HttpSink, Reply, SmtpSink};
 
 const WAIT: Duration = Duration::from_secs(5);
 
@@ -625,6 +627,196 @@ async fn the_health_board_keeps_each_channels_last_check() {
         "{crm:?}"
     );
     assert_eq!((crm.checked_at, crm.since), (1_000, 1_000));
+}
+
+// ---------------------------------------------------------------------------------------
+// Twilio SMS, against a stand-in that answers as Twilio's API documentation says
+
+fn twilio_config(api_base: String) -> TwilioSmsConfig {
+    TwilioSmsConfig {
+        account_sid: "${env:TWILIO_ACCOUNT_SID}".to_owned(),
+        auth_token: "${env:TWILIO_AUTH_TOKEN}".to_owned(),
+        api_key: None,
+        api_secret: None,
+        from: Some("+15017122661".to_owned()),
+        messaging_service_sid: None,
+        public_url: Some("https://herald.example.com/inbound/sms".to_owned()),
+        api_base,
+        timeout: herald::definitions::model::Duration::from_secs(5),
+    }
+}
+
+fn twilio_env(token: &str) -> EnvSource {
+    env(&[
+        ("TWILIO_ACCOUNT_SID", ACCOUNT_SID),
+        ("TWILIO_AUTH_TOKEN", token),
+    ])
+}
+
+fn twilio_channel(config: TwilioSmsConfig) -> Arc<dyn Channel> {
+    build_one(
+        "sms",
+        ChannelConfig::TwilioSms(config),
+        &twilio_env(AUTH_TOKEN),
+    )
+}
+
+fn text(key: &str, to: &str) -> OutboundMessage {
+    let mut m = message(key, to);
+    m.channel = "sms".to_owned();
+    m.subject = None;
+    m.body = "Your car is ready. Reply STOP to opt out.".to_owned();
+    m
+}
+
+#[tokio::test]
+async fn twilio_sends_the_form_with_basic_auth_and_keeps_the_message_sid() {
+    let twilio = FakeTwilio::start().await;
+    let channel = twilio_channel(twilio_config(twilio.api_base()));
+
+    let delivered = channel
+        .deliver(&text("run-1/nudge/0", "+14155550100"))
+        .await
+        .expect("delivered");
+
+    let posted = twilio.posted();
+    assert_eq!(posted.len(), 1);
+    let p = &posted[0];
+    assert_eq!(p.user, ACCOUNT_SID);
+    assert_eq!(p.field("To"), Some("+14155550100"));
+    assert_eq!(p.field("From"), Some("+15017122661"));
+    assert_eq!(
+        p.field("Body"),
+        Some("Your car is ready. Reply STOP to opt out.")
+    );
+    assert_eq!(
+        p.field("StatusCallback"),
+        Some("https://herald.example.com/inbound/sms")
+    );
+    assert_eq!(
+        delivered.provider_id.as_deref(),
+        Some("SM00000000000000000000000000000001")
+    );
+}
+
+#[tokio::test]
+async fn twilio_sends_with_an_api_key_through_a_messaging_service() {
+    let twilio = FakeTwilio::start().await;
+    let mut config = twilio_config(twilio.api_base());
+    config.from = None;
+    config.messaging_service_sid = Some("MG0123456789abcdef0123456789abcdef".to_owned());
+    config.api_key = Some(API_KEY.to_owned());
+    config.api_secret = Some("${env:TWILIO_API_SECRET}".to_owned());
+    let vars = env(&[
+        ("TWILIO_ACCOUNT_SID", ACCOUNT_SID),
+        ("TWILIO_AUTH_TOKEN", "not-used-to-send"),
+        ("TWILIO_API_SECRET", API_SECRET),
+    ]);
+    let channel = build_one("sms", ChannelConfig::TwilioSms(config), &vars);
+
+    channel
+        .deliver(&text("run-1/nudge/0", "+14155550100"))
+        .await
+        .expect("delivered");
+    let p = &twilio.posted()[0];
+    assert_eq!(p.user, API_KEY);
+    assert_eq!(
+        p.field("MessagingServiceSid"),
+        Some("MG0123456789abcdef0123456789abcdef")
+    );
+    assert_eq!(p.field("From"), None);
+}
+
+#[tokio::test]
+async fn twilio_refusals_are_permanent_and_say_what_the_code_means() {
+    let twilio = FakeTwilio::start().await;
+    let channel = twilio_channel(twilio_config(twilio.api_base()));
+
+    let error = expect_permanent(channel.deliver(&text("k1", "555-0100")).await);
+    assert!(error.contains("error 21211"), "{error}");
+    assert!(error.contains("not a valid phone number"), "{error}");
+    assert!(
+        error.contains("https://www.twilio.com/docs/errors/21211"),
+        "{error}"
+    );
+
+    twilio.stop_recipient("+14155550199");
+    let error = expect_permanent(channel.deliver(&text("k2", "+14155550199")).await);
+    assert!(error.contains("error 21610"), "{error}");
+    assert!(error.contains("replied STOP"), "{error}");
+
+    let wrong = build_one(
+        "sms",
+        ChannelConfig::TwilioSms(twilio_config(twilio.api_base())),
+        &twilio_env("wrong-token"),
+    );
+    let error = expect_permanent(wrong.deliver(&text("k3", "+14155550100")).await);
+    assert!(error.contains("401") && error.contains("20003"), "{error}");
+    assert!(!error.contains("wrong-token"), "the token leaked: {error}");
+}
+
+#[tokio::test]
+async fn twilio_rate_limits_and_server_errors_are_retried() {
+    let twilio = FakeTwilio::start().await;
+    let channel = twilio_channel(twilio_config(twilio.api_base()));
+
+    twilio.rate_limit_next(1);
+    let (error, _) = expect_transient(channel.deliver(&text("k", "+14155550100")).await);
+    assert!(error.contains("429") && error.contains("20429"), "{error}");
+
+    twilio.fail_next(1);
+    let (error, _) = expect_transient(channel.deliver(&text("k", "+14155550100")).await);
+    assert!(error.contains("500"), "{error}");
+
+    channel
+        .deliver(&text("k", "+14155550100"))
+        .await
+        .expect("the third attempt goes through");
+    assert_eq!(twilio.posted().len(), 3);
+
+    let down = twilio_channel(twilio_config(format!("http://127.0.0.1:{}", closed_port())));
+    let (error, _) = expect_transient(down.deliver(&text("k", "+14155550100")).await);
+    assert!(error.contains("could not reach Twilio"), "{error}");
+}
+
+#[tokio::test]
+async fn twilio_refuses_a_text_over_1600_characters_without_a_request() {
+    let twilio = FakeTwilio::start().await;
+    let channel = twilio_channel(twilio_config(twilio.api_base()));
+    let mut long = text("k", "+14155550100");
+    long.body = "é".repeat(1601);
+    let error = expect_permanent(channel.deliver(&long).await);
+    assert!(
+        error.contains("1601 characters") && error.contains("21617"),
+        "{error}"
+    );
+    assert!(twilio.posted().is_empty());
+    long.body = "é".repeat(1600);
+    channel.deliver(&long).await.expect("1,600 characters go");
+}
+
+#[tokio::test]
+async fn twilio_healthcheck_reads_the_account() {
+    let twilio = FakeTwilio::start().await;
+    let channel = twilio_channel(twilio_config(twilio.api_base()));
+    channel.healthcheck().await.expect("credentials accepted");
+    assert!(twilio.posted().is_empty(), "a check sent a message");
+
+    let wrong = build_one(
+        "sms",
+        ChannelConfig::TwilioSms(twilio_config(twilio.api_base())),
+        &twilio_env("wrong-token"),
+    );
+    let error = wrong.healthcheck().await.unwrap_err();
+    assert!(
+        error.contains("20003") && error.contains("wrong"),
+        "{error}"
+    );
+    assert!(!error.contains("wrong-token"), "the token leaked: {error}");
+
+    twilio.suspend();
+    let error = channel.healthcheck().await.unwrap_err();
+    assert_eq!(error, "the Twilio account is suspended");
 }
 
 // ---------------------------------------------------------------------------------------

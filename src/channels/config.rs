@@ -5,6 +5,7 @@ use schemars::JsonSchema;
 use serde::Deserialize;
 
 use super::smtp::config::SmtpConfig;
+use super::twilio_sms::config::TwilioSmsConfig;
 use super::webhook::config::WebhookChannelConfig;
 
 /// A delivery channel, by provider.
@@ -17,6 +18,8 @@ pub enum ChannelConfig {
     Smtp(SmtpConfig),
     /// An HTTP POST of the message as JSON.
     Webhook(WebhookChannelConfig),
+    /// Text messages through Twilio, and the replies and delivery reports Twilio sends back.
+    TwilioSms(TwilioSmsConfig),
 }
 
 impl ChannelConfig {
@@ -25,6 +28,7 @@ impl ChannelConfig {
             ChannelConfig::Log {} => "log",
             ChannelConfig::Smtp(_) => "smtp",
             ChannelConfig::Webhook(_) => "webhook",
+            ChannelConfig::TwilioSms(_) => "twilio_sms",
         }
     }
 }

@@ -154,7 +154,10 @@ mod tests {
         let with_port = "https://mycompany.com:443/myapp.php?foo=1&bar=2";
         assert_eq!(verify(TOKEN, with_port, &example(), b"", SIGNATURE), Ok(()));
         let signed_with_port = sign(TOKEN, with_port, &example());
-        assert_eq!(verify(TOKEN, URL, &example(), b"", &signed_with_port), Ok(()));
+        assert_eq!(
+            verify(TOKEN, URL, &example(), b"", &signed_with_port),
+            Ok(())
+        );
         // Another port is another URL.
         let other = "https://mycompany.com:8443/myapp.php?foo=1&bar=2";
         assert!(verify(TOKEN, other, &example(), b"", SIGNATURE).is_err());
