@@ -7,6 +7,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use herald::channels::telegram::config::TelegramConfig;
 use herald::channels::twilio_sms::config::TwilioSmsConfig;
 use herald::channels::{self, Channel, Channels, DeliveryError, OutboundMessage};
 use herald::definitions::env::EnvSource;
@@ -15,8 +16,9 @@ use herald::definitions::model::config::{
     ChannelConfig, SmtpConfig, SmtpTls, WebhookChannelConfig,
 };
 use indexmap::IndexMap;
+use support::telegram::BOT_TOKEN;
 use support::twilio::{ACCOUNT_SID, API_KEY, API_SECRET, AUTH_TOKEN};
-use support::{FakeTwilio, HttpSink, Reply, SmtpSink};
+use support::{FakeTelegram, FakeTwilio, HttpSink, Reply, SmtpSink};
 
 const WAIT: Duration = Duration::from_secs(5);
 
@@ -817,6 +819,93 @@ async fn twilio_healthcheck_reads_the_account() {
     twilio.suspend();
     let error = channel.healthcheck().await.unwrap_err();
     assert_eq!(error, "the Twilio account is suspended");
+}
+
+// ---------------------------------------------------------------------------------------
+// Telegram, against a stand-in that answers as the Bot API documentation says
+
+fn telegram_channel(api_base: String, token: &str) -> Arc<dyn Channel> {
+    let config = TelegramConfig {
+        bot_token: "${env:TELEGRAM_BOT_TOKEN}".to_owned(),
+        secret_token: Some("${env:TELEGRAM_SECRET}".to_owned()),
+        parse_mode: None,
+        api_base,
+        timeout: herald::definitions::model::Duration::from_secs(5),
+    };
+    let vars = env(&[
+        ("TELEGRAM_BOT_TOKEN", token),
+        ("TELEGRAM_SECRET", "hook-secret_1"),
+    ]);
+    build_one("tg", ChannelConfig::Telegram(config), &vars)
+}
+
+fn chat_message(key: &str, chat: &str) -> OutboundMessage {
+    let mut m = message(key, chat);
+    m.channel = "tg".to_owned();
+    m.subject = None;
+    m.body = "Your booking is confirmed for Tuesday.".to_owned();
+    m
+}
+
+#[tokio::test]
+async fn telegram_sends_to_the_chat_and_keeps_the_message_id() {
+    let bot = FakeTelegram::start().await;
+    let channel = telegram_channel(bot.api_base(), BOT_TOKEN);
+    let delivered = channel
+        .deliver(&chat_message("k1", "1111111"))
+        .await
+        .expect("delivered");
+    assert_eq!(delivered.provider_id.as_deref(), Some("1"));
+    let sent = bot.sent();
+    assert_eq!(sent[0]["chat_id"], "1111111");
+    assert_eq!(sent[0]["text"], "Your booking is confirmed for Tuesday.");
+    assert!(sent[0].get("parse_mode").is_none());
+    channel.healthcheck().await.expect("getMe answers");
+}
+
+#[tokio::test]
+async fn telegram_waits_as_told_on_429_and_explains_refusals() {
+    let bot = FakeTelegram::start().await;
+    let channel = telegram_channel(bot.api_base(), BOT_TOKEN);
+
+    bot.rate_limit_next(1);
+    let (error, wait) = expect_transient(channel.deliver(&chat_message("k", "1111111")).await);
+    assert_eq!(wait, Some(Duration::from_secs(3)), "{error}");
+    channel
+        .deliver(&chat_message("k", "1111111"))
+        .await
+        .expect("delivered after the wait");
+
+    bot.block("2222222");
+    let error = expect_permanent(channel.deliver(&chat_message("k2", "2222222")).await);
+    assert!(
+        error.contains("403") && error.contains("blocked the bot"),
+        "{error}"
+    );
+
+    let error = expect_permanent(channel.deliver(&chat_message("k3", "not-a-chat")).await);
+    assert!(
+        error.contains("chat not found") && error.contains("started a chat"),
+        "{error}"
+    );
+
+    let wrong = telegram_channel(bot.api_base(), "987654321:wrong-token");
+    let error = expect_permanent(wrong.deliver(&chat_message("k4", "1111111")).await);
+    assert!(
+        error.contains("401") && error.contains("bot_token"),
+        "{error}"
+    );
+    assert!(!error.contains("wrong-token"), "the token leaked: {error}");
+    let error = wrong.healthcheck().await.unwrap_err();
+    assert!(
+        error.contains("401") && !error.contains("wrong-token"),
+        "{error}"
+    );
+
+    let down = telegram_channel(format!("http://127.0.0.1:{}", closed_port()), BOT_TOKEN);
+    let (error, _) = expect_transient(down.deliver(&chat_message("k5", "1111111")).await);
+    assert!(error.contains("could not reach Telegram"), "{error}");
+    assert!(!error.contains("AAHdq"), "the token leaked: {error}");
 }
 
 // ---------------------------------------------------------------------------------------

@@ -5,6 +5,7 @@ use schemars::JsonSchema;
 use serde::Deserialize;
 
 use super::smtp::config::SmtpConfig;
+use super::telegram::config::TelegramConfig;
 use super::twilio_sms::config::TwilioSmsConfig;
 use super::webhook::config::WebhookChannelConfig;
 
@@ -20,6 +21,8 @@ pub enum ChannelConfig {
     Webhook(WebhookChannelConfig),
     /// Text messages through Twilio, and the replies and delivery reports Twilio sends back.
     TwilioSms(TwilioSmsConfig),
+    /// Messages from a Telegram bot, and the updates Telegram sends to it.
+    Telegram(TelegramConfig),
 }
 
 impl ChannelConfig {
@@ -29,6 +32,7 @@ impl ChannelConfig {
             ChannelConfig::Smtp(_) => "smtp",
             ChannelConfig::Webhook(_) => "webhook",
             ChannelConfig::TwilioSms(_) => "twilio_sms",
+            ChannelConfig::Telegram(_) => "telegram",
         }
     }
 }

@@ -50,6 +50,23 @@ pub(crate) fn url_setting(
     Ok(url)
 }
 
+/// `path` below `base`, keeping any path `base` has (`https://proxy.example.com/twilio` +
+/// `2010-04-01/...`); `path` is taken literally, so a token with a `:` in it is not a scheme.
+pub(crate) fn endpoint(
+    channel: &str,
+    base: &reqwest::Url,
+    path: &str,
+) -> Result<reqwest::Url, ChannelError> {
+    let text = format!("{}/{path}", base.as_str().trim_end_matches('/'));
+    reqwest::Url::parse(&text).map_err(|e| {
+        ChannelError::new(
+            channel,
+            Some("api_base"),
+            format!("api_base: cannot make a request URL from it: {e}"),
+        )
+    })
+}
+
 /// `404 Not Found`: the code and its reason.
 pub(crate) fn describe(status: StatusCode) -> String {
     match status.canonical_reason() {

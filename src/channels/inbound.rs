@@ -58,10 +58,37 @@ pub struct InboundMessage {
     pub to: Option<String>,
     pub text: String,
     pub media: Vec<Media>,
+    /// A bot command (`/start PAYLOAD`, `/reset`), for providers whose apps send them.
+    pub command: Option<Command>,
     /// The provider's id for the message. Providers redeliver; this is what deduplicates.
     pub provider_id: Option<String>,
     /// The request as the provider sent it, parsed, for what the shape above leaves out.
     pub raw: Value,
+}
+
+/// A command a person sent to a bot: `/start +15551234567` is `start` with that payload.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Command {
+    /// Without the slash or a `@botname` suffix, in lower case.
+    pub name: String,
+    /// The rest of the text, trimmed; empty when there is none.
+    pub payload: String,
+}
+
+impl Command {
+    /// The command at the start of `text`, if it starts with one.
+    pub fn parse(text: &str) -> Option<Command> {
+        let rest = text.trim_start().strip_prefix('/')?;
+        let (word, payload) = rest.split_once(char::is_whitespace).unwrap_or((rest, ""));
+        let name = word.split('@').next().unwrap_or(word);
+        if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+            return None;
+        }
+        Some(Command {
+            name: name.to_ascii_lowercase(),
+            payload: payload.trim().to_owned(),
+        })
+    }
 }
 
 /// An attachment: where to fetch it, and its type when the provider says.
@@ -161,4 +188,27 @@ pub trait Receiver: Send + Sync {
 
     /// Reads a verified request into messages and reports.
     fn parse(&self, request: &InboundRequest<'_>) -> Result<Received, InboundError>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn commands_are_read_with_their_payload() {
+        let c = |text: &str| Command::parse(text).map(|c| (c.name, c.payload));
+        assert_eq!(
+            c("/start +15551234567"),
+            Some(("start".into(), "+15551234567".into()))
+        );
+        assert_eq!(c("/Reset@HeraldBot"), Some(("reset".into(), String::new())));
+        assert_eq!(
+            c("  /help  me please "),
+            Some(("help".into(), "me please".into()))
+        );
+        assert_eq!(c("hello /start"), None);
+        assert_eq!(c("/"), None);
+        assert_eq!(c("/ start"), None);
+        assert_eq!(c("/path/to/file"), None);
+    }
 }

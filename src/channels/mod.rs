@@ -22,6 +22,7 @@ pub(crate) mod http;
 pub mod inbound;
 pub mod log;
 pub mod smtp;
+pub mod telegram;
 pub mod twilio_sms;
 pub mod webhook;
 
@@ -160,6 +161,9 @@ pub fn build(config: &ConfigDef, env: &EnvSource) -> Result<Channels, ChannelErr
             ChannelConfig::Smtp(smtp) => Arc::new(smtp::SmtpChannel::from_config(name, smtp, env)?),
             ChannelConfig::Webhook(hook) => {
                 Arc::new(webhook::WebhookChannel::from_config(name, hook, env)?)
+            }
+            ChannelConfig::Telegram(bot) => {
+                Arc::new(telegram::TelegramChannel::from_config(name, bot, env)?)
             }
             ChannelConfig::TwilioSms(sms) => {
                 Arc::new(twilio_sms::TwilioSmsChannel::from_config(name, sms, env)?)

@@ -11,6 +11,7 @@
 
 pub mod http_sink;
 pub mod smtp_sink;
+pub mod telegram;
 pub mod twilio;
 
 use std::future::Future;
@@ -21,6 +22,7 @@ use tokio::sync::oneshot;
 
 pub use http_sink::{HttpSink, ReceivedRequest, Reply};
 pub use smtp_sink::{ReceivedMail, SmtpSink};
+pub use telegram::FakeTelegram;
 pub use twilio::FakeTwilio;
 
 /// A server running on its own thread until dropped.

@@ -99,6 +99,7 @@ impl Receiver for TwilioSmsChannel {
             to: get("To").map(str::to_owned),
             text: get("Body").unwrap_or_default().to_owned(),
             media,
+            command: None,
             provider_id: Some(sid.to_owned()),
             raw,
         };

@@ -22,7 +22,7 @@ use async_trait::async_trait;
 use reqwest::{StatusCode, Url};
 use serde::Deserialize;
 
-use super::http::{describe, read_capped, retry_after, snippet, url_setting};
+use super::http::{describe, endpoint, read_capped, retry_after, snippet, url_setting};
 use super::inbound::Receiver;
 use super::{
     Channel, ChannelError, Delivered, DeliveryError, OutboundMessage, error_chain, resolve_setting,
@@ -135,10 +135,7 @@ impl TwilioSmsChannel {
         }
         let base = url_setting(name, "api_base", &setting("api_base", &config.api_base)?)?;
         let account_path = format!("2010-04-01/Accounts/{account_sid}");
-        let join = |path: &str| {
-            base.join(path)
-                .map_err(|e| ChannelError::new(name, Some("api_base"), format!("api_base: {e}")))
-        };
+        let join = |path: &str| endpoint(name, &base, path);
         let messages_url = join(&format!("{account_path}/Messages.json"))?;
         let account_url = join(&format!("{account_path}.json"))?;
         let timeout = config.timeout.as_std();
