@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use herald::channels::telegram::config::TelegramConfig;
 use herald::channels::twilio_sms::config::TwilioSmsConfig;
+use herald::channels::whatsapp::config::WhatsappConfig;
 use herald::channels::{self, Channel, Channels, DeliveryError, OutboundMessage};
 use herald::definitions::env::EnvSource;
 use herald::definitions::model::ConfigDef;
@@ -18,7 +19,8 @@ use herald::definitions::model::config::{
 use indexmap::IndexMap;
 use support::telegram::BOT_TOKEN;
 use support::twilio::{ACCOUNT_SID, API_KEY, API_SECRET, AUTH_TOKEN};
-use support::{FakeTelegram, FakeTwilio, HttpSink, Reply, SmtpSink};
+use support::whatsapp::{ACCESS_TOKEN, PHONE_NUMBER_ID};
+use support::{FakeTelegram, FakeTwilio, FakeWhatsapp, HttpSink, Reply, SmtpSink};
 
 const WAIT: Duration = Duration::from_secs(5);
 
@@ -906,6 +908,87 @@ async fn telegram_waits_as_told_on_429_and_explains_refusals() {
     let (error, _) = expect_transient(down.deliver(&chat_message("k5", "1111111")).await);
     assert!(error.contains("could not reach Telegram"), "{error}");
     assert!(!error.contains("AAHdq"), "the token leaked: {error}");
+}
+
+// ---------------------------------------------------------------------------------------
+// WhatsApp Cloud API, against a stand-in that answers as the Graph API documentation says
+
+fn whatsapp_channel(api_base: String, token: &str) -> Arc<dyn Channel> {
+    let config = WhatsappConfig {
+        access_token: "${env:WHATSAPP_ACCESS_TOKEN}".to_owned(),
+        phone_number_id: PHONE_NUMBER_ID.to_owned(),
+        app_secret: None,
+        verify_token: None,
+        api_base,
+        api_version: "v21.0".to_owned(),
+        timeout: herald::definitions::model::Duration::from_secs(5),
+    };
+    build_one(
+        "wa",
+        ChannelConfig::Whatsapp(config),
+        &env(&[("WHATSAPP_ACCESS_TOKEN", token)]),
+    )
+}
+
+fn wa_message(key: &str, to: &str) -> OutboundMessage {
+    let mut m = message(key, to);
+    m.channel = "wa".to_owned();
+    m.subject = None;
+    m.body = "Your application is almost done: one signature left.".to_owned();
+    m
+}
+
+#[tokio::test]
+async fn whatsapp_sends_text_and_keeps_the_wamid() {
+    let meta = FakeWhatsapp::start().await;
+    let channel = whatsapp_channel(meta.api_base(), ACCESS_TOKEN);
+    let delivered = channel
+        .deliver(&wa_message("k1", "+1 650 555 1234"))
+        .await
+        .expect("delivered");
+    assert_eq!(delivered.provider_id.as_deref(), Some("wamid.1"));
+    let sent = &meta.sent()[0];
+    assert_eq!(sent["to"], "16505551234");
+    assert_eq!(sent["type"], "text");
+    assert_eq!(
+        sent["text"]["body"],
+        "Your application is almost done: one signature left."
+    );
+    channel.healthcheck().await.expect("the number is readable");
+}
+
+#[tokio::test]
+async fn whatsapp_outside_the_24_hour_window_is_permanent_and_throttling_is_retried() {
+    let meta = FakeWhatsapp::start().await;
+    let channel = whatsapp_channel(meta.api_base(), ACCESS_TOKEN);
+
+    meta.close_window("16505550000");
+    let error = expect_permanent(channel.deliver(&wa_message("k1", "+16505550000")).await);
+    assert!(
+        error.contains("131047") && error.contains("approved template"),
+        "{error}"
+    );
+
+    meta.throttle_next(1);
+    let (error, _) = expect_transient(channel.deliver(&wa_message("k2", "+16505551234")).await);
+    assert!(error.contains("130429"), "{error}");
+    channel
+        .deliver(&wa_message("k2", "+16505551234"))
+        .await
+        .expect("delivered after the throttle");
+
+    let wrong = whatsapp_channel(meta.api_base(), "EAAJB-expired");
+    let error = expect_permanent(wrong.deliver(&wa_message("k3", "+16505551234")).await);
+    assert!(
+        error.contains("190") && error.contains("access_token"),
+        "{error}"
+    );
+    assert!(
+        !error.contains("EAAJB-expired"),
+        "the token leaked: {error}"
+    );
+    let error = wrong.healthcheck().await.unwrap_err();
+    assert!(error.contains("190"), "{error}");
 }
 
 // ---------------------------------------------------------------------------------------

@@ -8,6 +8,7 @@ use super::smtp::config::SmtpConfig;
 use super::telegram::config::TelegramConfig;
 use super::twilio_sms::config::TwilioSmsConfig;
 use super::webhook::config::WebhookChannelConfig;
+use super::whatsapp::config::WhatsappConfig;
 
 /// A delivery channel, by provider.
 #[derive(Debug, Clone, PartialEq, Deserialize, JsonSchema)]
@@ -23,6 +24,8 @@ pub enum ChannelConfig {
     TwilioSms(TwilioSmsConfig),
     /// Messages from a Telegram bot, and the updates Telegram sends to it.
     Telegram(TelegramConfig),
+    /// Text messages through Meta's WhatsApp Cloud API, and what Meta sends back.
+    Whatsapp(WhatsappConfig),
 }
 
 impl ChannelConfig {
@@ -33,6 +36,7 @@ impl ChannelConfig {
             ChannelConfig::Webhook(_) => "webhook",
             ChannelConfig::TwilioSms(_) => "twilio_sms",
             ChannelConfig::Telegram(_) => "telegram",
+            ChannelConfig::Whatsapp(_) => "whatsapp",
         }
     }
 }

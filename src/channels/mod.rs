@@ -25,6 +25,7 @@ pub mod smtp;
 pub mod telegram;
 pub mod twilio_sms;
 pub mod webhook;
+pub mod whatsapp;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -164,6 +165,9 @@ pub fn build(config: &ConfigDef, env: &EnvSource) -> Result<Channels, ChannelErr
             }
             ChannelConfig::Telegram(bot) => {
                 Arc::new(telegram::TelegramChannel::from_config(name, bot, env)?)
+            }
+            ChannelConfig::Whatsapp(wa) => {
+                Arc::new(whatsapp::WhatsappChannel::from_config(name, wa, env)?)
             }
             ChannelConfig::TwilioSms(sms) => {
                 Arc::new(twilio_sms::TwilioSmsChannel::from_config(name, sms, env)?)

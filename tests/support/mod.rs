@@ -13,6 +13,7 @@ pub mod http_sink;
 pub mod smtp_sink;
 pub mod telegram;
 pub mod twilio;
+pub mod whatsapp;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -24,6 +25,7 @@ pub use http_sink::{HttpSink, ReceivedRequest, Reply};
 pub use smtp_sink::{ReceivedMail, SmtpSink};
 pub use telegram::FakeTelegram;
 pub use twilio::FakeTwilio;
+pub use whatsapp::FakeWhatsapp;
 
 /// A server running on its own thread until dropped.
 struct ServerThread {
