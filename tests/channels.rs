@@ -7,6 +7,8 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use herald::channels::mailgun::config::MailgunConfig;
+use herald::channels::resend::config::ResendConfig;
 use herald::channels::telegram::config::TelegramConfig;
 use herald::channels::twilio_sms::config::TwilioSmsConfig;
 use herald::channels::whatsapp::config::WhatsappConfig;
@@ -17,10 +19,13 @@ use herald::definitions::model::config::{
     ChannelConfig, SmtpConfig, SmtpTls, WebhookChannelConfig,
 };
 use indexmap::IndexMap;
+use support::email_api::{MAILGUN_DOMAIN, MAILGUN_KEY, RESEND_KEY, RESEND_SENDING_KEY};
 use support::telegram::BOT_TOKEN;
 use support::twilio::{ACCOUNT_SID, API_KEY, API_SECRET, AUTH_TOKEN};
 use support::whatsapp::{ACCESS_TOKEN, PHONE_NUMBER_ID};
-use support::{FakeTelegram, FakeTwilio, FakeWhatsapp, HttpSink, Reply, SmtpSink};
+use support::{
+    FakeMailgun, FakeResend, FakeTelegram, FakeTwilio, FakeWhatsapp, HttpSink, Reply, SmtpSink,
+};
 
 const WAIT: Duration = Duration::from_secs(5);
 
@@ -989,6 +994,164 @@ async fn whatsapp_outside_the_24_hour_window_is_permanent_and_throttling_is_retr
     );
     let error = wrong.healthcheck().await.unwrap_err();
     assert!(error.contains("190"), "{error}");
+}
+
+// ---------------------------------------------------------------------------------------
+// Mailgun and Resend, against stand-ins that answer as their API documentation says
+
+fn mailgun_channel(api_base: String, key: &str) -> Arc<dyn Channel> {
+    let config = MailgunConfig {
+        api_key: "${env:MAILGUN_API_KEY}".to_owned(),
+        domain: MAILGUN_DOMAIN.to_owned(),
+        from: "Complete Car Loans <hello@mg.example.com>".to_owned(),
+        webhook_signing_key: None,
+        api_base,
+        timeout: herald::definitions::model::Duration::from_secs(5),
+    };
+    build_one(
+        "email",
+        ChannelConfig::Mailgun(config),
+        &env(&[("MAILGUN_API_KEY", key)]),
+    )
+}
+
+fn field<'a>(fields: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    fields
+        .iter()
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.as_str())
+}
+
+#[tokio::test]
+async fn mailgun_sends_the_form_with_a_stable_message_id() {
+    let mailgun = FakeMailgun::start().await;
+    let channel = mailgun_channel(mailgun.api_base(), MAILGUN_KEY);
+    let mut msg = message("run-1/welcome/0", "Ann Example <ann@example.org>");
+    msg.headers
+        .insert("X-Campaign".to_owned(), "spring".to_owned());
+    let first = channel.deliver(&msg).await.expect("delivered");
+    let again = channel.deliver(&msg).await.expect("delivered again");
+
+    let posted = mailgun.posted();
+    let fields = &posted[0];
+    assert_eq!(
+        field(fields, "from"),
+        Some("Complete Car Loans <hello@mg.example.com>")
+    );
+    assert_eq!(field(fields, "to"), Some("Ann Example <ann@example.org>"));
+    assert_eq!(field(fields, "subject"), Some("Welcome aboard"));
+    assert_eq!(
+        field(fields, "text"),
+        Some("Hello Ann,\nyour account is ready.")
+    );
+    assert_eq!(field(fields, "h:X-Campaign"), Some("spring"));
+    assert_eq!(
+        field(fields, "v:herald-message-id"),
+        Some("outbox-run-1/welcome/0")
+    );
+    // The same message has the same Message-Id on every attempt.
+    assert_eq!(first.provider_id, again.provider_id);
+    let id = first.provider_id.expect("an id");
+    assert!(
+        id.ends_with("@mg.example.com") && !id.starts_with('<'),
+        "{id}"
+    );
+    channel.healthcheck().await.expect("the domain is active");
+}
+
+#[tokio::test]
+async fn mailgun_refusals_name_the_cause() {
+    let mailgun = FakeMailgun::start().await;
+    let channel = mailgun_channel(mailgun.api_base(), MAILGUN_KEY);
+    let error = expect_permanent(channel.deliver(&message("k", "not-an-address")).await);
+    assert!(
+        error.contains("not an e-mail address") || error.contains("recipient"),
+        "{error}"
+    );
+
+    let wrong = mailgun_channel(mailgun.api_base(), "key-wrong");
+    let error = expect_permanent(wrong.deliver(&message("k", "ann@example.org")).await);
+    assert!(
+        error.contains("401") && error.contains("eu.mailgun.net"),
+        "{error}"
+    );
+    assert!(!error.contains("key-wrong"), "the key leaked: {error}");
+
+    mailgun.unverify_domain();
+    let error = channel.healthcheck().await.unwrap_err();
+    assert_eq!(
+        error,
+        "the Mailgun domain mg.example.com is unverified, not active"
+    );
+}
+
+fn resend_channel(api_base: String, key: &str) -> Arc<dyn Channel> {
+    let config = ResendConfig {
+        api_key: "${env:RESEND_API_KEY}".to_owned(),
+        from: "Talk-To-My-Lawyer <hello@example.com>".to_owned(),
+        webhook_secret: None,
+        api_base,
+        timeout: herald::definitions::model::Duration::from_secs(5),
+    };
+    build_one(
+        "email",
+        ChannelConfig::Resend(config),
+        &env(&[("RESEND_API_KEY", key)]),
+    )
+}
+
+#[tokio::test]
+async fn resend_sends_json_with_the_idempotency_key_so_a_replay_is_not_sent_twice() {
+    let resend = FakeResend::start().await;
+    let channel = resend_channel(resend.api_base(), RESEND_KEY);
+    let mut msg = message("run-1/letter/0", "ann@example.org");
+    msg.html = true;
+    msg.body = "<p>Your letter is ready.</p>".to_owned();
+    let first = channel.deliver(&msg).await.expect("delivered");
+    let replay = channel.deliver(&msg).await.expect("the replay is answered");
+    assert_eq!(first.provider_id, replay.provider_id);
+    let sent = resend.sent();
+    assert_eq!(sent.len(), 1, "{sent:?}");
+    assert_eq!(sent[0]["to"][0], "ann@example.org");
+    assert_eq!(sent[0]["html"], "<p>Your letter is ready.</p>");
+    assert_eq!(sent[0]["from"], "Talk-To-My-Lawyer <hello@example.com>");
+
+    // The same key with another message is refused, not silently answered.
+    msg.body = "<p>Something else.</p>".to_owned();
+    let error = expect_permanent(channel.deliver(&msg).await);
+    assert!(error.contains("invalid_idempotent_request"), "{error}");
+}
+
+#[tokio::test]
+async fn resend_rate_limits_are_retried_after_the_wait_and_keys_checked() {
+    let resend = FakeResend::start().await;
+    let channel = resend_channel(resend.api_base(), RESEND_KEY);
+    resend.rate_limit_next(1);
+    let (error, wait) = expect_transient(channel.deliver(&message("k", "ann@example.org")).await);
+    assert_eq!(wait, Some(Duration::from_secs(1)), "{error}");
+    assert!(error.contains("rate_limit_exceeded"), "{error}");
+    channel
+        .deliver(&message("k", "ann@example.org"))
+        .await
+        .expect("delivered after the wait");
+
+    channel
+        .healthcheck()
+        .await
+        .expect("a full key lists domains");
+    resend_channel(resend.api_base(), RESEND_SENDING_KEY)
+        .healthcheck()
+        .await
+        .expect("a sending-only key is a valid key");
+    let wrong = resend_channel(resend.api_base(), "re_wrong");
+    let error = wrong.healthcheck().await.unwrap_err();
+    assert!(
+        error.contains("invalid_api_key") && error.contains("revoked"),
+        "{error}"
+    );
+    let error = expect_permanent(wrong.deliver(&message("k2", "ann@example.org")).await);
+    assert!(error.contains("403"), "{error}");
+    assert!(!error.contains("re_wrong"), "the key leaked: {error}");
 }
 
 // ---------------------------------------------------------------------------------------

@@ -4,6 +4,8 @@
 use schemars::JsonSchema;
 use serde::Deserialize;
 
+use super::mailgun::config::MailgunConfig;
+use super::resend::config::ResendConfig;
 use super::smtp::config::SmtpConfig;
 use super::telegram::config::TelegramConfig;
 use super::twilio_sms::config::TwilioSmsConfig;
@@ -26,6 +28,10 @@ pub enum ChannelConfig {
     Telegram(TelegramConfig),
     /// Text messages through Meta's WhatsApp Cloud API, and what Meta sends back.
     Whatsapp(WhatsappConfig),
+    /// E-mail through Mailgun's HTTP API, and the events Mailgun reports back.
+    Mailgun(MailgunConfig),
+    /// E-mail through Resend's API, and the events Resend reports back.
+    Resend(ResendConfig),
 }
 
 impl ChannelConfig {
@@ -37,6 +43,8 @@ impl ChannelConfig {
             ChannelConfig::TwilioSms(_) => "twilio_sms",
             ChannelConfig::Telegram(_) => "telegram",
             ChannelConfig::Whatsapp(_) => "whatsapp",
+            ChannelConfig::Mailgun(_) => "mailgun",
+            ChannelConfig::Resend(_) => "resend",
         }
     }
 }

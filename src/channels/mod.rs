@@ -21,6 +21,8 @@ pub mod health;
 pub(crate) mod http;
 pub mod inbound;
 pub mod log;
+pub mod mailgun;
+pub mod resend;
 pub mod smtp;
 pub mod telegram;
 pub mod twilio_sms;
@@ -165,6 +167,12 @@ pub fn build(config: &ConfigDef, env: &EnvSource) -> Result<Channels, ChannelErr
             }
             ChannelConfig::Telegram(bot) => {
                 Arc::new(telegram::TelegramChannel::from_config(name, bot, env)?)
+            }
+            ChannelConfig::Mailgun(mail) => {
+                Arc::new(mailgun::MailgunChannel::from_config(name, mail, env)?)
+            }
+            ChannelConfig::Resend(mail) => {
+                Arc::new(resend::ResendChannel::from_config(name, mail, env)?)
             }
             ChannelConfig::Whatsapp(wa) => {
                 Arc::new(whatsapp::WhatsappChannel::from_config(name, wa, env)?)

@@ -9,6 +9,7 @@
 // Every integration test compiles this module separately and uses only part of it.
 #![allow(dead_code, unused_imports)]
 
+pub mod email_api;
 pub mod http_sink;
 pub mod smtp_sink;
 pub mod telegram;
@@ -21,6 +22,7 @@ use std::thread::JoinHandle;
 
 use tokio::sync::oneshot;
 
+pub use email_api::{FakeMailgun, FakeResend};
 pub use http_sink::{HttpSink, ReceivedRequest, Reply};
 pub use smtp_sink::{ReceivedMail, SmtpSink};
 pub use telegram::FakeTelegram;

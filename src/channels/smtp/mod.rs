@@ -87,16 +87,7 @@ impl SmtpChannel {
         if host.trim().is_empty() {
             return Err(ChannelError::new(name, Some("host"), "host is empty"));
         }
-        let from: Mailbox = from_text.parse().map_err(|e| {
-            ChannelError::new(
-                name,
-                Some("from"),
-                format!(
-                    "from: `{from_text}` is not an e-mail address: {}",
-                    explain_address_error(e)
-                ),
-            )
-        })?;
+        let from = sender(name, &from_text)?;
         let timeout = config.timeout.as_std();
 
         let builder = match config.tls {
@@ -301,6 +292,21 @@ impl Channel for SmtpChannel {
     }
 }
 
+/// A channel's default sender (its `from` setting), or an error at that setting. Shared by
+/// the e-mail providers.
+pub(crate) fn sender(channel: &str, text: &str) -> Result<Mailbox, ChannelError> {
+    text.parse().map_err(|e| {
+        ChannelError::new(
+            channel,
+            Some("from"),
+            format!(
+                "from: `{text}` is not an e-mail address: {}",
+                explain_address_error(e)
+            ),
+        )
+    })
+}
+
 /// The Message-ID for an idempotency key: the same key always gives the same id.
 pub fn message_id(idempotency_key: &str, from: &Mailbox) -> String {
     let digest = hex::encode(Sha256::digest(idempotency_key.as_bytes()));
@@ -358,7 +364,7 @@ pub(crate) fn compose(
     Ok((email, id))
 }
 
-fn parse_mailbox(role: &str, text: &str) -> Result<Mailbox, DeliveryError> {
+pub(crate) fn parse_mailbox(role: &str, text: &str) -> Result<Mailbox, DeliveryError> {
     text.parse::<Mailbox>().map_err(|e| {
         permanent(format!(
             "{role} address `{text}` is not an e-mail address: {}",
