@@ -12,10 +12,9 @@
 pub mod admin;
 mod group_commit;
 pub mod postgres;
-mod postgres_admin;
 mod rows;
+mod sql;
 pub mod sqlite;
-mod sqlite_admin;
 
 pub use admin::{
     Admin, ContactFilter, ContactPatch, MessageChange, OutboxFilter, Purged, RunSelection,
