@@ -24,7 +24,7 @@ use sqlx::{Acquire as _, Arguments as _, Postgres, Transaction};
 
 use super::rows::to_text;
 use super::sql::commit::{self, INSERT_RUN, RunWritten, STEP_COLUMNS, STEP_CONFLICT, UPDATE_RUN};
-use super::sql::{Backend, Dialect, Exec as _, Param, Stmt, contacts};
+use super::sql::{self, Backend, Dialect, Exec as _, Param, Stmt, contacts};
 use super::*;
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
@@ -242,17 +242,7 @@ fn is_unique_violation(e: &StoreError) -> bool {
 /// The PostgreSQL dialect's fragments. Lists of ids are bound as a `text[]`.
 impl Dialect for Postgres {
     fn arguments(params: Vec<Param>) -> Result<PgArguments> {
-        let mut args = PgArguments::default();
-        for p in params {
-            match p {
-                Param::Text(v) => args.add(v),
-                Param::Int(v) => args.add(v),
-                Param::Bool(v) => args.add(v),
-                Param::List(ids) => args.add(ids),
-            }
-            .map_err(|e| StoreError::Corrupt(format!("cannot bind a value: {e}")))?;
-        }
-        Ok(args)
+        sql::bind_all::<Postgres, _>(params, |ids| ids)
     }
 
     fn rows_affected(done: &sqlx::postgres::PgQueryResult) -> u64 {

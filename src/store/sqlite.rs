@@ -15,10 +15,10 @@ use sqlx::sqlite::{
     SqliteArguments, SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions,
     SqliteRow, SqliteSynchronous,
 };
-use sqlx::{Arguments as _, Sqlite, Transaction};
+use sqlx::{Sqlite, Transaction};
 
 use super::sql::commit::{self, RunWritten};
-use super::sql::{Backend, Dialect, Exec as _, Param, Stmt, contacts};
+use super::sql::{self, Backend, Dialect, Exec as _, Param, Stmt, contacts};
 use super::*;
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
@@ -140,18 +140,9 @@ impl SqliteStore {
 /// The SQLite dialect's fragments. Lists of ids are bound as one JSON array.
 impl Dialect for Sqlite {
     fn arguments(params: Vec<Param>) -> Result<SqliteArguments> {
-        let mut args = SqliteArguments::default();
-        for p in params {
-            match p {
-                Param::Text(v) => args.add(v),
-                Param::Int(v) => args.add(v),
-                Param::Bool(v) => args.add(v),
-                Param::List(ids) => args
-                    .add(serde_json::to_string(&ids).expect("a list of strings always serializes")),
-            }
-            .map_err(|e| StoreError::Corrupt(format!("cannot bind a value: {e}")))?;
-        }
-        Ok(args)
+        sql::bind_all::<Sqlite, _>(params, |ids| {
+            serde_json::to_string(&ids).expect("a list of strings always serializes")
+        })
     }
 
     fn rows_affected(done: &sqlx::sqlite::SqliteQueryResult) -> u64 {

@@ -177,6 +177,30 @@ pub(super) trait Dialect: Database {
     const PICK_DUE_MESSAGES: &'static str;
 }
 
+/// Binds parameters for a dialect whose drivers take each [`Param`] as the Rust type it holds;
+/// `list` turns a [`Param::List`] into what the dialect binds for one.
+pub(super) fn bind_all<D, L>(params: Vec<Param>, list: fn(Vec<String>) -> L) -> Result<D::Arguments>
+where
+    D: Database,
+    for<'q> Option<String>: sqlx::Encode<'q, D> + sqlx::Type<D>,
+    for<'q> Option<i64>: sqlx::Encode<'q, D> + sqlx::Type<D>,
+    for<'q> bool: sqlx::Encode<'q, D> + sqlx::Type<D>,
+    for<'q> L: sqlx::Encode<'q, D> + sqlx::Type<D> + Send,
+{
+    use sqlx::Arguments as _;
+    let mut args = D::Arguments::default();
+    for p in params {
+        match p {
+            Param::Text(v) => args.add(v),
+            Param::Int(v) => args.add(v),
+            Param::Bool(v) => args.add(v),
+            Param::List(ids) => args.add(list(ids)),
+        }
+        .map_err(|e| super::StoreError::Corrupt(format!("cannot bind a value: {e}")))?;
+    }
+    Ok(args)
+}
+
 type BoxFuture<'c, T> = Pin<Box<dyn Future<Output = Result<T>> + Send + 'c>>;
 
 /// Runs a [`Stmt`] on a connection of a dialect. Implemented once, for both, below.
