@@ -5,7 +5,7 @@
 //! batch (`group_commit`), PostgreSQL the run and its steps as one statement. The statements
 //! and the order of the effects are these, for both.
 
-use super::{Backend, Exec, Param, Stmt, Tx, events, outbox, params, placeholders, runs};
+use super::{Backend, Exec, Stmt, Tx, events, outbox, params, placeholders, runs};
 use crate::store::rows::to_text;
 use crate::store::{
     Commit, CommitOutcome, Contact, NewRun, Result, RunState, RunStatus, RunWrite, StepLogEntry,
@@ -23,56 +23,49 @@ pub(in crate::store) const INSERT_RUN: &str = "INSERT INTO runs (id, workflow_id
 /// steps before storing it), else pending and due now. With an owner and a `running` state,
 /// the run is created leased to that owner.
 pub(in crate::store) fn insert_run(run: &NewRun, state: Option<(&RunState, Option<&str>)>) -> Stmt {
-    let mut p = params![
+    let pending;
+    let (s, owner) = match state {
+        Some((s, owner)) => (s, owner.filter(|_| s.status == RunStatus::Running)),
+        None => {
+            pending = RunState {
+                status: RunStatus::Pending,
+                version: run.version.clone(),
+                cursor: run.cursor.clone(),
+                context: run.context.clone(),
+                due_at: Some(run.created_at),
+                wait_event: None,
+                wait_key: None,
+                attempts: 0,
+                contact_id: None,
+                response: None,
+                error: None,
+                finished_at: None,
+            };
+            (&pending, None)
+        }
+    };
+    let p = params![
         &run.id,
         &run.workflow_id,
-        Param::Text(None), // version
-        Param::Text(None), // status
+        &s.version,
+        s.status.as_str(),
         &run.trigger_kind,
         &run.idempotency_key,
+        to_text(&s.cursor),
+        to_text(&s.context),
+        s.due_at,
+        &s.wait_event,
+        &s.wait_key,
+        owner,
+        s.attempts,
+        &s.contact_id,
+        &run.parent_run_id,
+        s.response.as_ref().map(to_text),
+        &s.error,
+        run.created_at,
+        s.finished_at,
+        to_text(&run.labels),
     ];
-    match state {
-        Some((s, owner)) => {
-            p[2] = Param::from(&s.version);
-            p[3] = Param::from(s.status.as_str());
-            let owner = owner.filter(|_| s.status == RunStatus::Running);
-            p.extend(params![
-                to_text(&s.cursor),
-                to_text(&s.context),
-                s.due_at,
-                &s.wait_event,
-                &s.wait_key,
-                owner,
-                s.attempts,
-                &s.contact_id,
-                &run.parent_run_id,
-                s.response.as_ref().map(to_text),
-                &s.error,
-                run.created_at,
-                s.finished_at,
-            ]);
-        }
-        None => {
-            p[2] = Param::from(&run.version);
-            p[3] = Param::from(RunStatus::Pending.as_str());
-            p.extend(params![
-                to_text(&run.cursor),
-                to_text(&run.context),
-                run.created_at,
-                Param::Text(None), // wait_event
-                Param::Text(None), // wait_key
-                Param::Text(None), // lease_owner
-                0_i64,
-                Param::Text(None), // contact_id
-                &run.parent_run_id,
-                Param::Text(None), // response
-                Param::Text(None), // error
-                run.created_at,
-                Param::Int(None), // finished_at
-            ]);
-        }
-    }
-    p.push(Param::from(to_text(&run.labels)));
     Stmt::new(INSERT_RUN, p)
 }
 

@@ -16,10 +16,9 @@ fn by(column: &str, value: &str, lock: &str) -> Stmt {
     Stmt::new(sql, params![value])
 }
 
-fn insert(c: &Contact) -> Stmt {
-    let sql = "INSERT INTO contacts (id, email, phone, first_name, last_name, status, timezone, attributes, created_at, updated_at)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)";
-    let p = params![
+/// A contact's fields as [`insert`] and [`update`] bind them, `$1` to `$9`.
+fn fields(c: &Contact) -> Vec<super::Param> {
+    params![
         &c.id,
         &c.email,
         &c.phone,
@@ -28,27 +27,22 @@ fn insert(c: &Contact) -> Stmt {
         &c.status,
         &c.timezone,
         to_text(&serde_json::Value::Object(c.attributes.clone())),
-        c.created_at,
         c.updated_at,
-    ];
+    ]
+}
+
+fn insert(c: &Contact) -> Stmt {
+    let sql = "INSERT INTO contacts (id, email, phone, first_name, last_name, status, timezone, attributes, created_at, updated_at)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $10, $9)";
+    let mut p = fields(c);
+    p.push(c.created_at.into());
     Stmt::new(sql, p)
 }
 
 fn update(c: &Contact) -> Stmt {
-    let sql = "UPDATE contacts SET email = $1, phone = $2, first_name = $3, last_name = $4, status = $5, timezone = $6,
-             attributes = $7, updated_at = $8 WHERE id = $9";
-    let p = params![
-        &c.email,
-        &c.phone,
-        &c.first_name,
-        &c.last_name,
-        &c.status,
-        &c.timezone,
-        to_text(&serde_json::Value::Object(c.attributes.clone())),
-        c.updated_at,
-        &c.id,
-    ];
-    Stmt::new(sql, p)
+    let sql = "UPDATE contacts SET email = $2, phone = $3, first_name = $4, last_name = $5, status = $6, timezone = $7,
+             attributes = $8, updated_at = $9 WHERE id = $1";
+    Stmt::new(sql, fields(c))
 }
 
 pub(in crate::store) async fn get<B: Backend>(b: &B, id: &str) -> Result<Option<Contact>> {
