@@ -303,3 +303,58 @@ pub(super) async fn write<B: Backend>(b: &B, s: Stmt) -> Result<u64> {
 pub(super) fn time(row: &dyn RowView) -> Result<Option<Millis>> {
     row.opt_int("t")
 }
+
+#[cfg(test)]
+mod tests {
+    use sqlx::Connection as _;
+
+    use super::*;
+
+    #[test]
+    fn batched_statements_are_renumbered_after_the_ones_before() {
+        let mut batch = Stmt::new("BEGIN", params![]);
+        batch.then(Stmt::new(
+            "UPDATE t SET a = $1 WHERE b = $2",
+            params![1_i64, "x"],
+        ));
+        batch.then(Stmt::new(
+            "UPDATE t SET a = $2, b = $10 WHERE c = $1",
+            params![2_i64, "y"],
+        ));
+        assert_eq!(
+            batch.sql,
+            "BEGIN;\nUPDATE t SET a = $1 WHERE b = $2;\nUPDATE t SET a = $4, b = $12 WHERE c = $3"
+        );
+        assert_eq!(batch.params.len(), 4);
+    }
+
+    /// SQLite takes `$n` as the n-th argument, wherever and however often it appears, and
+    /// across the statements of a batch: what lets one statement text serve both backends.
+    #[tokio::test]
+    async fn sqlite_takes_numbered_placeholders_across_a_batch() {
+        let mut conn = sqlx::SqliteConnection::connect("sqlite::memory:")
+            .await
+            .unwrap();
+        let mut batch = Stmt::new("CREATE TABLE t (a TEXT, b INTEGER)", params![]);
+        batch.then(Stmt::new(
+            "INSERT INTO t VALUES ($2, $1)",
+            params![7_i64, "x"],
+        ));
+        batch.then(Stmt::new(
+            "INSERT INTO t VALUES ($1, $2), ($1, $2 + 1)",
+            params!["y", 8_i64],
+        ));
+        sqlx::Sqlite::execute(&mut conn, batch).await.unwrap();
+        let rows = sqlx::Sqlite::fetch_all(
+            &mut conn,
+            Stmt::new(
+                "SELECT a AS t FROM t WHERE b >= $1 ORDER BY b",
+                params![8_i64],
+            ),
+        )
+        .await
+        .unwrap();
+        let got: Vec<String> = rows.iter().map(|r| r.text("t").unwrap()).collect();
+        assert_eq!(got, ["y", "y"]);
+    }
+}
