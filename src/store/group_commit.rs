@@ -12,13 +12,12 @@
 //! commit is written alone, by the exact single-commit path, which reports each outcome.
 //! Commits that upsert contacts take the single path directly: they read before they write.
 
-use sqlx::sqlite::SqliteArguments;
-use sqlx::{Arguments, Row};
+use sqlx::{Row, Sqlite};
 use tokio::sync::{mpsc, oneshot};
 
-use super::rows::{retry_text, to_text};
+use super::sql::{Dialect as _, Stmt, commit, events, outbox, runs};
 use super::sqlite::SqliteStore;
-use super::{Commit, CommitOutcome, Result, RunStatus, RunWrite, StoreError};
+use super::{Commit, CommitOutcome, Result, RunWrite};
 
 /// Commits per transaction at most; beyond this a batch's SQL gets long for little gain.
 const MAX_BATCH: usize = 64;
@@ -85,13 +84,13 @@ async fn write_batch(store: &SqliteStore, jobs: Vec<Job>) {
 /// Writes the batch in one transaction. `Ok(false)`, with everything rolled back, when some
 /// commit's run write did not apply.
 async fn try_batch(store: &SqliteStore, jobs: &[Job]) -> Result<bool> {
-    let mut sql = String::from("BEGIN IMMEDIATE;\n");
-    let mut args = SqliteArguments::default();
+    let mut batch = Stmt::new("BEGIN IMMEDIATE", Vec::new());
     for (i, job) in jobs.iter().enumerate() {
-        append(&mut sql, &mut args, i, &job.commit)?;
+        append(&mut batch, i, &job.commit);
     }
+    let args = Sqlite::arguments(batch.params)?;
     let mut conn = store.writer.acquire().await?;
-    let rows = sqlx::query_with(sqlx::AssertSqlSafe(sql), args)
+    let rows = sqlx::query_with(sqlx::AssertSqlSafe(batch.sql), args)
         .fetch_all(&mut *conn)
         .await;
     let applied = match rows {
@@ -133,197 +132,32 @@ async fn abandon(conn: &mut sqlx::pool::PoolConnection<sqlx::Sqlite>) {
     }
 }
 
-fn bind<'q, T>(args: &mut SqliteArguments, value: T) -> Result<()>
-where
-    T: 'q + sqlx::Encode<'q, sqlx::Sqlite> + sqlx::Type<sqlx::Sqlite>,
-{
-    args.add(value)
-        .map_err(|e| StoreError::Corrupt(format!("cannot bind a value: {e}")))
-}
-
-/// `(?, ?, ...)` with `n` placeholders.
-fn placeholders(n: usize) -> String {
-    let mut s = String::with_capacity(n * 3 + 2);
-    s.push('(');
-    for i in 0..n {
-        if i > 0 {
-            s.push_str(", ");
-        }
-        s.push('?');
-    }
-    s.push(')');
-    s
-}
-
-/// Appends one commit's statements. The run write returns the commit's index when it applies,
-/// which is how the batch learns that every run write did.
-fn append(sql: &mut String, args: &mut SqliteArguments, index: usize, c: &Commit) -> Result<()> {
-    let s = &c.state;
-    let run_id = match &c.run {
-        RunWrite::Insert { run, owner } => {
-            sql.push_str(
-                "INSERT INTO runs (id, workflow_id, version, status, trigger_kind, idempotency_key, cursor, context, due_at, \
-                 wait_event, wait_key, lease_owner, attempts, contact_id, parent_run_id, response, error, created_at, updated_at, finished_at, labels) VALUES ",
-            );
-            sql.push_str(&placeholders(21));
-            sql.push_str(" ON CONFLICT (workflow_id, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING RETURNING ");
-            sql.push_str(&index.to_string());
-            sql.push_str(";\n");
-            let owner = if s.status == RunStatus::Running {
-                owner.clone()
-            } else {
-                None
-            };
-            bind(args, run.id.clone())?;
-            bind(args, run.workflow_id.clone())?;
-            bind(args, s.version.clone())?;
-            bind(args, s.status.as_str())?;
-            bind(args, run.trigger_kind.clone())?;
-            bind(args, run.idempotency_key.clone())?;
-            bind(args, to_text(&s.cursor))?;
-            bind(args, to_text(&s.context))?;
-            bind(args, s.due_at)?;
-            bind(args, s.wait_event.clone())?;
-            bind(args, s.wait_key.clone())?;
-            bind(args, owner)?;
-            bind(args, s.attempts)?;
-            bind(args, s.contact_id.clone())?;
-            bind(args, run.parent_run_id.clone())?;
-            bind(args, s.response.as_ref().map(to_text))?;
-            bind(args, s.error.clone())?;
-            bind(args, run.created_at)?;
-            bind(args, run.created_at)?;
-            bind(args, s.finished_at)?;
-            bind(args, to_text(&run.labels))?;
-            run.id.clone()
-        }
-        RunWrite::Update { run_id, owner } => {
-            sql.push_str(
-                "UPDATE runs SET status = ?, version = ?, cursor = ?, context = ?, due_at = ?, wait_event = ?, wait_key = ?, \
-                 attempts = ?, contact_id = ?, response = ?, error = ?, finished_at = ?, updated_at = ?, \
-                 lease_owner = CASE WHEN ? THEN lease_owner ELSE NULL END \
-                 WHERE id = ? AND lease_owner = ? AND status = 'running' RETURNING ",
-            );
-            sql.push_str(&index.to_string());
-            sql.push_str(";\n");
-            bind(args, s.status.as_str())?;
-            bind(args, s.version.clone())?;
-            bind(args, to_text(&s.cursor))?;
-            bind(args, to_text(&s.context))?;
-            bind(args, s.due_at)?;
-            bind(args, s.wait_event.clone())?;
-            bind(args, s.wait_key.clone())?;
-            bind(args, s.attempts)?;
-            bind(args, s.contact_id.clone())?;
-            bind(args, s.response.as_ref().map(to_text))?;
-            bind(args, s.error.clone())?;
-            bind(args, s.finished_at)?;
-            bind(args, c.now)?;
-            bind(args, s.status == RunStatus::Running)?;
-            bind(args, run_id.clone())?;
-            bind(args, owner.clone())?;
-            run_id.clone()
-        }
+/// Appends one commit's statements, the shared ones, several rows to a statement. The run
+/// write returns the commit's index when it applies, which is how the batch learns that every
+/// run write did.
+fn append(batch: &mut Stmt, index: usize, c: &Commit) {
+    let (mut run, run_id) = match &c.run {
+        RunWrite::Insert { run, owner } => (
+            commit::insert_run(run, Some((&c.state, owner.as_deref()))),
+            &run.id,
+        ),
+        RunWrite::Update { run_id, owner } => (commit::update_run(c, run_id, owner), run_id),
     };
+    run.push(&format!(" RETURNING {index}"));
+    batch.then(run);
     if !c.steps.is_empty() {
-        sql.push_str("INSERT INTO step_log (run_id, seq, step_id, action, status, attempt, started_at, finished_at, output, error, iteration) VALUES ");
-        for (n, step) in c.steps.iter().enumerate() {
-            if n > 0 {
-                sql.push_str(", ");
-            }
-            sql.push_str(&placeholders(11));
-            bind(args, run_id.clone())?;
-            bind(args, step.seq)?;
-            bind(args, step.step_id.clone())?;
-            bind(args, step.action.clone())?;
-            bind(args, step.status.clone())?;
-            bind(args, step.attempt)?;
-            bind(args, step.started_at)?;
-            bind(args, step.finished_at)?;
-            bind(args, step.output.as_ref().map(to_text))?;
-            bind(args, step.error.clone())?;
-            bind(args, step.iteration.clone())?;
-        }
-        sql.push_str(
-            " ON CONFLICT (run_id, seq) DO UPDATE SET step_id = excluded.step_id, action = excluded.action, \
-             status = excluded.status, attempt = excluded.attempt, started_at = excluded.started_at, \
-             finished_at = excluded.finished_at, output = excluded.output, error = excluded.error, \
-             iteration = excluded.iteration;\n",
-        );
+        batch.then(commit::upsert_steps(run_id, &c.steps));
     }
     if !c.outbox.is_empty() {
-        sql.push_str(
-            "INSERT INTO outbox (id, run_id, workflow_id, step_id, channel, recipient, sender, subject, body, html, headers, \
-             idempotency_key, status, attempts, max_attempts, next_attempt_at, created_at, updated_at, category, retry) VALUES ",
-        );
-        for (n, m) in c.outbox.iter().enumerate() {
-            if n > 0 {
-                sql.push_str(", ");
-            }
-            sql.push_str("(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'pending', 0, ?, ?, ?, ?, ?, ?)");
-            bind(args, m.id.clone())?;
-            bind(args, m.run_id.clone())?;
-            bind(args, m.workflow_id.clone())?;
-            bind(args, m.step_id.clone())?;
-            bind(args, m.channel.clone())?;
-            bind(args, m.recipient.clone())?;
-            bind(args, m.sender.clone())?;
-            bind(args, m.subject.clone())?;
-            bind(args, m.body.clone())?;
-            bind(args, m.html)?;
-            bind(args, to_text(&m.headers))?;
-            bind(args, m.idempotency_key.clone())?;
-            bind(args, m.max_attempts)?;
-            bind(args, m.created_at)?;
-            bind(args, m.created_at)?;
-            bind(args, m.created_at)?;
-            bind(args, m.category.as_str())?;
-            bind(args, retry_text(&m.retry))?;
-        }
-        sql.push_str(" ON CONFLICT (idempotency_key) DO NOTHING;\n");
+        batch.then(outbox::insert(&c.outbox));
     }
     if !c.events.is_empty() {
-        sql.push_str("INSERT INTO events (id, name, key, data, source_run_id, created_at) VALUES ");
-        for (n, e) in c.events.iter().enumerate() {
-            if n > 0 {
-                sql.push_str(", ");
-            }
-            sql.push_str(&placeholders(6));
-            bind(args, e.id.clone())?;
-            bind(args, e.name.clone())?;
-            bind(args, e.key.clone())?;
-            bind(args, to_text(&e.data))?;
-            bind(args, e.source_run_id.clone())?;
-            bind(args, e.created_at)?;
-        }
-        sql.push_str(" ON CONFLICT (id) DO NOTHING;\n");
+        batch.then(events::insert(&c.events));
     }
     for r in &c.new_runs {
-        sql.push_str(
-            "INSERT INTO runs (id, workflow_id, version, status, trigger_kind, idempotency_key, cursor, context, due_at, \
-             attempts, parent_run_id, created_at, updated_at, labels) VALUES (?, ?, ?, 'pending', ?, ?, ?, ?, ?, 0, ?, ?, ?, ?) \
-             ON CONFLICT (workflow_id, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING;\n",
-        );
-        bind(args, r.id.clone())?;
-        bind(args, r.workflow_id.clone())?;
-        bind(args, r.version.clone())?;
-        bind(args, r.trigger_kind.clone())?;
-        bind(args, r.idempotency_key.clone())?;
-        bind(args, to_text(&r.cursor))?;
-        bind(args, to_text(&r.context))?;
-        bind(args, r.created_at)?;
-        bind(args, r.parent_run_id.clone())?;
-        bind(args, r.created_at)?;
-        bind(args, r.created_at)?;
-        bind(args, to_text(&r.labels))?;
+        batch.then(commit::insert_run(r, None));
     }
-    for id in &c.wake_runs {
-        sql.push_str(
-            "UPDATE runs SET due_at = ?, updated_at = ? WHERE id = ? AND status = 'waiting';\n",
-        );
-        bind(args, c.now)?;
-        bind(args, c.now)?;
-        bind(args, id.clone())?;
+    if !c.wake_runs.is_empty() {
+        batch.then(runs::wake::<Sqlite>(&c.wake_runs, c.now));
     }
-    Ok(())
 }

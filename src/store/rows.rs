@@ -1,10 +1,50 @@
 //! Row decoding shared by both backends. The two schemas use the same column names and types
-//! (text for ids and JSON, 64-bit integers for times), so one macro per record type serves
-//! `SqliteRow` and `PgRow` alike.
+//! (text for ids and JSON, 64-bit integers for times), so a decoder reads a row through
+//! [`RowView`], which any sqlx row of either backend is, and each record type is decoded once.
 
 use serde_json::Value;
 
-use super::{Result, StoreError};
+use super::{
+    Contact, CronFire, CronOutcome, DefinitionVersion, EventRecord, MessageCategory, OutboxRecord,
+    OutboxStatus, Result, RunRecord, RunStatus, StepLogEntry, StoreError,
+};
+
+/// The column types the store reads, by column name.
+pub(super) trait RowView {
+    fn text(&self, column: &str) -> Result<String>;
+    fn opt_text(&self, column: &str) -> Result<Option<String>>;
+    fn int(&self, column: &str) -> Result<i64>;
+    fn opt_int(&self, column: &str) -> Result<Option<i64>>;
+    fn flag(&self, column: &str) -> Result<bool>;
+}
+
+impl<R> RowView for R
+where
+    R: sqlx::Row,
+    for<'a> &'a str: sqlx::ColumnIndex<R>,
+    for<'r> String: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    for<'r> i64: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    for<'r> bool: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+{
+    fn text(&self, column: &str) -> Result<String> {
+        Ok(self.try_get(column)?)
+    }
+    fn opt_text(&self, column: &str) -> Result<Option<String>> {
+        Ok(self.try_get(column)?)
+    }
+    fn int(&self, column: &str) -> Result<i64> {
+        Ok(self.try_get(column)?)
+    }
+    fn opt_int(&self, column: &str) -> Result<Option<i64>> {
+        Ok(self.try_get(column)?)
+    }
+    fn flag(&self, column: &str) -> Result<bool> {
+        Ok(self.try_get(column)?)
+    }
+}
+
+/// What turns a row into a record.
+pub(super) type Decoder<T> = fn(&dyn RowView) -> Result<T>;
 
 pub(super) fn json(text: Option<String>, column: &str) -> Result<Option<Value>> {
     text.map(|t| {
@@ -46,174 +86,141 @@ macro_rules! contact_columns {
     };
 }
 
-macro_rules! decode_run {
-    ($row:expr) => {{
-        use sqlx::Row as _;
-        let row = $row;
-        let status: String = row.try_get("status")?;
-        $crate::store::RunRecord {
-            id: row.try_get("id")?,
-            workflow_id: row.try_get("workflow_id")?,
-            version: row.try_get("version")?,
-            status: $crate::store::RunStatus::parse(&status).ok_or_else(|| {
-                $crate::store::StoreError::Corrupt(format!("run status `{status}`"))
-            })?,
-            trigger_kind: row.try_get("trigger_kind")?,
-            idempotency_key: row.try_get("idempotency_key")?,
-            cursor: $crate::store::rows::json_required(row.try_get("cursor")?, "cursor")?,
-            context: $crate::store::rows::json_required(row.try_get("context")?, "context")?,
-            due_at: row.try_get("due_at")?,
-            wait_event: row.try_get("wait_event")?,
-            wait_key: row.try_get("wait_key")?,
-            lease_owner: row.try_get("lease_owner")?,
-            attempts: row.try_get("attempts")?,
-            contact_id: row.try_get("contact_id")?,
-            parent_run_id: row.try_get("parent_run_id")?,
-            response: $crate::store::rows::json(row.try_get("response")?, "response")?,
-            error: row.try_get("error")?,
-            labels: $crate::store::rows::json_required(row.try_get("labels")?, "labels")?,
-            created_at: row.try_get("created_at")?,
-            updated_at: row.try_get("updated_at")?,
-            finished_at: row.try_get("finished_at")?,
-        }
-    }};
+pub(crate) use {contact_columns, outbox_columns, run_columns};
+
+pub(super) fn run(row: &dyn RowView) -> Result<RunRecord> {
+    let status = row.text("status")?;
+    Ok(RunRecord {
+        id: row.text("id")?,
+        workflow_id: row.text("workflow_id")?,
+        version: row.text("version")?,
+        status: RunStatus::parse(&status)
+            .ok_or_else(|| StoreError::Corrupt(format!("run status `{status}`")))?,
+        trigger_kind: row.text("trigger_kind")?,
+        idempotency_key: row.opt_text("idempotency_key")?,
+        cursor: json_required(row.text("cursor")?, "cursor")?,
+        context: json_required(row.text("context")?, "context")?,
+        due_at: row.opt_int("due_at")?,
+        wait_event: row.opt_text("wait_event")?,
+        wait_key: row.opt_text("wait_key")?,
+        lease_owner: row.opt_text("lease_owner")?,
+        attempts: row.int("attempts")?,
+        contact_id: row.opt_text("contact_id")?,
+        parent_run_id: row.opt_text("parent_run_id")?,
+        response: json(row.opt_text("response")?, "response")?,
+        error: row.opt_text("error")?,
+        labels: json_required(row.text("labels")?, "labels")?,
+        created_at: row.int("created_at")?,
+        updated_at: row.int("updated_at")?,
+        finished_at: row.opt_int("finished_at")?,
+    })
 }
 
-macro_rules! decode_outbox {
-    ($row:expr) => {{
-        use sqlx::Row as _;
-        let row = $row;
-        let status: String = row.try_get("status")?;
-        $crate::store::OutboxRecord {
-            id: row.try_get("id")?,
-            run_id: row.try_get("run_id")?,
-            workflow_id: row.try_get("workflow_id")?,
-            step_id: row.try_get("step_id")?,
-            channel: row.try_get("channel")?,
-            recipient: row.try_get("recipient")?,
-            sender: row.try_get("sender")?,
-            subject: row.try_get("subject")?,
-            body: row.try_get("body")?,
-            html: row.try_get("html")?,
-            headers: $crate::store::rows::json_required(row.try_get("headers")?, "headers")?,
-            idempotency_key: row.try_get("idempotency_key")?,
-            status: $crate::store::OutboxStatus::parse(&status).ok_or_else(|| {
-                $crate::store::StoreError::Corrupt(format!("outbox status `{status}`"))
-            })?,
-            attempts: row.try_get("attempts")?,
-            max_attempts: row.try_get("max_attempts")?,
-            next_attempt_at: row.try_get("next_attempt_at")?,
-            provider_id: row.try_get("provider_id")?,
-            last_error: row.try_get("last_error")?,
-            category: {
-                let c: String = row.try_get("category")?;
-                $crate::store::MessageCategory::parse(&c).ok_or_else(|| {
-                    $crate::store::StoreError::Corrupt(format!("outbox category `{c}`"))
-                })?
-            },
-            retry: $crate::store::rows::json(row.try_get("retry")?, "retry")?
-                .map(serde_json::from_value)
-                .transpose()
-                .map_err(|e| $crate::store::StoreError::Corrupt(format!("retry: {e}")))?,
-            created_at: row.try_get("created_at")?,
-            sent_at: row.try_get("sent_at")?,
-        }
-    }};
+pub(super) fn outbox(row: &dyn RowView) -> Result<OutboxRecord> {
+    let status = row.text("status")?;
+    let category = row.text("category")?;
+    Ok(OutboxRecord {
+        id: row.text("id")?,
+        run_id: row.opt_text("run_id")?,
+        workflow_id: row.opt_text("workflow_id")?,
+        step_id: row.opt_text("step_id")?,
+        channel: row.text("channel")?,
+        recipient: row.text("recipient")?,
+        sender: row.opt_text("sender")?,
+        subject: row.opt_text("subject")?,
+        body: row.text("body")?,
+        html: row.flag("html")?,
+        headers: json_required(row.text("headers")?, "headers")?,
+        idempotency_key: row.text("idempotency_key")?,
+        status: OutboxStatus::parse(&status)
+            .ok_or_else(|| StoreError::Corrupt(format!("outbox status `{status}`")))?,
+        attempts: row.int("attempts")?,
+        max_attempts: row.int("max_attempts")?,
+        next_attempt_at: row.opt_int("next_attempt_at")?,
+        provider_id: row.opt_text("provider_id")?,
+        last_error: row.opt_text("last_error")?,
+        category: MessageCategory::parse(&category)
+            .ok_or_else(|| StoreError::Corrupt(format!("outbox category `{category}`")))?,
+        retry: json(row.opt_text("retry")?, "retry")?
+            .map(serde_json::from_value)
+            .transpose()
+            .map_err(|e| StoreError::Corrupt(format!("retry: {e}")))?,
+        created_at: row.int("created_at")?,
+        sent_at: row.opt_int("sent_at")?,
+    })
 }
 
-macro_rules! decode_contact {
-    ($row:expr) => {{
-        use sqlx::Row as _;
-        let row = $row;
-        let attributes =
-            match $crate::store::rows::json_required(row.try_get("attributes")?, "attributes")? {
-                serde_json::Value::Object(m) => m,
-                _ => serde_json::Map::new(),
-            };
-        $crate::store::Contact {
-            id: row.try_get("id")?,
-            email: row.try_get("email")?,
-            phone: row.try_get("phone")?,
-            first_name: row.try_get("first_name")?,
-            last_name: row.try_get("last_name")?,
-            status: row.try_get("status")?,
-            timezone: row.try_get("timezone")?,
-            attributes,
-            created_at: row.try_get("created_at")?,
-            updated_at: row.try_get("updated_at")?,
-        }
-    }};
+pub(super) fn contact(row: &dyn RowView) -> Result<Contact> {
+    let attributes = match json_required(row.text("attributes")?, "attributes")? {
+        Value::Object(m) => m,
+        _ => serde_json::Map::new(),
+    };
+    Ok(Contact {
+        id: row.text("id")?,
+        email: row.opt_text("email")?,
+        phone: row.opt_text("phone")?,
+        first_name: row.opt_text("first_name")?,
+        last_name: row.opt_text("last_name")?,
+        status: row.opt_text("status")?,
+        timezone: row.opt_text("timezone")?,
+        attributes,
+        created_at: row.int("created_at")?,
+        updated_at: row.int("updated_at")?,
+    })
 }
 
-macro_rules! decode_step {
-    ($row:expr) => {{
-        use sqlx::Row as _;
-        let row = $row;
-        $crate::store::StepLogEntry {
-            seq: row.try_get("seq")?,
-            step_id: row.try_get("step_id")?,
-            action: row.try_get("action")?,
-            status: row.try_get("status")?,
-            attempt: row.try_get("attempt")?,
-            started_at: row.try_get("started_at")?,
-            finished_at: row.try_get("finished_at")?,
-            output: $crate::store::rows::json(row.try_get("output")?, "output")?,
-            error: row.try_get("error")?,
-            iteration: row.try_get("iteration")?,
-        }
-    }};
+pub(super) fn step(row: &dyn RowView) -> Result<StepLogEntry> {
+    Ok(StepLogEntry {
+        seq: row.int("seq")?,
+        step_id: row.text("step_id")?,
+        action: row.text("action")?,
+        status: row.text("status")?,
+        attempt: row.int("attempt")?,
+        started_at: row.int("started_at")?,
+        finished_at: row.int("finished_at")?,
+        output: json(row.opt_text("output")?, "output")?,
+        error: row.opt_text("error")?,
+        iteration: row.opt_text("iteration")?,
+    })
 }
 
-macro_rules! decode_event {
-    ($row:expr) => {{
-        use sqlx::Row as _;
-        let row = $row;
-        $crate::store::EventRecord {
-            id: row.try_get("id")?,
-            name: row.try_get("name")?,
-            key: row.try_get("key")?,
-            data: $crate::store::rows::json_required(row.try_get("data")?, "data")?,
-            source_run_id: row.try_get("source_run_id")?,
-            created_at: row.try_get("created_at")?,
-        }
-    }};
+pub(super) fn event(row: &dyn RowView) -> Result<EventRecord> {
+    Ok(EventRecord {
+        id: row.text("id")?,
+        name: row.text("name")?,
+        key: row.opt_text("key")?,
+        data: json_required(row.text("data")?, "data")?,
+        source_run_id: row.opt_text("source_run_id")?,
+        created_at: row.int("created_at")?,
+    })
 }
 
-macro_rules! decode_cron_fire {
-    ($row:expr) => {{
-        use sqlx::Row as _;
-        let row = $row;
-        let outcome: String = row.try_get("outcome")?;
-        $crate::store::CronFire {
-            workflow_id: row.try_get("workflow_id")?,
-            trigger_key: row.try_get("trigger_key")?,
-            slot: row.try_get("slot")?,
-            outcome: $crate::store::CronOutcome::parse(&outcome).ok_or_else(|| {
-                $crate::store::StoreError::Corrupt(format!("cron outcome `{outcome}`"))
-            })?,
-            reason: row.try_get("reason")?,
-            run_id: row.try_get("run_id")?,
-            recorded_at: row.try_get("recorded_at")?,
-        }
-    }};
+pub(super) fn cron_fire(row: &dyn RowView) -> Result<CronFire> {
+    let outcome = row.text("outcome")?;
+    Ok(CronFire {
+        workflow_id: row.text("workflow_id")?,
+        trigger_key: row.text("trigger_key")?,
+        slot: row.int("slot")?,
+        outcome: CronOutcome::parse(&outcome)
+            .ok_or_else(|| StoreError::Corrupt(format!("cron outcome `{outcome}`")))?,
+        reason: row.opt_text("reason")?,
+        run_id: row.opt_text("run_id")?,
+        recorded_at: row.int("recorded_at")?,
+    })
 }
 
-macro_rules! decode_definition {
-    ($row:expr) => {{
-        use sqlx::Row as _;
-        let row = $row;
-        $crate::store::DefinitionVersion {
-            hash: row.try_get("hash")?,
-            id: row.try_get("id")?,
-            kind: row.try_get("kind")?,
-            source: row.try_get("source")?,
-            document: $crate::store::rows::json_required(row.try_get("document")?, "document")?,
-            first_seen_at: row.try_get("first_seen_at")?,
-        }
-    }};
+pub(super) fn definition(row: &dyn RowView) -> Result<DefinitionVersion> {
+    Ok(DefinitionVersion {
+        hash: row.text("hash")?,
+        id: row.text("id")?,
+        kind: row.text("kind")?,
+        source: row.text("source")?,
+        document: json_required(row.text("document")?, "document")?,
+        first_seen_at: row.int("first_seen_at")?,
+    })
 }
 
-pub(crate) use {
-    contact_columns, decode_contact, decode_cron_fire, decode_definition, decode_event,
-    decode_outbox, decode_run, decode_step, outbox_columns, run_columns,
-};
+/// A `(status, n)` count row.
+pub(super) fn count(row: &dyn RowView) -> Result<(Option<String>, i64)> {
+    Ok((row.opt_text("status")?, row.int("n")?))
+}

@@ -1,0 +1,58 @@
+//! Events: storing them, finding the one a waiting run consumes, and waking runs waiting for
+//! one.
+
+use super::{Backend, Dialect, Stmt, params, placeholders, read_one, write};
+use crate::store::rows::{self, to_text};
+use crate::store::{EventRecord, Millis, NewEvent, Result};
+
+/// Stores events (`events` is not empty); an event already stored is left as it is.
+pub(in crate::store) fn insert(events: &[NewEvent]) -> Stmt {
+    let mut p = Vec::with_capacity(events.len() * 6);
+    let mut rows = Vec::with_capacity(events.len());
+    for e in events {
+        rows.push(placeholders(p.len() + 1, 6));
+        p.extend(params![
+            &e.id,
+            &e.name,
+            &e.key,
+            to_text(&e.data),
+            &e.source_run_id,
+            e.created_at,
+        ]);
+    }
+    let sql = format!(
+        "INSERT INTO events (id, name, key, data, source_run_id, created_at) VALUES {}
+         ON CONFLICT (id) DO NOTHING",
+        rows.join(", ")
+    );
+    Stmt::new(sql, p)
+}
+
+/// Makes runs waiting for `(name, key)` due now.
+pub(in crate::store) async fn wake_waiting<B: Backend>(
+    b: &B,
+    name: &str,
+    key: &str,
+    now: Millis,
+) -> Result<u64> {
+    let sql = "UPDATE runs SET due_at = $1, updated_at = $1 WHERE wait_event = $2 AND wait_key = $3 AND status = 'waiting'";
+    write(b, Stmt::new(sql, params![now, name, key])).await
+}
+
+/// The oldest matching event created at or after `since` whose id is not in `exclude`.
+pub(in crate::store) async fn find<B: Backend>(
+    b: &B,
+    name: &str,
+    key: &str,
+    since: Millis,
+    exclude: &[String],
+) -> Result<Option<EventRecord>> {
+    let sql = format!(
+        "SELECT id, name, key, data, source_run_id, created_at FROM events
+         WHERE name = $1 AND key = $2 AND created_at >= $3 AND NOT ({})
+         ORDER BY created_at, id LIMIT 1",
+        B::Db::in_list("id", "$4")
+    );
+    let p = params![name, key, since, exclude];
+    read_one(b, Stmt::new(sql, p), rows::event).await
+}

@@ -1,0 +1,205 @@
+//! The outbox: enqueueing messages, handing them to dispatchers, recording what delivery came
+//! to, and an operator's look at and hand on them.
+
+use super::{Backend, Dialect, Stmt, params, placeholders, read_all, read_one, write};
+use crate::store::admin::{MessageChange, OutboxFilter};
+use crate::store::rows::{self, outbox_columns, retry_text, to_text};
+use crate::store::{DeliveryOutcome, Millis, NewOutbox, OutboxRecord, OutboxStatus, Result};
+
+/// Enqueues messages (`messages` is not empty); a message whose idempotency key is taken is
+/// not enqueued again.
+pub(in crate::store) fn insert(messages: &[NewOutbox]) -> Stmt {
+    let mut p = Vec::with_capacity(messages.len() * 16);
+    let mut rows = Vec::with_capacity(messages.len());
+    for m in messages {
+        // $1..$12, 'pending', 0, then max_attempts, created_at three times, category, retry.
+        let n = p.len();
+        let at = |i: usize| format!("${}", n + i);
+        rows.push(format!(
+            "{}, 'pending', 0, {}, {}, {}, {}, {}, {})",
+            &placeholders(n + 1, 12).trim_end_matches(')'),
+            at(13),
+            at(14),
+            at(14),
+            at(14),
+            at(15),
+            at(16)
+        ));
+        p.extend(params![
+            &m.id,
+            &m.run_id,
+            &m.workflow_id,
+            &m.step_id,
+            &m.channel,
+            &m.recipient,
+            &m.sender,
+            &m.subject,
+            &m.body,
+            m.html,
+            to_text(&m.headers),
+            &m.idempotency_key,
+            m.max_attempts,
+            m.created_at,
+            m.category.as_str(),
+            retry_text(&m.retry),
+        ]);
+    }
+    let sql = format!(
+        "INSERT INTO outbox (id, run_id, workflow_id, step_id, channel, recipient, sender, subject, body, html, headers,
+             idempotency_key, status, attempts, max_attempts, next_attempt_at, created_at, updated_at, category, retry)
+         VALUES {} ON CONFLICT (idempotency_key) DO NOTHING",
+        rows.join(", ")
+    );
+    Stmt::new(sql, p)
+}
+
+/// Claims up to `limit` due messages for `owner` (see [`Dialect::PICK_DUE_MESSAGES`]).
+pub(in crate::store) async fn claim<B: Backend>(
+    b: &B,
+    owner: &str,
+    now: Millis,
+    lease_ms: i64,
+    limit: i64,
+) -> Result<Vec<OutboxRecord>> {
+    let sql = format!(
+        "UPDATE outbox SET status = 'sending', lease_owner = $1, next_attempt_at = $2, attempts = attempts + 1,
+             updated_at = $3
+         WHERE id IN (SELECT id FROM outbox WHERE next_attempt_at IS NOT NULL AND next_attempt_at <= $3
+                      AND status IN ('pending', 'sending') {})
+         RETURNING {}",
+        B::Db::PICK_DUE_MESSAGES,
+        outbox_columns!()
+    );
+    let claimed = b
+        .claim(Stmt::new(sql, params![owner, now + lease_ms, now, limit]))
+        .await?;
+    claimed.iter().map(|r| rows::outbox(r)).collect()
+}
+
+/// Records a delivery attempt's outcome if `owner` still holds the message: a dispatcher
+/// whose lease expired, and whose message another re-claimed, changes nothing.
+pub(in crate::store) async fn finish_delivery<B: Backend>(
+    b: &B,
+    id: &str,
+    owner: &str,
+    outcome: DeliveryOutcome,
+    now: Millis,
+) -> Result<bool> {
+    let (set, p) = match outcome {
+        DeliveryOutcome::Sent { provider_id } => (
+            "status = 'sent', provider_id = $3, sent_at = $4, next_attempt_at = NULL, lease_owner = NULL,
+                 last_error = NULL, updated_at = $4",
+            params![provider_id, now],
+        ),
+        DeliveryOutcome::Retry {
+            error,
+            next_attempt_at,
+        } => (
+            "status = 'pending', last_error = $3, next_attempt_at = $4, lease_owner = NULL, updated_at = $5",
+            params![error, next_attempt_at, now],
+        ),
+        DeliveryOutcome::Failed { error } => (
+            "status = 'failed', last_error = $3, next_attempt_at = NULL, lease_owner = NULL, updated_at = $4",
+            params![error, now],
+        ),
+        DeliveryOutcome::Suppressed { reason } => (
+            "status = 'suppressed', last_error = $3, next_attempt_at = NULL, lease_owner = NULL,
+                 updated_at = $4",
+            params![reason, now],
+        ),
+    };
+    let sql = format!(
+        "UPDATE outbox SET {set} WHERE id = $1 AND lease_owner = $2 AND status = 'sending'"
+    );
+    let mut all = params![id, owner];
+    all.extend(p);
+    Ok(write(b, Stmt::new(sql, all)).await? == 1)
+}
+
+pub(in crate::store) async fn for_run<B: Backend>(
+    b: &B,
+    run_id: &str,
+) -> Result<Vec<OutboxRecord>> {
+    let sql = concat!(
+        "SELECT ",
+        outbox_columns!(),
+        " FROM outbox WHERE run_id = $1 ORDER BY created_at, id"
+    );
+    read_all(b, Stmt::new(sql, params![run_id]), rows::outbox).await
+}
+
+pub(in crate::store) async fn count<B: Backend>(b: &B) -> Result<Vec<(OutboxStatus, i64)>> {
+    let sql = "SELECT status, COUNT(*) AS n FROM outbox GROUP BY status";
+    let rows = read_all(b, Stmt::new(sql, params![]), rows::count).await?;
+    Ok(rows
+        .into_iter()
+        .filter_map(|(s, n)| OutboxStatus::parse(s.as_deref()?).map(|s| (s, n)))
+        .collect())
+}
+
+pub(in crate::store) async fn next_at<B: Backend>(b: &B) -> Result<Option<Millis>> {
+    let sql = "SELECT MIN(next_attempt_at) AS t FROM outbox WHERE next_attempt_at IS NOT NULL";
+    Ok(read_one(b, Stmt::new(sql, params![]), super::time)
+        .await?
+        .flatten())
+}
+
+pub(in crate::store) async fn get<B: Backend>(b: &B, id: &str) -> Result<Option<OutboxRecord>> {
+    let sql = concat!("SELECT ", outbox_columns!(), " FROM outbox WHERE id = $1");
+    read_one(b, Stmt::new(sql, params![id]), rows::outbox).await
+}
+
+pub(in crate::store) async fn list<B: Backend>(
+    b: &B,
+    f: &OutboxFilter,
+) -> Result<Vec<OutboxRecord>> {
+    let sql = concat!(
+        "SELECT ",
+        outbox_columns!(),
+        " FROM outbox WHERE (CAST($1 AS TEXT) IS NULL OR status = $1)
+           AND (CAST($2 AS TEXT) IS NULL OR channel = $2)
+           AND (CAST($3 AS TEXT) IS NULL OR run_id = $3) AND (CAST($4 AS BIGINT) IS NULL OR created_at < $4)
+         ORDER BY created_at DESC, id DESC LIMIT $5"
+    );
+    let p = params![
+        f.status.map(OutboxStatus::as_str),
+        &f.channel,
+        &f.run_id,
+        f.created_before,
+        f.limit,
+    ];
+    read_all(b, Stmt::new(sql, p), rows::outbox).await
+}
+
+/// Sends a `failed` message again: pending, due now, its attempts counted afresh.
+pub(in crate::store) async fn retry<B: Backend>(
+    b: &B,
+    id: &str,
+    now: Millis,
+) -> Result<MessageChange> {
+    let sql = "UPDATE outbox SET status = 'pending', attempts = 0, next_attempt_at = $1, lease_owner = NULL,
+             updated_at = $1 WHERE id = $2 AND status = 'failed'";
+    let changed = write(b, Stmt::new(sql, params![now, id])).await?;
+    change(get(b, id).await?, changed)
+}
+
+/// Withdraws a `pending` message.
+pub(in crate::store) async fn cancel<B: Backend>(
+    b: &B,
+    id: &str,
+    now: Millis,
+) -> Result<MessageChange> {
+    let sql = "UPDATE outbox SET status = 'cancelled', next_attempt_at = NULL, lease_owner = NULL,
+             last_error = 'cancelled by an operator', updated_at = $1 WHERE id = $2 AND status = 'pending'";
+    let changed = write(b, Stmt::new(sql, params![now, id])).await?;
+    change(get(b, id).await?, changed)
+}
+
+/// The outcome of an UPDATE guarded by the message's status.
+fn change(now: Option<OutboxRecord>, affected: u64) -> Result<MessageChange> {
+    Ok(match now {
+        None => MessageChange::NotFound,
+        Some(m) if affected == 1 => MessageChange::Done(Box::new(m)),
+        Some(m) => MessageChange::WrongState(m.status),
+    })
+}

@@ -1,0 +1,186 @@
+//! [`Store`] and [`Admin`], implemented once for every [`Backend`]: each method is the shared
+//! operation of its area, or (claiming a segment's commit aside) the backend's own.
+
+use async_trait::async_trait;
+
+use super::{Backend, commit, contacts, cron, definitions, events, outbox, retention, runs};
+use crate::store::admin::{
+    Admin, ContactFilter, ContactPatch, MessageChange, OutboxFilter, Purged, RunSelection,
+};
+use crate::store::{
+    Commit, CommitOutcome, Contact, ContactUpsert, CronFire, DefinitionVersion, DeliveryOutcome,
+    EventRecord, Millis, NewEvent, NewRun, OutboxRecord, OutboxStatus, Result, RunFilter,
+    RunRecord, RunStatus, StepLogEntry, Store,
+};
+
+#[async_trait]
+impl<B: Backend> Store for B {
+    fn backend(&self) -> &'static str {
+        B::NAME
+    }
+    async fn ping(&self) -> Result<()> {
+        definitions::ping(self).await
+    }
+
+    async fn save_definition(&self, v: &DefinitionVersion) -> Result<()> {
+        definitions::save(self, v).await
+    }
+    async fn definition(&self, hash: &str) -> Result<Option<DefinitionVersion>> {
+        definitions::get(self, hash).await
+    }
+
+    async fn commit(&self, c: Commit) -> Result<CommitOutcome> {
+        Backend::commit(self, c).await
+    }
+    async fn run(&self, id: &str) -> Result<Option<RunRecord>> {
+        runs::get(self, id).await
+    }
+    async fn run_by_idempotency_key(&self, w: &str, key: &str) -> Result<Option<RunRecord>> {
+        runs::by_idempotency_key(self, w, key).await
+    }
+    async fn list_runs(&self, f: &RunFilter) -> Result<Vec<RunRecord>> {
+        runs::list(self, f).await
+    }
+    async fn step_log(&self, run_id: &str) -> Result<Vec<StepLogEntry>> {
+        runs::step_log(self, run_id).await
+    }
+    async fn claim_runs(&self, o: &str, now: Millis, lease: i64, n: i64) -> Result<Vec<RunRecord>> {
+        runs::claim(self, o, now, lease, n).await
+    }
+    async fn renew_leases(&self, o: &str, ids: &[String], until: Millis) -> Result<Vec<String>> {
+        runs::renew_leases(self, o, ids, until).await
+    }
+    async fn release_runs(&self, owner: &str, now: Millis) -> Result<u64> {
+        runs::release(self, owner, now).await
+    }
+    async fn next_due_at(&self) -> Result<Option<Millis>> {
+        runs::next_due_at(self).await
+    }
+    async fn cancel_run(&self, id: &str, now: Millis) -> Result<bool> {
+        runs::cancel(self, id, now).await
+    }
+    async fn retry_run(&self, id: &str, now: Millis) -> Result<bool> {
+        runs::retry(self, id, now).await
+    }
+    async fn count_runs(&self) -> Result<Vec<(RunStatus, i64)>> {
+        runs::count(self).await
+    }
+
+    async fn insert_events(
+        &self,
+        e: &[NewEvent],
+        r: &[NewRun],
+        c: &[ContactUpsert],
+    ) -> Result<Vec<Contact>> {
+        commit::insert_events(self, e, r, c).await
+    }
+    async fn wake_waiting(&self, name: &str, key: &str, now: Millis) -> Result<u64> {
+        events::wake_waiting(self, name, key, now).await
+    }
+    async fn find_event(
+        &self,
+        name: &str,
+        key: &str,
+        since: Millis,
+        exclude: &[String],
+    ) -> Result<Option<EventRecord>> {
+        events::find(self, name, key, since, exclude).await
+    }
+
+    async fn contact(&self, id: &str) -> Result<Option<Contact>> {
+        contacts::get(self, id).await
+    }
+    async fn find_contact(&self, e: Option<&str>, p: Option<&str>) -> Result<Option<Contact>> {
+        contacts::find(self, e, p).await
+    }
+
+    async fn claim_outbox(
+        &self,
+        o: &str,
+        now: Millis,
+        lease: i64,
+        n: i64,
+    ) -> Result<Vec<OutboxRecord>> {
+        outbox::claim(self, o, now, lease, n).await
+    }
+    async fn finish_delivery(
+        &self,
+        id: &str,
+        owner: &str,
+        outcome: DeliveryOutcome,
+        now: Millis,
+    ) -> Result<bool> {
+        outbox::finish_delivery(self, id, owner, outcome, now).await
+    }
+    async fn outbox_for_run(&self, run_id: &str) -> Result<Vec<OutboxRecord>> {
+        outbox::for_run(self, run_id).await
+    }
+    async fn count_outbox(&self) -> Result<Vec<(OutboxStatus, i64)>> {
+        outbox::count(self).await
+    }
+    async fn next_outbox_at(&self) -> Result<Option<Millis>> {
+        outbox::next_at(self).await
+    }
+
+    async fn cron_checked_until(&self, w: &str, key: &str) -> Result<Option<Millis>> {
+        cron::checked_until(self, w, key).await
+    }
+    async fn set_cron_checked_until(&self, w: &str, key: &str, until: Millis) -> Result<()> {
+        cron::set_checked_until(self, w, key, until).await
+    }
+    async fn record_cron_fire(&self, fire: &CronFire, run: Option<&NewRun>) -> Result<bool> {
+        cron::record_fire(self, fire, run).await
+    }
+    async fn cron_run_active(&self, w: &str, key: &str) -> Result<bool> {
+        cron::run_active(self, w, key).await
+    }
+    async fn cron_fires(&self, w: &str, limit: i64) -> Result<Vec<CronFire>> {
+        cron::fires(self, w, limit).await
+    }
+}
+
+#[async_trait]
+impl<B: Backend> Admin for B {
+    async fn list_contacts(&self, f: &ContactFilter) -> Result<Vec<Contact>> {
+        contacts::list(self, f).await
+    }
+    async fn update_contact(
+        &self,
+        id: &str,
+        patch: &ContactPatch,
+        now: Millis,
+    ) -> Result<Option<Contact>> {
+        contacts::patch(self, id, patch, now).await
+    }
+    async fn delete_contact(&self, id: &str) -> Result<bool> {
+        contacts::delete(self, id).await
+    }
+    async fn count_contacts(&self) -> Result<Vec<(Option<String>, i64)>> {
+        contacts::count(self).await
+    }
+
+    async fn message(&self, id: &str) -> Result<Option<OutboxRecord>> {
+        outbox::get(self, id).await
+    }
+    async fn list_messages(&self, f: &OutboxFilter) -> Result<Vec<OutboxRecord>> {
+        outbox::list(self, f).await
+    }
+    async fn retry_message(&self, id: &str, now: Millis) -> Result<MessageChange> {
+        outbox::retry(self, id, now).await
+    }
+    async fn cancel_message(&self, id: &str, now: Millis) -> Result<MessageChange> {
+        outbox::cancel(self, id, now).await
+    }
+
+    async fn cancel_runs(&self, s: &RunSelection, now: Millis, dry_run: bool) -> Result<u64> {
+        runs::cancel_selected(self, s, now, dry_run).await
+    }
+    async fn purge(
+        &self,
+        runs_before: Option<Millis>,
+        events_before: Option<Millis>,
+        batch: i64,
+    ) -> Result<Purged> {
+        retention::purge(self, runs_before, events_before, batch).await
+    }
+}
