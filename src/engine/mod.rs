@@ -13,14 +13,16 @@
 //! become due again when its leases expire.
 
 pub mod clock;
+pub(crate) mod contact;
 pub mod context;
 pub mod cursor;
 pub mod dispatcher;
-mod http;
 mod interpreter;
 pub mod program;
 pub mod registry;
 pub mod retry;
+mod steps;
+pub(crate) mod suppression;
 pub mod worker;
 
 use std::collections::{HashMap, HashSet};
@@ -37,12 +39,9 @@ use crate::definitions::model::config::Keyword;
 use crate::definitions::project::{EnvMode, LoadCache, LoadOptions, load_with};
 use crate::definitions::read_definition;
 use crate::definitions::source::SourceFile;
-use crate::store::{
-    ContactUpsert, DynStore, Millis, NewEvent, NewRun, RunRecord, RunStatus, StoreError,
-};
+use crate::store::{ContactUpsert, DynStore, Millis, NewEvent, RunRecord, RunStatus, StoreError};
 use clock::Clock;
-pub use context::Trigger;
-use cursor::Cursor;
+pub use context::{RunBuilder, Trigger};
 use registry::{CompileCache, CompiledWorkflow, Registry};
 
 #[derive(Debug, thiserror::Error)]
@@ -427,7 +426,9 @@ impl Engine {
             return Ok(self.duplicate(existing, req.want_reply));
         }
         let now = self.now();
-        let new = self.new_run(&req.workflow, req.trigger, req.idempotency_key, None, now);
+        let new = RunBuilder::new(&req.workflow, req.trigger)
+            .idempotency_key(req.idempotency_key)
+            .build(&self.registry().templates, now);
         let run_id = new.id.clone();
         let reply = req.want_reply.then(|| self.wait_reply(&run_id));
         let (first_tx, first_rx) = oneshot::channel();
@@ -532,7 +533,7 @@ impl Engine {
             source_run_id: None,
             created_at: now,
         };
-        let runs = self.subscriber_runs(&event, None, now)?;
+        let runs = context::subscriber_runs(&self.registry(), &event, None, now);
         self.store
             .insert_events(std::slice::from_ref(&event), &runs, &[])
             .await?;
@@ -658,21 +659,20 @@ impl Engine {
             if !matched {
                 continue;
             }
-            runs.push(self.new_run(
-                &sub.workflow,
-                Trigger::Message {
-                    channel: channel.to_owned(),
-                    from: from.to_owned(),
-                    text: text.to_owned(),
-                    id: provider_id.map(str::to_owned),
-                },
-                dedupe.clone(),
-                None,
-                now,
-            ));
+            let trigger = Trigger::Message {
+                channel: channel.to_owned(),
+                from: from.to_owned(),
+                text: text.to_owned(),
+                id: provider_id.map(str::to_owned),
+            };
+            runs.push(
+                RunBuilder::new(&sub.workflow, trigger)
+                    .idempotency_key(dedupe.clone())
+                    .build(&registry.templates, now),
+            );
         }
         for notice in &events {
-            runs.extend(self.subscriber_runs(notice, None, now)?);
+            runs.extend(context::subscriber_runs(&registry, notice, None, now));
         }
         let ids = runs.iter().map(|r| r.id.clone()).collect();
         events.insert(0, message_event);
@@ -685,111 +685,6 @@ impl Engine {
             started_runs: ids,
             keyword,
         })
-    }
-
-    /// A run record for a trigger, due now: its context made from the trigger (see
-    /// [`context`]), its labels rendered from the workflow's `labels`.
-    pub fn new_run(
-        &self,
-        wf: &CompiledWorkflow,
-        trigger: Trigger,
-        idempotency_key: Option<String>,
-        parent_run_id: Option<String>,
-        now: Millis,
-    ) -> NewRun {
-        let id = new_id();
-        let trigger_kind = trigger.kind().to_owned();
-        let labels = self.labels(wf, &trigger);
-        let context = context::run_context(trigger, &id, &wf.id, &labels, now);
-        NewRun {
-            id,
-            workflow_id: wf.id.clone(),
-            version: wf.hash.clone(),
-            trigger_kind,
-            idempotency_key,
-            parent_run_id,
-            cursor: Cursor::at(
-                wf.program
-                    .entry
-                    .map(|i| wf.program.nodes[i].step.id.clone()),
-            )
-            .to_value(),
-            context,
-            labels,
-            created_at: now,
-        }
-    }
-
-    /// A workflow's `labels`, rendered against what started the run. A label that does not
-    /// render is left out (and logged): a label is for finding runs, and must not stop one.
-    fn labels(&self, wf: &CompiledWorkflow, trigger: &Trigger) -> Value {
-        if wf.workflow.labels.is_empty() {
-            return json!({});
-        }
-        let registry = self.registry();
-        let ctx = crate::templates::context(&trigger.clone().into_context());
-        let mut out = serde_json::Map::new();
-        for (name, template) in &wf.workflow.labels {
-            match registry.templates.render_str(template.as_str(), &ctx) {
-                Ok(v) => {
-                    out.insert(name.clone(), Value::String(v));
-                }
-                Err(e) => {
-                    tracing::warn!(workflow = %wf.id, label = %name, error = %e, "a run label did not render; the run has no such label")
-                }
-            }
-        }
-        Value::Object(out)
-    }
-
-    /// Runs of the workflows an event starts (those whose `event` trigger names it and whose
-    /// filter passes).
-    pub fn subscriber_runs(
-        &self,
-        event: &NewEvent,
-        source_run: Option<&str>,
-        now: Millis,
-    ) -> Result<Vec<NewRun>, EngineError> {
-        let registry = self.registry();
-        let mut runs = Vec::new();
-        let event_value = json!({"name": event.name, "key": event.key, "data": event.data, "source_run_id": source_run});
-        for sub in registry
-            .events
-            .get(&event.name)
-            .map(Vec::as_slice)
-            .unwrap_or_default()
-        {
-            let crate::definitions::model::Trigger::Event(t) =
-                &sub.workflow.workflow.triggers[sub.trigger]
-            else {
-                continue;
-            };
-            if let Some(filter) = &t.filter {
-                let ctx = crate::templates::context(&json!({"event": event_value}));
-                match registry.templates.is_true(filter.as_str(), &ctx) {
-                    Ok(true) => {}
-                    Ok(false) => continue,
-                    Err(e) => {
-                        tracing::warn!(workflow = %sub.workflow.id, event = %event.name, error = %e, "event filter failed; the workflow was not started");
-                        continue;
-                    }
-                }
-            }
-            runs.push(self.new_run(
-                &sub.workflow,
-                Trigger::Event {
-                    name: event.name.clone(),
-                    key: event.key.clone(),
-                    data: event.data.clone(),
-                    source_run_id: source_run.map(str::to_owned),
-                },
-                // One event starts a subscriber once, even if it is recorded twice.
-                Some(format!("event:{}", event.id)),
-                None,
-                now,
-            ));
-        }
-        Ok(runs)
     }
 
     /// Cancels a run; a parent waiting on it wakes to see it.
