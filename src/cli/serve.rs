@@ -12,9 +12,9 @@ use super::{ColorChoice, UsageError, dir_or_current};
 use crate::definitions::env::EnvSource;
 use crate::definitions::project::Layout;
 use crate::engine::clock::{Clock, ScaledClock, SystemClock, rfc3339};
+use crate::engine::scheduler::Scheduler;
 use crate::engine::{Engine, EngineOptions, load_registry};
 use crate::server::{AppState, ReloadStatus, admin, metrics_handle, router};
-use crate::triggers::scheduler::Scheduler;
 
 #[derive(clap::Args, Debug)]
 pub struct Args {

@@ -21,6 +21,7 @@ mod interpreter;
 pub mod program;
 pub mod registry;
 pub mod retry;
+pub mod scheduler;
 mod steps;
 pub(crate) mod suppression;
 pub mod worker;
@@ -40,6 +41,7 @@ use crate::definitions::project::{EnvMode, LoadCache, LoadOptions, load_with};
 use crate::definitions::read_definition;
 use crate::definitions::source::SourceFile;
 use crate::store::{ContactUpsert, DynStore, Millis, NewEvent, RunRecord, RunStatus, StoreError};
+use crate::triggers::inbound;
 use clock::Clock;
 pub use context::{RunBuilder, Trigger};
 use registry::{CompileCache, CompiledWorkflow, Registry};
@@ -565,15 +567,15 @@ impl Engine {
         let now = self.now();
         let registry = self.registry();
         let dedupe = provider_id.map(|p| format!("message:{channel}:{p}"));
-        let mut keyword = registry.config.compliance.classify(text);
         let (email, phone) = if from.contains('@') {
             (Some(from.to_lowercase()), None)
         } else {
-            (None, crate::templates::filters::normalize_phone(from, "US"))
+            (None, contact::normalize_phone(from, "US"))
         };
-        if keyword == Some(Keyword::OptIn) {
-            // An opt-in word is an ordinary reply unless its sender had opted out.
-            let opted_out = if email.is_some() || phone.is_some() {
+        let classified = registry.config.compliance.classify(text);
+        // Whether the sender had opted out matters only to an opt-in word.
+        let opted_out =
+            if classified == Some(Keyword::OptIn) && (email.is_some() || phone.is_some()) {
                 self.store
                     .find_contact(email.as_deref(), phone.as_deref())
                     .await?
@@ -582,44 +584,36 @@ impl Engine {
             } else {
                 false
             };
-            if !opted_out {
-                keyword = None;
-            }
-        }
+        let keyword = inbound::keyword(classified, opted_out);
         let mut contacts = Vec::new();
-        let (event_name, mut events) = match keyword {
-            None => (format!("message.{channel}"), Vec::new()),
-            Some(k) => {
-                let (status, name) = match k {
-                    Keyword::OptOut => ("opted_out", "contact.opted_out"),
-                    Keyword::OptIn => ("subscribed", "contact.opted_in"),
-                };
-                if email.is_some() || phone.is_some() {
-                    contacts.push(ContactUpsert {
-                        new_id: new_id(),
-                        email: email.clone(),
-                        phone: phone.clone(),
-                        status: Some(status.to_owned()),
-                        now,
-                        ..ContactUpsert::default()
-                    });
-                }
-                tracing::info!(channel, from, keyword = %text.trim(), status, "compliance keyword");
-                metrics::counter!("herald_compliance_keywords_total", "channel" => channel.to_owned(), "kind" => name).increment(1);
-                let notice = NewEvent {
-                    id: dedupe
-                        .as_ref()
-                        .map(|d| format!("{name}:{d}"))
-                        .unwrap_or_else(new_id),
-                    name: name.to_owned(),
-                    key: Some(from.to_owned()),
-                    data: json!({"channel": channel, "from": from, "text": text, "keyword": text.trim().to_uppercase()}),
-                    source_run_id: None,
-                    created_at: now,
-                };
-                (format!("compliance.{channel}"), vec![notice])
+        let mut events = Vec::new();
+        if let Some(k) = keyword {
+            let (status, name) = inbound::keyword_effect(k);
+            if email.is_some() || phone.is_some() {
+                contacts.push(ContactUpsert {
+                    new_id: new_id(),
+                    email: email.clone(),
+                    phone: phone.clone(),
+                    status: Some(status.to_owned()),
+                    now,
+                    ..ContactUpsert::default()
+                });
             }
-        };
+            tracing::info!(channel, from, keyword = %text.trim(), status, "compliance keyword");
+            metrics::counter!("herald_compliance_keywords_total", "channel" => channel.to_owned(), "kind" => name).increment(1);
+            events.push(NewEvent {
+                id: dedupe
+                    .as_ref()
+                    .map(|d| format!("{name}:{d}"))
+                    .unwrap_or_else(new_id),
+                name: name.to_owned(),
+                key: Some(from.to_owned()),
+                data: json!({"channel": channel, "from": from, "text": text, "keyword": text.trim().to_uppercase()}),
+                source_run_id: None,
+                created_at: now,
+            });
+        }
+        let event_name = inbound::event_name(channel, keyword);
         let message_event = NewEvent {
             // A provider's message id makes a redelivered message one event, not two.
             id: dedupe.clone().unwrap_or_else(new_id),
@@ -641,22 +635,8 @@ impl Engine {
             else {
                 continue;
             };
-            let trimmed = text.trim();
-            let named = m
-                .keyword
-                .as_ref()
-                .is_some_and(|k| k.words().iter().any(|w| w.eq_ignore_ascii_case(trimmed)));
-            let matched = match keyword {
-                // A compliance keyword reaches only the workflows that ask for it by name.
-                Some(_) => named,
-                None => {
-                    (m.keyword.is_none() || named)
-                        && sub.workflow.patterns[sub.trigger]
-                            .as_ref()
-                            .is_none_or(|re| re.is_match(text))
-                }
-            };
-            if !matched {
+            let pattern = sub.workflow.patterns[sub.trigger].as_ref();
+            if !inbound::starts(m, pattern, text, keyword) {
                 continue;
             }
             let trigger = Trigger::Message {
@@ -677,7 +657,7 @@ impl Engine {
         let ids = runs.iter().map(|r| r.id.clone()).collect();
         events.insert(0, message_event);
         self.store.insert_events(&events, &runs, &contacts).await?;
-        if keyword.is_none() {
+        if inbound::is_reply(keyword) {
             self.store.wake_waiting(&event_name, from, now).await?;
         }
         self.work_ready.notify_waiters();
