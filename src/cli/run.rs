@@ -181,11 +181,18 @@ async fn run_async(args: Args) -> Result<ExitCode, UsageError> {
         .await
         .map_err(|e| UsageError(e.to_string()))?;
     if !contacts.is_empty() {
+        let region = harness
+            .engine
+            .registry()
+            .config
+            .contacts
+            .default_region
+            .clone();
         let seeds = contacts
             .iter()
             .enumerate()
             .map(|(i, c)| {
-                contact_from_json(c, start)
+                contact_from_json(c, &region, start)
                     .map_err(|e| UsageError(format!("contact {}: {e}", i + 1)))
             })
             .collect::<Result<Vec<_>, _>>()?;

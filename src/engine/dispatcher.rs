@@ -94,7 +94,7 @@ impl Engine {
         // for a retry): that wins over the send.
         let suppressed = match super::suppression::check(
             &self.store,
-            "US",
+            &registry.config.contacts.default_region,
             None,
             &m.recipient,
             m.category,

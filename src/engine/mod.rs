@@ -570,7 +570,10 @@ impl Engine {
         let (email, phone) = if from.contains('@') {
             (Some(from.to_lowercase()), None)
         } else {
-            (None, contact::normalize_phone(from, "US"))
+            (
+                None,
+                contact::normalize_phone(from, &registry.config.contacts.default_region),
+            )
         };
         let classified = registry.config.compliance.classify(text);
         // Whether the sender had opted out matters only to an opt-in word.

@@ -201,8 +201,8 @@ impl Drop for Harness {
 }
 
 /// A contact to seed, as JSON: `{email, phone, first_name, last_name, status, timezone,
-/// attributes}`.
-pub fn contact_from_json(v: &Value, now: Millis) -> Result<ContactUpsert, String> {
+/// attributes}`; a phone number without a country code is read in `region`.
+pub fn contact_from_json(v: &Value, region: &str, now: Millis) -> Result<ContactUpsert, String> {
     let obj = v
         .as_object()
         .ok_or_else(|| format!("a contact is an object with email or phone, not {v}"))?;
@@ -233,7 +233,7 @@ pub fn contact_from_json(v: &Value, now: Millis) -> Result<ContactUpsert, String
     let email = text("email")?.map(|e| e.trim().to_lowercase());
     let phone = match text("phone")? {
         Some(p) => Some(
-            crate::templates::filters::normalize_phone(&p, "US")
+            crate::templates::filters::normalize_phone(&p, region)
                 .ok_or_else(|| format!("`{p}` is not a phone number"))?,
         ),
         None => None,

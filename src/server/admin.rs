@@ -331,10 +331,17 @@ pub async fn inbound_message(
         )));
     }
     // Replies are correlated by sender: phone numbers in E.164, e-mail in lower case.
+    let region = state
+        .engine
+        .registry()
+        .config
+        .contacts
+        .default_region
+        .clone();
     let from = if body.from.contains('@') {
         body.from.trim().to_lowercase()
     } else {
-        crate::templates::filters::normalize_phone(&body.from, "US")
+        crate::templates::filters::normalize_phone(&body.from, &region)
             .unwrap_or_else(|| body.from.trim().to_owned())
     };
     let routed = state

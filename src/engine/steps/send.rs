@@ -21,7 +21,7 @@ pub(super) async fn execute(cx: StepCx<'_>, s: &SendStep) -> Result<Outcome, Ste
         return Err(StepError::Permanent("the recipient (`to`) is empty".into()));
     }
     let own = cx.run.ctx.get("contact").filter(|c| !c.is_null());
-    let region = "US";
+    let region = &registry.config.contacts.default_region;
     if let Some(reason) = suppression::check(cx.host.store, region, own, &to, s.category)
         .await
         .map_err(|e| StepError::Transient {

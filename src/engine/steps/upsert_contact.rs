@@ -59,7 +59,7 @@ fn upsert(cx: &StepCx<'_>, u: &UpsertContactStep) -> Result<ContactUpsert, StepE
         .map(|e| normalize_email(&e))
         .transpose()
         .map_err(StepError::Permanent)?;
-    let region = "US";
+    let region = &cx.host.registry.config.contacts.default_region;
     let phone = match cx.render_opt(&u.phone)? {
         Some(raw) => Some(
             normalize_phone(&raw, region)
