@@ -46,12 +46,47 @@ use clock::Clock;
 pub use context::{RunBuilder, Trigger};
 use registry::{CompileCache, CompiledWorkflow, Registry};
 
+/// Why the engine could not do what it was asked. [`EngineError::kind`] is for callers that
+/// decide what to do (an HTTP status, a retry); the message is for people.
 #[derive(Debug, thiserror::Error)]
 pub enum EngineError {
     #[error(transparent)]
     Store(#[from] StoreError),
-    #[error("{0}")]
-    Invalid(String),
+    #[error("{message}")]
+    Invalid { kind: ErrorKind, message: String },
+}
+
+/// What kind of failure an [`EngineError`] is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ErrorKind {
+    /// The database refused or did not answer (see [`StoreError`]).
+    Store,
+    /// A run's workflow version is not stored, or no longer loads or compiles.
+    VersionUnavailable,
+    /// A run's stored state (its cursor) cannot be read.
+    UnreadableRun,
+    /// A run being started stopped before its first commit, or the run its idempotency key
+    /// named disappeared: the start may be tried again.
+    StartInterrupted,
+    /// The machine refused something the engine needs (a temporary folder).
+    Io,
+}
+
+impl EngineError {
+    pub fn new(kind: ErrorKind, message: impl Into<String>) -> EngineError {
+        EngineError::Invalid {
+            kind,
+            message: message.into(),
+        }
+    }
+
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            EngineError::Store(_) => ErrorKind::Store,
+            EngineError::Invalid { kind, .. } => *kind,
+        }
+    }
 }
 
 /// The reply a `sync` webhook gives.
@@ -353,25 +388,32 @@ impl Engine {
             return Ok(wf.clone());
         }
         let stored = self.store.definition(hash).await?.ok_or_else(|| {
-            EngineError::Invalid(format!(
-                "definition version {hash} of `{workflow_id}` is not stored"
-            ))
+            EngineError::new(
+                ErrorKind::VersionUnavailable,
+                format!("definition version {hash} of `{workflow_id}` is not stored"),
+            )
         })?;
         let file = SourceFile::new(
             format!("{workflow_id}@{}", &hash[..12.min(hash.len())]),
             stored.source,
         );
         let def = read_definition(file).map_err(|d| {
-            EngineError::Invalid(format!(
-                "stored version {hash} of `{workflow_id}` no longer loads: {}",
-                d[0].message
-            ))
+            EngineError::new(
+                ErrorKind::VersionUnavailable,
+                format!(
+                    "stored version {hash} of `{workflow_id}` no longer loads: {}",
+                    d[0].message
+                ),
+            )
         })?;
         let wf = Arc::new(CompiledWorkflow::compile(&def, &self.env).map_err(|d| {
-            EngineError::Invalid(format!(
-                "stored version {hash} of `{workflow_id}` does not compile: {}",
-                d[0].message
-            ))
+            EngineError::new(
+                ErrorKind::VersionUnavailable,
+                format!(
+                    "stored version {hash} of `{workflow_id}` does not compile: {}",
+                    d[0].message
+                ),
+            )
         })?);
         crate::sync::lock(&self.versions).insert(hash.to_owned(), wf.clone());
         Ok(wf)
@@ -448,15 +490,15 @@ impl Engine {
             }),
             Ok(Ok(interpreter::FirstCommit::Duplicate(existing))) => {
                 drop(reply);
-                let existing =
-                    self.store.run(&existing).await?.ok_or_else(|| {
-                        EngineError::Invalid("the original run disappeared".into())
-                    })?;
+                let existing = self.store.run(&existing).await?.ok_or_else(|| {
+                    EngineError::new(ErrorKind::StartInterrupted, "the original run disappeared")
+                })?;
                 Ok(self.duplicate(existing, req.want_reply))
             }
             Ok(Err(e)) => Err(e),
-            Err(_) => Err(EngineError::Invalid(
-                "the run stopped before it was stored".into(),
+            Err(_) => Err(EngineError::new(
+                ErrorKind::StartInterrupted,
+                "the run stopped before it was stored",
             )),
         }
     }

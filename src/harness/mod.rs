@@ -61,10 +61,10 @@ impl Harness {
         let dir =
             std::env::temp_dir().join(format!("herald-sim-{}", uuid::Uuid::now_v7().simple()));
         std::fs::create_dir_all(&dir).map_err(|e| {
-            EngineError::Invalid(format!(
-                "cannot create a temporary folder {}: {e}",
-                dir.display()
-            ))
+            EngineError::new(
+                crate::engine::ErrorKind::Io,
+                format!("cannot create a temporary folder {}: {e}", dir.display()),
+            )
         })?;
         let url = format!("sqlite://{}", dir.join("sim.db").display());
         let store = crate::store::open(&url).await?;

@@ -232,11 +232,7 @@ pub async fn cancel_run(
             format!("run {id} is already {}", run.status.as_str()),
         ));
     }
-    let ok = state
-        .engine
-        .cancel(&id)
-        .await
-        .map_err(ApiError::unavailable)?;
+    let ok = state.engine.cancel(&id).await.map_err(ApiError::engine)?;
     if !ok {
         return Err(ApiError::new(
             StatusCode::CONFLICT,
@@ -268,11 +264,7 @@ pub async fn retry_run(
             ),
         ));
     }
-    state
-        .engine
-        .retry(&id)
-        .await
-        .map_err(ApiError::unavailable)?;
+    state.engine.retry(&id).await.map_err(ApiError::engine)?;
     Ok(Json(
         json!({"run_id": id, "status": "pending", "step": run.cursor.get("step")}),
     ))
@@ -304,7 +296,7 @@ pub async fn emit_event(
         .engine
         .emit(&body.name, body.key.as_deref(), body.data)
         .await
-        .map_err(ApiError::unavailable)?;
+        .map_err(ApiError::engine)?;
     Ok((StatusCode::ACCEPTED, Json(json!({"event_id": id}))).into_response())
 }
 
@@ -348,7 +340,7 @@ pub async fn inbound_message(
         .engine
         .inbound_message(&channel, &from, &body.text, body.id.as_deref())
         .await
-        .map_err(ApiError::unavailable)?;
+        .map_err(ApiError::engine)?;
     let keyword = routed.keyword.map(|k| match k {
         Keyword::OptOut => "opt_out",
         Keyword::OptIn => "opt_in",

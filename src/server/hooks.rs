@@ -195,7 +195,7 @@ pub async fn webhook(
         .await
     {
         Ok(s) => s,
-        Err(e) => return finish(ApiError::unavailable(e).into_response()),
+        Err(e) => return finish(ApiError::engine(e).into_response()),
     };
     metrics::counter!("herald_runs_started_total", "workflow" => wf.metric_id.clone(), "trigger" => "webhook").increment(u64::from(!started.duplicate));
 

@@ -202,6 +202,19 @@ impl ApiError {
         ApiError::new(StatusCode::NOT_FOUND, "not_found", message)
     }
 
+    /// An engine's error: 503 when trying again soon can help (the database failed, a start
+    /// was interrupted), 500 otherwise.
+    pub fn engine(e: crate::engine::EngineError) -> ApiError {
+        use crate::engine::ErrorKind;
+        match e.kind() {
+            ErrorKind::Store | ErrorKind::StartInterrupted => ApiError::unavailable(e),
+            _ => {
+                tracing::error!(error = %e, "request failed in the engine");
+                ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string())
+            }
+        }
+    }
+
     pub fn unavailable(e: impl std::fmt::Display) -> ApiError {
         tracing::error!(error = %e, "request failed on the store");
         ApiError::new(

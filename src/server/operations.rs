@@ -561,7 +561,7 @@ pub async fn run_cron_now(
             want_reply: false,
         })
         .await
-        .map_err(ApiError::unavailable)?;
+        .map_err(ApiError::engine)?;
     tracing::info!(workflow = %workflow, run = %started.run_id, "cron workflow run now by an operator");
     Ok((
         StatusCode::ACCEPTED,

@@ -9,7 +9,7 @@ use super::{Active, FirstCommit, Interpreter, short};
 use crate::definitions::model::workflow::OnUpdate;
 use crate::engine::cursor::Cursor;
 use crate::engine::registry::CompiledWorkflow;
-use crate::engine::{Engine, EngineError};
+use crate::engine::{Engine, EngineError, ErrorKind};
 use crate::store::{Commit, NewRun, RunRecord, RunState, RunStatus, RunWrite};
 
 impl Engine {
@@ -100,7 +100,8 @@ impl Interpreter<'_> {
             .engine
             .workflow_version(&run.workflow_id, &run.version)
             .await?;
-        let cursor = Cursor::from_value(&run.cursor).map_err(EngineError::Invalid)?;
+        let cursor = Cursor::from_value(&run.cursor)
+            .map_err(|e| EngineError::new(ErrorKind::UnreadableRun, e))?;
         if let Some(latest) = self
             .engine
             .registry()
