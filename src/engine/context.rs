@@ -54,7 +54,65 @@ pub enum Trigger {
     },
 }
 
+/// What a request carries besides its body, for a webhook trigger.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct RequestParts {
+    pub headers: Map<String, Value>,
+    pub query: Map<String, Value>,
+    pub params: Map<String, Value>,
+}
+
 impl Trigger {
+    /// What a workflow's trigger (`def`, its first one; `None` for a workflow without
+    /// triggers) would carry, made from `input`: how `herald run` starts a workflow as it
+    /// would be started live. A webhook's body is `input`, with `request`'s headers, query and
+    /// path parameters; an event's data is `input` (its key `input.key`); a message is
+    /// `input.from` and `input.text`; a cron slot is `now`, with the trigger's own `input` if
+    /// it has one.
+    pub fn from_input(
+        def: Option<&crate::definitions::model::Trigger>,
+        input: Value,
+        request: RequestParts,
+        now: Millis,
+    ) -> Trigger {
+        use crate::definitions::model::Trigger as Def;
+        let text = |v: &Value, k: &str| {
+            v.get(k)
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_owned()
+        };
+        match def {
+            Some(Def::Webhook(w)) => Trigger::Webhook {
+                method: w.method.as_str().to_owned(),
+                path: w.path.clone(),
+                body: input,
+                headers: request.headers,
+                query: request.query,
+                params: request.params,
+            },
+            Some(Def::Event(e)) => Trigger::Event {
+                name: e.name.clone(),
+                key: input.get("key").and_then(Value::as_str).map(str::to_owned),
+                data: input,
+                source_run_id: None,
+            },
+            Some(Def::Message(m)) => Trigger::Message {
+                channel: m.channel.clone(),
+                from: text(&input, "from"),
+                text: text(&input, "text"),
+                id: None,
+            },
+            Some(Def::Cron(c)) => Trigger::Cron {
+                schedule: c.schedule.clone(),
+                timezone: c.timezone.clone(),
+                slot: now,
+                input: c.input.clone().unwrap_or(input),
+            },
+            None => Trigger::Manual { input },
+        }
+    }
+
     /// The kind recorded with the run.
     pub fn kind(&self) -> &'static str {
         match self {

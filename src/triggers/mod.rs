@@ -4,4 +4,5 @@
 
 pub mod cron;
 pub(crate) mod inbound;
+pub(crate) mod webhook;
 pub mod webhook_auth;
