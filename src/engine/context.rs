@@ -56,7 +56,7 @@ pub enum Trigger {
 
 /// What a request carries besides its body, for a webhook trigger.
 #[derive(Debug, Clone, Default, PartialEq)]
-pub struct RequestParts {
+pub(crate) struct RequestParts {
     pub headers: Map<String, Value>,
     pub query: Map<String, Value>,
     pub params: Map<String, Value>,
@@ -69,7 +69,7 @@ impl Trigger {
     /// path parameters; an event's data is `input` (its key `input.key`); a message is
     /// `input.from` and `input.text`; a cron slot is `now`, with the trigger's own `input` if
     /// it has one.
-    pub fn from_input(
+    pub(crate) fn from_input(
         def: Option<&crate::definitions::model::Trigger>,
         input: Value,
         request: RequestParts,
@@ -127,7 +127,7 @@ impl Trigger {
 
     /// The names a run of this trigger starts with (before `run`, `vars`, `steps` and
     /// `contact`, which every run has).
-    pub fn into_context(self) -> Value {
+    pub(crate) fn into_context(self) -> Value {
         match self {
             Trigger::Webhook {
                 method,
@@ -193,7 +193,7 @@ impl Trigger {
 
 /// Completes a trigger's context with what every run has: `run`, and empty `vars`, `steps`
 /// and `contact`.
-pub fn run_context(
+pub(crate) fn run_context(
     trigger: Trigger,
     run_id: &str,
     workflow_id: &str,
@@ -220,7 +220,7 @@ pub fn run_context(
 /// (see [`run_context`]), its labels rendered from the workflow's `labels`, its cursor at the
 /// workflow's first step.
 #[derive(Debug, Clone)]
-pub struct RunBuilder<'a> {
+pub(crate) struct RunBuilder<'a> {
     workflow: &'a CompiledWorkflow,
     trigger: Trigger,
     idempotency_key: Option<String>,

@@ -43,7 +43,8 @@ use crate::definitions::source::SourceFile;
 use crate::store::{ContactUpsert, DynStore, Millis, NewEvent, RunRecord, RunStatus, StoreError};
 use crate::triggers::inbound;
 use clock::Clock;
-pub use context::{RunBuilder, Trigger};
+pub(crate) use context::RunBuilder;
+pub use context::Trigger;
 use registry::{CompileCache, CompiledWorkflow, Registry};
 
 /// Why the engine could not do what it was asked. [`EngineError::kind`] is for callers that
@@ -99,7 +100,7 @@ pub struct SyncReply {
 
 impl SyncReply {
     /// The reply of a run that ended without a `respond` step.
-    pub fn from_finished(
+    pub(crate) fn from_finished(
         run_id: &str,
         status: RunStatus,
         context: &Value,
@@ -263,7 +264,7 @@ impl Default for EngineOptions {
 }
 
 /// `host-pid-random`: unique per process, readable in the runs table.
-pub fn default_owner() -> String {
+pub(crate) fn default_owner() -> String {
     let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "herald".into());
     let id = uuid::Uuid::now_v7().simple().to_string();
     format!("{host}-{}-{}", std::process::id(), &id[id.len() - 6..])
@@ -342,7 +343,7 @@ impl Engine {
         self.clock.now()
     }
 
-    pub fn lease_ms(&self) -> i64 {
+    pub(crate) fn lease_ms(&self) -> i64 {
         self.options.lease.as_millis() as i64
     }
 
@@ -374,7 +375,7 @@ impl Engine {
 
     /// The compiled workflow for a stored version: the current one if it matches, else one
     /// compiled from the stored source.
-    pub async fn workflow_version(
+    pub(crate) async fn workflow_version(
         &self,
         workflow_id: &str,
         hash: &str,
@@ -419,12 +420,12 @@ impl Engine {
         Ok(wf)
     }
 
-    pub fn is_draining(&self) -> bool {
+    pub(crate) fn is_draining(&self) -> bool {
         self.draining.load(Ordering::SeqCst)
     }
 
     /// Stops taking new work (on SIGTERM); runs in progress finish their segment.
-    pub fn drain(&self) {
+    pub(crate) fn drain(&self) {
         self.draining.store(true, Ordering::SeqCst);
         self.work_ready.notify_waiters();
         self.outbox_ready.notify_waiters();

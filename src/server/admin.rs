@@ -23,7 +23,11 @@ pub fn digest(key: &str) -> [u8; 32] {
     Sha256::digest(key.as_bytes()).into()
 }
 
-pub async fn require_key(State(state): State<Arc<AppState>>, req: Request, next: Next) -> Response {
+pub(crate) async fn require_key(
+    State(state): State<Arc<AppState>>,
+    req: Request,
+    next: Next,
+) -> Response {
     if state.admin_keys.is_empty() {
         return ApiError::new(
             StatusCode::FORBIDDEN,
@@ -174,7 +178,7 @@ pub async fn list_runs(
     ))
 }
 
-pub async fn get_run(
+pub(crate) async fn get_run(
     State(state): State<Arc<AppState>>,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
@@ -271,7 +275,7 @@ pub async fn retry_run(
 }
 
 #[derive(Debug, Deserialize)]
-pub struct EmitBody {
+pub(crate) struct EmitBody {
     name: String,
     #[serde(default)]
     key: Option<String>,
@@ -279,7 +283,7 @@ pub struct EmitBody {
     data: Value,
 }
 
-pub async fn emit_event(
+pub(crate) async fn emit_event(
     State(state): State<Arc<AppState>>,
     body: Result<Json<EmitBody>, axum::extract::rejection::JsonRejection>,
 ) -> Result<Response, ApiError> {

@@ -294,7 +294,7 @@ fn too_large(limit: usize) -> Response {
 }
 
 /// `/hooks/x/` and `/hooks/x` are the same webhook.
-pub fn normalize_path(path: &str) -> String {
+pub(crate) fn normalize_path(path: &str) -> String {
     if path.len() > 1 {
         path.trim_end_matches('/').to_owned()
     } else {

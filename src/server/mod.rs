@@ -5,7 +5,7 @@ pub mod admin;
 pub mod health;
 pub mod hooks;
 pub mod listener;
-pub mod operations;
+pub(crate) mod operations;
 pub mod retention;
 
 use std::sync::{Arc, Mutex};
@@ -125,9 +125,9 @@ pub fn router(state: Arc<AppState>) -> Router {
 }
 
 /// The longest request target and the most header bytes and lines Herald reads.
-pub const MAX_URI_BYTES: usize = 8 * 1024;
-pub const MAX_HEADER_BYTES: usize = 32 * 1024;
-pub const MAX_HEADERS: usize = 100;
+pub(crate) const MAX_URI_BYTES: usize = 8 * 1024;
+pub(crate) const MAX_HEADER_BYTES: usize = 32 * 1024;
+pub(crate) const MAX_HEADERS: usize = 100;
 
 /// Refuses requests whose target or headers are too large, with a JSON error.
 async fn request_limits(req: axum::extract::Request, next: axum::middleware::Next) -> Response {

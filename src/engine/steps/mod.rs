@@ -3,10 +3,10 @@
 //! The interpreter (`engine::interpreter`) decides *when* a step runs, what happens to its
 //! outcome (the step log, retries, `on_error`, commits); the files here decide only *what* a
 //! step of their kind does. A step sees the run through [`StepCx`]: the run's cursor and
-//! context, the segment's pending writes, the registry snapshot, the store and the HTTP client,
-//! and nothing else of the engine. A step never writes to the store itself: what it produces
-//! (messages, events, runs, contacts) goes into the segment's pending writes, committed with
-//! the run in one transaction.
+//! context, the segment's pending writes, and its [`Host`] (the registry snapshot, the store to
+//! read, the HTTP client), and nothing else of the engine. A step never writes to the store
+//! itself: what it produces (messages, events, runs, contacts) goes into the segment's pending
+//! writes, committed with the run in one transaction.
 //!
 //! # Adding a step kind
 //!
@@ -18,13 +18,16 @@
 //! 2. **The semantic check**: its arm in `definitions/semantic.rs` (templates and expressions
 //!    it renders, names it refers to, outputs it makes available to later steps).
 //! 3. **Its file here**: `engine/steps/<kind>.rs`, with a function taking a [`StepCx`] and the
-//!    step's settings and giving an [`Outcome`] or a [`StepError`]. A step that waits also
-//!    gives a `Wait` (`engine/cursor.rs`) and resolves it in a `resume` function of its own
-//!    file, called from `Interpreter::resume`.
+//!    step's settings and giving an [`Outcome`] or a [`StepError`] (permanent, or transient and
+//!    retried under the step's `retry`). A step that waits gives an `Outcome::Wait` with a new
+//!    variant of `Wait` (`engine/cursor.rs`), resolved by a `resume` function in its own file,
+//!    called from `Interpreter::resume` (`engine/interpreter/mod.rs`). A step that calls out of
+//!    the process must be committed before it runs: see the `http` barrier in
+//!    `Interpreter::step`.
 //! 4. **The dispatch**: one line in [`execute`] below.
 //! 5. **The schemas**: `herald schema --write schemas` regenerates `schemas/`, and
 //!    `tests/schemas.rs` fails until it is run.
-//! 6. **The README**: the step reference in README.md's "Definitions" section.
+//! 6. **The README**: the **Steps** paragraph of README.md's "Definitions" section.
 //!
 //! An effect that leaves the process (a message, an event, a child run) needs a key derived
 //! from the run, the step and the loop position ([`StepCx::effect_key`]), so a segment that is
