@@ -137,7 +137,7 @@ pub fn body(data: &[u8]) {
         if !content_type.is_empty() {
             headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
         }
-        let _ = crate::server::hooks::parse_body(&headers, data);
+        let _ = crate::triggers::webhook::parse_body(&headers, data);
     }
 }
 

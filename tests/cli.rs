@@ -278,6 +278,35 @@ steps:
 }
 
 #[test]
+fn an_unknown_default_region_is_an_error_at_its_setting() {
+    let tmp = tempfile::tempdir().expect("a temp folder");
+    write(
+        tmp.path(),
+        "herald.yaml",
+        &format!("{CONFIG}contacts:\n  default_region: XX\n"),
+    );
+    let out = run(herald(tmp.path()).args(["validate", ".", "--format", "json"]));
+    assert_eq!(code(&out), 1, "{}", show(&out));
+    let doc: Value = serde_json::from_str(&stdout(&out)).expect("JSON");
+    let region = doc["diagnostics"]
+        .as_array()
+        .and_then(|d| d.iter().find(|d| d["code"] == "unknown-region"))
+        .unwrap_or_else(|| panic!("no unknown-region in {doc:#}"));
+    assert_eq!(
+        (region["line"].as_u64(), region["column"].as_u64()),
+        (Some(7), Some(19))
+    );
+
+    write(
+        tmp.path(),
+        "herald.yaml",
+        &format!("{CONFIG}contacts:\n  default_region: GB\n"),
+    );
+    let out = run(herald(tmp.path()).args(["validate", ".", "--format", "json"]));
+    assert_eq!(code(&out), 0, "{}", show(&out));
+}
+
+#[test]
 fn validate_of_a_missing_folder_exits_2() {
     let tmp = tempfile::tempdir().expect("a temp folder");
     let out = run(herald(tmp.path()).args(["validate", "no-such-project", "--color", "never"]));

@@ -47,6 +47,7 @@ scenarios![
     a_message_waiting_to_retry_is_not_sent_after_stop,
     categories_decide_who_still_gets_a_message,
     an_opt_in_word_resubscribes_only_an_opted_out_sender,
+    local_numbers_are_read_in_the_default_region,
 ];
 
 /// Times each compliance race is run.
@@ -374,6 +375,59 @@ steps:
     let started = h.run(&routed.started_runs[0]).await;
     assert_eq!(started.status, RunStatus::Completed);
     assert_eq!(started.context["vars"]["who"], phone);
+}
+
+/// With `contacts.default_region: GB`, a number written without a country code is a British
+/// one wherever a number is read: a contact's phone, a STOP's sender, a message's recipient.
+async fn local_numbers_are_read_in_the_default_region(db: db::TestDb) {
+    let h = Harness::new(
+        db,
+        &[
+            (
+                "herald.yaml",
+                "contacts: { default_region: GB }\nchannels:\n  sms: { provider: log }\n",
+            ),
+            (
+                "workflows/signup.yaml",
+                r#"
+kind: workflow
+id: signup
+steps:
+  - id: who
+    upsert_contact: { phone: "{{ body.phone }}" }
+  - id: hello
+    send: { channel: sms, to: "{{ body.phone }}", body: "Hello" }
+"#,
+            ),
+        ],
+    )
+    .await;
+    let run = h.start("signup", json!({"phone": "07911 123456"})).await;
+    h.settle().await;
+    let run = h.run(&run).await;
+    assert_eq!(run.status, RunStatus::Completed, "{:?}", run.error);
+    assert_eq!(run.context["contact"]["phone"], "+447911123456");
+    assert_eq!(run.context["steps"]["hello"]["output"]["status"], "queued");
+
+    h.engine
+        .inbound_message("sms", "07911123456", "STOP", None)
+        .await
+        .unwrap();
+    let contact = h
+        .engine
+        .store
+        .find_contact(None, Some("+447911123456"))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(contact.status.as_deref(), Some("opted_out"));
+    let again = h.start("signup", json!({"phone": "07911 123456"})).await;
+    h.settle().await;
+    let again = h.run(&again).await;
+    assert_eq!(
+        again.context["steps"]["hello"]["output"]["status"], "suppressed",
+        "the local number is the opted-out contact"
+    );
 }
 
 /// The example project's own opt-out workflow sends the confirmation carriers require, to a

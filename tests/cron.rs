@@ -20,9 +20,9 @@ use herald::definitions::env::EnvSource;
 use herald::definitions::project::Layout;
 use herald::engine::clock::{Clock, VirtualClock};
 use herald::engine::registry::Registry;
+use herald::engine::scheduler::{Scheduler, TickReport};
 use herald::engine::{Engine, EngineOptions, load_registry};
 use herald::store::{CronFire, CronOutcome, DynStore, RunFilter, RunRecord, RunStatus};
-use herald::triggers::scheduler::{Scheduler, TickReport};
 use support::HttpSink;
 
 const MINUTE: i64 = 60_000;

@@ -17,9 +17,9 @@ use super::{ColorChoice, UsageError, dir_or_current};
 use crate::channels::Channel;
 use crate::channels::log::LogChannel;
 use crate::definitions::env::EnvSource;
-use crate::definitions::model::Trigger as TriggerDef;
 use crate::definitions::project::Layout;
 use crate::engine::clock::Clock;
+use crate::engine::context::RequestParts;
 use crate::engine::{Trigger, load_registry};
 use crate::harness::{Harness, RunReport, Settled, contact_from_json};
 use crate::store::RunStatus;
@@ -139,53 +139,29 @@ async fn run_async(args: Args) -> Result<ExitCode, UsageError> {
             *channel = Arc::new(LogChannel::new(name)) as Arc<dyn Channel>;
         }
     }
-    let trigger = match workflow.workflow.triggers.first() {
-        Some(TriggerDef::Webhook(w)) => Trigger::Webhook {
-            method: w.method.as_str().to_owned(),
-            path: w.path.clone(),
-            body: input,
-            headers,
-            query,
-            params,
-        },
-        Some(TriggerDef::Event(e)) => Trigger::Event {
-            name: e.name.clone(),
-            key: input.get("key").and_then(Value::as_str).map(str::to_owned),
-            data: input,
-            source_run_id: None,
-        },
-        Some(TriggerDef::Message(m)) => Trigger::Message {
-            channel: m.channel.clone(),
-            from: input
-                .get("from")
-                .and_then(Value::as_str)
-                .unwrap_or_default()
-                .to_owned(),
-            text: input
-                .get("text")
-                .and_then(Value::as_str)
-                .unwrap_or_default()
-                .to_owned(),
-            id: None,
-        },
-        Some(TriggerDef::Cron(c)) => Trigger::Cron {
-            schedule: c.schedule.clone(),
-            timezone: c.timezone.clone(),
-            slot: start,
-            input: c.input.clone().unwrap_or(input),
-        },
-        None => Trigger::Manual { input },
+    let request = RequestParts {
+        headers,
+        query,
+        params,
     };
+    let trigger = Trigger::from_input(workflow.workflow.triggers.first(), input, request, start);
 
     let harness = Harness::new(registry, env, start)
         .await
         .map_err(|e| UsageError(e.to_string()))?;
     if !contacts.is_empty() {
+        let region = harness
+            .engine
+            .registry()
+            .config
+            .contacts
+            .default_region
+            .clone();
         let seeds = contacts
             .iter()
             .enumerate()
             .map(|(i, c)| {
-                contact_from_json(c, start)
+                contact_from_json(c, &region, start)
                     .map_err(|e| UsageError(format!("contact {}: {e}", i + 1)))
             })
             .collect::<Result<Vec<_>, _>>()?;

@@ -12,9 +12,9 @@ use super::{ColorChoice, UsageError, dir_or_current};
 use crate::definitions::env::EnvSource;
 use crate::definitions::project::Layout;
 use crate::engine::clock::{Clock, ScaledClock, SystemClock, rfc3339};
+use crate::engine::scheduler::Scheduler;
 use crate::engine::{Engine, EngineOptions, load_registry};
 use crate::server::{AppState, ReloadStatus, admin, metrics_handle, router};
-use crate::triggers::scheduler::Scheduler;
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -49,7 +49,7 @@ pub enum LogFormat {
 
 /// Logs go to stderr, in colour only when `color` allows it and stderr is a terminal: a log
 /// redirected to a file gets no escape codes.
-pub fn init_logging(format: LogFormat, color: ColorChoice) {
+pub(crate) fn init_logging(format: LogFormat, color: ColorChoice) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
         tracing_subscriber::EnvFilter::new("info,sqlx=warn,hyper=warn,lettre=warn")
     });
@@ -65,7 +65,7 @@ pub fn init_logging(format: LogFormat, color: ColorChoice) {
 
 /// Where a `sqlite://` URL's relative path points: the project folder, so the database sits
 /// beside herald.yaml wherever `herald serve` is started from.
-pub fn resolve_database_url(url: &str, root: &Path) -> String {
+pub(crate) fn resolve_database_url(url: &str, root: &Path) -> String {
     if let Some(rest) = url
         .strip_prefix("sqlite://")
         .or_else(|| url.strip_prefix("sqlite:"))

@@ -26,7 +26,7 @@ use super::model::step::{
 };
 use super::model::trigger::{RespondMode, Trigger, WebhookAuth};
 use super::project::{EnvMode, LoadOptions, Project};
-use super::source::escape_token;
+use super::source::{Parsed, SourceFile, escape_token};
 use super::suggest::did_you_mean;
 use super::{Definition, Workflow};
 use crate::templates::{describe_error, sole_expression};
@@ -245,8 +245,33 @@ fn check_all(project: &Project, opts: &LoadOptions, texts: &mut CompiledTexts) -
                 .unwrap_or(span);
             file.locate(d, span)
         });
+        check_default_region(
+            &project.config.def.contacts.default_region,
+            file,
+            parsed,
+            &mut out,
+        );
     }
     out
+}
+
+/// `contacts.default_region` must be a region the phone number library knows, or no local
+/// number could be read.
+fn check_default_region(
+    region: &str,
+    file: &SourceFile,
+    parsed: &Parsed,
+    out: &mut Vec<Diagnostic>,
+) {
+    let known = region.len() == 2 && region.parse::<phonenumber::country::Id>().is_ok();
+    if !known {
+        let d = Diagnostic::error(
+            "unknown-region",
+            format!("`{region}` is not a region phone numbers can be read in"),
+        )
+        .with_hint("use a two-letter country code in capitals, such as US or GB");
+        out.push(file.locate(d, parsed.index.value("/contacts/default_region")));
+    }
 }
 
 /// Ids are unique across all definitions.

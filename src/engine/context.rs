@@ -10,7 +10,10 @@
 use serde_json::{Map, Value, json};
 
 use super::clock::rfc3339;
-use crate::store::Millis;
+use super::cursor::Cursor;
+use super::registry::{CompiledWorkflow, Registry};
+use crate::store::{Millis, NewEvent, NewRun};
+use crate::templates::Templates;
 
 /// What started a run, with what it carried.
 #[derive(Debug, Clone, PartialEq)]
@@ -51,7 +54,65 @@ pub enum Trigger {
     },
 }
 
+/// What a request carries besides its body, for a webhook trigger.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub(crate) struct RequestParts {
+    pub headers: Map<String, Value>,
+    pub query: Map<String, Value>,
+    pub params: Map<String, Value>,
+}
+
 impl Trigger {
+    /// What a workflow's trigger (`def`, its first one; `None` for a workflow without
+    /// triggers) would carry, made from `input`: how `herald run` starts a workflow as it
+    /// would be started live. A webhook's body is `input`, with `request`'s headers, query and
+    /// path parameters; an event's data is `input` (its key `input.key`); a message is
+    /// `input.from` and `input.text`; a cron slot is `now`, with the trigger's own `input` if
+    /// it has one.
+    pub(crate) fn from_input(
+        def: Option<&crate::definitions::model::Trigger>,
+        input: Value,
+        request: RequestParts,
+        now: Millis,
+    ) -> Trigger {
+        use crate::definitions::model::Trigger as Def;
+        let text = |v: &Value, k: &str| {
+            v.get(k)
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_owned()
+        };
+        match def {
+            Some(Def::Webhook(w)) => Trigger::Webhook {
+                method: w.method.as_str().to_owned(),
+                path: w.path.clone(),
+                body: input,
+                headers: request.headers,
+                query: request.query,
+                params: request.params,
+            },
+            Some(Def::Event(e)) => Trigger::Event {
+                name: e.name.clone(),
+                key: input.get("key").and_then(Value::as_str).map(str::to_owned),
+                data: input,
+                source_run_id: None,
+            },
+            Some(Def::Message(m)) => Trigger::Message {
+                channel: m.channel.clone(),
+                from: text(&input, "from"),
+                text: text(&input, "text"),
+                id: None,
+            },
+            Some(Def::Cron(c)) => Trigger::Cron {
+                schedule: c.schedule.clone(),
+                timezone: c.timezone.clone(),
+                slot: now,
+                input: c.input.clone().unwrap_or(input),
+            },
+            None => Trigger::Manual { input },
+        }
+    }
+
     /// The kind recorded with the run.
     pub fn kind(&self) -> &'static str {
         match self {
@@ -66,7 +127,7 @@ impl Trigger {
 
     /// The names a run of this trigger starts with (before `run`, `vars`, `steps` and
     /// `contact`, which every run has).
-    pub fn into_context(self) -> Value {
+    pub(crate) fn into_context(self) -> Value {
         match self {
             Trigger::Webhook {
                 method,
@@ -132,7 +193,7 @@ impl Trigger {
 
 /// Completes a trigger's context with what every run has: `run`, and empty `vars`, `steps`
 /// and `contact`.
-pub fn run_context(
+pub(crate) fn run_context(
     trigger: Trigger,
     run_id: &str,
     workflow_id: &str,
@@ -150,6 +211,138 @@ pub fn run_context(
         obj.insert("contact".into(), Value::Null);
     }
     context
+}
+
+/// A run about to start, built the same way whatever started it: a webhook, a cron slot, an
+/// event, an inbound message, a `call`, `herald run` or a test.
+///
+/// [`RunBuilder::build`] gives the run's record, due now: its context made from the trigger
+/// (see [`run_context`]), its labels rendered from the workflow's `labels`, its cursor at the
+/// workflow's first step.
+#[derive(Debug, Clone)]
+pub(crate) struct RunBuilder<'a> {
+    workflow: &'a CompiledWorkflow,
+    trigger: Trigger,
+    idempotency_key: Option<String>,
+    parent_run_id: Option<String>,
+}
+
+impl<'a> RunBuilder<'a> {
+    pub fn new(workflow: &'a CompiledWorkflow, trigger: Trigger) -> RunBuilder<'a> {
+        RunBuilder {
+            workflow,
+            trigger,
+            idempotency_key: None,
+            parent_run_id: None,
+        }
+    }
+
+    /// A second start with the same key (of the same workflow) is the first run again.
+    pub fn idempotency_key(mut self, key: Option<String>) -> Self {
+        self.idempotency_key = key;
+        self
+    }
+
+    /// The run that `call`ed this one, woken when it ends.
+    pub fn parent(mut self, run_id: String) -> Self {
+        self.parent_run_id = Some(run_id);
+        self
+    }
+
+    /// The run's record; `templates` render its labels.
+    pub fn build(self, templates: &Templates, now: Millis) -> NewRun {
+        let wf = self.workflow;
+        let id = super::new_id();
+        let trigger_kind = self.trigger.kind().to_owned();
+        let labels = labels(templates, wf, &self.trigger);
+        let context = run_context(self.trigger, &id, &wf.id, &labels, now);
+        NewRun {
+            id,
+            workflow_id: wf.id.clone(),
+            version: wf.hash.clone(),
+            trigger_kind,
+            idempotency_key: self.idempotency_key,
+            parent_run_id: self.parent_run_id,
+            cursor: Cursor::at(
+                wf.program
+                    .entry
+                    .map(|i| wf.program.nodes[i].step.id.clone()),
+            )
+            .to_value(),
+            context,
+            labels,
+            created_at: now,
+        }
+    }
+}
+
+/// A workflow's `labels`, rendered against what started the run. A label that does not
+/// render is left out (and logged): a label is for finding runs, and must not stop one.
+fn labels(templates: &Templates, wf: &CompiledWorkflow, trigger: &Trigger) -> Value {
+    if wf.workflow.labels.is_empty() {
+        return json!({});
+    }
+    let ctx = crate::templates::context(&trigger.clone().into_context());
+    let mut out = serde_json::Map::new();
+    for (name, template) in &wf.workflow.labels {
+        match templates.render_str(template.as_str(), &ctx) {
+            Ok(v) => {
+                out.insert(name.clone(), Value::String(v));
+            }
+            Err(e) => {
+                tracing::warn!(workflow = %wf.id, label = %name, error = %e, "a run label did not render; the run has no such label")
+            }
+        }
+    }
+    Value::Object(out)
+}
+
+/// Runs of the workflows an event starts (those whose `event` trigger names it and whose
+/// filter passes).
+pub(crate) fn subscriber_runs(
+    registry: &Registry,
+    event: &NewEvent,
+    source_run: Option<&str>,
+    now: Millis,
+) -> Vec<NewRun> {
+    let mut runs = Vec::new();
+    let event_value = json!({"name": event.name, "key": event.key, "data": event.data, "source_run_id": source_run});
+    for sub in registry
+        .events
+        .get(&event.name)
+        .map(Vec::as_slice)
+        .unwrap_or_default()
+    {
+        let crate::definitions::model::Trigger::Event(t) =
+            &sub.workflow.workflow.triggers[sub.trigger]
+        else {
+            continue;
+        };
+        if let Some(filter) = &t.filter {
+            let ctx = crate::templates::context(&json!({"event": event_value}));
+            match registry.templates.is_true(filter.as_str(), &ctx) {
+                Ok(true) => {}
+                Ok(false) => continue,
+                Err(e) => {
+                    tracing::warn!(workflow = %sub.workflow.id, event = %event.name, error = %e, "event filter failed; the workflow was not started");
+                    continue;
+                }
+            }
+        }
+        let trigger = Trigger::Event {
+            name: event.name.clone(),
+            key: event.key.clone(),
+            data: event.data.clone(),
+            source_run_id: source_run.map(str::to_owned),
+        };
+        runs.push(
+            RunBuilder::new(&sub.workflow, trigger)
+                // One event starts a subscriber once, even if it is recorded twice.
+                .idempotency_key(Some(format!("event:{}", event.id)))
+                .build(&registry.templates, now),
+        );
+    }
+    runs
 }
 
 #[cfg(test)]

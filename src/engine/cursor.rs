@@ -65,7 +65,7 @@ impl Cursor {
         }
     }
 
-    pub fn to_value(&self) -> Value {
+    pub(crate) fn to_value(&self) -> Value {
         serde_json::to_value(self).expect("a cursor always serializes")
     }
 
@@ -74,7 +74,7 @@ impl Cursor {
     }
 
     /// A suffix that makes an idempotency key unique per loop iteration.
-    pub fn loop_suffix(&self) -> String {
+    pub(crate) fn loop_suffix(&self) -> String {
         self.frames
             .iter()
             .map(|f| format!("[{}]", f.index))

@@ -92,7 +92,15 @@ impl Engine {
         let registry = self.registry();
         // The recipient may have opted out since the message was queued (it may have waited
         // for a retry): that wins over the send.
-        let suppressed = match self.suppression(None, &m.recipient, m.category).await {
+        let suppressed = match super::suppression::check(
+            &self.store,
+            &registry.config.contacts.default_region,
+            None,
+            &m.recipient,
+            m.category,
+        )
+        .await
+        {
             Ok(s) => s,
             Err(e) => {
                 // Unknown is not "allowed": try again shortly rather than risk it.

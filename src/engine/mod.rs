@@ -13,14 +13,17 @@
 //! become due again when its leases expire.
 
 pub mod clock;
+pub(crate) mod contact;
 pub mod context;
 pub mod cursor;
 pub mod dispatcher;
-mod http;
 mod interpreter;
 pub mod program;
 pub mod registry;
 pub mod retry;
+pub mod scheduler;
+mod steps;
+pub(crate) mod suppression;
 pub mod worker;
 
 use std::collections::{HashMap, HashSet};
@@ -37,20 +40,54 @@ use crate::definitions::model::config::Keyword;
 use crate::definitions::project::{EnvMode, LoadCache, LoadOptions, load_with};
 use crate::definitions::read_definition;
 use crate::definitions::source::SourceFile;
-use crate::store::{
-    ContactUpsert, DynStore, Millis, NewEvent, NewRun, RunRecord, RunStatus, StoreError,
-};
+use crate::store::{ContactUpsert, DynStore, Millis, NewEvent, RunRecord, RunStatus, StoreError};
+use crate::triggers::inbound;
 use clock::Clock;
+pub(crate) use context::RunBuilder;
 pub use context::Trigger;
-use cursor::Cursor;
 use registry::{CompileCache, CompiledWorkflow, Registry};
 
+/// Why the engine could not do what it was asked. [`EngineError::kind`] is for callers that
+/// decide what to do (an HTTP status, a retry); the message is for people.
 #[derive(Debug, thiserror::Error)]
 pub enum EngineError {
     #[error(transparent)]
     Store(#[from] StoreError),
-    #[error("{0}")]
-    Invalid(String),
+    #[error("{message}")]
+    Invalid { kind: ErrorKind, message: String },
+}
+
+/// What kind of failure an [`EngineError`] is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ErrorKind {
+    /// The database refused or did not answer (see [`StoreError`]).
+    Store,
+    /// A run's workflow version is not stored, or no longer loads or compiles.
+    VersionUnavailable,
+    /// A run's stored state (its cursor) cannot be read.
+    UnreadableRun,
+    /// A run being started stopped before its first commit, or the run its idempotency key
+    /// named disappeared: the start may be tried again.
+    StartInterrupted,
+    /// The machine refused something the engine needs (a temporary folder).
+    Io,
+}
+
+impl EngineError {
+    pub fn new(kind: ErrorKind, message: impl Into<String>) -> EngineError {
+        EngineError::Invalid {
+            kind,
+            message: message.into(),
+        }
+    }
+
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            EngineError::Store(_) => ErrorKind::Store,
+            EngineError::Invalid { kind, .. } => *kind,
+        }
+    }
 }
 
 /// The reply a `sync` webhook gives.
@@ -63,7 +100,7 @@ pub struct SyncReply {
 
 impl SyncReply {
     /// The reply of a run that ended without a `respond` step.
-    pub fn from_finished(
+    pub(crate) fn from_finished(
         run_id: &str,
         status: RunStatus,
         context: &Value,
@@ -227,7 +264,7 @@ impl Default for EngineOptions {
 }
 
 /// `host-pid-random`: unique per process, readable in the runs table.
-pub fn default_owner() -> String {
+pub(crate) fn default_owner() -> String {
     let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "herald".into());
     let id = uuid::Uuid::now_v7().simple().to_string();
     format!("{host}-{}-{}", std::process::id(), &id[id.len() - 6..])
@@ -306,7 +343,7 @@ impl Engine {
         self.clock.now()
     }
 
-    pub fn lease_ms(&self) -> i64 {
+    pub(crate) fn lease_ms(&self) -> i64 {
         self.options.lease.as_millis() as i64
     }
 
@@ -338,7 +375,7 @@ impl Engine {
 
     /// The compiled workflow for a stored version: the current one if it matches, else one
     /// compiled from the stored source.
-    pub async fn workflow_version(
+    pub(crate) async fn workflow_version(
         &self,
         workflow_id: &str,
         hash: &str,
@@ -352,36 +389,43 @@ impl Engine {
             return Ok(wf.clone());
         }
         let stored = self.store.definition(hash).await?.ok_or_else(|| {
-            EngineError::Invalid(format!(
-                "definition version {hash} of `{workflow_id}` is not stored"
-            ))
+            EngineError::new(
+                ErrorKind::VersionUnavailable,
+                format!("definition version {hash} of `{workflow_id}` is not stored"),
+            )
         })?;
         let file = SourceFile::new(
             format!("{workflow_id}@{}", &hash[..12.min(hash.len())]),
             stored.source,
         );
         let def = read_definition(file).map_err(|d| {
-            EngineError::Invalid(format!(
-                "stored version {hash} of `{workflow_id}` no longer loads: {}",
-                d[0].message
-            ))
+            EngineError::new(
+                ErrorKind::VersionUnavailable,
+                format!(
+                    "stored version {hash} of `{workflow_id}` no longer loads: {}",
+                    d[0].message
+                ),
+            )
         })?;
         let wf = Arc::new(CompiledWorkflow::compile(&def, &self.env).map_err(|d| {
-            EngineError::Invalid(format!(
-                "stored version {hash} of `{workflow_id}` does not compile: {}",
-                d[0].message
-            ))
+            EngineError::new(
+                ErrorKind::VersionUnavailable,
+                format!(
+                    "stored version {hash} of `{workflow_id}` does not compile: {}",
+                    d[0].message
+                ),
+            )
         })?);
         crate::sync::lock(&self.versions).insert(hash.to_owned(), wf.clone());
         Ok(wf)
     }
 
-    pub fn is_draining(&self) -> bool {
+    pub(crate) fn is_draining(&self) -> bool {
         self.draining.load(Ordering::SeqCst)
     }
 
     /// Stops taking new work (on SIGTERM); runs in progress finish their segment.
-    pub fn drain(&self) {
+    pub(crate) fn drain(&self) {
         self.draining.store(true, Ordering::SeqCst);
         self.work_ready.notify_waiters();
         self.outbox_ready.notify_waiters();
@@ -427,7 +471,9 @@ impl Engine {
             return Ok(self.duplicate(existing, req.want_reply));
         }
         let now = self.now();
-        let new = self.new_run(&req.workflow, req.trigger, req.idempotency_key, None, now);
+        let new = RunBuilder::new(&req.workflow, req.trigger)
+            .idempotency_key(req.idempotency_key)
+            .build(&self.registry().templates, now);
         let run_id = new.id.clone();
         let reply = req.want_reply.then(|| self.wait_reply(&run_id));
         let (first_tx, first_rx) = oneshot::channel();
@@ -445,15 +491,15 @@ impl Engine {
             }),
             Ok(Ok(interpreter::FirstCommit::Duplicate(existing))) => {
                 drop(reply);
-                let existing =
-                    self.store.run(&existing).await?.ok_or_else(|| {
-                        EngineError::Invalid("the original run disappeared".into())
-                    })?;
+                let existing = self.store.run(&existing).await?.ok_or_else(|| {
+                    EngineError::new(ErrorKind::StartInterrupted, "the original run disappeared")
+                })?;
                 Ok(self.duplicate(existing, req.want_reply))
             }
             Ok(Err(e)) => Err(e),
-            Err(_) => Err(EngineError::Invalid(
-                "the run stopped before it was stored".into(),
+            Err(_) => Err(EngineError::new(
+                ErrorKind::StartInterrupted,
+                "the run stopped before it was stored",
             )),
         }
     }
@@ -532,7 +578,7 @@ impl Engine {
             source_run_id: None,
             created_at: now,
         };
-        let runs = self.subscriber_runs(&event, None, now)?;
+        let runs = context::subscriber_runs(&self.registry(), &event, None, now);
         self.store
             .insert_events(std::slice::from_ref(&event), &runs, &[])
             .await?;
@@ -564,15 +610,18 @@ impl Engine {
         let now = self.now();
         let registry = self.registry();
         let dedupe = provider_id.map(|p| format!("message:{channel}:{p}"));
-        let mut keyword = registry.config.compliance.classify(text);
         let (email, phone) = if from.contains('@') {
             (Some(from.to_lowercase()), None)
         } else {
-            (None, crate::templates::filters::normalize_phone(from, "US"))
+            (
+                None,
+                contact::normalize_phone(from, &registry.config.contacts.default_region),
+            )
         };
-        if keyword == Some(Keyword::OptIn) {
-            // An opt-in word is an ordinary reply unless its sender had opted out.
-            let opted_out = if email.is_some() || phone.is_some() {
+        let classified = registry.config.compliance.classify(text);
+        // Whether the sender had opted out matters only to an opt-in word.
+        let opted_out =
+            if classified == Some(Keyword::OptIn) && (email.is_some() || phone.is_some()) {
                 self.store
                     .find_contact(email.as_deref(), phone.as_deref())
                     .await?
@@ -581,44 +630,36 @@ impl Engine {
             } else {
                 false
             };
-            if !opted_out {
-                keyword = None;
-            }
-        }
+        let keyword = inbound::keyword(classified, opted_out);
         let mut contacts = Vec::new();
-        let (event_name, mut events) = match keyword {
-            None => (format!("message.{channel}"), Vec::new()),
-            Some(k) => {
-                let (status, name) = match k {
-                    Keyword::OptOut => ("opted_out", "contact.opted_out"),
-                    Keyword::OptIn => ("subscribed", "contact.opted_in"),
-                };
-                if email.is_some() || phone.is_some() {
-                    contacts.push(ContactUpsert {
-                        new_id: new_id(),
-                        email: email.clone(),
-                        phone: phone.clone(),
-                        status: Some(status.to_owned()),
-                        now,
-                        ..ContactUpsert::default()
-                    });
-                }
-                tracing::info!(channel, from, keyword = %text.trim(), status, "compliance keyword");
-                metrics::counter!("herald_compliance_keywords_total", "channel" => channel.to_owned(), "kind" => name).increment(1);
-                let notice = NewEvent {
-                    id: dedupe
-                        .as_ref()
-                        .map(|d| format!("{name}:{d}"))
-                        .unwrap_or_else(new_id),
-                    name: name.to_owned(),
-                    key: Some(from.to_owned()),
-                    data: json!({"channel": channel, "from": from, "text": text, "keyword": text.trim().to_uppercase()}),
-                    source_run_id: None,
-                    created_at: now,
-                };
-                (format!("compliance.{channel}"), vec![notice])
+        let mut events = Vec::new();
+        if let Some(k) = keyword {
+            let (status, name) = inbound::keyword_effect(k);
+            if email.is_some() || phone.is_some() {
+                contacts.push(ContactUpsert {
+                    new_id: new_id(),
+                    email: email.clone(),
+                    phone: phone.clone(),
+                    status: Some(status.to_owned()),
+                    now,
+                    ..ContactUpsert::default()
+                });
             }
-        };
+            tracing::info!(channel, from, keyword = %text.trim(), status, "compliance keyword");
+            metrics::counter!("herald_compliance_keywords_total", "channel" => channel.to_owned(), "kind" => name).increment(1);
+            events.push(NewEvent {
+                id: dedupe
+                    .as_ref()
+                    .map(|d| format!("{name}:{d}"))
+                    .unwrap_or_else(new_id),
+                name: name.to_owned(),
+                key: Some(from.to_owned()),
+                data: json!({"channel": channel, "from": from, "text": text, "keyword": text.trim().to_uppercase()}),
+                source_run_id: None,
+                created_at: now,
+            });
+        }
+        let event_name = inbound::event_name(channel, keyword);
         let message_event = NewEvent {
             // A provider's message id makes a redelivered message one event, not two.
             id: dedupe.clone().unwrap_or_else(new_id),
@@ -640,44 +681,29 @@ impl Engine {
             else {
                 continue;
             };
-            let trimmed = text.trim();
-            let named = m
-                .keyword
-                .as_ref()
-                .is_some_and(|k| k.words().iter().any(|w| w.eq_ignore_ascii_case(trimmed)));
-            let matched = match keyword {
-                // A compliance keyword reaches only the workflows that ask for it by name.
-                Some(_) => named,
-                None => {
-                    (m.keyword.is_none() || named)
-                        && sub.workflow.patterns[sub.trigger]
-                            .as_ref()
-                            .is_none_or(|re| re.is_match(text))
-                }
-            };
-            if !matched {
+            let pattern = sub.workflow.patterns[sub.trigger].as_ref();
+            if !inbound::starts(m, pattern, text, keyword) {
                 continue;
             }
-            runs.push(self.new_run(
-                &sub.workflow,
-                Trigger::Message {
-                    channel: channel.to_owned(),
-                    from: from.to_owned(),
-                    text: text.to_owned(),
-                    id: provider_id.map(str::to_owned),
-                },
-                dedupe.clone(),
-                None,
-                now,
-            ));
+            let trigger = Trigger::Message {
+                channel: channel.to_owned(),
+                from: from.to_owned(),
+                text: text.to_owned(),
+                id: provider_id.map(str::to_owned),
+            };
+            runs.push(
+                RunBuilder::new(&sub.workflow, trigger)
+                    .idempotency_key(dedupe.clone())
+                    .build(&registry.templates, now),
+            );
         }
         for notice in &events {
-            runs.extend(self.subscriber_runs(notice, None, now)?);
+            runs.extend(context::subscriber_runs(&registry, notice, None, now));
         }
         let ids = runs.iter().map(|r| r.id.clone()).collect();
         events.insert(0, message_event);
         self.store.insert_events(&events, &runs, &contacts).await?;
-        if keyword.is_none() {
+        if inbound::is_reply(keyword) {
             self.store.wake_waiting(&event_name, from, now).await?;
         }
         self.work_ready.notify_waiters();
@@ -685,111 +711,6 @@ impl Engine {
             started_runs: ids,
             keyword,
         })
-    }
-
-    /// A run record for a trigger, due now: its context made from the trigger (see
-    /// [`context`]), its labels rendered from the workflow's `labels`.
-    pub fn new_run(
-        &self,
-        wf: &CompiledWorkflow,
-        trigger: Trigger,
-        idempotency_key: Option<String>,
-        parent_run_id: Option<String>,
-        now: Millis,
-    ) -> NewRun {
-        let id = new_id();
-        let trigger_kind = trigger.kind().to_owned();
-        let labels = self.labels(wf, &trigger);
-        let context = context::run_context(trigger, &id, &wf.id, &labels, now);
-        NewRun {
-            id,
-            workflow_id: wf.id.clone(),
-            version: wf.hash.clone(),
-            trigger_kind,
-            idempotency_key,
-            parent_run_id,
-            cursor: Cursor::at(
-                wf.program
-                    .entry
-                    .map(|i| wf.program.nodes[i].step.id.clone()),
-            )
-            .to_value(),
-            context,
-            labels,
-            created_at: now,
-        }
-    }
-
-    /// A workflow's `labels`, rendered against what started the run. A label that does not
-    /// render is left out (and logged): a label is for finding runs, and must not stop one.
-    fn labels(&self, wf: &CompiledWorkflow, trigger: &Trigger) -> Value {
-        if wf.workflow.labels.is_empty() {
-            return json!({});
-        }
-        let registry = self.registry();
-        let ctx = crate::templates::context(&trigger.clone().into_context());
-        let mut out = serde_json::Map::new();
-        for (name, template) in &wf.workflow.labels {
-            match registry.templates.render_str(template.as_str(), &ctx) {
-                Ok(v) => {
-                    out.insert(name.clone(), Value::String(v));
-                }
-                Err(e) => {
-                    tracing::warn!(workflow = %wf.id, label = %name, error = %e, "a run label did not render; the run has no such label")
-                }
-            }
-        }
-        Value::Object(out)
-    }
-
-    /// Runs of the workflows an event starts (those whose `event` trigger names it and whose
-    /// filter passes).
-    pub fn subscriber_runs(
-        &self,
-        event: &NewEvent,
-        source_run: Option<&str>,
-        now: Millis,
-    ) -> Result<Vec<NewRun>, EngineError> {
-        let registry = self.registry();
-        let mut runs = Vec::new();
-        let event_value = json!({"name": event.name, "key": event.key, "data": event.data, "source_run_id": source_run});
-        for sub in registry
-            .events
-            .get(&event.name)
-            .map(Vec::as_slice)
-            .unwrap_or_default()
-        {
-            let crate::definitions::model::Trigger::Event(t) =
-                &sub.workflow.workflow.triggers[sub.trigger]
-            else {
-                continue;
-            };
-            if let Some(filter) = &t.filter {
-                let ctx = crate::templates::context(&json!({"event": event_value}));
-                match registry.templates.is_true(filter.as_str(), &ctx) {
-                    Ok(true) => {}
-                    Ok(false) => continue,
-                    Err(e) => {
-                        tracing::warn!(workflow = %sub.workflow.id, event = %event.name, error = %e, "event filter failed; the workflow was not started");
-                        continue;
-                    }
-                }
-            }
-            runs.push(self.new_run(
-                &sub.workflow,
-                Trigger::Event {
-                    name: event.name.clone(),
-                    key: event.key.clone(),
-                    data: event.data.clone(),
-                    source_run_id: source_run.map(str::to_owned),
-                },
-                // One event starts a subscriber once, even if it is recorded twice.
-                Some(format!("event:{}", event.id)),
-                None,
-                now,
-            ));
-        }
-        Ok(runs)
     }
 
     /// Cancels a run; a parent waiting on it wakes to see it.

@@ -42,7 +42,7 @@ impl Program {
 
     /// The node whose `on_error` handles a failure of node `failed`: the node itself or the
     /// nearest enclosing one with a handler.
-    pub fn handler_for(&self, failed: usize) -> Option<usize> {
+    pub(crate) fn handler_for(&self, failed: usize) -> Option<usize> {
         let mut at = Some(failed);
         while let Some(i) = at {
             if self.nodes[i].handler.is_some() {
@@ -55,7 +55,7 @@ impl Program {
 
     /// The nodes a failure at `failed` leaves on its way to the handler at `handler`: both of
     /// them and every node in between. Loops among them are exited.
-    pub fn unwound(&self, failed: usize, handler: usize) -> Vec<usize> {
+    pub(crate) fn unwound(&self, failed: usize, handler: usize) -> Vec<usize> {
         let mut out = Vec::new();
         let mut at = Some(failed);
         while let Some(i) = at {
@@ -68,7 +68,7 @@ impl Program {
         out
     }
 
-    pub fn node(&self, id: &str) -> Option<(usize, &Node)> {
+    pub(crate) fn node(&self, id: &str) -> Option<(usize, &Node)> {
         self.by_id.get(id).map(|&i| (i, &self.nodes[i]))
     }
 

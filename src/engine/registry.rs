@@ -124,7 +124,7 @@ impl CompiledWorkflow {
         })
     }
 
-    pub fn version_record(&self, now: Millis) -> DefinitionVersion {
+    pub(crate) fn version_record(&self, now: Millis) -> DefinitionVersion {
         DefinitionVersion {
             hash: self.hash.clone(),
             id: self.id.clone(),
@@ -246,7 +246,7 @@ impl Registry {
 
     /// [`Registry::build`], reusing the workflows an earlier build compiled when they are
     /// unchanged, and leaving this build's in `cache`.
-    pub fn build_with(
+    pub(crate) fn build_with(
         project: &Project,
         env: &EnvSource,
         generation: u64,
@@ -369,7 +369,7 @@ impl Registry {
     }
 
     /// Whether any method has a webhook at this path (to tell 405 from 404).
-    pub fn path_exists(&self, path: &str) -> bool {
+    pub(crate) fn path_exists(&self, path: &str) -> bool {
         self.routes.values().any(|r| r.at(path).is_ok())
     }
 

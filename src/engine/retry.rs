@@ -29,7 +29,7 @@ pub fn delay(policy: &RetryPolicy, attempt: u32) -> Duration {
 }
 
 /// The outbox's policy when a `send` step names none: a dozen attempts over about a day.
-pub fn outbox_default() -> RetryPolicy {
+pub(crate) fn outbox_default() -> RetryPolicy {
     RetryPolicy {
         max_attempts: 12,
         backoff: Backoff::Exponential,

@@ -22,7 +22,7 @@ use crate::store::{
 
 /// At most this many clock jumps per [`Harness::run_to_end`]: a workflow that retries or waits
 /// forever ends the simulation instead of hanging it.
-pub const MAX_JUMPS: usize = 10_000;
+pub(crate) const MAX_JUMPS: usize = 10_000;
 
 pub struct Harness {
     pub engine: Arc<Engine>,
@@ -61,10 +61,10 @@ impl Harness {
         let dir =
             std::env::temp_dir().join(format!("herald-sim-{}", uuid::Uuid::now_v7().simple()));
         std::fs::create_dir_all(&dir).map_err(|e| {
-            EngineError::Invalid(format!(
-                "cannot create a temporary folder {}: {e}",
-                dir.display()
-            ))
+            EngineError::new(
+                crate::engine::ErrorKind::Io,
+                format!("cannot create a temporary folder {}: {e}", dir.display()),
+            )
         })?;
         let url = format!("sqlite://{}", dir.join("sim.db").display());
         let store = crate::store::open(&url).await?;
@@ -85,7 +85,7 @@ impl Harness {
     }
 
     /// Stores contacts as a run's `upsert_contact` would.
-    pub async fn seed_contacts(
+    pub(crate) async fn seed_contacts(
         &self,
         contacts: Vec<ContactUpsert>,
     ) -> Result<Vec<Contact>, EngineError> {
@@ -189,7 +189,7 @@ impl Harness {
     }
 
     /// The value a step-log time is shown relative to.
-    pub fn since_start(&self, at: Millis) -> std::time::Duration {
+    pub(crate) fn since_start(&self, at: Millis) -> std::time::Duration {
         std::time::Duration::from_millis((at - self.started_at).max(0) as u64)
     }
 }
@@ -201,8 +201,12 @@ impl Drop for Harness {
 }
 
 /// A contact to seed, as JSON: `{email, phone, first_name, last_name, status, timezone,
-/// attributes}`.
-pub fn contact_from_json(v: &Value, now: Millis) -> Result<ContactUpsert, String> {
+/// attributes}`; a phone number without a country code is read in `region`.
+pub(crate) fn contact_from_json(
+    v: &Value,
+    region: &str,
+    now: Millis,
+) -> Result<ContactUpsert, String> {
     let obj = v
         .as_object()
         .ok_or_else(|| format!("a contact is an object with email or phone, not {v}"))?;
@@ -233,7 +237,7 @@ pub fn contact_from_json(v: &Value, now: Millis) -> Result<ContactUpsert, String
     let email = text("email")?.map(|e| e.trim().to_lowercase());
     let phone = match text("phone")? {
         Some(p) => Some(
-            crate::templates::filters::normalize_phone(&p, "US")
+            crate::templates::filters::normalize_phone(&p, region)
                 .ok_or_else(|| format!("`{p}` is not a phone number"))?,
         ),
         None => None,

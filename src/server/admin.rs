@@ -23,7 +23,11 @@ pub fn digest(key: &str) -> [u8; 32] {
     Sha256::digest(key.as_bytes()).into()
 }
 
-pub async fn require_key(State(state): State<Arc<AppState>>, req: Request, next: Next) -> Response {
+pub(crate) async fn require_key(
+    State(state): State<Arc<AppState>>,
+    req: Request,
+    next: Next,
+) -> Response {
     if state.admin_keys.is_empty() {
         return ApiError::new(
             StatusCode::FORBIDDEN,
@@ -174,7 +178,7 @@ pub async fn list_runs(
     ))
 }
 
-pub async fn get_run(
+pub(crate) async fn get_run(
     State(state): State<Arc<AppState>>,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
@@ -232,11 +236,7 @@ pub async fn cancel_run(
             format!("run {id} is already {}", run.status.as_str()),
         ));
     }
-    let ok = state
-        .engine
-        .cancel(&id)
-        .await
-        .map_err(ApiError::unavailable)?;
+    let ok = state.engine.cancel(&id).await.map_err(ApiError::engine)?;
     if !ok {
         return Err(ApiError::new(
             StatusCode::CONFLICT,
@@ -268,18 +268,14 @@ pub async fn retry_run(
             ),
         ));
     }
-    state
-        .engine
-        .retry(&id)
-        .await
-        .map_err(ApiError::unavailable)?;
+    state.engine.retry(&id).await.map_err(ApiError::engine)?;
     Ok(Json(
         json!({"run_id": id, "status": "pending", "step": run.cursor.get("step")}),
     ))
 }
 
 #[derive(Debug, Deserialize)]
-pub struct EmitBody {
+pub(crate) struct EmitBody {
     name: String,
     #[serde(default)]
     key: Option<String>,
@@ -287,7 +283,7 @@ pub struct EmitBody {
     data: Value,
 }
 
-pub async fn emit_event(
+pub(crate) async fn emit_event(
     State(state): State<Arc<AppState>>,
     body: Result<Json<EmitBody>, axum::extract::rejection::JsonRejection>,
 ) -> Result<Response, ApiError> {
@@ -304,7 +300,7 @@ pub async fn emit_event(
         .engine
         .emit(&body.name, body.key.as_deref(), body.data)
         .await
-        .map_err(ApiError::unavailable)?;
+        .map_err(ApiError::engine)?;
     Ok((StatusCode::ACCEPTED, Json(json!({"event_id": id}))).into_response())
 }
 
@@ -331,17 +327,24 @@ pub async fn inbound_message(
         )));
     }
     // Replies are correlated by sender: phone numbers in E.164, e-mail in lower case.
+    let region = state
+        .engine
+        .registry()
+        .config
+        .contacts
+        .default_region
+        .clone();
     let from = if body.from.contains('@') {
         body.from.trim().to_lowercase()
     } else {
-        crate::templates::filters::normalize_phone(&body.from, "US")
+        crate::templates::filters::normalize_phone(&body.from, &region)
             .unwrap_or_else(|| body.from.trim().to_owned())
     };
     let routed = state
         .engine
         .inbound_message(&channel, &from, &body.text, body.id.as_deref())
         .await
-        .map_err(ApiError::unavailable)?;
+        .map_err(ApiError::engine)?;
     let keyword = routed.keyword.map(|k| match k {
         Keyword::OptOut => "opt_out",
         Keyword::OptIn => "opt_in",

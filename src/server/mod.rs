@@ -5,7 +5,7 @@ pub mod admin;
 pub mod health;
 pub mod hooks;
 pub mod listener;
-pub mod operations;
+pub(crate) mod operations;
 pub mod retention;
 
 use std::sync::{Arc, Mutex};
@@ -127,9 +127,9 @@ pub fn router(state: Arc<AppState>) -> Router {
 }
 
 /// The longest request target and the most header bytes and lines Herald reads.
-pub const MAX_URI_BYTES: usize = 8 * 1024;
-pub const MAX_HEADER_BYTES: usize = 32 * 1024;
-pub const MAX_HEADERS: usize = 100;
+pub(crate) const MAX_URI_BYTES: usize = 8 * 1024;
+pub(crate) const MAX_HEADER_BYTES: usize = 32 * 1024;
+pub(crate) const MAX_HEADERS: usize = 100;
 
 /// Refuses requests whose target or headers are too large, with a JSON error.
 async fn request_limits(req: axum::extract::Request, next: axum::middleware::Next) -> Response {
@@ -202,6 +202,19 @@ impl ApiError {
 
     pub fn not_found(message: impl Into<String>) -> ApiError {
         ApiError::new(StatusCode::NOT_FOUND, "not_found", message)
+    }
+
+    /// An engine's error: 503 when trying again soon can help (the database failed, a start
+    /// was interrupted), 500 otherwise.
+    pub fn engine(e: crate::engine::EngineError) -> ApiError {
+        use crate::engine::ErrorKind;
+        match e.kind() {
+            ErrorKind::Store | ErrorKind::StartInterrupted => ApiError::unavailable(e),
+            _ => {
+                tracing::error!(error = %e, "request failed in the engine");
+                ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string())
+            }
+        }
     }
 
     pub fn unavailable(e: impl std::fmt::Display) -> ApiError {

@@ -34,6 +34,17 @@ fn body<T>(b: Result<Json<T>, JsonRejection>) -> Result<T, ApiError> {
         .map_err(|e| bad("malformed_json", e.body_text()))
 }
 
+/// `contacts.default_region` of the definitions in force.
+fn default_region(state: &AppState) -> String {
+    state
+        .engine
+        .registry()
+        .config
+        .contacts
+        .default_region
+        .clone()
+}
+
 fn store_error(e: StoreError) -> ApiError {
     match e {
         StoreError::Conflict(m) => ApiError::new(StatusCode::CONFLICT, "conflict", m),
@@ -133,8 +144,9 @@ fn field(m: &Map<String, Value>, name: &str) -> Result<Option<Option<String>>, A
     }
 }
 
-/// Reads and checks a contact's fields from a request body.
-fn patch_from(m: &Map<String, Value>) -> Result<ContactPatch, ApiError> {
+/// Reads and checks a contact's fields from a request body; a phone number without a country
+/// code is read in `region`.
+fn patch_from(m: &Map<String, Value>, region: &str) -> Result<ContactPatch, ApiError> {
     const FIELDS: &[&str] = &[
         "email",
         "phone",
@@ -165,7 +177,7 @@ fn patch_from(m: &Map<String, Value>) -> Result<ContactPatch, ApiError> {
     };
     let phone = match field(m, "phone")? {
         Some(Some(p)) => Some(Some(
-            crate::templates::filters::normalize_phone(&p, "US").ok_or_else(|| {
+            crate::templates::filters::normalize_phone(&p, region).ok_or_else(|| {
                 bad(
                     "invalid_contact",
                     format!("`{p}` is not a phone number; write it with its country code, such as +13035550123"),
@@ -209,7 +221,7 @@ pub async fn create_contact(
     b: Result<Json<Map<String, Value>>, JsonRejection>,
 ) -> Result<Response, ApiError> {
     let m = body(b)?;
-    let p = patch_from(&m)?;
+    let p = patch_from(&m, &default_region(&state))?;
     let (email, phone) = (p.email.clone().flatten(), p.phone.clone().flatten());
     if email.is_none() && phone.is_none() {
         return Err(bad(
@@ -249,7 +261,7 @@ pub async fn update_contact(
     Path(id): Path<String>,
     b: Result<Json<Map<String, Value>>, JsonRejection>,
 ) -> Result<Json<Value>, ApiError> {
-    let patch = patch_from(&body(b)?)?;
+    let patch = patch_from(&body(b)?, &default_region(&state))?;
     let c = state
         .engine
         .store
@@ -549,7 +561,7 @@ pub async fn run_cron_now(
             want_reply: false,
         })
         .await
-        .map_err(ApiError::unavailable)?;
+        .map_err(ApiError::engine)?;
     tracing::info!(workflow = %workflow, run = %started.run_id, "cron workflow run now by an operator");
     Ok((
         StatusCode::ACCEPTED,

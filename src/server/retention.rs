@@ -13,7 +13,7 @@ use crate::store::{Purged, StoreError};
 const BATCH: i64 = 1_000;
 
 /// Deletes what is past its retention now.
-pub async fn run_once(engine: &Engine) -> Result<Purged, StoreError> {
+pub(crate) async fn run_once(engine: &Engine) -> Result<Purged, StoreError> {
     let config = engine.registry().config.retention.clone();
     let now = engine.now();
     let before = |d: Option<crate::definitions::model::Duration>| {

@@ -6,7 +6,7 @@ use croner::parser::{CronParser, Seconds, Year};
 /// Parses a 5-field cron expression (minute hour day-of-month month day-of-week). Weekdays
 /// count from 0 = Sunday as in POSIX cron, and day-of-month and day-of-week combine with OR,
 /// as in Vixie cron.
-pub fn parse_schedule(expr: &str) -> Result<Cron, String> {
+pub(crate) fn parse_schedule(expr: &str) -> Result<Cron, String> {
     let fields = expr.split_whitespace().count();
     if fields != 5 {
         return Err(format!(
@@ -22,7 +22,7 @@ pub fn parse_schedule(expr: &str) -> Result<Cron, String> {
 }
 
 /// Looks up an IANA time zone.
-pub fn parse_timezone(name: &str) -> Result<jiff::tz::TimeZone, String> {
+pub(crate) fn parse_timezone(name: &str) -> Result<jiff::tz::TimeZone, String> {
     jiff::tz::TimeZone::get(name).map_err(|_| format!("unknown time zone `{name}`"))
 }
 

@@ -38,6 +38,8 @@ pub struct ConfigDef {
     #[serde(default)]
     pub compliance: ComplianceConfig,
     #[serde(default)]
+    pub contacts: ContactsConfig,
+    #[serde(default)]
     pub routes: RoutesConfig,
     #[serde(default)]
     pub limits: LimitsConfig,
@@ -68,6 +70,7 @@ impl Default for ConfigDef {
             templates: TemplatesConfig::default(),
             engine: EngineConfig::default(),
             compliance: ComplianceConfig::default(),
+            contacts: ContactsConfig::default(),
             routes: RoutesConfig::default(),
             limits: LimitsConfig::default(),
             server: ServerConfig::default(),
@@ -162,6 +165,31 @@ impl Default for TemplatesConfig {
     fn default() -> Self {
         TemplatesConfig {
             fuel: TemplatesConfig::default_fuel(),
+        }
+    }
+}
+
+/// How contacts' addresses are read.
+#[derive(Debug, Clone, PartialEq, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ContactsConfig {
+    /// The region a phone number written without a country code is read in, as a two-letter
+    /// code such as US or GB: `upsert_contact`, suppression checks, inbound messages, the
+    /// operations API and `herald run`'s contacts all store numbers in E.164 with it.
+    #[serde(default = "ContactsConfig::default_region")]
+    pub default_region: String,
+}
+
+impl ContactsConfig {
+    fn default_region() -> String {
+        "US".into()
+    }
+}
+
+impl Default for ContactsConfig {
+    fn default() -> Self {
+        ContactsConfig {
+            default_region: ContactsConfig::default_region(),
         }
     }
 }

@@ -22,7 +22,7 @@ use tokio_util::sync::CancellationToken;
 use crate::definitions::model::trigger::{CatchUp, Overlap};
 use crate::engine::clock::rfc3339;
 use crate::engine::registry::{CronEntry, Registry};
-use crate::engine::{Engine, EngineError, Trigger};
+use crate::engine::{Engine, EngineError, RunBuilder, Trigger};
 use crate::store::{CronFire, CronOutcome, Millis};
 
 /// A slot this late is still "on time": the scheduler ticks every second, and a slot due
@@ -258,22 +258,19 @@ impl Scheduler {
             };
             match decision {
                 Ok(()) => {
-                    let run = self.engine.new_run(
-                        &entry.workflow,
-                        Trigger::Cron {
-                            schedule: entry.spec.schedule.clone(),
-                            timezone: entry.spec.timezone.clone(),
-                            slot,
-                            input: entry
-                                .spec
-                                .input
-                                .clone()
-                                .unwrap_or(Value::Object(Default::default())),
-                        },
-                        Some(format!("cron:{}:{slot}", entry.key)),
-                        None,
-                        now,
-                    );
+                    let trigger = Trigger::Cron {
+                        schedule: entry.spec.schedule.clone(),
+                        timezone: entry.spec.timezone.clone(),
+                        slot,
+                        input: entry
+                            .spec
+                            .input
+                            .clone()
+                            .unwrap_or(Value::Object(Default::default())),
+                    };
+                    let run = RunBuilder::new(&entry.workflow, trigger)
+                        .idempotency_key(Some(format!("cron:{}:{slot}", entry.key)))
+                        .build(&self.engine.registry().templates, now);
                     fire.run_id = Some(run.id.clone());
                     if store.record_cron_fire(&fire, Some(&run)).await? {
                         report.fired += 1;

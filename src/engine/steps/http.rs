@@ -4,11 +4,42 @@ use std::time::Duration;
 
 use serde_json::{Map, Value, json};
 
-use super::interpreter::StepError;
+use super::StepCx;
+use crate::definitions::model::step::HttpStep;
 use crate::definitions::model::trigger::HttpMethod;
+use crate::engine::interpreter::{Outcome, StepError};
 
 /// The largest response body kept; a step's output lives in the run's context.
 const MAX_BODY: usize = 1024 * 1024;
+
+/// A step without its own `timeout` waits this long for a response.
+const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
+
+pub(super) async fn execute(cx: StepCx<'_>, h: &HttpStep) -> Result<Outcome, StepError> {
+    let url = cx.render(h.url.as_str())?;
+    let mut headers = Vec::new();
+    for (k, v) in &h.headers {
+        headers.push((k.clone(), cx.render(v.as_str())?));
+    }
+    let json_body = h.json.as_ref().map(|j| cx.render_json(j)).transpose()?;
+    let timeout = cx
+        .step()
+        .timeout
+        .map(|d| d.as_std())
+        .unwrap_or(DEFAULT_TIMEOUT);
+    call(
+        cx.host.http,
+        h.method,
+        &url,
+        &headers,
+        json_body.as_ref(),
+        &cx.effect_key(),
+        timeout,
+        h.expect.as_deref(),
+    )
+    .await
+    .map(Outcome::Done)
+}
 
 /// URLs in messages lose their query string, which is where tokens tend to be.
 fn display_url(url: &str) -> &str {
@@ -16,7 +47,7 @@ fn display_url(url: &str) -> &str {
 }
 
 #[allow(clippy::too_many_arguments)]
-pub(crate) async fn call(
+async fn call(
     client: &reqwest::Client,
     method: HttpMethod,
     url: &str,

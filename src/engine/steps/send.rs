@@ -1,0 +1,132 @@
+//! `send`: renders a message and queues it in the outbox; the dispatcher delivers it.
+
+use serde_json::{Map, Value, json};
+
+use super::StepCx;
+use crate::definitions::model::step::SendStep;
+use crate::engine::interpreter::{After, Outcome, StepError};
+use crate::engine::{new_id, retry, suppression};
+use crate::store::NewOutbox;
+
+pub(super) async fn execute(cx: StepCx<'_>, s: &SendStep) -> Result<Outcome, StepError> {
+    let registry = cx.host.registry;
+    if !registry.channels.contains_key(&s.channel) {
+        return Err(StepError::Permanent(format!(
+            "channel `{}` is not configured",
+            s.channel
+        )));
+    }
+    let to = cx.render(s.to.as_str())?.trim().to_owned();
+    if to.is_empty() {
+        return Err(StepError::Permanent("the recipient (`to`) is empty".into()));
+    }
+    let own = cx.run.ctx.get("contact").filter(|c| !c.is_null());
+    let region = &registry.config.contacts.default_region;
+    if let Some(reason) = suppression::check(cx.host.store, region, own, &to, s.category)
+        .await
+        .map_err(|e| StepError::Transient {
+            message: format!("could not check the recipient's status: {e}"),
+            retry_after: None,
+        })?
+    {
+        return Ok(Outcome::Done(
+            json!({"status": "suppressed", "to": to, "reason": reason, "category": s.category}),
+        ));
+    }
+    let (body, html) = body(&cx, s)?;
+    let mut headers = Map::new();
+    for (k, v) in &s.headers {
+        headers.insert(k.clone(), Value::String(cx.render(v.as_str())?));
+    }
+    let subject = cx.render_opt(&s.subject)?;
+    let limit = registry
+        .config
+        .limits
+        .message_size
+        .map(|b| b.0 as usize)
+        .or_else(|| {
+            registry
+                .channels
+                .get(&s.channel)
+                .map(|c| c.max_message_bytes())
+        })
+        .unwrap_or(1 << 20);
+    let size = body.len() + subject.as_ref().map_or(0, String::len);
+    if size > limit {
+        return Err(StepError::Permanent(format!(
+            "the rendered message is {size} bytes, over the limit of {limit} bytes for channel `{}` (limits.message_size in herald.yaml)",
+            s.channel
+        )));
+    }
+    let id = new_id();
+    let step = cx.step();
+    // The step's retry policy governs the delivery attempts: a send step only enqueues, so
+    // the policy has nothing else to apply to.
+    let max_attempts = step
+        .retry
+        .as_ref()
+        .map(|r| r.max_attempts)
+        .unwrap_or(retry::outbox_default().max_attempts);
+    let message = NewOutbox {
+        id: id.clone(),
+        run_id: Some(cx.run.id.clone()),
+        workflow_id: Some(cx.run.workflow.id.clone()),
+        step_id: Some(step.id.clone()),
+        channel: s.channel.clone(),
+        recipient: to.clone(),
+        sender: cx.render_opt(&s.from)?,
+        subject,
+        body,
+        html,
+        headers: Value::Object(headers),
+        idempotency_key: cx.effect_key(),
+        max_attempts: i64::from(max_attempts),
+        category: s.category,
+        retry: step.retry.clone(),
+        created_at: cx.now,
+    };
+    cx.pending.outbox.push(message);
+    cx.pending.after.push(After::Outbox);
+    Ok(Outcome::Done(
+        json!({"message_id": id, "channel": s.channel, "to": to, "status": "queued"}),
+    ))
+}
+
+/// The message's body, and whether it is HTML: a template file (HTML by its name) or an
+/// inline `body`.
+fn body(cx: &StepCx<'_>, s: &SendStep) -> Result<(String, bool), StepError> {
+    let t = cx.templates();
+    match (&s.template, &s.body) {
+        (Some(name), _) => {
+            // A name may be chosen at run time: `emails/{{ vars.kind }}.html.j2`.
+            let name = if name.contains("{{") {
+                let chosen = cx.render(name)?.trim().to_owned();
+                if !t.contains(&chosen) {
+                    let hint = crate::definitions::suggest::did_you_mean(
+                        &chosen,
+                        t.names().iter().map(String::as_str),
+                    )
+                    .map(|s| format!("; did you mean `{s}`?"))
+                    .unwrap_or_default();
+                    return Err(StepError::Permanent(format!(
+                        "template `{chosen}` (from `{name}`) does not exist under templates/{hint}"
+                    )));
+                }
+                chosen
+            } else {
+                name.clone()
+            };
+            let name = name.as_str();
+            let body = t.render_in(name, cx.ctx())?;
+            let base = name
+                .strip_suffix(".j2")
+                .or_else(|| name.strip_suffix(".jinja"))
+                .unwrap_or(name);
+            Ok((body, base.ends_with(".html") || base.ends_with(".htm")))
+        }
+        (None, Some(b)) => Ok((cx.render(b.as_str())?, false)),
+        (None, None) => Err(StepError::Permanent(
+            "`send` needs a `template` or a `body`".into(),
+        )),
+    }
+}

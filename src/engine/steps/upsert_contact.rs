@@ -1,0 +1,104 @@
+//! `upsert_contact`: creates or updates the contact with an e-mail address or phone number,
+//! and makes it the run's `contact`.
+
+use serde_json::{Map, Value};
+
+use super::StepCx;
+use crate::definitions::model::step::UpsertContactStep;
+use crate::engine::contact::{check_timezone, normalize_email, normalize_phone};
+use crate::engine::interpreter::{Outcome, StepError};
+use crate::engine::new_id;
+use crate::store::{Contact, ContactUpsert};
+
+pub(super) async fn execute(
+    mut cx: StepCx<'_>,
+    u: &UpsertContactStep,
+) -> Result<Outcome, StepError> {
+    let upsert = upsert(&cx, u)?;
+    let (email, phone) = (upsert.email.clone(), upsert.phone.clone());
+    // The run's own contact (perhaps upserted earlier in this segment and not yet committed)
+    // is the freshest copy; otherwise ask the store.
+    let own: Option<Contact> = cx
+        .run
+        .ctx
+        .get("contact")
+        .filter(|c| !c.is_null())
+        .and_then(|c| serde_json::from_value(c.clone()).ok())
+        .filter(|c: &Contact| {
+            (email.is_some() && c.email == email)
+                || (email.is_none() && phone.is_some() && c.phone == phone)
+        });
+    let existing = match own {
+        Some(c) => Some(c),
+        None => cx
+            .host
+            .store
+            .find_contact(email.as_deref(), phone.as_deref())
+            .await
+            .map_err(|e| StepError::Transient {
+                message: format!("could not read the contact: {e}"),
+                retry_after: None,
+            })?,
+    };
+    let merged = upsert.apply(existing);
+    let mut upsert = upsert;
+    upsert.new_id = merged.id.clone();
+    let value = serde_json::to_value(&merged).unwrap_or(Value::Null);
+    if let Some(obj) = cx.context_mut().as_object_mut() {
+        obj.insert("contact".into(), value.clone());
+    }
+    cx.run.contact_id = Some(merged.id.clone());
+    cx.pending.contacts.push(upsert);
+    Ok(Outcome::Done(value))
+}
+
+/// The step's fields, rendered and checked.
+fn upsert(cx: &StepCx<'_>, u: &UpsertContactStep) -> Result<ContactUpsert, StepError> {
+    let email = cx
+        .render_opt(&u.email)?
+        .map(|e| normalize_email(&e))
+        .transpose()
+        .map_err(StepError::Permanent)?;
+    let region = &cx.host.registry.config.contacts.default_region;
+    let phone = match cx.render_opt(&u.phone)? {
+        Some(raw) => Some(
+            normalize_phone(&raw, region)
+                .ok_or_else(|| StepError::Permanent(format!("`{raw}` is not a phone number")))?,
+        ),
+        None => None,
+    };
+    if email.is_none() && phone.is_none() {
+        return Err(StepError::Permanent(
+            "`upsert_contact` needs an e-mail address or a phone number; both were empty".into(),
+        ));
+    }
+    let timezone = cx.render_opt(&u.timezone)?;
+    if let Some(tz) = &timezone {
+        check_timezone(tz).map_err(StepError::Permanent)?;
+    }
+    // One rule for every field: an empty or null value leaves what is stored, so a form that
+    // omits a field does not erase what an earlier one recorded.
+    let mut attributes = Map::new();
+    for (k, v) in &u.attributes {
+        let value = cx.render_json(v)?;
+        let empty = match &value {
+            Value::Null => true,
+            Value::String(s) => s.trim().is_empty(),
+            _ => false,
+        };
+        if !empty {
+            attributes.insert(k.clone(), value);
+        }
+    }
+    Ok(ContactUpsert {
+        new_id: new_id(),
+        email,
+        phone,
+        first_name: cx.render_opt(&u.first_name)?,
+        last_name: cx.render_opt(&u.last_name)?,
+        status: cx.render_opt(&u.status)?,
+        timezone,
+        attributes,
+        now: cx.now,
+    })
+}

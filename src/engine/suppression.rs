@@ -1,0 +1,46 @@
+//! The suppression policy: whether a message may go to its recipient. A recipient who opted
+//! out, unsubscribed, bounced or complained gets no message of a category their status blocks
+//! (see [`MessageCategory::blocked_by`]). It is checked when a `send` runs and again just
+//! before delivery, so no workflow has to remember to, and an opt-out recorded while a message
+//! waits in the outbox still wins.
+
+use serde_json::Value;
+
+use super::contact::Address;
+use crate::definitions::model::step::MessageCategory;
+use crate::store::{DynStore, StoreError};
+
+/// Why a message of `category` to `to` must not be sent, if it must not.
+///
+/// `own` is the run's contact, used when it is the recipient (it may hold changes its segment
+/// has not committed yet); otherwise the stored contact with that address counts.
+pub(crate) async fn check(
+    store: &DynStore,
+    region: &str,
+    own: Option<&Value>,
+    to: &str,
+    category: MessageCategory,
+) -> Result<Option<String>, StoreError> {
+    let status_of = |c: &Value| c.get("status").and_then(Value::as_str).map(str::to_owned);
+    let Address { email, phone } = Address::parse(to, region);
+    let matches = |c: &Value| {
+        email.as_deref().is_some_and(|e| {
+            c.get("email")
+                .and_then(Value::as_str)
+                .is_some_and(|ce| ce.eq_ignore_ascii_case(e))
+        }) || phone
+            .as_deref()
+            .is_some_and(|p| c.get("phone").and_then(Value::as_str) == Some(p))
+    };
+    let status = match own.filter(|c| matches(c)) {
+        Some(c) => status_of(c),
+        None if email.is_none() && phone.is_none() => return Ok(None),
+        None => store
+            .find_contact(email.as_deref(), phone.as_deref())
+            .await?
+            .and_then(|c| c.status),
+    };
+    Ok(status
+        .filter(|s| category.blocked_by(s))
+        .map(|s| format!("the recipient's status is `{s}`")))
+}
