@@ -796,7 +796,7 @@ async fn twilio_refuses_a_text_over_1600_characters_without_a_request() {
     long.body = "é".repeat(1601);
     let error = expect_permanent(channel.deliver(&long).await);
     assert!(
-        error.contains("1601 characters") && error.contains("21617"),
+        error.contains("1601 characters") && error.contains("at most 1600"),
         "{error}"
     );
     assert!(twilio.posted().is_empty());

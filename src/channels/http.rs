@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use reqwest::StatusCode;
 
-use super::ChannelError;
+use super::{ChannelError, DeliveryError, error_chain};
 
 /// How much of a response is read: enough for an id or an error message, while a provider
 /// that answers with something huge cannot make the engine buffer it.
@@ -119,6 +119,77 @@ pub(crate) async fn read_capped(response: &mut reqwest::Response) -> Option<Vec<
     Some(body)
 }
 
+/// A provider's answer, read whole (up to [`RESPONSE_LIMIT`]).
+pub(crate) struct Reply {
+    pub status: StatusCode,
+    pub retry_after: Option<Duration>,
+    pub body: Vec<u8>,
+}
+
+impl Reply {
+    /// The string at `pointer` in a JSON body.
+    pub(crate) fn json_str(&self, pointer: &str) -> Option<String> {
+        let value: serde_json::Value = serde_json::from_slice(&self.body).ok()?;
+        value.pointer(pointer)?.as_str().map(str::to_owned)
+    }
+}
+
+/// Sends `request` and reads the answer. When none comes, the error says so for `provider`
+/// ("Twilio did not answer within 10s"), and never includes the URL, which may hold a token.
+pub(crate) async fn exchange(
+    request: reqwest::RequestBuilder,
+    provider: &str,
+    timeout: Duration,
+) -> Result<Reply, String> {
+    let mut response = request.send().await.map_err(|e| {
+        let e = e.without_url();
+        if e.is_timeout() {
+            format!(
+                "{provider} did not answer within {}",
+                crate::definitions::model::Duration(timeout)
+            )
+        } else {
+            format!("could not reach {provider}: {}", error_chain(&e))
+        }
+    })?;
+    let status = response.status();
+    let retry_after = retry_after(&response);
+    let body = read_capped(&mut response).await.unwrap_or_default();
+    Ok(Reply {
+        status,
+        retry_after,
+        body,
+    })
+}
+
+/// Whether an HTTP error answer is worth retrying, by its status alone: a timeout (408), a
+/// rate limit (429) and a server error (5xx) are; every other refusal is final.
+pub(crate) fn by_status(
+    status: StatusCode,
+    message: String,
+    retry_after: Option<Duration>,
+) -> DeliveryError {
+    let transient = status == StatusCode::REQUEST_TIMEOUT
+        || status == StatusCode::TOO_MANY_REQUESTS
+        || status.is_server_error();
+    if transient {
+        DeliveryError::Transient {
+            message,
+            retry_after,
+        }
+    } else {
+        DeliveryError::Permanent { message }
+    }
+}
+
+/// A delivery that got no answer: worth trying again.
+pub(crate) fn unanswered(message: String) -> DeliveryError {
+    DeliveryError::Transient {
+        message,
+        retry_after: None,
+    }
+}
+
 /// The `Retry-After` header of a response, when it has a readable one.
 pub(crate) fn retry_after(response: &reqwest::Response) -> Option<Duration> {
     response
@@ -158,5 +229,14 @@ mod tests {
         let long = "é".repeat(300);
         let cut = snippet(long.as_bytes());
         assert_eq!(cut.chars().count(), 2 + 200 + 1);
+    }
+
+    #[test]
+    fn statuses_are_classified() {
+        let t = |code: u16| {
+            !by_status(StatusCode::from_u16(code).unwrap(), String::new(), None).is_permanent()
+        };
+        assert!(t(408) && t(429) && t(500) && t(502) && t(503));
+        assert!(!t(400) && !t(401) && !t(404) && !t(422) && !t(301));
     }
 }

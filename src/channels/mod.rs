@@ -192,6 +192,20 @@ pub fn build(config: &ConfigDef, env: &EnvSource) -> Result<Channels, ChannelErr
     Ok(channels)
 }
 
+/// Refuses, before sending, a text longer than the provider takes (`max` characters), which
+/// the provider would refuse anyway with a less helpful error.
+pub(crate) fn within_chars(body: &str, max: usize, provider: &str) -> Result<(), DeliveryError> {
+    let chars = body.chars().count();
+    if chars > max {
+        return Err(DeliveryError::Permanent {
+            message: format!(
+                "the text has {chars} characters; {provider} takes at most {max} in one message"
+            ),
+        });
+    }
+    Ok(())
+}
+
 /// Resolves `${env:...}` in one setting, with an error that says where the reference is.
 /// `field` is the setting's name as written (`headers.X-Key`), `pointer` its JSON pointer.
 pub(crate) fn resolve_setting(

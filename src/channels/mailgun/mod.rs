@@ -19,11 +19,9 @@ use async_trait::async_trait;
 use lettre::message::Mailbox;
 use reqwest::{StatusCode, Url};
 
-use super::http::{describe, endpoint, read_capped, retry_after, snippet, url_setting};
+use super::http::{by_status, describe, endpoint, exchange, snippet, unanswered, url_setting};
 use super::inbound::Receiver;
-use super::{
-    Channel, ChannelError, Delivered, DeliveryError, OutboundMessage, error_chain, resolve_setting,
-};
+use super::{Channel, ChannelError, Delivered, DeliveryError, OutboundMessage, resolve_setting};
 use crate::definitions::env::{EnvSource, Secret};
 use config::MailgunConfig;
 
@@ -77,18 +75,6 @@ impl MailgunChannel {
         })
     }
 
-    fn request_error(&self, error: reqwest::Error) -> String {
-        let error = error.without_url();
-        if error.is_timeout() {
-            format!(
-                "Mailgun did not answer within {}",
-                crate::definitions::model::Duration(self.timeout)
-            )
-        } else {
-            format!("could not reach Mailgun: {}", error_chain(&error))
-        }
-    }
-
     /// The form for one message.
     fn form(&self, message: &OutboundMessage) -> Result<String, DeliveryError> {
         let from = match &message.from {
@@ -139,7 +125,7 @@ impl Channel for MailgunChannel {
 
     async fn deliver(&self, message: &OutboundMessage) -> Result<Delivered, DeliveryError> {
         let form = self.form(message)?;
-        let mut response = self
+        let request = self
             .client
             .post(self.messages_url.clone())
             .basic_auth("api", Some(self.api_key.expose()))
@@ -147,52 +133,31 @@ impl Channel for MailgunChannel {
                 reqwest::header::CONTENT_TYPE,
                 "application/x-www-form-urlencoded",
             )
-            .body(form)
-            .send()
+            .body(form);
+        let reply = exchange(request, "Mailgun", self.timeout)
             .await
-            .map_err(|e| DeliveryError::Transient {
-                message: self.request_error(e),
-                retry_after: None,
-            })?;
-        let status = response.status();
-        let wait = retry_after(&response);
-        let body = read_capped(&mut response).await.unwrap_or_default();
-        if status.is_success() {
-            let id = serde_json::from_slice::<serde_json::Value>(&body)
-                .ok()
-                .and_then(|v| v.get("id")?.as_str().map(bare_message_id));
-            return Ok(Delivered { provider_id: id });
+            .map_err(unanswered)?;
+        if reply.status.is_success() {
+            return Ok(Delivered {
+                provider_id: reply.json_str("/id").as_deref().map(bare_message_id),
+            });
         }
-        let message = explain(status, &body);
-        if status == StatusCode::TOO_MANY_REQUESTS || status.is_server_error() {
-            Err(DeliveryError::Transient {
-                message,
-                retry_after: wait,
-            })
-        } else {
-            Err(DeliveryError::Permanent { message })
-        }
+        let message = explain(reply.status, &reply.body);
+        Err(by_status(reply.status, message, reply.retry_after))
     }
 
     /// Reads the domain: proves the key and the domain, and says when the domain is not
     /// verified or is disabled, which is when Mailgun stops sending.
     async fn healthcheck(&self) -> Result<(), String> {
-        let mut response = self
+        let request = self
             .client
             .get(self.domain_url.clone())
-            .basic_auth("api", Some(self.api_key.expose()))
-            .send()
-            .await
-            .map_err(|e| self.request_error(e))?;
-        let status = response.status();
-        let body = read_capped(&mut response).await.unwrap_or_default();
-        if !status.is_success() {
-            return Err(explain(status, &body));
+            .basic_auth("api", Some(self.api_key.expose()));
+        let reply = exchange(request, "Mailgun", self.timeout).await?;
+        if !reply.status.is_success() {
+            return Err(explain(reply.status, &reply.body));
         }
-        let state = serde_json::from_slice::<serde_json::Value>(&body)
-            .ok()
-            .and_then(|v| v.pointer("/domain/state")?.as_str().map(str::to_owned));
-        match state.as_deref() {
+        match reply.json_str("/domain/state").as_deref() {
             None | Some("active") => Ok(()),
             Some(other) => Err(format!(
                 "the Mailgun domain {} is {other}, not active",

@@ -20,11 +20,9 @@ use serde::Deserialize;
 use serde_json::json;
 use sha2::{Digest, Sha256};
 
-use super::http::{describe, endpoint, read_capped, retry_after, snippet, url_setting};
+use super::http::{by_status, describe, endpoint, exchange, snippet, unanswered, url_setting};
 use super::inbound::Receiver;
-use super::{
-    Channel, ChannelError, Delivered, DeliveryError, OutboundMessage, error_chain, resolve_setting,
-};
+use super::{Channel, ChannelError, Delivered, DeliveryError, OutboundMessage, resolve_setting};
 use crate::definitions::env::{EnvSource, Secret};
 use crate::triggers::webhook_auth::Verifier;
 use config::ResendConfig;
@@ -89,18 +87,6 @@ impl ResendChannel {
             client: super::http::client(name, timeout)?,
         })
     }
-
-    fn request_error(&self, error: reqwest::Error) -> String {
-        let error = error.without_url();
-        if error.is_timeout() {
-            format!(
-                "Resend did not answer within {}",
-                crate::definitions::model::Duration(self.timeout)
-            )
-        } else {
-            format!("could not reach Resend: {}", error_chain(&error))
-        }
-    }
 }
 
 impl fmt::Debug for ResendChannel {
@@ -152,65 +138,50 @@ impl Channel for ResendChannel {
         if !message.headers.is_empty() {
             body["headers"] = json!(message.headers);
         }
-        let mut response = self
+        let request = self
             .client
             .post(self.emails_url.clone())
             .bearer_auth(self.api_key.expose())
             .header("idempotency-key", idempotency_key(&message.idempotency_key))
-            .json(&body)
-            .send()
+            .json(&body);
+        let reply = exchange(request, "Resend", self.timeout)
             .await
-            .map_err(|e| DeliveryError::Transient {
-                message: self.request_error(e),
-                retry_after: None,
-            })?;
-        let status = response.status();
-        let wait = retry_after(&response);
-        let bytes = read_capped(&mut response).await.unwrap_or_default();
-        if status.is_success() {
-            let id = serde_json::from_slice::<serde_json::Value>(&bytes)
-                .ok()
-                .and_then(|v| v.get("id")?.as_str().map(str::to_owned));
-            return Ok(Delivered { provider_id: id });
+            .map_err(unanswered)?;
+        if reply.status.is_success() {
+            return Ok(Delivered {
+                provider_id: reply.json_str("/id"),
+            });
         }
-        let error = serde_json::from_slice::<ApiError>(&bytes).ok();
-        let name = error.as_ref().and_then(|e| e.name.as_deref());
-        let message = explain(status, error.as_ref(), &bytes);
+        let error = serde_json::from_slice::<ApiError>(&reply.body).ok();
+        let message = explain(reply.status, error.as_ref(), &reply.body);
         // A request with the same key still in flight answers 409; the next attempt gets the
         // first one's outcome.
-        let transient = status == StatusCode::TOO_MANY_REQUESTS
-            || status.is_server_error()
-            || name == Some("concurrent_idempotent_requests");
-        if transient {
-            Err(DeliveryError::Transient {
+        if error.as_ref().and_then(|e| e.name.as_deref()) == Some("concurrent_idempotent_requests")
+        {
+            return Err(DeliveryError::Transient {
                 message,
-                retry_after: wait,
-            })
-        } else {
-            Err(DeliveryError::Permanent { message })
+                retry_after: reply.retry_after,
+            });
         }
+        Err(by_status(reply.status, message, reply.retry_after))
     }
 
     /// Lists the domains: proves the key without sending. A sending-only key may not list
     /// them, and Resend says so with `restricted_api_key`, which proves the key as well.
     async fn healthcheck(&self) -> Result<(), String> {
-        let mut response = self
+        let request = self
             .client
             .get(self.domains_url.clone())
-            .bearer_auth(self.api_key.expose())
-            .send()
-            .await
-            .map_err(|e| self.request_error(e))?;
-        let status = response.status();
-        let bytes = read_capped(&mut response).await.unwrap_or_default();
-        if status.is_success() {
+            .bearer_auth(self.api_key.expose());
+        let reply = exchange(request, "Resend", self.timeout).await?;
+        if reply.status.is_success() {
             return Ok(());
         }
-        let error = serde_json::from_slice::<ApiError>(&bytes).ok();
+        let error = serde_json::from_slice::<ApiError>(&reply.body).ok();
         if error.as_ref().and_then(|e| e.name.as_deref()) == Some("restricted_api_key") {
             return Ok(());
         }
-        Err(explain(status, error.as_ref(), &bytes))
+        Err(explain(reply.status, error.as_ref(), &reply.body))
     }
 
     fn receiver(&self) -> Option<&dyn Receiver> {

@@ -20,11 +20,9 @@ use reqwest::{StatusCode, Url};
 use serde::Deserialize;
 use serde_json::json;
 
-use super::http::{describe, endpoint, read_capped, retry_after, snippet, url_setting};
+use super::http::{describe, endpoint, exchange, snippet, unanswered, url_setting};
 use super::inbound::Receiver;
-use super::{
-    Channel, ChannelError, Delivered, DeliveryError, OutboundMessage, error_chain, resolve_setting,
-};
+use super::{Channel, ChannelError, Delivered, DeliveryError, OutboundMessage, resolve_setting};
 use crate::definitions::env::{EnvSource, Secret};
 use config::{TelegramConfig, TelegramParseMode};
 
@@ -111,19 +109,6 @@ impl TelegramChannel {
             client: super::http::client(name, timeout)?,
         })
     }
-
-    fn request_error(&self, error: reqwest::Error) -> String {
-        // The URL holds the bot token.
-        let error = error.without_url();
-        if error.is_timeout() {
-            format!(
-                "Telegram did not answer within {}",
-                crate::definitions::model::Duration(self.timeout)
-            )
-        } else {
-            format!("could not reach Telegram: {}", error_chain(&error))
-        }
-    }
 }
 
 impl fmt::Debug for TelegramChannel {
@@ -151,55 +136,38 @@ impl Channel for TelegramChannel {
     }
 
     async fn deliver(&self, message: &OutboundMessage) -> Result<Delivered, DeliveryError> {
-        let chars = message.body.chars().count();
-        if chars > MAX_TEXT_CHARS {
-            return Err(DeliveryError::Permanent {
-                message: format!(
-                    "the text has {chars} characters; Telegram takes at most {MAX_TEXT_CHARS} in one message"
-                ),
-            });
-        }
+        super::within_chars(&message.body, MAX_TEXT_CHARS, "Telegram")?;
         let mut body = json!({ "chat_id": message.to, "text": message.body });
         if let Some(mode) = self.parse_mode {
             body["parse_mode"] = mode.as_str().into();
         }
-        let mut response = self
-            .client
-            .post(self.send_url.clone())
-            .json(&body)
-            .send()
+        let request = self.client.post(self.send_url.clone()).json(&body);
+        let reply = exchange(request, "Telegram", self.timeout)
             .await
-            .map_err(|e| DeliveryError::Transient {
-                message: self.request_error(e),
-                retry_after: None,
-            })?;
-        let status = response.status();
-        let header_wait = retry_after(&response);
-        let bytes = read_capped(&mut response).await.unwrap_or_default();
-        let answer = serde_json::from_slice::<Answer>(&bytes).ok();
-        if status.is_success() && answer.as_ref().is_some_and(|a| a.ok) {
+            .map_err(unanswered)?;
+        let answer = serde_json::from_slice::<Answer>(&reply.body).ok();
+        if reply.status.is_success() && answer.as_ref().is_some_and(|a| a.ok) {
             let id = answer
                 .and_then(|a| a.result)
                 .and_then(|r| r.get("message_id").map(|id| id.to_string()));
             return Ok(Delivered { provider_id: id });
         }
-        Err(classify(status, answer.as_ref(), &bytes, header_wait))
+        Err(classify(
+            reply.status,
+            answer.as_ref(),
+            &reply.body,
+            reply.retry_after,
+        ))
     }
 
     /// `getMe`: proves the token without sending anything.
     async fn healthcheck(&self) -> Result<(), String> {
-        let mut response = self
-            .client
-            .get(self.me_url.clone())
-            .send()
-            .await
-            .map_err(|e| self.request_error(e))?;
-        let status = response.status();
-        let bytes = read_capped(&mut response).await.unwrap_or_default();
-        match serde_json::from_slice::<Answer>(&bytes) {
-            Ok(answer) if status.is_success() && answer.ok => Ok(()),
-            Ok(answer) => Err(explain(status, Some(&answer), &bytes)),
-            Err(_) => Err(explain(status, None, &bytes)),
+        let request = self.client.get(self.me_url.clone());
+        let reply = exchange(request, "Telegram", self.timeout).await?;
+        match serde_json::from_slice::<Answer>(&reply.body) {
+            Ok(answer) if reply.status.is_success() && answer.ok => Ok(()),
+            Ok(answer) => Err(explain(reply.status, Some(&answer), &reply.body)),
+            Err(_) => Err(explain(reply.status, None, &reply.body)),
         }
     }
 

@@ -22,11 +22,9 @@ use async_trait::async_trait;
 use reqwest::{StatusCode, Url};
 use serde::Deserialize;
 
-use super::http::{describe, endpoint, read_capped, retry_after, snippet, url_setting};
+use super::http::{describe, endpoint, exchange, snippet, unanswered, url_setting};
 use super::inbound::Receiver;
-use super::{
-    Channel, ChannelError, Delivered, DeliveryError, OutboundMessage, error_chain, resolve_setting,
-};
+use super::{Channel, ChannelError, Delivered, DeliveryError, OutboundMessage, resolve_setting};
 use crate::definitions::env::{EnvSource, Secret};
 use config::TwilioSmsConfig;
 
@@ -154,22 +152,6 @@ impl TwilioSmsChannel {
             client: super::http::client(name, timeout)?,
         })
     }
-
-    fn request_error(&self, error: reqwest::Error) -> DeliveryError {
-        let error = error.without_url();
-        let message = if error.is_timeout() {
-            format!(
-                "Twilio did not answer within {}",
-                crate::definitions::model::Duration(self.timeout)
-            )
-        } else {
-            format!("could not reach Twilio: {}", error_chain(&error))
-        };
-        DeliveryError::Transient {
-            message,
-            retry_after: None,
-        }
-    }
 }
 
 impl fmt::Debug for TwilioSmsChannel {
@@ -200,14 +182,7 @@ impl Channel for TwilioSmsChannel {
     }
 
     async fn deliver(&self, message: &OutboundMessage) -> Result<Delivered, DeliveryError> {
-        let chars = message.body.chars().count();
-        if chars > MAX_BODY_CHARS {
-            return Err(DeliveryError::Permanent {
-                message: format!(
-                    "the text has {chars} characters; Twilio takes at most {MAX_BODY_CHARS} in one message (error 21617)"
-                ),
-            });
-        }
+        super::within_chars(&message.body, MAX_BODY_CHARS, "Twilio")?;
         let mut form: Vec<(&str, &str)> = vec![("To", &message.to), ("Body", &message.body)];
         match (&message.from, &self.sender) {
             (Some(from), _) => form.push(("From", from)),
@@ -220,7 +195,7 @@ impl Channel for TwilioSmsChannel {
         let encoded = form_urlencoded::Serializer::new(String::new())
             .extend_pairs(&form)
             .finish();
-        let mut response = self
+        let request = self
             .client
             .post(self.messages_url.clone())
             .basic_auth(&self.username, Some(self.password.expose()))
@@ -228,44 +203,30 @@ impl Channel for TwilioSmsChannel {
                 reqwest::header::CONTENT_TYPE,
                 "application/x-www-form-urlencoded",
             )
-            .body(encoded)
-            .send()
+            .body(encoded);
+        let reply = exchange(request, "Twilio", self.timeout)
             .await
-            .map_err(|e| self.request_error(e))?;
-        let status = response.status();
-        let wait = retry_after(&response);
-        let body = read_capped(&mut response).await.unwrap_or_default();
-        if status.is_success() {
-            let sid = serde_json::from_slice::<serde_json::Value>(&body)
-                .ok()
-                .and_then(|v| v.get("sid")?.as_str().map(str::to_owned));
-            return Ok(Delivered { provider_id: sid });
+            .map_err(unanswered)?;
+        if reply.status.is_success() {
+            return Ok(Delivered {
+                provider_id: reply.json_str("/sid"),
+            });
         }
-        Err(classify(status, &body, wait))
+        Err(classify(reply.status, &reply.body, reply.retry_after))
     }
 
     /// Reads the account (`GET /2010-04-01/Accounts/{sid}.json`): it proves the credentials
     /// without sending anything, and says when the account is suspended or closed.
     async fn healthcheck(&self) -> Result<(), String> {
-        let mut response =
-            self.client
-                .get(self.account_url.clone())
-                .basic_auth(&self.username, Some(self.password.expose()))
-                .send()
-                .await
-                .map_err(|e| match self.request_error(e) {
-                    DeliveryError::Transient { message, .. }
-                    | DeliveryError::Permanent { message } => message,
-                })?;
-        let status = response.status();
-        let body = read_capped(&mut response).await.unwrap_or_default();
-        if !status.is_success() {
-            return Err(explain(status, &body));
+        let request = self
+            .client
+            .get(self.account_url.clone())
+            .basic_auth(&self.username, Some(self.password.expose()));
+        let reply = exchange(request, "Twilio", self.timeout).await?;
+        if !reply.status.is_success() {
+            return Err(explain(reply.status, &reply.body));
         }
-        let state = serde_json::from_slice::<serde_json::Value>(&body)
-            .ok()
-            .and_then(|v| v.get("status")?.as_str().map(str::to_owned));
-        match state.as_deref() {
+        match reply.json_str("/status").as_deref() {
             None | Some("active") => Ok(()),
             Some(other) => Err(format!("the Twilio account is {other}")),
         }

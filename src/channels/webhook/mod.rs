@@ -10,11 +10,11 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use indexmap::IndexMap;
+use reqwest::Url;
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
-use reqwest::{StatusCode, Url};
 use serde::Serialize;
 
-use super::http::{describe, read_capped, retry_after, snippet};
+use super::http::{by_status, describe, read_capped, retry_after, snippet};
 use super::{
     Channel, ChannelError, Delivered, DeliveryError, OutboundMessage, error_chain, resolve_setting,
 };
@@ -231,22 +231,7 @@ impl Channel for WebhookChannel {
             describe(status),
             snippet(&body)
         );
-        Err(classify(status, message, retry_after))
-    }
-}
-
-/// Whether a non-2xx answer is worth retrying.
-fn classify(status: StatusCode, message: String, retry_after: Option<Duration>) -> DeliveryError {
-    let transient = status == StatusCode::REQUEST_TIMEOUT
-        || status == StatusCode::TOO_MANY_REQUESTS
-        || status.is_server_error();
-    if transient {
-        DeliveryError::Transient {
-            message,
-            retry_after,
-        }
-    } else {
-        DeliveryError::Permanent { message }
+        Err(by_status(status, message, retry_after))
     }
 }
 
@@ -261,15 +246,6 @@ mod tests {
     use std::sync::Arc;
 
     use super::*;
-
-    #[test]
-    fn statuses_are_classified() {
-        let t = |code: u16| {
-            !classify(StatusCode::from_u16(code).unwrap(), String::new(), None).is_permanent()
-        };
-        assert!(t(408) && t(429) && t(500) && t(502) && t(503));
-        assert!(!t(400) && !t(401) && !t(404) && !t(422) && !t(301));
-    }
 
     #[test]
     fn provider_ids_and_snippets() {

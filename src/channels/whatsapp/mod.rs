@@ -18,13 +18,13 @@ use reqwest::{StatusCode, Url};
 use serde::Deserialize;
 use serde_json::json;
 
-use super::http::{describe, endpoint, read_capped, retry_after, snippet, url_setting};
+use super::http::{describe, endpoint, exchange, snippet, unanswered, url_setting};
 use super::inbound::Receiver;
-use super::{
-    Channel, ChannelError, Delivered, DeliveryError, OutboundMessage, error_chain, resolve_setting,
-};
+use super::{Channel, ChannelError, Delivered, DeliveryError, OutboundMessage, resolve_setting};
 use crate::definitions::env::{EnvSource, Secret};
 use config::WhatsappConfig;
+
+const PROVIDER: &str = "the WhatsApp Cloud API";
 
 /// The longest text body the Cloud API takes, in characters.
 const MAX_TEXT_CHARS: usize = 4096;
@@ -110,21 +110,6 @@ impl WhatsappChannel {
             client: super::http::client(name, timeout)?,
         })
     }
-
-    fn request_error(&self, error: reqwest::Error) -> String {
-        let error = error.without_url();
-        if error.is_timeout() {
-            format!(
-                "the WhatsApp Cloud API did not answer within {}",
-                crate::definitions::model::Duration(self.timeout)
-            )
-        } else {
-            format!(
-                "could not reach the WhatsApp Cloud API: {}",
-                error_chain(&error)
-            )
-        }
-    }
 }
 
 impl fmt::Debug for WhatsappChannel {
@@ -152,14 +137,7 @@ impl Channel for WhatsappChannel {
     }
 
     async fn deliver(&self, message: &OutboundMessage) -> Result<Delivered, DeliveryError> {
-        let chars = message.body.chars().count();
-        if chars > MAX_TEXT_CHARS {
-            return Err(DeliveryError::Permanent {
-                message: format!(
-                    "the text has {chars} characters; WhatsApp takes at most {MAX_TEXT_CHARS} in one message"
-                ),
-            });
-        }
+        super::within_chars(&message.body, MAX_TEXT_CHARS, "WhatsApp")?;
         let body = json!({
             "messaging_product": "whatsapp",
             "recipient_type": "individual",
@@ -169,44 +147,33 @@ impl Channel for WhatsappChannel {
             "type": "text",
             "text": { "preview_url": false, "body": message.body },
         });
-        let mut response = self
+        let request = self
             .client
             .post(self.messages_url.clone())
             .bearer_auth(self.access_token.expose())
-            .json(&body)
-            .send()
+            .json(&body);
+        let reply = exchange(request, PROVIDER, self.timeout)
             .await
-            .map_err(|e| DeliveryError::Transient {
-                message: self.request_error(e),
-                retry_after: None,
-            })?;
-        let status = response.status();
-        let wait = retry_after(&response);
-        let bytes = read_capped(&mut response).await.unwrap_or_default();
-        if status.is_success() {
-            let id = serde_json::from_slice::<serde_json::Value>(&bytes)
-                .ok()
-                .and_then(|v| v.pointer("/messages/0/id")?.as_str().map(str::to_owned));
-            return Ok(Delivered { provider_id: id });
+            .map_err(unanswered)?;
+        if reply.status.is_success() {
+            return Ok(Delivered {
+                provider_id: reply.json_str("/messages/0/id"),
+            });
         }
-        Err(classify(status, &bytes, wait))
+        Err(classify(reply.status, &reply.body, reply.retry_after))
     }
 
     /// Reads the sending number: proves the token and the number id without sending.
     async fn healthcheck(&self) -> Result<(), String> {
-        let mut response = self
+        let request = self
             .client
             .get(self.number_url.clone())
-            .bearer_auth(self.access_token.expose())
-            .send()
-            .await
-            .map_err(|e| self.request_error(e))?;
-        let status = response.status();
-        let bytes = read_capped(&mut response).await.unwrap_or_default();
-        if status.is_success() {
+            .bearer_auth(self.access_token.expose());
+        let reply = exchange(request, PROVIDER, self.timeout).await?;
+        if reply.status.is_success() {
             Ok(())
         } else {
-            Err(explain(status, &bytes))
+            Err(explain(reply.status, &reply.body))
         }
     }
 
@@ -241,13 +208,9 @@ fn classify(status: StatusCode, body: &[u8], retry_after: Option<Duration>) -> D
 
 fn explain(status: StatusCode, body: &[u8]) -> String {
     let Ok(ErrorBody { error }) = serde_json::from_slice::<ErrorBody>(body) else {
-        return format!(
-            "the WhatsApp Cloud API answered {}{}",
-            describe(status),
-            snippet(body)
-        );
+        return format!("{PROVIDER} answered {}{}", describe(status), snippet(body));
     };
-    let mut text = format!("the WhatsApp Cloud API answered {}", status.as_u16());
+    let mut text = format!("{PROVIDER} answered {}", status.as_u16());
     if let Some(code) = error.code {
         text.push_str(&format!(", error {code}"));
     }
