@@ -237,7 +237,7 @@ pub(crate) fn contact_from_json(
     let email = text("email")?.map(|e| e.trim().to_lowercase());
     let phone = match text("phone")? {
         Some(p) => Some(
-            crate::templates::filters::normalize_phone(&p, region)
+            crate::engine::contact::normalize_phone(&p, region)
                 .ok_or_else(|| format!("`{p}` is not a phone number"))?,
         ),
         None => None,

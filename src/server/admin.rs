@@ -337,7 +337,7 @@ pub async fn inbound_message(
     let from = if body.from.contains('@') {
         body.from.trim().to_lowercase()
     } else {
-        crate::templates::filters::normalize_phone(&body.from, &region)
+        crate::engine::contact::normalize_phone(&body.from, &region)
             .unwrap_or_else(|| body.from.trim().to_owned())
     };
     let routed = state

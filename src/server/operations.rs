@@ -177,7 +177,7 @@ fn patch_from(m: &Map<String, Value>, region: &str) -> Result<ContactPatch, ApiE
     };
     let phone = match field(m, "phone")? {
         Some(Some(p)) => Some(Some(
-            crate::templates::filters::normalize_phone(&p, region).ok_or_else(|| {
+            crate::engine::contact::normalize_phone(&p, region).ok_or_else(|| {
                 bad(
                     "invalid_contact",
                     format!("`{p}` is not a phone number; write it with its country code, such as +13035550123"),
