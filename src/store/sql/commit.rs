@@ -5,7 +5,7 @@
 //! batch (`group_commit`), PostgreSQL the run and its steps as one statement. The statements
 //! and the order of the effects are these, for both.
 
-use super::{Backend, Exec, Stmt, Tx, events, outbox, params, placeholders, runs};
+use super::{Backend, Exec, Param, Stmt, Tx, events, outbox, params, push_placeholders, runs};
 use crate::store::rows::to_text;
 use crate::store::{
     Commit, CommitOutcome, Contact, NewRun, Result, RunState, RunStatus, RunWrite, StepLogEntry,
@@ -111,11 +111,14 @@ pub(in crate::store) const STEP_CONFLICT: &str =
 
 /// Writes step-log entries, one row each (`steps` is not empty).
 pub(in crate::store) fn upsert_steps(run_id: &str, steps: &[StepLogEntry]) -> Stmt {
-    let mut p = params![run_id];
-    let mut rows = Vec::with_capacity(steps.len());
-    for step in steps {
-        let values = placeholders(p.len() + 1, 10);
-        rows.push(format!("($1, {}", &values[1..]));
+    let mut p = Vec::with_capacity(1 + steps.len() * 10);
+    p.push(Param::from(run_id));
+    let mut sql = format!("INSERT INTO step_log ({STEP_COLUMNS}) VALUES ");
+    for (n, step) in steps.iter().enumerate() {
+        // Every row takes the run id from `$1`.
+        sql.push_str(if n == 0 { "($1, " } else { ", ($1, " });
+        push_placeholders(&mut sql, p.len() + 1, 10);
+        sql.push(')');
         p.extend(params![
             step.seq,
             &step.step_id,
@@ -129,10 +132,8 @@ pub(in crate::store) fn upsert_steps(run_id: &str, steps: &[StepLogEntry]) -> St
             &step.iteration,
         ]);
     }
-    let sql = format!(
-        "INSERT INTO step_log ({STEP_COLUMNS}) VALUES {} {STEP_CONFLICT}",
-        rows.join(", ")
-    );
+    sql.push(' ');
+    sql.push_str(STEP_CONFLICT);
     Stmt::new(sql, p)
 }
 

@@ -1,16 +1,19 @@
 //! Events: storing them, finding the one a waiting run consumes, and waking runs waiting for
 //! one.
 
-use super::{Backend, Dialect, Stmt, params, placeholders, read_one, write};
+use super::{Backend, Dialect, Stmt, params, push_placeholders, read_one, write};
 use crate::store::rows::{self, to_text};
 use crate::store::{EventRecord, Millis, NewEvent, Result};
 
 /// Stores events (`events` is not empty); an event already stored is left as it is.
 pub(in crate::store) fn insert(events: &[NewEvent]) -> Stmt {
     let mut p = Vec::with_capacity(events.len() * 6);
-    let mut rows = Vec::with_capacity(events.len());
-    for e in events {
-        rows.push(placeholders(p.len() + 1, 6));
+    let mut sql =
+        String::from("INSERT INTO events (id, name, key, data, source_run_id, created_at) VALUES ");
+    for (n, e) in events.iter().enumerate() {
+        sql.push_str(if n == 0 { "(" } else { ", (" });
+        push_placeholders(&mut sql, p.len() + 1, 6);
+        sql.push(')');
         p.extend(params![
             &e.id,
             &e.name,
@@ -20,11 +23,7 @@ pub(in crate::store) fn insert(events: &[NewEvent]) -> Stmt {
             e.created_at,
         ]);
     }
-    let sql = format!(
-        "INSERT INTO events (id, name, key, data, source_run_id, created_at) VALUES {}
-         ON CONFLICT (id) DO NOTHING",
-        rows.join(", ")
-    );
+    sql.push_str(" ON CONFLICT (id) DO NOTHING");
     Stmt::new(sql, p)
 }
 

@@ -26,6 +26,7 @@ pub(super) mod runs;
 mod traits;
 
 use std::borrow::Cow;
+use std::fmt::Write as _;
 use std::future::Future;
 use std::pin::Pin;
 
@@ -124,6 +125,7 @@ impl Stmt {
     pub fn then(&mut self, next: Stmt) {
         let offset = self.params.len();
         let sql = self.sql.to_mut();
+        sql.reserve(next.sql.len() + 2 + next.sql.len() / 8);
         if !sql.is_empty() {
             sql.push_str(";\n");
         }
@@ -134,7 +136,7 @@ impl Stmt {
             let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
             if digits > 0 {
                 let n: usize = rest[..digits].parse().expect("ascii digits");
-                sql.push_str(&(n + offset).to_string());
+                let _ = write!(sql, "{}", n + offset);
                 rest = &rest[digits..];
             }
         }
@@ -148,10 +150,14 @@ impl Stmt {
     }
 }
 
-/// `($first, $first+1, ... )` with `n` placeholders.
-pub(super) fn placeholders(first: usize, n: usize) -> String {
-    let list: Vec<String> = (first..first + n).map(|i| format!("${i}")).collect();
-    format!("({})", list.join(", "))
+/// Appends `$first, $first+1, ...`, `n` placeholders, for a row of a multi-row `VALUES`.
+pub(super) fn push_placeholders(sql: &mut String, first: usize, n: usize) {
+    for i in first..first + n {
+        if i > first {
+            sql.push_str(", ");
+        }
+        let _ = write!(sql, "${i}");
+    }
 }
 
 /// What differs between the two SQL dialects, as small as it can be: how parameters are

@@ -1,7 +1,9 @@
 //! The outbox: enqueueing messages, handing them to dispatchers, recording what delivery came
 //! to, and an operator's look at and hand on them.
 
-use super::{Backend, Dialect, Stmt, params, placeholders, read_all, read_one, write};
+use std::fmt::Write as _;
+
+use super::{Backend, Dialect, Stmt, params, push_placeholders, read_all, read_one, write};
 use crate::store::admin::{MessageChange, OutboxFilter};
 use crate::store::rows::{self, outbox_columns, retry_text, to_text};
 use crate::store::{DeliveryOutcome, Millis, NewOutbox, OutboxRecord, OutboxStatus, Result};
@@ -10,21 +12,24 @@ use crate::store::{DeliveryOutcome, Millis, NewOutbox, OutboxRecord, OutboxStatu
 /// not enqueued again.
 pub(in crate::store) fn insert(messages: &[NewOutbox]) -> Stmt {
     let mut p = Vec::with_capacity(messages.len() * 16);
-    let mut rows = Vec::with_capacity(messages.len());
-    for m in messages {
-        // $1..$12, 'pending', 0, then max_attempts, created_at three times, category, retry.
+    let mut sql = String::from(
+        "INSERT INTO outbox (id, run_id, workflow_id, step_id, channel, recipient, sender, subject, body, html, headers,
+             idempotency_key, status, attempts, max_attempts, next_attempt_at, created_at, updated_at, category, retry)
+         VALUES ",
+    );
+    for (i, m) in messages.iter().enumerate() {
         let n = p.len();
-        let at = |i: usize| format!("${}", n + i);
-        rows.push(format!(
-            "{}, 'pending', 0, {}, {}, {}, {}, {}, {})",
-            &placeholders(n + 1, 12).trim_end_matches(')'),
-            at(13),
-            at(14),
-            at(14),
-            at(14),
-            at(15),
-            at(16)
-        ));
+        sql.push_str(if i == 0 { "(" } else { ", (" });
+        push_placeholders(&mut sql, n + 1, 12);
+        // Pending, never attempted, due when created (created_at is bound once, as $n+14).
+        let _ = write!(
+            sql,
+            ", 'pending', 0, ${}, ${at}, ${at}, ${at}, ${}, ${})",
+            n + 13,
+            n + 15,
+            n + 16,
+            at = n + 14
+        );
         p.extend(params![
             &m.id,
             &m.run_id,
@@ -44,12 +49,7 @@ pub(in crate::store) fn insert(messages: &[NewOutbox]) -> Stmt {
             retry_text(&m.retry),
         ]);
     }
-    let sql = format!(
-        "INSERT INTO outbox (id, run_id, workflow_id, step_id, channel, recipient, sender, subject, body, html, headers,
-             idempotency_key, status, attempts, max_attempts, next_attempt_at, created_at, updated_at, category, retry)
-         VALUES {} ON CONFLICT (idempotency_key) DO NOTHING",
-        rows.join(", ")
-    );
+    sql.push_str(" ON CONFLICT (idempotency_key) DO NOTHING");
     Stmt::new(sql, p)
 }
 
