@@ -458,7 +458,7 @@ async fn bench(backend: &str, db: Db, s: &Settings) {
         let due = r.context["body"]["due_ms"].as_i64().unwrap_or_default();
         let woke = log
             .iter()
-            .find(|e| e.step_id == "woke" && e.status == "completed")
+            .find(|e| e.step_id == "woke" && e.status == herald::store::StepStatus::Completed)
             .expect("the step after the wait is in the log");
         assert!(
             woke.started_at >= due,

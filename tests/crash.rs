@@ -323,7 +323,7 @@ async fn crash_and_recover(url: String) {
         let log = store.step_log(&run.id).await.unwrap();
         let nudges = log
             .iter()
-            .filter(|s| s.step_id == "nudge" && s.status == "completed")
+            .filter(|s| s.step_id == "nudge" && s.status == herald::store::StepStatus::Completed)
             .count();
         assert_eq!(
             nudges, 1,
@@ -332,7 +332,7 @@ async fn crash_and_recover(url: String) {
         );
         let failures = log
             .iter()
-            .filter(|s| s.step_id == "charge" && s.status == "failed")
+            .filter(|s| s.step_id == "charge" && s.status == herald::store::StepStatus::Failed)
             .count();
         assert_eq!(failures, 1, "run {} failed into its handler once", run.id);
         assert_eq!(

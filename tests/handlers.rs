@@ -312,7 +312,7 @@ steps:
         .await
         .into_iter()
         .filter(|s| s.step_id == "call")
-        .map(|s| (s.status, s.iteration))
+        .map(|s| (s.status.to_string(), s.iteration))
         .collect();
     assert_eq!(
         calls,

@@ -14,7 +14,7 @@ use herald::store::{
     Commit, CommitOutcome, Contact, ContactFilter, ContactPatch, ContactUpsert, CronFire,
     CronOutcome, DefinitionVersion, DeliveryOutcome, DynStore, MessageCategory, MessageChange,
     Millis, NewEvent, NewOutbox, NewRun, OutboxFilter, OutboxStatus, Purged, RunFilter,
-    RunSelection, RunState, RunStatus, RunWrite, StepLogEntry, StoreError,
+    RunSelection, RunState, RunStatus, RunWrite, StepLogEntry, StepStatus, StoreError,
 };
 use serde_json::{Value, json};
 
@@ -171,7 +171,7 @@ fn step(seq: i64, step_id: &str, status: &str) -> StepLogEntry {
         seq,
         step_id: step_id.into(),
         action: "send".into(),
-        status: status.into(),
+        status: StepStatus::parse(status).expect("a step status"),
         attempt: 1,
         started_at: T0 + seq,
         finished_at: T0 + seq + 1,

@@ -207,6 +207,48 @@ pub enum RunWrite {
     Update { run_id: String, owner: String },
 }
 
+/// What a step-log line records about its step.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StepStatus {
+    /// The step finished; its output is in the line.
+    Completed,
+    /// The step made the run wait (a timer, an event, a reply, a child run).
+    Waiting,
+    /// The step failed and will be tried again under its `retry`.
+    Retrying,
+    /// The step failed for good.
+    Failed,
+}
+
+impl StepStatus {
+    pub const ALL: [StepStatus; 4] = [
+        StepStatus::Completed,
+        StepStatus::Waiting,
+        StepStatus::Retrying,
+        StepStatus::Failed,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StepStatus::Completed => "completed",
+            StepStatus::Waiting => "waiting",
+            StepStatus::Retrying => "retrying",
+            StepStatus::Failed => "failed",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<StepStatus> {
+        StepStatus::ALL.into_iter().find(|v| v.as_str() == s)
+    }
+}
+
+impl std::fmt::Display for StepStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// One line of a run's step log.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct StepLogEntry {
@@ -214,8 +256,7 @@ pub struct StepLogEntry {
     pub seq: i64,
     pub step_id: String,
     pub action: String,
-    /// completed, failed, retrying, waiting, timed_out, skipped, cancelled
-    pub status: String,
+    pub status: StepStatus,
     pub attempt: i64,
     pub started_at: Millis,
     pub finished_at: Millis,

@@ -213,7 +213,7 @@ fn bind_steps(args: &mut PgArguments, run_id: &str, steps: &[StepLogEntry]) -> R
         args.add(ints(|e| e.seq))?;
         args.add(texts(|e| Some(e.step_id.clone())))?;
         args.add(texts(|e| Some(e.action.clone())))?;
-        args.add(texts(|e| Some(e.status.clone())))?;
+        args.add(texts(|e| Some(e.status.as_str().to_owned())))?;
         args.add(ints(|e| e.attempt))?;
         args.add(ints(|e| e.started_at))?;
         args.add(ints(|e| e.finished_at))?;

@@ -6,7 +6,7 @@ use serde_json::Value;
 
 use super::{
     Contact, CronFire, CronOutcome, DefinitionVersion, EventRecord, MessageCategory, OutboxRecord,
-    OutboxStatus, Result, RunRecord, RunStatus, StepLogEntry, StoreError,
+    OutboxStatus, Result, RunRecord, RunStatus, StepLogEntry, StepStatus, StoreError,
 };
 
 /// The column types the store reads, by column name.
@@ -174,7 +174,11 @@ pub(super) fn step(row: &dyn RowView) -> Result<StepLogEntry> {
         seq: row.int("seq")?,
         step_id: row.text("step_id")?,
         action: row.text("action")?,
-        status: row.text("status")?,
+        status: {
+            let status = row.text("status")?;
+            StepStatus::parse(&status)
+                .ok_or_else(|| StoreError::Corrupt(format!("step status `{status}`")))?
+        },
         attempt: row.int("attempt")?,
         started_at: row.int("started_at")?,
         finished_at: row.int("finished_at")?,

@@ -21,7 +21,9 @@ use super::registry::{CompiledWorkflow, Registry};
 use super::steps::{self, EventWait, Host, StepCx};
 use super::{Engine, EngineError, SyncReply, retry};
 use crate::definitions::model::step::{Action, OnTimeout, Step};
-use crate::store::{ContactUpsert, Millis, NewEvent, NewOutbox, NewRun, RunStatus, StepLogEntry};
+use crate::store::{
+    ContactUpsert, Millis, NewEvent, NewOutbox, NewRun, RunStatus, StepLogEntry, StepStatus,
+};
 use crate::templates::{JsonNode, RenderError};
 use minijinja::value::{Serde, Value as JValue, merge_maps};
 
@@ -225,14 +227,14 @@ impl<'e> Interpreter<'e> {
         }
         Ok(match outcome {
             Outcome::Done(output) => {
-                self.complete(a, p, step, started, output, "completed");
+                self.complete(a, p, step, started, output, StepStatus::Completed);
                 a.cursor.step = node.next.map(|i| workflow.program.nodes[i].step.id.clone());
                 Flow::Next { commit: is_http }
             }
             Outcome::Goto(target, output) => {
                 // A loop going round again (no output yet) is not a completed step; one that ends is.
                 if output != Value::Null {
-                    self.complete(a, p, step, started, output, "completed");
+                    self.complete(a, p, step, started, output, StepStatus::Completed);
                 } else {
                     a.cursor.step_started_at = None;
                 }
@@ -246,7 +248,7 @@ impl<'e> Interpreter<'e> {
                 event,
                 note,
             } => {
-                let entry = self.log_entry(a, step, "waiting", started, Some(note), None);
+                let entry = self.log_entry(a, step, StepStatus::Waiting, started, Some(note), None);
                 p.steps.push(entry);
                 if let Some((name, key)) = &event {
                     p.after.push(After::Recheck {
@@ -267,7 +269,7 @@ impl<'e> Interpreter<'e> {
         &self,
         a: &mut Active,
         step: &Step,
-        status: &str,
+        status: StepStatus,
         started: Millis,
         output: Option<Value>,
         error: Option<String>,
@@ -285,7 +287,7 @@ impl<'e> Interpreter<'e> {
             seq: a.cursor.seq,
             step_id: step.id.clone(),
             action: step.action.key().to_owned(),
-            status: status.into(),
+            status,
             attempt: a.attempts + 1,
             started_at: started,
             finished_at: self.engine.now(),
@@ -302,7 +304,7 @@ impl<'e> Interpreter<'e> {
         step: &Step,
         started: Millis,
         output: Value,
-        status: &str,
+        status: StepStatus,
     ) {
         let entry = self.log_entry(a, step, status, started, Some(output.clone()), None);
         p.steps.push(entry);
@@ -332,7 +334,14 @@ impl<'e> Interpreter<'e> {
         let workflow = a.workflow.clone();
         let program = &workflow.program;
         let step = &program.nodes[idx].step;
-        let entry = self.log_entry(a, step, "failed", started, None, Some(message.clone()));
+        let entry = self.log_entry(
+            a,
+            step,
+            StepStatus::Failed,
+            started,
+            None,
+            Some(message.clone()),
+        );
         p.steps.push(entry);
         a.cursor.wait = None;
         a.cursor.step_started_at = None;
@@ -416,7 +425,7 @@ impl<'e> Interpreter<'e> {
         let entry = self.log_entry(
             a,
             step,
-            "retrying",
+            StepStatus::Retrying,
             started,
             Some(json!({"retry_at": rfc3339(until)})),
             Some(message),

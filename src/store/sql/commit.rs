@@ -123,7 +123,7 @@ pub(in crate::store) fn upsert_steps(run_id: &str, steps: &[StepLogEntry]) -> St
             step.seq,
             &step.step_id,
             &step.action,
-            &step.status,
+            step.status.as_str(),
             step.attempt,
             step.started_at,
             step.finished_at,
