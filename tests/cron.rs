@@ -348,7 +348,7 @@ async fn a_per_minute_schedule_fires_each_slot_once(db: db::TestDb) {
             .find(|r| r.id == run_id)
             .expect("the fired run exists");
         assert_eq!(run.status, RunStatus::Completed);
-        assert_eq!(run.trigger_kind, "cron");
+        assert_eq!(run.trigger_kind, herald::store::TriggerKind::Cron);
         assert_eq!(run.context["trigger"]["slot"], iso(f.slot));
         assert_eq!(run.context["vars"]["slot"], iso(f.slot));
         assert_eq!(

@@ -14,7 +14,7 @@ use herald::store::{
     Commit, CommitOutcome, Contact, ContactFilter, ContactPatch, ContactUpsert, CronFire,
     CronOutcome, DefinitionVersion, DeliveryOutcome, DynStore, MessageCategory, MessageChange,
     Millis, NewEvent, NewOutbox, NewRun, OutboxFilter, OutboxStatus, Purged, RunFilter,
-    RunSelection, RunState, RunStatus, RunWrite, StepLogEntry, StepStatus, StoreError,
+    RunSelection, RunState, RunStatus, RunWrite, StepLogEntry, StepStatus, StoreError, TriggerKind,
 };
 use serde_json::{Value, json};
 
@@ -102,7 +102,7 @@ fn new_run(id: &str, workflow: &str, created_at: Millis) -> NewRun {
         id: id.into(),
         workflow_id: workflow.into(),
         version: "v1".into(),
-        trigger_kind: "manual".into(),
+        trigger_kind: TriggerKind::Manual,
         idempotency_key: None,
         parent_run_id: None,
         cursor: json!({"step": 0}),
@@ -521,7 +521,7 @@ async fn commit_insert_writes_the_whole_segment(store: DynStore) {
         "the state's version wins over the new run's"
     );
     assert_eq!(r.status, RunStatus::Waiting);
-    assert_eq!(r.trigger_kind, "manual");
+    assert_eq!(r.trigger_kind, TriggerKind::Manual);
     assert_eq!(r.idempotency_key.as_deref(), Some("order-1"));
     assert_eq!(r.cursor, s.cursor);
     assert_eq!(r.context, s.context);
@@ -1559,7 +1559,7 @@ async fn events_wake_and_match_waiting_runs(store: DynStore) {
     );
 
     let mut subscriber = new_run("on-sms", "sms-log", T0 + 10);
-    subscriber.trigger_kind = "event".into();
+    subscriber.trigger_kind = TriggerKind::Event;
     let events = [
         event("e1", "message.sms", "+1555", T0 + 10),
         event("e2", "message.sms", "+1555", T0 + 20),
@@ -1574,8 +1574,8 @@ async fn events_wake_and_match_waiting_runs(store: DynStore) {
     store.insert_events(&events[..1], &[], &[]).await.unwrap();
     let sub = get(&store, "on-sms").await;
     assert_eq!(
-        (sub.status, sub.due_at, sub.trigger_kind.as_str()),
-        (RunStatus::Pending, Some(T0 + 10), "event")
+        (sub.status, sub.due_at, sub.trigger_kind),
+        (RunStatus::Pending, Some(T0 + 10), TriggerKind::Event)
     );
 
     let now = T0 + 40;
@@ -2095,7 +2095,7 @@ async fn cron_slots_are_recorded_once(store: DynStore) {
 
     let slot1 = T0;
     let run1 = NewRun {
-        trigger_kind: "cron".into(),
+        trigger_kind: TriggerKind::Cron,
         ..new_run("cron-1", "nightly", slot1)
     };
     assert!(
@@ -2112,7 +2112,7 @@ async fn cron_slots_are_recorded_once(store: DynStore) {
 
     // The same slot again (this process after a restart, or another one): nothing is written.
     let run1b = NewRun {
-        trigger_kind: "cron".into(),
+        trigger_kind: TriggerKind::Cron,
         ..new_run("cron-1b", "nightly", slot1)
     };
     assert!(
@@ -2187,7 +2187,7 @@ async fn cron_slots_are_recorded_once(store: DynStore) {
 
     let slot4 = T0 + 180_000;
     let run4 = NewRun {
-        trigger_kind: "cron".into(),
+        trigger_kind: TriggerKind::Cron,
         ..new_run("cron-4", "nightly", slot4)
     };
     assert!(
@@ -2621,7 +2621,7 @@ async fn concurrent_cron_fires_record_each_slot_once(db: &TestDb) {
             let slot = T0 + s * 60_000;
             let run_id = format!("cron-{s}-by-{i}");
             let run = NewRun {
-                trigger_kind: "cron".into(),
+                trigger_kind: TriggerKind::Cron,
                 ..new_run(&run_id, "nightly", slot)
             };
             if store

@@ -762,7 +762,7 @@ async fn bearer_tokens_are_checked_before_anything_is_stored() {
         .accepted();
     let run = s.run(&id).await;
     assert_eq!(run.workflow_id, "bearer-hook");
-    assert_eq!(run.trigger_kind, "webhook");
+    assert_eq!(run.trigger_kind, herald::store::TriggerKind::Webhook);
     assert_eq!(run.status, RunStatus::Completed);
     assert_eq!(run.context["body"], body);
     // The scheme name is case-insensitive.
@@ -1879,7 +1879,10 @@ async fn admin_events_wake_waiting_runs_and_start_subscribers() {
     let subscribers = s.runs_of("replied-log").await;
     assert_eq!(subscribers.len(), 1);
     assert_eq!(subscribers[0].status, RunStatus::Completed);
-    assert_eq!(subscribers[0].trigger_kind, "event");
+    assert_eq!(
+        subscribers[0].trigger_kind,
+        herald::store::TriggerKind::Event
+    );
     assert_eq!(
         subscribers[0].context["vars"],
         json!({"who": "ada@example.com", "text": "call me"})

@@ -23,6 +23,7 @@ use crate::engine::context::RequestParts;
 use crate::engine::{Trigger, load_registry};
 use crate::harness::{Harness, RunReport, Settled, contact_from_json};
 use crate::store::RunStatus;
+use crate::store::TriggerKind;
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -196,10 +197,10 @@ async fn run_async(args: Args) -> Result<ExitCode, UsageError> {
     for other in reports.iter().filter(|r| r.run.id != started.run_id) {
         println!(
             "{} run {} of `{}`",
-            match other.run.trigger_kind.as_str() {
-                "call" => "called",
-                "event" => "event-started",
-                other => other,
+            match other.run.trigger_kind {
+                TriggerKind::Call => "called",
+                TriggerKind::Event => "event-started",
+                other => other.as_str(),
             },
             other.run.id,
             other.run.workflow_id

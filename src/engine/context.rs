@@ -12,7 +12,7 @@ use serde_json::{Map, Value, json};
 use super::clock::rfc3339;
 use super::cursor::Cursor;
 use super::registry::{CompiledWorkflow, Registry};
-use crate::store::{Millis, NewEvent, NewRun};
+use crate::store::{Millis, NewEvent, NewRun, TriggerKind};
 use crate::templates::Templates;
 
 /// What started a run, with what it carried.
@@ -114,14 +114,14 @@ impl Trigger {
     }
 
     /// The kind recorded with the run.
-    pub fn kind(&self) -> &'static str {
+    pub fn kind(&self) -> TriggerKind {
         match self {
-            Trigger::Webhook { .. } => "webhook",
-            Trigger::Event { .. } => "event",
-            Trigger::Message { .. } => "message",
-            Trigger::Cron { .. } => "cron",
-            Trigger::Call { .. } => "call",
-            Trigger::Manual { .. } => "manual",
+            Trigger::Webhook { .. } => TriggerKind::Webhook,
+            Trigger::Event { .. } => TriggerKind::Event,
+            Trigger::Message { .. } => TriggerKind::Message,
+            Trigger::Cron { .. } => TriggerKind::Cron,
+            Trigger::Call { .. } => TriggerKind::Call,
+            Trigger::Manual { .. } => TriggerKind::Manual,
         }
     }
 
@@ -253,7 +253,7 @@ impl<'a> RunBuilder<'a> {
     pub fn build(self, templates: &Templates, now: Millis) -> NewRun {
         let wf = self.workflow;
         let id = super::new_id();
-        let trigger_kind = self.trigger.kind().to_owned();
+        let trigger_kind = self.trigger.kind();
         let labels = labels(templates, wf, &self.trigger);
         let context = run_context(self.trigger, &id, &wf.id, &labels, now);
         NewRun {
@@ -381,7 +381,7 @@ mod tests {
             },
         ];
         for t in triggers {
-            let kind = t.kind();
+            let kind = t.kind().as_str();
             let ctx = run_context(t, "r", "wf", &json!({}), 0);
             assert_eq!(ctx["input"], json!({"a": 1}), "{kind}");
             assert_eq!(ctx["trigger"]["kind"], kind);

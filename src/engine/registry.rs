@@ -47,10 +47,23 @@ pub struct CompiledWorkflow {
 }
 
 impl CompiledWorkflow {
-    /// Compiles a validated definition. `${env:...}` references are resolved here, so secrets
-    /// exist only in memory, never in the stored document.
+    /// Compiles a validated definition into what the engine runs. Every kind of definition
+    /// compiles to this: the triggers that start it and the program of steps it runs. A new
+    /// kind (a conversation, a campaign, an alert) adds its arm here, mapping its own model
+    /// onto triggers and steps, so that the interpreter, the store, the scheduler and the
+    /// routes serve it unchanged: its runs are runs like any other.
     pub fn compile(def: &Definition, env: &EnvSource) -> Result<CompiledWorkflow, Vec<Diagnostic>> {
-        let Body::Workflow(_) = &def.body;
+        match &def.body {
+            Body::Workflow(_) => CompiledWorkflow::compile_workflow(def, env),
+        }
+    }
+
+    /// A workflow. `${env:...}` references are resolved here, so secrets exist only in memory,
+    /// never in the stored document.
+    fn compile_workflow(
+        def: &Definition,
+        env: &EnvSource,
+    ) -> Result<CompiledWorkflow, Vec<Diagnostic>> {
         let mut resolved = def.doc.value.clone();
         env.resolve_json(&mut resolved)
             .map_err(|e| vec![def.file.whole(Diagnostic::error("unset-env", e))])?;

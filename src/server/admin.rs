@@ -114,7 +114,7 @@ fn summary(r: &RunRecord) -> Value {
         "workflow": r.workflow_id,
         "version": r.version,
         "status": r.status,
-        "trigger": r.trigger_kind,
+        "trigger": r.trigger_kind.as_str(),
         "step": r.cursor.get("step"),
         "error": r.error,
         "created_at": r.created_at,

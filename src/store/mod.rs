@@ -138,7 +138,7 @@ pub struct NewRun {
     pub id: String,
     pub workflow_id: String,
     pub version: String,
-    pub trigger_kind: String,
+    pub trigger_kind: TriggerKind,
     pub idempotency_key: Option<String>,
     pub parent_run_id: Option<String>,
     pub cursor: Value,
@@ -155,7 +155,7 @@ pub struct RunRecord {
     pub workflow_id: String,
     pub version: String,
     pub status: RunStatus,
-    pub trigger_kind: String,
+    pub trigger_kind: TriggerKind,
     pub idempotency_key: Option<String>,
     pub cursor: Value,
     pub context: Value,
@@ -205,6 +205,52 @@ pub enum RunWrite {
     /// Update a run this worker holds. Fails with [`StoreError::LeaseLost`] if it does not
     /// hold it any more.
     Update { run_id: String, owner: String },
+}
+
+/// What started a run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TriggerKind {
+    Webhook,
+    Event,
+    Message,
+    Cron,
+    /// Another run's `call` step.
+    Call,
+    /// The operations API or `herald run`.
+    Manual,
+}
+
+impl TriggerKind {
+    pub const ALL: [TriggerKind; 6] = [
+        TriggerKind::Webhook,
+        TriggerKind::Event,
+        TriggerKind::Message,
+        TriggerKind::Cron,
+        TriggerKind::Call,
+        TriggerKind::Manual,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TriggerKind::Webhook => "webhook",
+            TriggerKind::Event => "event",
+            TriggerKind::Message => "message",
+            TriggerKind::Cron => "cron",
+            TriggerKind::Call => "call",
+            TriggerKind::Manual => "manual",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<TriggerKind> {
+        TriggerKind::ALL.into_iter().find(|v| v.as_str() == s)
+    }
+}
+
+impl std::fmt::Display for TriggerKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 /// What a step-log line records about its step.

@@ -6,7 +6,7 @@ use serde_json::Value;
 
 use super::{
     Contact, CronFire, CronOutcome, DefinitionVersion, EventRecord, MessageCategory, OutboxRecord,
-    OutboxStatus, Result, RunRecord, RunStatus, StepLogEntry, StepStatus, StoreError,
+    OutboxStatus, Result, RunRecord, RunStatus, StepLogEntry, StepStatus, StoreError, TriggerKind,
 };
 
 /// The column types the store reads, by column name.
@@ -96,7 +96,11 @@ pub(super) fn run(row: &dyn RowView) -> Result<RunRecord> {
         version: row.text("version")?,
         status: RunStatus::parse(&status)
             .ok_or_else(|| StoreError::Corrupt(format!("run status `{status}`")))?,
-        trigger_kind: row.text("trigger_kind")?,
+        trigger_kind: {
+            let kind = row.text("trigger_kind")?;
+            TriggerKind::parse(&kind)
+                .ok_or_else(|| StoreError::Corrupt(format!("trigger kind `{kind}`")))?
+        },
         idempotency_key: row.opt_text("idempotency_key")?,
         cursor: json_required(row.text("cursor")?, "cursor")?,
         context: json_required(row.text("context")?, "context")?,

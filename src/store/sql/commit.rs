@@ -49,7 +49,7 @@ pub(in crate::store) fn insert_run(run: &NewRun, state: Option<(&RunState, Optio
         &run.workflow_id,
         &s.version,
         s.status.as_str(),
-        &run.trigger_kind,
+        run.trigger_kind.as_str(),
         &run.idempotency_key,
         to_text(&s.cursor),
         to_text(&s.context),
