@@ -9,22 +9,21 @@ mod support;
 
 use std::net::SocketAddr;
 use std::str::FromStr as _;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use base64::Engine as _;
 use herald::definitions::env::EnvSource;
-use herald::definitions::project::Layout;
-use herald::engine::clock::{Clock, VirtualClock, rfc3339};
+use herald::engine::Engine;
+use herald::engine::clock::{Clock, VirtualClock};
 use herald::engine::scheduler::Scheduler;
-use herald::engine::{Engine, EngineOptions, load_registry};
-use herald::server::{AppState, ReloadStatus, admin, metrics_handle, router};
 use herald::store::{RunFilter, RunRecord, RunStatus};
 use hmac::{Hmac, KeyInit, Mac};
 use reqwest::header::HeaderMap;
 use serde_json::{Value, json};
 use sha2::Sha256;
 use sqlx::Connection as _;
+use support::app::App;
 use support::{HttpSink, Reply};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
@@ -408,14 +407,9 @@ struct Server {
     clock: VirtualClock,
     sink: HttpSink,
     db: db::TestDb,
-    serving: tokio::task::JoinHandle<()>,
+    /// Stops serving when the server is dropped.
+    _app: App,
     _dir: tempfile::TempDir,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        self.serving.abort();
-    }
 }
 
 fn env() -> EnvSource {
@@ -466,68 +460,21 @@ impl Server {
         }
 
         let clock = VirtualClock::at(at);
-        let env = env();
-        let layout = Layout::discover(dir.path()).unwrap();
-        let (registry, _) = load_registry(&layout, &env, 1, clock.now()).unwrap_or_else(|report| {
-            panic!(
-                "{}",
-                report
-                    .diagnostics
-                    .iter()
-                    .map(|d| d.render(false))
-                    .collect::<String>()
-            )
-        });
-        let config = registry.config.clone();
-        let engine = Engine::new(
-            db.store.clone(),
-            Arc::new(clock.clone()),
-            env.clone(),
-            EngineOptions::default(),
-        );
-        engine.install(registry).await.unwrap();
-
-        // As `herald serve` builds it.
-        let admin_keys = config
-            .admin
-            .api_keys
-            .iter()
-            .map(|k| admin::digest(&env.resolve(k).unwrap()))
-            .collect();
-        let state = Arc::new(AppState {
-            engine: engine.clone(),
-            admin_keys,
-            metrics: metrics_handle(),
-            reload: Mutex::new(ReloadStatus {
-                ok: true,
-                at: Some(rfc3339(clock.now())),
-                generation: 1,
-                errors: Vec::new(),
-            }),
-            started_at: clock.now(),
-            channel_health: Default::default(),
-            reload_gate: Default::default(),
-            reloader: Mutex::new(None),
-        });
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let app = router(state);
-        let serving = tokio::spawn(async move {
-            axum::serve(listener, app).await.expect("the server runs");
-        });
+        let app = App::start(dir.path(), &env(), db.store.clone(), &clock).await;
+        let engine = app.engine.clone();
         let http = reqwest::Client::builder()
             .no_proxy()
             .timeout(Duration::from_secs(20))
             .build()
             .unwrap();
         Server {
-            addr,
+            addr: app.addr,
             http,
             engine,
             clock,
             sink,
             db,
-            serving,
+            _app: app,
             _dir: dir,
         }
     }

@@ -118,11 +118,28 @@ pub trait Channel: Send + Sync + std::fmt::Debug {
         Ok(())
     }
 
+    /// What this channel's addresses are: whether a person writing on it can be matched to a
+    /// contact by phone number or e-mail.
+    fn address_kind(&self) -> AddressKind {
+        AddressKind::PhoneOrEmail
+    }
+
     /// The channel's inbound side, for providers that send people's messages and delivery
     /// reports to Herald (see [`inbound`]). `None` for channels that only send.
     fn receiver(&self) -> Option<&dyn inbound::Receiver> {
         None
     }
+}
+
+/// What a channel's addresses are.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AddressKind {
+    /// Phone numbers or e-mail addresses, told apart by an `@`: SMS, WhatsApp, e-mail, and
+    /// the channels whose addresses are whatever a workflow gives them.
+    PhoneOrEmail,
+    /// An id of the provider's own (a Telegram chat): never read as a phone number, so a
+    /// chat whose id happens to look like one is not taken for that person.
+    ProviderId,
 }
 
 /// The channels of a configuration, by name, in the order herald.yaml lists them.

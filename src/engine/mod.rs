@@ -610,7 +610,14 @@ impl Engine {
         let now = self.now();
         let registry = self.registry();
         let dedupe = provider_id.map(|p| format!("message:{channel}:{p}"));
-        let (email, phone) = if from.contains('@') {
+        let provider_ids = registry
+            .channels
+            .get(channel)
+            .is_some_and(|c| c.address_kind() == crate::channels::AddressKind::ProviderId);
+        let (email, phone) = if provider_ids {
+            // A chat id is nobody's phone number: no contact is looked up or changed by it.
+            (None, None)
+        } else if from.contains('@') {
             (Some(from.to_lowercase()), None)
         } else {
             (

@@ -4,6 +4,7 @@
 pub mod admin;
 pub mod health;
 pub mod hooks;
+mod inbound;
 pub mod listener;
 pub(crate) mod operations;
 pub mod retention;
@@ -112,6 +113,10 @@ pub fn router(state: Arc<AppState>) -> Router {
     Router::new()
         .route(&routes.health, get(health::health))
         .route(&routes.metrics, get(health::metrics))
+        .route(
+            &format!("{}/{{channel}}", routes.inbound.trim_end_matches('/')),
+            get(inbound::receive).post(inbound::receive),
+        )
         .nest(routes.api.trim_end_matches('/'), api)
         .fallback(hooks::webhook)
         // Declared webhooks come first: `/api/chat` is the operator's, even though the admin

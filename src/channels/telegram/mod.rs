@@ -171,6 +171,11 @@ impl Channel for TelegramChannel {
         }
     }
 
+    /// Chat ids, which can look like phone numbers but are not.
+    fn address_kind(&self) -> super::AddressKind {
+        super::AddressKind::ProviderId
+    }
+
     fn receiver(&self) -> Option<&dyn Receiver> {
         Some(self)
     }

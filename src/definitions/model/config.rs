@@ -337,6 +337,10 @@ pub struct RoutesConfig {
     #[serde(default = "RoutesConfig::default_metrics")]
     #[schemars(regex(pattern = r"^/[A-Za-z0-9._~/-]*$"))]
     pub metrics: String,
+    /// Where providers send people's messages and delivery reports: `{inbound}/{channel}`.
+    #[serde(default = "RoutesConfig::default_inbound")]
+    #[schemars(regex(pattern = r"^/[A-Za-z0-9._~-]+(/[A-Za-z0-9._~-]+)*$"))]
+    pub inbound: String,
 }
 
 /// The admin API's routes, under `routes.api`. The server builds its router from this list,
@@ -373,11 +377,18 @@ impl RoutesConfig {
     fn default_metrics() -> String {
         "/metrics".into()
     }
+    fn default_inbound() -> String {
+        "/inbound".to_owned()
+    }
 
     /// Every route Herald answers itself, as route patterns (`/api/runs/{id}`).
     pub fn reserved(&self) -> Vec<String> {
         let api = self.api.trim_end_matches('/');
-        let mut out = vec![self.health.clone(), self.metrics.clone()];
+        let mut out = vec![
+            self.health.clone(),
+            self.metrics.clone(),
+            format!("{}/{{channel}}", self.inbound.trim_end_matches('/')),
+        ];
         out.extend(API_ROUTES.iter().map(|r| format!("{api}{r}")));
         out
     }
@@ -389,6 +400,7 @@ impl Default for RoutesConfig {
             api: RoutesConfig::default_api(),
             health: RoutesConfig::default_health(),
             metrics: RoutesConfig::default_metrics(),
+            inbound: RoutesConfig::default_inbound(),
         }
     }
 }

@@ -1,0 +1,159 @@
+//! `{routes.inbound}/{channel}`: where providers send what people write and what became of
+//! Herald's messages (Twilio, WhatsApp, Telegram, Mailgun, Resend).
+//!
+//! The order is the contract: find the channel (404), let its provider verify the request as
+//! it arrived (403), read it (400), then record each message through the same path as every
+//! inbound message (compliance keywords first, then a run waiting for a reply, then `message`
+//! triggers), deduplicated by the provider's message id, and only then answer the provider
+//! the way it expects. A message that cannot be recorded is answered 503, so the provider
+//! delivers it again.
+
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, header};
+use axum::response::{IntoResponse, Response};
+
+use super::AppState;
+use crate::channels::inbound::{InboundRequest, ProviderAnswer, Received};
+
+pub async fn receive(
+    State(state): State<Arc<AppState>>,
+    Path(channel): Path<String>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let registry = state.engine.registry();
+    let Some(receiver) = registry
+        .channels
+        .get(&channel)
+        .map(|c| (c.provider(), c.receiver()))
+    else {
+        return plain(
+            StatusCode::NOT_FOUND,
+            format!("no channel `{channel}` in herald.yaml"),
+        );
+    };
+    let (provider, Some(receiver)) = receiver else {
+        return plain(
+            StatusCode::NOT_FOUND,
+            format!("channel `{channel}` ({}) receives nothing", receiver.0),
+        );
+    };
+    let url = seen_url(&headers, &uri);
+    let request = InboundRequest {
+        method: &method,
+        url: &url,
+        headers: &headers,
+        body: &body,
+        now: state.engine.now(),
+    };
+    let received = receiver
+        .verify(&request)
+        .and_then(|()| receiver.parse(&request));
+    let (messages, reports, answer) = match received {
+        Ok(Received::Handshake(answer)) => return reply(answer),
+        Ok(Received::Events {
+            messages,
+            reports,
+            answer,
+        }) => (messages, reports, answer),
+        Err(e) => {
+            tracing::warn!(channel, provider, error = %e, "inbound request refused");
+            metrics::counter!("herald_inbound_refused_total", "channel" => channel.clone())
+                .increment(1);
+            let status = StatusCode::from_u16(e.status()).unwrap_or(StatusCode::BAD_REQUEST);
+            return plain(status, e.to_string());
+        }
+    };
+    let region = registry.config.contacts.default_region.clone();
+    for message in messages {
+        // Providers give phone numbers in E.164 already; anything else (a chat id) is kept
+        // as it is.
+        let from = if message.from.starts_with('+') {
+            crate::engine::contact::normalize_phone(&message.from, &region)
+                .unwrap_or_else(|| message.from.clone())
+        } else {
+            message.from.clone()
+        };
+        if let Err(e) = state
+            .engine
+            .inbound_message(
+                &channel,
+                &from,
+                &message.text,
+                message.provider_id.as_deref(),
+            )
+            .await
+        {
+            tracing::warn!(channel, error = %e, "an inbound message could not be recorded; the provider will send it again");
+            return plain(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "try again later".to_owned(),
+            );
+        }
+        metrics::counter!("herald_inbound_messages_total", "channel" => channel.clone())
+            .increment(1);
+    }
+    for report in reports {
+        // The outbox does not follow delivery reports yet: they are counted and logged.
+        tracing::info!(
+            channel,
+            provider_id = %report.provider_id,
+            status = ?report.status,
+            error = report.error.as_deref().unwrap_or(""),
+            "delivery report"
+        );
+        metrics::counter!("herald_delivery_reports_total", "channel" => channel.clone(), "status" => report_label(report.status))
+            .increment(1);
+    }
+    reply(answer)
+}
+
+/// The URL as the provider called it, as far as the server can tell: behind a proxy that
+/// terminates TLS, `X-Forwarded-Proto` says the scheme (a provider whose signature covers the
+/// URL has a `public_url` setting for the rest).
+fn seen_url(headers: &HeaderMap, uri: &Uri) -> String {
+    let scheme = headers
+        .get("x-forwarded-proto")
+        .and_then(|v| v.to_str().ok())
+        .filter(|p| matches!(*p, "http" | "https"))
+        .unwrap_or("http");
+    let host = headers
+        .get(header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("localhost");
+    let path = uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
+    format!("{scheme}://{host}{path}")
+}
+
+fn report_label(status: crate::channels::inbound::ReportedStatus) -> &'static str {
+    use crate::channels::inbound::ReportedStatus as S;
+    match status {
+        S::Sent => "sent",
+        S::Delivered => "delivered",
+        S::Failed { permanent: true } => "failed",
+        S::Failed { permanent: false } => "deferred",
+        S::Bounced => "bounced",
+        S::Complained => "complained",
+        S::Unsubscribed => "unsubscribed",
+    }
+}
+
+fn reply(answer: ProviderAnswer) -> Response {
+    let status = StatusCode::from_u16(answer.status).unwrap_or(StatusCode::OK);
+    let mut response = (status, answer.body).into_response();
+    if let Some(kind) = answer.content_type {
+        response
+            .headers_mut()
+            .insert(header::CONTENT_TYPE, HeaderValue::from_static(kind));
+    }
+    response
+}
+
+fn plain(status: StatusCode, text: String) -> Response {
+    (status, text).into_response()
+}

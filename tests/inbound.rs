@@ -1,0 +1,297 @@
+//! Providers' requests to `/inbound/{channel}`, end to end through the real router: signed as
+//! each provider signs them, recorded through the inbound path (compliance keywords, replies,
+//! `message` triggers), deduplicated by the provider's message id, and answered as each
+//! provider expects. A request that fails verification stores nothing.
+
+#[path = "support/db.rs"]
+mod db;
+mod support;
+
+use std::sync::Arc;
+
+use base64::Engine as _;
+use herald::definitions::env::EnvSource;
+use herald::engine::clock::VirtualClock;
+use herald::store::{RunFilter, RunRecord};
+use hmac::{Hmac, KeyInit, Mac};
+use sha1::Sha1;
+use sha2::Sha256;
+use support::app::App;
+
+const TWILIO_TOKEN: &str = "twilio-auth-token";
+const PUBLIC_URL: &str = "https://herald.example.com/inbound/sms";
+const WA_SECRET: &str = "meta-app-secret";
+const TG_SECRET: &str = "hook-secret_1";
+const EMPTY_TWIML: &str = "<?xml version=\"1.0\" encoding=\"UTF-8\"?><Response></Response>";
+
+const CONFIG: &str = r#"
+channels:
+  sms:
+    provider: twilio_sms
+    account_sid: AC0123456789abcdef0123456789abcdef
+    auth_token: ${env:TWILIO_AUTH_TOKEN}
+    from: "+15017122661"
+    public_url: https://herald.example.com/inbound/sms
+  wa:
+    provider: whatsapp
+    access_token: ${env:WA_TOKEN}
+    phone_number_id: "106540352242922"
+    app_secret: ${env:WA_SECRET}
+    verify_token: verify-me
+  tg:
+    provider: telegram
+    bot_token: "123456789:AAHdqTcvCH1vGWJxfSeofSAs0K5PALDsaw"
+    secret_token: hook-secret_1
+  email: { provider: log }
+"#;
+
+const ASSISTANT: &str = r#"
+kind: workflow
+id: assistant
+triggers:
+  - message: { channel: sms }
+  - message: { channel: wa }
+  - message: { channel: tg }
+steps:
+  - id: note
+    set: { heard: "{{ message.text }}", from: "{{ message.from }}" }
+"#;
+
+struct Inbound {
+    app: App,
+    http: reqwest::Client,
+    _db: db::TestDb,
+    _dir: tempfile::TempDir,
+}
+
+impl Inbound {
+    async fn start() -> Inbound {
+        let db = db::sqlite("inbound")
+            .await
+            .expect("SQLite is always available");
+        let dir = tempfile::tempdir().expect("temp dir");
+        std::fs::write(dir.path().join("herald.yaml"), CONFIG).unwrap();
+        std::fs::create_dir_all(dir.path().join("workflows")).unwrap();
+        std::fs::create_dir_all(dir.path().join("templates")).unwrap();
+        std::fs::write(dir.path().join("workflows/assistant.yaml"), ASSISTANT).unwrap();
+        let env = EnvSource::Map(Arc::new(
+            [
+                ("TWILIO_AUTH_TOKEN", TWILIO_TOKEN),
+                ("WA_TOKEN", "EAAJB-token"),
+                ("WA_SECRET", WA_SECRET),
+            ]
+            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+            .into(),
+        ));
+        let clock = VirtualClock::at("2026-11-02T15:00:00Z");
+        let app = App::start(dir.path(), &env, db.store.clone(), &clock).await;
+        Inbound {
+            app,
+            http: reqwest::Client::builder().no_proxy().build().unwrap(),
+            _db: db,
+            _dir: dir,
+        }
+    }
+
+    async fn runs(&self) -> Vec<RunRecord> {
+        self.app
+            .engine
+            .store
+            .list_runs(&RunFilter {
+                workflow_id: Some("assistant".into()),
+                limit: 100,
+                ..RunFilter::default()
+            })
+            .await
+            .unwrap()
+    }
+
+    async fn post(
+        &self,
+        path: &str,
+        content_type: &str,
+        headers: &[(&str, String)],
+        body: &str,
+    ) -> (u16, Option<String>, String) {
+        let mut request = self
+            .http
+            .post(self.app.url(path))
+            .header("content-type", content_type)
+            .body(body.to_owned());
+        for (name, value) in headers {
+            request = request.header(*name, value);
+        }
+        let response = request.send().await.expect("the server answers");
+        let status = response.status().as_u16();
+        let kind = response
+            .headers()
+            .get("content-type")
+            .map(|v| v.to_str().unwrap().to_owned());
+        (status, kind, response.text().await.unwrap())
+    }
+}
+
+/// What Twilio sends: the form, and its signature over the public URL and the sorted fields.
+fn twilio_form(fields: &[(&str, &str)]) -> (String, String) {
+    let body = form_urlencoded::Serializer::new(String::new())
+        .extend_pairs(fields)
+        .finish();
+    let mut sorted = fields.to_vec();
+    sorted.sort();
+    let mut mac = Hmac::<Sha1>::new_from_slice(TWILIO_TOKEN.as_bytes()).unwrap();
+    mac.update(PUBLIC_URL.as_bytes());
+    for (k, v) in sorted {
+        mac.update(k.as_bytes());
+        mac.update(v.as_bytes());
+    }
+    let signature = base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes());
+    (body, signature)
+}
+
+fn text_from(from: &str, sid: &str, text: &str) -> (String, String) {
+    twilio_form(&[
+        ("MessageSid", sid),
+        ("From", from),
+        ("To", "+15017122661"),
+        ("Body", text),
+        ("NumMedia", "0"),
+        ("AccountSid", "AC0123456789abcdef0123456789abcdef"),
+    ])
+}
+
+const FORM: &str = "application/x-www-form-urlencoded";
+
+#[tokio::test]
+async fn a_signed_twilio_text_starts_its_trigger_once_and_is_answered_with_empty_twiml() {
+    let s = Inbound::start().await;
+    let (body, signature) = text_from("+14155550100", "SM0001", "Is the car still for sale?");
+    let signed = [("x-twilio-signature", signature)];
+
+    let (status, kind, answer) = s.post("/inbound/sms", FORM, &signed, &body).await;
+    assert_eq!(
+        (status, kind.as_deref(), answer.as_str()),
+        (200, Some("text/xml"), EMPTY_TWIML)
+    );
+    let runs = s.runs().await;
+    assert_eq!(runs.len(), 1, "{runs:?}");
+    assert_eq!(runs[0].trigger_kind, herald::store::TriggerKind::Message);
+
+    // Twilio delivers again when it is unsure of the first delivery: one run still.
+    let (status, _, _) = s.post("/inbound/sms", FORM, &signed, &body).await;
+    assert_eq!(status, 200);
+    assert_eq!(s.runs().await.len(), 1);
+
+    // Forged or unsigned: refused before anything is stored.
+    let (forged, _) = text_from("+14155550100", "SM0002", "Is the car still for sale?");
+    let (status, _, _) = s.post("/inbound/sms", FORM, &signed, &forged).await;
+    assert_eq!(status, 403);
+    let (status, _, why) = s.post("/inbound/sms", FORM, &[], &forged).await;
+    assert_eq!(status, 403);
+    assert!(why.contains("X-Twilio-Signature"), "{why}");
+    assert_eq!(s.runs().await.len(), 1);
+}
+
+#[tokio::test]
+async fn a_stop_through_twilio_opts_the_sender_out() {
+    let s = Inbound::start().await;
+    let (body, signature) = text_from("+14155550100", "SM0003", "STOP");
+    let (status, _, _) = s
+        .post(
+            "/inbound/sms",
+            FORM,
+            &[("x-twilio-signature", signature)],
+            &body,
+        )
+        .await;
+    assert_eq!(status, 200);
+    let contact = s
+        .app
+        .engine
+        .store
+        .find_contact(None, Some("+14155550100"))
+        .await
+        .unwrap()
+        .expect("the sender's contact");
+    assert_eq!(contact.status.as_deref(), Some("opted_out"));
+    assert!(
+        s.runs().await.is_empty(),
+        "a STOP starts no ordinary trigger"
+    );
+}
+
+#[tokio::test]
+async fn whatsapp_verification_and_a_signed_message() {
+    let s = Inbound::start().await;
+    let url = s
+        .app
+        .url("/inbound/wa?hub.mode=subscribe&hub.verify_token=verify-me&hub.challenge=1158201444");
+    let answer = s.http.get(url).send().await.unwrap();
+    assert_eq!(answer.status().as_u16(), 200);
+    assert_eq!(answer.text().await.unwrap(), "1158201444");
+    let wrong = s
+        .app
+        .url("/inbound/wa?hub.mode=subscribe&hub.verify_token=guess&hub.challenge=1");
+    assert_eq!(
+        s.http.get(wrong).send().await.unwrap().status().as_u16(),
+        403
+    );
+
+    let body = r#"{"object":"whatsapp_business_account","entry":[{"id":"1","changes":[{"field":"messages","value":{"messaging_product":"whatsapp","metadata":{"display_phone_number":"15550783881","phone_number_id":"106540352242922"},"contacts":[{"profile":{"name":"Ann"},"wa_id":"16505551234"}],"messages":[{"from":"16505551234","id":"wamid.A1","timestamp":"1749416383","type":"text","text":{"body":"Yes please"}}]}}]}]}"#;
+    let mut mac = Hmac::<Sha256>::new_from_slice(WA_SECRET.as_bytes()).unwrap();
+    mac.update(body.as_bytes());
+    let signature = format!("sha256={}", hex::encode(mac.finalize().into_bytes()));
+    let (status, _, _) = s
+        .post(
+            "/inbound/wa",
+            "application/json",
+            &[("x-hub-signature-256", signature)],
+            body,
+        )
+        .await;
+    assert_eq!(status, 200);
+    let runs = s.runs().await;
+    assert_eq!(runs.len(), 1);
+    let (status, _, _) = s
+        .post(
+            "/inbound/wa",
+            "application/json",
+            &[("x-hub-signature-256", "sha256=00".into())],
+            body,
+        )
+        .await;
+    assert_eq!(status, 403);
+}
+
+#[tokio::test]
+async fn a_telegram_chat_id_is_never_taken_for_a_phone_number() {
+    let s = Inbound::start().await;
+    // A chat id that reads as a US number: its STOP must not opt that number out.
+    let update = r#"{"update_id":5001,"message":{"message_id":7,"date":1764800000,"chat":{"id":2025550123,"type":"private"},"from":{"id":2025550123,"is_bot":false,"first_name":"Ann"},"text":"STOP"}}"#;
+    let secret = [("x-telegram-bot-api-secret-token", TG_SECRET.to_owned())];
+    let (status, _, _) = s
+        .post("/inbound/tg", "application/json", &secret, update)
+        .await;
+    assert_eq!(status, 200);
+    let contact = s
+        .app
+        .engine
+        .store
+        .find_contact(None, Some("+12025550123"))
+        .await
+        .unwrap();
+    assert!(contact.is_none(), "{contact:?}");
+
+    let (status, _, _) = s.post("/inbound/tg", "application/json", &[], update).await;
+    assert_eq!(status, 403);
+}
+
+#[tokio::test]
+async fn a_channel_that_receives_nothing_or_none_at_all_is_404() {
+    let s = Inbound::start().await;
+    let (status, _, text) = s.post("/inbound/email", FORM, &[], "x=1").await;
+    assert_eq!(status, 404);
+    assert!(text.contains("receives nothing"), "{text}");
+    let (status, _, text) = s.post("/inbound/nope", FORM, &[], "x=1").await;
+    assert_eq!(status, 404);
+    assert!(text.contains("no channel `nope`"), "{text}");
+}
