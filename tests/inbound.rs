@@ -14,11 +14,13 @@ use herald::definitions::env::EnvSource;
 use herald::engine::clock::VirtualClock;
 use herald::store::{RunFilter, RunRecord};
 use hmac::{Hmac, KeyInit, Mac};
+use serde_json::{Value, json};
 use sha1::Sha1;
 use sha2::Sha256;
+use support::FakeTwilio;
 use support::app::App;
 
-const TWILIO_TOKEN: &str = "twilio-auth-token";
+const TWILIO_TOKEN: &str = support::twilio::AUTH_TOKEN;
 const PUBLIC_URL: &str = "https://herald.example.com/inbound/sms";
 const WA_SECRET: &str = "meta-app-secret";
 const TG_SECRET: &str = "hook-secret_1";
@@ -32,6 +34,7 @@ channels:
     auth_token: ${env:TWILIO_AUTH_TOKEN}
     from: "+15017122661"
     public_url: https://herald.example.com/inbound/sms
+    api_base: "{TWILIO_API}"
   wa:
     provider: whatsapp
     access_token: ${env:WA_TOKEN}
@@ -43,6 +46,26 @@ channels:
     bot_token: "123456789:AAHdqTcvCH1vGWJxfSeofSAs0K5PALDsaw"
     secret_token: hook-secret_1
   email: { provider: log }
+"#;
+
+const NOTIFY: &str = r#"
+kind: workflow
+id: notify
+triggers:
+  - webhook: { path: /hooks/notify }
+steps:
+  - id: text
+    send: { channel: sms, to: "{{ body.to }}", body: "Your car is ready", category: transactional }
+"#;
+
+const WATCH: &str = r#"
+kind: workflow
+id: watch
+triggers:
+  - event: { name: message.delivered }
+steps:
+  - id: note
+    set: { delivered_to: "{{ event.key }}" }
 "#;
 
 const ASSISTANT: &str = r#"
@@ -59,6 +82,7 @@ steps:
 
 struct Inbound {
     app: App,
+    twilio: FakeTwilio,
     http: reqwest::Client,
     _db: db::TestDb,
     _dir: tempfile::TempDir,
@@ -70,10 +94,17 @@ impl Inbound {
             .await
             .expect("SQLite is always available");
         let dir = tempfile::tempdir().expect("temp dir");
-        std::fs::write(dir.path().join("herald.yaml"), CONFIG).unwrap();
+        let twilio = FakeTwilio::start().await;
+        std::fs::write(
+            dir.path().join("herald.yaml"),
+            CONFIG.replace("{TWILIO_API}", &twilio.api_base()),
+        )
+        .unwrap();
         std::fs::create_dir_all(dir.path().join("workflows")).unwrap();
         std::fs::create_dir_all(dir.path().join("templates")).unwrap();
         std::fs::write(dir.path().join("workflows/assistant.yaml"), ASSISTANT).unwrap();
+        std::fs::write(dir.path().join("workflows/notify.yaml"), NOTIFY).unwrap();
+        std::fs::write(dir.path().join("workflows/watch.yaml"), WATCH).unwrap();
         let env = EnvSource::Map(Arc::new(
             [
                 ("TWILIO_AUTH_TOKEN", TWILIO_TOKEN),
@@ -87,6 +118,7 @@ impl Inbound {
         let app = App::start(dir.path(), &env, db.store.clone(), &clock).await;
         Inbound {
             app,
+            twilio,
             http: reqwest::Client::builder().no_proxy().build().unwrap(),
             _db: db,
             _dir: dir,
@@ -94,11 +126,15 @@ impl Inbound {
     }
 
     async fn runs(&self) -> Vec<RunRecord> {
+        self.runs_of("assistant").await
+    }
+
+    async fn runs_of(&self, workflow: &str) -> Vec<RunRecord> {
         self.app
             .engine
             .store
             .list_runs(&RunFilter {
-                workflow_id: Some("assistant".into()),
+                workflow_id: Some(workflow.into()),
                 limit: 100,
                 ..RunFilter::default()
             })
@@ -294,4 +330,68 @@ async fn a_channel_that_receives_nothing_or_none_at_all_is_404() {
     let (status, _, text) = s.post("/inbound/nope", FORM, &[], "x=1").await;
     assert_eq!(status, 404);
     assert!(text.contains("no channel `nope`"), "{text}");
+}
+
+#[tokio::test]
+async fn twilio_delivery_reports_update_the_message_and_emit_one_event() {
+    let s = Inbound::start().await;
+    // A run texts through the stand-in of Twilio's API, which gives the message its sid.
+    let answer = s
+        .http
+        .post(s.app.url("/hooks/notify"))
+        .json(&json!({"to": "+14155550100"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status().as_u16(), 202);
+    let run_id = answer.json::<Value>().await.unwrap()["run_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(s.app.engine.deliver_due().await.unwrap(), 1);
+    assert_eq!(s.twilio.posted().len(), 1);
+    let outbox = || async { s.app.engine.store.outbox_for_run(&run_id).await.unwrap() };
+    let sid = outbox().await[0].provider_id.clone().expect("Twilio's sid");
+
+    let report = |status: &'static str| {
+        twilio_form(&[
+            ("MessageSid", sid.as_str()),
+            ("MessageStatus", status),
+            ("To", "+14155550100"),
+            ("AccountSid", "AC0123456789abcdef0123456789abcdef"),
+        ])
+    };
+    for status in ["delivered", "delivered", "sent"] {
+        let (body, signature) = report(status);
+        let (code, _, _) = s
+            .post(
+                "/inbound/sms",
+                FORM,
+                &[("x-twilio-signature", signature)],
+                &body,
+            )
+            .await;
+        assert_eq!(code, 200, "{status}");
+    }
+    // `sent` arrived late: it does not undo `delivered`.
+    let message = &outbox().await[0];
+    assert_eq!(message.delivery.as_deref(), Some("delivered"));
+    assert!(message.delivery_at.is_some());
+    // Reported twice, one event: one run of the workflow that listens for it.
+    let watchers = s.runs_of("watch").await;
+    assert_eq!(watchers.len(), 1, "{watchers:?}");
+
+    // A report on a message Herald never sent changes nothing, and is still answered 200.
+    let (body, signature) =
+        twilio_form(&[("MessageSid", "SMunknown"), ("MessageStatus", "failed")]);
+    let (code, _, _) = s
+        .post(
+            "/inbound/sms",
+            FORM,
+            &[("x-twilio-signature", signature)],
+            &body,
+        )
+        .await;
+    assert_eq!(code, 200);
+    assert_eq!(s.runs_of("watch").await.len(), 1);
 }

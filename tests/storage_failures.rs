@@ -188,6 +188,18 @@ impl Store for Failing {
         self.check()?;
         self.inner.finish_delivery(id, o, out, now).await
     }
+    async fn record_delivery(
+        &self,
+        channel: &str,
+        provider_id: &str,
+        delivery: &str,
+        error: Option<&str>,
+        now: Millis,
+    ) -> Result<Option<OutboxRecord>> {
+        self.inner
+            .record_delivery(channel, provider_id, delivery, error, now)
+            .await
+    }
     async fn outbox_for_run(&self, id: &str) -> Result<Vec<OutboxRecord>> {
         self.inner.outbox_for_run(id).await
     }

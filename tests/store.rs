@@ -71,6 +71,7 @@ scenarios! {
         events_wake_and_match_waiting_runs,
         contacts_are_found_and_merged_without_stealing,
         outbox_claims_and_deliveries,
+        delivery_reports_never_go_back,
         cron_checked_until_never_moves_back,
         cron_slots_are_recorded_once,
         new_columns_round_trip,
@@ -3051,5 +3052,59 @@ async fn retention_deletes_old_history_but_not_what_is_still_needed(store: DynSt
             .await
             .unwrap(),
         Purged::default()
+    );
+}
+
+async fn delivery_reports_never_go_back(store: DynStore) {
+    let mut c = insert(new_run("r1", "wf", T0), state(RunStatus::Completed, None));
+    c.outbox = vec![message("m1", Some("r1"), "k1", T0)];
+    committed(&store, c).await;
+    let claimed = store.claim_outbox("a", T0 + 1, LEASE, 1).await.unwrap();
+    let channel = claimed[0].channel.clone();
+    let sent = DeliveryOutcome::Sent {
+        provider_id: Some("SM1".into()),
+    };
+    assert!(
+        store
+            .finish_delivery("m1", "a", sent, T0 + 2)
+            .await
+            .unwrap()
+    );
+
+    let report = |delivery: &'static str, at: i64| {
+        let (store, channel) = (store.clone(), channel.clone());
+        async move {
+            store
+                .record_delivery(&channel, "SM1", delivery, None, at)
+                .await
+                .unwrap()
+                .map(|m| (m.id, m.delivery, m.delivery_at))
+        }
+    };
+    assert_eq!(
+        report("delivered", T0 + 3).await,
+        Some(("m1".into(), Some("delivered".into()), Some(T0 + 3)))
+    );
+    // A late `sent` does not undo `delivered`; a complaint after it is recorded.
+    assert_eq!(report("sent", T0 + 4).await, None);
+    assert_eq!(
+        report("complained", T0 + 5).await,
+        Some(("m1".into(), Some("complained".into()), Some(T0 + 5)))
+    );
+    assert_eq!(report("delivered", T0 + 6).await, None);
+    // Another channel's message of the same id, or an unknown id: nothing.
+    assert_eq!(
+        store
+            .record_delivery("elsewhere", "SM1", "delivered", None, T0 + 7)
+            .await
+            .unwrap(),
+        None
+    );
+    assert_eq!(
+        store
+            .record_delivery(&channel, "SM2", "delivered", None, T0 + 7)
+            .await
+            .unwrap(),
+        None
     );
 }

@@ -129,6 +129,22 @@ pub enum ReportedStatus {
     Unsubscribed,
 }
 
+impl ReportedStatus {
+    /// The word stored and used in event names: `delivered`, `failed`, `deferred` (a failure
+    /// that may still pass), `bounced`, `complained`, `unsubscribed`, `sent`.
+    pub fn label(self) -> &'static str {
+        match self {
+            ReportedStatus::Sent => "sent",
+            ReportedStatus::Delivered => "delivered",
+            ReportedStatus::Failed { permanent: true } => "failed",
+            ReportedStatus::Failed { permanent: false } => "deferred",
+            ReportedStatus::Bounced => "bounced",
+            ReportedStatus::Complained => "complained",
+            ReportedStatus::Unsubscribed => "unsubscribed",
+        }
+    }
+}
+
 /// The HTTP answer a provider expects.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ProviderAnswer {

@@ -589,6 +589,63 @@ impl Engine {
         Ok(event.id)
     }
 
+    /// Records what a provider reports about a message it was given, on the outbox row it
+    /// knows by its id, and emits `message.<status>` (`message.delivered`, `message.failed`,
+    /// `message.bounced`, `message.complained`, `message.unsubscribed`) keyed by the recipient,
+    /// which workflows and waiting runs can use. A report the provider sends again is one
+    /// event, not two. Reports on the way (`sent`, `deferred`) are recorded without an event.
+    /// False when no message has that id, or a later report is already recorded.
+    pub async fn delivery_report(
+        self: &Arc<Self>,
+        report: &crate::channels::inbound::DeliveryReport,
+    ) -> Result<bool, EngineError> {
+        let now = self.now();
+        let status = report.status.label();
+        let Some(message) = self
+            .store
+            .record_delivery(
+                &report.channel,
+                &report.provider_id,
+                status,
+                report.error.as_deref(),
+                now,
+            )
+            .await?
+        else {
+            return Ok(false);
+        };
+        if matches!(status, "sent" | "deferred") {
+            return Ok(true);
+        }
+        let event = NewEvent {
+            id: format!("report:{}:{}:{status}", report.channel, report.provider_id),
+            name: format!("message.{status}"),
+            key: Some(message.recipient.clone()),
+            data: json!({
+                "channel": report.channel,
+                "to": message.recipient,
+                "message_id": message.id,
+                "provider_id": report.provider_id,
+                "status": status,
+                "error": report.error,
+                "run_id": message.run_id,
+                "workflow_id": message.workflow_id,
+                "step_id": message.step_id,
+            }),
+            source_run_id: None,
+            created_at: now,
+        };
+        let runs = context::subscriber_runs(&self.registry(), &event, None, now);
+        self.store
+            .insert_events(std::slice::from_ref(&event), &runs, &[])
+            .await?;
+        self.store
+            .wake_waiting(&event.name, &message.recipient, now)
+            .await?;
+        self.work_ready.notify_waiters();
+        Ok(true)
+    }
+
     /// Records an inbound message and routes it.
     ///
     /// An opt-out keyword (see `compliance` in herald.yaml) is handled before anything else

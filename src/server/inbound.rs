@@ -99,16 +99,23 @@ pub async fn receive(
             .increment(1);
     }
     for report in reports {
-        // The outbox does not follow delivery reports yet: they are counted and logged.
-        tracing::info!(
-            channel,
-            provider_id = %report.provider_id,
-            status = ?report.status,
-            error = report.error.as_deref().unwrap_or(""),
-            "delivery report"
-        );
-        metrics::counter!("herald_delivery_reports_total", "channel" => channel.clone(), "status" => report_label(report.status))
-            .increment(1);
+        match state.engine.delivery_report(&report).await {
+            Ok(known) => {
+                let label = report.status.label();
+                metrics::counter!("herald_delivery_reports_total", "channel" => channel.clone(), "status" => label)
+                    .increment(1);
+                if !known {
+                    tracing::debug!(channel, provider_id = %report.provider_id, status = label, "a report on no message Herald knows, or an older one");
+                }
+            }
+            Err(e) => {
+                tracing::warn!(channel, error = %e, "a delivery report could not be recorded; the provider will send it again");
+                return plain(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "try again later".to_owned(),
+                );
+            }
+        }
     }
     reply(answer)
 }
@@ -128,19 +135,6 @@ fn seen_url(headers: &HeaderMap, uri: &Uri) -> String {
         .unwrap_or("localhost");
     let path = uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
     format!("{scheme}://{host}{path}")
-}
-
-fn report_label(status: crate::channels::inbound::ReportedStatus) -> &'static str {
-    use crate::channels::inbound::ReportedStatus as S;
-    match status {
-        S::Sent => "sent",
-        S::Delivered => "delivered",
-        S::Failed { permanent: true } => "failed",
-        S::Failed { permanent: false } => "deferred",
-        S::Bounced => "bounced",
-        S::Complained => "complained",
-        S::Unsubscribed => "unsubscribed",
-    }
 }
 
 fn reply(answer: ProviderAnswer) -> Response {

@@ -400,6 +400,11 @@ pub struct OutboxRecord {
     pub retry: Option<RetryPolicy>,
     pub created_at: Millis,
     pub sent_at: Option<Millis>,
+    /// The provider's last word on the message after it was sent: `delivered`, `failed`,
+    /// `bounced`, `complained`, `unsubscribed` (or `sent`, `deferred` on the way).
+    pub delivery: Option<String>,
+    pub delivery_error: Option<String>,
+    pub delivery_at: Option<Millis>,
 }
 
 /// What a delivery attempt came to.
@@ -690,6 +695,18 @@ pub trait Store: Admin + Send + Sync + std::fmt::Debug {
         now: Millis,
     ) -> Result<bool>;
     async fn outbox_for_run(&self, run_id: &str) -> Result<Vec<OutboxRecord>>;
+    /// Records a provider's report on the message it knows as `provider_id` on `channel`,
+    /// unless the message already has a later one (a `sent` arriving after `delivered` does
+    /// not undo it). Returns the message as it now stands, or `None` when no message has that
+    /// id or the report is older than what is recorded.
+    async fn record_delivery(
+        &self,
+        channel: &str,
+        provider_id: &str,
+        delivery: &str,
+        error: Option<&str>,
+        now: Millis,
+    ) -> Result<Option<OutboxRecord>>;
     async fn count_outbox(&self) -> Result<Vec<(OutboxStatus, i64)>>;
     async fn next_outbox_at(&self) -> Result<Option<Millis>>;
 

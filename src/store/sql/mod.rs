@@ -305,6 +305,17 @@ pub(super) async fn write<B: Backend>(b: &B, s: Stmt) -> Result<u64> {
     B::Db::execute(&mut *conn, s).await
 }
 
+/// Runs a single-statement write with `RETURNING` and decodes the row it gives, if any.
+pub(super) async fn write_one<B: Backend, T>(
+    b: &B,
+    s: Stmt,
+    decode: Decoder<T>,
+) -> Result<Option<T>> {
+    let mut conn = b.write().await?;
+    let row = B::Db::fetch_optional(&mut *conn, s).await?;
+    row.map(|r| decode(&r)).transpose()
+}
+
 /// Decodes a nullable time from the one column `t`.
 pub(super) fn time(row: &dyn RowView) -> Result<Option<Millis>> {
     row.opt_int("t")

@@ -3,7 +3,9 @@
 
 use std::fmt::Write as _;
 
-use super::{Backend, Dialect, Stmt, params, push_placeholders, read_all, read_one, write};
+use super::{
+    Backend, Dialect, Stmt, params, push_placeholders, read_all, read_one, write, write_one,
+};
 use crate::store::admin::{MessageChange, OutboxFilter};
 use crate::store::rows::{self, outbox_columns, retry_text, to_text};
 use crate::store::{DeliveryOutcome, Millis, NewOutbox, OutboxRecord, OutboxStatus, Result};
@@ -114,6 +116,35 @@ pub(in crate::store) async fn finish_delivery<B: Backend>(
     let mut all = params![id, owner];
     all.extend(p);
     Ok(write(b, Stmt::new(sql, all)).await? == 1)
+}
+
+/// How far along a report is: a report never replaces a later one.
+const DELIVERY_RANK: &str = "CASE {col} WHEN 'sent' THEN 1 WHEN 'deferred' THEN 1 WHEN 'delivered' THEN 2
+     WHEN 'failed' THEN 3 WHEN 'bounced' THEN 3 WHEN 'complained' THEN 4 WHEN 'unsubscribed' THEN 4 ELSE 0 END";
+
+pub(in crate::store) async fn record_delivery<B: Backend>(
+    b: &B,
+    channel: &str,
+    provider_id: &str,
+    delivery: &str,
+    error: Option<&str>,
+    now: Millis,
+) -> Result<Option<OutboxRecord>> {
+    let sql = format!(
+        "UPDATE outbox SET delivery = $3, delivery_error = $4, delivery_at = $5, updated_at = $5
+         WHERE channel = $1 AND provider_id = $2
+           AND (delivery IS NULL OR {} <= {})
+         RETURNING {}",
+        DELIVERY_RANK.replace("{col}", "delivery"),
+        DELIVERY_RANK.replace("{col}", "CAST($3 AS TEXT)"),
+        outbox_columns!()
+    );
+    write_one(
+        b,
+        Stmt::new(sql, params![channel, provider_id, delivery, error, now]),
+        rows::outbox,
+    )
+    .await
 }
 
 pub(in crate::store) async fn for_run<B: Backend>(

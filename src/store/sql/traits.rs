@@ -112,6 +112,16 @@ impl<B: Backend> Store for B {
     ) -> Result<bool> {
         outbox::finish_delivery(self, id, owner, outcome, now).await
     }
+    async fn record_delivery(
+        &self,
+        channel: &str,
+        provider_id: &str,
+        delivery: &str,
+        error: Option<&str>,
+        now: Millis,
+    ) -> Result<Option<OutboxRecord>> {
+        outbox::record_delivery(self, channel, provider_id, delivery, error, now).await
+    }
     async fn outbox_for_run(&self, run_id: &str) -> Result<Vec<OutboxRecord>> {
         outbox::for_run(self, run_id).await
     }
