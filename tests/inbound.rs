@@ -58,6 +58,16 @@ steps:
     send: { channel: sms, to: "{{ body.to }}", body: "Your car is ready", category: transactional }
 "#;
 
+const PROMO: &str = r#"
+kind: workflow
+id: promo
+triggers:
+  - webhook: { path: /hooks/promo }
+steps:
+  - id: text
+    send: { channel: sms, to: "{{ body.to }}", body: "20% off this weekend" }
+"#;
+
 const WATCH: &str = r#"
 kind: workflow
 id: watch
@@ -105,6 +115,7 @@ impl Inbound {
         std::fs::write(dir.path().join("workflows/assistant.yaml"), ASSISTANT).unwrap();
         std::fs::write(dir.path().join("workflows/notify.yaml"), NOTIFY).unwrap();
         std::fs::write(dir.path().join("workflows/watch.yaml"), WATCH).unwrap();
+        std::fs::write(dir.path().join("workflows/promo.yaml"), PROMO).unwrap();
         let env = EnvSource::Map(Arc::new(
             [
                 ("TWILIO_AUTH_TOKEN", TWILIO_TOKEN),
@@ -394,4 +405,65 @@ async fn twilio_delivery_reports_update_the_message_and_emit_one_event() {
         .await;
     assert_eq!(code, 200);
     assert_eq!(s.runs_of("watch").await.len(), 1);
+}
+
+#[tokio::test]
+async fn a_number_twilio_reports_unsubscribed_gets_no_more_marketing_on_that_channel() {
+    let s = Inbound::start().await;
+    let start = |path: &'static str| {
+        let s = &s;
+        async move {
+            let answer = s
+                .http
+                .post(s.app.url(path))
+                .json(&json!({"to": "+14155550100"}))
+                .send()
+                .await
+                .unwrap();
+            answer.json::<Value>().await.unwrap()["run_id"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        }
+    };
+    let first = start("/hooks/promo").await;
+    assert_eq!(s.app.engine.deliver_due().await.unwrap(), 1);
+    let sid = s.app.engine.store.outbox_for_run(&first).await.unwrap()[0]
+        .provider_id
+        .clone()
+        .expect("Twilio's sid");
+
+    // The person had replied STOP to the number itself: Twilio fails the message with 21610.
+    let (body, signature) = twilio_form(&[
+        ("MessageSid", sid.as_str()),
+        ("MessageStatus", "undelivered"),
+        ("ErrorCode", "21610"),
+    ]);
+    let (code, _, _) = s
+        .post(
+            "/inbound/sms",
+            FORM,
+            &[("x-twilio-signature", signature)],
+            &body,
+        )
+        .await;
+    assert_eq!(code, 200);
+
+    let second = start("/hooks/promo").await;
+    assert!(
+        s.app
+            .engine
+            .store
+            .outbox_for_run(&second)
+            .await
+            .unwrap()
+            .is_empty(),
+        "a marketing text was queued for a number Twilio reported unsubscribed"
+    );
+    let steps = s.app.engine.store.step_log(&second).await.unwrap();
+    let output = steps[0].output.clone().unwrap_or_default();
+    assert_eq!(output["status"], "suppressed", "{output}");
+    let reason = output["reason"].as_str().unwrap_or_default();
+    assert!(reason.contains("suppressed on channel `sms`"), "{reason}");
+    assert_eq!(s.twilio.posted().len(), 1);
 }

@@ -200,6 +200,21 @@ impl Store for Failing {
             .record_delivery(channel, provider_id, delivery, error, now)
             .await
     }
+    async fn suppress_address(
+        &self,
+        channel: &str,
+        address: &str,
+        reason: &str,
+        detail: Option<&str>,
+        now: Millis,
+    ) -> Result<()> {
+        self.inner
+            .suppress_address(channel, address, reason, detail, now)
+            .await
+    }
+    async fn address_suppression(&self, channel: &str, address: &str) -> Result<Option<String>> {
+        self.inner.address_suppression(channel, address).await
+    }
     async fn outbox_for_run(&self, id: &str) -> Result<Vec<OutboxRecord>> {
         self.inner.outbox_for_run(id).await
     }

@@ -72,6 +72,7 @@ scenarios! {
         contacts_are_found_and_merged_without_stealing,
         outbox_claims_and_deliveries,
         delivery_reports_never_go_back,
+        addresses_are_suppressed_per_channel,
         cron_checked_until_never_moves_back,
         cron_slots_are_recorded_once,
         new_columns_round_trip,
@@ -3107,4 +3108,47 @@ async fn delivery_reports_never_go_back(store: DynStore) {
             .unwrap(),
         None
     );
+}
+
+async fn addresses_are_suppressed_per_channel(store: DynStore) {
+    assert_eq!(
+        store
+            .address_suppression("email", "ann@example.org")
+            .await
+            .unwrap(),
+        None
+    );
+    store
+        .suppress_address(
+            "email",
+            "ann@example.org",
+            "bounced",
+            Some("550 no such user"),
+            T0,
+        )
+        .await
+        .unwrap();
+    store
+        .suppress_address("email", "ann@example.org", "complained", None, T0 + 1)
+        .await
+        .unwrap();
+    assert_eq!(
+        store
+            .address_suppression("email", "ann@example.org")
+            .await
+            .unwrap(),
+        Some("complained".to_owned())
+    );
+    assert_eq!(
+        store
+            .address_suppression("sms", "ann@example.org")
+            .await
+            .unwrap(),
+        None,
+        "another channel is not affected"
+    );
+    let wrong = store
+        .suppress_address("email", "bob@example.org", "annoyed", None, T0)
+        .await;
+    assert!(wrong.is_err(), "only the reasons providers report are kept");
 }

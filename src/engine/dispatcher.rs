@@ -96,6 +96,7 @@ impl Engine {
             &self.store,
             &registry.config.contacts.default_region,
             None,
+            &m.channel,
             &m.recipient,
             m.category,
         )

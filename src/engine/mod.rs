@@ -617,6 +617,17 @@ impl Engine {
         if matches!(status, "sent" | "deferred") {
             return Ok(true);
         }
+        if matches!(status, "bounced" | "complained" | "unsubscribed") {
+            self.store
+                .suppress_address(
+                    &report.channel,
+                    &suppression::address_key(&message.recipient),
+                    status,
+                    report.error.as_deref(),
+                    now,
+                )
+                .await?;
+        }
         let event = NewEvent {
             id: format!("report:{}:{}:{status}", report.channel, report.provider_id),
             name: format!("message.{status}"),

@@ -10,7 +10,19 @@ use super::contact::Address;
 use crate::definitions::model::step::MessageCategory;
 use crate::store::{DynStore, StoreError};
 
-/// Why a message of `category` to `to` must not be sent, if it must not.
+/// The form an address is suppressed under: e-mail in lower case, anything else as it is.
+pub(crate) fn address_key(address: &str) -> String {
+    let address = address.trim();
+    if address.contains('@') {
+        address.to_lowercase()
+    } else {
+        address.to_owned()
+    }
+}
+
+/// Why a message of `category` to `to` on `channel` must not be sent, if it must not: the
+/// channel's provider reported the address (a bounce, a complaint, an unsubscribe), or the
+/// recipient's contact has a status that blocks the category.
 ///
 /// `own` is the run's contact, used when it is the recipient (it may hold changes its segment
 /// has not committed yet); otherwise the stored contact with that address counts.
@@ -18,9 +30,17 @@ pub(crate) async fn check(
     store: &DynStore,
     region: &str,
     own: Option<&Value>,
+    channel: &str,
     to: &str,
     category: MessageCategory,
 ) -> Result<Option<String>, StoreError> {
+    if let Some(reason) = store.address_suppression(channel, &address_key(to)).await?
+        && category.blocked_by(&reason)
+    {
+        return Ok(Some(format!(
+            "`{to}` is suppressed on channel `{channel}`: its provider reported it {reason}"
+        )));
+    }
     let status_of = |c: &Value| c.get("status").and_then(Value::as_str).map(str::to_owned);
     let Address { email, phone } = Address::parse(to, region);
     let matches = |c: &Value| {

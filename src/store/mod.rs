@@ -695,6 +695,18 @@ pub trait Store: Admin + Send + Sync + std::fmt::Debug {
         now: Millis,
     ) -> Result<bool>;
     async fn outbox_for_run(&self, run_id: &str) -> Result<Vec<OutboxRecord>>;
+    /// Records that `address` must get nothing more on `channel` (`reason`: `bounced`,
+    /// `complained` or `unsubscribed`), as its provider reported.
+    async fn suppress_address(
+        &self,
+        channel: &str,
+        address: &str,
+        reason: &str,
+        detail: Option<&str>,
+        now: Millis,
+    ) -> Result<()>;
+    /// Why `address` is suppressed on `channel`, if it is.
+    async fn address_suppression(&self, channel: &str, address: &str) -> Result<Option<String>>;
     /// Records a provider's report on the message it knows as `provider_id` on `channel`,
     /// unless the message already has a later one (a `sent` arriving after `delivered` does
     /// not undo it). Returns the message as it now stands, or `None` when no message has that

@@ -22,12 +22,13 @@ pub(super) async fn execute(cx: StepCx<'_>, s: &SendStep) -> Result<Outcome, Ste
     }
     let own = cx.run.ctx.get("contact").filter(|c| !c.is_null());
     let region = &registry.config.contacts.default_region;
-    if let Some(reason) = suppression::check(cx.host.store, region, own, &to, s.category)
-        .await
-        .map_err(|e| StepError::Transient {
-            message: format!("could not check the recipient's status: {e}"),
-            retry_after: None,
-        })?
+    if let Some(reason) =
+        suppression::check(cx.host.store, region, own, &s.channel, &to, s.category)
+            .await
+            .map_err(|e| StepError::Transient {
+                message: format!("could not check the recipient's status: {e}"),
+                retry_after: None,
+            })?
     {
         return Ok(Outcome::Done(
             json!({"status": "suppressed", "to": to, "reason": reason, "category": s.category}),

@@ -23,6 +23,7 @@ pub(super) mod events;
 pub(super) mod outbox;
 pub(super) mod retention;
 pub(super) mod runs;
+pub(super) mod suppressions;
 mod traits;
 
 use std::borrow::Cow;

@@ -3,7 +3,9 @@
 
 use async_trait::async_trait;
 
-use super::{Backend, commit, contacts, cron, definitions, events, outbox, retention, runs};
+use super::{
+    Backend, commit, contacts, cron, definitions, events, outbox, retention, runs, suppressions,
+};
 use crate::store::admin::{
     Admin, ContactFilter, ContactPatch, MessageChange, OutboxFilter, Purged, RunSelection,
 };
@@ -121,6 +123,19 @@ impl<B: Backend> Store for B {
         now: Millis,
     ) -> Result<Option<OutboxRecord>> {
         outbox::record_delivery(self, channel, provider_id, delivery, error, now).await
+    }
+    async fn suppress_address(
+        &self,
+        channel: &str,
+        address: &str,
+        reason: &str,
+        detail: Option<&str>,
+        now: Millis,
+    ) -> Result<()> {
+        suppressions::suppress(self, channel, address, reason, detail, now).await
+    }
+    async fn address_suppression(&self, channel: &str, address: &str) -> Result<Option<String>> {
+        suppressions::reason(self, channel, address).await
     }
     async fn outbox_for_run(&self, run_id: &str) -> Result<Vec<OutboxRecord>> {
         outbox::for_run(self, run_id).await
