@@ -307,6 +307,27 @@ fn an_unknown_default_region_is_an_error_at_its_setting() {
 }
 
 #[test]
+fn a_channel_named_like_a_herald_event_is_an_error_at_its_name() {
+    let tmp = tempfile::tempdir().expect("a temp folder");
+    write(
+        tmp.path(),
+        "herald.yaml",
+        &format!("{CONFIG}  delivered:\n    provider: log\n"),
+    );
+    let out = run(herald(tmp.path()).args(["validate", ".", "--format", "json"]));
+    assert_eq!(code(&out), 1, "{}", show(&out));
+    let doc: Value = serde_json::from_str(&stdout(&out)).expect("JSON");
+    let reserved = doc["diagnostics"]
+        .as_array()
+        .and_then(|d| d.iter().find(|d| d["code"] == "reserved-channel-name"))
+        .unwrap_or_else(|| panic!("no reserved-channel-name in {doc:#}"));
+    assert_eq!(
+        (reserved["line"].as_u64(), reserved["column"].as_u64()),
+        (Some(6), Some(3))
+    );
+}
+
+#[test]
 fn validate_of_a_missing_folder_exits_2() {
     let tmp = tempfile::tempdir().expect("a temp folder");
     let out = run(herald(tmp.path()).args(["validate", "no-such-project", "--color", "never"]));

@@ -78,6 +78,16 @@ steps:
     set: { delivered_to: "{{ event.key }}" }
 "#;
 
+const UNMATCHED: &str = r#"
+kind: workflow
+id: fallback-answer
+triggers:
+  - event: { name: message.unmatched }
+steps:
+  - id: note
+    set: { from: "{{ event.key }}" }
+"#;
+
 const ASSISTANT: &str = r#"
 kind: workflow
 id: assistant
@@ -116,6 +126,7 @@ impl Inbound {
         std::fs::write(dir.path().join("workflows/notify.yaml"), NOTIFY).unwrap();
         std::fs::write(dir.path().join("workflows/watch.yaml"), WATCH).unwrap();
         std::fs::write(dir.path().join("workflows/promo.yaml"), PROMO).unwrap();
+        std::fs::write(dir.path().join("workflows/unmatched.yaml"), UNMATCHED).unwrap();
         let env = EnvSource::Map(Arc::new(
             [
                 ("TWILIO_AUTH_TOKEN", TWILIO_TOKEN),
@@ -466,4 +477,40 @@ async fn a_number_twilio_reports_unsubscribed_gets_no_more_marketing_on_that_cha
     let reason = output["reason"].as_str().unwrap_or_default();
     assert!(reason.contains("suppressed on channel `sms`"), "{reason}");
     assert_eq!(s.twilio.posted().len(), 1);
+}
+
+#[tokio::test]
+async fn a_message_nothing_takes_is_one_message_unmatched_event() {
+    let s = Inbound::start().await;
+    let engine = &s.app.engine;
+    // No trigger listens on `email`, and no run waits for Ann.
+    let routed = engine
+        .inbound_message("email", "ann@example.org", "hello?", Some("m-1"))
+        .await
+        .unwrap();
+    assert!(routed.started_runs.is_empty());
+    assert_eq!(s.runs_of("fallback-answer").await.len(), 1);
+    engine
+        .inbound_message("email", "ann@example.org", "hello?", Some("m-1"))
+        .await
+        .unwrap();
+    assert_eq!(
+        s.runs_of("fallback-answer").await.len(),
+        1,
+        "a message delivered again is one event"
+    );
+
+    // A text a trigger takes is not unmatched.
+    let (body, signature) = text_from("+14155550100", "SM0009", "Hi there");
+    let (code, _, _) = s
+        .post(
+            "/inbound/sms",
+            FORM,
+            &[("x-twilio-signature", signature)],
+            &body,
+        )
+        .await;
+    assert_eq!(code, 200);
+    assert_eq!(s.runs().await.len(), 1);
+    assert_eq!(s.runs_of("fallback-answer").await.len(), 1);
 }

@@ -372,13 +372,14 @@ async fn migrations_apply_and_rerun(db: &TestDb) {
         "outbox",
         "runs",
         "step_log",
+        "suppressions",
     ] {
         assert!(
             tables.iter().any(|t| t == table),
             "table {table} missing from {schema}: {tables:?}"
         );
     }
-    assert_eq!(versions, vec![1, 2]);
+    assert_eq!(versions, vec![1, 2, 3]);
     assert_eq!(store.count_runs().await.unwrap(), vec![]);
     assert_eq!(store.count_outbox().await.unwrap(), vec![]);
     pending(store, "r1", T0).await;
@@ -393,7 +394,7 @@ async fn migrations_apply_and_rerun(db: &TestDb) {
     assert_eq!(get(&again, "r1").await.status, RunStatus::Pending);
     assert_eq!(
         db.layout().await.2,
-        vec![1, 2],
+        vec![1, 2, 3],
         "each migration is recorded once"
     );
     let third = db.open_again().await;

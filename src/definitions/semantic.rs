@@ -251,8 +251,43 @@ fn check_all(project: &Project, opts: &LoadOptions, texts: &mut CompiledTexts) -
             parsed,
             &mut out,
         );
+        check_channel_names(project, file, parsed, &mut out);
     }
     out
+}
+
+/// The words Herald uses after `message.` for events of its own: delivery reports
+/// (`message.delivered`...) and messages nothing took (`message.unmatched`). A channel's
+/// inbound messages are `message.<channel>`, so a channel named after one of them would mix
+/// its people's messages with Herald's events.
+pub(crate) const RESERVED_MESSAGE_EVENTS: &[&str] = &[
+    "delivered",
+    "failed",
+    "bounced",
+    "complained",
+    "unsubscribed",
+    "unmatched",
+];
+
+fn check_channel_names(
+    project: &Project,
+    file: &SourceFile,
+    parsed: &Parsed,
+    out: &mut Vec<Diagnostic>,
+) {
+    for name in project.config.def.channels.keys() {
+        if RESERVED_MESSAGE_EVENTS.contains(&name.as_str()) {
+            let d = Diagnostic::error(
+                "reserved-channel-name",
+                format!(
+                    "a channel cannot be named `{name}`: `message.{name}` is an event Herald emits itself"
+                ),
+            )
+            .with_hint(format!("rename it, such as `{name}_channel`"));
+            let pointer = format!("/channels/{}", super::source::escape_token(name));
+            out.push(file.locate(d, parsed.index.key(&pointer)));
+        }
+    }
 }
 
 /// `contacts.default_region` must be a region the phone number library knows, or no local

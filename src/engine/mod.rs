@@ -775,17 +775,51 @@ impl Engine {
         for notice in &events {
             runs.extend(context::subscriber_runs(&registry, notice, None, now));
         }
-        let ids = runs.iter().map(|r| r.id.clone()).collect();
+        let ids: Vec<String> = runs.iter().map(|r| r.id.clone()).collect();
         events.insert(0, message_event);
         self.store.insert_events(&events, &runs, &contacts).await?;
-        if inbound::is_reply(keyword) {
-            self.store.wake_waiting(&event_name, from, now).await?;
+        let woke = if inbound::is_reply(keyword) {
+            self.store.wake_waiting(&event_name, from, now).await?
+        } else {
+            0
+        };
+        if keyword.is_none() && ids.is_empty() && woke == 0 {
+            self.unmatched(channel, from, text, provider_id, now)
+                .await?;
         }
         self.work_ready.notify_waiters();
         Ok(Inbound {
             started_runs: ids,
             keyword,
         })
+    }
+
+    /// A message nothing took (no keyword, no run waiting for it, no trigger): the event
+    /// `message.unmatched`, keyed by the sender, for a workflow that answers what nothing else
+    /// does. A message delivered again is one event.
+    async fn unmatched(
+        self: &Arc<Self>,
+        channel: &str,
+        from: &str,
+        text: &str,
+        provider_id: Option<&str>,
+        now: Millis,
+    ) -> Result<(), EngineError> {
+        let event = NewEvent {
+            id: provider_id
+                .map(|p| format!("unmatched:{channel}:{p}"))
+                .unwrap_or_else(new_id),
+            name: "message.unmatched".to_owned(),
+            key: Some(from.to_owned()),
+            data: json!({"channel": channel, "from": from, "text": text, "id": provider_id}),
+            source_run_id: None,
+            created_at: now,
+        };
+        let runs = context::subscriber_runs(&self.registry(), &event, None, now);
+        self.store
+            .insert_events(std::slice::from_ref(&event), &runs, &[])
+            .await?;
+        Ok(())
     }
 
     /// Cancels a run; a parent waiting on it wakes to see it.
