@@ -88,6 +88,18 @@ steps:
     set: { from: "{{ event.key }}" }
 "#;
 
+const LINK: &str = r#"
+kind: workflow
+id: link-telegram
+triggers:
+  - message: { channel: tg, match: "^/start " }
+steps:
+  - id: link
+    upsert_contact:
+      phone: "{{ message.command.payload }}"
+      attributes: { telegram_chat: "{{ message.from }}" }
+"#;
+
 const ASSISTANT: &str = r#"
 kind: workflow
 id: assistant
@@ -127,6 +139,7 @@ impl Inbound {
         std::fs::write(dir.path().join("workflows/watch.yaml"), WATCH).unwrap();
         std::fs::write(dir.path().join("workflows/promo.yaml"), PROMO).unwrap();
         std::fs::write(dir.path().join("workflows/unmatched.yaml"), UNMATCHED).unwrap();
+        std::fs::write(dir.path().join("workflows/link.yaml"), LINK).unwrap();
         let env = EnvSource::Map(Arc::new(
             [
                 ("TWILIO_AUTH_TOKEN", TWILIO_TOKEN),
@@ -513,4 +526,28 @@ async fn a_message_nothing_takes_is_one_message_unmatched_event() {
     assert_eq!(code, 200);
     assert_eq!(s.runs().await.len(), 1);
     assert_eq!(s.runs_of("fallback-answer").await.len(), 1);
+}
+
+#[tokio::test]
+async fn start_with_a_phone_number_links_a_telegram_chat_to_the_contact_in_yaml() {
+    let s = Inbound::start().await;
+    let update = r#"{"update_id":6001,"message":{"message_id":9,"date":1764800000,"chat":{"id":1111111,"type":"private"},"from":{"id":1111111,"is_bot":false,"first_name":"Ann"},"text":"/start +14155550100"}}"#;
+    let secret = [("x-telegram-bot-api-secret-token", TG_SECRET.to_owned())];
+    let (status, _, _) = s
+        .post("/inbound/tg", "application/json", &secret, update)
+        .await;
+    assert_eq!(status, 200);
+    let runs = s.runs_of("link-telegram").await;
+    assert_eq!(runs.len(), 1);
+    // The message started it (and the assistant's run); a worker takes them.
+    assert_eq!(s.app.engine.run_due().await.unwrap(), 2);
+    let contact = s
+        .app
+        .engine
+        .store
+        .find_contact(None, Some("+14155550100"))
+        .await
+        .unwrap()
+        .expect("the contact the payload names");
+    assert_eq!(contact.attributes["telegram_chat"], "1111111");
 }

@@ -160,7 +160,11 @@ impl Trigger {
                 text,
                 id,
             } => {
-                let message = json!({"channel": channel, "from": from, "text": text, "id": id});
+                // A bot command (`/start +15551234567`) is read out, so a workflow can link a
+                // chat to a contact in YAML: `message.command.name`, `message.command.payload`.
+                let command = crate::channels::inbound::Command::parse(&text)
+                    .map(|c| json!({"name": c.name, "payload": c.payload}));
+                let message = json!({"channel": channel, "from": from, "text": text, "id": id, "command": command});
                 json!({
                     "trigger": {"kind": "message", "channel": channel},
                     "input": message,
