@@ -115,6 +115,17 @@ fn expect_permanent(result: Result<channels::Delivered, DeliveryError>) -> Strin
     }
 }
 
+/// A failure that also says the recipient cannot be reached on the channel any more.
+fn expect_unreachable(result: Result<channels::Delivered, DeliveryError>) -> String {
+    match result {
+        Err(DeliveryError::Unreachable { message, reason }) => {
+            assert_eq!(reason, "unsubscribed", "{message}");
+            message
+        }
+        other => panic!("expected the recipient to be unreachable, got {other:?}"),
+    }
+}
+
 // ---------------------------------------------------------------------------------------
 // SMTP
 
@@ -750,7 +761,7 @@ async fn twilio_refusals_are_permanent_and_say_what_the_code_means() {
     );
 
     twilio.stop_recipient("+14155550199");
-    let error = expect_permanent(channel.deliver(&text("k2", "+14155550199")).await);
+    let error = expect_unreachable(channel.deliver(&text("k2", "+14155550199")).await);
     assert!(error.contains("error 21610"), "{error}");
     assert!(error.contains("replied STOP"), "{error}");
 
@@ -884,7 +895,7 @@ async fn telegram_waits_as_told_on_429_and_explains_refusals() {
         .expect("delivered after the wait");
 
     bot.block("2222222");
-    let error = expect_permanent(channel.deliver(&chat_message("k2", "2222222")).await);
+    let error = expect_unreachable(channel.deliver(&chat_message("k2", "2222222")).await);
     assert!(
         error.contains("403") && error.contains("blocked the bot"),
         "{error}"

@@ -551,3 +551,48 @@ async fn start_with_a_phone_number_links_a_telegram_chat_to_the_contact_in_yaml(
         .expect("the contact the payload names");
     assert_eq!(contact.attributes["telegram_chat"], "1111111");
 }
+
+#[tokio::test]
+async fn a_text_twilio_refuses_with_21610_suppresses_the_number_on_that_channel() {
+    let s = Inbound::start().await;
+    s.twilio.stop_recipient("+14155550100");
+    let start = || async {
+        let answer = s
+            .http
+            .post(s.app.url("/hooks/promo"))
+            .json(&json!({"to": "+14155550100"}))
+            .send()
+            .await
+            .unwrap();
+        answer.json::<Value>().await.unwrap()["run_id"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    };
+    let first = start().await;
+    assert_eq!(s.app.engine.deliver_due().await.unwrap(), 1);
+    let message = &s.app.engine.store.outbox_for_run(&first).await.unwrap()[0];
+    assert_eq!(message.status, herald::store::OutboxStatus::Failed);
+    assert_eq!(
+        s.app
+            .engine
+            .store
+            .address_suppression("sms", "+14155550100")
+            .await
+            .unwrap()
+            .as_deref(),
+        Some("unsubscribed")
+    );
+    // The next marketing text is not even queued.
+    let second = start().await;
+    assert!(
+        s.app
+            .engine
+            .store
+            .outbox_for_run(&second)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(s.twilio.posted().len(), 1);
+}

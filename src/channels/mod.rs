@@ -82,12 +82,24 @@ pub enum DeliveryError {
     /// Retrying cannot help: a rejected recipient, a 4xx API error, a 5xx SMTP reply.
     #[error("{message}")]
     Permanent { message: String },
+    /// Retrying cannot help, and nothing else should be tried either: the provider says the
+    /// recipient cannot be reached on this channel any more (they replied STOP to the number
+    /// itself, or blocked the bot). The address is suppressed on the channel for `reason`
+    /// (`unsubscribed`, `bounced` or `complained`).
+    #[error("{message}")]
+    Unreachable {
+        message: String,
+        reason: &'static str,
+    },
 }
 
 #[cfg(test)]
 impl DeliveryError {
     pub(crate) fn is_permanent(&self) -> bool {
-        matches!(self, DeliveryError::Permanent { .. })
+        matches!(
+            self,
+            DeliveryError::Permanent { .. } | DeliveryError::Unreachable { .. }
+        )
     }
 }
 

@@ -132,40 +132,16 @@ impl Engine {
                 ),
             },
             Some(channel) => {
-                let message = OutboundMessage {
-                    id: m.id.clone(),
-                    idempotency_key: m.idempotency_key.clone(),
-                    channel: m.channel.clone(),
-                    to: m.recipient.clone(),
-                    from: m.sender.clone(),
-                    subject: m.subject.clone(),
-                    body: m.body.clone(),
-                    html: m.html,
-                    headers: m
-                        .headers
-                        .as_object()
-                        .map(|h| {
-                            h.iter()
-                                .map(|(k, v)| {
-                                    (
-                                        k.clone(),
-                                        v.as_str()
-                                            .map(str::to_owned)
-                                            .unwrap_or_else(|| v.to_string()),
-                                    )
-                                })
-                                .collect::<IndexMap<_, _>>()
-                        })
-                        .unwrap_or_default(),
-                    run_id: m.run_id.clone(),
-                    workflow_id: m.workflow_id.clone(),
-                    step_id: m.step_id.clone(),
-                };
+                let message = outbound(&m);
                 match channel.deliver(&message).await {
                     Ok(d) => DeliveryOutcome::Sent {
                         provider_id: d.provider_id,
                     },
                     Err(DeliveryError::Permanent { message }) => {
+                        DeliveryOutcome::Failed { error: message }
+                    }
+                    Err(DeliveryError::Unreachable { message, reason }) => {
+                        self.suppress(&m, reason, &message).await;
                         DeliveryOutcome::Failed { error: message }
                     }
                     Err(DeliveryError::Transient {
@@ -221,5 +197,53 @@ impl Engine {
                 tracing::error!(message = %m.id, error = %e, "could not record a delivery outcome; it will be retried")
             }
         }
+    }
+
+    /// Suppresses the message's recipient on its channel, as its provider said: nothing more
+    /// goes to them there. A failure to record it is logged; the message fails either way.
+    async fn suppress(&self, m: &OutboxRecord, reason: &str, detail: &str) {
+        let address = super::suppression::address_key(&m.recipient);
+        if let Err(e) = self
+            .store
+            .suppress_address(&m.channel, &address, reason, Some(detail), self.now())
+            .await
+        {
+            tracing::warn!(message = %m.id, channel = %m.channel, error = %e, "could not record that the recipient is unreachable");
+        } else {
+            tracing::info!(channel = %m.channel, reason, "recipient suppressed on the channel, as its provider said");
+        }
+    }
+}
+
+/// The message a channel delivers, from its outbox row.
+fn outbound(m: &OutboxRecord) -> OutboundMessage {
+    let headers = m
+        .headers
+        .as_object()
+        .map(|h| {
+            h.iter()
+                .map(|(k, v)| {
+                    let text = v
+                        .as_str()
+                        .map(str::to_owned)
+                        .unwrap_or_else(|| v.to_string());
+                    (k.clone(), text)
+                })
+                .collect::<IndexMap<_, _>>()
+        })
+        .unwrap_or_default();
+    OutboundMessage {
+        id: m.id.clone(),
+        idempotency_key: m.idempotency_key.clone(),
+        channel: m.channel.clone(),
+        to: m.recipient.clone(),
+        from: m.sender.clone(),
+        subject: m.subject.clone(),
+        body: m.body.clone(),
+        html: m.html,
+        headers,
+        run_id: m.run_id.clone(),
+        workflow_id: m.workflow_id.clone(),
+        step_id: m.step_id.clone(),
     }
 }

@@ -203,6 +203,15 @@ fn classify(
             message,
             retry_after: wait,
         }
+    } else if answer
+        .and_then(|a| a.description.as_deref())
+        .is_some_and(|d| d.contains("bot was blocked by the user"))
+    {
+        // The person blocked the bot: as good as an opt-out on this channel.
+        DeliveryError::Unreachable {
+            message,
+            reason: "unsubscribed",
+        }
     } else {
         DeliveryError::Permanent { message }
     }
@@ -285,8 +294,9 @@ mod tests {
         let body = br#"{"ok":false,"error_code":403,"description":"Forbidden: bot was blocked by the user"}"#;
         let answer: Answer = serde_json::from_slice(body).unwrap();
         match classify(StatusCode::FORBIDDEN, Some(&answer), body, None) {
-            DeliveryError::Permanent { message } => {
-                assert!(message.contains("blocked the bot"), "{message}")
+            DeliveryError::Unreachable { message, reason } => {
+                assert!(message.contains("blocked the bot"), "{message}");
+                assert_eq!(reason, "unsubscribed");
             }
             other => panic!("{other:?}"),
         }

@@ -248,6 +248,12 @@ fn classify(status: StatusCode, body: &[u8], retry_after: Option<Duration>) -> D
     let transient = matches!(code, Some(20429 | 30003))
         || status == StatusCode::TOO_MANY_REQUESTS
         || status.is_server_error();
+    if code == Some(21610) {
+        return DeliveryError::Unreachable {
+            message,
+            reason: "unsubscribed",
+        };
+    }
     if transient {
         DeliveryError::Transient {
             message,
@@ -386,7 +392,14 @@ mod tests {
                 DeliveryError::Permanent { .. }
             )
         };
-        assert!(permanent(21211, 400) && permanent(21610, 400) && permanent(20003, 401));
+        assert!(permanent(21211, 400) && permanent(20003, 401));
+        assert!(matches!(
+            classify(StatusCode::BAD_REQUEST, body(21610, 400).as_bytes(), None),
+            DeliveryError::Unreachable {
+                reason: "unsubscribed",
+                ..
+            }
+        ));
         assert!(!permanent(20429, 429) && !permanent(30003, 400) && !permanent(20500, 500));
         assert!(matches!(
             classify(StatusCode::BAD_GATEWAY, b"<html>bad gateway</html>", None),
