@@ -27,6 +27,8 @@ const TG_SECRET: &str = "hook-secret_1";
 const EMPTY_TWIML: &str = "<?xml version=\"1.0\" encoding=\"UTF-8\"?><Response></Response>";
 
 const CONFIG: &str = r#"
+compliance:
+  inbound_limit: { messages: 3, per: 1m }
 channels:
   sms:
     provider: twilio_sms
@@ -595,4 +597,38 @@ async fn a_text_twilio_refuses_with_21610_suppresses_the_number_on_that_channel(
             .is_empty()
     );
     assert_eq!(s.twilio.posted().len(), 1);
+}
+
+#[tokio::test]
+async fn one_sender_cannot_flood_the_workflows() {
+    let s = Inbound::start().await;
+    for n in 0..5 {
+        let (body, signature) =
+            text_from("+14155550111", &format!("SM10{n}"), &format!("message {n}"));
+        let (code, _, answer) = s
+            .post(
+                "/inbound/sms",
+                FORM,
+                &[("x-twilio-signature", signature)],
+                &body,
+            )
+            .await;
+        // Twilio gets its usual answer either way, so it does not send the flood again.
+        assert_eq!((code, answer.as_str()), (200, EMPTY_TWIML), "message {n}");
+    }
+    assert_eq!(
+        s.runs().await.len(),
+        3,
+        "compliance.inbound_limit is 3 a minute"
+    );
+    // Another sender is not held back by the first.
+    let (body, signature) = text_from("+14155550122", "SM200", "hello");
+    s.post(
+        "/inbound/sms",
+        FORM,
+        &[("x-twilio-signature", signature)],
+        &body,
+    )
+    .await;
+    assert_eq!(s.runs().await.len(), 4);
 }

@@ -287,6 +287,7 @@ async fn a_write_outage_is_answered_503_and_recovered_from_without_a_restart() {
         }),
         started_at: SystemClock.now(),
         channel_health: Default::default(),
+        inbound_limiter: Default::default(),
         reload_gate: Default::default(),
         reloader: Mutex::new(None),
     });

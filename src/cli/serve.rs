@@ -248,6 +248,7 @@ fn app_state(
         }),
         started_at: now,
         channel_health: Default::default(),
+        inbound_limiter: Default::default(),
         reload_gate: Default::default(),
         reloader: Mutex::new(None),
     }))

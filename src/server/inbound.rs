@@ -15,8 +15,11 @@ use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 
+use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
+
 use super::AppState;
 use crate::channels::inbound::{InboundRequest, ProviderAnswer, Received};
+use crate::definitions::model::config::InboundLimit;
 
 pub async fn receive(
     State(state): State<Arc<AppState>>,
@@ -70,6 +73,7 @@ pub async fn receive(
         }
     };
     let region = registry.config.contacts.default_region.clone();
+    let limit = registry.config.compliance.inbound_limit.as_ref();
     for message in messages {
         // Providers give phone numbers in E.164 already; anything else (a chat id) is kept
         // as it is.
@@ -79,6 +83,16 @@ pub async fn receive(
         } else {
             message.from.clone()
         };
+        if !state.inbound_limiter.allow(limit, &channel, &from) {
+            tracing::warn!(
+                channel,
+                from,
+                "inbound message dropped: over compliance.inbound_limit"
+            );
+            metrics::counter!("herald_inbound_limited_total", "channel" => channel.clone())
+                .increment(1);
+            continue;
+        }
         if let Err(e) = state
             .engine
             .inbound_message(
@@ -150,4 +164,53 @@ fn reply(answer: ProviderAnswer) -> Response {
 
 fn plain(status: StatusCode, text: String) -> Response {
     (status, text).into_response()
+}
+
+/// The keyed rate limiter for `compliance.inbound_limit`, made again when a reload changes the
+/// limit. Counts are per process.
+#[derive(Default)]
+pub struct InboundLimiter {
+    current: std::sync::Mutex<Option<(InboundLimit, Arc<DefaultKeyedRateLimiter<String>>)>>,
+}
+
+impl InboundLimiter {
+    /// Whether one more message from `address` on `channel` is within `limit`.
+    pub fn allow(&self, limit: Option<&InboundLimit>, channel: &str, address: &str) -> bool {
+        let Some(limit) = limit else {
+            return true;
+        };
+        let limiter = {
+            let mut current = crate::sync::lock(&self.current);
+            match &*current {
+                Some((l, r)) if l == limit => r.clone(),
+                _ => {
+                    let r = Arc::new(RateLimiter::keyed(quota(limit)));
+                    *current = Some((limit.clone(), r.clone()));
+                    r
+                }
+            }
+        };
+        // Senders who went quiet are forgotten, so the table does not grow with every
+        // address ever seen.
+        if limiter.len() > 10_000 {
+            limiter.retain_recent();
+        }
+        limiter
+            .check_key(&format!("{channel}\u{0}{address}"))
+            .is_ok()
+    }
+}
+
+impl std::fmt::Debug for InboundLimiter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("InboundLimiter").finish_non_exhaustive()
+    }
+}
+
+/// `messages` per `per`, all of them usable at once: one comes back every `per / messages`.
+fn quota(limit: &InboundLimit) -> Quota {
+    let n = std::num::NonZeroU32::new(limit.messages.max(1)).unwrap_or(std::num::NonZeroU32::MIN);
+    Quota::with_period(limit.per.as_std() / n.get())
+        .unwrap_or_else(|| Quota::per_second(n))
+        .allow_burst(n)
 }

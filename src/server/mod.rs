@@ -4,7 +4,7 @@
 pub mod admin;
 pub mod health;
 pub mod hooks;
-mod inbound;
+pub mod inbound;
 pub mod listener;
 pub(crate) mod operations;
 pub mod retention;
@@ -46,6 +46,8 @@ pub struct AppState {
     pub started_at: Millis,
     /// The last check of each channel's provider, refreshed by [`health::watch_channels`].
     pub channel_health: crate::channels::health::Board,
+    /// Per-address limits on what providers send (`compliance.inbound_limit`).
+    pub inbound_limiter: inbound::InboundLimiter,
     /// Triggers a reload (the admin endpoint); hot reload installs it.
     pub reloader: Mutex<
         Option<tokio::sync::mpsc::UnboundedSender<tokio::sync::oneshot::Sender<ReloadStatus>>>,

@@ -60,6 +60,7 @@ impl App {
             }),
             started_at: clock.now(),
             channel_health: Default::default(),
+            inbound_limiter: Default::default(),
             reload_gate: Default::default(),
             reloader: Mutex::new(None),
         });

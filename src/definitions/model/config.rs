@@ -422,6 +422,21 @@ pub struct ComplianceConfig {
     /// Defaults to START, UNSTOP, YES (YES counts only from a contact who opted out).
     #[serde(default = "ComplianceConfig::default_opt_in")]
     pub opt_in_keywords: Vec<String>,
+    /// At most this many messages from one address on one channel are taken per window, such
+    /// as `{ messages: 60, per: 1m }`; more are dropped (logged and counted in
+    /// `herald_inbound_limited_total`), so one sender cannot flood the workflows. Unset, there
+    /// is no limit.
+    #[serde(default)]
+    pub inbound_limit: Option<InboundLimit>,
+}
+
+/// A number of messages per window.
+#[derive(Debug, Clone, PartialEq, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct InboundLimit {
+    #[schemars(range(min = 1))]
+    pub messages: u32,
+    pub per: Duration,
 }
 
 /// What an inbound message's text is, for compliance.
@@ -476,6 +491,7 @@ impl Default for ComplianceConfig {
         ComplianceConfig {
             opt_out_keywords: ComplianceConfig::default_opt_out(),
             opt_in_keywords: ComplianceConfig::default_opt_in(),
+            inbound_limit: None,
         }
     }
 }
