@@ -162,6 +162,44 @@ impl Inbound {
         }
     }
 
+    /// Starts a run of the webhook workflow at `path` for `to`, and gives its id.
+    async fn start_for(&self, path: &str, to: &str) -> String {
+        let answer = self
+            .http
+            .post(self.app.url(path))
+            .json(&json!({ "to": to }))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(answer.status().as_u16(), 202);
+        answer.json::<Value>().await.unwrap()["run_id"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    }
+
+    /// POSTs what Twilio would send with these fields, signed as Twilio signs; the status.
+    async fn post_as_twilio(&self, fields: &[(&str, &str)]) -> u16 {
+        let (body, signature) = twilio_form(fields);
+        let signed = [("x-twilio-signature", signature)];
+        self.post("/inbound/sms", FORM, &signed, &body).await.0
+    }
+
+    /// A text from `from`, as Twilio posts it, signed; the status.
+    async fn text(&self, from: &str, sid: &str, text: &str) -> u16 {
+        let (body, signature) = text_from(from, sid, text);
+        let signed = [("x-twilio-signature", signature)];
+        self.post("/inbound/sms", FORM, &signed, &body).await.0
+    }
+
+    /// The provider's id for the first message of a run, once it is delivered.
+    async fn sent_sid(&self, run_id: &str) -> String {
+        self.app.engine.store.outbox_for_run(run_id).await.unwrap()[0]
+            .provider_id
+            .clone()
+            .expect("Twilio's sid")
+    }
+
     async fn runs(&self) -> Vec<RunRecord> {
         self.runs_of("assistant").await
     }
@@ -267,15 +305,7 @@ async fn a_signed_twilio_text_starts_its_trigger_once_and_is_answered_with_empty
 #[tokio::test]
 async fn a_stop_through_twilio_opts_the_sender_out() {
     let s = Inbound::start().await;
-    let (body, signature) = text_from("+14155550100", "SM0003", "STOP");
-    let (status, _, _) = s
-        .post(
-            "/inbound/sms",
-            FORM,
-            &[("x-twilio-signature", signature)],
-            &body,
-        )
-        .await;
+    let status = s.text("+14155550100", "SM0003", "STOP").await;
     assert_eq!(status, 200);
     let contact = s
         .app
@@ -373,40 +403,20 @@ async fn a_channel_that_receives_nothing_or_none_at_all_is_404() {
 async fn twilio_delivery_reports_update_the_message_and_emit_one_event() {
     let s = Inbound::start().await;
     // A run texts through the stand-in of Twilio's API, which gives the message its sid.
-    let answer = s
-        .http
-        .post(s.app.url("/hooks/notify"))
-        .json(&json!({"to": "+14155550100"}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(answer.status().as_u16(), 202);
-    let run_id = answer.json::<Value>().await.unwrap()["run_id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let run_id = s.start_for("/hooks/notify", "+14155550100").await;
     assert_eq!(s.app.engine.deliver_due().await.unwrap(), 1);
     assert_eq!(s.twilio.posted().len(), 1);
     let outbox = || async { s.app.engine.store.outbox_for_run(&run_id).await.unwrap() };
-    let sid = outbox().await[0].provider_id.clone().expect("Twilio's sid");
+    let sid = s.sent_sid(&run_id).await;
 
-    let report = |status: &'static str| {
-        twilio_form(&[
-            ("MessageSid", sid.as_str()),
-            ("MessageStatus", status),
-            ("To", "+14155550100"),
-            ("AccountSid", "AC0123456789abcdef0123456789abcdef"),
-        ])
-    };
     for status in ["delivered", "delivered", "sent"] {
-        let (body, signature) = report(status);
-        let (code, _, _) = s
-            .post(
-                "/inbound/sms",
-                FORM,
-                &[("x-twilio-signature", signature)],
-                &body,
-            )
+        let code = s
+            .post_as_twilio(&[
+                ("MessageSid", sid.as_str()),
+                ("MessageStatus", status),
+                ("To", "+14155550100"),
+                ("AccountSid", "AC0123456789abcdef0123456789abcdef"),
+            ])
             .await;
         assert_eq!(code, 200, "{status}");
     }
@@ -419,15 +429,8 @@ async fn twilio_delivery_reports_update_the_message_and_emit_one_event() {
     assert_eq!(watchers.len(), 1, "{watchers:?}");
 
     // A report on a message Herald never sent changes nothing, and is still answered 200.
-    let (body, signature) =
-        twilio_form(&[("MessageSid", "SMunknown"), ("MessageStatus", "failed")]);
-    let (code, _, _) = s
-        .post(
-            "/inbound/sms",
-            FORM,
-            &[("x-twilio-signature", signature)],
-            &body,
-        )
+    let code = s
+        .post_as_twilio(&[("MessageSid", "SMunknown"), ("MessageStatus", "failed")])
         .await;
     assert_eq!(code, 200);
     assert_eq!(s.runs_of("watch").await.len(), 1);
@@ -436,46 +439,21 @@ async fn twilio_delivery_reports_update_the_message_and_emit_one_event() {
 #[tokio::test]
 async fn a_number_twilio_reports_unsubscribed_gets_no_more_marketing_on_that_channel() {
     let s = Inbound::start().await;
-    let start = |path: &'static str| {
-        let s = &s;
-        async move {
-            let answer = s
-                .http
-                .post(s.app.url(path))
-                .json(&json!({"to": "+14155550100"}))
-                .send()
-                .await
-                .unwrap();
-            answer.json::<Value>().await.unwrap()["run_id"]
-                .as_str()
-                .unwrap()
-                .to_owned()
-        }
-    };
-    let first = start("/hooks/promo").await;
+    let first = s.start_for("/hooks/promo", "+14155550100").await;
     assert_eq!(s.app.engine.deliver_due().await.unwrap(), 1);
-    let sid = s.app.engine.store.outbox_for_run(&first).await.unwrap()[0]
-        .provider_id
-        .clone()
-        .expect("Twilio's sid");
+    let sid = s.sent_sid(&first).await;
 
     // The person had replied STOP to the number itself: Twilio fails the message with 21610.
-    let (body, signature) = twilio_form(&[
-        ("MessageSid", sid.as_str()),
-        ("MessageStatus", "undelivered"),
-        ("ErrorCode", "21610"),
-    ]);
-    let (code, _, _) = s
-        .post(
-            "/inbound/sms",
-            FORM,
-            &[("x-twilio-signature", signature)],
-            &body,
-        )
+    let code = s
+        .post_as_twilio(&[
+            ("MessageSid", sid.as_str()),
+            ("MessageStatus", "undelivered"),
+            ("ErrorCode", "21610"),
+        ])
         .await;
     assert_eq!(code, 200);
 
-    let second = start("/hooks/promo").await;
+    let second = s.start_for("/hooks/promo", "+14155550100").await;
     assert!(
         s.app
             .engine
@@ -516,15 +494,7 @@ async fn a_message_nothing_takes_is_one_message_unmatched_event() {
     );
 
     // A text a trigger takes is not unmatched.
-    let (body, signature) = text_from("+14155550100", "SM0009", "Hi there");
-    let (code, _, _) = s
-        .post(
-            "/inbound/sms",
-            FORM,
-            &[("x-twilio-signature", signature)],
-            &body,
-        )
-        .await;
+    let code = s.text("+14155550100", "SM0009", "Hi there").await;
     assert_eq!(code, 200);
     assert_eq!(s.runs().await.len(), 1);
     assert_eq!(s.runs_of("fallback-answer").await.len(), 1);
@@ -558,20 +528,7 @@ async fn start_with_a_phone_number_links_a_telegram_chat_to_the_contact_in_yaml(
 async fn a_text_twilio_refuses_with_21610_suppresses_the_number_on_that_channel() {
     let s = Inbound::start().await;
     s.twilio.stop_recipient("+14155550100");
-    let start = || async {
-        let answer = s
-            .http
-            .post(s.app.url("/hooks/promo"))
-            .json(&json!({"to": "+14155550100"}))
-            .send()
-            .await
-            .unwrap();
-        answer.json::<Value>().await.unwrap()["run_id"]
-            .as_str()
-            .unwrap()
-            .to_owned()
-    };
-    let first = start().await;
+    let first = s.start_for("/hooks/promo", "+14155550100").await;
     assert_eq!(s.app.engine.deliver_due().await.unwrap(), 1);
     let message = &s.app.engine.store.outbox_for_run(&first).await.unwrap()[0];
     assert_eq!(message.status, herald::store::OutboxStatus::Failed);
@@ -586,7 +543,7 @@ async fn a_text_twilio_refuses_with_21610_suppresses_the_number_on_that_channel(
         Some("unsubscribed")
     );
     // The next marketing text is not even queued.
-    let second = start().await;
+    let second = s.start_for("/hooks/promo", "+14155550100").await;
     assert!(
         s.app
             .engine

@@ -569,24 +569,32 @@ impl Engine {
         key: Option<&str>,
         data: Value,
     ) -> Result<String, EngineError> {
-        let now = self.now();
         let event = NewEvent {
             id: new_id(),
             name: name.to_owned(),
             key: key.map(str::to_owned),
             data,
             source_run_id: None,
-            created_at: now,
+            created_at: self.now(),
         };
+        let id = event.id.clone();
+        self.record_event(event).await?;
+        Ok(id)
+    }
+
+    /// Stores an event with the runs it starts, then wakes the runs waiting for it (those
+    /// waiting on its name and key). An event whose id is already stored starts nothing again.
+    async fn record_event(self: &Arc<Self>, event: NewEvent) -> Result<(), EngineError> {
+        let now = event.created_at;
         let runs = context::subscriber_runs(&self.registry(), &event, None, now);
         self.store
             .insert_events(std::slice::from_ref(&event), &runs, &[])
             .await?;
-        if let Some(k) = key {
-            self.store.wake_waiting(name, k, now).await?;
+        if let Some(k) = &event.key {
+            self.store.wake_waiting(&event.name, k, now).await?;
         }
         self.work_ready.notify_waiters();
-        Ok(event.id)
+        Ok(())
     }
 
     /// Records what a provider reports about a message it was given, on the outbox row it
@@ -646,14 +654,7 @@ impl Engine {
             source_run_id: None,
             created_at: now,
         };
-        let runs = context::subscriber_runs(&self.registry(), &event, None, now);
-        self.store
-            .insert_events(std::slice::from_ref(&event), &runs, &[])
-            .await?;
-        self.store
-            .wake_waiting(&event.name, &message.recipient, now)
-            .await?;
-        self.work_ready.notify_waiters();
+        self.record_event(event).await?;
         Ok(true)
     }
 
@@ -815,11 +816,8 @@ impl Engine {
             source_run_id: None,
             created_at: now,
         };
-        let runs = context::subscriber_runs(&self.registry(), &event, None, now);
-        self.store
-            .insert_events(std::slice::from_ref(&event), &runs, &[])
-            .await?;
-        Ok(())
+        // A run may wait for it (`wait_for: { event: message.unmatched, key: ... }`).
+        self.record_event(event).await
     }
 
     /// Cancels a run; a parent waiting on it wakes to see it.
