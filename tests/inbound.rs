@@ -24,9 +24,12 @@ const TWILIO_TOKEN: &str = support::twilio::AUTH_TOKEN;
 const PUBLIC_URL: &str = "https://herald.example.com/inbound/sms";
 const WA_SECRET: &str = "meta-app-secret";
 const TG_SECRET: &str = "hook-secret_1";
+const ADMIN_KEY: &str = "admin-key-for-tests";
 const EMPTY_TWIML: &str = "<?xml version=\"1.0\" encoding=\"UTF-8\"?><Response></Response>";
 
 const CONFIG: &str = r#"
+admin:
+  api_keys: ["${env:ADMIN_KEY}"]
 compliance:
   inbound_limit: { messages: 3, per: 1m }
 channels:
@@ -147,6 +150,7 @@ impl Inbound {
                 ("TWILIO_AUTH_TOKEN", TWILIO_TOKEN),
                 ("WA_TOKEN", "EAAJB-token"),
                 ("WA_SECRET", WA_SECRET),
+                ("ADMIN_KEY", ADMIN_KEY),
             ]
             .map(|(k, v)| (k.to_owned(), v.to_owned()))
             .into(),
@@ -588,4 +592,68 @@ async fn one_sender_cannot_flood_the_workflows() {
     )
     .await;
     assert_eq!(s.runs().await.len(), 4);
+}
+
+#[tokio::test]
+async fn an_operator_lists_and_lifts_a_suppression() {
+    let s = Inbound::start().await;
+    s.twilio.stop_recipient("+14155550100");
+    s.start_for("/hooks/promo", "+14155550100").await;
+    assert_eq!(s.app.engine.deliver_due().await.unwrap(), 1);
+
+    let api = |method: reqwest::Method, path: &str| {
+        s.http
+            .request(method, s.app.url(path))
+            .header("x-api-key", ADMIN_KEY)
+    };
+    let list: Value = api(reqwest::Method::GET, "/api/suppressions?channel=sms")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let first = &list["suppressions"][0];
+    assert_eq!(
+        (&first["address"], &first["reason"]),
+        (&json!("+14155550100"), &json!("unsubscribed")),
+        "{list}"
+    );
+
+    let lifted = api(
+        reqwest::Method::DELETE,
+        "/api/suppressions/sms/%2B14155550100",
+    )
+    .send()
+    .await
+    .unwrap();
+    assert_eq!(lifted.status().as_u16(), 200);
+    let again = api(
+        reqwest::Method::DELETE,
+        "/api/suppressions/sms/%2B14155550100",
+    )
+    .send()
+    .await
+    .unwrap();
+    assert_eq!(again.status().as_u16(), 404);
+    let unkeyed = s
+        .http
+        .get(s.app.url("/api/suppressions"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(unkeyed.status().as_u16(), 401);
+
+    // Lifted: the next text is queued again.
+    let next = s.start_for("/hooks/promo", "+14155550100").await;
+    assert_eq!(
+        s.app
+            .engine
+            .store
+            .outbox_for_run(&next)
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
 }

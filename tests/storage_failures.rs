@@ -73,6 +73,17 @@ impl Admin for Failing {
         self.check()?;
         self.inner.cancel_message(id, now).await
     }
+    async fn list_suppressions(
+        &self,
+        channel: Option<&str>,
+        limit: i64,
+    ) -> Result<Vec<herald::store::admin::Suppression>> {
+        self.inner.list_suppressions(channel, limit).await
+    }
+    async fn lift_suppression(&self, channel: &str, address: &str) -> Result<bool> {
+        self.check()?;
+        self.inner.lift_suppression(channel, address).await
+    }
     async fn cancel_runs(&self, s: &RunSelection, now: Millis, dry: bool) -> Result<u64> {
         self.check()?;
         self.inner.cancel_runs(s, now, dry).await

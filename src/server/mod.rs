@@ -87,6 +87,11 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/outbox/{id}", get(operations::get_message))
         .route("/outbox/{id}/retry", post(operations::retry_message))
         .route("/outbox/{id}/cancel", post(operations::cancel_message))
+        .route("/suppressions", get(operations::list_suppressions))
+        .route(
+            "/suppressions/{channel}/{address}",
+            axum::routing::delete(operations::lift_suppression),
+        )
         .route("/retention/run", post(operations::run_retention))
         .route("/reload", post(admin::reload))
         .route_layer(axum::middleware::from_fn_with_state(

@@ -425,6 +425,54 @@ pub async fn cancel_message(
     changed(&id, change, "cancel")
 }
 
+// --- Suppressions ---------------------------------------------------------------------------------
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SuppressionQuery {
+    channel: Option<String>,
+    limit: Option<i64>,
+}
+
+/// The addresses providers said not to send to any more, newest first.
+pub async fn list_suppressions(
+    State(state): State<Arc<AppState>>,
+    query: Result<Query<SuppressionQuery>, QueryRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let Query(q) = query
+        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_query", e.body_text()))?;
+    let limit = q.limit.unwrap_or(100).clamp(1, 1000);
+    let list = state
+        .engine
+        .store
+        .list_suppressions(q.channel.as_deref(), limit)
+        .await
+        .map_err(store_error)?;
+    Ok(Json(json!({ "suppressions": list })))
+}
+
+/// Lets an address be sent to again on a channel (the person re-subscribed with the provider).
+pub async fn lift_suppression(
+    State(state): State<Arc<AppState>>,
+    Path((channel, address)): Path<(String, String)>,
+) -> Result<Json<Value>, ApiError> {
+    let address = crate::engine::suppression::address_key(&address);
+    let lifted = state
+        .engine
+        .store
+        .lift_suppression(&channel, &address)
+        .await
+        .map_err(store_error)?;
+    if !lifted {
+        return Err(ApiError::not_found(format!(
+            "`{address}` is not suppressed on channel `{channel}`"
+        )));
+    }
+    Ok(Json(
+        json!({ "channel": channel, "address": address, "lifted": true }),
+    ))
+}
+
 // --- Runs in bulk, counts ------------------------------------------------------------------------
 
 #[derive(Debug, Deserialize)]

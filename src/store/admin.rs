@@ -97,6 +97,18 @@ pub enum MessageChange {
     WrongState(OutboxStatus),
 }
 
+/// An address a provider said not to send to any more on one channel.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Suppression {
+    pub channel: String,
+    pub address: String,
+    /// `bounced`, `complained` or `unsubscribed`.
+    pub reason: String,
+    /// The provider's words, when it gave any.
+    pub detail: Option<String>,
+    pub created_at: Millis,
+}
+
 /// What one retention pass deleted.
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct Purged {
@@ -128,6 +140,16 @@ pub trait Admin: Send + Sync {
     async fn retry_message(&self, id: &str, now: Millis) -> Result<MessageChange>;
     /// Withdraws a `pending` message; one being delivered cannot be recalled.
     async fn cancel_message(&self, id: &str, now: Millis) -> Result<MessageChange>;
+
+    /// Suppressed addresses, newest first, on one channel or all.
+    async fn list_suppressions(
+        &self,
+        channel: Option<&str>,
+        limit: i64,
+    ) -> Result<Vec<Suppression>>;
+    /// Lets `address` be sent to on `channel` again (the person re-subscribed with the
+    /// provider, say). False when it was not suppressed there.
+    async fn lift_suppression(&self, channel: &str, address: &str) -> Result<bool>;
 
     /// Cancels the unfinished runs `selection` matches, and their pending messages, waking
     /// parents that wait on them. With `dry_run`, only counts them.

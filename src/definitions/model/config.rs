@@ -363,6 +363,8 @@ pub const API_ROUTES: &[&str] = &[
     "/outbox/{id}",
     "/outbox/{id}/retry",
     "/outbox/{id}/cancel",
+    "/suppressions",
+    "/suppressions/{channel}/{address}",
     "/retention/run",
     "/reload",
 ];

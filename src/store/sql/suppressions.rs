@@ -1,6 +1,8 @@
 //! Addresses a provider said not to send to any more, per channel.
 
-use super::{Backend, Stmt, params, read_one, write};
+use super::{Backend, Stmt, params, read_all, read_one, write};
+use crate::store::admin::Suppression;
+use crate::store::rows::RowView;
 use crate::store::{Millis, Result};
 
 /// Records that `address` must get nothing more on `channel`; a later reason replaces an
@@ -35,4 +37,34 @@ pub(in crate::store) async fn reason<B: Backend>(
         r.text("reason")
     })
     .await
+}
+
+pub(in crate::store) async fn list<B: Backend>(
+    b: &B,
+    channel: Option<&str>,
+    limit: i64,
+) -> Result<Vec<Suppression>> {
+    let sql = "SELECT channel, address, reason, detail, created_at FROM suppressions
+         WHERE (CAST($1 AS TEXT) IS NULL OR channel = $1)
+         ORDER BY created_at DESC, channel, address LIMIT $2";
+    read_all(b, Stmt::new(sql, params![channel, limit]), decode).await
+}
+
+pub(in crate::store) async fn lift<B: Backend>(
+    b: &B,
+    channel: &str,
+    address: &str,
+) -> Result<bool> {
+    let sql = "DELETE FROM suppressions WHERE channel = $1 AND address = $2";
+    Ok(write(b, Stmt::new(sql, params![channel, address])).await? == 1)
+}
+
+fn decode(row: &dyn RowView) -> Result<Suppression> {
+    Ok(Suppression {
+        channel: row.text("channel")?,
+        address: row.text("address")?,
+        reason: row.text("reason")?,
+        detail: row.opt_text("detail")?,
+        created_at: row.int("created_at")?,
+    })
 }

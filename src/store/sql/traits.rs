@@ -8,6 +8,7 @@ use super::{
 };
 use crate::store::admin::{
     Admin, ContactFilter, ContactPatch, MessageChange, OutboxFilter, Purged, RunSelection,
+    Suppression,
 };
 use crate::store::{
     Commit, CommitOutcome, Contact, ContactUpsert, CronFire, DefinitionVersion, DeliveryOutcome,
@@ -195,6 +196,16 @@ impl<B: Backend> Admin for B {
     }
     async fn cancel_message(&self, id: &str, now: Millis) -> Result<MessageChange> {
         outbox::cancel(self, id, now).await
+    }
+    async fn list_suppressions(
+        &self,
+        channel: Option<&str>,
+        limit: i64,
+    ) -> Result<Vec<Suppression>> {
+        suppressions::list(self, channel, limit).await
+    }
+    async fn lift_suppression(&self, channel: &str, address: &str) -> Result<bool> {
+        suppressions::lift(self, channel, address).await
     }
 
     async fn cancel_runs(&self, s: &RunSelection, now: Millis, dry_run: bool) -> Result<u64> {
