@@ -328,6 +328,48 @@ fn a_channel_named_like_a_herald_event_is_an_error_at_its_name() {
 }
 
 #[test]
+fn a_whatsapp_send_outside_any_conversation_is_warned_about_the_24_hour_window() {
+    let tmp = tempfile::tempdir().expect("a temp folder");
+    write(
+        tmp.path(),
+        "herald.yaml",
+        &format!(
+            "{CONFIG}  wa:\n    provider: whatsapp\n    access_token: EAAtoken\n    phone_number_id: \"106540352242922\"\n"
+        ),
+    );
+    write(
+        tmp.path(),
+        "workflows/nudge.yaml",
+        "kind: workflow\nid: nudge\ntriggers:\n  - webhook: { path: /hooks/nudge }\nsteps:\n  - id: text\n    send: { channel: wa, to: \"{{ body.to }}\", body: \"Still interested?\" }\n",
+    );
+    write(
+        tmp.path(),
+        "workflows/answer.yaml",
+        "kind: workflow\nid: answer\ntriggers:\n  - message: { channel: wa }\nsteps:\n  - id: text\n    send: { channel: wa, to: \"{{ message.from }}\", body: \"Thanks!\" }\n",
+    );
+    let out = run(herald(tmp.path()).args(["validate", ".", "--format", "json"]));
+    assert_eq!(
+        code(&out),
+        0,
+        "a warning does not fail validation: {}",
+        show(&out)
+    );
+    let doc: Value = serde_json::from_str(&stdout(&out)).expect("JSON");
+    let warnings: Vec<&Value> = doc["diagnostics"]
+        .as_array()
+        .map(|d| {
+            d.iter()
+                .filter(|d| d["code"] == "whatsapp-window")
+                .collect()
+        })
+        .unwrap_or_default();
+    assert_eq!(warnings.len(), 1, "{doc:#}");
+    let file = warnings[0]["file"].as_str().unwrap_or_default();
+    assert!(file.ends_with("nudge.yaml"), "{doc:#}");
+    assert_eq!(warnings[0]["line"].as_u64(), Some(7), "{doc:#}");
+}
+
+#[test]
 fn validate_of_a_missing_folder_exits_2() {
     let tmp = tempfile::tempdir().expect("a temp folder");
     let out = run(herald(tmp.path()).args(["validate", "no-such-project", "--color", "never"]));

@@ -155,6 +155,15 @@ fn check_all(project: &Project, opts: &LoadOptions, texts: &mut CompiledTexts) -
 
     // A config with errors was replaced by the defaults; its channels are still the ones it
     // names, so one mistake in herald.yaml does not turn every `send` into a second error.
+    // WhatsApp channels, whose free-form text has a 24-hour window.
+    let whatsapp: Vec<String> = project
+        .config
+        .def
+        .channels
+        .iter()
+        .filter(|(_, c)| c.provider() == "whatsapp")
+        .map(|(name, _)| name.clone())
+        .collect();
     let mut channels: Vec<String> = match &project.config.file {
         Some((_, parsed)) if project.config.def.channels.is_empty() => parsed
             .value
@@ -205,6 +214,7 @@ fn check_all(project: &Project, opts: &LoadOptions, texts: &mut CompiledTexts) -
                 env,
                 globals: &globals,
                 channels: &channels,
+                whatsapp: &whatsapp,
                 templates: project.templates.names(),
                 broken_templates: project.templates.broken_names(),
                 known: &known,
@@ -496,6 +506,8 @@ struct WorkflowCheck<'a> {
     env: &'a Environment<'static>,
     globals: &'a HashSet<String>,
     channels: &'a [String],
+    /// The channels whose provider is WhatsApp.
+    whatsapp: &'a [String],
     /// Template files that exist but do not compile: already reported, not "missing".
     broken_templates: &'a [String],
     templates: &'a [String],
@@ -839,6 +851,7 @@ impl WorkflowCheck<'_> {
     fn check_send(&mut self, p: &str, s: &SendStep, scope: &[String]) {
         let b = format!("{p}/send");
         self.check_channel(&s.channel, &format!("{b}/channel"));
+        self.check_whatsapp_window(&s.channel, &format!("{b}/channel"));
         self.check_text(&format!("{b}/to"), s.to.as_str(), TextKind::Template, scope);
         // A name chosen at run time is a template itself, checked when the run gets there.
         if let Some(t) = &s.template
@@ -871,6 +884,36 @@ impl WorkflowCheck<'_> {
             scope,
         );
         self.check_headers(&b, &s.headers, scope);
+    }
+
+    /// WhatsApp delivers free-form text only within 24 hours of the person's last message.
+    /// A workflow that neither starts on their message nor waits for their reply on the
+    /// channel may well send outside that window, where Meta refuses it (131047).
+    fn check_whatsapp_window(&mut self, channel: &str, pointer: &str) {
+        if !self.whatsapp.iter().any(|c| c == channel) {
+            return;
+        }
+        let starts_on_message = self
+            .wf
+            .triggers
+            .iter()
+            .any(|t| matches!(t, Trigger::Message(m) if m.channel == channel));
+        let waits_for_reply = self.wf.all_steps().iter().any(
+            |s| matches!(&s.action, Action::WaitFor(w) if w.reply.as_deref() == Some(channel)),
+        );
+        if starts_on_message || waits_for_reply {
+            return;
+        }
+        let d = Diagnostic::warning(
+            "whatsapp-window",
+            format!(
+                "WhatsApp delivers free-form text only within 24 hours of the person's last message, and this workflow neither starts on a message from `{channel}` nor waits for a reply on it; outside that window Meta refuses the send (131047) and it fails"
+            ),
+        )
+        .with_hint(format!(
+            "start the workflow with `message: {{ channel: {channel} }}`, or send after `wait_for: {{ reply: {channel} }}`; approved template messages are not supported yet"
+        ));
+        self.error(pointer, d);
     }
 
     fn check_emit(&mut self, p: &str, e: &EmitStep, scope: &[String]) {
