@@ -207,6 +207,7 @@ impl Store for Failing {
         error: Option<&str>,
         now: Millis,
     ) -> Result<Option<OutboxRecord>> {
+        self.check()?;
         self.inner
             .record_delivery(channel, provider_id, delivery, error, now)
             .await
@@ -219,6 +220,7 @@ impl Store for Failing {
         detail: Option<&str>,
         now: Millis,
     ) -> Result<()> {
+        self.check()?;
         self.inner
             .suppress_address(channel, address, reason, detail, now)
             .await
@@ -399,4 +401,68 @@ async fn a_write_outage_is_answered_503_and_recovered_from_without_a_restart() {
         assert_eq!(messages[0].status, OutboxStatus::Sent);
     }
     shutdown.cancel();
+}
+
+/// A provider's message that arrives while the database takes no writes is answered 503, so
+/// the provider delivers it again; when it comes back, it is taken once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_inbound_message_during_a_write_outage_is_answered_503_and_taken_on_redelivery() {
+    let db = db::sqlite("inbound-outage").await.unwrap();
+    let store = Arc::new(Failing {
+        inner: db.store.clone(),
+        failing: AtomicBool::new(false),
+    });
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("herald.yaml"),
+        "channels:\n  tg: { provider: telegram, bot_token: \"123456:ABC\", secret_token: s3cret }\n",
+    )
+    .unwrap();
+    std::fs::create_dir_all(dir.path().join("workflows")).unwrap();
+    std::fs::write(
+        dir.path().join("workflows/answer.yaml"),
+        "kind: workflow\nid: answer\ntriggers:\n  - message: { channel: tg }\nsteps:\n  - id: note\n    set: { heard: \"{{ message.text }}\" }\n",
+    )
+    .unwrap();
+    let clock = herald::engine::clock::VirtualClock::at("2026-11-02T15:00:00Z");
+    let app = support::app::App::start(
+        dir.path(),
+        &EnvSource::Map(Arc::default()),
+        store.clone(),
+        &clock,
+    )
+    .await;
+    let update = r#"{"update_id":7001,"message":{"message_id":3,"date":1764800000,"chat":{"id":1111111,"type":"private"},"text":"hello"}}"#;
+    let deliver = || async {
+        reqwest::Client::new()
+            .post(app.url("/inbound/tg"))
+            .header("content-type", "application/json")
+            .header("x-telegram-bot-api-secret-token", "s3cret")
+            .body(update)
+            .send()
+            .await
+            .unwrap()
+            .status()
+            .as_u16()
+    };
+    let runs = || async {
+        db.store
+            .list_runs(&RunFilter {
+                workflow_id: Some("answer".into()),
+                limit: 10,
+                ..RunFilter::default()
+            })
+            .await
+            .unwrap()
+            .len()
+    };
+
+    store.failing.store(true, Ordering::SeqCst);
+    assert_eq!(deliver().await, 503);
+    assert_eq!(runs().await, 0);
+
+    store.failing.store(false, Ordering::SeqCst);
+    assert_eq!(deliver().await, 200);
+    assert_eq!(deliver().await, 200, "Telegram may deliver it once more");
+    assert_eq!(runs().await, 1);
 }

@@ -67,6 +67,14 @@ pub(crate) fn endpoint(
     })
 }
 
+/// The value of `name` in a URL's query, decoded.
+pub(crate) fn query_param(url: &str, name: &str) -> Option<String> {
+    let (_, query) = url.split_once('?')?;
+    form_urlencoded::parse(query.as_bytes())
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.into_owned())
+}
+
 /// `404 Not Found`: the code and its reason.
 pub(crate) fn describe(status: StatusCode) -> String {
     match status.canonical_reason() {

@@ -47,6 +47,18 @@ pub enum Received {
     Handshake(ProviderAnswer),
 }
 
+impl Received {
+    /// Delivery reports alone, answered `200`: what the e-mail providers' event webhooks and
+    /// status callbacks carry.
+    pub fn reports(reports: Vec<DeliveryReport>) -> Received {
+        Received::Events {
+            messages: Vec::new(),
+            reports,
+            answer: ProviderAnswer::ok(),
+        }
+    }
+}
+
 /// A message a person sent, the same for every provider.
 #[derive(Debug, Clone, PartialEq)]
 pub struct InboundMessage {

@@ -12,12 +12,7 @@ use crate::store::{DynStore, StoreError};
 
 /// The form an address is suppressed under: e-mail in lower case, anything else as it is.
 pub(crate) fn address_key(address: &str) -> String {
-    let address = address.trim();
-    if address.contains('@') {
-        address.to_lowercase()
-    } else {
-        address.to_owned()
-    }
+    super::contact::normalize_email(address).unwrap_or_else(|_| address.trim().to_owned())
 }
 
 /// Why a message of `category` to `to` on `channel` must not be sent, if it must not: the

@@ -30,20 +30,17 @@ pub async fn receive(
     body: Bytes,
 ) -> Response {
     let registry = state.engine.registry();
-    let Some(receiver) = registry
-        .channels
-        .get(&channel)
-        .map(|c| (c.provider(), c.receiver()))
-    else {
+    let Some(found) = registry.channels.get(&channel) else {
         return plain(
             StatusCode::NOT_FOUND,
             format!("no channel `{channel}` in herald.yaml"),
         );
     };
-    let (provider, Some(receiver)) = receiver else {
+    let provider = found.provider();
+    let Some(receiver) = found.receiver() else {
         return plain(
             StatusCode::NOT_FOUND,
-            format!("channel `{channel}` ({}) receives nothing", receiver.0),
+            format!("channel `{channel}` ({provider}) receives nothing"),
         );
     };
     let url = seen_url(&headers, &uri);

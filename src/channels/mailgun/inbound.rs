@@ -10,8 +10,7 @@ use subtle::ConstantTimeEq;
 
 use super::{MailgunChannel, bare_message_id};
 use crate::channels::inbound::{
-    DeliveryReport, InboundError, InboundRequest, ProviderAnswer, Received, Receiver,
-    ReportedStatus,
+    DeliveryReport, InboundError, InboundRequest, Received, Receiver, ReportedStatus,
 };
 
 impl Receiver for MailgunChannel {
@@ -98,11 +97,7 @@ impl Receiver for MailgunChannel {
             }
             _ => Vec::new(),
         };
-        Ok(Received::Events {
-            messages: Vec::new(),
-            reports,
-            answer: ProviderAnswer::ok(),
-        })
+        Ok(Received::reports(reports))
     }
 }
 

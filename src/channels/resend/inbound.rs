@@ -6,8 +6,7 @@ use serde_json::Value;
 
 use super::ResendChannel;
 use crate::channels::inbound::{
-    DeliveryReport, InboundError, InboundRequest, ProviderAnswer, Received, Receiver,
-    ReportedStatus,
+    DeliveryReport, InboundError, InboundRequest, Received, Receiver, ReportedStatus,
 };
 
 impl Receiver for ResendChannel {
@@ -57,11 +56,7 @@ impl Receiver for ResendChannel {
             }],
             _ => Vec::new(),
         };
-        Ok(Received::Events {
-            messages: Vec::new(),
-            reports,
-            answer: ProviderAnswer::ok(),
-        })
+        Ok(Received::reports(reports))
     }
 }
 

@@ -71,11 +71,7 @@ impl Receiver for TwilioSmsChannel {
                 })
                 .into_iter()
                 .collect();
-            return Ok(Received::Events {
-                messages: Vec::new(),
-                reports,
-                answer: ProviderAnswer::ok(),
-            });
+            return Ok(Received::reports(reports));
         }
         let (Some(from), Some(sid)) = (get("From"), get("MessageSid").or(get("SmsMessageSid")))
         else {

@@ -22,7 +22,7 @@ use async_trait::async_trait;
 use reqwest::{StatusCode, Url};
 use serde::Deserialize;
 
-use super::http::{describe, endpoint, exchange, snippet, unanswered, url_setting};
+use super::http::{by_status, describe, endpoint, exchange, snippet, unanswered, url_setting};
 use super::inbound::Receiver;
 use super::{Channel, ChannelError, Delivered, DeliveryError, OutboundMessage, resolve_setting};
 use crate::definitions::env::{EnvSource, Secret};
@@ -243,24 +243,18 @@ fn classify(status: StatusCode, body: &[u8], retry_after: Option<Duration>) -> D
         .ok()
         .and_then(|e| e.code);
     let message = explain(status, body);
-    // 20429 (too many requests) is never processed, so always safe to repeat; 30003 (handset
-    // unreachable) and the 5xx answers may well pass later.
-    let transient = matches!(code, Some(20429 | 30003))
-        || status == StatusCode::TOO_MANY_REQUESTS
-        || status.is_server_error();
-    if code == Some(21610) {
-        return DeliveryError::Unreachable {
+    match code {
+        Some(21610) => DeliveryError::Unreachable {
             message,
             reason: "unsubscribed",
-        };
-    }
-    if transient {
-        DeliveryError::Transient {
+        },
+        // 20429 (too many requests) is never processed, so always safe to repeat; 30003
+        // (handset unreachable) may well pass later, whatever the HTTP status.
+        Some(20429 | 30003) => DeliveryError::Transient {
             message,
             retry_after,
-        }
-    } else {
-        DeliveryError::Permanent { message }
+        },
+        _ => by_status(status, message, retry_after),
     }
 }
 

@@ -61,10 +61,7 @@ pub(crate) fn verify(
 }
 
 fn body_sha256(url: &str) -> Option<String> {
-    let (_, query) = url.split_once('?')?;
-    form_urlencoded::parse(query.as_bytes())
-        .find(|(k, _)| k == "bodySHA256")
-        .map(|(_, v)| v.to_lowercase())
+    crate::channels::http::query_param(url, "bodySHA256").map(|v| v.to_lowercase())
 }
 
 fn without_query(url: &str) -> &str {

@@ -11,6 +11,7 @@ use sha2::Sha256;
 use subtle::ConstantTimeEq;
 
 use super::WhatsappChannel;
+use crate::channels::http::query_param;
 use crate::channels::inbound::{
     DeliveryReport, InboundError, InboundMessage, InboundRequest, ProviderAnswer, Received,
     Receiver, ReportedStatus,
@@ -56,7 +57,7 @@ impl Receiver for WhatsappChannel {
 
     fn parse(&self, request: &InboundRequest<'_>) -> Result<Received, InboundError> {
         if request.method == Method::GET {
-            let challenge = query(request.url, "hub.challenge").unwrap_or_default();
+            let challenge = query_param(request.url, "hub.challenge").unwrap_or_default();
             return Ok(Received::Handshake(ProviderAnswer {
                 status: 200,
                 content_type: Some("text/plain"),
@@ -107,12 +108,12 @@ impl WhatsappChannel {
                     .to_owned(),
             ));
         };
-        if query(request.url, "hub.mode").as_deref() != Some("subscribe") {
+        if query_param(request.url, "hub.mode").as_deref() != Some("subscribe") {
             return Err(InboundError::Malformed(
                 "a GET without hub.mode=subscribe".to_owned(),
             ));
         }
-        let given = query(request.url, "hub.verify_token").unwrap_or_default();
+        let given = query_param(request.url, "hub.verify_token").unwrap_or_default();
         if bool::from(given.as_bytes().ct_eq(expected.expose().as_bytes())) {
             Ok(())
         } else {
@@ -204,13 +205,6 @@ fn list<'a>(value: &'a Value, key: &str) -> impl Iterator<Item = &'a Value> {
 fn e164(digits: &str) -> String {
     let digits: String = digits.chars().filter(char::is_ascii_digit).collect();
     format!("+{digits}")
-}
-
-fn query(url: &str, name: &str) -> Option<String> {
-    let (_, query) = url.split_once('?')?;
-    form_urlencoded::parse(query.as_bytes())
-        .find(|(k, _)| k == name)
-        .map(|(_, v)| v.into_owned())
 }
 
 #[cfg(test)]

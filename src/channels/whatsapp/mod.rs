@@ -18,7 +18,7 @@ use reqwest::{StatusCode, Url};
 use serde::Deserialize;
 use serde_json::json;
 
-use super::http::{describe, endpoint, exchange, snippet, unanswered, url_setting};
+use super::http::{by_status, describe, endpoint, exchange, snippet, unanswered, url_setting};
 use super::inbound::Receiver;
 use super::{Channel, ChannelError, Delivered, DeliveryError, OutboundMessage, resolve_setting};
 use crate::definitions::env::{EnvSource, Secret};
@@ -193,16 +193,13 @@ fn classify(status: StatusCode, body: &[u8], retry_after: Option<Duration>) -> D
         .ok()
         .and_then(|e| e.error.code);
     let message = explain(status, body);
-    let transient = code.is_some_and(is_transient_code)
-        || status == StatusCode::TOO_MANY_REQUESTS
-        || status.is_server_error();
-    if transient {
+    if code.is_some_and(is_transient_code) {
         DeliveryError::Transient {
             message,
             retry_after,
         }
     } else {
-        DeliveryError::Permanent { message }
+        by_status(status, message, retry_after)
     }
 }
 
