@@ -77,7 +77,7 @@ fn webhook_config(url: String) -> WebhookChannelConfig {
 /// Builds the channels of a config holding just `channel`, named `name`.
 fn build_one(name: &str, channel: ChannelConfig, env: &EnvSource) -> Arc<dyn Channel> {
     let mut config = ConfigDef::default();
-    config.channels.insert(name.to_owned(), channel);
+    config.channels.insert(name.to_owned(), channel.into());
     let channels = channels::build(&config, env).expect("channels build");
     Arc::clone(&channels[name])
 }
@@ -614,12 +614,12 @@ async fn the_health_board_keeps_each_channels_last_check() {
     let mut config = ConfigDef::default();
     config.channels.insert(
         "email".to_owned(),
-        ChannelConfig::Smtp(smtp_config(sink.port())),
+        ChannelConfig::Smtp(smtp_config(sink.port())).into(),
     );
     let down = format!("http://127.0.0.1:{}/hook", closed_port());
     config.channels.insert(
         "crm".to_owned(),
-        ChannelConfig::Webhook(webhook_config(down)),
+        ChannelConfig::Webhook(webhook_config(down)).into(),
     );
     let built = channels::build(&config, &env(&[])).expect("channels build");
 
@@ -1178,11 +1178,12 @@ async fn build_adds_log_and_resolves_the_environment() {
             host: "${env:SMTP_HOST}".to_owned(),
             from: "${env:MAIL_FROM}".to_owned(),
             ..smtp_config(2525)
-        }),
+        })
+        .into(),
     );
     config.channels.insert(
         "hook".to_owned(),
-        ChannelConfig::Webhook(webhook_config("${env:HOOK_URL}".to_owned())),
+        ChannelConfig::Webhook(webhook_config("${env:HOOK_URL}".to_owned())).into(),
     );
     let vars = env(&[
         ("SMTP_HOST", "127.0.0.1"),
@@ -1210,7 +1211,8 @@ fn build_names_an_unset_variable_and_its_channel() {
         ChannelConfig::Webhook(WebhookChannelConfig {
             headers: [("X-Token".to_owned(), "${env:ALERTS_TOKEN}".to_owned())].into(),
             ..webhook_config("http://127.0.0.1:9/".to_owned())
-        }),
+        })
+        .into(),
     );
     let error = channels::build(&config, &env(&[])).expect_err("unset variable");
     assert_eq!(error.setting.as_deref(), Some("headers/X-Token"));

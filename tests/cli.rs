@@ -328,6 +328,66 @@ fn a_channel_named_like_a_herald_event_is_an_error_at_its_name() {
 }
 
 #[test]
+fn channel_policies_are_checked_at_their_place() {
+    let tmp = tempfile::tempdir().expect("a temp folder");
+    write(
+        tmp.path(),
+        "herald.yaml",
+        &format!(
+            "{CONFIG}  a:\n    provider: log\n    fallback: b\n  b:\n    provider: log\n    fallback: a\n  c:\n    provider: log\n    fallback: emial\n    quiet_hours: {{ start: \"21:00\", end: \"08:00\", timezone: America/Chicgo }}\n"
+        ),
+    );
+    let out = run(herald(tmp.path()).args(["validate", ".", "--format", "json"]));
+    assert_eq!(code(&out), 1, "{}", show(&out));
+    let doc: Value = serde_json::from_str(&stdout(&out)).expect("JSON");
+    let found: Vec<(String, u64, u64)> = doc["diagnostics"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| {
+            (
+                d["code"].as_str().unwrap_or_default().to_owned(),
+                d["line"].as_u64().unwrap_or(0),
+                d["column"].as_u64().unwrap_or(0),
+            )
+        })
+        .collect();
+    let text = show(&out);
+    // The cycle is one error, at the first channel's `fallback`.
+    assert!(
+        found.contains(&("fallback-cycle".into(), 8, 15)),
+        "{found:?}\n{text}"
+    );
+    assert_eq!(
+        found.iter().filter(|f| f.0 == "fallback-cycle").count(),
+        1,
+        "{text}"
+    );
+    assert!(text.contains("a → b → a"), "{text}");
+    assert!(
+        found.contains(&("unknown-channel".into(), 14, 15)),
+        "{found:?}\n{text}"
+    );
+    assert!(text.contains("did you mean `email`?"), "{text}");
+    assert!(
+        found.iter().any(|f| f.0 == "invalid-timezone" && f.1 == 15),
+        "{found:?}\n{text}"
+    );
+    write(
+        tmp.path(),
+        "herald.yaml",
+        &format!("{CONFIG}  d:\n    provider: log\n    rate: {{ messages: 0, per: 1s }}\n"),
+    );
+    let out = run(herald(tmp.path()).args(["validate", ".", "--format", "json"]));
+    assert_eq!(code(&out), 1, "{}", show(&out));
+    assert!(
+        show(&out).contains("\"line\": 8") && show(&out).contains("\"column\": 23"),
+        "a rate of 0 is refused at its value: {}",
+        show(&out)
+    );
+}
+
+#[test]
 fn a_whatsapp_send_outside_any_conversation_is_warned_about_the_24_hour_window() {
     let tmp = tempfile::tempdir().expect("a temp folder");
     write(

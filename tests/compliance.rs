@@ -48,6 +48,11 @@ scenarios![
     categories_decide_who_still_gets_a_message,
     an_opt_in_word_resubscribes_only_an_opted_out_sender,
     local_numbers_are_read_in_the_default_region,
+    quiet_hours_hold_marketing_until_morning_where_the_recipient_is,
+    a_frequency_cap_suppresses_marketing_over_it,
+    help_is_answered_once_with_the_configured_text,
+    a_permanent_failure_goes_to_the_fallback_channel,
+    a_paced_channel_spreads_a_backlog_without_spending_attempts,
 ];
 
 /// Times each compliance race is run.
@@ -280,7 +285,7 @@ steps:
         .collect();
     h.engine
         .store
-        .insert_events(&[], &[], &seeds)
+        .insert_events(&[], &[], &seeds, &[])
         .await
         .unwrap();
     for (email, status, expected) in cases {
@@ -464,4 +469,331 @@ async fn the_shipped_opt_out_example_sends_its_confirmation() {
     assert_eq!(opt_out.messages.len(), 1, "{:?}", opt_out.steps);
     assert_eq!(opt_out.messages[0].status, OutboxStatus::Sent);
     assert!(opt_out.messages[0].body.contains("unsubscribed"));
+}
+
+/// Writes a config whose `hook` channel posts to the sink with `policy` (YAML lines, indented
+/// under the channel), plus `extra` top-level YAML, and reloads.
+async fn with_config(h: &Harness, policy: &str, extra: &str) {
+    h.write(
+        "herald.yaml",
+        &format!(
+            "channels:\n  email: {{ provider: log }}\n  sms: {{ provider: log }}\n  hook:\n    provider: webhook\n    url: \"{{{{SINK}}}}/deliver\"\n{policy}{extra}"
+        ),
+    );
+    h.reload().await;
+}
+
+fn contact(email: &str, timezone: Option<&str>, now: i64) -> ContactUpsert {
+    ContactUpsert {
+        new_id: herald::engine::new_id(),
+        email: Some(email.to_owned()),
+        timezone: timezone.map(str::to_owned),
+        now,
+        ..ContactUpsert::default()
+    }
+}
+
+const NOTIFY: &str = r#"
+kind: workflow
+id: notify
+steps:
+  - id: marketing
+    send: { channel: hook, to: "{{ body.to }}", body: "marketing" }
+  - id: transactional
+    send: { channel: hook, to: "{{ body.to }}", body: "transactional", category: transactional }
+"#;
+
+async fn quiet_hours_hold_marketing_until_morning_where_the_recipient_is(db: db::TestDb) {
+    let h = Harness::new(db, &[("workflows/notify.yaml", NOTIFY)]).await;
+    h.sink.respond_by_default(Reply::ok());
+    with_config(
+        &h,
+        "    quiet_hours: { start: \"21:00\", end: \"08:00\" }\n",
+        "",
+    )
+    .await;
+    let now = h.clock.now();
+    let people = [
+        contact("chicago@example.com", Some("America/Chicago"), now),
+        contact("berlin@example.com", Some("Europe/Berlin"), now),
+    ];
+    h.engine
+        .store
+        .insert_events(&[], &[], &people, &[])
+        .await
+        .unwrap();
+    // 21:30 UTC on 2 November: 15:30 in Chicago, 22:30 in Berlin.
+    h.advance(Duration::from_secs(6 * 3600 + 1800)).await;
+    let chicago = h
+        .start("notify", json!({"to": "chicago@example.com"}))
+        .await;
+    let berlin = h.start("notify", json!({"to": "berlin@example.com"})).await;
+    let unknown = h.start("notify", json!({"to": "nobody@example.com"})).await;
+
+    let sent = h.sink.requests();
+    assert_eq!(
+        texts_to(&sent, "chicago@example.com").len(),
+        2,
+        "afternoon in Chicago"
+    );
+    assert_eq!(
+        texts_to(&sent, "berlin@example.com"),
+        ["transactional"],
+        "only the transactional message goes at night in Berlin"
+    );
+    assert_eq!(
+        texts_to(&sent, "nobody@example.com").len(),
+        2,
+        "a recipient in no known time zone is not held"
+    );
+    let run = h.run(&berlin).await;
+    let out = &run.context["steps"]["marketing"]["output"];
+    assert_eq!(out["status"], "held", "{out}");
+    assert_eq!(out["until"], "2026-11-03T07:00:00Z", "08:00 in Berlin");
+    assert!(
+        out["reason"]
+            .as_str()
+            .unwrap()
+            .contains("21:00–08:00 in Europe/Berlin"),
+        "{out}"
+    );
+    assert_eq!(run.status, RunStatus::Completed, "the run does not wait");
+    for id in [&chicago, &unknown] {
+        assert_eq!(
+            h.run(id).await.context["steps"]["marketing"]["output"]["status"],
+            "queued"
+        );
+    }
+
+    // A minute before 08:00 in Berlin it still waits; at 08:00 it goes.
+    h.advance(Duration::from_secs(9 * 3600 + 29 * 60)).await;
+    assert_eq!(
+        texts_to(&h.sink.requests(), "berlin@example.com"),
+        ["transactional"]
+    );
+    h.advance(Duration::from_secs(60)).await;
+    let mut got = texts_to(&h.sink.requests(), "berlin@example.com");
+    got.sort();
+    assert_eq!(got, ["marketing", "transactional"]);
+    let outbox = h.engine.store.outbox_for_run(&berlin).await.unwrap();
+    assert!(outbox.iter().all(|m| m.status == OutboxStatus::Sent));
+}
+
+async fn a_frequency_cap_suppresses_marketing_over_it(db: db::TestDb) {
+    let h = Harness::new(
+        db,
+        &[(
+            "workflows/burst.yaml",
+            r#"
+kind: workflow
+id: burst
+steps:
+  - id: one
+    send: { channel: hook, to: "{{ body.to }}", body: "one" }
+  - id: two
+    send: { channel: hook, to: "{{ body.to }}", body: "two" }
+  - id: receipt
+    send: { channel: hook, to: "{{ body.to }}", body: "receipt", category: transactional }
+"#,
+        )],
+    )
+    .await;
+    h.sink.respond_by_default(Reply::ok());
+    with_config(
+        &h,
+        "",
+        "compliance:\n  frequency_cap: { messages: 3, per: 1d }\n",
+    )
+    .await;
+    let to = "ada@example.com";
+    let first = h.start("burst", json!({"to": to})).await;
+    let second = h.start("burst", json!({"to": to})).await;
+    let mut got = texts_to(&h.sink.requests(), to);
+    got.sort();
+    assert_eq!(
+        got,
+        ["one", "one", "receipt", "receipt", "two"],
+        "three marketing messages a day, and receipts are not counted"
+    );
+    assert_eq!(
+        h.run(&first).await.context["steps"]["two"]["output"]["status"],
+        "queued"
+    );
+    let out = h.run(&second).await.context["steps"]["two"]["output"].clone();
+    assert_eq!(out["status"], "suppressed", "{out}");
+    let reason = out["reason"].as_str().unwrap();
+    assert!(
+        reason.contains("frequency cap") && reason.contains("already has 3"),
+        "{reason}"
+    );
+    // Someone else is not affected; a day later the cap has room again.
+    h.start("burst", json!({"to": "grace@example.com"})).await;
+    assert_eq!(texts_to(&h.sink.requests(), "grace@example.com").len(), 3);
+    h.advance(Duration::from_secs(86_400)).await;
+    let third = h.start("burst", json!({"to": to})).await;
+    let run = h.run(&third).await;
+    assert_eq!(run.context["steps"]["one"]["output"]["status"], "queued");
+    assert_eq!(run.context["steps"]["two"]["output"]["status"], "queued");
+}
+
+async fn help_is_answered_once_with_the_configured_text(db: db::TestDb) {
+    let h = Harness::new(
+        db,
+        &[(
+            "workflows/assistant.yaml",
+            &ASSISTANT.replace("channel: sms", "channel: hook"),
+        )],
+    )
+    .await;
+    h.sink.respond_by_default(Reply::ok());
+    let reply = "Acme Motors: service reminders. Reply STOP to opt out.";
+    with_config(&h, "", &format!("compliance:\n  help_reply: \"{reply}\"\n")).await;
+    let from = "+13035550100";
+    for _ in 0..2 {
+        // Providers redeliver: the same message id is answered once.
+        let routed = h
+            .engine
+            .inbound_message("hook", from, " help ", Some("SM-help-1"))
+            .await
+            .unwrap();
+        assert!(routed.keyword.is_some(), "HELP is a compliance keyword");
+        assert!(
+            routed.started_runs.is_empty(),
+            "HELP does not reach the assistant"
+        );
+        h.settle().await;
+    }
+    h.engine
+        .inbound_message("hook", from, "INFO", Some("SM-info-1"))
+        .await
+        .unwrap();
+    h.settle().await;
+    assert_eq!(texts_to(&h.sink.requests(), from), [reply, reply]);
+    let help = h
+        .engine
+        .store
+        .find_event("contact.help", from, 0, &[])
+        .await
+        .unwrap();
+    assert!(help.is_some(), "a HELP is an event workflows can use");
+    // The reply reaches someone who opted out of marketing too (it is a compliance message).
+    h.engine
+        .inbound_message("hook", "+13035550101", "STOP", Some("SM-stop"))
+        .await
+        .unwrap();
+    h.engine
+        .inbound_message("hook", "+13035550101", "HELP", Some("SM-help-2"))
+        .await
+        .unwrap();
+    h.settle().await;
+    assert_eq!(texts_to(&h.sink.requests(), "+13035550101"), [reply]);
+}
+
+async fn a_permanent_failure_goes_to_the_fallback_channel(db: db::TestDb) {
+    let h = Harness::new(db, &[]).await;
+    h.sink.respond_by_default(Reply::ok());
+    h.sink.respond_to_path("/primary", Reply::status(503));
+    with_config(
+        &h,
+        "",
+        "  primary:\n    provider: webhook\n    url: \"{{SINK}}/primary\"\n    fallback: hook\n",
+    )
+    .await;
+    h.write(
+        "workflows/letter.yaml",
+        r#"
+kind: workflow
+id: letter
+steps:
+  - id: mail
+    send: { channel: primary, to: "{{ body.to }}", subject: "Your letter", body: "letter", category: transactional }
+    retry: { max_attempts: 2, delay: 1m }
+"#,
+    );
+    h.reload().await;
+    let to = "client@example.com";
+    let run = h.start("letter", json!({"to": to})).await;
+    let on = |path: &str| h.sink.requests().iter().filter(|r| r.path == path).count();
+    assert_eq!(
+        (on("/primary"), on("/deliver")),
+        (1, 0),
+        "a 503 is retried first"
+    );
+    h.advance(Duration::from_secs(120)).await;
+    assert_eq!(
+        (on("/primary"), on("/deliver")),
+        (2, 1),
+        "after its retries the fallback takes it"
+    );
+    let delivered = h
+        .sink
+        .requests()
+        .into_iter()
+        .find(|r| r.path == "/deliver")
+        .unwrap();
+    assert_eq!(delivered.json["body"], "letter");
+    assert_eq!(delivered.json["subject"], "Your letter");
+    let outbox = h.engine.store.outbox_for_run(&run).await.unwrap();
+    let statuses: Vec<(&str, OutboxStatus)> = outbox
+        .iter()
+        .map(|m| (m.channel.as_str(), m.status))
+        .collect();
+    assert_eq!(
+        statuses,
+        [
+            ("primary", OutboxStatus::Failed),
+            ("hook", OutboxStatus::Sent)
+        ]
+    );
+    assert!(
+        outbox[0]
+            .last_error
+            .as_deref()
+            .unwrap()
+            .contains("handed to channel `hook`"),
+        "{:?}",
+        outbox[0].last_error
+    );
+    // Nothing more happens later: one fallback, once.
+    h.advance(Duration::from_secs(3600)).await;
+    assert_eq!((on("/primary"), on("/deliver")), (2, 1));
+}
+
+async fn a_paced_channel_spreads_a_backlog_without_spending_attempts(db: db::TestDb) {
+    let h = Harness::new(
+        db,
+        &[(
+            "workflows/blast.yaml",
+            r#"
+kind: workflow
+id: blast
+steps:
+  - id: each
+    for_each:
+      items: body.to
+      steps:
+        - id: text
+          send: { channel: hook, to: "{{ item }}", body: "hello", category: transactional }
+"#,
+        )],
+    )
+    .await;
+    h.sink.respond_by_default(Reply::ok());
+    with_config(&h, "    rate: { messages: 1, per: 10s }\n", "").await;
+    let to: Vec<String> = (0..4).map(|i| format!("p{i}@example.com")).collect();
+    let run = h.start("blast", json!({"to": to})).await;
+    assert_eq!(h.sink.requests().len(), 1, "one message per 10 s");
+    for n in 2..=4 {
+        h.advance(Duration::from_secs(5)).await;
+        assert_eq!(h.sink.requests().len(), n - 1, "not before its slot");
+        h.advance(Duration::from_secs(5)).await;
+        assert_eq!(h.sink.requests().len(), n, "one more after 10 s");
+    }
+    let outbox = h.engine.store.outbox_for_run(&run).await.unwrap();
+    assert!(outbox.iter().all(|m| m.status == OutboxStatus::Sent));
+    assert!(
+        outbox.iter().all(|m| m.attempts == 1),
+        "waiting for the pace spends no attempt: {:?}",
+        outbox.iter().map(|m| m.attempts).collect::<Vec<_>>()
+    );
 }

@@ -156,9 +156,10 @@ impl Store for Failing {
         e: &[NewEvent],
         r: &[NewRun],
         c: &[ContactUpsert],
+        o: &[NewOutbox],
     ) -> Result<Vec<Contact>> {
         self.check()?;
-        self.inner.insert_events(e, r, c).await
+        self.inner.insert_events(e, r, c, o).await
     }
     async fn wake_waiting(&self, n: &str, k: &str, now: Millis) -> Result<u64> {
         self.check()?;
@@ -227,6 +228,17 @@ impl Store for Failing {
     }
     async fn address_suppression(&self, channel: &str, address: &str) -> Result<Option<String>> {
         self.inner.address_suppression(channel, address).await
+    }
+    async fn count_recent_messages(
+        &self,
+        ch: &str,
+        to: &str,
+        category: &str,
+        since: Millis,
+    ) -> Result<i64> {
+        self.inner
+            .count_recent_messages(ch, to, category, since)
+            .await
     }
     async fn outbox_for_run(&self, id: &str) -> Result<Vec<OutboxRecord>> {
         self.inner.outbox_for_run(id).await

@@ -201,6 +201,7 @@ fn message(id: &str, run_id: Option<&str>, key: &str, created_at: Millis) -> New
         category: MessageCategory::Marketing,
         retry: None,
         created_at,
+        due_at: created_at,
     }
 }
 
@@ -379,7 +380,7 @@ async fn migrations_apply_and_rerun(db: &TestDb) {
             "table {table} missing from {schema}: {tables:?}"
         );
     }
-    assert_eq!(versions, vec![1, 2, 3]);
+    assert_eq!(versions, vec![1, 2, 3, 4]);
     assert_eq!(store.count_runs().await.unwrap(), vec![]);
     assert_eq!(store.count_outbox().await.unwrap(), vec![]);
     pending(store, "r1", T0).await;
@@ -1570,11 +1571,14 @@ async fn events_wake_and_match_waiting_runs(store: DynStore) {
         event("e-other", "message.sms", "+1666", T0 + 15),
     ];
     store
-        .insert_events(&events, std::slice::from_ref(&subscriber), &[])
+        .insert_events(&events, std::slice::from_ref(&subscriber), &[], &[])
         .await
         .unwrap();
     // Delivered twice (a retried webhook): stored once.
-    store.insert_events(&events[..1], &[], &[]).await.unwrap();
+    store
+        .insert_events(&events[..1], &[], &[], &[])
+        .await
+        .unwrap();
     let sub = get(&store, "on-sms").await;
     assert_eq!(
         (sub.status, sub.due_at, sub.trigger_kind),
@@ -2757,6 +2761,7 @@ async fn contacts_are_listed_edited_and_erased(store: DynStore) {
                 person("grace@example.com", "Grace", Some("opted_out"), T0 + 1),
                 person("alan_t@example.com", "Alan", None, T0 + 2),
             ],
+            &[],
         )
         .await
         .unwrap();
@@ -3024,7 +3029,7 @@ async fn retention_deletes_old_history_but_not_what_is_still_needed(store: DynSt
     recent.state.finished_at = Some(T0 + 29 * DAY);
     committed(&store, recent).await;
     store
-        .insert_events(&[event("e-old", "n", "k", T0 - DAY)], &[], &[])
+        .insert_events(&[event("e-old", "n", "k", T0 - DAY)], &[], &[], &[])
         .await
         .unwrap();
     let now = T0 + 31 * DAY;

@@ -22,6 +22,7 @@ pub(crate) mod http;
 pub mod inbound;
 pub mod log;
 pub mod mailgun;
+pub mod policy;
 pub mod resend;
 pub mod smtp;
 pub mod telegram;
@@ -188,7 +189,7 @@ impl ChannelError {
 pub fn build(config: &ConfigDef, env: &EnvSource) -> Result<Channels, ChannelError> {
     let mut channels = Channels::new();
     for (name, def) in &config.channels {
-        let channel: Arc<dyn Channel> = match def {
+        let channel: Arc<dyn Channel> = match &def.provider {
             ChannelConfig::Log {} => Arc::new(log::LogChannel::new(name)),
             ChannelConfig::Smtp(smtp) => Arc::new(smtp::SmtpChannel::from_config(name, smtp, env)?),
             ChannelConfig::Webhook(hook) => {
@@ -293,7 +294,8 @@ mod tests {
                 tls: SmtpTls::None,
                 from: "Herald <herald@example.com>".into(),
                 timeout: Duration::from_secs(5),
-            }),
+            })
+            .into(),
         );
         config.channels.insert(
             "hook".into(),
@@ -301,7 +303,8 @@ mod tests {
                 url: "http://127.0.0.1:9/hook".into(),
                 headers: IndexMap::new(),
                 timeout: Duration::from_secs(5),
-            }),
+            })
+            .into(),
         );
         config
     }
@@ -324,7 +327,8 @@ mod tests {
                 url: "http://127.0.0.1:9/".into(),
                 headers: IndexMap::new(),
                 timeout: Duration::from_secs(5),
-            }),
+            })
+            .into(),
         );
         let channels = build(&config, &env(&[])).unwrap();
         assert_eq!(channels.len(), 1);

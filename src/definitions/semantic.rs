@@ -262,6 +262,7 @@ fn check_all(project: &Project, opts: &LoadOptions, texts: &mut CompiledTexts) -
             &mut out,
         );
         check_channel_names(project, file, parsed, &mut out);
+        check_channel_policies(project, file, parsed, &mut out);
     }
     out
 }
@@ -297,6 +298,90 @@ fn check_channel_names(
             let pointer = format!("/channels/{}", super::source::escape_token(name));
             out.push(file.locate(d, parsed.index.key(&pointer)));
         }
+    }
+}
+
+/// A channel's `fallback` names another channel, and fallbacks never lead back where they
+/// started; quiet hours name real time zones.
+fn check_channel_policies(
+    project: &Project,
+    file: &SourceFile,
+    parsed: &Parsed,
+    out: &mut Vec<Diagnostic>,
+) {
+    use crate::channels::policy::QuietHoursSetting;
+    let channels = &project.config.def.channels;
+    let names: Vec<&str> = channels
+        .keys()
+        .map(String::as_str)
+        .chain(std::iter::once(BUILTIN_CHANNEL))
+        .collect();
+    for (name, def) in channels {
+        let at = |field: &str| format!("/channels/{}/{field}", super::source::escape_token(name));
+        if let Some(next) = &def.policy.fallback {
+            if next == name {
+                let d = Diagnostic::error(
+                    "fallback-cycle",
+                    format!("channel `{name}` falls back to itself"),
+                )
+                .with_hint("name another channel, or remove `fallback`");
+                out.push(file.locate(d, parsed.index.value(&at("fallback"))));
+            } else if !names.contains(&next.as_str()) {
+                let mut d = Diagnostic::error(
+                    "unknown-channel",
+                    format!("channel `{name}` falls back to `{next}`, which is not defined"),
+                );
+                d = match did_you_mean(next, names.iter().copied()) {
+                    Some(s) => d.with_hint(format!("did you mean `{s}`?")),
+                    None => d.with_hint(format!("defined channels: {}", names.join(", "))),
+                };
+                out.push(file.locate(d, parsed.index.value(&at("fallback"))));
+            } else {
+                // Follow the chain; coming back to `name` is a cycle (reported once, at the
+                // channel whose name sorts first, so a cycle is one error).
+                let mut seen = vec![name.as_str()];
+                let mut cur = next.as_str();
+                while let Some(n) = channels.get(cur).and_then(|c| c.policy.fallback.as_deref()) {
+                    seen.push(cur);
+                    if n == name && seen.iter().all(|s| *s >= name.as_str()) {
+                        seen.push(n);
+                        let d = Diagnostic::error(
+                            "fallback-cycle",
+                            format!("channels fall back in a circle: {}", seen.join(" → ")),
+                        )
+                        .with_hint("a message that fails everywhere must stop somewhere; remove one `fallback`");
+                        out.push(file.locate(d, parsed.index.value(&at("fallback"))));
+                        break;
+                    }
+                    if seen.contains(&n) {
+                        break;
+                    }
+                    cur = n;
+                }
+            }
+        }
+        if let Some(QuietHoursSetting::Window(q)) = &def.policy.quiet_hours {
+            check_quiet_hours_zone(q, &at("quiet_hours/timezone"), file, parsed, out);
+        }
+    }
+    if let Some(QuietHoursSetting::Window(q)) = &project.config.def.compliance.quiet_hours {
+        check_quiet_hours_zone(q, "/compliance/quiet_hours/timezone", file, parsed, out);
+    }
+}
+
+fn check_quiet_hours_zone(
+    q: &crate::channels::policy::QuietHours,
+    pointer: &str,
+    file: &SourceFile,
+    parsed: &Parsed,
+    out: &mut Vec<Diagnostic>,
+) {
+    if let Some(tz) = &q.timezone
+        && let Err(e) = parse_timezone(tz)
+    {
+        let d = Diagnostic::error("invalid-timezone", e)
+            .with_hint("use an IANA name such as America/Denver, Europe/London or UTC");
+        out.push(file.locate(d, parsed.index.value(pointer)));
     }
 }
 

@@ -8,12 +8,17 @@ use indexmap::IndexMap;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use super::{Engine, EngineError, retry};
+use super::{Engine, EngineError, policy, retry};
 use crate::channels::{DeliveryError, OutboundMessage};
-use crate::store::{DeliveryOutcome, OutboxRecord};
+use crate::store::{DeliveryOutcome, Millis, OutboxRecord};
 
 const BATCH: i64 = 32;
 const MAX_IDLE: Duration = Duration::from_secs(1);
+/// How long a claimed message may wait in memory for its channel's pace; a later slot is
+/// waited for in the outbox instead. Well under any claim's lease.
+const PACE_WAIT_MS: Millis = 1_000;
+/// How a message put back for its channel's pace is marked (its `last_error`).
+const PACED: &str = "paced:";
 
 impl Engine {
     /// A message stays claimed this long: the slowest channel's timeout plus the engine's
@@ -92,7 +97,7 @@ impl Engine {
         let registry = self.registry();
         // The recipient may have opted out since the message was queued (it may have waited
         // for a retry): that wins over the send.
-        let suppressed = match super::suppression::check(
+        let recipient = match super::suppression::check(
             &self.store,
             &registry.config.contacts.default_region,
             None,
@@ -117,9 +122,17 @@ impl Engine {
                 return;
             }
         };
+        let now = self.now();
+        let held = policy::hold(
+            &registry,
+            &m.channel,
+            m.category,
+            recipient.time_zone.as_deref(),
+            now,
+        );
         let outcome = match registry.channels.get(&m.channel) {
-            _ if suppressed.is_some() => DeliveryOutcome::Suppressed {
-                reason: suppressed.unwrap_or_default(),
+            _ if recipient.blocked.is_some() => DeliveryOutcome::Suppressed {
+                reason: recipient.blocked.unwrap_or_default(),
             },
             None => DeliveryOutcome::Failed {
                 error: format!("channel `{}` is not configured", m.channel),
@@ -131,45 +144,69 @@ impl Engine {
                     m.last_error.clone().unwrap_or_default()
                 ),
             },
-            Some(channel) => {
-                let message = outbound(&m);
-                match channel.deliver(&message).await {
-                    Ok(d) => DeliveryOutcome::Sent {
-                        provider_id: d.provider_id,
-                    },
-                    Err(DeliveryError::Permanent { message }) => {
-                        DeliveryOutcome::Failed { error: message }
-                    }
-                    Err(DeliveryError::Unreachable { message, reason }) => {
-                        self.suppress(&m, reason, &message).await;
-                        DeliveryOutcome::Failed { error: message }
-                    }
-                    Err(DeliveryError::Transient {
-                        message,
-                        retry_after,
-                    }) => {
-                        if m.attempts >= m.max_attempts {
-                            DeliveryOutcome::Failed {
-                                error: format!("{message} (after {} attempts)", m.attempts),
-                            }
-                        } else {
-                            let policy = m.retry.clone().unwrap_or_else(retry::outbox_default);
-                            let wait = retry::delay(&policy, m.attempts.max(1) as u32)
-                                .max(retry_after.unwrap_or_default());
-                            DeliveryOutcome::Retry {
-                                error: message,
-                                next_attempt_at: self.now() + wait.as_millis() as i64,
+            // A retry that came due inside quiet hours waits for them to end, as the first
+            // attempt would have.
+            Some(_) if held.is_some() => {
+                let (until, reason) = held.unwrap_or_default();
+                DeliveryOutcome::Deferred { reason, until }
+            }
+            Some(channel) => match self.wait_for_pace(&registry, &m, now).await {
+                Some(deferred) => deferred,
+                None => {
+                    let message = outbound(&m);
+                    match channel.deliver(&message).await {
+                        Ok(d) => DeliveryOutcome::Sent {
+                            provider_id: d.provider_id,
+                        },
+                        Err(DeliveryError::Permanent { message }) => {
+                            DeliveryOutcome::Failed { error: message }
+                        }
+                        Err(DeliveryError::Unreachable { message, reason }) => {
+                            self.suppress(&m, reason, &message).await;
+                            DeliveryOutcome::Failed { error: message }
+                        }
+                        Err(DeliveryError::Transient {
+                            message,
+                            retry_after,
+                        }) => {
+                            if m.attempts >= m.max_attempts {
+                                DeliveryOutcome::Failed {
+                                    error: format!("{message} (after {} attempts)", m.attempts),
+                                }
+                            } else {
+                                let policy = m.retry.clone().unwrap_or_else(retry::outbox_default);
+                                let wait = retry::delay(&policy, m.attempts.max(1) as u32)
+                                    .max(retry_after.unwrap_or_default());
+                                DeliveryOutcome::Retry {
+                                    error: message,
+                                    next_attempt_at: self.now() + wait.as_millis() as i64,
+                                }
                             }
                         }
                     }
                 }
+            },
+        };
+        // A message that failed for good goes on the channel's fallback, if it has one.
+        let outcome = match outcome {
+            DeliveryOutcome::Failed { error } => {
+                match policy::fallback(&registry, &m, self.now()) {
+                    Some(next) => DeliveryOutcome::FellBack {
+                        error: format!("{error}; handed to channel `{}`", next.channel),
+                        next: Box::new(next),
+                    },
+                    None => DeliveryOutcome::Failed { error },
+                }
             }
+            other => other,
         };
         let label = match &outcome {
             DeliveryOutcome::Sent { .. } => "sent",
             DeliveryOutcome::Retry { .. } => "retry",
             DeliveryOutcome::Failed { .. } => "failed",
             DeliveryOutcome::Suppressed { .. } => "suppressed",
+            DeliveryOutcome::Deferred { .. } => "deferred",
+            DeliveryOutcome::FellBack { .. } => "fell_back",
         };
         metrics::counter!("herald_deliveries_total", "channel" => m.channel.clone(), "outcome" => label).increment(1);
         match &outcome {
@@ -181,6 +218,12 @@ impl Engine {
             }
             DeliveryOutcome::Suppressed { reason } => {
                 tracing::info!(message = %m.id, channel = %m.channel, run = ?m.run_id, reason = %reason, "message suppressed at delivery")
+            }
+            DeliveryOutcome::Deferred { reason, until } => {
+                tracing::debug!(message = %m.id, channel = %m.channel, until, reason = %reason, "delivery put back")
+            }
+            DeliveryOutcome::FellBack { error, next } => {
+                tracing::warn!(message = %m.id, channel = %m.channel, fallback = %next.channel, error = %error, "message failed on its channel; sent to its fallback")
             }
             DeliveryOutcome::Sent { .. } => {}
         }
@@ -196,6 +239,38 @@ impl Engine {
             Err(e) => {
                 tracing::error!(message = %m.id, error = %e, "could not record a delivery outcome; it will be retried")
             }
+        }
+    }
+
+    /// Waits for the channel's next free slot if it is near; a message whose turn is further
+    /// off is put back until then, so its claim does not run out while it waits. The slot is
+    /// reserved either way: a message put back comes due at its own slot and goes then, and
+    /// a backlog is spread evenly instead of being put back again and again.
+    async fn wait_for_pace(
+        &self,
+        registry: &super::registry::Registry,
+        m: &OutboxRecord,
+        now: Millis,
+    ) -> Option<DeliveryOutcome> {
+        let channel = m.channel.as_str();
+        if m.last_error
+            .as_deref()
+            .is_some_and(|e| e.starts_with(PACED))
+        {
+            return None;
+        }
+        let slot = self.pacers.slot(registry, channel, now)?;
+        let wait = slot - now;
+        if wait <= 0 {
+            None
+        } else if wait <= PACE_WAIT_MS {
+            tokio::time::sleep(self.clock.real(wait)).await;
+            None
+        } else {
+            Some(DeliveryOutcome::Deferred {
+                reason: format!("{PACED} channel `{channel}` has no slot sooner (its `rate`)"),
+                until: slot,
+            })
         }
     }
 

@@ -18,6 +18,7 @@ pub mod context;
 pub mod cursor;
 pub mod dispatcher;
 mod interpreter;
+mod policy;
 pub mod program;
 pub mod registry;
 pub mod retry;
@@ -37,6 +38,7 @@ use tokio::sync::{Notify, oneshot};
 
 use crate::definitions::env::EnvSource;
 use crate::definitions::model::config::Keyword;
+use crate::definitions::model::step::MessageCategory;
 use crate::definitions::project::{EnvMode, LoadCache, LoadOptions, load_with};
 use crate::definitions::read_definition;
 use crate::definitions::source::SourceFile;
@@ -293,6 +295,8 @@ pub struct Engine {
     /// Whether the database is taking this process's writes, for `/health`.
     pub storage: StorageHealth,
     draining: AtomicBool,
+    /// Each paced channel's next free slot (see `rate` on a channel).
+    pacers: policy::Pacers,
 }
 
 impl std::fmt::Debug for Engine {
@@ -336,6 +340,7 @@ impl Engine {
             idle: Notify::new(),
             storage: StorageHealth::default(),
             draining: AtomicBool::new(false),
+            pacers: Default::default(),
         })
     }
 
@@ -588,7 +593,7 @@ impl Engine {
         let now = event.created_at;
         let runs = context::subscriber_runs(&self.registry(), &event, None, now);
         self.store
-            .insert_events(std::slice::from_ref(&event), &runs, &[])
+            .insert_events(std::slice::from_ref(&event), &runs, &[], &[])
             .await?;
         if let Some(k) = &event.key {
             self.store.wake_waiting(&event.name, k, now).await?;
@@ -709,9 +714,12 @@ impl Engine {
         let keyword = inbound::keyword(classified, opted_out);
         let mut contacts = Vec::new();
         let mut events = Vec::new();
+        let mut answers = Vec::new();
         if let Some(k) = keyword {
             let (status, name) = inbound::keyword_effect(k);
-            if email.is_some() || phone.is_some() {
+            if let Some(status) = status
+                && (email.is_some() || phone.is_some())
+            {
                 contacts.push(ContactUpsert {
                     new_id: new_id(),
                     email: email.clone(),
@@ -721,7 +729,7 @@ impl Engine {
                     ..ContactUpsert::default()
                 });
             }
-            tracing::info!(channel, from, keyword = %text.trim(), status, "compliance keyword");
+            tracing::info!(channel, from, keyword = %text.trim(), status = status.unwrap_or("unchanged"), "compliance keyword");
             metrics::counter!("herald_compliance_keywords_total", "channel" => channel.to_owned(), "kind" => name).increment(1);
             events.push(NewEvent {
                 id: dedupe
@@ -734,6 +742,11 @@ impl Engine {
                 source_run_id: None,
                 created_at: now,
             });
+            if k == Keyword::Help
+                && let Some(reply) = &registry.config.compliance.help_reply
+            {
+                answers.push(help_answer(channel, from, reply, dedupe.as_deref(), now));
+            }
         }
         let event_name = inbound::event_name(channel, keyword);
         let message_event = NewEvent {
@@ -778,7 +791,9 @@ impl Engine {
         }
         let ids: Vec<String> = runs.iter().map(|r| r.id.clone()).collect();
         events.insert(0, message_event);
-        self.store.insert_events(&events, &runs, &contacts).await?;
+        self.store
+            .insert_events(&events, &runs, &contacts, &answers)
+            .await?;
         let woke = if inbound::is_reply(keyword) {
             self.store.wake_waiting(&event_name, from, now).await?
         } else {
@@ -787,6 +802,9 @@ impl Engine {
         if keyword.is_none() && ids.is_empty() && woke == 0 {
             self.unmatched(channel, from, text, provider_id, now)
                 .await?;
+        }
+        if !answers.is_empty() {
+            self.outbox_ready.notify_waiters();
         }
         self.work_ready.notify_waiters();
         Ok(Inbound {
@@ -841,6 +859,38 @@ impl Engine {
         let ok = self.store.retry_run(run_id, self.now()).await?;
         self.work_ready.notify_waiters();
         Ok(ok)
+    }
+}
+
+/// The answer to a HELP: `compliance.help_reply`, on the channel the HELP came from, as a
+/// `compliance` message (it reaches everyone but addresses that bounced). Keyed by the
+/// provider's message id, so a redelivered HELP is answered once.
+fn help_answer(
+    channel: &str,
+    to: &str,
+    text: &str,
+    dedupe: Option<&str>,
+    now: Millis,
+) -> crate::store::NewOutbox {
+    let id = new_id();
+    crate::store::NewOutbox {
+        idempotency_key: format!("help:{}", dedupe.unwrap_or(&id)),
+        id,
+        run_id: None,
+        workflow_id: None,
+        step_id: None,
+        channel: channel.to_owned(),
+        recipient: to.to_owned(),
+        sender: None,
+        subject: None,
+        body: text.to_owned(),
+        html: false,
+        headers: json!({}),
+        max_attempts: i64::from(retry::outbox_default().max_attempts),
+        category: MessageCategory::Compliance,
+        retry: None,
+        created_at: now,
+        due_at: now,
     }
 }
 

@@ -15,9 +15,18 @@ pub(crate) fn address_key(address: &str) -> String {
     super::contact::normalize_email(address).unwrap_or_else(|_| address.trim().to_owned())
 }
 
-/// Why a message of `category` to `to` on `channel` must not be sent, if it must not: the
-/// channel's provider reported the address (a bounce, a complaint, an unsubscribe), or the
-/// recipient's contact has a status that blocks the category.
+/// What the policy needs to know about a message's recipient.
+#[derive(Debug, Default)]
+pub(crate) struct Recipient {
+    /// Why the message must not be sent, if it must not.
+    pub blocked: Option<String>,
+    /// The recipient's contact's time zone, if it has one.
+    pub time_zone: Option<String>,
+}
+
+/// Whether a message of `category` to `to` on `channel` may be sent: the channel's provider
+/// reported the address (a bounce, a complaint, an unsubscribe), or the recipient's contact
+/// has a status that blocks the category. With it, the contact's time zone, for quiet hours.
 ///
 /// `own` is the run's contact, used when it is the recipient (it may hold changes its segment
 /// has not committed yet); otherwise the stored contact with that address counts.
@@ -28,15 +37,18 @@ pub(crate) async fn check(
     channel: &str,
     to: &str,
     category: MessageCategory,
-) -> Result<Option<String>, StoreError> {
+) -> Result<Recipient, StoreError> {
     if let Some(reason) = store.address_suppression(channel, &address_key(to)).await?
         && category.blocked_by(&reason)
     {
-        return Ok(Some(format!(
-            "`{to}` is suppressed on channel `{channel}`: its provider reported it {reason}"
-        )));
+        return Ok(Recipient {
+            blocked: Some(format!(
+                "`{to}` is suppressed on channel `{channel}`: its provider reported it {reason}"
+            )),
+            time_zone: None,
+        });
     }
-    let status_of = |c: &Value| c.get("status").and_then(Value::as_str).map(str::to_owned);
+    let text_of = |c: &Value, k: &str| c.get(k).and_then(Value::as_str).map(str::to_owned);
     let Address { email, phone } = Address::parse(to, region);
     let matches = |c: &Value| {
         email.as_deref().is_some_and(|e| {
@@ -47,15 +59,19 @@ pub(crate) async fn check(
             .as_deref()
             .is_some_and(|p| c.get("phone").and_then(Value::as_str) == Some(p))
     };
-    let status = match own.filter(|c| matches(c)) {
-        Some(c) => status_of(c),
-        None if email.is_none() && phone.is_none() => return Ok(None),
+    let (status, time_zone) = match own.filter(|c| matches(c)) {
+        Some(c) => (text_of(c, "status"), text_of(c, "timezone")),
+        None if email.is_none() && phone.is_none() => return Ok(Recipient::default()),
         None => store
             .find_contact(email.as_deref(), phone.as_deref())
             .await?
-            .and_then(|c| c.status),
+            .map(|c| (c.status, c.timezone))
+            .unwrap_or_default(),
     };
-    Ok(status
-        .filter(|s| category.blocked_by(s))
-        .map(|s| format!("the recipient's status is `{s}`")))
+    Ok(Recipient {
+        blocked: status
+            .filter(|s| category.blocked_by(s))
+            .map(|s| format!("the recipient's status is `{s}`")),
+        time_zone,
+    })
 }

@@ -89,7 +89,11 @@ impl Harness {
         &self,
         contacts: Vec<ContactUpsert>,
     ) -> Result<Vec<Contact>, EngineError> {
-        Ok(self.engine.store.insert_events(&[], &[], &contacts).await?)
+        Ok(self
+            .engine
+            .store
+            .insert_events(&[], &[], &contacts, &[])
+            .await?)
     }
 
     /// Starts a run of `workflow` as `trigger` would.

@@ -348,6 +348,7 @@ pub async fn inbound_message(
     let keyword = routed.keyword.map(|k| match k {
         Keyword::OptOut => "opt_out",
         Keyword::OptIn => "opt_in",
+        Keyword::Help => "help",
     });
     Ok((
         StatusCode::ACCEPTED,

@@ -182,7 +182,7 @@ impl InboundLimiter {
                 Some((l, r)) if l == limit => r.clone(),
                 _ => {
                     let r = Arc::new(RateLimiter::keyed(quota(limit)));
-                    *current = Some((limit.clone(), r.clone()));
+                    *current = Some((*limit, r.clone()));
                     r
                 }
             }

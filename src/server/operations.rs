@@ -243,7 +243,7 @@ pub async fn create_contact(
     let stored = state
         .engine
         .store
-        .insert_events(&[], &[], std::slice::from_ref(&upsert))
+        .insert_events(&[], &[], std::slice::from_ref(&upsert), &[])
         .await
         .map_err(store_error)?;
     let contact = stored.into_iter().next();

@@ -334,6 +334,9 @@ pub struct NewOutbox {
     /// The send step's retry policy; the outbox default when `None`.
     pub retry: Option<RetryPolicy>,
     pub created_at: Millis,
+    /// When it may first be delivered: `created_at`, or the end of the recipient's quiet
+    /// hours.
+    pub due_at: Millis,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -424,6 +427,17 @@ pub enum DeliveryOutcome {
     /// Not sent, for good: the recipient must not get it any more.
     Suppressed {
         reason: String,
+    },
+    /// Not attempted: put back until `until` (quiet hours began, or the channel's pace has
+    /// no slot sooner). The claim's attempt is given back.
+    Deferred {
+        reason: String,
+        until: Millis,
+    },
+    /// Failed for good on its channel; `next` takes it on the channel's fallback.
+    FellBack {
+        error: String,
+        next: Box<NewOutbox>,
     },
 }
 
@@ -650,14 +664,15 @@ pub trait Store: Admin + Send + Sync + std::fmt::Debug {
     async fn count_runs(&self) -> Result<Vec<(RunStatus, i64)>>;
 
     // Events.
-    /// Stores events (inbound messages, or emits from outside a run), the runs they start and
-    /// the contact changes they make (an opt-out), in one transaction. Returns the contacts
-    /// as stored.
+    /// Stores events (inbound messages, or emits from outside a run), the runs they start,
+    /// the contact changes they make (an opt-out) and the messages they answer with at once
+    /// (the reply to a HELP), in one transaction. Returns the contacts as stored.
     async fn insert_events(
         &self,
         events: &[NewEvent],
         new_runs: &[NewRun],
         contacts: &[ContactUpsert],
+        outbox: &[NewOutbox],
     ) -> Result<Vec<Contact>>;
     /// Makes runs waiting for `(name, key)` due now. Call it after the event is committed.
     async fn wake_waiting(&self, name: &str, key: &str, now: Millis) -> Result<u64>;
@@ -705,6 +720,15 @@ pub trait Store: Admin + Send + Sync + std::fmt::Debug {
         detail: Option<&str>,
         now: Millis,
     ) -> Result<()>;
+    /// How many messages of `category` went, or are queued, to `recipient` on `channel` since
+    /// `since` (what a frequency cap counts).
+    async fn count_recent_messages(
+        &self,
+        channel: &str,
+        recipient: &str,
+        category: &str,
+        since: Millis,
+    ) -> Result<i64>;
     /// Why `address` is suppressed on `channel`, if it is.
     async fn address_suppression(&self, channel: &str, address: &str) -> Result<Option<String>>;
     /// Records a provider's report on the message it knows as `provider_id` on `channel`,

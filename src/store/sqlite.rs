@@ -292,7 +292,7 @@ mod tests {
         }
         for _ in 0..3 {
             store
-                .insert_events(&[], &[], &[])
+                .insert_events(&[], &[], &[], &[])
                 .await
                 .expect("the writer works again");
         }
@@ -305,7 +305,7 @@ mod tests {
             created_at: 1,
         };
         store
-            .insert_events(std::slice::from_ref(&event), &[], &[])
+            .insert_events(std::slice::from_ref(&event), &[], &[], &[])
             .await
             .unwrap();
         assert!(store.find_event("n", "", 0, &[]).await.is_ok());

@@ -18,12 +18,13 @@ pub(crate) fn keyword(classified: Option<Keyword>, sender_opted_out: bool) -> Op
     }
 }
 
-/// For a compliance keyword: the status its sender's contact gets, and the event that
-/// announces it.
-pub(crate) fn keyword_effect(keyword: Keyword) -> (&'static str, &'static str) {
+/// For a compliance keyword: the status its sender's contact gets (a HELP changes none), and
+/// the event that announces it.
+pub(crate) fn keyword_effect(keyword: Keyword) -> (Option<&'static str>, &'static str) {
     match keyword {
-        Keyword::OptOut => ("opted_out", "contact.opted_out"),
-        Keyword::OptIn => ("subscribed", "contact.opted_in"),
+        Keyword::OptOut => (Some("opted_out"), "contact.opted_out"),
+        Keyword::OptIn => (Some("subscribed"), "contact.opted_in"),
+        Keyword::Help => (None, "contact.help"),
     }
 }
 

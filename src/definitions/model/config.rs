@@ -28,7 +28,7 @@ pub struct ConfigDef {
     /// Delivery channels by name, as used in `send: {channel: ...}`. A channel named `log`
     /// always exists unless you define your own.
     #[serde(default)]
-    pub channels: IndexMap<String, ChannelConfig>,
+    pub channels: IndexMap<String, ChannelDef>,
     #[serde(default)]
     pub webhooks: WebhooksConfig,
     #[serde(default)]
@@ -120,6 +120,9 @@ impl Default for PathsConfig {
 // Each provider's settings live with its code, in `channels/<provider>/config.rs`; they are
 // part of this file's schema through these types.
 pub use crate::channels::config::ChannelConfig;
+pub use crate::channels::policy::{
+    ChannelDef, ChannelPolicy, PerWindow, QuietHours, QuietHoursSetting,
+};
 pub use crate::channels::smtp::config::{SmtpConfig, SmtpTls};
 pub use crate::channels::webhook::config::WebhookChannelConfig;
 
@@ -430,22 +433,38 @@ pub struct ComplianceConfig {
     /// is no limit.
     #[serde(default)]
     pub inbound_limit: Option<InboundLimit>,
+    /// Whole messages that ask who is texting and how to stop, answered with `help_reply`.
+    /// Defaults to HELP and INFO.
+    #[serde(default = "ComplianceConfig::default_help")]
+    pub help_keywords: Vec<String>,
+    /// The answer to a HELP or INFO, sent at once on the channel it came from (as a
+    /// `compliance` message), such as "Acme Motors: appointment reminders. Reply STOP to
+    /// opt out. Help: 555-0100". Carriers require one on every text programme. Unset, HELP
+    /// gets no automatic answer (a `message` trigger naming HELP may still answer it).
+    #[serde(default)]
+    pub help_reply: Option<String>,
+    /// Quiet hours for every channel that does not set its own, in the recipient's time zone
+    /// (the contact's `timezone`). Unset, text channels (Twilio SMS, WhatsApp) hold
+    /// `marketing` messages from 21:00 to 08:00 for recipients whose time zone is known, and
+    /// other channels hold none.
+    #[serde(default)]
+    pub quiet_hours: Option<QuietHoursSetting>,
+    /// The most `marketing` messages one recipient gets per channel per window, for every
+    /// channel that does not set its own, such as `{ messages: 3, per: 1d }`. Unset, no cap.
+    #[serde(default)]
+    pub frequency_cap: Option<PerWindow>,
 }
 
-/// A number of messages per window.
-#[derive(Debug, Clone, PartialEq, Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
-pub struct InboundLimit {
-    #[schemars(range(min = 1))]
-    pub messages: u32,
-    pub per: Duration,
-}
+/// `compliance.inbound_limit`: a number of messages per window.
+pub type InboundLimit = PerWindow;
 
 /// What an inbound message's text is, for compliance.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Keyword {
     OptOut,
     OptIn,
+    /// HELP or INFO: answered with `compliance.help_reply`.
+    Help,
 }
 
 impl ComplianceConfig {
@@ -466,6 +485,9 @@ impl ComplianceConfig {
     fn default_opt_in() -> Vec<String> {
         ["START", "UNSTOP", "YES"].map(String::from).to_vec()
     }
+    fn default_help() -> Vec<String> {
+        ["HELP", "INFO"].map(String::from).to_vec()
+    }
 
     /// Whether a message is an opt-out or opt-in: its whole text is one of the keywords.
     pub fn classify(&self, text: &str) -> Option<Keyword> {
@@ -482,6 +504,8 @@ impl ComplianceConfig {
             .any(|k| k.eq_ignore_ascii_case(t))
         {
             Some(Keyword::OptIn)
+        } else if self.help_keywords.iter().any(|k| k.eq_ignore_ascii_case(t)) {
+            Some(Keyword::Help)
         } else {
             None
         }
@@ -494,6 +518,10 @@ impl Default for ComplianceConfig {
             opt_out_keywords: ComplianceConfig::default_opt_out(),
             opt_in_keywords: ComplianceConfig::default_opt_in(),
             inbound_limit: None,
+            help_keywords: ComplianceConfig::default_help(),
+            help_reply: None,
+            quiet_hours: None,
+            frequency_cap: None,
         }
     }
 }

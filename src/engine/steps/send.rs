@@ -3,9 +3,9 @@
 use serde_json::{Map, Value, json};
 
 use super::StepCx;
-use crate::definitions::model::step::SendStep;
+use crate::definitions::model::step::{MessageCategory, SendStep};
 use crate::engine::interpreter::{After, Outcome, StepError};
-use crate::engine::{new_id, retry, suppression};
+use crate::engine::{new_id, policy, retry, suppression};
 use crate::store::NewOutbox;
 
 pub(super) async fn execute(cx: StepCx<'_>, s: &SendStep) -> Result<Outcome, StepError> {
@@ -22,18 +22,26 @@ pub(super) async fn execute(cx: StepCx<'_>, s: &SendStep) -> Result<Outcome, Ste
     }
     let own = cx.run.ctx.get("contact").filter(|c| !c.is_null());
     let region = &registry.config.contacts.default_region;
-    if let Some(reason) =
-        suppression::check(cx.host.store, region, own, &s.channel, &to, s.category)
-            .await
-            .map_err(|e| StepError::Transient {
-                message: format!("could not check the recipient's status: {e}"),
-                retry_after: None,
-            })?
-    {
-        return Ok(Outcome::Done(
-            json!({"status": "suppressed", "to": to, "reason": reason, "category": s.category}),
-        ));
+    let unknown = |e: crate::store::StoreError| StepError::Transient {
+        message: format!("could not check the recipient's status: {e}"),
+        retry_after: None,
+    };
+    let recipient = suppression::check(cx.host.store, region, own, &s.channel, &to, s.category)
+        .await
+        .map_err(unknown)?;
+    if let Some(reason) = recipient.blocked {
+        return Ok(suppressed(&to, &reason, s));
     }
+    if let Some(reason) = over_cap(&cx, s, &to).await.map_err(unknown)? {
+        return Ok(suppressed(&to, &reason, s));
+    }
+    let held = policy::hold(
+        registry,
+        &s.channel,
+        s.category,
+        recipient.time_zone.as_deref(),
+        cx.now,
+    );
     let (body, html) = body(&cx, s)?;
     let mut headers = Map::new();
     for (k, v) in &s.headers {
@@ -85,12 +93,57 @@ pub(super) async fn execute(cx: StepCx<'_>, s: &SendStep) -> Result<Outcome, Ste
         category: s.category,
         retry: step.retry.clone(),
         created_at: cx.now,
+        due_at: held.as_ref().map_or(cx.now, |(until, _)| *until),
     };
     cx.pending.outbox.push(message);
     cx.pending.after.push(After::Outbox);
-    Ok(Outcome::Done(
-        json!({"message_id": id, "channel": s.channel, "to": to, "status": "queued"}),
-    ))
+    let mut out = json!({"message_id": id, "channel": s.channel, "to": to, "status": "queued"});
+    if let Some((until, reason)) = held {
+        out["status"] = json!("held");
+        out["until"] = json!(crate::engine::clock::rfc3339(until));
+        out["reason"] = json!(reason);
+    }
+    Ok(Outcome::Done(out))
+}
+
+fn suppressed(to: &str, reason: &str, s: &SendStep) -> Outcome {
+    Outcome::Done(
+        json!({"status": "suppressed", "to": to, "reason": reason, "category": s.category}),
+    )
+}
+
+/// Why a `marketing` message would break the channel's frequency cap, if it would: what the
+/// recipient was sent on the channel within the window, with what this segment has queued.
+async fn over_cap(
+    cx: &StepCx<'_>,
+    s: &SendStep,
+    to: &str,
+) -> Result<Option<String>, crate::store::StoreError> {
+    if s.category != MessageCategory::Marketing {
+        return Ok(None);
+    }
+    let Some(cap) = policy::frequency_cap(cx.host.registry, &s.channel) else {
+        return Ok(None);
+    };
+    let since = cx.now - cap.per.as_std().as_millis() as i64;
+    let queued = cx
+        .pending
+        .outbox
+        .iter()
+        .filter(|m| m.channel == s.channel && m.recipient == to && m.category == s.category)
+        .count() as i64;
+    let sent = cx
+        .host
+        .store
+        .count_recent_messages(&s.channel, to, s.category.as_str(), since)
+        .await?;
+    let n = sent + queued;
+    Ok((n >= i64::from(cap.messages)).then(|| {
+        format!(
+            "frequency cap on channel `{}`: `{to}` already has {n} marketing messages in the last {} (the cap is {})",
+            s.channel, cap.per, cap.messages
+        )
+    }))
 }
 
 /// The message's body, and whether it is HTML: a template file (HTML by its name) or an

@@ -211,6 +211,7 @@ pub(in crate::store) async fn insert_events<B: Backend>(
     events: &[crate::store::NewEvent],
     new_runs: &[NewRun],
     contacts: &[crate::store::ContactUpsert],
+    outbox: &[crate::store::NewOutbox],
 ) -> Result<Vec<Contact>> {
     let mut tx = b.begin().await?;
     // Contacts first: the runs started in this transaction see them as they are now.
@@ -223,6 +224,9 @@ pub(in crate::store) async fn insert_events<B: Backend>(
     }
     for r in new_runs {
         B::Db::execute(&mut *tx, insert_run(r, None)).await?;
+    }
+    if !outbox.is_empty() {
+        B::Db::execute(&mut *tx, outbox::insert(outbox)).await?;
     }
     tx.commit().await?;
     Ok(stored)

@@ -4,7 +4,7 @@
 use std::fmt::Write as _;
 
 use super::{
-    Backend, Dialect, Stmt, params, push_placeholders, read_all, read_one, write, write_one,
+    Backend, Dialect, Exec, Stmt, params, push_placeholders, read_all, read_one, write, write_one,
 };
 use crate::store::admin::{MessageChange, OutboxFilter};
 use crate::store::rows::{self, outbox_columns, retry_text, to_text};
@@ -13,7 +13,7 @@ use crate::store::{DeliveryOutcome, Millis, NewOutbox, OutboxRecord, OutboxStatu
 /// Enqueues messages (`messages` is not empty); a message whose idempotency key is taken is
 /// not enqueued again.
 pub(in crate::store) fn insert(messages: &[NewOutbox]) -> Stmt {
-    let mut p = Vec::with_capacity(messages.len() * 16);
+    let mut p = Vec::with_capacity(messages.len() * 17);
     let mut sql = String::from(
         "INSERT INTO outbox (id, run_id, workflow_id, step_id, channel, recipient, sender, subject, body, html, headers,
              idempotency_key, status, attempts, max_attempts, next_attempt_at, created_at, updated_at, category, retry)
@@ -23,11 +23,12 @@ pub(in crate::store) fn insert(messages: &[NewOutbox]) -> Stmt {
         let n = p.len();
         sql.push_str(if i == 0 { "(" } else { ", (" });
         push_placeholders(&mut sql, n + 1, 12);
-        // Pending, never attempted, due when created (created_at is bound once, as $n+14).
+        // Pending, never attempted (created_at is bound once, as $n+14).
         let _ = write!(
             sql,
-            ", 'pending', 0, ${}, ${at}, ${at}, ${at}, ${}, ${})",
+            ", 'pending', 0, ${}, ${}, ${at}, ${at}, ${}, ${})",
             n + 13,
+            n + 17,
             n + 15,
             n + 16,
             at = n + 14
@@ -49,6 +50,7 @@ pub(in crate::store) fn insert(messages: &[NewOutbox]) -> Stmt {
             m.created_at,
             m.category.as_str(),
             retry_text(&m.retry),
+            m.due_at,
         ]);
     }
     sql.push_str(" ON CONFLICT (idempotency_key) DO NOTHING");
@@ -109,6 +111,27 @@ pub(in crate::store) async fn finish_delivery<B: Backend>(
                  updated_at = $4",
             params![reason, now],
         ),
+        DeliveryOutcome::Deferred { reason, until } => (
+            "status = 'pending', last_error = $3, next_attempt_at = $4, lease_owner = NULL,
+                 attempts = attempts - 1, updated_at = $5",
+            params![reason, until, now],
+        ),
+        DeliveryOutcome::FellBack { error, next } => {
+            // The original's failure and its fallback land together, and only while this
+            // dispatcher still holds the original: one fallback, never a lost one.
+            let mut tx = b.begin().await?;
+            let sql = "UPDATE outbox SET status = 'failed', last_error = $3, next_attempt_at = NULL,
+                     lease_owner = NULL, updated_at = $4
+                 WHERE id = $1 AND lease_owner = $2 AND status = 'sending'";
+            let held = B::Db::execute(&mut *tx, Stmt::new(sql, params![id, owner, error, now]))
+                .await?
+                == 1;
+            if held {
+                B::Db::execute(&mut *tx, insert(std::slice::from_ref(&*next))).await?;
+            }
+            tx.commit().await?;
+            return Ok(held);
+        }
     };
     let sql = format!(
         "UPDATE outbox SET {set} WHERE id = $1 AND lease_owner = $2 AND status = 'sending'"
@@ -116,6 +139,26 @@ pub(in crate::store) async fn finish_delivery<B: Backend>(
     let mut all = params![id, owner];
     all.extend(p);
     Ok(write(b, Stmt::new(sql, all)).await? == 1)
+}
+
+/// How many messages of `category` went, or are on their way, to `recipient` on `channel`
+/// since `since`: what a frequency cap counts.
+pub(in crate::store) async fn count_recent<B: Backend>(
+    b: &B,
+    channel: &str,
+    recipient: &str,
+    category: &str,
+    since: Millis,
+) -> Result<i64> {
+    let sql = "SELECT COUNT(*) AS n FROM outbox WHERE channel = $1 AND recipient = $2
+                   AND created_at > $3 AND category = $4 AND status IN ('pending', 'sending', 'sent')";
+    let n = read_one(
+        b,
+        Stmt::new(sql, params![channel, recipient, since, category]),
+        |r| r.int("n"),
+    )
+    .await?;
+    Ok(n.unwrap_or(0))
 }
 
 /// How far along a report is: a report never replaces a later one.

@@ -12,8 +12,8 @@ use crate::store::admin::{
 };
 use crate::store::{
     Commit, CommitOutcome, Contact, ContactUpsert, CronFire, DefinitionVersion, DeliveryOutcome,
-    EventRecord, Millis, NewEvent, NewRun, OutboxRecord, OutboxStatus, Result, RunFilter,
-    RunRecord, RunStatus, StepLogEntry, Store,
+    EventRecord, Millis, NewEvent, NewOutbox, NewRun, OutboxRecord, OutboxStatus, Result,
+    RunFilter, RunRecord, RunStatus, StepLogEntry, Store,
 };
 
 #[async_trait]
@@ -74,8 +74,9 @@ impl<B: Backend> Store for B {
         e: &[NewEvent],
         r: &[NewRun],
         c: &[ContactUpsert],
+        o: &[NewOutbox],
     ) -> Result<Vec<Contact>> {
-        commit::insert_events(self, e, r, c).await
+        commit::insert_events(self, e, r, c, o).await
     }
     async fn wake_waiting(&self, name: &str, key: &str, now: Millis) -> Result<u64> {
         events::wake_waiting(self, name, key, now).await
@@ -137,6 +138,15 @@ impl<B: Backend> Store for B {
     }
     async fn address_suppression(&self, channel: &str, address: &str) -> Result<Option<String>> {
         suppressions::reason(self, channel, address).await
+    }
+    async fn count_recent_messages(
+        &self,
+        ch: &str,
+        to: &str,
+        category: &str,
+        since: Millis,
+    ) -> Result<i64> {
+        outbox::count_recent(self, ch, to, category, since).await
     }
     async fn outbox_for_run(&self, run_id: &str) -> Result<Vec<OutboxRecord>> {
         outbox::for_run(self, run_id).await
