@@ -102,7 +102,19 @@ steps:
   - id: link
     upsert_contact:
       phone: "{{ message.command.payload }}"
-      attributes: { telegram_chat: "{{ message.from }}" }
+      addresses: { tg: "{{ message.from }}" }
+"#;
+
+const RESET: &str = r#"
+kind: workflow
+id: reset-telegram
+triggers:
+  - message: { channel: tg, match: "^/reset" }
+steps:
+  - id: unlink
+    upsert_contact:
+      addresses: { tg: "{{ message.from }}" }
+      unlink: [tg]
 "#;
 
 const ASSISTANT: &str = r#"
@@ -145,6 +157,7 @@ impl Inbound {
         std::fs::write(dir.path().join("workflows/promo.yaml"), PROMO).unwrap();
         std::fs::write(dir.path().join("workflows/unmatched.yaml"), UNMATCHED).unwrap();
         std::fs::write(dir.path().join("workflows/link.yaml"), LINK).unwrap();
+        std::fs::write(dir.path().join("workflows/reset.yaml"), RESET).unwrap();
         let env = EnvSource::Map(Arc::new(
             [
                 ("TWILIO_AUTH_TOKEN", TWILIO_TOKEN),
@@ -507,25 +520,64 @@ async fn a_message_nothing_takes_is_one_message_unmatched_event() {
 #[tokio::test]
 async fn start_with_a_phone_number_links_a_telegram_chat_to_the_contact_in_yaml() {
     let s = Inbound::start().await;
-    let update = r#"{"update_id":6001,"message":{"message_id":9,"date":1764800000,"chat":{"id":1111111,"type":"private"},"from":{"id":1111111,"is_bot":false,"first_name":"Ann"},"text":"/start +14155550100"}}"#;
     let secret = [("x-telegram-bot-api-secret-token", TG_SECRET.to_owned())];
-    let (status, _, _) = s
-        .post("/inbound/tg", "application/json", &secret, update)
-        .await;
-    assert_eq!(status, 200);
-    let runs = s.runs_of("link-telegram").await;
-    assert_eq!(runs.len(), 1);
-    // The message started it (and the assistant's run); a worker takes them.
-    assert_eq!(s.app.engine.run_due().await.unwrap(), 2);
-    let contact = s
-        .app
-        .engine
-        .store
+    let send = |id: u32, chat: u64, text: &str| {
+        let update = json!({"update_id": 6000 + id, "message": {"message_id": id, "date": 1764800000,
+            "chat": {"id": chat, "type": "private"}, "from": {"id": chat, "is_bot": false, "first_name": "Ann"},
+            "text": text}})
+        .to_string();
+        let (s, secret) = (&s, &secret);
+        async move {
+            let (status, _, _) = s
+                .post("/inbound/tg", "application/json", secret, &update)
+                .await;
+            assert_eq!(status, 200);
+            // The message started its runs (and the assistant's); a worker takes them.
+            s.app.engine.run_due().await.unwrap();
+        }
+    };
+    let store = &s.app.engine.store;
+    let holder = |chat: &'static str| async move {
+        store
+            .contact_by_address("tg", chat)
+            .await
+            .unwrap()
+            .and_then(|c| c.phone)
+    };
+    send(9, 1111111, "/start +14155550100").await;
+    assert_eq!(s.runs_of("link-telegram").await.len(), 1);
+    let contact = store
         .find_contact(None, Some("+14155550100"))
         .await
         .unwrap()
         .expect("the contact the payload names");
-    assert_eq!(contact.attributes["telegram_chat"], "1111111");
+    assert_eq!(contact.addresses["tg"], "1111111");
+    assert_eq!(holder("1111111").await.as_deref(), Some("+14155550100"));
+
+    // The same person links from another chat: the link moves, one chat per channel.
+    send(10, 2222222, "/start +14155550100").await;
+    assert_eq!(holder("2222222").await.as_deref(), Some("+14155550100"));
+    assert_eq!(holder("1111111").await, None);
+
+    // A second person cannot take the first one's chat by accident: linking it moves it.
+    send(11, 2222222, "/start +14155550199").await;
+    assert_eq!(holder("2222222").await.as_deref(), Some("+14155550199"));
+    let first = store
+        .find_contact(None, Some("+14155550100"))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(first.addresses.is_empty(), "{:?}", first.addresses);
+
+    // /reset clears the link; the contact stays.
+    send(12, 2222222, "/reset").await;
+    assert_eq!(holder("2222222").await, None);
+    let second = store
+        .find_contact(None, Some("+14155550199"))
+        .await
+        .unwrap()
+        .expect("still there");
+    assert!(second.addresses.is_empty(), "{:?}", second.addresses);
 }
 
 #[tokio::test]

@@ -177,6 +177,9 @@ impl Store for Failing {
     async fn contact(&self, id: &str) -> Result<Option<Contact>> {
         self.inner.contact(id).await
     }
+    async fn contact_by_address(&self, ch: &str, address: &str) -> Result<Option<Contact>> {
+        self.inner.contact_by_address(ch, address).await
+    }
     async fn find_contact(&self, e: Option<&str>, p: Option<&str>) -> Result<Option<Contact>> {
         self.inner.find_contact(e, p).await
     }

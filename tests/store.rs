@@ -70,6 +70,7 @@ scenarios! {
         step_log_is_ordered_by_seq,
         events_wake_and_match_waiting_runs,
         contacts_are_found_and_merged_without_stealing,
+        channel_addresses_link_move_and_unlink,
         outbox_claims_and_deliveries,
         delivery_reports_never_go_back,
         addresses_are_suppressed_per_channel,
@@ -374,6 +375,7 @@ async fn migrations_apply_and_rerun(db: &TestDb) {
         "runs",
         "step_log",
         "suppressions",
+        "contact_addresses",
     ] {
         assert!(
             tables.iter().any(|t| t == table),
@@ -395,7 +397,7 @@ async fn migrations_apply_and_rerun(db: &TestDb) {
     assert_eq!(get(&again, "r1").await.status, RunStatus::Pending);
     assert_eq!(
         db.layout().await.2,
-        vec![1, 2, 3],
+        vec![1, 2, 3, 4],
         "each migration is recorded once"
     );
     let third = db.open_again().await;
@@ -1657,6 +1659,124 @@ async fn events_wake_and_match_waiting_runs(store: DynStore) {
     assert_eq!(
         (e1.name.as_str(), e1.key.as_deref(), e1.data, e1.created_at),
         ("message.sms", Some("+1555"), json!({"id": "e1"}), T0 + 10)
+    );
+}
+
+async fn channel_addresses_link_move_and_unlink(store: DynStore) {
+    let link = |id: &str, phone: Option<&str>, addresses: &[(&str, Option<&str>)], now| {
+        let mut u = upsert(id, None, phone, json!({}), now);
+        u.addresses = addresses
+            .iter()
+            .map(|(c, a)| ((*c).to_owned(), a.map(str::to_owned)))
+            .collect();
+        u
+    };
+    let holder = |chat: &'static str| {
+        let store = store.clone();
+        async move {
+            store
+                .contact_by_address("tg", chat)
+                .await
+                .unwrap()
+                .map(|c| c.id)
+        }
+    };
+    let stored = store
+        .insert_events(
+            &[],
+            &[],
+            &[
+                link(
+                    "ann",
+                    Some("+1001"),
+                    &[("tg", Some("111")), ("wc", Some("v-1"))],
+                    T0,
+                ),
+                link("bob", Some("+1002"), &[], T0),
+            ],
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        stored[0].addresses,
+        *json!({"tg": "111", "wc": "v-1"}).as_object().unwrap()
+    );
+    assert_eq!(holder("111").await.as_deref(), Some("ann"));
+    let ann = store.contact("ann").await.unwrap().unwrap();
+    assert_eq!(ann.addresses["tg"], "111", "read back with the contact");
+    assert_eq!(
+        store
+            .find_contact(None, Some("+1001"))
+            .await
+            .unwrap()
+            .unwrap()
+            .addresses["wc"],
+        "v-1"
+    );
+
+    // Found by the address alone, and a second chat on the channel replaces the first.
+    let stored = store
+        .insert_events(
+            &[],
+            &[],
+            &[link("x", None, &[("tg", Some("111"))], T0 + 1)],
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(stored[0].id, "ann", "matched by the chat it holds");
+    store
+        .insert_events(
+            &[],
+            &[],
+            &[link("x", Some("+1001"), &[("tg", Some("112"))], T0 + 2)],
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(holder("111").await, None);
+    assert_eq!(holder("112").await.as_deref(), Some("ann"));
+
+    // Linking a chat someone else holds moves it.
+    store
+        .insert_events(
+            &[],
+            &[],
+            &[link("x", Some("+1002"), &[("tg", Some("112"))], T0 + 3)],
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(holder("112").await.as_deref(), Some("bob"));
+    let ann = store.contact("ann").await.unwrap().unwrap();
+    assert_eq!(ann.addresses, *json!({"wc": "v-1"}).as_object().unwrap());
+
+    // Unlinking leaves the contact; deleting it lets its addresses go.
+    store
+        .insert_events(
+            &[],
+            &[],
+            &[link("x", Some("+1002"), &[("tg", None)], T0 + 4)],
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(holder("112").await, None);
+    assert!(
+        store
+            .contact("bob")
+            .await
+            .unwrap()
+            .unwrap()
+            .addresses
+            .is_empty()
+    );
+    assert!(store.delete_contact("ann").await.unwrap());
+    assert_eq!(
+        store.contact_by_address("wc", "v-1").await.unwrap(),
+        None,
+        "a deleted contact's addresses are gone"
     );
 }
 

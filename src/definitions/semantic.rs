@@ -792,6 +792,18 @@ impl WorkflowCheck<'_> {
         self.error(pointer, d);
     }
 
+    /// As [`Self::check_channel`], for a channel named by a mapping key.
+    fn check_channel_key(&mut self, channel: &str, pointer: &str) {
+        let before = self.out.len();
+        self.check_channel(channel, pointer);
+        if self.out.len() > before
+            && let Some(d) = self.out.pop()
+        {
+            let d = self.def.at_key(pointer, d);
+            self.out.push(d);
+        }
+    }
+
     fn check_steps(&mut self, steps: &[Step], scope: &[String], sync: bool) {
         let mut ended_by: Option<&Step> = None;
         let mut reported = false;
@@ -1066,6 +1078,14 @@ impl WorkflowCheck<'_> {
         );
         for (k, v) in &u.attributes {
             self.check_json(v, &format!("{b}/attributes/{}", escape_token(k)), scope);
+        }
+        for (channel, address) in &u.addresses {
+            let at = format!("{b}/addresses/{}", escape_token(channel));
+            self.check_channel_key(channel, &at);
+            self.check_text(&at, address.as_str(), TextKind::Template, scope);
+        }
+        for (i, channel) in u.unlink.iter().enumerate() {
+            self.check_channel(channel, &format!("{b}/unlink/{i}"));
         }
     }
 

@@ -97,11 +97,17 @@ impl Engine {
         let registry = self.registry();
         // The recipient may have opted out since the message was queued (it may have waited
         // for a retry): that wins over the send.
+        let kind = registry
+            .channels
+            .get(&m.channel)
+            .map_or(crate::channels::AddressKind::PhoneOrEmail, |c| {
+                c.address_kind()
+            });
         let recipient = match super::suppression::check(
             &self.store,
             &registry.config.contacts.default_region,
             None,
-            &m.channel,
+            (&m.channel, kind),
             &m.recipient,
             m.category,
         )

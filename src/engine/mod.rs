@@ -23,6 +23,7 @@ pub mod program;
 pub mod registry;
 pub mod retry;
 pub mod scheduler;
+mod senders;
 mod steps;
 pub(crate) mod suppression;
 pub mod worker;
@@ -297,6 +298,8 @@ pub struct Engine {
     draining: AtomicBool,
     /// Each paced channel's next free slot (see `rate` on a channel).
     pacers: policy::Pacers,
+    /// Whose inbound message is being handled (see [`senders`]).
+    senders: senders::SenderLocks,
 }
 
 impl std::fmt::Debug for Engine {
@@ -341,6 +344,7 @@ impl Engine {
             storage: StorageHealth::default(),
             draining: AtomicBool::new(false),
             pacers: Default::default(),
+            senders: Default::default(),
         })
     }
 
@@ -674,6 +678,8 @@ impl Engine {
     ///
     /// Any other message is an event `message.<channel>` keyed by the sender, which wakes
     /// runs waiting for a reply, and starts every workflow whose `message` trigger matches.
+    ///
+    /// One sender's messages are handled one at a time, in the order they arrived.
     pub async fn inbound_message(
         self: &Arc<Self>,
         channel: &str,
@@ -681,6 +687,7 @@ impl Engine {
         text: &str,
         provider_id: Option<&str>,
     ) -> Result<Inbound, EngineError> {
+        let _turn = self.senders.turn(channel, from).await;
         let now = self.now();
         let registry = self.registry();
         let dedupe = provider_id.map(|p| format!("message:{channel}:{p}"));

@@ -7,6 +7,7 @@
 use serde_json::Value;
 
 use super::contact::Address;
+use crate::channels::AddressKind;
 use crate::definitions::model::step::MessageCategory;
 use crate::store::{DynStore, StoreError};
 
@@ -34,7 +35,7 @@ pub(crate) async fn check(
     store: &DynStore,
     region: &str,
     own: Option<&Value>,
-    channel: &str,
+    (channel, kind): (&str, AddressKind),
     to: &str,
     category: MessageCategory,
 ) -> Result<Recipient, StoreError> {
@@ -49,6 +50,24 @@ pub(crate) async fn check(
         });
     }
     let text_of = |c: &Value, k: &str| c.get(k).and_then(Value::as_str).map(str::to_owned);
+    if kind == AddressKind::ProviderId {
+        // A chat id is nobody's phone number: the contact is the one that linked it.
+        let linked = |c: &Value| c["addresses"].get(channel).and_then(Value::as_str) == Some(to);
+        let (status, time_zone) = match own.filter(|c| linked(c)) {
+            Some(c) => (text_of(c, "status"), text_of(c, "timezone")),
+            None => store
+                .contact_by_address(channel, to)
+                .await?
+                .map(|c| (c.status, c.timezone))
+                .unwrap_or_default(),
+        };
+        return Ok(Recipient {
+            blocked: status
+                .filter(|s| category.blocked_by(s))
+                .map(|s| format!("the recipient's status is `{s}`")),
+            time_zone,
+        });
+    }
     let Address { email, phone } = Address::parse(to, region);
     let matches = |c: &Value| {
         email.as_deref().is_some_and(|e| {

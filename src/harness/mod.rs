@@ -267,6 +267,7 @@ pub(crate) fn contact_from_json(
         status: text("status")?,
         timezone: text("timezone")?,
         attributes,
+        addresses: Vec::new(),
         now,
     })
 }

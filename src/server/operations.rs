@@ -238,6 +238,7 @@ pub async fn create_contact(
         status: p.status.flatten(),
         timezone: p.timezone.flatten(),
         attributes: p.attributes,
+        addresses: Vec::new(),
         now: state.engine.now(),
     };
     let stored = state

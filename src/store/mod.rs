@@ -452,6 +452,10 @@ pub struct Contact {
     pub status: Option<String>,
     pub timezone: Option<String>,
     pub attributes: serde_json::Map<String, Value>,
+    /// Addresses on channels that use neither e-mail nor phone, by channel name: a Telegram
+    /// chat id, a web chat visitor.
+    #[serde(default)]
+    pub addresses: serde_json::Map<String, Value>,
     pub created_at: Millis,
     pub updated_at: Millis,
 }
@@ -468,6 +472,9 @@ pub struct ContactUpsert {
     pub status: Option<String>,
     pub timezone: Option<String>,
     pub attributes: serde_json::Map<String, Value>,
+    /// Channel addresses to link (`Some`) or unlink (`None`), by channel name. Linking an
+    /// address another contact holds moves it here.
+    pub addresses: Vec<(String, Option<String>)>,
     pub now: Millis,
 }
 
@@ -483,6 +490,7 @@ impl ContactUpsert {
             status: None,
             timezone: None,
             attributes: Default::default(),
+            addresses: Default::default(),
             created_at: self.now,
             updated_at: self.now,
         });
@@ -499,6 +507,14 @@ impl ContactUpsert {
         set(&mut c.timezone, &self.timezone);
         for (k, v) in &self.attributes {
             c.attributes.insert(k.clone(), v.clone());
+        }
+        for (channel, address) in &self.addresses {
+            match address {
+                Some(a) => c
+                    .addresses
+                    .insert(channel.clone(), Value::String(a.clone())),
+                None => c.addresses.remove(channel),
+            };
         }
         c.updated_at = self.now;
         c
@@ -687,6 +703,8 @@ pub trait Store: Admin + Send + Sync + std::fmt::Debug {
 
     // Contacts.
     async fn contact(&self, id: &str) -> Result<Option<Contact>>;
+    /// The contact that holds `address` on `channel` (see [`Contact::addresses`]).
+    async fn contact_by_address(&self, channel: &str, address: &str) -> Result<Option<Contact>>;
     async fn find_contact(
         &self,
         email: Option<&str>,

@@ -171,6 +171,13 @@ pub(super) fn contact(row: &dyn RowView) -> Result<Contact> {
         status: row.opt_text("status")?,
         timezone: row.opt_text("timezone")?,
         attributes,
+        addresses: match row.opt_text("addresses")? {
+            Some(text) => match json_required(text, "addresses")? {
+                Value::Object(m) => m,
+                _ => serde_json::Map::new(),
+            },
+            None => serde_json::Map::new(),
+        },
         created_at: row.int("created_at")?,
         updated_at: row.int("updated_at")?,
     })

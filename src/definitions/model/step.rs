@@ -330,9 +330,10 @@ impl ForEachStep {
 
 #[derive(Debug, Clone, PartialEq, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
-#[schemars(extend("anyOf" = [{"required": ["email"]}, {"required": ["phone"]}]))]
+#[schemars(extend("anyOf" = [{"required": ["email"]}, {"required": ["phone"]}, {"required": ["addresses"]}]))]
 pub struct UpsertContactStep {
-    /// Contacts are matched by e-mail, then by phone.
+    /// Contacts are matched by e-mail, then by phone; by a channel address in `addresses` only
+    /// when neither is given.
     #[serde(default)]
     pub email: Option<Template>,
     /// Stored in E.164 form (+18015551234).
@@ -351,6 +352,14 @@ pub struct UpsertContactStep {
     /// Other attributes, merged into the stored ones; strings are templates.
     #[serde(default, deserialize_with = "super::compact::map")]
     pub attributes: IndexMap<String, Value>,
+    /// Addresses on channels that use neither e-mail nor phone, by channel name, such as
+    /// `{ tg: "{{ message.from }}" }` for a Telegram chat: linked to the contact (moved from
+    /// another contact that held it), and readable as `contact.addresses.tg`.
+    #[serde(default)]
+    pub addresses: IndexMap<String, Template>,
+    /// Channels whose address to unlink from the contact, such as `[tg]` for a `/reset`.
+    #[serde(default)]
+    pub unlink: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize, JsonSchema)]

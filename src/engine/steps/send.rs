@@ -26,9 +26,17 @@ pub(super) async fn execute(cx: StepCx<'_>, s: &SendStep) -> Result<Outcome, Ste
         message: format!("could not check the recipient's status: {e}"),
         retry_after: None,
     };
-    let recipient = suppression::check(cx.host.store, region, own, &s.channel, &to, s.category)
-        .await
-        .map_err(unknown)?;
+    let kind = registry.channels[&s.channel].address_kind();
+    let recipient = suppression::check(
+        cx.host.store,
+        region,
+        own,
+        (&s.channel, kind),
+        &to,
+        s.category,
+    )
+    .await
+    .map_err(unknown)?;
     if let Some(reason) = recipient.blocked {
         return Ok(suppressed(&to, &reason, s));
     }

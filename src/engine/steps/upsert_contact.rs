@@ -1,5 +1,6 @@
-//! `upsert_contact`: creates or updates the contact with an e-mail address or phone number,
-//! and makes it the run's `contact`.
+//! `upsert_contact`: creates or updates the contact with an e-mail address, a phone number or
+//! a channel address (a Telegram chat), links or unlinks its channel addresses, and makes it
+//! the run's `contact`.
 
 use serde_json::{Map, Value};
 
@@ -16,6 +17,11 @@ pub(super) async fn execute(
 ) -> Result<Outcome, StepError> {
     let upsert = upsert(&cx, u)?;
     let (email, phone) = (upsert.email.clone(), upsert.phone.clone());
+    let linked: Vec<(&str, &str)> = upsert
+        .addresses
+        .iter()
+        .filter_map(|(c, a)| Some((c.as_str(), a.as_deref()?)))
+        .collect();
     // The run's own contact (perhaps upserted earlier in this segment and not yet committed)
     // is the freshest copy; otherwise ask the store.
     let own: Option<Contact> = cx
@@ -27,19 +33,40 @@ pub(super) async fn execute(
         .filter(|c: &Contact| {
             (email.is_some() && c.email == email)
                 || (email.is_none() && phone.is_some() && c.phone == phone)
+                || (email.is_none()
+                    && phone.is_none()
+                    && linked
+                        .iter()
+                        .any(|(ch, a)| c.addresses.get(*ch).and_then(Value::as_str) == Some(*a)))
         });
-    let existing = match own {
+    let unreadable = |e: crate::store::StoreError| StepError::Transient {
+        message: format!("could not read the contact: {e}"),
+        retry_after: None,
+    };
+    let mut existing = match own {
         Some(c) => Some(c),
         None => cx
             .host
             .store
             .find_contact(email.as_deref(), phone.as_deref())
             .await
-            .map_err(|e| StepError::Transient {
-                message: format!("could not read the contact: {e}"),
-                retry_after: None,
-            })?,
+            .map_err(unreadable)?,
     };
+    // Matched by e-mail, then phone; by a channel address only when neither is given, so a chat
+    // that names a new phone links to that person rather than renumbering the last one.
+    if existing.is_none() && email.is_none() && phone.is_none() {
+        for (channel, address) in &linked {
+            existing = cx
+                .host
+                .store
+                .contact_by_address(channel, address)
+                .await
+                .map_err(unreadable)?;
+            if existing.is_some() {
+                break;
+            }
+        }
+    }
     let merged = upsert.apply(existing);
     let mut upsert = upsert;
     upsert.new_id = merged.id.clone();
@@ -67,10 +94,20 @@ fn upsert(cx: &StepCx<'_>, u: &UpsertContactStep) -> Result<ContactUpsert, StepE
         ),
         None => None,
     };
-    if email.is_none() && phone.is_none() {
+    let mut addresses = Vec::new();
+    for (channel, address) in &u.addresses {
+        let address = cx.render(address.as_str())?.trim().to_owned();
+        if !address.is_empty() {
+            addresses.push((channel.clone(), Some(address)));
+        }
+    }
+    if email.is_none() && phone.is_none() && addresses.is_empty() {
         return Err(StepError::Permanent(
-            "`upsert_contact` needs an e-mail address or a phone number; both were empty".into(),
+            "`upsert_contact` needs an e-mail address, a phone number or a channel address; all were empty".into(),
         ));
+    }
+    for channel in &u.unlink {
+        addresses.push((channel.clone(), None));
     }
     let timezone = cx.render_opt(&u.timezone)?;
     if let Some(tz) = &timezone {
@@ -99,6 +136,7 @@ fn upsert(cx: &StepCx<'_>, u: &UpsertContactStep) -> Result<ContactUpsert, StepE
         status: cx.render_opt(&u.status)?,
         timezone,
         attributes,
+        addresses,
         now: cx.now,
     })
 }

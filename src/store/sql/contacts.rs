@@ -3,17 +3,35 @@
 
 use super::{Backend, Dialect, Exec, Stmt, params, read_all, read_one};
 use crate::store::admin::{ContactFilter, ContactPatch};
-use crate::store::rows::{self, contact_columns, to_text};
+use crate::store::rows::{self, RowView, contact_columns, to_text};
 use crate::store::{Contact, ContactUpsert, Millis, Result, StoreError};
 
-/// The contact whose `column` (`id`, `email` or `phone`) is `value`, ended with `lock`
-/// ([`Dialect::FOR_UPDATE`] when the caller goes on to write it).
-fn by(column: &str, value: &str, lock: &str) -> Stmt {
+/// A contact's columns, with its channel addresses.
+fn columns<D: Dialect>() -> String {
+    format!(
+        "{}, {} AS addresses",
+        contact_columns!(),
+        D::CONTACT_ADDRESSES
+    )
+}
+
+/// The contact whose `column` (`id`, `email` or `phone`) is `value`, locked for a write that
+/// follows when `lock` (see [`Dialect::FOR_UPDATE`]).
+fn by<D: Dialect>(column: &str, value: &str, lock: bool) -> Stmt {
     let sql = format!(
-        "SELECT {} FROM contacts WHERE {column} = $1{lock}",
-        contact_columns!()
+        "SELECT {} FROM contacts WHERE {column} = $1{}",
+        columns::<D>(),
+        if lock { D::FOR_UPDATE } else { "" }
     );
     Stmt::new(sql, params![value])
+}
+
+/// The id of the contact that holds `address` on `channel`.
+fn holder(channel: &str, address: &str) -> Stmt {
+    Stmt::new(
+        "SELECT contact_id FROM contact_addresses WHERE channel = $1 AND address = $2",
+        params![channel, address],
+    )
 }
 
 /// A contact's fields as [`insert`] and [`update`] bind them, `$1` to `$9`.
@@ -46,7 +64,20 @@ fn update(c: &Contact) -> Stmt {
 }
 
 pub(in crate::store) async fn get<B: Backend>(b: &B, id: &str) -> Result<Option<Contact>> {
-    read_one(b, by("id", id, ""), rows::contact).await
+    read_one(b, by::<B::Db>("id", id, false), rows::contact).await
+}
+
+/// The contact that holds `address` on `channel`.
+pub(in crate::store) async fn by_address<B: Backend>(
+    b: &B,
+    channel: &str,
+    address: &str,
+) -> Result<Option<Contact>> {
+    let id = read_one(b, holder(channel, address), |r| r.text("contact_id")).await?;
+    match id {
+        Some(id) => get(b, &id).await,
+        None => Ok(None),
+    }
 }
 
 /// The contact with this e-mail, else the one with this phone.
@@ -57,7 +88,7 @@ pub(in crate::store) async fn find<B: Backend>(
 ) -> Result<Option<Contact>> {
     for (column, value) in [("email", email), ("phone", phone)] {
         if let Some(value) = value
-            && let Some(c) = read_one(b, by(column, value, ""), rows::contact).await?
+            && let Some(c) = read_one(b, by::<B::Db>(column, value, false), rows::contact).await?
         {
             return Ok(Some(c));
         }
@@ -78,7 +109,7 @@ pub(in crate::store) async fn try_upsert<D: Exec>(
     strict: bool,
 ) -> Result<Option<Contact>> {
     let by_email = match &u.email {
-        Some(e) => D::fetch_optional(&mut *conn, by("email", e, D::FOR_UPDATE))
+        Some(e) => D::fetch_optional(&mut *conn, by::<D>("email", e, true))
             .await?
             .map(|r| rows::contact(&r))
             .transpose()?,
@@ -87,11 +118,38 @@ pub(in crate::store) async fn try_upsert<D: Exec>(
     let found_by_email = by_email.is_some();
     let existing = match (by_email, &u.phone) {
         (Some(c), _) => Some(c),
-        (None, Some(p)) => D::fetch_optional(&mut *conn, by("phone", p, D::FOR_UPDATE))
+        (None, Some(p)) => D::fetch_optional(&mut *conn, by::<D>("phone", p, true))
             .await?
             .map(|r| rows::contact(&r))
             .transpose()?,
         (None, None) => None,
+    };
+    // By a channel address it links (a Telegram chat that wrote before) only when neither an
+    // e-mail nor a phone is given: a chat that names a new phone is linked to that person,
+    // not used to renumber the one it was linked to.
+    let existing = match existing {
+        Some(c) => Some(c),
+        None if u.email.is_some() || u.phone.is_some() => None,
+        None => {
+            let mut found = None;
+            for (channel, address) in &u.addresses {
+                let Some(address) = address else { continue };
+                let id = D::fetch_optional(&mut *conn, holder(channel, address))
+                    .await?
+                    .map(|r| r.text("contact_id"))
+                    .transpose()?;
+                if let Some(id) = id {
+                    found = D::fetch_optional(&mut *conn, by::<D>("id", &id, true))
+                        .await?
+                        .map(|r| rows::contact(&r))
+                        .transpose()?;
+                    if found.is_some() {
+                        break;
+                    }
+                }
+            }
+            found
+        }
     };
     let is_new = existing.is_none();
     let mut merged = u.apply(existing.clone());
@@ -129,18 +187,47 @@ pub(in crate::store) async fn try_upsert<D: Exec>(
         update(&merged)
     };
     D::execute(&mut *conn, write).await?;
+    link_addresses::<D>(conn, &merged.id, &u.addresses, u.now).await?;
     Ok(Some(merged))
 }
 
+/// Links and unlinks a contact's channel addresses: one address per channel per contact, and
+/// an address linked again moves from whoever held it.
+async fn link_addresses<D: Exec>(
+    conn: &mut D::Connection,
+    contact_id: &str,
+    addresses: &[(String, Option<String>)],
+    now: Millis,
+) -> Result<()> {
+    for (channel, address) in addresses {
+        let clear = Stmt::new(
+            "DELETE FROM contact_addresses WHERE contact_id = $1 AND channel = $2
+                 AND (CAST($3 AS TEXT) IS NULL OR address <> $3)",
+            params![contact_id, channel, address],
+        );
+        D::execute(&mut *conn, clear).await?;
+        if let Some(address) = address {
+            let link = Stmt::new(
+                "INSERT INTO contact_addresses (channel, address, contact_id, created_at)
+                 VALUES ($1, $2, $3, $4)
+                 ON CONFLICT (channel, address) DO UPDATE SET contact_id = excluded.contact_id,
+                     created_at = excluded.created_at",
+                params![channel, address, contact_id, now],
+            );
+            D::execute(&mut *conn, link).await?;
+        }
+    }
+    Ok(())
+}
+
 pub(in crate::store) async fn list<B: Backend>(b: &B, f: &ContactFilter) -> Result<Vec<Contact>> {
-    let sql = concat!(
-        "SELECT ",
-        contact_columns!(),
-        " FROM contacts WHERE (CAST($1 AS TEXT) IS NULL OR lower(coalesce(email, '')) LIKE $1 ESCAPE '\\'
+    let sql = format!(
+        "SELECT {} FROM contacts WHERE (CAST($1 AS TEXT) IS NULL OR lower(coalesce(email, '')) LIKE $1 ESCAPE '\\'
              OR coalesce(phone, '') LIKE $1 ESCAPE '\\'
              OR lower(coalesce(first_name, '') || ' ' || coalesce(last_name, '')) LIKE $1 ESCAPE '\\')
            AND (CAST($2 AS TEXT) IS NULL OR status = $2) AND (CAST($3 AS BIGINT) IS NULL OR created_at < $3)
-         ORDER BY created_at DESC, id DESC LIMIT $4"
+         ORDER BY created_at DESC, id DESC LIMIT $4",
+        columns::<B::Db>()
     );
     let p = params![
         f.query.as_deref().map(like),
@@ -170,7 +257,7 @@ pub(in crate::store) async fn patch<B: Backend>(
     now: Millis,
 ) -> Result<Option<Contact>> {
     let mut tx = b.begin().await?;
-    let row = B::Db::fetch_optional(&mut *tx, by("id", id, B::Db::FOR_UPDATE)).await?;
+    let row = B::Db::fetch_optional(&mut *tx, by::<B::Db>("id", id, true)).await?;
     let Some(row) = row else {
         tx.rollback().await?;
         return Ok(None);
@@ -199,6 +286,11 @@ pub(in crate::store) async fn delete<B: Backend>(b: &B, id: &str) -> Result<bool
         params![id],
     );
     B::Db::execute(&mut *tx, unlink).await?;
+    let addresses = Stmt::new(
+        "DELETE FROM contact_addresses WHERE contact_id = $1",
+        params![id],
+    );
+    B::Db::execute(&mut *tx, addresses).await?;
     let deleted = B::Db::execute(
         &mut *tx,
         Stmt::new("DELETE FROM contacts WHERE id = $1", params![id]),

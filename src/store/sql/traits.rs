@@ -94,6 +94,9 @@ impl<B: Backend> Store for B {
     async fn contact(&self, id: &str) -> Result<Option<Contact>> {
         contacts::get(self, id).await
     }
+    async fn contact_by_address(&self, ch: &str, address: &str) -> Result<Option<Contact>> {
+        contacts::by_address(self, ch, address).await
+    }
     async fn find_contact(&self, e: Option<&str>, p: Option<&str>) -> Result<Option<Contact>> {
         contacts::find(self, e, p).await
     }
