@@ -46,17 +46,19 @@ use herald::definitions::project::Layout;
 use herald::engine::clock::{Clock, SystemClock, rfc3339};
 use herald::engine::registry::CompiledWorkflow;
 use herald::engine::{Engine, EngineOptions, StartRun, Trigger, load_registry};
-use herald::store::{DynStore, Millis, RunFilter, RunStatus};
+use herald::store::{Millis, RunFilter, RunStatus};
+
+#[path = "support/db.rs"]
+mod db;
+use db::{Db, POSTGRES_URL_VAR, open_postgres, open_sqlite};
 use rand::seq::SliceRandom;
 use serde_json::json;
-use sqlx::Connection as _;
 use tokio_util::sync::CancellationToken;
 
 // The allocator `herald serve` runs with (see src/main.rs).
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-const POSTGRES_URL_VAR: &str = "HERALD_TEST_POSTGRES_URL";
 /// Runs started at once while the timers are created.
 const STARTERS: usize = 64;
 /// Runs created first, due in an hour, to measure how fast this backend creates runs.
@@ -113,87 +115,6 @@ impl Settings {
             gap: env_secs("HERALD_BENCH_GAP", 15),
             window: env_secs("HERALD_BENCH_SPREAD_SECS", 60).max(Duration::from_secs(1)),
         }
-    }
-}
-
-/// A fresh store, and what to clean up after it.
-struct Db {
-    store: DynStore,
-    _dir: Option<tempfile::TempDir>,
-    _schema: Option<SchemaGuard>,
-}
-
-async fn open_sqlite() -> Db {
-    let dir = tempfile::tempdir().expect("a temporary directory");
-    let url = format!("sqlite://{}", dir.path().join("herald.db").display());
-    let store = herald::store::open(&url)
-        .await
-        .unwrap_or_else(|e| panic!("cannot open {url}: {e}"));
-    Db {
-        store,
-        _dir: Some(dir),
-        _schema: None,
-    }
-}
-
-async fn open_postgres(server_url: &str) -> Db {
-    let schema = format!("herald_bench_{}", uuid::Uuid::now_v7().simple());
-    let mut admin = sqlx::postgres::PgConnection::connect(server_url)
-        .await
-        .unwrap_or_else(|e| {
-            panic!("{POSTGRES_URL_VAR} is set but the server cannot be reached: {e}")
-        });
-    sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE SCHEMA {schema}")))
-        .execute(&mut admin)
-        .await
-        .unwrap_or_else(|e| panic!("cannot create schema {schema}: {e}"));
-    let _ = admin.close().await;
-    let guard = SchemaGuard {
-        server_url: server_url.to_owned(),
-        schema: schema.clone(),
-    };
-    // Every pooled connection starts with the schema first on its search path.
-    let separator = if server_url.contains('?') { '&' } else { '?' };
-    let url = format!("{server_url}{separator}options=-c%20search_path%3D{schema}");
-    let store = herald::store::open(&url)
-        .await
-        .unwrap_or_else(|e| panic!("cannot open the store in schema {schema}: {e}"));
-    Db {
-        store,
-        _dir: None,
-        _schema: Some(guard),
-    }
-}
-
-/// Drops the benchmark's schema when it goes out of scope, also when the benchmark panics.
-struct SchemaGuard {
-    server_url: String,
-    schema: String,
-}
-
-impl Drop for SchemaGuard {
-    fn drop(&mut self) {
-        let server_url = std::mem::take(&mut self.server_url);
-        let drop_schema = format!("DROP SCHEMA IF EXISTS {} CASCADE", self.schema);
-        // On a thread and a runtime of its own: this may run while unwinding, or inside the
-        // benchmark's runtime.
-        let cleanup = std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .ok()?;
-            runtime.block_on(async {
-                let mut conn = sqlx::postgres::PgConnection::connect(&server_url)
-                    .await
-                    .ok()?;
-                sqlx::raw_sql(sqlx::AssertSqlSafe(drop_schema))
-                    .execute(&mut conn)
-                    .await
-                    .ok()?;
-                conn.close().await.ok()
-            })
-        });
-        let _ = cleanup.join();
     }
 }
 
