@@ -6,6 +6,10 @@
 //! server in this test process that, like a real provider, treats a repeated
 //! `Idempotency-Key` as the same message), and nothing may be left `running`. On SQLite (the
 //! default) always; on Postgres too when `HERALD_TEST_POSTGRES_URL` is set.
+//!
+//! The same for a burst of inbound messages: a provider (Telegram) posts texts from many
+//! chats while the server is killed, and posts again whatever was not answered 2xx, as
+//! providers do. Every text must start exactly one run, and every run's reply must arrive.
 
 #[path = "support/db.rs"]
 mod db;
@@ -355,6 +359,185 @@ async fn crash_and_recover(url: String) {
             .all(|(s, n)| *s == herald::store::OutboxStatus::Sent || *n == 0),
         "{outbox_failed:?}"
     );
+}
+
+const TEXTS: usize = 300;
+const CHATS: usize = 30;
+const TG_SECRET: &str = "burst-secret";
+
+fn inbound_project(sink: &HttpSink) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("herald.yaml"),
+        format!(
+            "channels:\n  sink: {{ provider: webhook, url: \"{}\", timeout: 5s }}\n  tg: {{ provider: telegram, bot_token: \"123:abc\", secret_token: {TG_SECRET}, api_base: \"http://127.0.0.1:9\" }}\nengine: {{ lease: 3s }}\n",
+            sink.url("/messages")
+        ),
+    )
+    .unwrap();
+    std::fs::create_dir_all(dir.path().join("workflows")).unwrap();
+    std::fs::write(
+        dir.path().join("workflows/answer.yaml"),
+        r#"
+kind: workflow
+id: answer
+triggers:
+  - message: { channel: tg }
+steps:
+  - id: reply
+    send: { channel: sink, to: "chat-{{ message.from }}", body: "re: {{ message.text }}", category: transactional }
+"#,
+    )
+    .unwrap();
+    dir
+}
+
+async fn inbound_burst_survives_kills(url: String) {
+    let sink = HttpSink::start().await;
+    let dir = inbound_project(&sink);
+    let port = free_port();
+    let mut server = Server::start(dir.path(), &url, port);
+    herald::tls::init();
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap();
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let mut senders = tokio::task::JoinSet::new();
+    let next = Arc::new(AtomicUsize::new(0));
+    for _ in 0..8 {
+        let (client, next, accepted) = (client.clone(), next.clone(), accepted.clone());
+        senders.spawn(async move {
+            loop {
+                let n = next.fetch_add(1, Ordering::SeqCst);
+                if n >= TEXTS {
+                    return;
+                }
+                let chat = 1_000_000 + (n % CHATS) as u64;
+                let update = serde_json::json!({
+                    "update_id": 50_000 + n,
+                    "message": {"message_id": n, "date": 1764800000,
+                        "chat": {"id": chat, "type": "private"}, "from": {"id": chat, "is_bot": false},
+                        "text": format!("text {n}")},
+                });
+                let deadline = Instant::now() + Duration::from_secs(120);
+                loop {
+                    let r = client
+                        .post(format!("http://127.0.0.1:{port}/inbound/tg"))
+                        .header("x-telegram-bot-api-secret-token", TG_SECRET)
+                        .json(&update)
+                        .send()
+                        .await;
+                    match r {
+                        Ok(resp) if resp.status().is_success() => {
+                            accepted.fetch_add(1, Ordering::SeqCst);
+                            break;
+                        }
+                        Ok(resp) => assert!(
+                            resp.status().is_server_error(),
+                            "text {n} refused: {}",
+                            resp.status()
+                        ),
+                        Err(_) => {}
+                    }
+                    assert!(Instant::now() < deadline, "text {n} never accepted");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                let jitter = rand::rng().random_range(5..60);
+                tokio::time::sleep(Duration::from_millis(jitter)).await;
+            }
+        });
+    }
+    for k in 0..KILLS {
+        let pause = rand::rng().random_range(300..1200);
+        tokio::time::sleep(Duration::from_millis(pause)).await;
+        server.kill9();
+        eprintln!(
+            "kill -9 #{} after {pause} ms; {} texts accepted so far",
+            k + 1,
+            accepted.load(Ordering::SeqCst)
+        );
+        server = Server::start(dir.path(), &url, port);
+    }
+    while let Some(r) = senders.join_next().await {
+        r.expect("a sender panicked");
+    }
+    assert_eq!(accepted.load(Ordering::SeqCst), TEXTS);
+
+    let store = herald::store::open(&url).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let runs = loop {
+        let runs = store
+            .list_runs(&RunFilter {
+                workflow_id: Some("answer".into()),
+                limit: 10_000,
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        let keys: HashSet<String> = sink
+            .requests()
+            .iter()
+            .filter_map(|r| r.idempotency_key().map(str::to_owned))
+            .collect();
+        if runs.len() >= TEXTS
+            && runs.iter().all(|r| r.status == RunStatus::Completed)
+            && keys.len() >= TEXTS
+        {
+            break runs;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not finished after 120 s: {} runs, {} replies",
+            runs.len(),
+            keys.len()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    server.stop();
+    // One run per text, though texts were posted again after every kill.
+    assert_eq!(runs.len(), TEXTS, "a text started more than one run");
+    let texts: HashSet<String> = runs
+        .iter()
+        .map(|r| r.context["message"]["text"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(texts.len(), TEXTS, "every text has its run");
+    // Every reply arrived, one per run, to the chat that wrote.
+    let mut replies: BTreeMap<String, HashSet<String>> = BTreeMap::new();
+    for r in sink.requests() {
+        replies
+            .entry(r.idempotency_key().unwrap().to_owned())
+            .or_default()
+            .insert(format!("{} {}", r.json["to"], r.json["body"]));
+    }
+    assert_eq!(replies.len(), TEXTS);
+    for run in &runs {
+        let got = &replies[&format!("{}:reply", run.id)];
+        let n: usize = run.context["message"]["text"].as_str().unwrap()[5..]
+            .parse()
+            .unwrap();
+        let chat = 1_000_000 + (n % CHATS) as u64;
+        let want = format!("\"chat-{chat}\" \"re: text {n}\"");
+        assert_eq!(got.iter().collect::<Vec<_>>(), [&want], "run {}", run.id);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sqlite_inbound_burst_survives_kill_9() {
+    let db = db::sqlite("crash-inbound")
+        .await
+        .expect("sqlite always runs");
+    let url = db.url.clone();
+    drop(db.store.clone());
+    inbound_burst_survives_kills(url).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn postgres_inbound_burst_survives_kill_9() {
+    let Some(db) = db::postgres("crash::inbound").await else {
+        return;
+    };
+    inbound_burst_survives_kills(db.url.clone()).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
