@@ -17,8 +17,8 @@ use hmac::{Hmac, KeyInit, Mac};
 use serde_json::{Value, json};
 use sha1::Sha1;
 use sha2::Sha256;
-use support::FakeTwilio;
 use support::app::App;
+use support::{FakeTwilio, FakeWhatsapp};
 
 const TWILIO_TOKEN: &str = support::twilio::AUTH_TOKEN;
 const PUBLIC_URL: &str = "https://herald.example.com/inbound/sms";
@@ -46,6 +46,7 @@ channels:
     phone_number_id: "106540352242922"
     app_secret: ${env:WA_SECRET}
     verify_token: verify-me
+    api_base: "{WA_API}"
   tg:
     provider: telegram
     bot_token: "123456789:AAHdqTcvCH1vGWJxfSeofSAs0K5PALDsaw"
@@ -105,6 +106,23 @@ steps:
       attributes: { telegram_chat: "{{ message.from }}" }
 "#;
 
+const WA_REMINDER: &str = r#"
+kind: workflow
+id: wa-reminder
+triggers:
+  - webhook: { path: /hooks/wa-reminder }
+steps:
+  - id: remind
+    send:
+      channel: wa
+      to: "{{ body.to }}"
+      whatsapp_template:
+        name: "{{ body.template }}"
+        language: en_US
+        body: ["{{ body.first_name }}", "{{ body.when }}"]
+        buttons: [{ url: "{{ body.application }}" }]
+"#;
+
 const ASSISTANT: &str = r#"
 kind: workflow
 id: assistant
@@ -120,6 +138,7 @@ steps:
 struct Inbound {
     app: App,
     twilio: FakeTwilio,
+    meta: FakeWhatsapp,
     http: reqwest::Client,
     _db: db::TestDb,
     _dir: tempfile::TempDir,
@@ -132,9 +151,12 @@ impl Inbound {
             .expect("SQLite is always available");
         let dir = tempfile::tempdir().expect("temp dir");
         let twilio = FakeTwilio::start().await;
+        let meta = FakeWhatsapp::start().await;
         std::fs::write(
             dir.path().join("herald.yaml"),
-            CONFIG.replace("{TWILIO_API}", &twilio.api_base()),
+            CONFIG
+                .replace("{TWILIO_API}", &twilio.api_base())
+                .replace("{WA_API}", &meta.api_base()),
         )
         .unwrap();
         std::fs::create_dir_all(dir.path().join("workflows")).unwrap();
@@ -145,10 +167,11 @@ impl Inbound {
         std::fs::write(dir.path().join("workflows/promo.yaml"), PROMO).unwrap();
         std::fs::write(dir.path().join("workflows/unmatched.yaml"), UNMATCHED).unwrap();
         std::fs::write(dir.path().join("workflows/link.yaml"), LINK).unwrap();
+        std::fs::write(dir.path().join("workflows/wa-reminder.yaml"), WA_REMINDER).unwrap();
         let env = EnvSource::Map(Arc::new(
             [
                 ("TWILIO_AUTH_TOKEN", TWILIO_TOKEN),
-                ("WA_TOKEN", "EAAJB-token"),
+                ("WA_TOKEN", support::whatsapp::ACCESS_TOKEN),
                 ("WA_SECRET", WA_SECRET),
                 ("ADMIN_KEY", ADMIN_KEY),
             ]
@@ -160,6 +183,7 @@ impl Inbound {
         Inbound {
             app,
             twilio,
+            meta,
             http: reqwest::Client::builder().no_proxy().build().unwrap(),
             _db: db,
             _dir: dir,
@@ -168,10 +192,15 @@ impl Inbound {
 
     /// Starts a run of the webhook workflow at `path` for `to`, and gives its id.
     async fn start_for(&self, path: &str, to: &str) -> String {
+        self.start_with(path, json!({ "to": to })).await
+    }
+
+    /// Starts a run of the webhook workflow at `path` with this body, and gives its id.
+    async fn start_with(&self, path: &str, body: Value) -> String {
         let answer = self
             .http
             .post(self.app.url(path))
-            .json(&json!({ "to": to }))
+            .json(&body)
             .send()
             .await
             .unwrap();
@@ -656,4 +685,90 @@ async fn an_operator_lists_and_lifts_a_suppression() {
             .len(),
         1
     );
+}
+
+#[tokio::test]
+async fn a_whatsapp_template_goes_through_the_outbox_to_meta_with_its_values_rendered() {
+    let s = Inbound::start().await;
+    s.meta
+        .approve_template("application_reminder", "en_US", 0, 2);
+    let request = |template: &str, first_name: &str| {
+        json!({"to": "+16505551234", "template": template, "first_name": first_name,
+               "when": "Tuesday, 3 pm", "application": "app-4711"})
+    };
+    let run_id = s
+        .start_with("/hooks/wa-reminder", request("application_reminder", "Ann"))
+        .await;
+    let queued = &s.app.engine.store.outbox_for_run(&run_id).await.unwrap()[0];
+    assert_eq!(queued.status, herald::store::OutboxStatus::Pending);
+    assert!(
+        s.meta.sent().is_empty(),
+        "nothing is sent before the dispatcher runs"
+    );
+    assert_eq!(
+        queued.body,
+        "[template application_reminder (en_US)] Ann | Tuesday, 3 pm | app-4711"
+    );
+
+    assert_eq!(s.app.engine.deliver_due().await.unwrap(), 1);
+    assert_eq!(
+        s.meta.sent(),
+        [json!({
+            "messaging_product": "whatsapp",
+            "recipient_type": "individual",
+            "to": "16505551234",
+            "type": "template",
+            "template": {
+                "name": "application_reminder",
+                "language": {"code": "en_US"},
+                "components": [
+                    {"type": "body", "parameters": [
+                        {"type": "text", "text": "Ann"},
+                        {"type": "text", "text": "Tuesday, 3 pm"}
+                    ]},
+                    {"type": "button", "sub_type": "url", "index": "0",
+                     "parameters": [{"type": "text", "text": "app-4711"}]}
+                ]
+            }
+        })]
+    );
+    let sent = &s.app.engine.store.outbox_for_run(&run_id).await.unwrap()[0];
+    assert_eq!(sent.status, herald::store::OutboxStatus::Sent);
+    assert_eq!(sent.provider_id.as_deref(), Some("wamid.1"));
+
+    // A template Meta does not know fails for good, saying which, and is not retried.
+    let run_id = s
+        .start_with("/hooks/wa-reminder", request("application_remindr", "Ann"))
+        .await;
+    assert_eq!(s.app.engine.deliver_due().await.unwrap(), 1);
+    let failed = &s.app.engine.store.outbox_for_run(&run_id).await.unwrap()[0];
+    assert_eq!(failed.status, herald::store::OutboxStatus::Failed);
+    let error = failed.last_error.as_deref().unwrap_or_default();
+    assert!(
+        error.contains("132001") && error.contains("`application_remindr`"),
+        "{error}"
+    );
+    assert_eq!(s.app.engine.deliver_due().await.unwrap(), 0);
+
+    // An empty value would be refused by Meta without saying which; the step says.
+    let run_id = s
+        .start_with("/hooks/wa-reminder", request("application_reminder", " "))
+        .await;
+    let run = s.app.engine.store.run(&run_id).await.unwrap().unwrap();
+    assert_eq!(run.status, herald::store::RunStatus::Failed);
+    let error = run.error.unwrap_or_default();
+    assert!(
+        error.contains("body value 1 of template `application_reminder` is empty"),
+        "{error}"
+    );
+    assert!(
+        s.app
+            .engine
+            .store
+            .outbox_for_run(&run_id)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(s.meta.sent().len(), 2);
 }
