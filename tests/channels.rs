@@ -666,6 +666,8 @@ fn twilio_config(api_base: String) -> TwilioSmsConfig {
         from: Some("+15017122661".to_owned()),
         messaging_service_sid: None,
         public_url: Some("https://herald.example.com/inbound/sms".to_owned()),
+        forward_calls_to: None,
+        ring_timeout: herald::definitions::model::Duration::from_secs(20),
         api_base,
         timeout: herald::definitions::model::Duration::from_secs(5),
     }

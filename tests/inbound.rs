@@ -39,6 +39,8 @@ channels:
     auth_token: ${env:TWILIO_AUTH_TOKEN}
     from: "+15017122661"
     public_url: https://herald.example.com/inbound/sms
+    forward_calls_to: "+15558675310"
+    ring_timeout: 15s
     api_base: "{TWILIO_API}"
   wa:
     provider: whatsapp
@@ -123,6 +125,21 @@ steps:
         buttons: [{ url: "{{ body.application }}" }]
 "#;
 
+const MISSED_CALL: &str = r#"
+kind: workflow
+id: missed-call
+triggers:
+  - event: { name: call.missed }
+steps:
+  - id: text_back
+    send:
+      channel: "sms"
+      to: "{{ event.key }}"
+      from: "{{ event.data.to }}"
+      body: "Sorry we missed your call! Reply and we will call you back."
+      category: transactional
+"#;
+
 const ASSISTANT: &str = r#"
 kind: workflow
 id: assistant
@@ -168,6 +185,7 @@ impl Inbound {
         std::fs::write(dir.path().join("workflows/unmatched.yaml"), UNMATCHED).unwrap();
         std::fs::write(dir.path().join("workflows/link.yaml"), LINK).unwrap();
         std::fs::write(dir.path().join("workflows/wa-reminder.yaml"), WA_REMINDER).unwrap();
+        std::fs::write(dir.path().join("workflows/missed-call.yaml"), MISSED_CALL).unwrap();
         let env = EnvSource::Map(Arc::new(
             [
                 ("TWILIO_AUTH_TOKEN", TWILIO_TOKEN),
@@ -216,6 +234,40 @@ impl Inbound {
         let (body, signature) = twilio_form(fields);
         let signed = [("x-twilio-signature", signature)];
         self.post("/inbound/sms", FORM, &signed, &body).await.0
+    }
+
+    /// What Twilio posts about call `sid` from `from` to the number, with `extra` fields
+    /// (`CallStatus`, `DialCallStatus`), signed: the status, content type and body.
+    async fn call(
+        &self,
+        from: &str,
+        sid: &str,
+        extra: &[(&str, &str)],
+    ) -> (u16, Option<String>, String) {
+        let mut fields = vec![
+            ("AccountSid", "AC0123456789abcdef0123456789abcdef"),
+            ("ApiVersion", "2010-04-01"),
+            ("CallSid", sid),
+            ("From", from),
+            ("Caller", from),
+            ("To", "+15017122661"),
+            ("Called", "+15017122661"),
+            ("Direction", "inbound"),
+        ];
+        fields.extend_from_slice(extra);
+        let (body, signature) = twilio_form(&fields);
+        let signed = [("x-twilio-signature", signature)];
+        self.post("/inbound/sms", FORM, &signed, &body).await
+    }
+
+    /// The `call.missed` event recorded for `caller`, if any.
+    async fn missed_call_event(&self, caller: &str) -> Option<herald::store::EventRecord> {
+        self.app
+            .engine
+            .store
+            .find_event("call.missed", caller, 0, &[])
+            .await
+            .unwrap()
     }
 
     /// A text from `from`, as Twilio posts it, signed; the status.
@@ -771,4 +823,121 @@ async fn a_whatsapp_template_goes_through_the_outbox_to_meta_with_its_values_ren
             .is_empty()
     );
     assert_eq!(s.meta.sent().len(), 2);
+}
+
+#[tokio::test]
+async fn a_signed_missed_call_starts_its_workflow_once_however_often_twilio_reports_it() {
+    let s = Inbound::start().await;
+    // The number's "A call comes in" webhook: the call is forwarded, with this URL as the
+    // <Dial>'s action; nothing is recorded yet.
+    let (status, kind, answer) = s
+        .call("+14155550100", "CA0001", &[("CallStatus", "ringing")])
+        .await;
+    assert_eq!((status, kind.as_deref()), (200, Some("text/xml")));
+    assert_eq!(
+        answer,
+        "<?xml version=\"1.0\" encoding=\"UTF-8\"?><Response><Dial \
+         action=\"https://herald.example.com/inbound/sms\" method=\"POST\" timeout=\"15\">\
+         +15558675310</Dial></Response>"
+    );
+    assert!(s.runs_of("missed-call").await.is_empty());
+
+    // The <Dial> rang out: a missed call, answered with TwiML that ends the call.
+    let dial_ended = [
+        ("CallStatus", "in-progress"),
+        ("DialCallStatus", "no-answer"),
+    ];
+    let (status, kind, answer) = s.call("+14155550100", "CA0001", &dial_ended).await;
+    assert_eq!(
+        (status, kind.as_deref(), answer.as_str()),
+        (200, Some("text/xml"), EMPTY_TWIML)
+    );
+    let runs = s.runs_of("missed-call").await;
+    assert_eq!(runs.len(), 1, "{runs:?}");
+    let event = &runs[0].context["event"];
+    assert_eq!(event["key"], "+14155550100");
+    assert_eq!(
+        event["data"],
+        json!({"channel": "sms", "from": "+14155550100", "to": "+15017122661",
+               "status": "no-answer", "call_sid": "CA0001"})
+    );
+
+    // Twilio retries the action, and the number's status callback reports the call too:
+    // one call, one run.
+    assert_eq!(s.call("+14155550100", "CA0001", &dial_ended).await.0, 200);
+    let status_callback = [("CallStatus", "busy"), ("CallDuration", "0")];
+    assert_eq!(
+        s.call("+14155550100", "CA0001", &status_callback).await.0,
+        200
+    );
+    assert_eq!(s.runs_of("missed-call").await.len(), 1);
+
+    // The run texts the caller back from the number they called, through Twilio.
+    assert_eq!(s.app.engine.run_due().await.unwrap(), 1);
+    assert_eq!(s.app.engine.deliver_due().await.unwrap(), 1);
+    let posted = s.twilio.posted();
+    assert_eq!(posted.len(), 1);
+    assert_eq!(
+        (posted[0].field("To"), posted[0].field("From")),
+        (Some("+14155550100"), Some("+15017122661"))
+    );
+}
+
+#[tokio::test]
+async fn a_call_with_a_bad_signature_is_refused_and_stores_nothing() {
+    let s = Inbound::start().await;
+    let (body, _) = twilio_form(&[
+        ("CallSid", "CA0002"),
+        ("From", "+14155550100"),
+        ("To", "+15017122661"),
+        ("Direction", "inbound"),
+        ("CallStatus", "no-answer"),
+    ]);
+    // Signed for other fields: forged.
+    let (_, other) = twilio_form(&[("CallSid", "CA0002"), ("CallStatus", "completed")]);
+    let (status, _, why) = s
+        .post(
+            "/inbound/sms",
+            FORM,
+            &[("x-twilio-signature", other)],
+            &body,
+        )
+        .await;
+    assert_eq!(status, 403, "{why}");
+    let (status, _, why) = s.post("/inbound/sms", FORM, &[], &body).await;
+    assert_eq!(status, 403);
+    assert!(why.contains("X-Twilio-Signature"), "{why}");
+    assert!(s.missed_call_event("+14155550100").await.is_none());
+    assert!(s.runs_of("missed-call").await.is_empty());
+}
+
+#[tokio::test]
+async fn a_completed_call_is_not_a_missed_call() {
+    let s = Inbound::start().await;
+    // Forwarded and answered: the <Dial> completed, then the call itself did.
+    let dial_ended = [
+        ("CallStatus", "in-progress"),
+        ("DialCallStatus", "completed"),
+    ];
+    let (status, kind, answer) = s.call("+14155550100", "CA0003", &dial_ended).await;
+    assert_eq!(
+        (status, kind.as_deref(), answer.as_str()),
+        (200, Some("text/xml"), EMPTY_TWIML)
+    );
+    let done = [("CallStatus", "completed"), ("CallDuration", "95")];
+    assert_eq!(s.call("+14155550100", "CA0003", &done).await.0, 200);
+    assert!(s.missed_call_event("+14155550100").await.is_none());
+    assert!(s.runs_of("missed-call").await.is_empty());
+    // Nor is a call the account made that nobody picked up.
+    let (body, signature) = twilio_form(&[
+        ("CallSid", "CA0004"),
+        ("From", "+15017122661"),
+        ("To", "+14155550100"),
+        ("Direction", "outbound-api"),
+        ("CallStatus", "no-answer"),
+    ]);
+    let signed = [("x-twilio-signature", signature)];
+    assert_eq!(s.post("/inbound/sms", FORM, &signed, &body).await.0, 200);
+    assert!(s.missed_call_event("+15017122661").await.is_none());
+    assert!(s.runs_of("missed-call").await.is_empty());
 }
