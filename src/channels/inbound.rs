@@ -1,5 +1,6 @@
 //! The inbound side of a channel: what a provider sends to Herald (a person's message, a
-//! delivery report, a handshake), checked and read into one shape for every provider.
+//! delivery report, a call to the number, a handshake), checked and read into one shape for
+//! every provider.
 //!
 //! Every provider signs its requests differently (Twilio over the public URL and the sorted
 //! form fields, WhatsApp over the raw body, Telegram with a secret header, Mailgun inside the

@@ -141,9 +141,7 @@ impl TwilioSmsChannel {
         get: &dyn Fn(&str) -> Option<&'a str>,
         raw: Value,
     ) -> Result<Received, InboundError> {
-        let from = get("From")
-            .filter(|f| !f.is_empty())
-            .ok_or_else(|| InboundError::Malformed("a call without From".to_owned()))?;
+        let from = get("From").filter(|f| !f.is_empty());
         let inbound = get("Direction").is_none_or(|d| d == "inbound");
         let dial = get("DialCallStatus");
         let ringing = dial.is_none() && matches!(status, "ringing" | "queued");
@@ -156,30 +154,19 @@ impl TwilioSmsChannel {
             // A call from the number (the account dialling out) missed nobody.
             return Ok(nothing());
         }
-        let report = |status: &str, missed: bool| CallReport {
-            channel: self.name.clone(),
-            from: from.to_owned(),
-            to: get("To").map(str::to_owned),
-            call_id: call_id.to_owned(),
-            status: status.to_owned(),
-            missed,
-            raw: raw.clone(),
-        };
-        if ringing {
-            return Ok(match &self.forward_calls_to {
-                Some(number) => Received::Events {
-                    messages: Vec::new(),
-                    reports: Vec::new(),
-                    answer: twiml(&self.forward(request.url, number)),
-                },
-                // Nowhere to ring: the caller hears busy, and is texted back.
-                None => Received::Call {
-                    call: report("busy", true),
-                    answer: twiml(REJECT_TWIML),
-                },
+        // A ringing call is put through whoever calls: the caller is on the line.
+        if let (true, Some(number)) = (ringing, &self.forward_calls_to) {
+            return Ok(Received::Events {
+                messages: Vec::new(),
+                reports: Vec::new(),
+                answer: twiml(&self.forward(request.url, number)),
             });
         }
-        let ended = dial.unwrap_or(status);
+        let ended = if ringing {
+            "busy"
+        } else {
+            dial.unwrap_or(status)
+        };
         if !matches!(
             ended,
             "completed" | "answered" | "no-answer" | "busy" | "failed" | "canceled"
@@ -188,9 +175,19 @@ impl TwilioSmsChannel {
             return Ok(nothing());
         }
         let missed = matches!(ended, "no-answer" | "busy" | "failed" | "canceled");
+        let from = from.ok_or_else(|| InboundError::Malformed("a call without From".to_owned()))?;
         Ok(Received::Call {
-            call: report(ended, missed),
-            answer: twiml(EMPTY_TWIML),
+            call: CallReport {
+                channel: self.name.clone(),
+                from: from.to_owned(),
+                to: get("To").map(str::to_owned),
+                call_id: call_id.to_owned(),
+                status: ended.to_owned(),
+                missed,
+                raw,
+            },
+            // Nowhere to ring a ringing call: the caller hears busy, and is texted back.
+            answer: twiml(if ringing { REJECT_TWIML } else { EMPTY_TWIML }),
         })
     }
 
@@ -521,6 +518,17 @@ mod tests {
             now: 0,
         });
         assert!(answer_only(public).contains("action=\"https://herald.example.com/inbound/sms\""));
+
+        // A caller whose number Twilio does not give is put through all the same.
+        let headers = form_headers(None);
+        let hidden = forwarding(None, Some("+15558675310")).parse(&InboundRequest {
+            method: &Method::POST,
+            url: "http://10.0.0.7:8080/inbound/sms",
+            headers: &headers,
+            body: b"CallSid=CA9&CallStatus=ringing&Direction=inbound&To=%2B18005551212",
+            now: 0,
+        });
+        assert!(answer_only(hidden).contains("<Dial"));
 
         // With nowhere to ring, the caller hears busy and the call is missed now.
         let (call, answer) = call_of(parse(&format!("{CALL}&CallStatus=ringing")));

@@ -172,10 +172,16 @@ fn whatsapp_template(
                 )));
             }
         };
+        let text = cx.render(value.as_str())?;
+        if text.trim().is_empty() {
+            return Err(StepError::Permanent(format!(
+                "the value of button {i} of template `{name}` is empty, and WhatsApp refuses empty values"
+            )));
+        }
         buttons.push(ButtonValue {
-            index: b.index.unwrap_or(i as u8),
+            index: b.index.unwrap_or(u8::try_from(i).unwrap_or(u8::MAX)),
             kind,
-            text: cx.render(value.as_str())?,
+            text,
         });
     }
     Ok(ApprovedTemplate {
