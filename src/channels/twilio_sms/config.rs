@@ -29,7 +29,7 @@ pub struct TwilioSmsConfig {
     /// The URL at which Twilio reaches this channel's inbound endpoint, exactly as configured
     /// in Twilio (`https://herald.example.com/inbound/sms`). Twilio signs the URL it calls,
     /// and a proxy in between changes the one Herald sees. Delivery reports are asked for at
-    /// this URL too.
+    /// this URL too, and a forwarded call reports there how it went.
     #[serde(default)]
     pub public_url: Option<String>,
     /// The phone that rings when someone calls the number, in E.164 (`+15558675310`), when

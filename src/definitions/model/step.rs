@@ -263,8 +263,8 @@ pub struct TemplateButton {
     /// A URL button's variable: what replaces `{{1}}` at the end of its approved address.
     #[serde(default)]
     pub url: Option<Template>,
-    /// A quick-reply button's payload, which comes back with the person's reply when they
-    /// press it.
+    /// A quick-reply button's payload, which Meta returns when the button is pressed (a
+    /// workflow sees the press as a reply whose text is the button's label).
     #[serde(default)]
     pub payload: Option<Template>,
 }
