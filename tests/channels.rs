@@ -12,13 +12,17 @@ use herald::channels::resend::config::ResendConfig;
 use herald::channels::telegram::config::TelegramConfig;
 use herald::channels::twilio_sms::config::TwilioSmsConfig;
 use herald::channels::whatsapp::config::WhatsappConfig;
-use herald::channels::{self, Channel, Channels, DeliveryError, OutboundMessage};
+use herald::channels::{
+    self, ApprovedTemplate, ButtonKind, ButtonValue, Channel, Channels, DeliveryError,
+    OutboundMessage, TemplateValue,
+};
 use herald::definitions::env::EnvSource;
 use herald::definitions::model::ConfigDef;
 use herald::definitions::model::config::{
     ChannelConfig, SmtpConfig, SmtpTls, WebhookChannelConfig,
 };
 use indexmap::IndexMap;
+use serde_json::json;
 use support::email_api::{MAILGUN_DOMAIN, MAILGUN_KEY, RESEND_KEY, RESEND_SENDING_KEY};
 use support::telegram::BOT_TOKEN;
 use support::twilio::{ACCOUNT_SID, API_KEY, API_SECRET, AUTH_TOKEN};
@@ -51,6 +55,7 @@ fn message(key: &str, to: &str) -> OutboundMessage {
         run_id: Some("run-1".to_owned()),
         workflow_id: Some("onboarding".to_owned()),
         step_id: Some("welcome".to_owned()),
+        approved_template: None,
     }
 }
 
@@ -661,6 +666,8 @@ fn twilio_config(api_base: String) -> TwilioSmsConfig {
         from: Some("+15017122661".to_owned()),
         messaging_service_sid: None,
         public_url: Some("https://herald.example.com/inbound/sms".to_owned()),
+        forward_calls_to: None,
+        ring_timeout: herald::definitions::model::Duration::from_secs(20),
         api_base,
         timeout: herald::definitions::model::Duration::from_secs(5),
     }
@@ -1005,6 +1012,144 @@ async fn whatsapp_outside_the_24_hour_window_is_permanent_and_throttling_is_retr
     );
     let error = wrong.healthcheck().await.unwrap_err();
     assert!(error.contains("190"), "{error}");
+}
+
+fn reminder_template() -> ApprovedTemplate {
+    ApprovedTemplate {
+        name: "application_reminder".to_owned(),
+        language: "en_US".to_owned(),
+        header: vec![TemplateValue {
+            name: None,
+            text: "Ann".to_owned(),
+        }],
+        body: vec![
+            TemplateValue {
+                name: None,
+                text: "Ann".to_owned(),
+            },
+            TemplateValue {
+                name: None,
+                text: "Tuesday, 3 pm".to_owned(),
+            },
+        ],
+        buttons: vec![
+            ButtonValue {
+                index: 0,
+                kind: ButtonKind::Url,
+                text: "app-4711".to_owned(),
+            },
+            ButtonValue {
+                index: 2,
+                kind: ButtonKind::QuickReply,
+                text: "stop-reminders".to_owned(),
+            },
+        ],
+    }
+}
+
+#[tokio::test]
+async fn whatsapp_sends_an_approved_template_as_the_cloud_api_documents_it() {
+    let meta = FakeWhatsapp::start().await;
+    meta.approve_template("application_reminder", "en_US", 1, 2);
+    // A template reaches a person outside the 24-hour window, where text does not.
+    meta.close_window("16505551234");
+    let channel = whatsapp_channel(meta.api_base(), ACCESS_TOKEN);
+    assert!(channel.sends_approved_templates());
+    let mut message = wa_message("k1", "+1 650 555 1234");
+    message.approved_template = Some(reminder_template());
+    message.body = reminder_template().describe();
+    let delivered = channel.deliver(&message).await.expect("delivered");
+    assert_eq!(delivered.provider_id.as_deref(), Some("wamid.1"));
+    assert_eq!(
+        meta.sent()[0],
+        json!({
+            "messaging_product": "whatsapp",
+            "recipient_type": "individual",
+            "to": "16505551234",
+            "type": "template",
+            "template": {
+                "name": "application_reminder",
+                "language": {"code": "en_US"},
+                "components": [
+                    {"type": "header", "parameters": [{"type": "text", "text": "Ann"}]},
+                    {"type": "body", "parameters": [
+                        {"type": "text", "text": "Ann"},
+                        {"type": "text", "text": "Tuesday, 3 pm"}
+                    ]},
+                    {"type": "button", "sub_type": "url", "index": "0",
+                     "parameters": [{"type": "text", "text": "app-4711"}]},
+                    {"type": "button", "sub_type": "quick_reply", "index": "2",
+                     "parameters": [{"type": "payload", "payload": "stop-reminders"}]}
+                ]
+            }
+        })
+    );
+
+    // Named variables carry their names; a template without values has no components.
+    meta.approve_template("welcome", "es", 0, 1);
+    message.approved_template = Some(ApprovedTemplate {
+        name: "welcome".to_owned(),
+        language: "es".to_owned(),
+        header: Vec::new(),
+        body: vec![TemplateValue {
+            name: Some("first_name".to_owned()),
+            text: "Ana".to_owned(),
+        }],
+        buttons: Vec::new(),
+    });
+    channel.deliver(&message).await.expect("delivered");
+    assert_eq!(
+        meta.sent()[1]["template"],
+        json!({"name": "welcome", "language": {"code": "es"}, "components": [
+            {"type": "body", "parameters": [
+                {"type": "text", "parameter_name": "first_name", "text": "Ana"}
+            ]}
+        ]})
+    );
+    meta.approve_template("hello_world", "en_US", 0, 0);
+    message.approved_template = Some(ApprovedTemplate {
+        name: "hello_world".to_owned(),
+        language: "en_US".to_owned(),
+        header: Vec::new(),
+        body: Vec::new(),
+        buttons: Vec::new(),
+    });
+    channel.deliver(&message).await.expect("delivered");
+    assert_eq!(
+        meta.sent()[2]["template"],
+        json!({"name": "hello_world", "language": {"code": "en_US"}})
+    );
+}
+
+#[tokio::test]
+async fn whatsapp_template_refusals_are_permanent_and_name_the_template() {
+    let meta = FakeWhatsapp::start().await;
+    meta.approve_template("application_reminder", "en_US", 1, 2);
+    let channel = whatsapp_channel(meta.api_base(), ACCESS_TOKEN);
+    let mut message = wa_message("k1", "+16505551234");
+
+    // Approved in English only: Spanish is a template that does not exist.
+    let mut spanish = reminder_template();
+    spanish.language = "es".to_owned();
+    message.approved_template = Some(spanish);
+    let error = expect_permanent(channel.deliver(&message).await);
+    assert!(
+        error.contains("132001")
+            && error.contains("no template `application_reminder` is approved in language `es`"),
+        "{error}"
+    );
+
+    let mut short = reminder_template();
+    short.body.pop();
+    message.approved_template = Some(short);
+    let error = expect_permanent(channel.deliver(&message).await);
+    assert!(
+        error.contains("132000")
+            && error.contains("template `application_reminder` (en_US)")
+            && error.contains("1 in the body"),
+        "{error}"
+    );
+    assert_eq!(meta.sent().len(), 2, "each refusal was one request");
 }
 
 // ---------------------------------------------------------------------------------------

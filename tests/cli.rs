@@ -407,6 +407,12 @@ fn a_whatsapp_send_outside_any_conversation_is_warned_about_the_24_hour_window()
         "workflows/answer.yaml",
         "kind: workflow\nid: answer\ntriggers:\n  - message: { channel: wa }\nsteps:\n  - id: text\n    send: { channel: wa, to: \"{{ message.from }}\", body: \"Thanks!\" }\n",
     );
+    // An approved template is what reaches a person outside the window: no warning.
+    write(
+        tmp.path(),
+        "workflows/reminder.yaml",
+        "kind: workflow\nid: reminder\ntriggers:\n  - webhook: { path: /hooks/reminder }\nsteps:\n  - id: text\n    send:\n      channel: wa\n      to: \"{{ body.to }}\"\n      whatsapp_template: { name: application_reminder, language: en_US, body: [\"{{ body.name }}\"] }\n",
+    );
     let out = run(herald(tmp.path()).args(["validate", ".", "--format", "json"]));
     assert_eq!(
         code(&out),
@@ -427,6 +433,52 @@ fn a_whatsapp_send_outside_any_conversation_is_warned_about_the_24_hour_window()
     let file = warnings[0]["file"].as_str().unwrap_or_default();
     assert!(file.ends_with("nudge.yaml"), "{doc:#}");
     assert_eq!(warnings[0]["line"].as_u64(), Some(7), "{doc:#}");
+}
+
+#[test]
+fn a_whatsapp_template_is_checked_offline_where_it_is_written() {
+    let tmp = tempfile::tempdir().expect("a temp folder");
+    write(
+        tmp.path(),
+        "herald.yaml",
+        &format!(
+            "{CONFIG}  wa:\n    provider: whatsapp\n    access_token: EAAtoken\n    phone_number_id: \"106540352242922\"\n"
+        ),
+    );
+    write(
+        tmp.path(),
+        "workflows/reminder.yaml",
+        r#"kind: workflow
+id: reminder
+triggers:
+  - webhook: { path: /hooks/reminder }
+steps:
+  - id: on_sms
+    send:
+      channel: sms
+      to: "{{ body.to }}"
+      whatsapp_template: { name: application_reminder, language: en_US }
+  - id: misspelt
+    send:
+      channel: wa
+      to: "{{ body.to }}"
+      whatsapp_template:
+        name: Application Reminder
+        language: english
+        body: ["{{ bdy.name }}", "{{ contact.first_name }}"]
+"#,
+    );
+    let out = run(herald(tmp.path()).args(["validate", ".", "--color", "never"]));
+    assert_eq!(code(&out), 1, "{}", show(&out));
+    let err = stderr(&out);
+    for expected in [
+        "workflows/reminder.yaml:10:7: error: `whatsapp_template` sends a template approved in WhatsApp Manager, but channel `sms` is a log channel",
+        "workflows/reminder.yaml:16:15: error: `Application Reminder` is not a WhatsApp template name",
+        "workflows/reminder.yaml:17:19: error: `english` is not a WhatsApp language code",
+        "workflows/reminder.yaml:18:20: error: unknown variable `bdy` in template",
+    ] {
+        assert!(err.contains(expected), "missing {expected}\n{}", show(&out));
+    }
 }
 
 #[test]

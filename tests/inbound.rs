@@ -17,8 +17,8 @@ use hmac::{Hmac, KeyInit, Mac};
 use serde_json::{Value, json};
 use sha1::Sha1;
 use sha2::Sha256;
-use support::FakeTwilio;
 use support::app::App;
+use support::{FakeTwilio, FakeWhatsapp};
 
 const TWILIO_TOKEN: &str = support::twilio::AUTH_TOKEN;
 const PUBLIC_URL: &str = "https://herald.example.com/inbound/sms";
@@ -39,6 +39,8 @@ channels:
     auth_token: ${env:TWILIO_AUTH_TOKEN}
     from: "+15017122661"
     public_url: https://herald.example.com/inbound/sms
+    forward_calls_to: "+15558675310"
+    ring_timeout: 15s
     api_base: "{TWILIO_API}"
   wa:
     provider: whatsapp
@@ -46,6 +48,7 @@ channels:
     phone_number_id: "106540352242922"
     app_secret: ${env:WA_SECRET}
     verify_token: verify-me
+    api_base: "{WA_API}"
   tg:
     provider: telegram
     bot_token: "123456789:AAHdqTcvCH1vGWJxfSeofSAs0K5PALDsaw"
@@ -117,6 +120,38 @@ steps:
       unlink: [tg]
 "#;
 
+const WA_REMINDER: &str = r#"
+kind: workflow
+id: wa-reminder
+triggers:
+  - webhook: { path: /hooks/wa-reminder }
+steps:
+  - id: remind
+    send:
+      channel: wa
+      to: "{{ body.to }}"
+      whatsapp_template:
+        name: "{{ body.template }}"
+        language: en_US
+        body: ["{{ body.first_name }}", "{{ body.when }}"]
+        buttons: [{ url: "{{ body.application }}" }]
+"#;
+
+const MISSED_CALL: &str = r#"
+kind: workflow
+id: missed-call
+triggers:
+  - event: { name: call.missed }
+steps:
+  - id: text_back
+    send:
+      channel: "sms"
+      to: "{{ event.key }}"
+      from: "{{ event.data.to }}"
+      body: "Sorry we missed your call! Reply and we will call you back."
+      category: transactional
+"#;
+
 const ASSISTANT: &str = r#"
 kind: workflow
 id: assistant
@@ -132,6 +167,7 @@ steps:
 struct Inbound {
     app: App,
     twilio: FakeTwilio,
+    meta: FakeWhatsapp,
     http: reqwest::Client,
     _db: db::TestDb,
     _dir: tempfile::TempDir,
@@ -144,9 +180,12 @@ impl Inbound {
             .expect("SQLite is always available");
         let dir = tempfile::tempdir().expect("temp dir");
         let twilio = FakeTwilio::start().await;
+        let meta = FakeWhatsapp::start().await;
         std::fs::write(
             dir.path().join("herald.yaml"),
-            CONFIG.replace("{TWILIO_API}", &twilio.api_base()),
+            CONFIG
+                .replace("{TWILIO_API}", &twilio.api_base())
+                .replace("{WA_API}", &meta.api_base()),
         )
         .unwrap();
         std::fs::create_dir_all(dir.path().join("workflows")).unwrap();
@@ -158,10 +197,12 @@ impl Inbound {
         std::fs::write(dir.path().join("workflows/unmatched.yaml"), UNMATCHED).unwrap();
         std::fs::write(dir.path().join("workflows/link.yaml"), LINK).unwrap();
         std::fs::write(dir.path().join("workflows/reset.yaml"), RESET).unwrap();
+        std::fs::write(dir.path().join("workflows/wa-reminder.yaml"), WA_REMINDER).unwrap();
+        std::fs::write(dir.path().join("workflows/missed-call.yaml"), MISSED_CALL).unwrap();
         let env = EnvSource::Map(Arc::new(
             [
                 ("TWILIO_AUTH_TOKEN", TWILIO_TOKEN),
-                ("WA_TOKEN", "EAAJB-token"),
+                ("WA_TOKEN", support::whatsapp::ACCESS_TOKEN),
                 ("WA_SECRET", WA_SECRET),
                 ("ADMIN_KEY", ADMIN_KEY),
             ]
@@ -173,6 +214,7 @@ impl Inbound {
         Inbound {
             app,
             twilio,
+            meta,
             http: reqwest::Client::builder().no_proxy().build().unwrap(),
             _db: db,
             _dir: dir,
@@ -181,10 +223,15 @@ impl Inbound {
 
     /// Starts a run of the webhook workflow at `path` for `to`, and gives its id.
     async fn start_for(&self, path: &str, to: &str) -> String {
+        self.start_with(path, json!({ "to": to })).await
+    }
+
+    /// Starts a run of the webhook workflow at `path` with this body, and gives its id.
+    async fn start_with(&self, path: &str, body: Value) -> String {
         let answer = self
             .http
             .post(self.app.url(path))
-            .json(&json!({ "to": to }))
+            .json(&body)
             .send()
             .await
             .unwrap();
@@ -200,6 +247,40 @@ impl Inbound {
         let (body, signature) = twilio_form(fields);
         let signed = [("x-twilio-signature", signature)];
         self.post("/inbound/sms", FORM, &signed, &body).await.0
+    }
+
+    /// What Twilio posts about call `sid` from `from` to the number, with `extra` fields
+    /// (`CallStatus`, `DialCallStatus`), signed: the status, content type and body.
+    async fn call(
+        &self,
+        from: &str,
+        sid: &str,
+        extra: &[(&str, &str)],
+    ) -> (u16, Option<String>, String) {
+        let mut fields = vec![
+            ("AccountSid", "AC0123456789abcdef0123456789abcdef"),
+            ("ApiVersion", "2010-04-01"),
+            ("CallSid", sid),
+            ("From", from),
+            ("Caller", from),
+            ("To", "+15017122661"),
+            ("Called", "+15017122661"),
+            ("Direction", "inbound"),
+        ];
+        fields.extend_from_slice(extra);
+        let (body, signature) = twilio_form(&fields);
+        let signed = [("x-twilio-signature", signature)];
+        self.post("/inbound/sms", FORM, &signed, &body).await
+    }
+
+    /// The `call.missed` event recorded for `caller`, if any.
+    async fn missed_call_event(&self, caller: &str) -> Option<herald::store::EventRecord> {
+        self.app
+            .engine
+            .store
+            .find_event("call.missed", caller, 0, &[])
+            .await
+            .unwrap()
     }
 
     /// A text from `from`, as Twilio posts it, signed; the status.
@@ -708,4 +789,207 @@ async fn an_operator_lists_and_lifts_a_suppression() {
             .len(),
         1
     );
+}
+
+#[tokio::test]
+async fn a_whatsapp_template_goes_through_the_outbox_to_meta_with_its_values_rendered() {
+    let s = Inbound::start().await;
+    s.meta
+        .approve_template("application_reminder", "en_US", 0, 2);
+    let request = |template: &str, first_name: &str| {
+        json!({"to": "+16505551234", "template": template, "first_name": first_name,
+               "when": "Tuesday, 3 pm", "application": "app-4711"})
+    };
+    let run_id = s
+        .start_with("/hooks/wa-reminder", request("application_reminder", "Ann"))
+        .await;
+    let queued = &s.app.engine.store.outbox_for_run(&run_id).await.unwrap()[0];
+    assert_eq!(queued.status, herald::store::OutboxStatus::Pending);
+    assert!(
+        s.meta.sent().is_empty(),
+        "nothing is sent before the dispatcher runs"
+    );
+    assert_eq!(
+        queued.body,
+        "[template application_reminder (en_US)] Ann | Tuesday, 3 pm | app-4711"
+    );
+
+    assert_eq!(s.app.engine.deliver_due().await.unwrap(), 1);
+    assert_eq!(
+        s.meta.sent(),
+        [json!({
+            "messaging_product": "whatsapp",
+            "recipient_type": "individual",
+            "to": "16505551234",
+            "type": "template",
+            "template": {
+                "name": "application_reminder",
+                "language": {"code": "en_US"},
+                "components": [
+                    {"type": "body", "parameters": [
+                        {"type": "text", "text": "Ann"},
+                        {"type": "text", "text": "Tuesday, 3 pm"}
+                    ]},
+                    {"type": "button", "sub_type": "url", "index": "0",
+                     "parameters": [{"type": "text", "text": "app-4711"}]}
+                ]
+            }
+        })]
+    );
+    let sent = &s.app.engine.store.outbox_for_run(&run_id).await.unwrap()[0];
+    assert_eq!(sent.status, herald::store::OutboxStatus::Sent);
+    assert_eq!(sent.provider_id.as_deref(), Some("wamid.1"));
+
+    // A template Meta does not know fails for good, saying which, and is not retried.
+    let run_id = s
+        .start_with("/hooks/wa-reminder", request("application_remindr", "Ann"))
+        .await;
+    assert_eq!(s.app.engine.deliver_due().await.unwrap(), 1);
+    let failed = &s.app.engine.store.outbox_for_run(&run_id).await.unwrap()[0];
+    assert_eq!(failed.status, herald::store::OutboxStatus::Failed);
+    let error = failed.last_error.as_deref().unwrap_or_default();
+    assert!(
+        error.contains("132001") && error.contains("`application_remindr`"),
+        "{error}"
+    );
+    assert_eq!(s.app.engine.deliver_due().await.unwrap(), 0);
+
+    // An empty value would be refused by Meta without saying which; the step says.
+    let run_id = s
+        .start_with("/hooks/wa-reminder", request("application_reminder", " "))
+        .await;
+    let run = s.app.engine.store.run(&run_id).await.unwrap().unwrap();
+    assert_eq!(run.status, herald::store::RunStatus::Failed);
+    let error = run.error.unwrap_or_default();
+    assert!(
+        error.contains("body value 1 of template `application_reminder` is empty"),
+        "{error}"
+    );
+    assert!(
+        s.app
+            .engine
+            .store
+            .outbox_for_run(&run_id)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(s.meta.sent().len(), 2);
+}
+
+#[tokio::test]
+async fn a_signed_missed_call_starts_its_workflow_once_however_often_twilio_reports_it() {
+    let s = Inbound::start().await;
+    // The number's "A call comes in" webhook: the call is forwarded, with this URL as the
+    // <Dial>'s action; nothing is recorded yet.
+    let (status, kind, answer) = s
+        .call("+14155550100", "CA0001", &[("CallStatus", "ringing")])
+        .await;
+    assert_eq!((status, kind.as_deref()), (200, Some("text/xml")));
+    assert_eq!(
+        answer,
+        "<?xml version=\"1.0\" encoding=\"UTF-8\"?><Response><Dial \
+         action=\"https://herald.example.com/inbound/sms\" method=\"POST\" timeout=\"15\">\
+         +15558675310</Dial></Response>"
+    );
+    assert!(s.runs_of("missed-call").await.is_empty());
+
+    // The <Dial> rang out: a missed call, answered with TwiML that ends the call.
+    let dial_ended = [
+        ("CallStatus", "in-progress"),
+        ("DialCallStatus", "no-answer"),
+    ];
+    let (status, kind, answer) = s.call("+14155550100", "CA0001", &dial_ended).await;
+    assert_eq!(
+        (status, kind.as_deref(), answer.as_str()),
+        (200, Some("text/xml"), EMPTY_TWIML)
+    );
+    let runs = s.runs_of("missed-call").await;
+    assert_eq!(runs.len(), 1, "{runs:?}");
+    let event = &runs[0].context["event"];
+    assert_eq!(event["key"], "+14155550100");
+    assert_eq!(
+        event["data"],
+        json!({"channel": "sms", "from": "+14155550100", "to": "+15017122661",
+               "status": "no-answer", "call_sid": "CA0001"})
+    );
+
+    // Twilio retries the action, and the number's status callback reports the call too:
+    // one call, one run.
+    assert_eq!(s.call("+14155550100", "CA0001", &dial_ended).await.0, 200);
+    let status_callback = [("CallStatus", "busy"), ("CallDuration", "0")];
+    assert_eq!(
+        s.call("+14155550100", "CA0001", &status_callback).await.0,
+        200
+    );
+    assert_eq!(s.runs_of("missed-call").await.len(), 1);
+
+    // The run texts the caller back from the number they called, through Twilio.
+    assert_eq!(s.app.engine.run_due().await.unwrap(), 1);
+    assert_eq!(s.app.engine.deliver_due().await.unwrap(), 1);
+    let posted = s.twilio.posted();
+    assert_eq!(posted.len(), 1);
+    assert_eq!(
+        (posted[0].field("To"), posted[0].field("From")),
+        (Some("+14155550100"), Some("+15017122661"))
+    );
+}
+
+#[tokio::test]
+async fn a_call_with_a_bad_signature_is_refused_and_stores_nothing() {
+    let s = Inbound::start().await;
+    let (body, _) = twilio_form(&[
+        ("CallSid", "CA0002"),
+        ("From", "+14155550100"),
+        ("To", "+15017122661"),
+        ("Direction", "inbound"),
+        ("CallStatus", "no-answer"),
+    ]);
+    // Signed for other fields: forged.
+    let (_, other) = twilio_form(&[("CallSid", "CA0002"), ("CallStatus", "completed")]);
+    let (status, _, why) = s
+        .post(
+            "/inbound/sms",
+            FORM,
+            &[("x-twilio-signature", other)],
+            &body,
+        )
+        .await;
+    assert_eq!(status, 403, "{why}");
+    let (status, _, why) = s.post("/inbound/sms", FORM, &[], &body).await;
+    assert_eq!(status, 403);
+    assert!(why.contains("X-Twilio-Signature"), "{why}");
+    assert!(s.missed_call_event("+14155550100").await.is_none());
+    assert!(s.runs_of("missed-call").await.is_empty());
+}
+
+#[tokio::test]
+async fn a_completed_call_is_not_a_missed_call() {
+    let s = Inbound::start().await;
+    // Forwarded and answered: the <Dial> completed, then the call itself did.
+    let dial_ended = [
+        ("CallStatus", "in-progress"),
+        ("DialCallStatus", "completed"),
+    ];
+    let (status, kind, answer) = s.call("+14155550100", "CA0003", &dial_ended).await;
+    assert_eq!(
+        (status, kind.as_deref(), answer.as_str()),
+        (200, Some("text/xml"), EMPTY_TWIML)
+    );
+    let done = [("CallStatus", "completed"), ("CallDuration", "95")];
+    assert_eq!(s.call("+14155550100", "CA0003", &done).await.0, 200);
+    assert!(s.missed_call_event("+14155550100").await.is_none());
+    assert!(s.runs_of("missed-call").await.is_empty());
+    // Nor is a call the account made that nobody picked up.
+    let (body, signature) = twilio_form(&[
+        ("CallSid", "CA0004"),
+        ("From", "+15017122661"),
+        ("To", "+14155550100"),
+        ("Direction", "outbound-api"),
+        ("CallStatus", "no-answer"),
+    ]);
+    let signed = [("x-twilio-signature", signature)];
+    assert_eq!(s.post("/inbound/sms", FORM, &signed, &body).await.0, 200);
+    assert!(s.missed_call_event("+15017122661").await.is_none());
+    assert!(s.runs_of("missed-call").await.is_empty());
 }

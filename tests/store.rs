@@ -201,6 +201,7 @@ fn message(id: &str, run_id: Option<&str>, key: &str, created_at: Millis) -> New
         max_attempts: 5,
         category: MessageCategory::Marketing,
         retry: None,
+        approved_template: None,
         created_at,
         due_at: created_at,
     }
@@ -382,7 +383,7 @@ async fn migrations_apply_and_rerun(db: &TestDb) {
             "table {table} missing from {schema}: {tables:?}"
         );
     }
-    assert_eq!(versions, vec![1, 2, 3, 4]);
+    assert_eq!(versions, vec![1, 2, 3, 4, 5]);
     assert_eq!(store.count_runs().await.unwrap(), vec![]);
     assert_eq!(store.count_outbox().await.unwrap(), vec![]);
     pending(store, "r1", T0).await;
@@ -397,7 +398,7 @@ async fn migrations_apply_and_rerun(db: &TestDb) {
     assert_eq!(get(&again, "r1").await.status, RunStatus::Pending);
     assert_eq!(
         db.layout().await.2,
-        vec![1, 2, 3, 4],
+        vec![1, 2, 3, 4, 5],
         "each migration is recorded once"
     );
     let third = db.open_again().await;
@@ -2817,6 +2818,9 @@ async fn new_columns_round_trip(store: DynStore) {
         )
         .unwrap(),
     );
+    let template = json!({"name": "order_update", "language": "en_US",
+        "body": [{"text": "Ada"}, {"name": "order", "text": "A-17"}]});
+    m.approved_template = Some(template.clone());
     c.outbox = vec![m];
     committed(&store, c).await;
     let r = get(&store, "lab").await;
@@ -2828,6 +2832,7 @@ async fn new_columns_round_trip(store: DynStore) {
     let retry = m.retry.as_ref().unwrap();
     assert_eq!((retry.max_attempts, retry.jitter), (3, false));
     assert_eq!(retry.delay.as_std(), std::time::Duration::from_secs(1));
+    assert_eq!(m.approved_template.as_ref(), Some(&template));
     // Labels and contacts filter the run list.
     let f = |label: Option<(&str, &str)>| RunFilter {
         label: label.map(|(k, v)| (k.to_owned(), v.to_owned())),

@@ -1,5 +1,6 @@
 //! The inbound side of a channel: what a provider sends to Herald (a person's message, a
-//! delivery report, a handshake), checked and read into one shape for every provider.
+//! delivery report, a call to the number, a handshake), checked and read into one shape for
+//! every provider.
 //!
 //! Every provider signs its requests differently (Twilio over the public URL and the sorted
 //! form fields, WhatsApp over the raw body, Telegram with a secret header, Mailgun inside the
@@ -45,6 +46,12 @@ pub enum Received {
     /// A handshake the provider expects answered at once, with nothing stored (WhatsApp's
     /// `hub.challenge` when the webhook is registered).
     Handshake(ProviderAnswer),
+    /// How a phone call to the provider's number ended, as far as the caller is concerned.
+    Call {
+        call: CallReport,
+        /// What the provider expects back once the call is recorded (TwiML for Twilio).
+        answer: ProviderAnswer,
+    },
 }
 
 impl Received {
@@ -75,6 +82,25 @@ pub struct InboundMessage {
     /// The provider's id for the message. Providers redeliver; this is what deduplicates.
     pub provider_id: Option<String>,
     /// The request as the provider sent it, parsed, for what the shape above leaves out.
+    pub raw: Value,
+}
+
+/// A call someone made to the provider's number, once it is known whether anyone answered.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CallReport {
+    /// The channel's name in herald.yaml.
+    pub channel: String,
+    /// The caller's number, in E.164 when the provider knows it.
+    pub from: String,
+    /// The number they called.
+    pub to: Option<String>,
+    /// The provider's id for the call. Providers report a call more than once (a retry, a
+    /// second callback); this is what makes it one call.
+    pub call_id: String,
+    /// The provider's word for how it ended: `no-answer`, `busy`, `completed`...
+    pub status: String,
+    /// Nobody took the call: it rang out, was busy, failed, or the caller gave up.
+    pub missed: bool,
     pub raw: Value,
 }
 

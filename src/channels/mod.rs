@@ -62,6 +62,72 @@ pub struct OutboundMessage {
     pub run_id: Option<String>,
     pub workflow_id: Option<String>,
     pub step_id: Option<String>,
+    /// A template the provider approved, to send instead of `body` (which then only describes
+    /// the message for people reading the outbox). Only channels whose
+    /// [`Channel::sends_approved_templates`] is true take one.
+    pub approved_template: Option<ApprovedTemplate>,
+}
+
+/// A message template the provider approved in advance, sent by name with its variables
+/// filled in for one recipient (WhatsApp's message templates). Kept in the outbox as JSON, so
+/// its shape only grows.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ApprovedTemplate {
+    pub name: String,
+    /// The code of the approved language (`en_US`).
+    pub language: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub header: Vec<TemplateValue>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub body: Vec<TemplateValue>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub buttons: Vec<ButtonValue>,
+}
+
+/// One variable's value; `name` for a named variable, `None` for a positional one.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct TemplateValue {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    pub text: String,
+}
+
+/// The value of one dynamic button of a template.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ButtonValue {
+    /// The button's place in the approved template, from 0.
+    pub index: u8,
+    pub kind: ButtonKind,
+    pub text: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ButtonKind {
+    /// `text` completes the button's approved URL.
+    Url,
+    /// `text` is the payload a press sends back.
+    QuickReply,
+}
+
+impl ApprovedTemplate {
+    /// What the message is, in words, for the outbox's `body` and the log: the template's
+    /// name and language, then its values.
+    pub fn describe(&self) -> String {
+        let values: Vec<&str> = self
+            .header
+            .iter()
+            .chain(&self.body)
+            .map(|v| v.text.as_str())
+            .chain(self.buttons.iter().map(|b| b.text.as_str()))
+            .collect();
+        let mut text = format!("[template {} ({})]", self.name, self.language);
+        if !values.is_empty() {
+            text.push(' ');
+            text.push_str(&values.join(" | "));
+        }
+        text
+    }
 }
 
 /// A delivery that the provider accepted.
@@ -141,6 +207,12 @@ pub trait Channel: Send + Sync + std::fmt::Debug {
     /// reports to Herald (see [`inbound`]). `None` for channels that only send.
     fn receiver(&self) -> Option<&dyn inbound::Receiver> {
         None
+    }
+
+    /// Whether [`Channel::deliver`] sends an [`OutboundMessage::approved_template`]. A channel
+    /// that cannot would send the message's description as if it were the text.
+    fn sends_approved_templates(&self) -> bool {
+        false
     }
 }
 

@@ -23,6 +23,7 @@ use super::env;
 use super::model::Template;
 use super::model::step::{
     Action, CallStep, EmitStep, RespondStep, SendStep, Step, UpsertContactStep, WaitStep,
+    WhatsappTemplate,
 };
 use super::model::trigger::{RespondMode, Trigger, WebhookAuth};
 use super::project::{EnvMode, LoadOptions, Project};
@@ -156,6 +157,13 @@ fn check_all(project: &Project, opts: &LoadOptions, texts: &mut CompiledTexts) -
     // A config with errors was replaced by the defaults; its channels are still the ones it
     // names, so one mistake in herald.yaml does not turn every `send` into a second error.
     // WhatsApp channels, whose free-form text has a 24-hour window.
+    let providers: HashMap<String, &'static str> = project
+        .config
+        .def
+        .channels
+        .iter()
+        .map(|(name, c)| (name.clone(), c.provider()))
+        .collect();
     let whatsapp: Vec<String> = project
         .config
         .def
@@ -215,6 +223,7 @@ fn check_all(project: &Project, opts: &LoadOptions, texts: &mut CompiledTexts) -
                 globals: &globals,
                 channels: &channels,
                 whatsapp: &whatsapp,
+                providers: &providers,
                 templates: project.templates.names(),
                 broken_templates: project.templates.broken_names(),
                 known: &known,
@@ -593,6 +602,8 @@ struct WorkflowCheck<'a> {
     channels: &'a [String],
     /// The channels whose provider is WhatsApp.
     whatsapp: &'a [String],
+    /// Each channel's provider, when herald.yaml could be read.
+    providers: &'a HashMap<String, &'static str>,
     /// Template files that exist but do not compile: already reported, not "missing".
     broken_templates: &'a [String],
     templates: &'a [String],
@@ -948,7 +959,11 @@ impl WorkflowCheck<'_> {
     fn check_send(&mut self, p: &str, s: &SendStep, scope: &[String]) {
         let b = format!("{p}/send");
         self.check_channel(&s.channel, &format!("{b}/channel"));
-        self.check_whatsapp_window(&s.channel, &format!("{b}/channel"));
+        match &s.whatsapp_template {
+            Some(t) => self.check_whatsapp_template(&b, &s.channel, t, scope),
+            // An approved template is what the 24-hour window allows.
+            None => self.check_whatsapp_window(&s.channel, &format!("{b}/channel")),
+        }
         self.check_text(&format!("{b}/to"), s.to.as_str(), TextKind::Template, scope);
         // A name chosen at run time is a template itself, checked when the run gets there.
         if let Some(t) = &s.template
@@ -1008,9 +1023,132 @@ impl WorkflowCheck<'_> {
             ),
         )
         .with_hint(format!(
-            "start the workflow with `message: {{ channel: {channel} }}`, or send after `wait_for: {{ reply: {channel} }}`; approved template messages are not supported yet"
+            "send an approved template (`whatsapp_template:` instead of `body` or `template`), start the workflow with `message: {{ channel: {channel} }}`, or send after `wait_for: {{ reply: {channel} }}`"
         ));
         self.error(pointer, d);
+    }
+
+    /// `whatsapp_template`: only a WhatsApp channel sends one, and a name, language code or
+    /// variable name Meta could not have approved is wrong before anything is sent.
+    fn check_whatsapp_template(
+        &mut self,
+        b: &str,
+        channel: &str,
+        t: &WhatsappTemplate,
+        scope: &[String],
+    ) {
+        let base = format!("{b}/whatsapp_template");
+        if let Some(provider) = self.providers.get(channel)
+            && *provider != "whatsapp"
+        {
+            let mut hint = "send `body` or `template` on this channel".to_owned();
+            if let Some(wa) = self.whatsapp.first() {
+                hint.push_str(&format!(", or the template on `{wa}`"));
+            }
+            let d = Diagnostic::error(
+                "template-needs-whatsapp",
+                format!(
+                    "`whatsapp_template` sends a template approved in WhatsApp Manager, but channel `{channel}` is a {provider} channel"
+                ),
+            )
+            .with_hint(hint);
+            let d = self.def.at_key(&base, d);
+            self.out.push(d);
+        }
+        let literal = |text: &str| !text.contains("{{") && !text.contains("{%");
+        let name = t.name.as_str();
+        if !literal(name) {
+            self.check_text(&format!("{base}/name"), name, TextKind::Template, scope);
+        } else if !WhatsappTemplate::is_name(name) {
+            let d = Diagnostic::error(
+                "invalid-template-name",
+                format!("`{name}` is not a WhatsApp template name"),
+            )
+            .with_hint(
+                "template names are lower-case letters, digits and underscores, exactly as approved in WhatsApp Manager, such as `application_reminder`",
+            );
+            self.error(&format!("{base}/name"), d);
+        }
+        let language = t.language.as_str();
+        if !literal(language) {
+            self.check_text(
+                &format!("{base}/language"),
+                language,
+                TextKind::Template,
+                scope,
+            );
+        } else if !WhatsappTemplate::is_language_code(language) {
+            let d = Diagnostic::error(
+                "invalid-language-code",
+                format!("`{language}` is not a WhatsApp language code"),
+            )
+            .with_hint(
+                "give the code of a language the template is approved in, such as `en_US`, `en`, `es_MX` or `pt_BR` (the language in lower case, then `_` and the region in upper case)",
+            );
+            self.error(&format!("{base}/language"), d);
+        }
+        for (part, params) in [("header", &t.header), ("body", &t.body)] {
+            let Some(params) = params else {
+                continue;
+            };
+            let entries = params.entries();
+            if part == "header" && entries.len() > 1 {
+                let d = Diagnostic::error(
+                    "template-header-values",
+                    format!(
+                        "a WhatsApp template's header has at most one variable, and {} values are given",
+                        entries.len()
+                    ),
+                )
+                .with_hint("give the header's one value; the others belong in `body`");
+                self.error(&format!("{base}/header"), d);
+            }
+            for (i, (key, value)) in entries.into_iter().enumerate() {
+                let at = match key {
+                    Some(k) => format!("{base}/{part}/{}", escape_token(k)),
+                    None => format!("{base}/{part}/{i}"),
+                };
+                if let Some(k) = key
+                    && !WhatsappTemplate::is_variable_name(k)
+                {
+                    let d = Diagnostic::error(
+                        "invalid-variable-name",
+                        format!("`{k}` is not a WhatsApp template variable name"),
+                    )
+                    .with_hint(
+                        "named variables are lower-case letters, digits and underscores, as in the approved text's {{first_name}}; for {{1}}, {{2}} give a list instead",
+                    );
+                    let d = self.def.at_key(&at, d);
+                    self.out.push(d);
+                }
+                self.check_text(&at, value.as_str(), TextKind::Template, scope);
+            }
+        }
+        let mut indexes: HashMap<u8, usize> = HashMap::new();
+        for (i, button) in t.buttons.iter().enumerate() {
+            let at = format!("{base}/buttons/{i}");
+            let index = button.index.unwrap_or(u8::try_from(i).unwrap_or(u8::MAX));
+            if let Some(first) = indexes.insert(index, i) {
+                let d = Diagnostic::error(
+                    "duplicate-button",
+                    format!("entries {first} and {i} of `buttons` both give button {index} a value"),
+                )
+                .with_hint(
+                    "each entry is one button of the approved template; set `index` (from 0, in the template's order) when only some buttons have values",
+                );
+                self.error(&at, d);
+            }
+            for (field, value) in [("url", &button.url), ("payload", &button.payload)] {
+                if let Some(v) = value {
+                    self.check_text(
+                        &format!("{at}/{field}"),
+                        v.as_str(),
+                        TextKind::Template,
+                        scope,
+                    );
+                }
+            }
+        }
     }
 
     fn check_emit(&mut self, p: &str, e: &EmitStep, scope: &[String]) {

@@ -9,7 +9,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use super::{Engine, EngineError, policy, retry};
-use crate::channels::{DeliveryError, OutboundMessage};
+use crate::channels::{ApprovedTemplate, DeliveryError, OutboundMessage};
 use crate::store::{DeliveryOutcome, Millis, OutboxRecord};
 
 const BATCH: i64 = 32;
@@ -136,6 +136,11 @@ impl Engine {
             recipient.time_zone.as_deref(),
             now,
         );
+        let template = m
+            .approved_template
+            .clone()
+            .map(serde_json::from_value::<ApprovedTemplate>)
+            .transpose();
         let outcome = match registry.channels.get(&m.channel) {
             _ if recipient.blocked.is_some() => DeliveryOutcome::Suppressed {
                 reason: recipient.blocked.unwrap_or_default(),
@@ -143,6 +148,30 @@ impl Engine {
             None => DeliveryOutcome::Failed {
                 error: format!("channel `{}` is not configured", m.channel),
             },
+            Some(_) if template.is_err() => DeliveryOutcome::Failed {
+                error: format!(
+                    "the message's approved template cannot be read: {}",
+                    template
+                        .as_ref()
+                        .err()
+                        .map(ToString::to_string)
+                        .unwrap_or_default()
+                ),
+            },
+            // herald.yaml may have changed since the message was queued (or the message is a
+            // fallback's copy); another provider would send the template's description as the
+            // text.
+            Some(channel)
+                if matches!(template, Ok(Some(_))) && !channel.sends_approved_templates() =>
+            {
+                DeliveryOutcome::Failed {
+                    error: format!(
+                        "channel `{}` is a {} channel, which cannot send an approved template",
+                        m.channel,
+                        channel.provider()
+                    ),
+                }
+            }
             Some(_) if m.attempts > m.max_attempts => DeliveryOutcome::Failed {
                 error: format!(
                     "gave up after {} attempts (the last was interrupted): {}",
@@ -159,7 +188,7 @@ impl Engine {
             Some(channel) => match self.wait_for_pace(&registry, &m, now).await {
                 Some(deferred) => deferred,
                 None => {
-                    let message = outbound(&m);
+                    let message = outbound(&m, template.ok().flatten());
                     match channel.deliver(&message).await {
                         Ok(d) => DeliveryOutcome::Sent {
                             provider_id: d.provider_id,
@@ -297,7 +326,7 @@ impl Engine {
 }
 
 /// The message a channel delivers, from its outbox row.
-fn outbound(m: &OutboxRecord) -> OutboundMessage {
+fn outbound(m: &OutboxRecord, approved_template: Option<ApprovedTemplate>) -> OutboundMessage {
     let headers = m
         .headers
         .as_object()
@@ -326,5 +355,6 @@ fn outbound(m: &OutboxRecord) -> OutboundMessage {
         run_id: m.run_id.clone(),
         workflow_id: m.workflow_id.clone(),
         step_id: m.step_id.clone(),
+        approved_template,
     }
 }

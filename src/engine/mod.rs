@@ -667,6 +667,38 @@ impl Engine {
         Ok(true)
     }
 
+    /// Records a call to a provider's number that nobody took as the event `call.missed`,
+    /// keyed by the caller, with the channel, the caller (`from`), the number called (`to`),
+    /// how it ended (`status`) and the provider's `call_sid`: a workflow starts on it, or a
+    /// run waits for it. The provider's id for the call makes it one event however often
+    /// the provider reports it (a retry, a `<Dial>` action and a status callback). A call
+    /// someone answered records nothing. True when the call was missed.
+    pub async fn call_report(
+        self: &Arc<Self>,
+        call: &crate::channels::inbound::CallReport,
+    ) -> Result<bool, EngineError> {
+        if !call.missed {
+            return Ok(false);
+        }
+        let event = NewEvent {
+            id: format!("call:{}:{}", call.channel, call.call_id),
+            name: "call.missed".to_owned(),
+            key: Some(call.from.clone()),
+            data: json!({
+                "channel": call.channel,
+                "from": call.from,
+                "to": call.to,
+                "status": call.status,
+                "call_sid": call.call_id,
+            }),
+            source_run_id: None,
+            created_at: self.now(),
+        };
+        tracing::info!(channel = %call.channel, from = %call.from, status = %call.status, "missed call");
+        self.record_event(event).await?;
+        Ok(true)
+    }
+
     /// Records an inbound message and routes it.
     ///
     /// An opt-out keyword (see `compliance` in herald.yaml) is handled before anything else
@@ -898,6 +930,7 @@ fn help_answer(
         retry: None,
         created_at: now,
         due_at: now,
+        approved_template: None,
     }
 }
 

@@ -84,7 +84,13 @@ pub(crate) fn fallback(registry: &Registry, m: &OutboxRecord, now: Millis) -> Op
     let next = policy(registry, &m.channel).fallback.as_ref()?;
     // Validation refuses a cycle of fallbacks; a chain longer than the channels is one anyway.
     let depth = m.idempotency_key.matches('>').count();
-    if !registry.channels.contains_key(next) || depth >= registry.channels.len() {
+    let channel = registry.channels.get(next)?;
+    if depth >= registry.channels.len() {
+        return None;
+    }
+    // An approved template means nothing to another provider: it would send the template's
+    // description as the text. Such a message does not fall back.
+    if m.approved_template.is_some() && !channel.sends_approved_templates() {
         return None;
     }
     Some(NewOutbox {
@@ -105,6 +111,7 @@ pub(crate) fn fallback(registry: &Registry, m: &OutboxRecord, now: Millis) -> Op
         retry: m.retry.clone(),
         created_at: now,
         due_at: now,
+        approved_template: m.approved_template.clone(),
     })
 }
 

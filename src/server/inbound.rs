@@ -1,5 +1,6 @@
-//! `{routes.inbound}/{channel}`: where providers send what people write and what became of
-//! Herald's messages (Twilio, WhatsApp, Telegram, Mailgun, Resend).
+//! `{routes.inbound}/{channel}`: where providers send what people write, what became of
+//! Herald's messages (Twilio, WhatsApp, Telegram, Mailgun, Resend), and calls to a number
+//! (Twilio).
 //!
 //! The order is the contract: find the channel (404), let its provider verify the request as
 //! it arrived (403), read it (400), then record each message through the same path as every
@@ -56,6 +57,26 @@ pub async fn receive(
         .and_then(|()| receiver.parse(&request));
     let (messages, reports, answer) = match received {
         Ok(Received::Handshake(answer)) => return reply(answer),
+        Ok(Received::Call { mut call, answer }) => {
+            // As a message's sender: a phone number the way contacts keep it, so the text
+            // back and the caller's contact agree; anything else as it came.
+            if call.from.starts_with('+') {
+                let region = &registry.config.contacts.default_region;
+                if let Some(phone) = crate::engine::contact::normalize_phone(&call.from, region) {
+                    call.from = phone;
+                }
+            }
+            metrics::counter!("herald_inbound_calls_total", "channel" => channel.clone(), "missed" => if call.missed { "true" } else { "false" })
+                .increment(1);
+            if let Err(e) = state.engine.call_report(&call).await {
+                tracing::warn!(channel, error = %e, "a missed call could not be recorded; the provider will send it again");
+                return plain(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "try again later".to_owned(),
+                );
+            }
+            return reply(answer);
+        }
         Ok(Received::Events {
             messages,
             reports,

@@ -333,6 +333,9 @@ pub struct NewOutbox {
     pub category: MessageCategory,
     /// The send step's retry policy; the outbox default when `None`.
     pub retry: Option<RetryPolicy>,
+    /// A provider's approved template to send instead of `body`, as JSON (see
+    /// `channels::ApprovedTemplate`).
+    pub approved_template: Option<Value>,
     pub created_at: Millis,
     /// When it may first be delivered: `created_at`, or the end of the recipient's quiet
     /// hours.
@@ -401,6 +404,7 @@ pub struct OutboxRecord {
     pub last_error: Option<String>,
     pub category: MessageCategory,
     pub retry: Option<RetryPolicy>,
+    pub approved_template: Option<Value>,
     pub created_at: Millis,
     pub sent_at: Option<Millis>,
     /// The provider's last word on the message after it was sent: `delivered`, `failed`,

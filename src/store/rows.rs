@@ -76,7 +76,7 @@ macro_rules! run_columns {
 
 macro_rules! outbox_columns {
     () => {
-        "id, run_id, workflow_id, step_id, channel, recipient, sender, subject, body, html, headers, idempotency_key, status, attempts, max_attempts, next_attempt_at, provider_id, last_error, category, retry, created_at, sent_at, delivery, delivery_error, delivery_at"
+        "id, run_id, workflow_id, step_id, channel, recipient, sender, subject, body, html, headers, idempotency_key, status, attempts, max_attempts, next_attempt_at, provider_id, last_error, category, retry, approved_template, created_at, sent_at, delivery, delivery_error, delivery_at"
     };
 }
 
@@ -149,6 +149,7 @@ pub(super) fn outbox(row: &dyn RowView) -> Result<OutboxRecord> {
             .map(serde_json::from_value)
             .transpose()
             .map_err(|e| StoreError::Corrupt(format!("retry: {e}")))?,
+        approved_template: json(row.opt_text("approved_template")?, "approved_template")?,
         created_at: row.int("created_at")?,
         sent_at: row.opt_int("sent_at")?,
         delivery: row.opt_text("delivery")?,

@@ -2,7 +2,10 @@
 //! documentation says: `POST /{version}/{phone_number_id}/messages` with a Bearer token
 //! answers `{"messaging_product", "contacts": [{"input", "wa_id"}], "messages": [{"id"}]}`, or
 //! `{"error": {"message", "type", "code", "error_data": {"details"}, "fbtrace_id"}}`: 190 for a
-//! bad token (401), 131047 for a person outside the 24-hour window, 130429 when throttled.
+//! bad token (401), 131047 for text to a person outside the 24-hour window, 130429 when
+//! throttled. A `"type": "template"` message reaches anyone, if its name and language are an
+//! approved template (132001 otherwise) and it gives as many header and body values as the
+//! template has variables (132000 otherwise).
 
 use std::sync::{Arc, Mutex};
 
@@ -18,9 +21,19 @@ use super::ServerThread;
 pub const ACCESS_TOKEN: &str = "EAAJB-test-token";
 pub const PHONE_NUMBER_ID: &str = "106540352242922";
 
+/// A template as approved in WhatsApp Manager: how many variables its header and body have.
+#[derive(Clone)]
+struct Approved {
+    name: String,
+    language: String,
+    header: usize,
+    body: usize,
+}
+
 #[derive(Default)]
 struct Shared {
     sent: Vec<Value>,
+    approved: Vec<Approved>,
     /// Numbers (digits) whose last message is older than 24 hours.
     outside_window: Vec<String>,
     throttled: usize,
@@ -59,6 +72,16 @@ impl FakeWhatsapp {
             .unwrap()
             .outside_window
             .push(digits.to_owned());
+    }
+
+    /// Approves template `name` in `language`, with `header` and `body` variables.
+    pub fn approve_template(&self, name: &str, language: &str, header: usize, body: usize) {
+        self.shared.lock().unwrap().approved.push(Approved {
+            name: name.to_owned(),
+            language: language.to_owned(),
+            header,
+            body,
+        });
     }
 
     pub fn throttle_next(&self, n: usize) {
@@ -136,7 +159,11 @@ async fn send(
         );
     }
     let to = body["to"].as_str().unwrap_or_default().to_owned();
-    if state.outside_window.contains(&to) {
+    if body["type"] == "template" {
+        if let Some(refused) = check_template(&state.approved, &body["template"]) {
+            return refused;
+        }
+    } else if state.outside_window.contains(&to) {
         return graph_error(
             StatusCode::BAD_REQUEST,
             131047,
@@ -151,4 +178,45 @@ async fn send(
         "contacts": [{"input": to, "wa_id": to}],
         "messages": [{"id": id}]}))
     .into_response()
+}
+
+/// Meta's answer to a template message that does not match an approved template.
+fn check_template(approved: &[Approved], template: &Value) -> Option<Response> {
+    let name = template["name"].as_str().unwrap_or_default();
+    let language = template["language"]["code"].as_str().unwrap_or_default();
+    let Some(found) = approved
+        .iter()
+        .find(|a| a.name == name && a.language == language)
+    else {
+        return Some(graph_error(
+            StatusCode::NOT_FOUND,
+            132001,
+            "(#132001) Template name does not exist in the translation",
+            Some(&format!(
+                "template name ({name}) does not exist in {language}"
+            )),
+        ));
+    };
+    let given = |part: &str| {
+        template["components"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|c| c["type"] == part)
+            .map(|c| c["parameters"].as_array().map_or(0, Vec::len))
+            .sum::<usize>()
+    };
+    if given("header") != found.header || given("body") != found.body {
+        return Some(graph_error(
+            StatusCode::BAD_REQUEST,
+            132000,
+            "(#132000) Number of parameters does not match the expected number of params",
+            Some(&format!(
+                "body: number of localizable_params ({}) does not match the expected number of params ({})",
+                given("body"),
+                found.body
+            )),
+        ));
+    }
+    None
 }

@@ -423,6 +423,7 @@ mod tests {
             run_id: None,
             workflow_id: None,
             step_id: None,
+            approved_template: None,
         }
     }
 

@@ -29,9 +29,20 @@ pub struct TwilioSmsConfig {
     /// The URL at which Twilio reaches this channel's inbound endpoint, exactly as configured
     /// in Twilio (`https://herald.example.com/inbound/sms`). Twilio signs the URL it calls,
     /// and a proxy in between changes the one Herald sees. Delivery reports are asked for at
-    /// this URL too.
+    /// this URL too, and a forwarded call reports there how it went.
     #[serde(default)]
     pub public_url: Option<String>,
+    /// The phone that rings when someone calls the number, in E.164 (`+15558675310`), when
+    /// the number's "A call comes in" webhook is this channel's inbound URL: Herald forwards
+    /// the call there, and a call nobody answers is `call.missed`. Without it, such a call is
+    /// refused with a busy tone and is `call.missed` at once.
+    #[serde(default)]
+    pub forward_calls_to: Option<String>,
+    /// How long a forwarded call rings before it counts as missed (5s to 600s). Keep it
+    /// shorter than the time the phone's voicemail takes to answer, or voicemail takes every
+    /// call and none is missed.
+    #[serde(default = "TwilioSmsConfig::default_ring_timeout")]
+    pub ring_timeout: Duration,
     /// The API's address; tests point it at a local stand-in.
     #[serde(default = "TwilioSmsConfig::default_api_base")]
     pub api_base: String,
@@ -42,6 +53,9 @@ pub struct TwilioSmsConfig {
 impl TwilioSmsConfig {
     fn default_api_base() -> String {
         "https://api.twilio.com".to_owned()
+    }
+    fn default_ring_timeout() -> Duration {
+        Duration::from_secs(20)
     }
     fn default_timeout() -> Duration {
         Duration::from_secs(10)

@@ -8,8 +8,9 @@
 //! idempotency key, so a crash between Twilio's answer and the outbox's commit sends the text
 //! again on recovery; that window is one request long.
 //!
-//! Twilio's requests to Herald (a reply, a delivery report) are form-encoded and signed with
-//! `X-Twilio-Signature` over the URL it called (see [`signature`]).
+//! Twilio's requests to Herald (a reply, a delivery report, a call to the number and how it
+//! ended) are form-encoded and signed with `X-Twilio-Signature` over the URL it called (see
+//! [`signature`]).
 
 pub mod config;
 mod inbound;
@@ -41,6 +42,9 @@ pub struct TwilioSmsChannel {
     auth_token: Secret,
     sender: Sender,
     public_url: Option<String>,
+    /// Where calls to the number are forwarded, and for how long they ring there.
+    forward_calls_to: Option<String>,
+    ring_timeout: Duration,
     messages_url: Url,
     account_url: Url,
     timeout: Duration,
@@ -127,6 +131,27 @@ impl TwilioSmsChannel {
                 ));
             }
         };
+        let forward_calls_to = optional("forward_calls_to", &config.forward_calls_to)?;
+        if let Some(number) = &forward_calls_to {
+            let digits = number.strip_prefix('+').unwrap_or_default();
+            if !(8..=15).contains(&digits.len()) || !digits.chars().all(|c| c.is_ascii_digit()) {
+                return Err(ChannelError::new(
+                    name,
+                    Some("forward_calls_to"),
+                    format!(
+                        "forward_calls_to: `{number}` is not a phone number in E.164, such as +15558675310"
+                    ),
+                ));
+            }
+        }
+        let ring_timeout = config.ring_timeout.as_std();
+        if !(5..=600).contains(&ring_timeout.as_secs()) {
+            return Err(ChannelError::new(
+                name,
+                Some("ring_timeout"),
+                "ring_timeout: Twilio rings a forwarded call for 5s to 600s",
+            ));
+        }
         let public_url = optional("public_url", &config.public_url)?;
         if let Some(url) = &public_url {
             url_setting(name, "public_url", url)?;
@@ -146,6 +171,8 @@ impl TwilioSmsChannel {
             auth_token,
             sender,
             public_url,
+            forward_calls_to,
+            ring_timeout,
             messages_url,
             account_url,
             timeout,
@@ -316,6 +343,8 @@ mod tests {
             from: Some("+15017122661".into()),
             messaging_service_sid: None,
             public_url: None,
+            forward_calls_to: None,
+            ring_timeout: crate::definitions::model::Duration::from_secs(20),
             api_base: "https://api.twilio.com".into(),
             timeout: crate::definitions::model::Duration::from_secs(5),
         }
@@ -367,6 +396,12 @@ mod tests {
         let mut c = config();
         c.auth_token = "${env:MISSING}".into();
         assert_eq!(setting_of(&c).as_deref(), Some("auth_token"));
+        let mut c = config();
+        c.forward_calls_to = Some("(555) 867-5310".into());
+        assert_eq!(setting_of(&c).as_deref(), Some("forward_calls_to"));
+        let mut c = config();
+        c.ring_timeout = crate::definitions::model::Duration::from_secs(2);
+        assert_eq!(setting_of(&c).as_deref(), Some("ring_timeout"));
     }
 
     #[test]

@@ -5,7 +5,10 @@
 //! `{"messaging_product": "whatsapp", "to", "type": "text", "text": {"body"}}`. Meta answers
 //! with the message's `wamid`, or `{"error": {"message", "code", "error_data": {"details"}}}`.
 //! Free-form text reaches a person only within 24 hours of their last message; outside that
-//! window Meta refuses it with 131047, which is permanent here and says so.
+//! window Meta refuses it with 131047, which is permanent here and says so. What reaches them
+//! then is a template approved in WhatsApp Manager: `"type": "template"` with its name, its
+//! language and the values of its variables (`components`), which Meta refuses when the name,
+//! the language or the number of values does not match what it approved (132001, 132000).
 
 pub mod config;
 mod inbound;
@@ -16,11 +19,14 @@ use std::time::Duration;
 use async_trait::async_trait;
 use reqwest::{StatusCode, Url};
 use serde::Deserialize;
-use serde_json::json;
+use serde_json::{Value, json};
 
 use super::http::{by_status, describe, endpoint, exchange, snippet, unanswered, url_setting};
 use super::inbound::Receiver;
-use super::{Channel, ChannelError, Delivered, DeliveryError, OutboundMessage, resolve_setting};
+use super::{
+    ApprovedTemplate, ButtonKind, Channel, ChannelError, Delivered, DeliveryError, OutboundMessage,
+    TemplateValue, resolve_setting,
+};
 use crate::definitions::env::{EnvSource, Secret};
 use config::WhatsappConfig;
 
@@ -137,16 +143,23 @@ impl Channel for WhatsappChannel {
     }
 
     async fn deliver(&self, message: &OutboundMessage) -> Result<Delivered, DeliveryError> {
-        super::within_chars(&message.body, MAX_TEXT_CHARS, "WhatsApp")?;
-        let body = json!({
-            "messaging_product": "whatsapp",
-            "recipient_type": "individual",
-            // The Cloud API wants the number's digits; `+` and spaces are tolerated but not
-            // documented, so they are left out.
-            "to": message.to.chars().filter(char::is_ascii_digit).collect::<String>(),
-            "type": "text",
-            "text": { "preview_url": false, "body": message.body },
-        });
+        // The Cloud API wants the number's digits; `+` and spaces are tolerated but not
+        // documented, so they are left out.
+        let to: String = message.to.chars().filter(char::is_ascii_digit).collect();
+        let template = message.approved_template.as_ref();
+        let body = match template {
+            Some(t) => template_message(&to, t),
+            None => {
+                super::within_chars(&message.body, MAX_TEXT_CHARS, "WhatsApp")?;
+                json!({
+                    "messaging_product": "whatsapp",
+                    "recipient_type": "individual",
+                    "to": to,
+                    "type": "text",
+                    "text": { "preview_url": false, "body": message.body },
+                })
+            }
+        };
         let request = self
             .client
             .post(self.messages_url.clone())
@@ -160,7 +173,12 @@ impl Channel for WhatsappChannel {
                 provider_id: reply.json_str("/messages/0/id"),
             });
         }
-        Err(classify(reply.status, &reply.body, reply.retry_after))
+        Err(classify(
+            reply.status,
+            &reply.body,
+            reply.retry_after,
+            template,
+        ))
     }
 
     /// Reads the sending number: proves the token and the number id without sending.
@@ -173,13 +191,60 @@ impl Channel for WhatsappChannel {
         if reply.status.is_success() {
             Ok(())
         } else {
-            Err(explain(reply.status, &reply.body))
+            Err(explain(reply.status, &reply.body, None))
         }
     }
 
     fn receiver(&self) -> Option<&dyn Receiver> {
         Some(self)
     }
+
+    fn sends_approved_templates(&self) -> bool {
+        true
+    }
+}
+
+/// The Cloud API's template message: the name, the language, and a component per part that
+/// has values (header and body text parameters, one per dynamic button).
+fn template_message(to: &str, t: &ApprovedTemplate) -> Value {
+    let text = |v: &TemplateValue| match &v.name {
+        Some(name) => json!({"type": "text", "parameter_name": name, "text": v.text}),
+        None => json!({"type": "text", "text": v.text}),
+    };
+    let mut components = Vec::new();
+    for (part, values) in [("header", &t.header), ("body", &t.body)] {
+        if !values.is_empty() {
+            components.push(json!({
+                "type": part,
+                "parameters": values.iter().map(text).collect::<Vec<_>>(),
+            }));
+        }
+    }
+    for b in &t.buttons {
+        let (sub_type, parameter) = match b.kind {
+            ButtonKind::Url => ("url", json!({"type": "text", "text": b.text})),
+            ButtonKind::QuickReply => {
+                ("quick_reply", json!({"type": "payload", "payload": b.text}))
+            }
+        };
+        components.push(json!({
+            "type": "button",
+            "sub_type": sub_type,
+            "index": b.index.to_string(),
+            "parameters": [parameter],
+        }));
+    }
+    let mut template = json!({"name": t.name, "language": {"code": t.language}});
+    if !components.is_empty() {
+        template["components"] = Value::Array(components);
+    }
+    json!({
+        "messaging_product": "whatsapp",
+        "recipient_type": "individual",
+        "to": to,
+        "type": "template",
+        "template": template,
+    })
 }
 
 /// Codes that mean "later": throughput (130429), too many to one person (131056), the
@@ -188,11 +253,16 @@ fn is_transient_code(code: u32) -> bool {
     matches!(code, 1 | 2 | 4 | 80007 | 130429 | 131000 | 131016 | 131056)
 }
 
-fn classify(status: StatusCode, body: &[u8], retry_after: Option<Duration>) -> DeliveryError {
+fn classify(
+    status: StatusCode,
+    body: &[u8],
+    retry_after: Option<Duration>,
+    template: Option<&ApprovedTemplate>,
+) -> DeliveryError {
     let code = serde_json::from_slice::<ErrorBody>(body)
         .ok()
         .and_then(|e| e.error.code);
-    let message = explain(status, body);
+    let message = explain(status, body, template);
     if code.is_some_and(is_transient_code) {
         DeliveryError::Transient {
             message,
@@ -203,11 +273,20 @@ fn classify(status: StatusCode, body: &[u8], retry_after: Option<Duration>) -> D
     }
 }
 
-fn explain(status: StatusCode, body: &[u8]) -> String {
+/// Meta's error in words, with what its code means for the operator; `template` is the
+/// template the refused message was, which Meta's template errors do not name.
+fn explain(status: StatusCode, body: &[u8], template: Option<&ApprovedTemplate>) -> String {
+    let sent = template
+        .map(|t| format!(" to template `{}` ({})", t.name, t.language))
+        .unwrap_or_default();
     let Ok(ErrorBody { error }) = serde_json::from_slice::<ErrorBody>(body) else {
-        return format!("{PROVIDER} answered {}{}", describe(status), snippet(body));
+        return format!(
+            "{PROVIDER} answered {}{sent}{}",
+            describe(status),
+            snippet(body)
+        );
     };
-    let mut text = format!("{PROVIDER} answered {}", status.as_u16());
+    let mut text = format!("{PROVIDER} answered {}{sent}", status.as_u16());
     if let Some(code) = error.code {
         text.push_str(&format!(", error {code}"));
     }
@@ -217,19 +296,55 @@ fn explain(status: StatusCode, body: &[u8]) -> String {
     if let Some(details) = error.error_data.and_then(|d| d.details) {
         text.push_str(&format!(" ({details})"));
     }
-    let meaning = match error.code {
-        Some(131047) => Some(
-            "more than 24 hours have passed since the person's last message: only an approved template can reach them now",
+    let meaning = match (error.code, template) {
+        (Some(131047), _) => Some(
+            "more than 24 hours have passed since the person's last message: only an approved template can reach them now (`whatsapp_template` in the send step)"
+                .to_owned(),
         ),
-        Some(190) => Some("access_token has expired or is not valid"),
-        Some(131030) => Some("a test number may only message the numbers added to it"),
-        Some(131026) => Some("the number is not on WhatsApp, or cannot receive this message"),
+        (Some(190), _) => Some("access_token has expired or is not valid".to_owned()),
+        (Some(131030), _) => {
+            Some("a test number may only message the numbers added to it".to_owned())
+        }
+        (Some(131026), _) => {
+            Some("the number is not on WhatsApp, or cannot receive this message".to_owned())
+        }
+        (Some(code), Some(t)) => template_meaning(code, t),
         _ => None,
     };
     if let Some(meaning) = meaning {
         text.push_str(&format!("; {meaning}"));
     }
     text
+}
+
+/// What Meta's template errors mean, said about the template that was sent.
+fn template_meaning(code: u32, t: &ApprovedTemplate) -> Option<String> {
+    let name = &t.name;
+    let language = &t.language;
+    Some(match code {
+        132001 => format!(
+            "no template `{name}` is approved in language `{language}` for this business account; check the name and the language code in WhatsApp Manager (Message templates)"
+        ),
+        132000 => format!(
+            "the values given ({} in the header, {} in the body) are not as many as template `{name}` has variables; give one value per variable in `whatsapp_template`",
+            t.header.len(),
+            t.body.len()
+        ),
+        132012 => format!(
+            "a value does not have the format template `{name}` expects for its variable (named variables need a mapping, positional ones a list)"
+        ),
+        132005 => format!("template `{name}` is too long once its values are filled in"),
+        132007 => format!("a value breaks WhatsApp's content policy for template `{name}`"),
+        132015 => format!(
+            "template `{name}` is paused for low quality; edit it in WhatsApp Manager, or wait until Meta unpauses it"
+        ),
+        132016 => format!(
+            "template `{name}` is disabled for low quality; it cannot be sent any more, approve a new one"
+        ),
+        131008 => format!("template `{name}` needs a value that was not given"),
+        131009 => format!("a value given to template `{name}` is not valid (an empty text?)"),
+        _ => return None,
+    })
 }
 
 #[cfg(test)]
@@ -248,6 +363,7 @@ mod tests {
                 classify(
                     StatusCode::from_u16(status).unwrap(),
                     body(code).as_bytes(),
+                    None,
                     None
                 ),
                 DeliveryError::Permanent { .. }
@@ -255,7 +371,7 @@ mod tests {
         };
         assert!(permanent(131047, 400) && permanent(190, 401) && permanent(100, 400));
         assert!(!permanent(130429, 400) && !permanent(131056, 400) && !permanent(131000, 500));
-        let text = explain(StatusCode::BAD_REQUEST, body(131047).as_bytes());
+        let text = explain(StatusCode::BAD_REQUEST, body(131047).as_bytes(), None);
         assert!(
             text.contains("error 131047") && text.contains("24 hours"),
             "{text}"

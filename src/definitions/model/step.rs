@@ -137,18 +137,27 @@ pub struct RawStep {
 
 #[derive(Debug, Clone, PartialEq, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
-#[schemars(extend("oneOf" = [{"required": ["template"]}, {"required": ["body"]}]))]
+#[schemars(extend("oneOf" = [
+    {"required": ["template"]}, {"required": ["body"]}, {"required": ["whatsapp_template"]}
+]))]
 pub struct SendStep {
     /// The channel, as named in herald.yaml.
     pub channel: String,
     /// The recipient: an e-mail address, a phone number, a chat id or a URL, by channel.
     pub to: Template,
-    /// A template file under templates/, such as emails/nudge.html.j2. Use this or `body`.
+    /// A template file under templates/, such as emails/nudge.html.j2. Use this, `body` or
+    /// `whatsapp_template`.
     #[serde(default)]
     pub template: Option<String>,
-    /// The message text, inline. Use this or `template`.
+    /// The message text, inline. Use this, `template` or `whatsapp_template`.
     #[serde(default)]
     pub body: Option<Template>,
+    /// A message template approved in WhatsApp Manager, sent by name with its parameters
+    /// filled in for each recipient: the only message that reaches a person more than 24
+    /// hours after their last message. Only on a `whatsapp` channel; use this, `template` or
+    /// `body`.
+    #[serde(default)]
+    pub whatsapp_template: Option<Box<WhatsappTemplate>>,
     /// The subject, for channels that have one.
     #[serde(default)]
     pub subject: Option<Template>,
@@ -165,6 +174,99 @@ pub struct SendStep {
     /// an opt-out or opt-in and reaches everyone but addresses that bounced.
     #[serde(default)]
     pub category: MessageCategory,
+}
+
+/// `send: { whatsapp_template: ... }`: which approved template, in which language, and the
+/// values of its variables. Every value is a template rendered per recipient.
+#[derive(Debug, Clone, PartialEq, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct WhatsappTemplate {
+    /// The template's name as approved in WhatsApp Manager: lower-case letters, digits and
+    /// underscores, such as `application_reminder`.
+    pub name: Template,
+    /// The code of the approved language the template is sent in, such as `en_US`, `es` or
+    /// `pt_BR`. A template is approved per language; another code is "template does not
+    /// exist" (132001).
+    pub language: Template,
+    /// The header's variable, when the approved header text has one: a list for `{{1}}`, or
+    /// a mapping for a named variable.
+    #[serde(default)]
+    pub header: Option<TemplateParameters>,
+    /// The body's variables, in the template's order: a list for positional variables
+    /// (`{{1}}`, `{{2}}`), or a mapping from name to value for named ones (`{{first_name}}`).
+    /// As many as the approved template has (132000 otherwise).
+    #[serde(default)]
+    pub body: Option<TemplateParameters>,
+    /// Values for the template's dynamic buttons.
+    #[serde(default)]
+    pub buttons: Vec<TemplateButton>,
+}
+
+impl WhatsappTemplate {
+    /// The names WhatsApp Manager accepts for a template.
+    pub fn is_name(name: &str) -> bool {
+        !name.is_empty()
+            && name.len() <= 512
+            && name
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+    }
+
+    /// A language code as the Cloud API takes it: `en`, `en_US`, `zh_HK`, `fil`.
+    pub fn is_language_code(code: &str) -> bool {
+        let (language, region) = code.split_once('_').unwrap_or((code, ""));
+        (2..=3).contains(&language.len())
+            && language.chars().all(|c| c.is_ascii_lowercase())
+            && (region.is_empty()
+                || (region.len() == 2 && region.chars().all(|c| c.is_ascii_uppercase())))
+    }
+
+    /// A named variable's name as Meta takes it: lower-case letters, digits and underscores.
+    pub fn is_variable_name(name: &str) -> bool {
+        Self::is_name(name)
+    }
+}
+
+/// A template's variables, by position or by name.
+#[derive(Debug, Clone, PartialEq, Deserialize, JsonSchema)]
+#[serde(untagged)]
+pub enum TemplateParameters {
+    /// `["{{ contact.first_name }}", "{{ vars.date }}"]` for `{{1}}` and `{{2}}`.
+    Positional(Vec<Template>),
+    /// `{first_name: "{{ contact.first_name }}"}` for `{{first_name}}`.
+    Named(IndexMap<String, Template>),
+}
+
+impl TemplateParameters {
+    /// Each value with its name (`None` by position), in order.
+    pub fn entries(&self) -> Vec<(Option<&str>, &Template)> {
+        match self {
+            TemplateParameters::Positional(values) => values.iter().map(|v| (None, v)).collect(),
+            TemplateParameters::Named(values) => {
+                values.iter().map(|(k, v)| (Some(k.as_str()), v)).collect()
+            }
+        }
+    }
+}
+
+/// The value of one dynamic button: the end of a URL button's address, or what a quick-reply
+/// button sends back.
+#[derive(Debug, Clone, PartialEq, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+#[schemars(extend("oneOf" = [{"required": ["url"]}, {"required": ["payload"]}]))]
+pub struct TemplateButton {
+    /// Which button, counting from 0 in the approved template's order. Defaults to the
+    /// entry's place in `buttons`.
+    #[serde(default)]
+    #[schemars(range(max = 9))]
+    pub index: Option<u8>,
+    /// A URL button's variable: what replaces `{{1}}` at the end of its approved address.
+    #[serde(default)]
+    pub url: Option<Template>,
+    /// A quick-reply button's payload, which Meta returns when the button is pressed (a
+    /// workflow sees the press as a reply whose text is the button's label).
+    #[serde(default)]
+    pub payload: Option<Template>,
 }
 
 /// What a message is, for suppression. Checked when the step runs and again at delivery.

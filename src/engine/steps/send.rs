@@ -3,7 +3,10 @@
 use serde_json::{Map, Value, json};
 
 use super::StepCx;
-use crate::definitions::model::step::{MessageCategory, SendStep};
+use crate::channels::{ApprovedTemplate, ButtonKind, ButtonValue, TemplateValue};
+use crate::definitions::model::step::{
+    MessageCategory, SendStep, TemplateParameters, WhatsappTemplate,
+};
 use crate::engine::interpreter::{After, Outcome, StepError};
 use crate::engine::{new_id, policy, retry, suppression};
 use crate::store::NewOutbox;
@@ -50,7 +53,14 @@ pub(super) async fn execute(cx: StepCx<'_>, s: &SendStep) -> Result<Outcome, Ste
         recipient.time_zone.as_deref(),
         cx.now,
     );
-    let (body, html) = body(&cx, s)?;
+    let approved_template = match &s.whatsapp_template {
+        Some(t) => Some(whatsapp_template(&cx, s, t)?),
+        None => None,
+    };
+    let (body, html) = match &approved_template {
+        Some(t) => (t.describe(), false),
+        None => body(&cx, s)?,
+    };
     let mut headers = Map::new();
     for (k, v) in &s.headers {
         headers.insert(k.clone(), Value::String(cx.render(v.as_str())?));
@@ -100,6 +110,9 @@ pub(super) async fn execute(cx: StepCx<'_>, s: &SendStep) -> Result<Outcome, Ste
         max_attempts: i64::from(max_attempts),
         category: s.category,
         retry: step.retry.clone(),
+        approved_template: approved_template
+            .as_ref()
+            .map(|t| serde_json::to_value(t).expect("a template's values always serialize")),
         created_at: cx.now,
         due_at: held.as_ref().map_or(cx.now, |(until, _)| *until),
     };
@@ -152,6 +165,95 @@ async fn over_cap(
             s.channel, cap.per, cap.messages
         )
     }))
+}
+
+/// The WhatsApp template with its values rendered for this recipient. Meta refuses a name or
+/// language code it could not have approved, and an empty value, with errors that do not say
+/// which value; they fail here, saying which.
+fn whatsapp_template(
+    cx: &StepCx<'_>,
+    s: &SendStep,
+    t: &WhatsappTemplate,
+) -> Result<ApprovedTemplate, StepError> {
+    let channel = &s.channel;
+    let provider = cx
+        .host
+        .registry
+        .channels
+        .get(channel)
+        .map(|c| (c.provider(), c.sends_approved_templates()));
+    if let Some((provider, false)) = provider {
+        return Err(StepError::Permanent(format!(
+            "`whatsapp_template` needs a whatsapp channel; `{channel}` is a {provider} channel"
+        )));
+    }
+    let name = cx.render(t.name.as_str())?.trim().to_owned();
+    if !WhatsappTemplate::is_name(&name) {
+        return Err(StepError::Permanent(format!(
+            "`{name}` is not a WhatsApp template name (lower-case letters, digits and underscores, as approved in WhatsApp Manager)"
+        )));
+    }
+    let language = cx.render(t.language.as_str())?.trim().to_owned();
+    if !WhatsappTemplate::is_language_code(&language) {
+        return Err(StepError::Permanent(format!(
+            "`{language}` is not a WhatsApp language code, such as `en_US` or `es` (template `{name}`)"
+        )));
+    }
+    let values = |part: &str, params: &Option<TemplateParameters>| {
+        let Some(params) = params else {
+            return Ok(Vec::new());
+        };
+        params
+            .entries()
+            .into_iter()
+            .enumerate()
+            .map(|(i, (key, value))| {
+                let text = cx.render(value.as_str())?;
+                if text.trim().is_empty() {
+                    let which = key.map_or_else(|| format!("{}", i + 1), |k| format!("`{k}`"));
+                    return Err(StepError::Permanent(format!(
+                        "the {part} value {which} of template `{name}` is empty, and WhatsApp refuses empty values; give it a fallback, such as `{{{{ contact.first_name | default('there') }}}}`"
+                    )));
+                }
+                Ok(TemplateValue {
+                    name: key.map(str::to_owned),
+                    text,
+                })
+            })
+            .collect::<Result<Vec<_>, StepError>>()
+    };
+    let header = values("header", &t.header)?;
+    let body = values("body", &t.body)?;
+    let mut buttons = Vec::with_capacity(t.buttons.len());
+    for (i, b) in t.buttons.iter().enumerate() {
+        let (kind, value) = match (&b.url, &b.payload) {
+            (Some(url), _) => (ButtonKind::Url, url),
+            (None, Some(payload)) => (ButtonKind::QuickReply, payload),
+            (None, None) => {
+                return Err(StepError::Permanent(format!(
+                    "button {i} of template `{name}` has neither `url` nor `payload`"
+                )));
+            }
+        };
+        let text = cx.render(value.as_str())?;
+        if text.trim().is_empty() {
+            return Err(StepError::Permanent(format!(
+                "the value of button {i} of template `{name}` is empty, and WhatsApp refuses empty values"
+            )));
+        }
+        buttons.push(ButtonValue {
+            index: b.index.unwrap_or(u8::try_from(i).unwrap_or(u8::MAX)),
+            kind,
+            text,
+        });
+    }
+    Ok(ApprovedTemplate {
+        name,
+        language,
+        header,
+        body,
+        buttons,
+    })
 }
 
 /// The message's body, and whether it is HTML: a template file (HTML by its name) or an

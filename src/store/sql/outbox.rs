@@ -13,10 +13,11 @@ use crate::store::{DeliveryOutcome, Millis, NewOutbox, OutboxRecord, OutboxStatu
 /// Enqueues messages (`messages` is not empty); a message whose idempotency key is taken is
 /// not enqueued again.
 pub(in crate::store) fn insert(messages: &[NewOutbox]) -> Stmt {
-    let mut p = Vec::with_capacity(messages.len() * 17);
+    let mut p = Vec::with_capacity(messages.len() * 18);
     let mut sql = String::from(
         "INSERT INTO outbox (id, run_id, workflow_id, step_id, channel, recipient, sender, subject, body, html, headers,
-             idempotency_key, status, attempts, max_attempts, next_attempt_at, created_at, updated_at, category, retry)
+             idempotency_key, status, attempts, max_attempts, next_attempt_at, created_at, updated_at, category, retry,
+             approved_template)
          VALUES ",
     );
     for (i, m) in messages.iter().enumerate() {
@@ -26,11 +27,12 @@ pub(in crate::store) fn insert(messages: &[NewOutbox]) -> Stmt {
         // Pending, never attempted (created_at is bound once, as $n+14).
         let _ = write!(
             sql,
-            ", 'pending', 0, ${}, ${}, ${at}, ${at}, ${}, ${})",
+            ", 'pending', 0, ${}, ${}, ${at}, ${at}, ${}, ${}, ${})",
             n + 13,
             n + 17,
             n + 15,
             n + 16,
+            n + 18,
             at = n + 14
         );
         p.extend(params![
@@ -51,6 +53,7 @@ pub(in crate::store) fn insert(messages: &[NewOutbox]) -> Stmt {
             m.category.as_str(),
             retry_text(&m.retry),
             m.due_at,
+            m.approved_template.as_ref().map(to_text),
         ]);
     }
     sql.push_str(" ON CONFLICT (idempotency_key) DO NOTHING");
