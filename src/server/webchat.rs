@@ -256,6 +256,7 @@ pub async fn events(
         subscription,
         queue: VecDeque::new(),
         sent: Remembered::default(),
+        floor: Millis::MIN,
         last_seen: last_seen.clone(),
         tick: tokio::time::interval(POLL_EVERY),
         _open: OpenStream::new(&channel),
@@ -328,6 +329,7 @@ fn reply_of(m: &OutboxRecord) -> Arc<Reply> {
         id: m.id.clone(),
         text: m.body.clone(),
         from: m.sender.clone(),
+        sent_at: m.sent_at,
     })
 }
 
@@ -342,6 +344,9 @@ struct ReplyStream {
     subscription: Subscription,
     queue: VecDeque<Event>,
     sent: Remembered,
+    /// Replies read from the store that were sent before this had the browser's (see
+    /// [`ReplyStream::missed_since`]), and so are not sent again.
+    floor: Millis,
     /// The last reply sent on this stream (or that the browser said it had).
     last_seen: Option<String>,
     tick: tokio::time::Interval,
@@ -377,7 +382,7 @@ impl ReplyStream {
     }
 
     fn enqueue(&mut self, reply: Arc<Reply>) {
-        if !self.sent.insert(&reply.id) {
+        if reply.sent_at.is_some_and(|at| at < self.floor) || !self.sent.insert(&reply.id) {
             return;
         }
         self.last_seen = Some(reply.id.clone());
@@ -428,8 +433,13 @@ impl ReplyStream {
     }
 
     /// What the visitor was sent after the reply `last` (from a little before it, see
-    /// [`OVERLAP_MS`]), or, with no usable `last`, their most recent replies.
-    async fn missed_since(&self, last: Option<&str>) -> crate::store::Result<Vec<OutboxRecord>> {
+    /// [`OVERLAP_MS`]), or, with no usable `last`, their most recent replies. The browser has
+    /// `last` and what was sent before the overlap: neither is sent again, whichever way it
+    /// comes later.
+    async fn missed_since(
+        &mut self,
+        last: Option<&str>,
+    ) -> crate::store::Result<Vec<OutboxRecord>> {
         let store = &self.engine.store;
         let from = match last {
             Some(id) => store.message(id).await?.filter(|m| {
@@ -450,6 +460,8 @@ impl ReplyStream {
             return store.sent_messages(&query).await;
         };
         query.after = (from.sent_at.unwrap_or_default() - OVERLAP_MS, String::new());
+        self.floor = self.floor.max(query.after.0);
+        self.sent.insert(&from.id);
         let mut found = Vec::new();
         loop {
             let page = store.sent_messages(&query).await?;

@@ -23,6 +23,9 @@ pub struct Reply {
     pub text: String,
     /// Who the reply is from, when the send step says (`from: Cathy`).
     pub from: Option<String>,
+    /// When it was recorded as sent, for a reply read from the store; `None` for one pushed
+    /// as it is delivered, which is new to every stream open.
+    pub sent_at: Option<crate::store::Millis>,
 }
 
 #[derive(Default)]
@@ -142,6 +145,7 @@ mod tests {
             id: id.into(),
             text: "hi".into(),
             from: None,
+            sent_at: None,
         })
     }
 

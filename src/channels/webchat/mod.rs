@@ -247,6 +247,7 @@ impl Channel for WebchatChannel {
             id: message.id.clone(),
             text: message.body.clone(),
             from: message.from.clone(),
+            sent_at: None,
         });
         let streams = self.hub.publish(&message.to, reply);
         tracing::debug!(channel = %self.name, visitor = %message.to, streams, "web chat reply");
