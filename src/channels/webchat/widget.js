@@ -198,10 +198,12 @@
   // ---- Talking to Herald.
 
   var sessionPromise = null;
+  var asking = false;
   // A session for this visitor: the stored token renewed (same visitor while it is good),
-  // or a new one.
+  // or a new one. One request at a time: two at once would make two visitors.
   function session(force) {
-    if (!force && state.token && state.expiresAt - Date.now() > 60000 && sessionPromise) return sessionPromise;
+    if (sessionPromise && (asking || (!force && state.expiresAt - Date.now() > 60000))) return sessionPromise;
+    asking = true;
     sessionPromise = fetch(base + '/session', {
       method: 'POST',
       headers: state.token ? { Authorization: 'Bearer ' + state.token } : {}
@@ -209,6 +211,7 @@
       if (!r.ok) throw new Error('session: ' + r.status);
       return r.json();
     }).then(function (s) {
+      asking = false;
       if (state.visitor && s.visitor !== state.visitor) state.lastId = null; // someone new
       state.token = s.token;
       state.visitor = s.visitor;
@@ -216,6 +219,7 @@
       save();
       return s.token;
     }, function (e) {
+      asking = false;
       sessionPromise = null;
       throw e;
     });
