@@ -3174,7 +3174,10 @@ async fn sent_messages_come_per_recipient_in_sending_order(store: DynStore) {
         to("e1", "email", "ann"),
     ];
     committed(&store, c).await;
-    assert_eq!(store.claim_outbox("d", T0, LEASE, 10).await.unwrap().len(), 7);
+    assert_eq!(
+        store.claim_outbox("d", T0, LEASE, 10).await.unwrap().len(),
+        7
+    );
     let sent = |id: &'static str, at: Millis| {
         let store = store.clone();
         async move {
@@ -3188,9 +3191,7 @@ async fn sent_messages_come_per_recipient_in_sending_order(store: DynStore) {
     sent("e1", T0 + 15).await;
     sent("a3", T0 + 20).await;
     sent("a2", T0 + 20).await;
-    let failed = DeliveryOutcome::Failed {
-        error: "no".into(),
-    };
+    let failed = DeliveryOutcome::Failed { error: "no".into() };
     assert!(
         store
             .finish_delivery("a-failed", "d", failed, T0 + 30)
@@ -3228,9 +3229,15 @@ async fn sent_messages_come_per_recipient_in_sending_order(store: DynStore) {
         }
     };
     assert_eq!(read(&["ann"], (0, ""), 10, false).await, ["a1", "a2", "a3"]);
-    assert_eq!(read(&["ann"], (T0 + 10, "a1"), 10, false).await, ["a2", "a3"]);
+    assert_eq!(
+        read(&["ann"], (T0 + 10, "a1"), 10, false).await,
+        ["a2", "a3"]
+    );
     assert_eq!(read(&["ann"], (T0 + 20, "a2"), 10, false).await, ["a3"]);
-    assert_eq!(read(&["ann"], (T0 + 20, "a3"), 10, false).await, Vec::<String>::new());
+    assert_eq!(
+        read(&["ann"], (T0 + 20, "a3"), 10, false).await,
+        Vec::<String>::new()
+    );
     assert_eq!(
         read(&["ann", "bob"], (T0 + 10, ""), 10, false).await,
         ["a1", "b1", "a2", "a3"]
@@ -3241,7 +3248,10 @@ async fn sent_messages_come_per_recipient_in_sending_order(store: DynStore) {
         ["a2", "a3"],
         "the newest two, oldest first"
     );
-    assert_eq!(read(&["carl"], (0, ""), 10, false).await, Vec::<String>::new());
+    assert_eq!(
+        read(&["carl"], (0, ""), 10, false).await,
+        Vec::<String>::new()
+    );
     let sent_at = store.message("a2").await.unwrap().unwrap().sent_at;
     assert_eq!(sent_at, Some(T0 + 20));
 }

@@ -64,7 +64,12 @@ struct Visitor {
 
 impl Chat {
     async fn start() -> Chat {
-        Chat::on(db::sqlite("webchat").await.expect("SQLite is always available")).await
+        Chat::on(
+            db::sqlite("webchat")
+                .await
+                .expect("SQLite is always available"),
+        )
+        .await
     }
 
     async fn on(db: db::TestDb) -> Chat {
@@ -249,7 +254,11 @@ impl Stream {
         assert_eq!(e.event, "message", "{e:?}");
         let id = e.id.expect("a reply has an id");
         assert_eq!(e.data["id"], id.as_str());
-        (e.data["text"].as_str().unwrap().to_owned(), id, e.data["from"].clone())
+        (
+            e.data["text"].as_str().unwrap().to_owned(),
+            id,
+            e.data["from"].clone(),
+        )
     }
 }
 
@@ -259,7 +268,9 @@ async fn a_visitors_message_starts_the_workflow_and_its_reply_arrives_over_sse()
     let ann = chat.session().await;
     let mut stream = chat.stream(&ann, None).await;
 
-    let (status, answer) = chat.say(&ann, "m-1", "Can I get a loan for a 2019 Civic?").await;
+    let (status, answer) = chat
+        .say(&ann, "m-1", "Can I get a loan for a 2019 Civic?")
+        .await;
     assert_eq!(status, 202, "{answer}");
     let answer: Value = serde_json::from_str(&answer).unwrap();
     assert_eq!(answer, json!({"id": "m-1", "status": "accepted"}));
@@ -319,7 +330,10 @@ async fn a_reply_sent_before_the_page_listened_arrives_when_it_does() {
     let chat = Chat::start().await;
     let ann = chat.session().await;
     // No stream open at all when the reply is delivered: it is delivered (recorded) anyway.
-    assert_eq!(chat.say(&ann, "m-1", "Is the Civic available?").await.0, 202);
+    assert_eq!(
+        chat.say(&ann, "m-1", "Is the Civic available?").await.0,
+        202
+    );
     chat.work(&chat.app).await;
     let run = &chat.runs().await[0];
     let sent = chat.store().outbox_for_run(&run.id).await.unwrap();
@@ -390,7 +404,9 @@ async fn refused_requests_store_and_start_nothing() {
     let (status, why) = chat.post_raw("not-a-token", SITE, &good).await;
     assert_eq!(status, 401, "{why}");
     assert!(why.contains("/session"), "{why}");
-    let (status, why) = chat.post_raw(&ann.token, "https://evil.example", &good).await;
+    let (status, why) = chat
+        .post_raw(&ann.token, "https://evil.example", &good)
+        .await;
     assert_eq!(status, 403, "{why}");
     assert!(why.contains("allowed_origins"), "{why}");
     let (status, why) = chat.post_raw(&ann.token, SITE, "{\"id\": \"m-1\", ").await;
@@ -428,14 +444,21 @@ async fn refused_requests_store_and_start_nothing() {
             .send()
     };
     assert_eq!(status(session("https://evil.example").await.unwrap()), 403);
-    assert_eq!(status(session("https://north.dealer.example").await.unwrap()), 200);
+    assert_eq!(
+        status(session("https://north.dealer.example").await.unwrap()),
+        200
+    );
     let events = |token: &str, origin: &str| {
         chat.http
             .get(chat.app.url(&format!("/inbound/chat/events?token={token}")))
             .header("origin", origin)
             .send()
     };
-    assert_eq!(status(events(&ann.token, SITE).await.unwrap()), 401, "expired");
+    assert_eq!(
+        status(events(&ann.token, SITE).await.unwrap()),
+        401,
+        "expired"
+    );
     let fresh = chat.session().await;
     assert_eq!(status(events("junk", SITE).await.unwrap()), 401);
     assert_eq!(
@@ -507,7 +530,10 @@ async fn browsers_on_allowed_sites_may_call_and_read() {
     let _two = chat.stream(&ann, None).await;
     let third = chat
         .http
-        .get(chat.app.url(&format!("/inbound/chat/events?token={}", ann.token)))
+        .get(
+            chat.app
+                .url(&format!("/inbound/chat/events?token={}", ann.token)),
+        )
         .header("origin", SITE)
         .send()
         .await

@@ -182,11 +182,7 @@ pub async fn session(
         "expires_at": rfc3339(session.expires_at),
         "expires_in": (session.expires_at - now) / 1000,
     });
-    Ok((
-        [(header::CACHE_CONTROL, "no-store")],
-        axum::Json(body),
-    )
-        .into_response())
+    Ok(([(header::CACHE_CONTROL, "no-store")], axum::Json(body)).into_response())
 }
 
 /// `GET …/widget.js`: the script a page adds with one `<script>` tag. Public, like any
@@ -280,7 +276,9 @@ pub async fn events(
     for m in missed {
         stream.enqueue(reply_of(&m));
     }
-    stream.tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    stream
+        .tick
+        .set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let events = futures_util::stream::unfold(stream, |mut s| async move {
         s.next().await.map(|e| (Ok::<_, Infallible>(e), s))
     });

@@ -210,7 +210,12 @@ mod tests {
         let c = channel();
         let (token, session) = c.open_session(None, NOW);
         let h = headers(Some(&token), Some("https://www.example-cars.com"));
-        let m = &read(&c, &h, r#"{"id":"m-1","text":"  Hi there ","page":"/loans"}"#).unwrap()[0];
+        let m = &read(
+            &c,
+            &h,
+            r#"{"id":"m-1","text":"  Hi there ","page":"/loans"}"#,
+        )
+        .unwrap()[0];
         assert_eq!(m.from, session.visitor);
         assert_eq!(m.text, "Hi there");
         assert_eq!(
@@ -240,7 +245,13 @@ mod tests {
         assert_eq!(status(&h, r#"{"id":"a b","text":"Hi"}"#), 400);
         assert_eq!(status(&h, r#"{"id":"m-2","text":"   "}"#), 400);
         assert_eq!(status(&h, r#"{"id":"m-2","text":"eleven char"}"#), 413);
-        assert_eq!(status(&h, &format!(r#"{{"id":"m-2","text":"{}"}}"#, "x".repeat(5000))), 413);
+        assert_eq!(
+            status(
+                &h,
+                &format!(r#"{{"id":"m-2","text":"{}"}}"#, "x".repeat(5000))
+            ),
+            413
+        );
         // Ten characters of four bytes each are within the limit, which counts characters.
         assert!(read(&c, &h, r#"{"id":"m-3","text":"😀😀😀😀😀😀😀😀😀😀"}"#).is_ok());
         // Not from a browser: the token alone decides.

@@ -330,7 +330,10 @@ mod tests {
         assert_eq!(renewed.visitor, first.visitor);
         assert!(renewed.expires_at > first.expires_at);
         let (_, later) = channel.open_session(Some(&token), first.expires_at);
-        assert_ne!(later.visitor, first.visitor, "an expired session is not renewed");
+        assert_ne!(
+            later.visitor, first.visitor,
+            "an expired session is not renewed"
+        );
         let (_, forged) = channel.open_session(Some("junk"), now);
         assert_ne!(forged.visitor, first.visitor);
         let err = channel.session(Some(&token), first.expires_at).unwrap_err();

@@ -134,7 +134,10 @@ mod tests {
         assert!(!a.allows("http://localhost:8001"));
         assert!(a.allows("https://north.dealer.example"));
         assert!(a.allows("https://a.b.dealer.example"));
-        assert!(!a.allows("https://dealer.example"), "the apex is not a subdomain");
+        assert!(
+            !a.allows("https://dealer.example"),
+            "the apex is not a subdomain"
+        );
         assert!(!a.allows("https://evildealer.example"));
         assert!(!a.allows("https://north.dealer.example:8443"));
         assert!(!a.allows("null"));

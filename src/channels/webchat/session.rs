@@ -153,7 +153,10 @@ mod tests {
         let other = format!("01960f0e-8a7b-7c3d-9e2f-0123456789ac.{rest}");
         assert_eq!(s.check(&other, now), Err(Rejected::Invalid));
         let (expires, signature) = rest.split_once('.').unwrap();
-        let later = format!("{visitor}.{}.{signature}", expires.parse::<i64>().unwrap() + 1);
+        let later = format!(
+            "{visitor}.{}.{signature}",
+            expires.parse::<i64>().unwrap() + 1
+        );
         assert_eq!(s.check(&later, now), Err(Rejected::Invalid));
         // The same secret on another channel, another secret on this one.
         assert_eq!(
@@ -182,6 +185,10 @@ mod tests {
         );
         assert_eq!(rotated.check(&token, now).unwrap().visitor, VISITOR);
         let (renewed, _) = rotated.issue(VISITOR, now);
-        assert!(sessions("chat", "n".repeat(32).as_str()).check(&renewed, now).is_ok());
+        assert!(
+            sessions("chat", "n".repeat(32).as_str())
+                .check(&renewed, now)
+                .is_ok()
+        );
     }
 }
