@@ -303,7 +303,9 @@ async fn a_reconnecting_browser_gets_only_what_it_missed() {
     assert_eq!(text, "You said: Hello");
     drop(first);
 
-    // Away (a tunnel, a closed laptop) while Cathy answers twice more, a minute apart.
+    // Away (a tunnel, a closed laptop) while Cathy answers twice more, a minute apart. (A
+    // reply sent within seconds before the last one seen may be sent again, for another
+    // process's late commit; the widget drops it by id. A minute apart, none is.)
     for (id, text) in [("m-2", "Rates?"), ("m-3", "Term?")] {
         chat.clock.advance(Duration::from_secs(60));
         assert_eq!(chat.say(&ann, id, text).await.0, 202);
