@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use herald::definitions::env::EnvSource;
-use herald::engine::clock::VirtualClock;
+use herald::engine::clock::{Clock as _, VirtualClock};
 use herald::store::{DynStore, RunFilter, RunRecord};
 use serde_json::{Value, json};
 use support::app::App;
@@ -587,4 +587,22 @@ async fn the_widget_is_served_and_parses() {
         "widget.js does not parse: {}",
         String::from_utf8_lossy(&checked.stderr)
     );
+}
+
+#[tokio::test]
+async fn a_stream_carries_on_across_a_reload() {
+    let chat = Chat::start().await;
+    let ann = chat.session().await;
+    let mut stream = chat.stream(&ann, None).await;
+
+    // A reload builds every channel anew, this one's hub of open streams included.
+    let layout = herald::definitions::project::Layout::discover(chat.dir.path()).unwrap();
+    let (registry, _) =
+        herald::engine::load_registry(&layout, &chat.env, 2, chat.clock.now()).unwrap();
+    chat.app.engine.install(registry).await.unwrap();
+
+    assert_eq!(chat.say(&ann, "m-1", "Still there?").await.0, 202);
+    chat.work(&chat.app).await;
+    assert_eq!(stream.reply().await.0, "You said: Still there?");
+    assert!(stream.within(Duration::from_millis(2500)).await.is_none());
 }
