@@ -45,6 +45,7 @@ macro_rules! scenarios {
 }
 
 scenarios![
+    a_flow_started_by_a_text_waits_for_the_next_one,
     set_and_respond_complete_in_one_commit,
     a_wait_holds_the_run_until_the_clock_reaches_it,
     wait_until_a_rendered_time,
@@ -1217,4 +1218,46 @@ steps:
         .unwrap()
         .unwrap();
     assert_eq!(contact.status.as_deref(), Some("opted_out"));
+}
+
+async fn a_flow_started_by_a_text_waits_for_the_next_one(db: db::TestDb) {
+    let h = Harness::new(
+        db,
+        &[(
+            "workflows/ask.yaml",
+            r#"
+kind: workflow
+id: ask
+triggers:
+  - message: { channel: sms, match: "(?i)^book" }
+steps:
+  - id: answer
+    wait_for: { reply: sms, key: "{{ message.from }}", timeout: 1h }
+  - id: got
+    set: { text: "{{ steps.answer.output.data.text }}" }
+"#,
+        )],
+    )
+    .await;
+    let from = "+13035550123";
+    let routed = h
+        .engine
+        .inbound_message("sms", from, "Book me in", Some("SM1"))
+        .await
+        .unwrap();
+    h.settle().await;
+    let run = routed.started_runs[0].clone();
+    assert_eq!(
+        h.run(&run).await.status,
+        RunStatus::Waiting,
+        "the text that started the run is not its own reply"
+    );
+    h.engine
+        .inbound_message("sms", from, "Tuesday at 10", Some("SM2"))
+        .await
+        .unwrap();
+    h.settle().await;
+    let run = h.run(&run).await;
+    assert_eq!(run.status, RunStatus::Completed);
+    assert_eq!(run.context["vars"]["text"], "Tuesday at 10");
 }

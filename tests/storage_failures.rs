@@ -246,6 +246,9 @@ impl Store for Failing {
     async fn outbox_for_run(&self, id: &str) -> Result<Vec<OutboxRecord>> {
         self.inner.outbox_for_run(id).await
     }
+    async fn sent_messages(&self, q: &SentMessages) -> Result<Vec<OutboxRecord>> {
+        self.inner.sent_messages(q).await
+    }
     async fn count_outbox(&self) -> Result<Vec<(OutboxStatus, i64)>> {
         self.inner.count_outbox().await
     }

@@ -14,7 +14,8 @@ use herald::store::{
     Commit, CommitOutcome, Contact, ContactFilter, ContactPatch, ContactUpsert, CronFire,
     CronOutcome, DefinitionVersion, DeliveryOutcome, DynStore, MessageCategory, MessageChange,
     Millis, NewEvent, NewOutbox, NewRun, OutboxFilter, OutboxStatus, Purged, RunFilter,
-    RunSelection, RunState, RunStatus, RunWrite, StepLogEntry, StepStatus, StoreError, TriggerKind,
+    RunSelection, RunState, RunStatus, RunWrite, SentMessages, StepLogEntry, StepStatus,
+    StoreError, TriggerKind,
 };
 use serde_json::{Value, json};
 
@@ -74,6 +75,7 @@ scenarios! {
         outbox_claims_and_deliveries,
         delivery_reports_never_go_back,
         addresses_are_suppressed_per_channel,
+        sent_messages_come_per_recipient_in_sending_order,
         cron_checked_until_never_moves_back,
         cron_slots_are_recorded_once,
         new_columns_round_trip,
@@ -383,7 +385,7 @@ async fn migrations_apply_and_rerun(db: &TestDb) {
             "table {table} missing from {schema}: {tables:?}"
         );
     }
-    assert_eq!(versions, vec![1, 2, 3, 4, 5]);
+    assert_eq!(versions, vec![1, 2, 3, 4, 5, 6]);
     assert_eq!(store.count_runs().await.unwrap(), vec![]);
     assert_eq!(store.count_outbox().await.unwrap(), vec![]);
     pending(store, "r1", T0).await;
@@ -398,7 +400,7 @@ async fn migrations_apply_and_rerun(db: &TestDb) {
     assert_eq!(get(&again, "r1").await.status, RunStatus::Pending);
     assert_eq!(
         db.layout().await.2,
-        vec![1, 2, 3, 4, 5],
+        vec![1, 2, 3, 4, 5, 6],
         "each migration is recorded once"
     );
     let third = db.open_again().await;
@@ -3282,4 +3284,104 @@ async fn addresses_are_suppressed_per_channel(store: DynStore) {
         .suppress_address("email", "bob@example.org", "annoyed", None, T0)
         .await;
     assert!(wrong.is_err(), "only the reasons providers report are kept");
+}
+
+async fn sent_messages_come_per_recipient_in_sending_order(store: DynStore) {
+    let to = |id: &str, channel: &str, recipient: &str| {
+        let mut m = message(id, Some("r1"), &format!("key-{id}"), T0);
+        m.channel = channel.into();
+        m.recipient = recipient.into();
+        m
+    };
+    let mut c = insert(new_run("r1", "wf", T0), state(RunStatus::Completed, None));
+    c.outbox = vec![
+        to("a1", "chat", "ann"),
+        to("a2", "chat", "ann"),
+        to("a3", "chat", "ann"),
+        to("a-failed", "chat", "ann"),
+        to("a-waiting", "chat", "ann"),
+        to("b1", "chat", "bob"),
+        to("e1", "email", "ann"),
+    ];
+    committed(&store, c).await;
+    assert_eq!(
+        store.claim_outbox("d", T0, LEASE, 10).await.unwrap().len(),
+        7
+    );
+    let sent = |id: &'static str, at: Millis| {
+        let store = store.clone();
+        async move {
+            let outcome = DeliveryOutcome::Sent { provider_id: None };
+            assert!(store.finish_delivery(id, "d", outcome, at).await.unwrap());
+        }
+    };
+    // Sent in this order; a3 is sent before a2 but in the same millisecond, so the id decides.
+    sent("a1", T0 + 10).await;
+    sent("b1", T0 + 10).await;
+    sent("e1", T0 + 15).await;
+    sent("a3", T0 + 20).await;
+    sent("a2", T0 + 20).await;
+    let failed = DeliveryOutcome::Failed { error: "no".into() };
+    assert!(
+        store
+            .finish_delivery("a-failed", "d", failed, T0 + 30)
+            .await
+            .unwrap()
+    );
+    let retry = DeliveryOutcome::Retry {
+        error: "later".into(),
+        next_attempt_at: T0 + 60_000,
+    };
+    assert!(
+        store
+            .finish_delivery("a-waiting", "d", retry, T0 + 30)
+            .await
+            .unwrap()
+    );
+
+    let read = |recipients: &[&str], after: (Millis, &str), limit: i64, newest: bool| {
+        let store = store.clone();
+        let query = SentMessages {
+            channel: "chat".into(),
+            recipients: recipients.iter().map(|r| (*r).to_owned()).collect(),
+            after: (after.0, after.1.to_owned()),
+            limit,
+            newest,
+        };
+        async move {
+            store
+                .sent_messages(&query)
+                .await
+                .unwrap()
+                .into_iter()
+                .map(|m| m.id)
+                .collect::<Vec<_>>()
+        }
+    };
+    assert_eq!(read(&["ann"], (0, ""), 10, false).await, ["a1", "a2", "a3"]);
+    assert_eq!(
+        read(&["ann"], (T0 + 10, "a1"), 10, false).await,
+        ["a2", "a3"]
+    );
+    assert_eq!(read(&["ann"], (T0 + 20, "a2"), 10, false).await, ["a3"]);
+    assert_eq!(
+        read(&["ann"], (T0 + 20, "a3"), 10, false).await,
+        Vec::<String>::new()
+    );
+    assert_eq!(
+        read(&["ann", "bob"], (T0 + 10, ""), 10, false).await,
+        ["a1", "b1", "a2", "a3"]
+    );
+    assert_eq!(read(&["ann"], (0, ""), 1, false).await, ["a1"]);
+    assert_eq!(
+        read(&["ann"], (0, ""), 2, true).await,
+        ["a2", "a3"],
+        "the newest two, oldest first"
+    );
+    assert_eq!(
+        read(&["carl"], (0, ""), 10, false).await,
+        Vec::<String>::new()
+    );
+    let sent_at = store.message("a2").await.unwrap().unwrap().sent_at;
+    assert_eq!(sent_at, Some(T0 + 20));
 }

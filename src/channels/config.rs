@@ -9,6 +9,7 @@ use super::resend::config::ResendConfig;
 use super::smtp::config::SmtpConfig;
 use super::telegram::config::TelegramConfig;
 use super::twilio_sms::config::TwilioSmsConfig;
+use super::webchat::config::WebchatConfig;
 use super::webhook::config::WebhookChannelConfig;
 use super::whatsapp::config::WhatsappConfig;
 
@@ -32,6 +33,9 @@ pub enum ChannelConfig {
     Mailgun(MailgunConfig),
     /// E-mail through Resend's API, and the events Resend reports back.
     Resend(ResendConfig),
+    /// A chat on your own web pages: one `<script>` tag adds it, visitors' messages come to
+    /// Herald and replies stream back to the browser.
+    Webchat(WebchatConfig),
 }
 
 impl ChannelConfig {
@@ -45,6 +49,7 @@ impl ChannelConfig {
             ChannelConfig::Whatsapp(_) => "whatsapp",
             ChannelConfig::Mailgun(_) => "mailgun",
             ChannelConfig::Resend(_) => "resend",
+            ChannelConfig::Webchat(_) => "webchat",
         }
     }
 }

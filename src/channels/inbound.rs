@@ -11,7 +11,8 @@
 //! provider id, then routed (compliance keywords, a run waiting for a reply, triggers).
 //!
 //! A channel says it receives by returning its receiver from [`super::Channel::receiver`].
-//! The providers built in so far (`log`, `smtp`, `webhook`) only send.
+//! `log`, `smtp` and `webhook` only send. The web chat's "provider" is a browser: its requests
+//! carry a visitor's session token instead of a signature, and are verified the same way.
 
 use std::fmt;
 
@@ -211,6 +212,11 @@ pub enum InboundError {
     Unauthenticated(String),
     /// Signed correctly but not in a shape this provider sends. Answered 400.
     Malformed(String),
+    /// A browser's request without a session Herald issued, or with one that ran out (the
+    /// web chat's visitors). Answered 401, which tells the page to get a new session.
+    NoSession(String),
+    /// More than the channel takes (a visitor's message over the length limit). Answered 413.
+    TooLarge(String),
 }
 
 impl fmt::Display for InboundError {
@@ -218,6 +224,7 @@ impl fmt::Display for InboundError {
         match self {
             InboundError::Unauthenticated(m) => write!(f, "not from the provider: {m}"),
             InboundError::Malformed(m) => write!(f, "not a request this provider sends: {m}"),
+            InboundError::NoSession(m) | InboundError::TooLarge(m) => f.write_str(m),
         }
     }
 }
@@ -230,6 +237,8 @@ impl InboundError {
         match self {
             InboundError::Unauthenticated(_) => 403,
             InboundError::Malformed(_) => 400,
+            InboundError::NoSession(_) => 401,
+            InboundError::TooLarge(_) => 413,
         }
     }
 }

@@ -27,6 +27,7 @@ pub mod resend;
 pub mod smtp;
 pub mod telegram;
 pub mod twilio_sms;
+pub mod webchat;
 pub mod webhook;
 pub mod whatsapp;
 
@@ -214,6 +215,12 @@ pub trait Channel: Send + Sync + std::fmt::Debug {
     fn sends_approved_templates(&self) -> bool {
         false
     }
+
+    /// The web chat's browser side (sessions, reply streams, the widget), for the one
+    /// provider that has one.
+    fn webchat(&self) -> Option<&webchat::WebchatChannel> {
+        None
+    }
 }
 
 /// What a channel's addresses are.
@@ -222,8 +229,8 @@ pub enum AddressKind {
     /// Phone numbers or e-mail addresses, told apart by an `@`: SMS, WhatsApp, e-mail, and
     /// the channels whose addresses are whatever a workflow gives them.
     PhoneOrEmail,
-    /// An id of the provider's own (a Telegram chat): never read as a phone number, so a
-    /// chat whose id happens to look like one is not taken for that person.
+    /// An id of the provider's own (a Telegram chat, a web chat visitor): never read as a
+    /// phone number, so a chat whose id happens to look like one is not taken for that person.
     ProviderId,
 }
 
@@ -281,6 +288,9 @@ pub fn build(config: &ConfigDef, env: &EnvSource) -> Result<Channels, ChannelErr
             }
             ChannelConfig::TwilioSms(sms) => {
                 Arc::new(twilio_sms::TwilioSmsChannel::from_config(name, sms, env)?)
+            }
+            ChannelConfig::Webchat(chat) => {
+                Arc::new(webchat::WebchatChannel::from_config(name, chat, env)?)
             }
         };
         channels.insert(name.clone(), channel);

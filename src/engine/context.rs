@@ -229,6 +229,7 @@ pub(crate) struct RunBuilder<'a> {
     trigger: Trigger,
     idempotency_key: Option<String>,
     parent_run_id: Option<String>,
+    started_by: Option<String>,
 }
 
 impl<'a> RunBuilder<'a> {
@@ -238,7 +239,16 @@ impl<'a> RunBuilder<'a> {
             trigger,
             idempotency_key: None,
             parent_run_id: None,
+            started_by: None,
         }
+    }
+
+    /// The event that started the run (a message, an emit): it is no answer to the run's own
+    /// `wait_for`, so a flow that starts on a text and then waits for a reply waits for the
+    /// next one.
+    pub fn started_by(mut self, event_id: &str) -> Self {
+        self.started_by = Some(event_id.to_owned());
+        self
     }
 
     /// A second start with the same key (of the same workflow) is the first run again.
@@ -267,12 +277,15 @@ impl<'a> RunBuilder<'a> {
             trigger_kind,
             idempotency_key: self.idempotency_key,
             parent_run_id: self.parent_run_id,
-            cursor: Cursor::at(
-                wf.program
-                    .entry
-                    .map(|i| wf.program.nodes[i].step.id.clone()),
-            )
-            .to_value(),
+            cursor: {
+                let mut cursor = Cursor::at(
+                    wf.program
+                        .entry
+                        .map(|i| wf.program.nodes[i].step.id.clone()),
+                );
+                cursor.consumed.extend(self.started_by);
+                cursor.to_value()
+            },
             context,
             labels,
             created_at: now,
@@ -343,6 +356,7 @@ pub(crate) fn subscriber_runs(
             RunBuilder::new(&sub.workflow, trigger)
                 // One event starts a subscriber once, even if it is recorded twice.
                 .idempotency_key(Some(format!("event:{}", event.id)))
+                .started_by(&event.id)
                 .build(&registry.templates, now),
         );
     }

@@ -822,6 +822,7 @@ impl Engine {
             runs.push(
                 RunBuilder::new(&sub.workflow, trigger)
                     .idempotency_key(dedupe.clone())
+                    .started_by(&message_event.id)
                     .build(&registry.templates, now),
             );
         }

@@ -8,6 +8,7 @@ pub mod inbound;
 pub mod listener;
 pub(crate) mod operations;
 pub mod retention;
+pub mod webchat;
 
 use std::sync::{Arc, Mutex};
 
@@ -117,13 +118,33 @@ pub fn router(state: Arc<AppState>) -> Router {
             ApiError::not_found(format!("no admin endpoint or webhook at {path}"))
         });
     let routes = state.engine.registry().config.routes.clone();
+    let inbound_at = format!("{}/{{channel}}", routes.inbound.trim_end_matches('/'));
+    // What providers and browsers send. A web chat's browser routes sit beside its inbound
+    // route, and all of them answer pages on the chat's allowed sites (CORS).
+    let inbound = Router::new()
+        .route(
+            &inbound_at,
+            get(inbound::receive)
+                .post(inbound::receive)
+                .options(webchat::preflight),
+        )
+        .route(
+            &format!("{inbound_at}/session"),
+            post(webchat::session).options(webchat::preflight),
+        )
+        .route(
+            &format!("{inbound_at}/events"),
+            get(webchat::events).options(webchat::preflight),
+        )
+        .route(&format!("{inbound_at}/widget.js"), get(webchat::widget))
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            webchat::cross_origin,
+        ));
     Router::new()
         .route(&routes.health, get(health::health))
         .route(&routes.metrics, get(health::metrics))
-        .route(
-            &format!("{}/{{channel}}", routes.inbound.trim_end_matches('/')),
-            get(inbound::receive).post(inbound::receive),
-        )
+        .merge(inbound)
         .nest(routes.api.trim_end_matches('/'), api)
         .fallback(hooks::webhook)
         // Declared webhooks come first: `/api/chat` is the operator's, even though the admin

@@ -414,7 +414,21 @@ pub struct OutboxRecord {
     pub delivery_at: Option<Millis>,
 }
 
-/// What a delivery attempt came to.
+/// Which sent messages [`Store::sent_messages`] reads: what some recipients were sent on one
+/// channel, in the order it was sent (`sent_at`, then `id`).
+#[derive(Debug, Clone, Default)]
+pub struct SentMessages {
+    pub channel: String,
+    /// Whose messages; a few hundred at most in one query.
+    pub recipients: Vec<String>,
+    /// Only those sent after this point, as `(sent_at, id)`, exclusive: `(t, "")` takes
+    /// everything sent at `t` or later.
+    pub after: (Millis, String),
+    pub limit: i64,
+    /// The newest `limit` of them rather than the oldest. Either way they come oldest first.
+    pub newest: bool,
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub enum DeliveryOutcome {
     Sent {
@@ -732,6 +746,9 @@ pub trait Store: Admin + Send + Sync + std::fmt::Debug {
         now: Millis,
     ) -> Result<bool>;
     async fn outbox_for_run(&self, run_id: &str) -> Result<Vec<OutboxRecord>>;
+    /// Messages sent on a channel to some recipients, in the order they were sent: what a web
+    /// chat visitor missed while their browser was away, or what another process delivered.
+    async fn sent_messages(&self, query: &SentMessages) -> Result<Vec<OutboxRecord>>;
     /// Records that `address` must get nothing more on `channel` (`reason`: `bounced`,
     /// `complained` or `unsubscribed`), as its provider reported.
     async fn suppress_address(

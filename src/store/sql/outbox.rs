@@ -8,7 +8,9 @@ use super::{
 };
 use crate::store::admin::{MessageChange, OutboxFilter};
 use crate::store::rows::{self, outbox_columns, retry_text, to_text};
-use crate::store::{DeliveryOutcome, Millis, NewOutbox, OutboxRecord, OutboxStatus, Result};
+use crate::store::{
+    DeliveryOutcome, Millis, NewOutbox, OutboxRecord, OutboxStatus, Result, SentMessages,
+};
 
 /// Enqueues messages (`messages` is not empty); a message whose idempotency key is taken is
 /// not enqueued again.
@@ -203,6 +205,36 @@ pub(in crate::store) async fn for_run<B: Backend>(
         " FROM outbox WHERE run_id = $1 ORDER BY created_at, id"
     );
     read_all(b, Stmt::new(sql, params![run_id]), rows::outbox).await
+}
+
+/// What recipients were sent on a channel after a point, in sending order. The redundant
+/// `sent_at >= $3` bounds the index range (`outbox_sent_to`); the rest of the condition is
+/// the keyset's tie-break on `id`.
+pub(in crate::store) async fn sent<B: Backend>(
+    b: &B,
+    q: &SentMessages,
+) -> Result<Vec<OutboxRecord>> {
+    let order = if q.newest { "DESC" } else { "ASC" };
+    let sql = format!(
+        "SELECT {} FROM outbox
+         WHERE channel = $1 AND {} AND status = 'sent'
+           AND sent_at >= $3 AND (sent_at > $3 OR id > $4)
+         ORDER BY sent_at {order}, id {order} LIMIT $5",
+        outbox_columns!(),
+        B::Db::in_list("recipient", "$2"),
+    );
+    let p = params![
+        &q.channel,
+        q.recipients.as_slice(),
+        q.after.0,
+        &q.after.1,
+        q.limit,
+    ];
+    let mut found = read_all(b, Stmt::new(sql, p), rows::outbox).await?;
+    if q.newest {
+        found.reverse();
+    }
+    Ok(found)
 }
 
 pub(in crate::store) async fn count<B: Backend>(b: &B) -> Result<Vec<(OutboxStatus, i64)>> {

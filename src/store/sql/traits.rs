@@ -13,7 +13,7 @@ use crate::store::admin::{
 use crate::store::{
     Commit, CommitOutcome, Contact, ContactUpsert, CronFire, DefinitionVersion, DeliveryOutcome,
     EventRecord, Millis, NewEvent, NewOutbox, NewRun, OutboxRecord, OutboxStatus, Result,
-    RunFilter, RunRecord, RunStatus, StepLogEntry, Store,
+    RunFilter, RunRecord, RunStatus, SentMessages, StepLogEntry, Store,
 };
 
 #[async_trait]
@@ -153,6 +153,9 @@ impl<B: Backend> Store for B {
     }
     async fn outbox_for_run(&self, run_id: &str) -> Result<Vec<OutboxRecord>> {
         outbox::for_run(self, run_id).await
+    }
+    async fn sent_messages(&self, query: &SentMessages) -> Result<Vec<OutboxRecord>> {
+        outbox::sent(self, query).await
     }
     async fn count_outbox(&self) -> Result<Vec<(OutboxStatus, i64)>> {
         outbox::count(self).await
