@@ -174,7 +174,25 @@ struct Inbound {
 }
 
 impl Inbound {
+    /// The test project: [`CONFIG`] and the workflows above.
     async fn start() -> Inbound {
+        Self::start_project(CONFIG, |dir| {
+            std::fs::write(dir.path().join("workflows/assistant.yaml"), ASSISTANT).unwrap();
+            std::fs::write(dir.path().join("workflows/notify.yaml"), NOTIFY).unwrap();
+            std::fs::write(dir.path().join("workflows/watch.yaml"), WATCH).unwrap();
+            std::fs::write(dir.path().join("workflows/promo.yaml"), PROMO).unwrap();
+            std::fs::write(dir.path().join("workflows/unmatched.yaml"), UNMATCHED).unwrap();
+            std::fs::write(dir.path().join("workflows/link.yaml"), LINK).unwrap();
+            std::fs::write(dir.path().join("workflows/reset.yaml"), RESET).unwrap();
+            std::fs::write(dir.path().join("workflows/wa-reminder.yaml"), WA_REMINDER).unwrap();
+            std::fs::write(dir.path().join("workflows/missed-call.yaml"), MISSED_CALL).unwrap();
+        })
+        .await
+    }
+
+    /// A project with `config` (`{TWILIO_API}` and `{WA_API}` point at the stand-ins) and the
+    /// files `files` writes.
+    async fn start_project(config: &str, files: impl FnOnce(&tempfile::TempDir)) -> Inbound {
         let db = db::sqlite("inbound")
             .await
             .expect("SQLite is always available");
@@ -183,22 +201,14 @@ impl Inbound {
         let meta = FakeWhatsapp::start().await;
         std::fs::write(
             dir.path().join("herald.yaml"),
-            CONFIG
+            config
                 .replace("{TWILIO_API}", &twilio.api_base())
                 .replace("{WA_API}", &meta.api_base()),
         )
         .unwrap();
         std::fs::create_dir_all(dir.path().join("workflows")).unwrap();
         std::fs::create_dir_all(dir.path().join("templates")).unwrap();
-        std::fs::write(dir.path().join("workflows/assistant.yaml"), ASSISTANT).unwrap();
-        std::fs::write(dir.path().join("workflows/notify.yaml"), NOTIFY).unwrap();
-        std::fs::write(dir.path().join("workflows/watch.yaml"), WATCH).unwrap();
-        std::fs::write(dir.path().join("workflows/promo.yaml"), PROMO).unwrap();
-        std::fs::write(dir.path().join("workflows/unmatched.yaml"), UNMATCHED).unwrap();
-        std::fs::write(dir.path().join("workflows/link.yaml"), LINK).unwrap();
-        std::fs::write(dir.path().join("workflows/reset.yaml"), RESET).unwrap();
-        std::fs::write(dir.path().join("workflows/wa-reminder.yaml"), WA_REMINDER).unwrap();
-        std::fs::write(dir.path().join("workflows/missed-call.yaml"), MISSED_CALL).unwrap();
+        files(&dir);
         let env = EnvSource::Map(Arc::new(
             [
                 ("TWILIO_AUTH_TOKEN", TWILIO_TOKEN),
@@ -992,4 +1002,92 @@ async fn a_completed_call_is_not_a_missed_call() {
     assert_eq!(s.post("/inbound/sms", FORM, &signed, &body).await.0, 200);
     assert!(s.missed_call_event("+15017122661").await.is_none());
     assert!(s.runs_of("missed-call").await.is_empty());
+}
+
+/// The shipped missed-call text-back and opt-out workflows, on Twilio: a missed call is texted
+/// back, the reply is routed, STOP ends the texts (a second missed call gets none), and HELP
+/// is still answered.
+#[tokio::test]
+async fn a_missed_call_is_texted_back_until_stop_and_help_is_answered() {
+    let shipped = |path: &str| {
+        std::fs::read_to_string(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(path))
+            .unwrap()
+    };
+    let config = CONFIG.replace(
+        "compliance:\n",
+        "compliance:\n  help_reply: \"Acme Auto: missed-call texts. Reply STOP to stop.\"\n",
+    ) + "  ops: { provider: log }\n";
+    let s = Inbound::start_project(&config, |dir| {
+        for file in [
+            "workflows/missed-call-textback.yaml",
+            "workflows/sms-opt-out.yaml",
+            "templates/sms/missed-call.txt.j2",
+        ] {
+            let path = dir.path().join(file);
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(path, shipped(file)).unwrap();
+        }
+    })
+    .await;
+    let caller = "+14155550100";
+    let engine = &s.app.engine;
+    let settle = || async {
+        while engine.run_due().await.unwrap() + engine.deliver_due().await.unwrap() > 0 {}
+    };
+    let texts = || {
+        s.twilio
+            .posted()
+            .iter()
+            .map(|p| p.field("Body").unwrap_or_default().to_owned())
+            .collect::<Vec<_>>()
+    };
+
+    let missed = [("CallStatus", "no-answer"), ("CallDuration", "0")];
+    assert_eq!(s.call(caller, "CA1", &missed).await.0, 200);
+    settle().await;
+    assert_eq!(texts().len(), 1, "the text-back: {:?}", texts());
+    let run = s.runs_of("missed-call-textback").await.remove(0);
+    assert_eq!(s.twilio.posted()[0].field("To"), Some(caller));
+
+    assert_eq!(s.text(caller, "SM1", "Book me in please").await, 200);
+    settle().await;
+    assert_eq!(
+        texts()[1],
+        "Thanks! The office will call you within the hour to find a time."
+    );
+    let run = s.app.engine.store.run(&run.id).await.unwrap().unwrap();
+    assert_eq!(run.status, herald::store::RunStatus::Completed);
+
+    assert_eq!(s.text(caller, "SM2", "STOP").await, 200);
+    settle().await;
+    assert_eq!(
+        texts()[2],
+        "You are unsubscribed and will get no more texts. Reply START to resubscribe."
+    );
+
+    // Another missed call: the workflow runs, and its text-back is suppressed.
+    assert_eq!(s.call(caller, "CA2", &missed).await.0, 200);
+    settle().await;
+    assert_eq!(texts().len(), 3, "nothing more after STOP: {:?}", texts());
+    let second = s
+        .runs_of("missed-call-textback")
+        .await
+        .into_iter()
+        .find(|r| r.id != run.id)
+        .unwrap();
+    let second = s.app.engine.store.run(&second.id).await.unwrap().unwrap();
+    assert_eq!(
+        second.context["steps"]["text_back"]["output"]["status"], "suppressed",
+        "{}",
+        second.context["steps"]["text_back"]["output"]
+    );
+
+    // HELP is answered all the same.
+    assert_eq!(s.text(caller, "SM3", "help").await, 200);
+    settle().await;
+    assert_eq!(texts().len(), 4);
+    assert_eq!(
+        texts()[3],
+        "Acme Auto: missed-call texts. Reply STOP to stop."
+    );
 }
