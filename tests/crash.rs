@@ -156,75 +156,91 @@ steps:
     dir
 }
 
-async fn crash_and_recover(url: String) {
-    let sink = HttpSink::start().await;
-    let dir = project(&sink);
-    let port = free_port();
-    let mut server = Server::start(dir.path(), &url, port);
-    herald::tls::init();
-    let client = reqwest::Client::builder()
-        .timeout(Duration::from_secs(10))
-        .build()
-        .unwrap();
+/// Sends `count` requests (`request(n)`) from eight senders, each retried until it is answered
+/// 2xx, as a provider or a webhook sender retries a dropped connection, while the server is
+/// killed with SIGKILL `KILLS` times at random moments and restarted. Returns the last server.
+async fn post_through_kills(
+    mut server: Server,
+    dir: &std::path::Path,
+    url: &str,
+    port: u16,
+    count: usize,
+    pause_between: std::ops::Range<u64>,
+    request: impl Fn(usize) -> reqwest::RequestBuilder + Clone + Send + 'static,
+) -> Server {
     let accepted = Arc::new(AtomicUsize::new(0));
-
-    // Senders: every webhook is retried until it gets a 2xx, as a real sender retries on a
-    // dropped connection; the idempotency key makes a retry find the original run.
     let mut senders = tokio::task::JoinSet::new();
     let next = Arc::new(AtomicUsize::new(0));
     for _ in 0..8 {
-        let (client, next, accepted) = (client.clone(), next.clone(), accepted.clone());
+        let (request, next, accepted) = (request.clone(), next.clone(), accepted.clone());
+        let pause_between = pause_between.clone();
         senders.spawn(async move {
             loop {
                 let n = next.fetch_add(1, Ordering::SeqCst);
-                if n >= RUNS {
+                if n >= count {
                     return;
                 }
                 let deadline = Instant::now() + Duration::from_secs(120);
                 loop {
-                    let r = client
-                        .post(format!("http://127.0.0.1:{port}/hooks/drip"))
-                        .json(&serde_json::json!({"n": n}))
-                        .send()
-                        .await;
-                    match r {
+                    match request(n).send().await {
                         Ok(resp) if resp.status().is_success() => {
                             accepted.fetch_add(1, Ordering::SeqCst);
                             break;
                         }
                         Ok(resp) => assert!(
                             resp.status().is_server_error(),
-                            "webhook {n} refused: {}",
+                            "request {n} refused: {}",
                             resp.status()
                         ),
                         Err(_) => {}
                     }
-                    assert!(Instant::now() < deadline, "webhook {n} never accepted");
+                    assert!(Instant::now() < deadline, "request {n} never accepted");
                     tokio::time::sleep(Duration::from_millis(50)).await;
                 }
-                // Spread the 200 webhooks over the first seconds, so kills land while they arrive.
-                let jitter = rand::rng().random_range(20..150);
+                // Spread the requests over the first seconds, so kills land while they arrive.
+                let jitter = rand::rng().random_range(pause_between.clone());
                 tokio::time::sleep(Duration::from_millis(jitter)).await;
             }
         });
     }
-
-    // The killer: SIGKILL at random moments, while webhooks arrive, runs wait and messages go out.
+    // The killer: SIGKILL at random moments, while requests arrive, runs wait and messages go
+    // out.
     for k in 0..KILLS {
         let pause = rand::rng().random_range(300..1500);
         tokio::time::sleep(Duration::from_millis(pause)).await;
         server.kill9();
         eprintln!(
-            "kill -9 #{} after {pause} ms; {} webhooks accepted so far",
+            "kill -9 #{} after {pause} ms; {} requests accepted so far",
             k + 1,
             accepted.load(Ordering::SeqCst)
         );
-        server = Server::start(dir.path(), &url, port);
+        server = Server::start(dir, url, port);
     }
     while let Some(r) = senders.join_next().await {
         r.expect("a sender panicked");
     }
-    assert_eq!(accepted.load(Ordering::SeqCst), RUNS);
+    assert_eq!(accepted.load(Ordering::SeqCst), count);
+    server
+}
+
+async fn crash_and_recover(url: String) {
+    let sink = HttpSink::start().await;
+    let dir = project(&sink);
+    let port = free_port();
+    let server = Server::start(dir.path(), &url, port);
+    herald::tls::init();
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap();
+    // Every webhook is retried until it gets a 2xx, as a real sender retries on a dropped
+    // connection; the idempotency key makes a retry find the original run.
+    let mut server = post_through_kills(server, dir.path(), &url, port, RUNS, 20..150, move |n| {
+        client
+            .post(format!("http://127.0.0.1:{port}/hooks/drip"))
+            .json(&serde_json::json!({"n": n}))
+    })
+    .await;
 
     // Everything must finish on the last server.
     let store = herald::store::open(&url).await.unwrap();
@@ -396,73 +412,25 @@ async fn inbound_burst_survives_kills(url: String) {
     let sink = HttpSink::start().await;
     let dir = inbound_project(&sink);
     let port = free_port();
-    let mut server = Server::start(dir.path(), &url, port);
+    let server = Server::start(dir.path(), &url, port);
     herald::tls::init();
     let client = reqwest::Client::builder()
         .timeout(Duration::from_secs(10))
         .build()
         .unwrap();
-    let accepted = Arc::new(AtomicUsize::new(0));
-    let mut senders = tokio::task::JoinSet::new();
-    let next = Arc::new(AtomicUsize::new(0));
-    for _ in 0..8 {
-        let (client, next, accepted) = (client.clone(), next.clone(), accepted.clone());
-        senders.spawn(async move {
-            loop {
-                let n = next.fetch_add(1, Ordering::SeqCst);
-                if n >= TEXTS {
-                    return;
-                }
-                let chat = 1_000_000 + (n % CHATS) as u64;
-                let update = serde_json::json!({
-                    "update_id": 50_000 + n,
-                    "message": {"message_id": n, "date": 1764800000,
-                        "chat": {"id": chat, "type": "private"}, "from": {"id": chat, "is_bot": false},
-                        "text": format!("text {n}")},
-                });
-                let deadline = Instant::now() + Duration::from_secs(120);
-                loop {
-                    let r = client
-                        .post(format!("http://127.0.0.1:{port}/inbound/tg"))
-                        .header("x-telegram-bot-api-secret-token", TG_SECRET)
-                        .json(&update)
-                        .send()
-                        .await;
-                    match r {
-                        Ok(resp) if resp.status().is_success() => {
-                            accepted.fetch_add(1, Ordering::SeqCst);
-                            break;
-                        }
-                        Ok(resp) => assert!(
-                            resp.status().is_server_error(),
-                            "text {n} refused: {}",
-                            resp.status()
-                        ),
-                        Err(_) => {}
-                    }
-                    assert!(Instant::now() < deadline, "text {n} never accepted");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
-                let jitter = rand::rng().random_range(5..60);
-                tokio::time::sleep(Duration::from_millis(jitter)).await;
-            }
-        });
-    }
-    for k in 0..KILLS {
-        let pause = rand::rng().random_range(300..1200);
-        tokio::time::sleep(Duration::from_millis(pause)).await;
-        server.kill9();
-        eprintln!(
-            "kill -9 #{} after {pause} ms; {} texts accepted so far",
-            k + 1,
-            accepted.load(Ordering::SeqCst)
-        );
-        server = Server::start(dir.path(), &url, port);
-    }
-    while let Some(r) = senders.join_next().await {
-        r.expect("a sender panicked");
-    }
-    assert_eq!(accepted.load(Ordering::SeqCst), TEXTS);
+    let mut server = post_through_kills(server, dir.path(), &url, port, TEXTS, 5..60, move |n| {
+        let chat = 1_000_000 + (n % CHATS) as u64;
+        client
+            .post(format!("http://127.0.0.1:{port}/inbound/tg"))
+            .header("x-telegram-bot-api-secret-token", TG_SECRET)
+            .json(&serde_json::json!({
+                "update_id": 50_000 + n,
+                "message": {"message_id": n, "date": 1764800000,
+                    "chat": {"id": chat, "type": "private"}, "from": {"id": chat, "is_bot": false},
+                    "text": format!("text {n}")},
+            }))
+    })
+    .await;
 
     let store = herald::store::open(&url).await.unwrap();
     let deadline = Instant::now() + Duration::from_secs(120);
