@@ -203,6 +203,15 @@ impl Store for Failing {
         self.check()?;
         self.inner.finish_delivery(id, o, out, now).await
     }
+    async fn finish_deliveries(
+        &self,
+        owner: &str,
+        outcomes: Vec<(String, DeliveryOutcome)>,
+        now: Millis,
+    ) -> Result<Vec<bool>> {
+        self.check()?;
+        self.inner.finish_deliveries(owner, outcomes, now).await
+    }
     async fn record_delivery(
         &self,
         channel: &str,

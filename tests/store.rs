@@ -72,6 +72,7 @@ scenarios! {
         events_wake_and_match_waiting_runs,
         contacts_are_found_and_merged_without_stealing,
         channel_addresses_link_move_and_unlink,
+        a_batch_of_outcomes_is_recorded_for_the_messages_still_held,
         outbox_claims_and_deliveries,
         delivery_reports_never_go_back,
         addresses_are_suppressed_per_channel,
@@ -3384,4 +3385,97 @@ async fn sent_messages_come_per_recipient_in_sending_order(store: DynStore) {
     );
     let sent_at = store.message("a2").await.unwrap().unwrap().sent_at;
     assert_eq!(sent_at, Some(T0 + 20));
+}
+
+async fn a_batch_of_outcomes_is_recorded_for_the_messages_still_held(store: DynStore) {
+    let queued = [
+        message("b1", None, "k-b1", T0),
+        message("b2", None, "k-b2", T0),
+        message("b3", None, "k-b3", T0),
+    ];
+    store.insert_events(&[], &[], &[], &queued).await.unwrap();
+    let claimed = store.claim_outbox("a", T0, 1_000, 10).await.unwrap();
+    assert_eq!(claimed.len(), 3);
+    // b3's claim ran out and another dispatcher took it.
+    let taken = store
+        .claim_outbox("b", T0 + 2_000, 1_000, 10)
+        .await
+        .unwrap();
+    assert_eq!(taken.len(), 3, "every claim had run out at T0 + 2 s");
+    let reclaimed = store
+        .claim_outbox("a", T0 + 4_000, 1_000, 10)
+        .await
+        .unwrap();
+    assert_eq!(reclaimed.len(), 3);
+    let b3 = store
+        .claim_outbox("b", T0 + 6_000, 1_000, 10)
+        .await
+        .unwrap();
+    assert_eq!(b3.len(), 3);
+    // Now "b" holds all three; "a" records outcomes for b1 and b2 and is refused, and "b"
+    // records b1 (with a fallback), b2 and b3 together.
+    let fallback = NewOutbox {
+        channel: "backup".into(),
+        ..message("b1-fallback", None, "k-b1>backup", T0 + 6_000)
+    };
+    let stale = store
+        .finish_deliveries(
+            "a",
+            vec![
+                ("b1".into(), DeliveryOutcome::Sent { provider_id: None }),
+                ("b2".into(), DeliveryOutcome::Sent { provider_id: None }),
+            ],
+            T0 + 6_001,
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        stale,
+        [false, false],
+        "a dispatcher whose claims ran out changes nothing"
+    );
+    let held = store
+        .finish_deliveries(
+            "b",
+            vec![
+                (
+                    "b1".into(),
+                    DeliveryOutcome::FellBack {
+                        error: "refused".into(),
+                        next: Box::new(fallback),
+                    },
+                ),
+                (
+                    "b2".into(),
+                    DeliveryOutcome::Sent {
+                        provider_id: Some("P2".into()),
+                    },
+                ),
+                (
+                    "b3".into(),
+                    DeliveryOutcome::Deferred {
+                        reason: "quiet hours".into(),
+                        until: T0 + 60_000,
+                    },
+                ),
+            ],
+            T0 + 6_002,
+        )
+        .await
+        .unwrap();
+    assert_eq!(held, [true, true, true]);
+    let status = |id: &'static str| {
+        let store = store.clone();
+        async move { store.message(id).await.unwrap().unwrap() }
+    };
+    assert_eq!(status("b1").await.status, OutboxStatus::Failed);
+    assert_eq!(status("b1-fallback").await.status, OutboxStatus::Pending);
+    assert_eq!(status("b1-fallback").await.channel, "backup");
+    assert_eq!(status("b2").await.provider_id.as_deref(), Some("P2"));
+    let b3 = status("b3").await;
+    assert_eq!(
+        (b3.status, b3.next_attempt_at, b3.attempts),
+        (OutboxStatus::Pending, Some(T0 + 60_000), 3),
+        "deferred: due again later, the claim's attempt given back"
+    );
 }

@@ -13,6 +13,8 @@ use crate::channels::{ApprovedTemplate, DeliveryError, OutboundMessage};
 use crate::store::{DeliveryOutcome, Millis, OutboxRecord};
 
 const BATCH: i64 = 32;
+/// Claimed batches in flight at once (see [`Engine::deliver_due`]).
+const PIPELINE: usize = 4;
 const MAX_IDLE: Duration = Duration::from_secs(1);
 /// How long a claimed message may wait in memory for its channel's pace; a later slot is
 /// waited for in the outbox instead. Well under any claim's lease.
@@ -36,9 +38,17 @@ impl Engine {
     }
 
     /// Delivers every message due now. Tests call this; `herald serve` runs [`Engine::dispatch`].
+    ///
+    /// Up to [`PIPELINE`] claimed batches are in flight at once, so the next batch is claimed
+    /// while the last one's providers answer; each batch's outcomes are recorded in one
+    /// transaction.
     pub async fn deliver_due(self: &Arc<Self>) -> Result<usize, EngineError> {
         let mut total = 0;
+        let mut in_flight = JoinSet::new();
         loop {
+            while in_flight.len() >= PIPELINE {
+                in_flight.join_next().await;
+            }
             let batch = self
                 .store
                 .claim_outbox(
@@ -49,17 +59,55 @@ impl Engine {
                 )
                 .await;
             self.storage.record(&batch);
-            let batch = batch?;
+            let batch = match batch {
+                Ok(b) => b,
+                Err(e) => {
+                    while in_flight.join_next().await.is_some() {}
+                    return Err(e.into());
+                }
+            };
             if batch.is_empty() {
+                while in_flight.join_next().await.is_some() {}
                 return Ok(total);
             }
             total += batch.len();
-            let mut set = JoinSet::new();
-            for m in batch {
-                let engine = self.clone();
-                set.spawn(async move { engine.deliver(m).await });
+            let engine = self.clone();
+            in_flight.spawn(async move { engine.deliver_batch(batch).await });
+        }
+    }
+
+    /// Delivers one claimed batch, each message at once, and records the outcomes together.
+    async fn deliver_batch(self: Arc<Self>, batch: Vec<OutboxRecord>) {
+        let mut set = JoinSet::new();
+        for m in batch {
+            let engine = self.clone();
+            set.spawn(async move {
+                let outcome = engine.deliver(&m).await;
+                (m.id, outcome)
+            });
+        }
+        let mut outcomes = Vec::new();
+        while let Some(done) = set.join_next().await {
+            if let Ok(o) = done {
+                outcomes.push(o);
             }
-            while set.join_next().await.is_some() {}
+        }
+        let ids: Vec<String> = outcomes.iter().map(|(id, _)| id.clone()).collect();
+        match self
+            .store
+            .finish_deliveries(&self.options.owner, outcomes, self.now())
+            .await
+        {
+            Ok(held) => {
+                for (id, recorded) in ids.iter().zip(held) {
+                    if !recorded {
+                        tracing::warn!(message = %id, "the message's claim expired before its outcome was recorded");
+                    }
+                }
+            }
+            Err(e) => {
+                tracing::error!(messages = ids.len(), error = %e, "could not record delivery outcomes; the messages will be tried again when their claims expire")
+            }
         }
     }
 
@@ -93,7 +141,8 @@ impl Engine {
         }
     }
 
-    async fn deliver(&self, m: OutboxRecord) {
+    /// Attempts one message and says what came of it; the caller records it.
+    async fn deliver(&self, m: &OutboxRecord) -> DeliveryOutcome {
         let registry = self.registry();
         // The recipient may have opted out since the message was queued (it may have waited
         // for a retry): that wins over the send.
@@ -117,15 +166,10 @@ impl Engine {
             Err(e) => {
                 // Unknown is not "allowed": try again shortly rather than risk it.
                 tracing::warn!(message = %m.id, error = %e, "could not check the recipient's status; delivery postponed");
-                let outcome = DeliveryOutcome::Retry {
+                return DeliveryOutcome::Retry {
                     error: format!("could not check the recipient's status: {e}"),
                     next_attempt_at: self.now() + 5_000,
                 };
-                let _ = self
-                    .store
-                    .finish_delivery(&m.id, &self.options.owner, outcome, self.now())
-                    .await;
-                return;
             }
         };
         let now = self.now();
@@ -262,19 +306,7 @@ impl Engine {
             }
             DeliveryOutcome::Sent { .. } => {}
         }
-        match self
-            .store
-            .finish_delivery(&m.id, &self.options.owner, outcome, self.now())
-            .await
-        {
-            Ok(true) => {}
-            Ok(false) => {
-                tracing::warn!(message = %m.id, "the message's claim expired before its outcome was recorded")
-            }
-            Err(e) => {
-                tracing::error!(message = %m.id, error = %e, "could not record a delivery outcome; it will be retried")
-            }
-        }
+        outcome
     }
 
     /// Waits for the channel's next free slot if it is near; a message whose turn is further

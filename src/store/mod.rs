@@ -745,6 +745,14 @@ pub trait Store: Admin + Send + Sync + std::fmt::Debug {
         outcome: DeliveryOutcome,
         now: Millis,
     ) -> Result<bool>;
+    /// As [`Store::finish_delivery`], for several messages in one transaction (a dispatcher's
+    /// batch): whether each was recorded, in order.
+    async fn finish_deliveries(
+        &self,
+        owner: &str,
+        outcomes: Vec<(String, DeliveryOutcome)>,
+        now: Millis,
+    ) -> Result<Vec<bool>>;
     async fn outbox_for_run(&self, run_id: &str) -> Result<Vec<OutboxRecord>>;
     /// Messages sent on a channel to some recipients, in the order they were sent: what a web
     /// chat visitor missed while their browser was away, or what another process delivered.

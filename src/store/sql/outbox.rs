@@ -85,15 +85,39 @@ pub(in crate::store) async fn claim<B: Backend>(
     claimed.iter().map(|r| rows::outbox(r)).collect()
 }
 
-/// Records a delivery attempt's outcome if `owner` still holds the message: a dispatcher
-/// whose lease expired, and whose message another re-claimed, changes nothing.
-pub(in crate::store) async fn finish_delivery<B: Backend>(
+/// Records delivery attempts' outcomes, in one transaction, for the messages `owner` still
+/// holds: a dispatcher whose lease expired, and whose message another re-claimed, changes
+/// nothing. Whether each was recorded, in order.
+pub(in crate::store) async fn finish_deliveries<B: Backend>(
     b: &B,
+    owner: &str,
+    outcomes: Vec<(String, DeliveryOutcome)>,
+    now: Millis,
+) -> Result<Vec<bool>> {
+    let mut tx = b.begin().await?;
+    let mut held = Vec::with_capacity(outcomes.len());
+    for (id, outcome) in outcomes {
+        let (update, fallback) = finish(&id, owner, outcome, now);
+        let recorded = B::Db::execute(&mut *tx, update).await? == 1;
+        // A fallback is queued with the original's failure, and only while this dispatcher
+        // still holds the original: one fallback, never a lost one.
+        if recorded && let Some(next) = fallback {
+            B::Db::execute(&mut *tx, insert(std::slice::from_ref(&next))).await?;
+        }
+        held.push(recorded);
+    }
+    tx.commit().await?;
+    Ok(held)
+}
+
+/// The update that records one outcome, and the fallback message it queues, if any.
+fn finish(
     id: &str,
     owner: &str,
     outcome: DeliveryOutcome,
     now: Millis,
-) -> Result<bool> {
+) -> (Stmt, Option<NewOutbox>) {
+    let mut fallback = None;
     let (set, p) = match outcome {
         DeliveryOutcome::Sent { provider_id } => (
             "status = 'sent', provider_id = $3, sent_at = $4, next_attempt_at = NULL, lease_owner = NULL,
@@ -122,20 +146,11 @@ pub(in crate::store) async fn finish_delivery<B: Backend>(
             params![reason, until, now],
         ),
         DeliveryOutcome::FellBack { error, next } => {
-            // The original's failure and its fallback land together, and only while this
-            // dispatcher still holds the original: one fallback, never a lost one.
-            let mut tx = b.begin().await?;
-            let sql = "UPDATE outbox SET status = 'failed', last_error = $3, next_attempt_at = NULL,
-                     lease_owner = NULL, updated_at = $4
-                 WHERE id = $1 AND lease_owner = $2 AND status = 'sending'";
-            let held = B::Db::execute(&mut *tx, Stmt::new(sql, params![id, owner, error, now]))
-                .await?
-                == 1;
-            if held {
-                B::Db::execute(&mut *tx, insert(std::slice::from_ref(&*next))).await?;
-            }
-            tx.commit().await?;
-            return Ok(held);
+            fallback = Some(*next);
+            (
+                "status = 'failed', last_error = $3, next_attempt_at = NULL, lease_owner = NULL, updated_at = $4",
+                params![error, now],
+            )
         }
     };
     let sql = format!(
@@ -143,7 +158,7 @@ pub(in crate::store) async fn finish_delivery<B: Backend>(
     );
     let mut all = params![id, owner];
     all.extend(p);
-    Ok(write(b, Stmt::new(sql, all)).await? == 1)
+    (Stmt::new(sql, all), fallback)
 }
 
 /// How many messages of `category` went, or are on their way, to `recipient` on `channel`

@@ -117,7 +117,17 @@ impl<B: Backend> Store for B {
         outcome: DeliveryOutcome,
         now: Millis,
     ) -> Result<bool> {
-        outbox::finish_delivery(self, id, owner, outcome, now).await
+        let held =
+            outbox::finish_deliveries(self, owner, vec![(id.to_owned(), outcome)], now).await?;
+        Ok(held.first().copied().unwrap_or(false))
+    }
+    async fn finish_deliveries(
+        &self,
+        owner: &str,
+        outcomes: Vec<(String, DeliveryOutcome)>,
+        now: Millis,
+    ) -> Result<Vec<bool>> {
+        outbox::finish_deliveries(self, owner, outcomes, now).await
     }
     async fn record_delivery(
         &self,
