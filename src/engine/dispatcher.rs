@@ -229,10 +229,10 @@ impl Engine {
                 let (until, reason) = held.unwrap_or_default();
                 DeliveryOutcome::Deferred { reason, until }
             }
-            Some(channel) => match self.wait_for_pace(&registry, &m, now).await {
+            Some(channel) => match self.wait_for_pace(&registry, m, now).await {
                 Some(deferred) => deferred,
                 None => {
-                    let message = outbound(&m, template.ok().flatten());
+                    let message = outbound(m, template.ok().flatten());
                     match channel.deliver(&message).await {
                         Ok(d) => DeliveryOutcome::Sent {
                             provider_id: d.provider_id,
@@ -241,7 +241,7 @@ impl Engine {
                             DeliveryOutcome::Failed { error: message }
                         }
                         Err(DeliveryError::Unreachable { message, reason }) => {
-                            self.suppress(&m, reason, &message).await;
+                            self.suppress(m, reason, &message).await;
                             DeliveryOutcome::Failed { error: message }
                         }
                         Err(DeliveryError::Transient {
@@ -269,7 +269,7 @@ impl Engine {
         // A message that failed for good goes on the channel's fallback, if it has one.
         let outcome = match outcome {
             DeliveryOutcome::Failed { error } => {
-                match policy::fallback(&registry, &m, self.now()) {
+                match policy::fallback(&registry, m, self.now()) {
                     Some(next) => DeliveryOutcome::FellBack {
                         error: format!("{error}; handed to channel `{}`", next.channel),
                         next: Box::new(next),
