@@ -268,15 +268,13 @@ impl Engine {
         };
         // A message that failed for good goes on the channel's fallback, if it has one.
         let outcome = match outcome {
-            DeliveryOutcome::Failed { error } => {
-                match policy::fallback(&registry, m, self.now()) {
-                    Some(next) => DeliveryOutcome::FellBack {
-                        error: format!("{error}; handed to channel `{}`", next.channel),
-                        next: Box::new(next),
-                    },
-                    None => DeliveryOutcome::Failed { error },
-                }
-            }
+            DeliveryOutcome::Failed { error } => match policy::fallback(&registry, m, self.now()) {
+                Some(next) => DeliveryOutcome::FellBack {
+                    error: format!("{error}; handed to channel `{}`", next.channel),
+                    next: Box::new(next),
+                },
+                None => DeliveryOutcome::Failed { error },
+            },
             other => other,
         };
         let label = match &outcome {

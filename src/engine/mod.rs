@@ -483,11 +483,23 @@ impl Engine {
         let new = RunBuilder::new(&req.workflow, req.trigger)
             .idempotency_key(req.idempotency_key)
             .build(&self.registry().templates, now);
+        self.start_built(new, req.workflow, req.want_reply).await
+    }
+
+    /// Starts a run built by the run builder: its first segment runs in this task and commits
+    /// with the run (on SQLite, in a group commit with other requests'), and only then does it
+    /// return, so what the caller acknowledges is stored. A run whose idempotency key is taken
+    /// is the existing one.
+    async fn start_built(
+        self: &Arc<Self>,
+        new: crate::store::NewRun,
+        workflow: Arc<CompiledWorkflow>,
+        want_reply: bool,
+    ) -> Result<Started, EngineError> {
         let run_id = new.id.clone();
-        let reply = req.want_reply.then(|| self.wait_reply(&run_id));
+        let reply = want_reply.then(|| self.wait_reply(&run_id));
         let (first_tx, first_rx) = oneshot::channel();
         let engine = self.clone();
-        let workflow = req.workflow.clone();
         crate::sync::lock(&self.held).insert(run_id.clone());
         tokio::spawn(async move {
             engine.drive_new(new, workflow, first_tx).await;
@@ -503,7 +515,7 @@ impl Engine {
                 let existing = self.store.run(&existing).await?.ok_or_else(|| {
                     EngineError::new(ErrorKind::StartInterrupted, "the original run disappeared")
                 })?;
-                Ok(self.duplicate(existing, req.want_reply))
+                Ok(self.duplicate(existing, want_reply))
             }
             Ok(Err(e)) => Err(e),
             Err(_) => Err(EngineError::new(
@@ -797,7 +809,9 @@ impl Engine {
             source_run_id: None,
             created_at: now,
         };
-        let mut runs = Vec::new();
+        // The runs the message starts go the way a webhook's do: each first segment runs and
+        // commits before the provider is answered, so the reply is in the outbox by then.
+        let mut started = Vec::new();
         for sub in registry
             .messages
             .get(channel)
@@ -819,18 +833,23 @@ impl Engine {
                 text: text.to_owned(),
                 id: provider_id.map(str::to_owned),
             };
-            runs.push(
+            started.push((
                 RunBuilder::new(&sub.workflow, trigger)
                     .idempotency_key(dedupe.clone())
                     .started_by(&message_event.id)
                     .build(&registry.templates, now),
-            );
+                sub.workflow.clone(),
+            ));
         }
+        let mut runs = Vec::new();
         for notice in &events {
             runs.extend(context::subscriber_runs(&registry, notice, None, now));
         }
-        let ids: Vec<String> = runs.iter().map(|r| r.id.clone()).collect();
+        let mut ids: Vec<String> = runs.iter().map(|r| r.id.clone()).collect();
         events.insert(0, message_event);
+        // The message (and an opt-out's contact change) first: no run it starts can send to
+        // someone it opted out. A crash before the runs are stored leaves the provider
+        // unanswered, and it delivers the message again.
         self.store
             .insert_events(&events, &runs, &contacts, &answers)
             .await?;
@@ -839,6 +858,9 @@ impl Engine {
         } else {
             0
         };
+        for (new, workflow) in started {
+            ids.push(self.start_built(new, workflow, false).await?.run_id);
+        }
         if keyword.is_none() && ids.is_empty() && woke == 0 {
             self.unmatched(channel, from, text, provider_id, now)
                 .await?;
