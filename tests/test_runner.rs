@@ -429,3 +429,21 @@ fn test_files_are_validated_with_positions() {
         "{stderr}"
     );
 }
+
+/// The shipped examples' tests pass, and so does the one `herald init` writes.
+#[test]
+fn shipped_and_init_tests_pass() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let out = herald(root).arg("test").output().unwrap();
+    assert!(out.status.success(), "{}", show(&out));
+    let tmp = tempfile::tempdir().unwrap();
+    let out = herald(tmp.path()).args(["init", "p"]).output().unwrap();
+    assert!(out.status.success(), "{}", show(&out));
+    let out = herald(tmp.path()).args(["test", "p"]).output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.contains("1 passed, 0 failed"),
+        "{}",
+        show(&out)
+    );
+}

@@ -117,7 +117,13 @@ pub fn run(args: Args) -> Result<ExitCode, UsageError> {
     };
     let diag_color = args.color.enabled();
     let (project, report) = load(&layout, &opts);
-    let (tests, test_diags) = load_tests(&project, &opts.display_base, args.path.as_deref());
+    // A project folder as PATH means its tests folder, as `herald validate DIR` means its
+    // definitions.
+    let only = args
+        .path
+        .as_deref()
+        .filter(|p| !(p.is_dir() && p.join(CONFIG_FILE).is_file()));
+    let (tests, test_diags) = load_tests(&project, &opts.display_base, only);
     let mut errors = false;
     for d in report.diagnostics.iter().chain(&test_diags) {
         errors |= d.is_error();
