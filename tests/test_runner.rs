@@ -360,7 +360,7 @@ fn junit_output_is_well_formed() {
                             .try_get_attribute("message")
                             .unwrap()
                             .unwrap()
-                            .unescape_value()
+                            .normalized_value(quick_xml::XmlVersion::Explicit1_0)
                             .unwrap()
                             .into_owned();
                         failures.push(message);
