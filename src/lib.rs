@@ -13,5 +13,6 @@ pub mod server;
 pub mod store;
 pub(crate) mod sync;
 pub mod templates;
+pub mod testing;
 pub mod tls;
 pub mod triggers;

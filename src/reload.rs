@@ -304,6 +304,7 @@ fn start_watcher(layout: &Layout, tx: mpsc::UnboundedSender<Request>) -> Result<
         config_file: layout.config_file.as_deref().map(canonical),
         workflows_dir: canonical(&layout.workflows_dir),
         templates_dir: canonical(&layout.templates_dir),
+        tests_dir: canonical(&layout.tests_dir),
     };
     let mut dirs: Vec<PathBuf> = vec![watched.workflows_dir.clone(), watched.templates_dir.clone()];
     dirs.dedup();

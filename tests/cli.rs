@@ -745,27 +745,38 @@ fn serve_logs_without_colour_codes_when_not_on_a_terminal() {
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    // Wait until it answers, so it has logged its start.
+    // Read its log as it comes (a port it was given may have been taken meanwhile by another
+    // test's server, so answering on it proves nothing), until it has logged its start.
+    let mut stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let reader = std::thread::spawn(move || {
+        let mut log = Vec::new();
+        let mut chunk = [0u8; 4096];
+        while let Ok(n) = stderr.read(&mut chunk) {
+            if n == 0 {
+                break;
+            }
+            log.extend_from_slice(&chunk[..n]);
+            let _ = tx.send(String::from_utf8_lossy(&log).into_owned());
+        }
+        String::from_utf8_lossy(&log).into_owned()
+    });
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "herald serve never listened"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(50));
+    loop {
+        match rx.recv_timeout(std::time::Duration::from_millis(100)) {
+            Ok(so_far) if so_far.contains("INFO") => break,
+            _ => assert!(
+                std::time::Instant::now() < deadline,
+                "herald serve logged nothing at INFO in 30 s"
+            ),
+        }
     }
     let _ = Command::new("kill")
         .arg("-TERM")
         .arg(child.id().to_string())
         .status();
     let _ = child.wait();
-    let mut log = String::new();
-    child
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut log)
-        .unwrap();
+    let log = reader.join().unwrap();
     assert!(log.contains("INFO"), "the server logged: {log}");
     assert!(!log.contains('\u{1b}'), "no escape codes: {log:?}");
 }

@@ -87,6 +87,32 @@ steps:
       key: "{{ body.email }}"
 "#;
 
+const WELCOME_TEST: &str = r#"# yaml-language-server: $schema=../schemas/test.json
+# `herald test` runs these cases offline, on a virtual clock: a day passes in no time.
+kind: test
+target: welcome
+
+cases:
+  - name: a lead who does not reply gets a check-in a day later
+    trigger:
+      webhook:
+        body: { email: ada@example.com, first_name: ada }
+    timeline:
+      - expect:
+          sent:
+            - channel: email
+              to: ada@example.com
+              subject: Welcome, Ada
+              body: { contains: "Thanks for your interest" }
+      - after: 1d
+    expect:
+      status: completed
+      sent:
+        - { channel: email, subject: "Any questions, Ada?" }
+      contacts:
+        - { email: ada@example.com, first_name: ada, status: new }
+"#;
+
 const TEMPLATE: &str = "Hi {{ contact.first_name | first_name(fallback=\"there\") }},\n\nThanks for your interest. We will be in touch shortly.\n";
 
 pub fn run(args: Args) -> Result<ExitCode, UsageError> {
@@ -101,6 +127,7 @@ pub fn run(args: Args) -> Result<ExitCode, UsageError> {
         (dir.join("herald.yaml"), CONFIG.to_owned()),
         (dir.join("workflows/welcome.yaml"), WELCOME.to_owned()),
         (dir.join("workflows/lead-replied.yaml"), REPLIED.to_owned()),
+        (dir.join("tests/welcome.yaml"), WELCOME_TEST.to_owned()),
         (
             dir.join("templates/emails/welcome.txt.j2"),
             TEMPLATE.to_owned(),
@@ -112,6 +139,10 @@ pub fn run(args: Args) -> Result<ExitCode, UsageError> {
         (
             dir.join("schemas").join(SchemaKind::Config.file_name()),
             generate_text(SchemaKind::Config),
+        ),
+        (
+            dir.join("schemas").join(SchemaKind::Test.file_name()),
+            generate_text(SchemaKind::Test),
         ),
     ];
     for (path, _) in &files {
@@ -132,7 +163,7 @@ pub fn run(args: Args) -> Result<ExitCode, UsageError> {
     }
     eprintln!("created a Herald project in {}", dir.display());
     eprintln!(
-        "next: herald validate {0} && herald serve --dir {0}",
+        "next: herald validate {0} && herald test {0} && herald serve --dir {0}",
         dir.display()
     );
     Ok(ExitCode::SUCCESS)

@@ -7,6 +7,7 @@ mod render;
 mod run;
 mod schema;
 pub mod serve;
+mod test;
 mod validate;
 
 use std::path::PathBuf;
@@ -39,6 +40,8 @@ enum Command {
     Serve(serve::Args),
     /// Run one workflow in-process, fast-forwarding its waits, and print its step log.
     Run(run::Args),
+    /// Run the project's tests (`kind: test` files) offline, on a virtual clock.
+    Test(test::Args),
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum, Default)]
@@ -90,6 +93,7 @@ pub fn main() -> ExitCode {
         Command::Init(a) => init::run(a),
         Command::Serve(a) => serve::run(a),
         Command::Run(a) => run::run(a),
+        Command::Test(a) => test::run(a),
     };
     match result {
         Ok(code) => code,

@@ -8,7 +8,7 @@ use crate::definitions::schema::{SchemaKind, generate_text};
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
-    /// The kind: workflow or config.
+    /// The kind: workflow, config or test.
     kind: Option<String>,
     /// Write every schema into this folder instead of printing one.
     #[arg(long, value_name = "DIR")]

@@ -37,7 +37,13 @@ pub fn run(args: Args) -> Result<ExitCode, UsageError> {
     if let Some(f) = &args.env_file {
         opts.env = EnvSource::with_env_file(f)?;
     }
-    let (project, report) = load(&layout, &opts);
+    let (project, mut report) = load(&layout, &opts);
+    // Test files are checked against the project as loaded, so a test that names a step the
+    // workflow no longer has is reported with the workflow's own errors.
+    let (_, test_diags) =
+        crate::definitions::test_files::load_tests(&project, &opts.display_base, None);
+    report.extend(test_diags);
+    report.sort();
     let errors = report.errors();
     let warnings = report.warnings();
     let failed = errors > 0 || (args.deny_warnings && warnings > 0);

@@ -15,6 +15,7 @@ pub mod schema;
 pub mod semantic;
 pub mod source;
 pub mod suggest;
+pub mod test_files;
 mod yaml;
 
 use serde_json::Value;

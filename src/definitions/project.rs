@@ -25,6 +25,8 @@ pub struct Layout {
     pub config_file: Option<PathBuf>,
     pub workflows_dir: PathBuf,
     pub templates_dir: PathBuf,
+    /// Where `herald test` finds its `kind: test` files.
+    pub tests_dir: PathBuf,
 }
 
 impl Layout {
@@ -66,6 +68,7 @@ impl Layout {
         };
         Ok(Layout {
             templates_dir: root.join(&paths.templates),
+            tests_dir: root.join(&paths.tests),
             workflows_dir,
             root,
             config_file,

@@ -21,7 +21,7 @@ use schemars::transform::{Transform, transform_subschemas};
 use serde_json::{Map, Value, json};
 
 use super::diagnostics::Diagnostic;
-use super::model::{ConfigDef, WorkflowDef};
+use super::model::{ConfigDef, TestDef, WorkflowDef};
 use super::source::{Parsed, SourceFile, escape_token};
 use super::suggest::did_you_mean;
 
@@ -30,15 +30,17 @@ use super::suggest::did_you_mean;
 pub enum SchemaKind {
     Workflow,
     Config,
+    Test,
 }
 
 impl SchemaKind {
-    pub const ALL: [SchemaKind; 2] = [SchemaKind::Workflow, SchemaKind::Config];
+    pub const ALL: [SchemaKind; 3] = [SchemaKind::Workflow, SchemaKind::Config, SchemaKind::Test];
 
     pub fn name(self) -> &'static str {
         match self {
             SchemaKind::Workflow => "workflow",
             SchemaKind::Config => "config",
+            SchemaKind::Test => "test",
         }
     }
 
@@ -149,6 +151,7 @@ pub fn generate(kind: SchemaKind) -> Value {
     let schema = match kind {
         SchemaKind::Workflow => generator.into_root_schema_for::<WorkflowDef>(),
         SchemaKind::Config => generator.into_root_schema_for::<ConfigDef>(),
+        SchemaKind::Test => generator.into_root_schema_for::<TestDef>(),
     };
     let mut value = schema.to_value();
     if let Some(obj) = value.as_object_mut() {

@@ -25,6 +25,7 @@ pub mod retry;
 pub mod scheduler;
 mod senders;
 mod steps;
+pub use steps::http::{HttpStub, StubRequest, StubResponse};
 pub(crate) mod suppression;
 pub mod worker;
 
@@ -282,6 +283,8 @@ pub struct Engine {
     pub env: EnvSource,
     pub options: EngineOptions,
     http: reqwest::Client,
+    /// What answers `http` steps instead of `http` under `herald test`; never set otherwise.
+    http_stub: std::sync::OnceLock<Arc<dyn steps::http::HttpStub>>,
     /// Sync callers waiting for a run's reply; several when a key is repeated meanwhile.
     responders: std::sync::Mutex<HashMap<String, Vec<Responder>>>,
     next_token: std::sync::atomic::AtomicU64,
@@ -335,6 +338,7 @@ impl Engine {
             env,
             options,
             http,
+            http_stub: std::sync::OnceLock::new(),
             responders: Default::default(),
             next_token: std::sync::atomic::AtomicU64::new(1),
             work_ready: Notify::new(),
@@ -350,6 +354,12 @@ impl Engine {
 
     pub fn now(&self) -> Millis {
         self.clock.now()
+    }
+
+    /// Makes `http` steps ask `stub` instead of the network, for good (`herald test`). False
+    /// when one was already set.
+    pub fn stub_http(&self, stub: Arc<dyn steps::http::HttpStub>) -> bool {
+        self.http_stub.set(stub).is_ok()
     }
 
     pub(crate) fn lease_ms(&self) -> i64 {

@@ -223,7 +223,7 @@ pub struct Subscription {
     pub trigger: usize,
 }
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Registry {
     pub workflows: HashMap<String, Arc<CompiledWorkflow>>,
     routes: HashMap<String, matchit::Router<Route>>,

@@ -58,6 +58,16 @@ impl Harness {
         env: EnvSource,
         start: Millis,
     ) -> Result<Harness, EngineError> {
+        Harness::with_clock(registry, env, VirtualClock::new(start)).await
+    }
+
+    /// As [`Harness::new`], on a clock the caller made (and may have given to fakes).
+    pub async fn with_clock(
+        registry: Registry,
+        env: EnvSource,
+        clock: VirtualClock,
+    ) -> Result<Harness, EngineError> {
+        let start = clock.now();
         let dir =
             std::env::temp_dir().join(format!("herald-sim-{}", uuid::Uuid::now_v7().simple()));
         std::fs::create_dir_all(&dir).map_err(|e| {
@@ -68,7 +78,6 @@ impl Harness {
         })?;
         let url = format!("sqlite://{}", dir.join("sim.db").display());
         let store = crate::store::open(&url).await?;
-        let clock = VirtualClock::new(start);
         let engine = Engine::new(
             store,
             Arc::new(clock.clone()),
@@ -270,4 +279,87 @@ pub(crate) fn contact_from_json(
         addresses: Vec::new(),
         now,
     })
+}
+
+/// A message a [`RecordingChannel`] delivered, and when on the virtual clock.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Recorded {
+    pub channel: String,
+    pub to: String,
+    pub subject: Option<String>,
+    pub body: String,
+    pub step_id: Option<String>,
+    pub workflow_id: Option<String>,
+    pub at: Millis,
+}
+
+/// What a project's channels delivered, shared by the fakes that stand in for them.
+#[derive(Debug, Default)]
+pub struct Recorder {
+    messages: std::sync::Mutex<Vec<Recorded>>,
+}
+
+impl Recorder {
+    /// Every message delivered so far, in the order they were delivered.
+    pub fn messages(&self) -> Vec<Recorded> {
+        crate::sync::lock(&self.messages).clone()
+    }
+}
+
+/// Stands in for a configured channel: accepts every message and records it, so a test sees
+/// exactly what the outbox handed to the provider (after suppression, quiet hours and caps).
+/// It keeps the real channel's kind of address, so inbound messages are matched to contacts
+/// as they would be.
+#[derive(Debug)]
+pub struct RecordingChannel {
+    address_kind: crate::channels::AddressKind,
+    recorder: Arc<Recorder>,
+    clock: VirtualClock,
+}
+
+#[async_trait::async_trait]
+impl crate::channels::Channel for RecordingChannel {
+    fn provider(&self) -> &'static str {
+        "recording"
+    }
+
+    fn address_kind(&self) -> crate::channels::AddressKind {
+        self.address_kind
+    }
+
+    async fn deliver(
+        &self,
+        message: &crate::channels::OutboundMessage,
+    ) -> Result<crate::channels::Delivered, crate::channels::DeliveryError> {
+        crate::sync::lock(&self.recorder.messages).push(Recorded {
+            channel: message.channel.clone(),
+            to: message.to.clone(),
+            subject: message.subject.clone(),
+            body: message.body.clone(),
+            step_id: message.step_id.clone(),
+            workflow_id: message.workflow_id.clone(),
+            at: self.clock.now(),
+        });
+        Ok(crate::channels::Delivered {
+            provider_id: Some(format!("recorded-{}", message.id)),
+        })
+    }
+}
+
+impl Harness {
+    /// Replaces every channel of `registry` by a recording fake writing to `recorder`. Call it
+    /// before [`Harness::new`], with the clock the harness will use.
+    pub fn record_channels(
+        registry: &mut Registry,
+        recorder: &Arc<Recorder>,
+        clock: &VirtualClock,
+    ) {
+        for channel in registry.channels.values_mut() {
+            *channel = Arc::new(RecordingChannel {
+                address_kind: channel.address_kind(),
+                recorder: recorder.clone(),
+                clock: clock.clone(),
+            });
+        }
+    }
 }

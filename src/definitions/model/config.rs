@@ -97,6 +97,9 @@ pub struct PathsConfig {
     /// The folder of message templates, relative to herald.yaml.
     #[serde(default = "PathsConfig::default_templates")]
     pub templates: String,
+    /// The folder of `kind: test` files that `herald test` runs, relative to herald.yaml.
+    #[serde(default = "PathsConfig::default_tests")]
+    pub tests: String,
 }
 
 impl PathsConfig {
@@ -106,6 +109,9 @@ impl PathsConfig {
     fn default_templates() -> String {
         "templates".into()
     }
+    fn default_tests() -> String {
+        "tests".into()
+    }
 }
 
 impl Default for PathsConfig {
@@ -113,6 +119,7 @@ impl Default for PathsConfig {
         PathsConfig {
             workflows: PathsConfig::default_workflows(),
             templates: PathsConfig::default_templates(),
+            tests: PathsConfig::default_tests(),
         }
     }
 }

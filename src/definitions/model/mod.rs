@@ -4,11 +4,13 @@ pub mod common;
 mod compact;
 pub mod config;
 pub mod step;
+pub mod test;
 pub mod trigger;
 pub mod workflow;
 
 pub use common::{Duration, Expr, Template};
 pub use config::ConfigDef;
 pub use step::{Action, RawStep, Step};
+pub use test::TestDef;
 pub use trigger::Trigger;
 pub use workflow::WorkflowDef;

@@ -515,6 +515,7 @@ impl<'e> Interpreter<'e> {
             registry,
             store: &self.engine.store,
             http: &self.engine.http,
+            http_stub: self.engine.http_stub.get().map(|s| s.as_ref()),
         };
         steps::execute(StepCx::new(a, p, node, host, now, ctx)).await
     }

@@ -27,6 +27,31 @@ pub(super) async fn execute(cx: StepCx<'_>, h: &HttpStep) -> Result<Outcome, Ste
         .timeout
         .map(|d| d.as_std())
         .unwrap_or(DEFAULT_TIMEOUT);
+    if let Some(stub) = cx.host.http_stub {
+        let what = format!("{} {}", h.method.as_str(), display_url(&url));
+        let answer = stub
+            .answer(&StubRequest {
+                method: h.method,
+                url,
+                headers,
+                body: json_body,
+            })
+            .map_err(StepError::Permanent)?;
+        let headers = answer
+            .headers
+            .into_iter()
+            .map(|(k, v)| (k.to_ascii_lowercase(), Value::String(v)))
+            .collect();
+        return interpret(
+            &what,
+            answer.status,
+            headers,
+            None,
+            &answer.body,
+            h.expect.as_deref(),
+        )
+        .map(Outcome::Done);
+    }
     call(
         cx.host.http,
         h.method,
@@ -39,6 +64,29 @@ pub(super) async fn execute(cx: StepCx<'_>, h: &HttpStep) -> Result<Outcome, Ste
     )
     .await
     .map(Outcome::Done)
+}
+
+/// Answers `http` steps instead of the network: `herald test` gives the engine one that
+/// serves a case's canned answers. `herald serve` and `herald run` have none.
+pub trait HttpStub: Send + Sync {
+    /// The answer to a request, or why there is none (the step then fails for good).
+    fn answer(&self, request: &StubRequest) -> Result<StubResponse, String>;
+}
+
+/// A request an `http` step would make.
+#[derive(Debug, Clone)]
+pub struct StubRequest {
+    pub method: HttpMethod,
+    pub url: String,
+    pub headers: Vec<(String, String)>,
+    pub body: Option<Value>,
+}
+
+#[derive(Debug, Clone)]
+pub struct StubResponse {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
 }
 
 /// URLs in messages lose their query string, which is where tokens tend to be.
@@ -139,8 +187,20 @@ async fn call(
             }
         }
     }
-    let text = String::from_utf8_lossy(&bytes).into_owned();
-    let body = serde_json::from_slice::<Value>(&bytes).unwrap_or(Value::String(text.clone()));
+    interpret(&what, status, out_headers, retry_after, &bytes, expect)
+}
+
+/// A response as the step's output, or the error its status means.
+fn interpret(
+    what: &str,
+    status: u16,
+    out_headers: Map<String, Value>,
+    retry_after: Option<Duration>,
+    bytes: &[u8],
+    expect: Option<&[u16]>,
+) -> Result<Value, StepError> {
+    let text = String::from_utf8_lossy(bytes).into_owned();
+    let body = serde_json::from_slice::<Value>(bytes).unwrap_or(Value::String(text.clone()));
     let ok = match expect {
         Some(codes) => codes.contains(&status),
         None => (200..300).contains(&status),

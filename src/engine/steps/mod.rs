@@ -38,7 +38,7 @@ mod call;
 mod emit;
 mod fail;
 mod for_each;
-mod http;
+pub(crate) mod http;
 mod respond;
 mod send;
 mod set;
@@ -71,6 +71,8 @@ pub(crate) struct Host<'a> {
     pub registry: &'a Registry,
     pub store: &'a DynStore,
     pub http: &'a reqwest::Client,
+    /// Set only under `herald test`: answers `http` steps instead of the network.
+    pub http_stub: Option<&'a dyn http::HttpStub>,
 }
 
 /// What a step sees while it executes: the run, the segment, and the services it may use.
