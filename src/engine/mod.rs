@@ -15,6 +15,7 @@
 pub mod clock;
 pub(crate) mod contact;
 pub mod context;
+mod conversation;
 pub mod cursor;
 pub mod dispatcher;
 mod interpreter;
@@ -797,13 +798,33 @@ impl Engine {
             source_run_id: None,
             created_at: now,
         };
-        let mut runs = Vec::new();
-        for sub in registry
-            .messages
-            .get(channel)
-            .map(Vec::as_slice)
-            .unwrap_or_default()
-        {
+        // After a compliance keyword and with the runs waiting for a reply (which the
+        // message event wakes), the person's conversation: an open one takes the message, so
+        // no `message` trigger starts on it; a `start` opens one.
+        let routed = if keyword.is_none() {
+            let m = conversation::Message {
+                channel,
+                from,
+                text,
+                provider_id,
+                event_id: &message_event.id,
+                dedupe: dedupe.as_deref(),
+            };
+            self.route_conversation(&registry, &m, now).await?
+        } else {
+            conversation::Routed::default()
+        };
+        let mut runs = routed.runs;
+        let subscriptions = if routed.claimed {
+            &[][..]
+        } else {
+            registry
+                .messages
+                .get(channel)
+                .map(Vec::as_slice)
+                .unwrap_or_default()
+        };
+        for sub in subscriptions {
             let crate::definitions::model::Trigger::Message(m) =
                 &sub.workflow.workflow.triggers[sub.trigger]
             else {
@@ -839,7 +860,7 @@ impl Engine {
         } else {
             0
         };
-        if keyword.is_none() && ids.is_empty() && woke == 0 {
+        if keyword.is_none() && ids.is_empty() && woke == 0 && !routed.claimed && !routed.reset {
             self.unmatched(channel, from, text, provider_id, now)
                 .await?;
         }
