@@ -50,6 +50,7 @@ scenarios![
     the_ai_falls_back_on_a_timeout_or_an_error,
     a_waiting_ask_uses_the_edited_text_after_a_reload,
     a_workflow_can_call_a_conversation,
+    classify_picks_the_intent_and_goes_where_it_says,
 ];
 
 const PHONE: &str = "+18015550100";
@@ -514,4 +515,102 @@ steps:
     text(&h, PHONE, "no").await;
     assert_eq!(h.run(&child.id).await.status, RunStatus::Completed);
     assert_eq!(h.run(&parent).await.status, RunStatus::Completed);
+}
+
+/// A conversation's mistakes are reported at their place, like a workflow's.
+#[test]
+fn mistakes_in_a_conversation_are_reported_at_file_line_col() {
+    use herald::definitions::project::{EnvMode, Layout, LoadOptions, load};
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("herald.yaml"),
+        "channels:\n  sms: { provider: log }\n",
+    )
+    .unwrap();
+    std::fs::create_dir_all(dir.path().join("workflows")).unwrap();
+    std::fs::write(
+        dir.path().join("workflows/bot.yaml"),
+        r#"kind: conversation
+id: bot
+channels: [smss]
+start: [{ match: "(unclosed" }]
+slots:
+  phone: { type: phone }
+steps:
+  - id: ask_phone
+    ask: { prompt: "Your number?", slot: phon }
+  - classify:
+      intents:
+        yes: { keywords: [yes], goto: confirm }
+  - ai_reply: { provider: openai, system: "Be kind", fallback: "Later!" }
+  - goto: ask_phon
+"#,
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("workflows/flow.yaml"),
+        "kind: workflow\nid: flow\nsteps:\n  - say: hello\n",
+    )
+    .unwrap();
+    let layout = Layout::discover(dir.path()).unwrap();
+    let (_, report) = load(&layout, &LoadOptions::new(EnvMode::Validate));
+    let text: String = report.diagnostics.iter().map(|d| d.render(false)).collect();
+    for want in [
+        "bot.yaml:3:12",
+        "channel `smss` is not defined",
+        "bot.yaml:4:18",
+        "invalid regular expression",
+        "bot.yaml:9:42",
+        "slot `phon` is not declared",
+        "did you mean `phone`?",
+        "no step `confirm` to go to",
+        "ai provider `openai` is not defined",
+        "bot.yaml:14:11",
+        "did you mean `ask_phone`?",
+        "flow.yaml:4:5",
+        "unknown field `say`",
+    ] {
+        assert!(text.contains(want), "missing {want:?} in:\n{text}");
+    }
+}
+
+async fn classify_picks_the_intent_and_goes_where_it_says(db: db::TestDb) {
+    let bot = r#"
+kind: conversation
+id: bot
+channels: [sms]
+start: [{ command: start }]
+steps:
+  - say: "Linked {{ message.command.payload }}. Ask me about hours or prices."
+  - id: listen
+    ask: {}
+  - classify:
+      intents:
+        hours: { keywords: [hours, open, "opening time"] }
+        prices: { match: "(?i)\\b(price|cost)s?\\b", goto: prices }
+        bye: { keywords: [bye], goto: bye }
+  - say: "{{ 'We open at 9.' if steps._3.output.intent == 'hours' else 'Sorry, I did not get that.' }}"
+  - goto: listen
+  - id: prices
+    say: "Loans start at 5.9% APR."
+  - goto: listen
+  - id: bye
+    end: "Bye!"
+"#;
+    let h = Harness::new(db, &[("workflows/bot.yaml", bot)]).await;
+    let id = text(&h, PHONE, "/start +15551234567").await.remove(0);
+    for m in ["When are you OPEN?", "what does it cost", "huh", "bye"] {
+        text(&h, PHONE, m).await;
+    }
+    assert_eq!(
+        said(&h, &id).await,
+        [
+            "Linked +15551234567. Ask me about hours or prices.",
+            "We open at 9.",
+            "Loans start at 5.9% APR.",
+            "Sorry, I did not get that.",
+            "Bye!"
+        ]
+    );
+    assert_eq!(h.run(&id).await.status, RunStatus::Completed);
 }
