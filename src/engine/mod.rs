@@ -710,7 +710,10 @@ impl Engine {
     /// keyword from an opted-out sender marks them `subscribed` the same way.
     ///
     /// Any other message is an event `message.<channel>` keyed by the sender, which wakes
-    /// runs waiting for a reply, and starts every workflow whose `message` trigger matches.
+    /// runs waiting for a reply. The sender's open conversation on the channel takes it, the
+    /// reset command ends that conversation, and a conversation's `start` opens one (see
+    /// `conversation.rs`); a message no open conversation took starts every workflow whose
+    /// `message` trigger matches.
     ///
     /// One sender's messages are handled one at a time, in the order they arrived.
     pub async fn inbound_message(
