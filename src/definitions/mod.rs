@@ -6,6 +6,7 @@
 //! runs it over a project folder; `herald validate`, `herald serve` and hot reload all use
 //! that one path.
 
+pub mod conversation;
 pub mod diagnostics;
 pub mod env;
 pub mod model;
@@ -46,18 +47,30 @@ pub struct Definition {
 #[derive(Debug, Clone)]
 pub enum Body {
     Workflow(Workflow),
+    Conversation(conversation::Conversation),
 }
 
 impl Definition {
     pub fn kind(&self) -> &'static str {
         match self.body {
             Body::Workflow(_) => "workflow",
+            Body::Conversation(_) => "conversation",
         }
     }
 
+    /// The steps and labels of a definition that has them. A conversation's are a workflow
+    /// without triggers, so every check of steps applies to them as they are.
     pub fn as_workflow(&self) -> Option<&Workflow> {
         match &self.body {
             Body::Workflow(w) => Some(w),
+            Body::Conversation(c) => Some(&c.workflow),
+        }
+    }
+
+    pub fn as_conversation(&self) -> Option<&conversation::Conversation> {
+        match &self.body {
+            Body::Conversation(c) => Some(c),
+            Body::Workflow(_) => None,
         }
     }
 
@@ -156,12 +169,13 @@ pub fn read_definition(file: SourceFile) -> Result<Definition, Vec<Diagnostic>> 
     };
     match kind.as_str() {
         "workflow" => read_workflow(file, doc),
+        "conversation" => conversation::read(file, doc),
         k if PLANNED_KINDS.contains(&k) => {
             let d = Diagnostic::error(
                 "unsupported-kind",
                 format!("kind `{k}` is not supported by this version of Herald yet"),
             )
-            .with_hint("supported kinds: workflow");
+            .with_hint("supported kinds: workflow, conversation");
             Err(vec![file.locate(d, doc.index.value("/kind"))])
         }
         k => {
@@ -169,7 +183,7 @@ pub fn read_definition(file: SourceFile) -> Result<Definition, Vec<Diagnostic>> 
             let mut d = Diagnostic::error("unknown-kind", format!("unknown kind `{k}`"));
             d = match suggest::did_you_mean(k, all) {
                 Some(s) => d.with_hint(format!("did you mean `{s}`?")),
-                None => d.with_hint("supported kinds: workflow"),
+                None => d.with_hint("supported kinds: workflow, conversation"),
             };
             Err(vec![file.locate(d, doc.index.value("/kind"))])
         }

@@ -21,6 +21,8 @@ use schemars::transform::{Transform, transform_subschemas};
 use serde_json::{Map, Value, json};
 
 use super::diagnostics::Diagnostic;
+use super::model::conversation::ConversationDef;
+use super::model::step::CONVERSATION_ACTION_KEYS;
 use super::model::{ConfigDef, TestDef, WorkflowDef};
 use super::source::{Parsed, SourceFile, escape_token};
 use super::suggest::did_you_mean;
@@ -30,16 +32,23 @@ use super::suggest::did_you_mean;
 pub enum SchemaKind {
     Workflow,
     Config,
+    Conversation,
     Test,
 }
 
 impl SchemaKind {
-    pub const ALL: [SchemaKind; 3] = [SchemaKind::Workflow, SchemaKind::Config, SchemaKind::Test];
+    pub const ALL: [SchemaKind; 4] = [
+        SchemaKind::Workflow,
+        SchemaKind::Config,
+        SchemaKind::Conversation,
+        SchemaKind::Test,
+    ];
 
     pub fn name(self) -> &'static str {
         match self {
             SchemaKind::Workflow => "workflow",
             SchemaKind::Config => "config",
+            SchemaKind::Conversation => "conversation",
             SchemaKind::Test => "test",
         }
     }
@@ -55,7 +64,7 @@ impl SchemaKind {
 
 /// The definition kinds the design names, including those a later version will add. A file of a
 /// known-but-unsupported kind gets a precise message instead of "unknown kind".
-pub const PLANNED_KINDS: &[&str] = &["conversation", "campaign", "alert"];
+pub const PLANNED_KINDS: &[&str] = &["campaign", "alert"];
 
 #[derive(Clone)]
 struct ExternallyTaggedAsProperties;
@@ -151,9 +160,13 @@ pub fn generate(kind: SchemaKind) -> Value {
     let schema = match kind {
         SchemaKind::Workflow => generator.into_root_schema_for::<WorkflowDef>(),
         SchemaKind::Config => generator.into_root_schema_for::<ConfigDef>(),
+        SchemaKind::Conversation => generator.into_root_schema_for::<ConversationDef>(),
         SchemaKind::Test => generator.into_root_schema_for::<TestDef>(),
     };
     let mut value = schema.to_value();
+    if kind == SchemaKind::Workflow {
+        without_conversation_steps(&mut value);
+    }
     if let Some(obj) = value.as_object_mut() {
         obj.insert(
             "$comment".into(),
@@ -161,6 +174,44 @@ pub fn generate(kind: SchemaKind) -> Value {
         );
     }
     value
+}
+
+/// A workflow shares the step type with a conversation but not the conversation's steps:
+/// their keys are taken out of the workflow schema's `Step`, so an editor does not offer them
+/// and `say` in a workflow is an unknown field, at its key.
+fn without_conversation_steps(schema: &mut Value) {
+    if let Some(Value::Object(defs)) = schema.pointer_mut("/$defs") {
+        for name in [
+            "AskStep",
+            "OnFail",
+            "ClassifyStep",
+            "Intent",
+            "AiReplyStep",
+            "EndStep",
+        ] {
+            defs.remove(name);
+        }
+    }
+    let Some(step) = schema
+        .pointer_mut("/$defs/RawStep")
+        .and_then(Value::as_object_mut)
+    else {
+        return;
+    };
+    if let Some(Value::Object(props)) = step.get_mut("properties") {
+        for key in CONVERSATION_ACTION_KEYS {
+            props.remove(*key);
+        }
+    }
+    if let Some(Value::Array(branches)) = step.get_mut("oneOf") {
+        branches.retain(|b| {
+            !b.get("required")
+                .and_then(Value::as_array)
+                .and_then(|r| r.first())
+                .and_then(Value::as_str)
+                .is_some_and(|k| CONVERSATION_ACTION_KEYS.contains(&k))
+        });
+    }
 }
 
 /// The schema as pretty JSON with a trailing newline, exactly as written to `schemas/`.

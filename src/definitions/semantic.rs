@@ -33,6 +33,9 @@ use super::{Definition, Workflow};
 use crate::templates::{describe_error, sole_expression};
 use crate::triggers::cron::{parse_schedule, parse_timezone};
 
+#[path = "semantic_conversation.rs"]
+mod conversation;
+
 /// Names every expression may use, whatever started the run.
 pub const CONTEXT_ROOTS: &[&str] = &[
     "trigger", "body", "headers", "query", "params", "event", "message", "input", "vars", "steps",
@@ -214,9 +217,11 @@ fn check_all(project: &Project, opts: &LoadOptions, texts: &mut CompiledTexts) -
     let env = project.templates.env();
     let globals: HashSet<String> = env.globals().map(|(k, _)| k.to_owned()).collect();
     let known = crate::templates::inspect::Known::default();
+    let ai: Vec<String> = project.config.def.ai.keys().cloned().collect();
     for def in defs {
         if let Some(wf) = def.as_workflow() {
             let mut c = WorkflowCheck {
+                ai: &ai,
                 def,
                 wf,
                 env,
@@ -595,6 +600,8 @@ enum TextKind {
 }
 
 struct WorkflowCheck<'a> {
+    /// The `ai:` providers in herald.yaml.
+    ai: &'a [String],
     def: &'a Definition,
     wf: &'a Workflow,
     env: &'a Environment<'static>,
@@ -697,7 +704,17 @@ impl WorkflowCheck<'_> {
             self.check_trigger(t, &base);
         }
         let wf = self.wf;
-        self.check_steps(&wf.steps, &[], has_sync_webhook);
+        // A conversation's steps also see the conversation and its slots.
+        let roots: Vec<String> = if self.def.as_conversation().is_some() {
+            self.check_conversation();
+            conversation::ROOTS
+                .iter()
+                .map(|r| (*r).to_owned())
+                .collect()
+        } else {
+            Vec::new()
+        };
+        self.check_steps(&wf.steps, &roots, has_sync_webhook);
     }
 
     fn check_trigger(&mut self, t: &Trigger, base: &str) {
@@ -942,6 +959,12 @@ impl WorkflowCheck<'_> {
             Action::Fail(t) => {
                 self.check_text(&format!("{p}/fail"), t.as_str(), TextKind::Template, scope)
             }
+            Action::Say(_)
+            | Action::Ask(_)
+            | Action::Classify(_)
+            | Action::AiReply(_)
+            | Action::Goto(_)
+            | Action::End(_) => self.check_conversation_step(step, scope),
             Action::Try { .. } => {
                 if step.on_error.is_none() {
                     let d = Diagnostic::warning(

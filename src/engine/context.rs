@@ -268,8 +268,11 @@ impl<'a> RunBuilder<'a> {
         let wf = self.workflow;
         let id = super::new_id();
         let trigger_kind = self.trigger.kind();
-        let labels = labels(templates, wf, &self.trigger);
-        let context = run_context(self.trigger, &id, &wf.id, &labels, now);
+        let mut labels = labels(templates, wf, &self.trigger);
+        let mut context = run_context(self.trigger, &id, &wf.id, &labels, now);
+        if wf.conversation.is_some() {
+            conversation_context(&wf.id, &mut context, &mut labels, now);
+        }
         NewRun {
             id,
             workflow_id: wf.id.clone(),
@@ -289,6 +292,45 @@ impl<'a> RunBuilder<'a> {
             context,
             labels,
             created_at: now,
+        }
+    }
+}
+
+/// The label that finds a person's open conversation: `<channel>:<address>`.
+pub(crate) const CONVERSATION_LABEL: &str = "conversation";
+
+/// What a conversation's run knows besides a workflow's: `conversation` (its channel, the
+/// person's address, the turns so far) and `slots`. A message that started it is its first
+/// turn; a workflow that starts one names the channel and address as `input.channel` and
+/// `input.to`.
+fn conversation_context(id: &str, context: &mut Value, labels: &mut Value, now: Millis) {
+    let text = |p: &str| {
+        context
+            .pointer(p)
+            .and_then(Value::as_str)
+            .map(str::to_owned)
+    };
+    let (channel, address, first) = match text("/message/channel") {
+        Some(channel) => (Some(channel), text("/message/from"), text("/message/text")),
+        None => (text("/input/channel"), text("/input/to"), None),
+    };
+    let mut turns = Vec::new();
+    if let Some(t) = &first {
+        turns.push(crate::engine::steps::conversation::turn(
+            "user", t, "start", now,
+        ));
+    }
+    if let (Some(ch), Some(addr), Some(l)) = (&channel, &address, labels.as_object_mut()) {
+        l.insert(CONVERSATION_LABEL.into(), json!(format!("{ch}:{addr}")));
+    }
+    if let Some(obj) = context.as_object_mut() {
+        obj.insert(
+            "conversation".into(),
+            json!({"id": id, "channel": channel, "address": address, "started_at": rfc3339(now), "last": first, "turns": turns}),
+        );
+        obj.insert("slots".into(), json!({}));
+        if let Some(run) = obj.get_mut("run").and_then(Value::as_object_mut) {
+            run.insert("labels".into(), labels.clone());
         }
     }
 }

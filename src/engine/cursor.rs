@@ -55,6 +55,15 @@ pub enum Wait {
     Child { run_id: String },
     /// A failed attempt's backoff, before the step is tried again.
     Retry { until: Millis },
+    /// A conversation's `ask`: the person's next message (the event `name` keyed by their
+    /// address, at or after `since`), with the answers tried so far, or the inactivity timeout.
+    Ask {
+        name: String,
+        key: String,
+        since: Millis,
+        timeout_at: Millis,
+        attempts: u32,
+    },
 }
 
 impl Cursor {

@@ -15,6 +15,7 @@
 pub mod clock;
 pub(crate) mod contact;
 pub mod context;
+mod conversation;
 pub mod cursor;
 pub mod dispatcher;
 mod interpreter;
@@ -731,7 +732,10 @@ impl Engine {
     /// keyword from an opted-out sender marks them `subscribed` the same way.
     ///
     /// Any other message is an event `message.<channel>` keyed by the sender, which wakes
-    /// runs waiting for a reply, and starts every workflow whose `message` trigger matches.
+    /// runs waiting for a reply. The sender's open conversation on the channel takes it, the
+    /// reset command ends that conversation, and a conversation's `start` opens one (see
+    /// `conversation.rs`); a message no open conversation took starts every workflow whose
+    /// `message` trigger matches.
     ///
     /// One sender's messages are handled one at a time, in the order they arrived.
     pub async fn inbound_message(
@@ -819,15 +823,36 @@ impl Engine {
             source_run_id: None,
             created_at: now,
         };
-        // The runs the message starts go the way a webhook's do: each first segment runs and
-        // commits before the provider is answered, so the reply is in the outbox by then.
+        // After a compliance keyword and with the runs waiting for a reply (which the
+        // message event wakes), the person's conversation: an open one takes the message, so
+        // no `message` trigger starts on it; a `start` opens one.
+        let routed = if keyword.is_none() {
+            let m = conversation::Message {
+                channel,
+                from,
+                text,
+                provider_id,
+                event_id: &message_event.id,
+                dedupe: dedupe.as_deref(),
+            };
+            self.route_conversation(&registry, &m, now).await?
+        } else {
+            conversation::Routed::default()
+        };
+        let subscriptions = if routed.claimed {
+            &[][..]
+        } else {
+            registry
+                .messages
+                .get(channel)
+                .map(Vec::as_slice)
+                .unwrap_or_default()
+        };
+        // The runs `message` triggers start go the way a webhook's do: each first segment
+        // runs and commits before the provider is answered, so the reply is in the outbox by
+        // then.
         let mut started = Vec::new();
-        for sub in registry
-            .messages
-            .get(channel)
-            .map(Vec::as_slice)
-            .unwrap_or_default()
-        {
+        for sub in subscriptions {
             let crate::definitions::model::Trigger::Message(m) =
                 &sub.workflow.workflow.triggers[sub.trigger]
             else {
@@ -851,7 +876,7 @@ impl Engine {
                 sub.workflow.clone(),
             ));
         }
-        let mut runs = Vec::new();
+        let mut runs = routed.runs;
         for notice in &events {
             runs.extend(context::subscriber_runs(&registry, notice, None, now));
         }
@@ -871,7 +896,7 @@ impl Engine {
         for (new, workflow) in started {
             ids.push(self.start_built(new, workflow, false).await?.run_id);
         }
-        if keyword.is_none() && ids.is_empty() && woke == 0 {
+        if keyword.is_none() && ids.is_empty() && woke == 0 && !routed.claimed && !routed.reset {
             self.unmatched(channel, from, text, provider_id, now)
                 .await?;
         }

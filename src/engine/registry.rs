@@ -13,6 +13,7 @@ use crate::channels::{self, Channels};
 use crate::definitions::diagnostics::Diagnostic;
 use crate::definitions::env::EnvSource;
 use crate::definitions::model::ConfigDef;
+use crate::definitions::model::conversation::StartCondition;
 use crate::definitions::model::step::resolve_steps;
 use crate::definitions::model::trigger::{CronTrigger, Trigger};
 use crate::definitions::model::workflow::WorkflowDef;
@@ -44,6 +45,16 @@ pub struct CompiledWorkflow {
     /// The source as loaded, stored with the version.
     pub source: String,
     pub document: Value,
+    /// Set for a conversation: its sessions' rules, beside the steps in `workflow`.
+    pub conversation: Option<Arc<CompiledConversation>>,
+}
+
+/// A conversation's rules, ready to route messages by.
+#[derive(Debug)]
+pub struct CompiledConversation {
+    pub spec: crate::definitions::conversation::Conversation,
+    /// Compiled `match` patterns of its `start`, by index.
+    pub start_patterns: Vec<Option<Regex>>,
 }
 
 impl CompiledWorkflow {
@@ -55,7 +66,55 @@ impl CompiledWorkflow {
     pub fn compile(def: &Definition, env: &EnvSource) -> Result<CompiledWorkflow, Vec<Diagnostic>> {
         match &def.body {
             Body::Workflow(_) => CompiledWorkflow::compile_workflow(def, env),
+            Body::Conversation(_) => CompiledWorkflow::compile_conversation(def, env),
         }
+    }
+
+    /// A conversation: its steps are a workflow without triggers, and its `start` conditions
+    /// are routed by the engine (`engine::conversation`), so the interpreter runs it as it runs
+    /// any workflow.
+    fn compile_conversation(
+        def: &Definition,
+        env: &EnvSource,
+    ) -> Result<CompiledWorkflow, Vec<Diagnostic>> {
+        let mut resolved = def.doc.value.clone();
+        env.resolve_json(&mut resolved)
+            .map_err(|e| vec![def.file.whole(Diagnostic::error("unset-env", e))])?;
+        let cdef: crate::definitions::model::conversation::ConversationDef =
+            serde_json::from_value(resolved).map_err(|e| {
+                vec![
+                    def.file
+                        .whole(Diagnostic::error("invalid-value", e.to_string())),
+                ]
+            })?;
+        let spec = crate::definitions::conversation::from_def(cdef)
+            .map_err(|e| vec![def.file.whole(Diagnostic::error("invalid-step", e))])?;
+        let start_patterns = spec
+            .start
+            .iter()
+            .map(|s| match s {
+                StartCondition::Match(p) => Regex::new(p).ok(),
+                _ => None,
+            })
+            .collect();
+        let workflow = spec.workflow.clone();
+        let locations = locations(def, &workflow);
+        Ok(CompiledWorkflow {
+            id: def.id.clone(),
+            metric_id: def.id.as_str().into(),
+            hash: def.hash.clone(),
+            locations,
+            program: Program::compile(&workflow.steps),
+            workflow,
+            verifiers: Vec::new(),
+            patterns: Vec::new(),
+            source: def.file.text.to_string(),
+            document: def.doc.value.clone(),
+            conversation: Some(Arc::new(CompiledConversation {
+                spec,
+                start_patterns,
+            })),
+        })
     }
 
     /// A workflow. `${env:...}` references are resolved here, so secrets exist only in memory,
@@ -112,17 +171,7 @@ impl CompiledWorkflow {
         if !errors.is_empty() {
             return Err(errors);
         }
-        let locations = workflow
-            .all_steps()
-            .into_iter()
-            .map(|step| {
-                let at = def.doc.index.key(&step.pointer);
-                (
-                    step.id.clone(),
-                    format!("{}:{}:{}", def.file.path.display(), at.line, at.column),
-                )
-            })
-            .collect();
+        let locations = locations(def, &workflow);
         Ok(CompiledWorkflow {
             id: def.id.clone(),
             metric_id: def.id.as_str().into(),
@@ -134,6 +183,7 @@ impl CompiledWorkflow {
             patterns,
             source: def.file.text.to_string(),
             document: def.doc.value.clone(),
+            conversation: None,
         })
     }
 
@@ -141,12 +191,32 @@ impl CompiledWorkflow {
         DefinitionVersion {
             hash: self.hash.clone(),
             id: self.id.clone(),
-            kind: "workflow".into(),
+            kind: if self.conversation.is_some() {
+                "conversation"
+            } else {
+                "workflow"
+            }
+            .into(),
             source: self.source.clone(),
             document: self.document.clone(),
             first_seen_at: now,
         }
     }
+}
+
+/// Where each step is written, `file:line:col` by step id.
+fn locations(def: &Definition, workflow: &Workflow) -> HashMap<String, String> {
+    workflow
+        .all_steps()
+        .into_iter()
+        .map(|step| {
+            let at = def.doc.index.key(&step.pointer);
+            (
+                step.id.clone(),
+                format!("{}:{}:{}", def.file.path.display(), at.line, at.column),
+            )
+        })
+        .collect()
 }
 
 /// What a definition's `${env:...}` references resolve to, as a digest (the secrets themselves
@@ -197,6 +267,25 @@ impl CompileCache {
     }
 }
 
+/// An `ai:` provider, ready to call.
+#[derive(Clone)]
+pub struct AiProvider {
+    pub base_url: String,
+    pub model: String,
+    pub api_key: Option<String>,
+    pub timeout: std::time::Duration,
+    pub max_tokens: u32,
+}
+
+impl std::fmt::Debug for AiProvider {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AiProvider")
+            .field("base_url", &self.base_url)
+            .field("model", &self.model)
+            .finish_non_exhaustive()
+    }
+}
+
 /// A webhook's place in the router.
 #[derive(Debug, Clone)]
 pub struct Route {
@@ -230,6 +319,10 @@ pub struct Registry {
     pub crons: Vec<CronEntry>,
     pub events: HashMap<String, Vec<Subscription>>,
     pub messages: HashMap<String, Vec<Subscription>>,
+    /// Conversations by the channel they listen on, in id order.
+    pub conversations: HashMap<String, Vec<Arc<CompiledWorkflow>>>,
+    /// `ai:` providers from herald.yaml, with their keys resolved.
+    pub ai: HashMap<String, AiProvider>,
     pub templates: Templates,
     pub channels: Channels,
     pub config: ConfigDef,
@@ -289,10 +382,19 @@ impl Registry {
         let mut crons = Vec::new();
         let mut events: HashMap<String, Vec<Subscription>> = HashMap::new();
         let mut messages: HashMap<String, Vec<Subscription>> = HashMap::new();
+        let mut conversations: HashMap<String, Vec<Arc<CompiledWorkflow>>> = HashMap::new();
         let mut ids: Vec<&String> = workflows.keys().collect();
         ids.sort();
         for id in ids {
             let wf = &workflows[id];
+            if let Some(c) = &wf.conversation {
+                for channel in &c.spec.channels {
+                    conversations
+                        .entry(channel.clone())
+                        .or_default()
+                        .push(wf.clone());
+                }
+            }
             for (i, t) in wf.workflow.triggers.iter().enumerate() {
                 match t {
                     Trigger::Webhook(w) => {
@@ -350,6 +452,29 @@ impl Registry {
                 }
             }
         }
+        let mut ai = HashMap::new();
+        for (name, p) in &project.config.def.ai {
+            let key = match p.api_key.as_deref().map(|k| env.resolve(k)).transpose() {
+                Ok(k) => k,
+                Err(e) => {
+                    errors.push(Diagnostic::error(
+                        "unset-env",
+                        format!("ai provider `{name}`: {e}"),
+                    ));
+                    continue;
+                }
+            };
+            ai.insert(
+                name.clone(),
+                AiProvider {
+                    base_url: p.base_url.trim_end_matches('/').to_owned(),
+                    model: p.model.clone(),
+                    api_key: key,
+                    timeout: p.timeout.as_std(),
+                    max_tokens: p.max_tokens,
+                },
+            );
+        }
         if !errors.is_empty() {
             return Err(errors);
         }
@@ -359,6 +484,8 @@ impl Registry {
             crons,
             events,
             messages,
+            conversations,
+            ai,
             templates: project.templates.clone(),
             channels,
             config: project.config.def.clone(),
@@ -394,6 +521,8 @@ impl Registry {
             crons: Vec::new(),
             events: HashMap::new(),
             messages: HashMap::new(),
+            conversations: HashMap::new(),
+            ai: HashMap::new(),
             templates: Templates::empty(100_000),
             channels: Channels::default(),
             config: ConfigDef::default(),

@@ -2,6 +2,7 @@
 //! signatures, and where an inbound message goes. The engine (its scheduler, its inbound
 //! routing) and the server call these; nothing here imports them.
 
+pub(crate) mod conversation;
 pub mod cron;
 pub(crate) mod inbound;
 pub(crate) mod webhook;

@@ -47,6 +47,10 @@ pub struct ConfigDef {
     pub server: ServerConfig,
     #[serde(default)]
     pub retention: RetentionConfig,
+    /// Language-model providers for a conversation's `ai_reply`, by name: any API that
+    /// speaks OpenAI's chat completions.
+    #[serde(default)]
+    pub ai: IndexMap<String, super::conversation::AiProviderConfig>,
 }
 
 impl ConfigDef {
@@ -75,6 +79,7 @@ impl Default for ConfigDef {
             limits: LimitsConfig::default(),
             server: ServerConfig::default(),
             retention: RetentionConfig::default(),
+            ai: IndexMap::new(),
         }
     }
 }

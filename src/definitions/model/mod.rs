@@ -3,6 +3,7 @@
 pub mod common;
 mod compact;
 pub mod config;
+pub mod conversation;
 pub mod step;
 pub mod test;
 pub mod trigger;

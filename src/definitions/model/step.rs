@@ -13,6 +13,7 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use super::common::{Duration, Expr, Ident, RetryPolicy, StepId, Template};
+use super::conversation::{AiReplyStep, AskStep, ClassifyStep, EndStep};
 use super::trigger::HttpMethod;
 
 /// The action keys a step may have, exactly one per step.
@@ -33,6 +34,10 @@ pub const ACTION_KEYS: &[&str] = &[
     "try",
 ];
 
+/// The action keys only a conversation's steps may have.
+pub const CONVERSATION_ACTION_KEYS: &[&str] =
+    &["say", "ask", "classify", "ai_reply", "goto", "end"];
+
 /// One step, as written.
 #[derive(Debug, Clone, PartialEq, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
@@ -44,7 +49,9 @@ pub const ACTION_KEYS: &[&str] = &[
             {"required": ["send"]}, {"required": ["wait"]}, {"required": ["wait_for"]},
             {"required": ["http"]}, {"required": ["emit"]}, {"required": ["call"]},
             {"required": ["for_each"]}, {"required": ["upsert_contact"]},
-            {"required": ["respond"]}, {"required": ["fail"]}, {"required": ["try"]}
+            {"required": ["respond"]}, {"required": ["fail"]}, {"required": ["try"]},
+            {"required": ["say"]}, {"required": ["ask"]}, {"required": ["classify"]},
+            {"required": ["ai_reply"]}, {"required": ["goto"]}, {"required": ["end"]}
         ],
         "dependentRequired" = {
             "if": ["then"], "then": ["if"], "else": ["if"],
@@ -133,6 +140,25 @@ pub struct RawStep {
     #[serde(default, rename = "try")]
     #[schemars(length(min = 1))]
     pub try_: Option<Vec<RawStep>>,
+
+    /// Conversations only: reply to the person, on their channel (a template).
+    #[serde(default)]
+    pub say: Option<Template>,
+    /// Conversations only: ask, and wait for an answer that fits a slot.
+    #[serde(default)]
+    pub ask: Option<Box<AskStep>>,
+    /// Conversations only: choose the intent of the person's last message.
+    #[serde(default)]
+    pub classify: Option<Box<ClassifyStep>>,
+    /// Conversations only: answer with a language model, within guardrails.
+    #[serde(default)]
+    pub ai_reply: Option<Box<AiReplyStep>>,
+    /// Conversations only: carry on at this step.
+    #[serde(default)]
+    pub goto: Option<StepId>,
+    /// Conversations only: end the conversation (`true`, or a last thing to say).
+    #[serde(default)]
+    pub end: Option<EndStep>,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize, JsonSchema)]
@@ -551,6 +577,12 @@ pub enum Action {
     Try {
         steps: Vec<Step>,
     },
+    Say(Template),
+    Ask(Box<AskStep>),
+    Classify(Box<ClassifyStep>),
+    AiReply(Box<AiReplyStep>),
+    Goto(String),
+    End(EndStep),
 }
 
 impl Action {
@@ -570,6 +602,12 @@ impl Action {
             Action::Respond(_) => "respond",
             Action::Fail(_) => "fail",
             Action::Try { .. } => "try",
+            Action::Say(_) => "say",
+            Action::Ask(_) => "ask",
+            Action::Classify(_) => "classify",
+            Action::AiReply(_) => "ai_reply",
+            Action::Goto(_) => "goto",
+            Action::End(_) => "end",
         }
     }
 
@@ -629,6 +667,12 @@ impl RawStep {
             ("respond", self.respond.is_some()),
             ("fail", self.fail.is_some()),
             ("try", self.try_.is_some()),
+            ("say", self.say.is_some()),
+            ("ask", self.ask.is_some()),
+            ("classify", self.classify.is_some()),
+            ("ai_reply", self.ai_reply.is_some()),
+            ("goto", self.goto.is_some()),
+            ("end", self.end.is_some()),
         ]
         .into_iter()
         .filter_map(|(k, p)| p.then_some(k))
@@ -736,6 +780,18 @@ impl RawStep {
             Action::Try {
                 steps: list(body, "try")?,
             }
+        } else if let Some(t) = self.say {
+            Action::Say(t)
+        } else if let Some(a) = self.ask {
+            Action::Ask(a)
+        } else if let Some(c) = self.classify {
+            Action::Classify(c)
+        } else if let Some(a) = self.ai_reply {
+            Action::AiReply(a)
+        } else if let Some(g) = self.goto {
+            Action::Goto(g.0)
+        } else if let Some(e) = self.end {
+            Action::End(e)
         } else {
             unreachable!("exactly one action was checked above")
         };

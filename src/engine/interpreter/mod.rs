@@ -70,6 +70,8 @@ pub(crate) enum Outcome {
     },
     /// End the run as failed with this message (`fail`).
     Fail(String),
+    /// Done; record this output and end the run as completed (a conversation's `end`).
+    End(Value),
 }
 
 /// What to do after a commit.
@@ -180,7 +182,7 @@ impl<'e> Interpreter<'e> {
         let step = &node.step;
         // An external call must not happen before the run is stored, nor be undone by a crash
         // that loses the steps before it.
-        if matches!(step.action, Action::Http(_))
+        if matches!(step.action, Action::Http(_) | Action::AiReply(_))
             && a.cursor.wait.is_none()
             && (a.insert.is_some() || !p.is_empty())
         {
@@ -195,6 +197,9 @@ impl<'e> Interpreter<'e> {
                 a.cursor.wait = None;
                 self.execute(a, p, idx, &registry, now).await
             }
+            // An `ask` resolves its own wait: an answer that does not fit is asked again,
+            // which needs what a step has.
+            Some(Wait::Ask { .. }) => self.execute(a, p, idx, &registry, now).await,
             Some(wait) => self.resume(a, wait, step, now).await,
             None => self.execute(a, p, idx, &registry, now).await,
         };
@@ -217,9 +222,9 @@ impl<'e> Interpreter<'e> {
             "action" => step.action.key()
         )
         .record(timer.elapsed().as_secs_f64());
-        let is_http = matches!(step.action, Action::Http(_));
+        let is_http = matches!(step.action, Action::Http(_) | Action::AiReply(_));
         let output = match &outcome {
-            Outcome::Done(o) | Outcome::Goto(_, o) => o,
+            Outcome::Done(o) | Outcome::Goto(_, o) | Outcome::End(o) => o,
             _ => &Value::Null,
         };
         if let Err(message) = grow(a, output, &registry.config.limits) {
@@ -261,6 +266,15 @@ impl<'e> Interpreter<'e> {
             }
             // `fail` is a failure like any other: a handler around it catches it.
             Outcome::Fail(message) => self.fail_step(a, p, idx, started, message),
+            Outcome::End(output) => {
+                self.complete(a, p, step, started, output, StepStatus::Completed);
+                a.cursor.step = None;
+                a.cursor.frames.clear();
+                Flow::End {
+                    status: RunStatus::Completed,
+                    error: None,
+                }
+            }
         })
     }
 
@@ -496,6 +510,9 @@ impl<'e> Interpreter<'e> {
                 steps::resume_event(&self.engine.store, a, on_timeout, wait, now).await
             }
             Wait::Child { run_id } => steps::resume_call(&self.engine.store, run_id).await,
+            Wait::Ask { .. } => Err(StepError::Permanent(
+                "an `ask` wait is resolved by its step".into(),
+            )),
         }
     }
 

@@ -33,15 +33,22 @@
 //! from the run, the step and the loop position ([`StepCx::effect_key`]), so a segment that is
 //! executed again after a crash does not repeat it.
 
+mod ai_reply;
+mod ask;
 mod branch;
 mod call;
+mod classify;
+pub(crate) mod conversation;
 mod emit;
 mod fail;
+mod flow;
 mod for_each;
 pub(crate) mod http;
 mod respond;
+mod say;
 mod send;
 mod set;
+pub(crate) mod slots;
 mod r#try;
 mod upsert_contact;
 mod wait;
@@ -100,7 +107,13 @@ impl<'a> StepCx<'a> {
         now: Millis,
         ctx: JValue,
     ) -> StepCx<'a> {
-        let key_suffix = run.cursor.loop_suffix();
+        let mut key_suffix = run.cursor.loop_suffix();
+        // A conversation comes back to its steps (`goto`, a re-asked question): each visit's
+        // effects are its own, told apart by the step-log position, which a segment executed
+        // again after a crash reaches again.
+        if run.workflow.conversation.is_some() {
+            key_suffix.push_str(&format!("#{}", run.cursor.seq));
+        }
         StepCx {
             run,
             pending,
@@ -181,5 +194,11 @@ pub(crate) async fn execute(cx: StepCx<'_>) -> Result<Outcome, StepError> {
         Action::Respond(r) => respond::execute(cx, r),
         Action::Fail(message) => fail::execute(cx, message),
         Action::Try { .. } => r#try::execute(cx),
+        Action::Say(t) => say::execute(cx, t).await,
+        Action::Ask(a) => ask::execute(cx, a).await,
+        Action::Classify(c) => classify::execute(cx, c),
+        Action::AiReply(a) => ai_reply::execute(cx, a).await,
+        Action::Goto(target) => flow::goto(cx, target),
+        Action::End(e) => flow::end(cx, e).await,
     }
 }

@@ -11,7 +11,19 @@ use crate::engine::interpreter::{After, Outcome, StepError};
 use crate::engine::{new_id, policy, retry, suppression};
 use crate::store::NewOutbox;
 
-pub(super) async fn execute(cx: StepCx<'_>, s: &SendStep) -> Result<Outcome, StepError> {
+pub(super) async fn execute(mut cx: StepCx<'_>, s: &SendStep) -> Result<Outcome, StepError> {
+    queue(&mut cx, s, None, None).await.map(Outcome::Done)
+}
+
+/// Queues the message `s` describes and gives the step's output. `text` is a body already
+/// made (a conversation's reply, which is not a template), and `key` the effect's key when a
+/// step queues more than one message.
+pub(super) async fn queue(
+    cx: &mut StepCx<'_>,
+    s: &SendStep,
+    text: Option<String>,
+    key: Option<String>,
+) -> Result<Value, StepError> {
     let registry = cx.host.registry;
     if !registry.channels.contains_key(&s.channel) {
         return Err(StepError::Permanent(format!(
@@ -43,7 +55,7 @@ pub(super) async fn execute(cx: StepCx<'_>, s: &SendStep) -> Result<Outcome, Ste
     if let Some(reason) = recipient.blocked {
         return Ok(suppressed(&to, &reason, s));
     }
-    if let Some(reason) = over_cap(&cx, s, &to).await.map_err(unknown)? {
+    if let Some(reason) = over_cap(cx, s, &to).await.map_err(unknown)? {
         return Ok(suppressed(&to, &reason, s));
     }
     let held = policy::hold(
@@ -54,12 +66,13 @@ pub(super) async fn execute(cx: StepCx<'_>, s: &SendStep) -> Result<Outcome, Ste
         cx.now,
     );
     let approved_template = match &s.whatsapp_template {
-        Some(t) => Some(whatsapp_template(&cx, s, t)?),
+        Some(t) => Some(whatsapp_template(cx, s, t)?),
         None => None,
     };
-    let (body, html) = match &approved_template {
-        Some(t) => (t.describe(), false),
-        None => body(&cx, s)?,
+    let (body, html) = match (&approved_template, text) {
+        (Some(t), _) => (t.describe(), false),
+        (None, Some(text)) => (text, false),
+        (None, None) => body(cx, s)?,
     };
     let mut headers = Map::new();
     for (k, v) in &s.headers {
@@ -106,7 +119,7 @@ pub(super) async fn execute(cx: StepCx<'_>, s: &SendStep) -> Result<Outcome, Ste
         body,
         html,
         headers: Value::Object(headers),
-        idempotency_key: cx.effect_key(),
+        idempotency_key: key.unwrap_or_else(|| cx.effect_key()),
         max_attempts: i64::from(max_attempts),
         category: s.category,
         retry: step.retry.clone(),
@@ -116,21 +129,20 @@ pub(super) async fn execute(cx: StepCx<'_>, s: &SendStep) -> Result<Outcome, Ste
         created_at: cx.now,
         due_at: held.as_ref().map_or(cx.now, |(until, _)| *until),
     };
-    cx.pending.outbox.push(message);
-    cx.pending.after.push(After::Outbox);
+    let pending = &mut *cx.pending;
+    pending.outbox.push(message);
+    pending.after.push(After::Outbox);
     let mut out = json!({"message_id": id, "channel": s.channel, "to": to, "status": "queued"});
     if let Some((until, reason)) = held {
         out["status"] = json!("held");
         out["until"] = json!(crate::engine::clock::rfc3339(until));
         out["reason"] = json!(reason);
     }
-    Ok(Outcome::Done(out))
+    Ok(out)
 }
 
-fn suppressed(to: &str, reason: &str, s: &SendStep) -> Outcome {
-    Outcome::Done(
-        json!({"status": "suppressed", "to": to, "reason": reason, "category": s.category}),
-    )
+fn suppressed(to: &str, reason: &str, s: &SendStep) -> Value {
+    json!({"status": "suppressed", "to": to, "reason": reason, "category": s.category})
 }
 
 /// Why a `marketing` message would break the channel's frequency cap, if it would: what the
