@@ -494,7 +494,8 @@ impl Engine {
         let new = RunBuilder::new(&req.workflow, req.trigger)
             .idempotency_key(req.idempotency_key)
             .build(&self.registry().templates, now);
-        self.start_built(new, req.workflow, req.want_reply).await
+        self.start_built(new, req.workflow, req.want_reply, Vec::new())
+            .await
     }
 
     /// Starts a run built by the run builder: its first segment runs in this task and commits
@@ -506,6 +507,7 @@ impl Engine {
         new: crate::store::NewRun,
         workflow: Arc<CompiledWorkflow>,
         want_reply: bool,
+        carry: Vec<NewEvent>,
     ) -> Result<Started, EngineError> {
         let run_id = new.id.clone();
         let reply = want_reply.then(|| self.wait_reply(&run_id));
@@ -513,7 +515,7 @@ impl Engine {
         let engine = self.clone();
         crate::sync::lock(&self.held).insert(run_id.clone());
         tokio::spawn(async move {
-            engine.drive_new(new, workflow, first_tx).await;
+            engine.drive_new(new, workflow, carry, first_tx).await;
         });
         match first_rx.await {
             Ok(Ok(interpreter::FirstCommit::Committed)) => Ok(Started {
@@ -882,20 +884,39 @@ impl Engine {
         }
         let mut ids: Vec<String> = runs.iter().map(|r| r.id.clone()).collect();
         events.insert(0, message_event);
-        // The message (and an opt-out's contact change) first: no run it starts can send to
-        // someone it opted out. A crash before the runs are stored leaves the provider
-        // unanswered, and it delivers the message again.
-        self.store
-            .insert_events(&events, &runs, &contacts, &answers)
-            .await?;
+        // The common case, a message that starts runs and nothing else: the message is
+        // recorded with the first run's first segment, one write (on SQLite, in a group commit
+        // with other requests'). Otherwise the message (and an opt-out's contact change, and
+        // the runs that wait for workers) first: no run it starts can send to someone it opted
+        // out. A crash before the runs are stored leaves the provider unanswered, and it
+        // delivers the message again.
+        let mut carry = Vec::new();
+        if events.len() == 1
+            && runs.is_empty()
+            && contacts.is_empty()
+            && answers.is_empty()
+            && !started.is_empty()
+        {
+            carry = events;
+        } else {
+            self.store
+                .insert_events(&events, &runs, &contacts, &answers)
+                .await?;
+        }
+        for (new, workflow) in started {
+            let carried = std::mem::take(&mut carry);
+            ids.push(
+                self.start_built(new, workflow, false, carried)
+                    .await?
+                    .run_id,
+            );
+        }
+        // Only once the message is stored may the runs waiting for it look for it.
         let woke = if inbound::is_reply(keyword) {
             self.store.wake_waiting(&event_name, from, now).await?
         } else {
             0
         };
-        for (new, workflow) in started {
-            ids.push(self.start_built(new, workflow, false).await?.run_id);
-        }
         if keyword.is_none() && ids.is_empty() && woke == 0 && !routed.claimed && !routed.reset {
             self.unmatched(channel, from, text, provider_id, now)
                 .await?;

@@ -129,6 +129,9 @@ pub(crate) struct Active {
     pub(crate) parent_run_id: Option<String>,
     /// Set until the run's first commit, which inserts it.
     pub(crate) insert: Option<NewRun>,
+    /// Events recorded with the run's first commit: the inbound message that started it, so
+    /// the message and its run are one write.
+    pub(crate) carry: Vec<crate::store::NewEvent>,
     /// What steps have added to the context, in bytes, since it was last measured whole (see
     /// `grow`).
     pub(crate) grown: usize,

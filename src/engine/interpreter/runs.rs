@@ -18,6 +18,7 @@ impl Engine {
         self: Arc<Self>,
         new: NewRun,
         workflow: Arc<CompiledWorkflow>,
+        carry: Vec<crate::store::NewEvent>,
         first: tokio::sync::oneshot::Sender<Result<FirstCommit, EngineError>>,
     ) {
         let active = Active {
@@ -31,6 +32,7 @@ impl Engine {
             parent_run_id: new.parent_run_id.clone(),
             workflow,
             insert: Some(new),
+            carry,
             grown: 0,
         };
         Interpreter::new(&self).drive(active, Some(first)).await;
@@ -152,6 +154,7 @@ impl Interpreter<'_> {
             created_at: run.created_at,
             parent_run_id: run.parent_run_id,
             insert: None,
+            carry: Vec::new(),
             grown: 0,
         })
     }

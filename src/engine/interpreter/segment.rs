@@ -127,13 +127,15 @@ impl Interpreter<'_> {
             },
         };
         let taken = std::mem::take(p);
+        let mut events = std::mem::take(&mut a.carry);
+        events.extend(taken.events);
         let commit = Commit {
             run,
             state,
             now,
             steps: taken.steps,
             outbox: taken.outbox,
-            events: taken.events,
+            events,
             new_runs: taken.new_runs,
             contacts: taken.contacts,
             wake_runs: taken.wake_runs,
