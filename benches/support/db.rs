@@ -11,6 +11,8 @@ pub const POSTGRES_URL_VAR: &str = "HERALD_TEST_POSTGRES_URL";
 /// A fresh store, and what to clean up after it.
 pub struct Db {
     pub store: DynStore,
+    /// The URL another process opens this store with.
+    pub url: String,
     _dir: Option<tempfile::TempDir>,
     _schema: Option<SchemaGuard>,
 }
@@ -23,6 +25,7 @@ pub async fn open_sqlite() -> Db {
         .unwrap_or_else(|e| panic!("cannot open {url}: {e}"));
     Db {
         store,
+        url,
         _dir: Some(dir),
         _schema: None,
     }
@@ -52,6 +55,7 @@ pub async fn open_postgres(server_url: &str) -> Db {
         .unwrap_or_else(|e| panic!("cannot open the store in schema {schema}: {e}"));
     Db {
         store,
+        url,
         _dir: None,
         _schema: Some(guard),
     }
