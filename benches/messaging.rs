@@ -301,7 +301,10 @@ async fn inbound(backend: &str, db: Db, n: usize, clients: usize) {
     );
     let deadline = Instant::now() + Duration::from_secs(120);
     while seen.lock().unwrap().len() < n {
-        assert!(Instant::now() < deadline, "replies still unsent after 120 s");
+        assert!(
+            Instant::now() < deadline,
+            "replies still unsent after 120 s"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let cpu = cpu_before.zip(server.cpu_ms()).map(|(a, b)| b - a);

@@ -110,7 +110,8 @@ pub struct GivenContact {
 #[derive(Debug, Clone, PartialEq, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CannedHttp {
-    #[serde(default)]
+    /// The method (default GET, as an `http` step's).
+    #[serde(default = "CannedHttp::default_method")]
     pub method: HttpMethod,
     /// The URL the step calls, exactly; one ending in `*` matches every URL that starts
     /// with what comes before it.
@@ -133,6 +134,9 @@ pub struct CannedHttp {
 impl CannedHttp {
     fn default_status() -> u16 {
         200
+    }
+    fn default_method() -> HttpMethod {
+        HttpMethod::Get
     }
 }
 
