@@ -329,6 +329,41 @@ fn an_http_call_without_a_canned_answer_fails_and_never_reaches_the_network() {
 }
 
 #[test]
+fn a_webhook_with_auth_is_signed_for_the_test_and_checked_as_serve_checks_it() {
+    let dir = tempfile::tempdir().unwrap();
+    write(dir.path(), "herald.yaml", CONFIG);
+    write(
+        dir.path(),
+        "workflows/signed.yaml",
+        "kind: workflow\nid: signed\ntriggers:\n  - webhook:\n      path: /hooks/signed\n      auth: { hmac_sha256: { header: X-Signature, secret: \"${env:HOOK_SECRET}\", prefix: \"sha256=\" } }\nsteps:\n  - id: ok\n    set: { ok: true }\n",
+    );
+    write(
+        dir.path(),
+        "tests/signed.yaml",
+        "kind: test\ntarget: signed\ncases:\n  - name: signed by the runner\n    trigger: { webhook: { body: { n: 1 } } }\n    expect: { status: completed }\n  - name: a forged signature is refused\n    trigger: { webhook: { body: { n: 2 }, headers: { X-Signature: \"sha256=00ff\" } } }\n    expect: { status: completed }\n",
+    );
+    let (out, doc) = json_run(dir.path(), &[]);
+    assert_eq!(out.status.code(), Some(1), "{}", show(&out));
+    let cases = doc["cases"].as_array().unwrap();
+    let by_name = |n: &str| cases.iter().find(|c| c["name"] == n).unwrap().clone();
+    assert_eq!(
+        by_name("signed by the runner")["failures"]
+            .as_array()
+            .map(Vec::len),
+        Some(0),
+        "{doc:#}"
+    );
+    let refused = by_name("a forged signature is refused");
+    let message = refused["failures"][0]["message"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(
+        message.contains("`hmac_sha256` auth refused the request"),
+        "{doc:#}"
+    );
+}
+
+#[test]
 fn junit_output_is_well_formed() {
     use quick_xml::events::Event;
     let dir = project();

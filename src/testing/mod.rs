@@ -494,6 +494,53 @@ impl Case<'_> {
         });
     }
 
+    /// Signs the test's request as a sender with the trigger's secrets would (unless the test
+    /// wrote the auth headers itself) and puts it through the same check `herald serve`
+    /// makes, so a trigger whose `auth` cannot pass fails its test.
+    fn check_auth(
+        &self,
+        pointer: &str,
+        auth: &crate::definitions::model::trigger::WebhookAuth,
+        given: &indexmap::IndexMap<String, String>,
+        body: &Value,
+        now: Millis,
+    ) -> Result<(), Abort> {
+        use crate::triggers::webhook_auth::{Verifier, sign};
+        let env = &self.harness.engine.env;
+        let raw = serde_json::to_vec(body).unwrap_or_default();
+        let at = jiff::Timestamp::from_millisecond(now).unwrap_or(jiff::Timestamp::UNIX_EPOCH);
+        let mut headers = axum::http::HeaderMap::new();
+        for (k, v) in given {
+            if let (Ok(name), Ok(value)) = (
+                axum::http::HeaderName::from_bytes(k.as_bytes()),
+                axum::http::HeaderValue::from_str(v),
+            ) {
+                headers.insert(name, value);
+            }
+        }
+        let signed = sign(auth, env, &raw, at).map_err(|e| self.abort(pointer, e))?;
+        if !signed.iter().any(|(name, _)| headers.contains_key(name)) {
+            for (name, value) in signed {
+                if let Ok(value) = axum::http::HeaderValue::from_str(&value) {
+                    headers.insert(name, value);
+                }
+            }
+        }
+        let verifier = Verifier::new(auth, env).map_err(|e| self.abort(pointer, e))?;
+        verifier
+            .verify(&headers, &raw, at)
+            .map(|_| ())
+            .map_err(|e| {
+                self.abort(
+                    pointer,
+                    format!(
+                        "the webhook's `{}` auth refused the request: {e}",
+                        auth.scheme()
+                    ),
+                )
+            })
+    }
+
     fn abort(&self, pointer: &str, message: impl Into<String>) -> Abort {
         Abort(Failure {
             at: self.pos(pointer),
@@ -533,10 +580,14 @@ impl Case<'_> {
                             })
                             .collect()
                     };
+                let body = w.body.clone().unwrap_or_else(|| json!({}));
+                if let Some(auth) = &def.auth {
+                    self.check_auth(&p, auth, &w.headers, &body, before)?;
+                }
                 Some(Trigger::Webhook {
                     method: def.method.as_str().to_owned(),
                     path: def.path.clone(),
-                    body: w.body.clone().unwrap_or_else(|| json!({})),
+                    body,
                     headers: strings(&w.headers, true),
                     query: strings(&w.query, false),
                     params: strings(&w.params, false),

@@ -307,6 +307,100 @@ impl fmt::Debug for Verifier {
     }
 }
 
+/// The headers a sender that knows the secrets would put on a request with this `body`, signed
+/// at `now`: what `herald test` sends, so a test passes the same check `herald serve` makes
+/// without signing by hand.
+pub fn sign(
+    auth: &WebhookAuth,
+    env: &EnvSource,
+    body: &[u8],
+    now: jiff::Timestamp,
+) -> Result<Vec<(HeaderName, String)>, String> {
+    let t = now.as_second().to_string();
+    let mac_of = |key: &[u8], what: &str, parts: &[&[u8]]| -> Result<Vec<u8>, String> {
+        let mut mac = keyed_mac(key, what)?;
+        for p in parts {
+            mac.update(p);
+        }
+        Ok(mac.finalize().into_bytes().to_vec())
+    };
+    Ok(match auth {
+        WebhookAuth::Bearer(b) => {
+            let token = resolve_secret(env, &b.token, "bearer token")?;
+            vec![(AUTHORIZATION, format!("Bearer {token}"))]
+        }
+        WebhookAuth::ApiKey(a) => {
+            vec![(
+                header_name(&a.header)?,
+                resolve_secret(env, &a.key, "API key")?,
+            )]
+        }
+        WebhookAuth::HmacSha256(h) => {
+            let secret = resolve_secret(env, &h.secret, "HMAC secret")?;
+            let stamped = h.timestamp_header.is_some();
+            let layout = h.payload.as_deref().unwrap_or(if stamped {
+                "{timestamp}.{body}"
+            } else {
+                "{body}"
+            });
+            let mut signed = Vec::new();
+            for part in signed_layout(layout, stamped)? {
+                match part {
+                    Signed::Text(text) => signed.extend_from_slice(&text),
+                    Signed::Body => signed.extend_from_slice(body),
+                    Signed::Timestamp => signed.extend_from_slice(t.as_bytes()),
+                }
+            }
+            let sig = mac_of(secret.as_bytes(), "HMAC secret", &[&signed])?;
+            let sig = match h.encoding {
+                SignatureEncoding::Hex => hex::encode(sig),
+                SignatureEncoding::Base64 => base64::engine::general_purpose::STANDARD.encode(sig),
+            };
+            let mut headers = vec![(
+                header_name(&h.header)?,
+                format!("{}{sig}", h.prefix.as_deref().unwrap_or_default()),
+            )];
+            if let Some(th) = &h.timestamp_header {
+                headers.push((header_name(th)?, t.clone()));
+            }
+            headers
+        }
+        WebhookAuth::Stripe(st) => {
+            let secret = resolve_secret(env, &st.secret, "Stripe signing secret")?;
+            let sig = mac_of(
+                secret.as_bytes(),
+                "Stripe signing secret",
+                &[t.as_bytes(), b".", body],
+            )?;
+            vec![(STRIPE_SIGNATURE, format!("t={t},v1={}", hex::encode(sig)))]
+        }
+        WebhookAuth::StandardWebhooks(sw) => {
+            let secret = resolve_secret(env, &sw.secret, "Standard Webhooks secret")?;
+            let encoded = secret.strip_prefix("whsec_").unwrap_or(&secret);
+            let key = BASE64
+                .decode(encoded)
+                .map_err(|_| "The Standard Webhooks secret is not base64.".to_owned())?;
+            let id = "msg_herald_test";
+            let sig = mac_of(
+                &key,
+                "Standard Webhooks secret",
+                &[id.as_bytes(), b".", t.as_bytes(), b".", body],
+            )?;
+            vec![
+                (WEBHOOK_HEADERS.id, id.to_owned()),
+                (WEBHOOK_HEADERS.timestamp, t.clone()),
+                (
+                    WEBHOOK_HEADERS.signature,
+                    format!(
+                        "v1,{}",
+                        base64::engine::general_purpose::STANDARD.encode(sig)
+                    ),
+                ),
+            ]
+        }
+    })
+}
+
 fn resolve_secret(env: &EnvSource, text: &str, what: &str) -> Result<String, String> {
     let value = env
         .resolve(text)
@@ -1497,6 +1591,80 @@ mod tests {
             for leak in [secret, "c3VwM3ItczNjcmV0LXZhbHVl", "sup3r"] {
                 assert!(!shown.contains(leak), "{shown}");
             }
+        }
+    }
+
+    #[test]
+    fn what_sign_writes_passes_verify_for_every_scheme_and_a_wrong_secret_does_not() {
+        let vars = env([
+            ("TOKEN", "t0ken"),
+            ("SECRET", "s3cret"),
+            ("STRIPE", "whsec_stripe-secret"),
+            ("SW", SW_SECRET),
+        ]);
+        let body = br#"{"id":1}"#;
+        let now = at(1_764_800_000);
+        let schemes = [
+            WebhookAuth::Bearer(BearerAuth {
+                token: "${env:TOKEN}".into(),
+            }),
+            WebhookAuth::ApiKey(ApiKeyAuth {
+                header: "x-api-key".into(),
+                key: "${env:TOKEN}".into(),
+            }),
+            WebhookAuth::HmacSha256(HmacAuth {
+                header: "X-Slack-Signature".into(),
+                secret: "${env:SECRET}".into(),
+                encoding: SignatureEncoding::Hex,
+                prefix: Some("v0=".into()),
+                timestamp_header: Some("X-Slack-Request-Timestamp".into()),
+                tolerance: Duration::from_secs(300),
+                payload: Some("v0:{timestamp}:{body}".into()),
+            }),
+            WebhookAuth::HmacSha256(HmacAuth {
+                header: "X-Signature".into(),
+                secret: "${env:SECRET}".into(),
+                encoding: SignatureEncoding::Base64,
+                prefix: None,
+                timestamp_header: None,
+                tolerance: Duration::from_secs(300),
+                payload: None,
+            }),
+            WebhookAuth::Stripe(SignedAuth {
+                secret: "${env:STRIPE}".into(),
+                tolerance: Duration::from_secs(300),
+            }),
+            WebhookAuth::StandardWebhooks(SignedAuth {
+                secret: "${env:SW}".into(),
+                tolerance: Duration::from_secs(300),
+            }),
+        ];
+        for auth in &schemes {
+            let mut map = HeaderMap::new();
+            for (name, value) in sign(auth, &vars, body, now).unwrap() {
+                map.insert(name, HeaderValue::from_str(&value).unwrap());
+            }
+            let v = Verifier::new(auth, &vars).unwrap();
+            assert!(v.verify(&map, body, now).is_ok(), "{}", auth.scheme());
+            // Another body, or signed with other secrets, does not pass.
+            assert!(
+                v.verify(&map, br#"{"id":2}"#, now).is_err()
+                    || auth.scheme() == "bearer"
+                    || auth.scheme() == "api_key",
+                "{}",
+                auth.scheme()
+            );
+            let other = env([
+                ("TOKEN", "other"),
+                ("SECRET", "other"),
+                ("STRIPE", "whsec_other"),
+                ("SW", "whsec_b3RoZXItc2VjcmV0"),
+            ]);
+            let mut forged = HeaderMap::new();
+            for (name, value) in sign(auth, &other, body, now).unwrap() {
+                forged.insert(name, HeaderValue::from_str(&value).unwrap());
+            }
+            assert!(v.verify(&forged, body, now).is_err(), "{}", auth.scheme());
         }
     }
 

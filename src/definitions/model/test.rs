@@ -144,7 +144,9 @@ impl CannedHttp {
 #[derive(Debug, Clone, PartialEq, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case", deny_unknown_fields)]
 pub enum TestTrigger {
-    /// A request to the target's webhook. Its `auth` is taken as passed: a test need not sign.
+    /// A request to the target's webhook. A trigger with `auth` gets the request signed for the
+    /// test with its secrets and checked as `herald serve` checks it, so a test need not sign;
+    /// write the auth headers yourself to send something else.
     Webhook(WebhookRequest),
     /// The target's cron schedule, firing its slot at the case's start time.
     Cron(CronSlot),
