@@ -19,30 +19,7 @@ use herald::store::{ContactUpsert, OutboxStatus, RunStatus};
 use serde_json::json;
 use support::{ReceivedRequest, Reply};
 
-macro_rules! scenarios {
-    ($($s:ident),* $(,)?) => {
-        mod sqlite {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $s() {
-                    let Some(db) = crate::db::sqlite(stringify!($s)).await else { return };
-                    crate::$s(db).await;
-                }
-            )*
-        }
-        mod postgres {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $s() {
-                    let Some(db) = crate::db::postgres(concat!("compliance::", stringify!($s))).await else { return };
-                    crate::$s(db).await;
-                }
-            )*
-        }
-    };
-}
-
-scenarios![
+db::scenarios!["compliance";
     a_stop_reply_wins_over_the_flow_waiting_for_it,
     a_message_waiting_to_retry_is_not_sent_after_stop,
     categories_decide_who_still_gets_a_message,

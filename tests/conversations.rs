@@ -16,30 +16,7 @@ use herald::store::{RunFilter, RunRecord, RunStatus};
 use serde_json::{Value, json};
 use support::Reply;
 
-macro_rules! scenarios {
-    ($($s:ident),* $(,)?) => {
-        mod sqlite {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $s() {
-                    let Some(db) = crate::db::sqlite(stringify!($s)).await else { return };
-                    crate::$s(db).await;
-                }
-            )*
-        }
-        mod postgres {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $s() {
-                    let Some(db) = crate::db::postgres(concat!("conversations::", stringify!($s))).await else { return };
-                    crate::$s(db).await;
-                }
-            )*
-        }
-    };
-}
-
-scenarios![
+db::scenarios!["conversations";
     an_answer_that_does_not_fit_is_asked_again_until_it_does,
     the_attempts_run_out_and_the_conversation_says_so,
     inactivity_ends_the_conversation_with_its_closing_message,

@@ -16,30 +16,7 @@ use herald::store::{OutboxStatus, RunStatus};
 use serde_json::json;
 use support::Reply;
 
-macro_rules! scenarios {
-    ($($s:ident),* $(,)?) => {
-        mod sqlite {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $s() {
-                    let Some(db) = crate::db::sqlite(stringify!($s)).await else { return };
-                    crate::$s(db).await;
-                }
-            )*
-        }
-        mod postgres {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $s() {
-                    let Some(db) = crate::db::postgres(concat!("correctness::", stringify!($s))).await else { return };
-                    crate::$s(db).await;
-                }
-            )*
-        }
-    };
-}
-
-scenarios![
+db::scenarios!["correctness";
     a_send_steps_retry_policy_spaces_its_delivery_attempts,
     a_finished_child_wakes_its_parent_at_once,
     every_run_has_input_and_its_labels,

@@ -244,30 +244,7 @@ fn every(from: &str, to: &str, step: i64) -> Vec<String> {
         .collect()
 }
 
-macro_rules! scenarios {
-    ($($s:ident),* $(,)?) => {
-        mod sqlite {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $s() {
-                    let Some(db) = crate::db::sqlite(stringify!($s)).await else { return };
-                    crate::$s(db).await;
-                }
-            )*
-        }
-        mod postgres {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $s() {
-                    let Some(db) = crate::db::postgres(concat!("cron::", stringify!($s))).await else { return };
-                    crate::$s(db).await;
-                }
-            )*
-        }
-    };
-}
-
-scenarios![
+db::scenarios!["cron";
     a_per_minute_schedule_fires_each_slot_once,
     a_new_trigger_does_not_fire_slots_from_before_it_existed,
     a_daily_time_fires_once_when_the_clock_falls_back,

@@ -21,30 +21,7 @@ use serde_json::json;
 use std::str::FromStr as _;
 use support::Reply;
 
-macro_rules! scenarios {
-    ($($s:ident),* $(,)?) => {
-        mod sqlite {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $s() {
-                    let Some(db) = crate::db::sqlite(stringify!($s)).await else { return };
-                    crate::$s(db).await;
-                }
-            )*
-        }
-        mod postgres {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $s() {
-                    let Some(db) = crate::db::postgres(concat!("engine::", stringify!($s))).await else { return };
-                    crate::$s(db).await;
-                }
-            )*
-        }
-    };
-}
-
-scenarios![
+db::scenarios!["engine";
     a_flow_started_by_a_text_waits_for_the_next_one,
     set_and_respond_complete_in_one_commit,
     a_wait_holds_the_run_until_the_clock_reaches_it,

@@ -19,30 +19,7 @@ use herald::store::{OutboxStatus, RunStatus};
 use serde_json::json;
 use support::Reply;
 
-macro_rules! scenarios {
-    ($($s:ident),* $(,)?) => {
-        mod sqlite {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $s() {
-                    let Some(db) = crate::db::sqlite(stringify!($s)).await else { return };
-                    crate::$s(db).await;
-                }
-            )*
-        }
-        mod postgres {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $s() {
-                    let Some(db) = crate::db::postgres(concat!("handlers::", stringify!($s))).await else { return };
-                    crate::$s(db).await;
-                }
-            )*
-        }
-    };
-}
-
-scenarios![
+db::scenarios!["handlers";
     on_error_sees_the_error_and_the_run_carries_on,
     a_failure_inside_try_skips_the_rest_of_the_try,
     continue_on_error_records_the_error_after_the_retries,

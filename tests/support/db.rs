@@ -187,3 +187,33 @@ pub async fn postgres(test: &str) -> Option<TestDb> {
         _schema: Some(guard),
     })
 }
+
+/// Each scenario, an `async fn name(db: TestDb)` of the test file, as two tests: `sqlite::name`
+/// and `postgres::name` (which says it was skipped when `HERALD_TEST_POSTGRES_URL` is not set).
+/// `$file` names the file in the Postgres schema, so scenarios of different files never share
+/// one.
+#[allow(unused_macros)]
+macro_rules! scenarios {
+    ($file:literal; $($s:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $s() {
+                    let Some(db) = crate::db::sqlite(stringify!($s)).await else { return };
+                    crate::$s(db).await;
+                }
+            )*
+        }
+        mod postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $s() {
+                    let Some(db) = crate::db::postgres(concat!($file, "::", stringify!($s))).await else { return };
+                    crate::$s(db).await;
+                }
+            )*
+        }
+    };
+}
+#[allow(unused_imports)]
+pub(crate) use scenarios;
