@@ -30,6 +30,7 @@ db::scenarios!["compliance";
     help_is_answered_once_with_the_configured_text,
     a_permanent_failure_goes_to_the_fallback_channel,
     a_paced_channel_spreads_a_backlog_without_spending_attempts,
+    stop_from_a_chat_suppresses_that_chat_and_start_lifts_it,
 ];
 
 /// Times each compliance race is run.
@@ -772,5 +773,70 @@ steps:
         outbox.iter().all(|m| m.attempts == 1),
         "waiting for the pace spends no attempt: {:?}",
         outbox.iter().map(|m| m.attempts).collect::<Vec<_>>()
+    );
+}
+
+async fn stop_from_a_chat_suppresses_that_chat_and_start_lifts_it(db: db::TestDb) {
+    let h = Harness::new(db, &[]).await;
+    h.sink.respond_by_default(
+        Reply::ok().json(json!({"ok": true, "result": {"message_id": 1, "chat": {"id": 1}}})),
+    );
+    with_config(
+        &h,
+        "",
+        "  tg:\n    provider: telegram\n    bot_token: \"123:abc\"\n    secret_token: s3cret\n    api_base: \"{{SINK}}\"\n",
+    )
+    .await;
+    h.write(
+        "workflows/promo.yaml",
+        r#"
+kind: workflow
+id: promo
+steps:
+  - id: offer
+    send: { channel: tg, to: "{{ body.chat }}", body: "This week only: free oil change" }
+  - id: receipt
+    send: { channel: tg, to: "{{ body.chat }}", body: "Your booking is confirmed", category: transactional }
+"#,
+    );
+    h.reload().await;
+    let chat = "5551234567";
+    let statuses = |run: herald::store::RunRecord| {
+        (
+            run.context["steps"]["offer"]["output"]["status"].clone(),
+            run.context["steps"]["receipt"]["output"]["status"].clone(),
+        )
+    };
+    let run = h.start("promo", json!({"chat": chat})).await;
+    assert_eq!(
+        statuses(h.run(&run).await),
+        (json!("queued"), json!("queued"))
+    );
+
+    let routed = h
+        .engine
+        .inbound_message("tg", chat, "STOP", Some("u1"))
+        .await
+        .unwrap();
+    assert!(routed.keyword.is_some());
+    let run = h.start("promo", json!({"chat": chat})).await;
+    assert_eq!(
+        statuses(h.run(&run).await),
+        (json!("suppressed"), json!("queued")),
+        "after STOP the chat gets no marketing; what it asked for still reaches it"
+    );
+    // Another chat is not affected; a chat id is never read as a phone number.
+    let other = h.start("promo", json!({"chat": "5551234568"})).await;
+    assert_eq!(statuses(h.run(&other).await).0, json!("queued"));
+
+    h.engine
+        .inbound_message("tg", chat, "START", Some("u2"))
+        .await
+        .unwrap();
+    let run = h.start("promo", json!({"chat": chat})).await;
+    assert_eq!(
+        statuses(h.run(&run).await).0,
+        json!("queued"),
+        "START lifts it"
     );
 }

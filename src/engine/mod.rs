@@ -768,17 +768,39 @@ impl Engine {
         };
         let classified = registry.config.compliance.classify(text);
         // Whether the sender had opted out matters only to an opt-in word.
-        let opted_out =
-            if classified == Some(Keyword::OptIn) && (email.is_some() || phone.is_some()) {
-                self.store
-                    .find_contact(email.as_deref(), phone.as_deref())
-                    .await?
-                    .and_then(|c| c.status)
-                    .is_some_and(|s| s == "opted_out")
-            } else {
-                false
-            };
+        let opted_out = if classified != Some(Keyword::OptIn) {
+            false
+        } else if provider_ids {
+            self.store
+                .address_suppression(channel, from)
+                .await?
+                .as_deref()
+                == Some("unsubscribed")
+        } else if email.is_some() || phone.is_some() {
+            self.store
+                .find_contact(email.as_deref(), phone.as_deref())
+                .await?
+                .and_then(|c| c.status)
+                .is_some_and(|s| s == "opted_out")
+        } else {
+            false
+        };
         let keyword = inbound::keyword(classified, opted_out);
+        // A chat (Telegram, web chat) has no contact of its own to mark: its STOP suppresses
+        // that chat on that channel, and its START lifts it, before anything can send to it.
+        if provider_ids {
+            match keyword {
+                Some(Keyword::OptOut) => {
+                    self.store
+                        .suppress_address(channel, from, "unsubscribed", Some("replied STOP"), now)
+                        .await?
+                }
+                Some(Keyword::OptIn) => {
+                    self.store.lift_suppression(channel, from).await?;
+                }
+                _ => {}
+            }
+        }
         let mut contacts = Vec::new();
         let mut events = Vec::new();
         let mut answers = Vec::new();
