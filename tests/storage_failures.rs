@@ -125,6 +125,9 @@ impl Store for Failing {
     async fn step_log(&self, id: &str) -> Result<Vec<StepLogEntry>> {
         self.inner.step_log(id).await
     }
+    async fn open_conversation(&self, wf: &str, key: &str) -> Result<Option<RunRecord>> {
+        self.inner.open_conversation(wf, key).await
+    }
     async fn claim_runs(&self, o: &str, now: Millis, l: i64, n: i64) -> Result<Vec<RunRecord>> {
         self.check()?;
         self.inner.claim_runs(o, now, l, n).await

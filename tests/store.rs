@@ -73,6 +73,7 @@ scenarios! {
         contacts_are_found_and_merged_without_stealing,
         channel_addresses_link_move_and_unlink,
         a_batch_of_outcomes_is_recorded_for_the_messages_still_held,
+        a_persons_open_conversation_is_found_by_its_label,
         outbox_claims_and_deliveries,
         delivery_reports_never_go_back,
         addresses_are_suppressed_per_channel,
@@ -386,7 +387,7 @@ async fn migrations_apply_and_rerun(db: &TestDb) {
             "table {table} missing from {schema}: {tables:?}"
         );
     }
-    assert_eq!(versions, vec![1, 2, 3, 4, 5, 6]);
+    assert_eq!(versions, vec![1, 2, 3, 4, 5, 6, 7]);
     assert_eq!(store.count_runs().await.unwrap(), vec![]);
     assert_eq!(store.count_outbox().await.unwrap(), vec![]);
     pending(store, "r1", T0).await;
@@ -401,7 +402,7 @@ async fn migrations_apply_and_rerun(db: &TestDb) {
     assert_eq!(get(&again, "r1").await.status, RunStatus::Pending);
     assert_eq!(
         db.layout().await.2,
-        vec![1, 2, 3, 4, 5, 6],
+        vec![1, 2, 3, 4, 5, 6, 7],
         "each migration is recorded once"
     );
     let third = db.open_again().await;
@@ -3477,5 +3478,72 @@ async fn a_batch_of_outcomes_is_recorded_for_the_messages_still_held(store: DynS
         (b3.status, b3.next_attempt_at, b3.attempts),
         (OutboxStatus::Pending, Some(T0 + 60_000), 3),
         "deferred: due again later, the claim's attempt given back"
+    );
+}
+
+async fn a_persons_open_conversation_is_found_by_its_label(store: DynStore) {
+    let conversation = |id: &str, key: &str, at: Millis| {
+        let mut run = new_run(id, "cathy", at);
+        run.labels = json!({"conversation": key, "team": "sales"});
+        run
+    };
+    committed(
+        &store,
+        insert(
+            conversation("old", "chat:v1", T0),
+            state(RunStatus::Completed, None),
+        ),
+    )
+    .await;
+    committed(
+        &store,
+        insert(
+            conversation("open", "chat:v1", T0 + 10),
+            state(RunStatus::Waiting, None),
+        ),
+    )
+    .await;
+    committed(
+        &store,
+        insert(
+            conversation("other", "chat:v2", T0 + 20),
+            state(RunStatus::Waiting, None),
+        ),
+    )
+    .await;
+    committed(
+        &store,
+        insert(
+            new_run("unlabelled", "cathy", T0 + 30),
+            state(RunStatus::Waiting, None),
+        ),
+    )
+    .await;
+    let open = |wf: &'static str, key: &'static str| {
+        let store = store.clone();
+        async move {
+            store
+                .open_conversation(wf, key)
+                .await
+                .unwrap()
+                .map(|r| r.id)
+        }
+    };
+    assert_eq!(open("cathy", "chat:v1").await.as_deref(), Some("open"));
+    assert_eq!(open("cathy", "chat:v2").await.as_deref(), Some("other"));
+    assert_eq!(open("cathy", "chat:v3").await, None);
+    assert_eq!(open("other-bot", "chat:v1").await, None, "per conversation");
+    committed(
+        &store,
+        insert(
+            conversation("ended", "chat:v4", T0 + 50),
+            state(RunStatus::Cancelled, None),
+        ),
+    )
+    .await;
+    assert_eq!(
+        open("cathy", "chat:v4").await,
+        None,
+        "an ended one is not open"
     );
 }

@@ -297,6 +297,7 @@ impl<'a> RunBuilder<'a> {
 }
 
 /// The label that finds a person's open conversation: `<channel>:<address>`.
+// Migration 0007 indexes this label by name (`Dialect::CONVERSATION_KEY`).
 pub(crate) const CONVERSATION_LABEL: &str = "conversation";
 
 /// What a conversation's run knows besides a workflow's: `conversation` (its channel, the

@@ -6,11 +6,10 @@
 
 use std::sync::Arc;
 
-use super::context::CONVERSATION_LABEL;
 use super::registry::{CompiledWorkflow, Registry};
 use super::{Engine, EngineError, RunBuilder, Trigger};
 use crate::definitions::model::conversation::WhileOpen;
-use crate::store::{Millis, NewRun, RunFilter, RunRecord};
+use crate::store::{Millis, NewRun, RunRecord};
 use crate::triggers::conversation::{is_reset, starts};
 
 /// What the conversations on a channel make of a message.
@@ -104,22 +103,10 @@ impl Engine {
         channel: &str,
         address: &str,
     ) -> Result<Option<RunRecord>, EngineError> {
-        let newest = self
+        Ok(self
             .store
-            .list_runs(&RunFilter {
-                workflow_id: Some(conversation.to_owned()),
-                label: Some((
-                    CONVERSATION_LABEL.to_owned(),
-                    format!("{channel}:{address}"),
-                )),
-                limit: 1,
-                ..RunFilter::default()
-            })
-            .await?;
-        Ok(newest
-            .into_iter()
-            .next()
-            .filter(|r| !r.status.is_finished()))
+            .open_conversation(conversation, &format!("{channel}:{address}"))
+            .await?)
     }
 }
 

@@ -671,6 +671,8 @@ pub trait Store: Admin + Send + Sync + std::fmt::Debug {
     ) -> Result<Option<RunRecord>>;
     async fn list_runs(&self, filter: &RunFilter) -> Result<Vec<RunRecord>>;
     async fn step_log(&self, run_id: &str) -> Result<Vec<StepLogEntry>>;
+    /// The unfinished run of conversation `workflow_id` for `key` (`channel:address`), if any.
+    async fn open_conversation(&self, workflow_id: &str, key: &str) -> Result<Option<RunRecord>>;
     /// Claims up to `limit` due runs for `owner` until `now + lease_ms`, oldest due first.
     /// Several processes may call this at once; each due run goes to exactly one of them.
     async fn claim_runs(

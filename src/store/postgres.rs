@@ -274,6 +274,7 @@ impl Dialect for Postgres {
     /// dropped.
     const PICK_DUE_MESSAGES: &'static str =
         "ORDER BY next_attempt_at, id LIMIT $4 FOR UPDATE SKIP LOCKED";
+    const CONVERSATION_KEY: &'static str = "((labels::jsonb) ->> 'conversation')";
     const CONTACT_ADDRESSES: &'static str =
         "(SELECT CAST(json_object_agg(a.channel, a.address) AS TEXT)
          FROM contact_addresses a WHERE a.contact_id = contacts.id)";

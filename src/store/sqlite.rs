@@ -168,6 +168,7 @@ impl Dialect for Sqlite {
     /// Claims run in a `BEGIN IMMEDIATE` transaction, so no other claimer runs meanwhile.
     const PICK_DUE_RUNS: &'static str = "ORDER BY due_at LIMIT $4";
     const PICK_DUE_MESSAGES: &'static str = "ORDER BY next_attempt_at LIMIT $4";
+    const CONVERSATION_KEY: &'static str = "json_extract(labels, '$.conversation')";
     const CONTACT_ADDRESSES: &'static str = "(SELECT json_group_object(a.channel, a.address)
          FROM contact_addresses a WHERE a.contact_id = contacts.id)";
 }

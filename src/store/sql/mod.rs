@@ -182,6 +182,9 @@ pub(super) trait Dialect: Database {
     const PICK_DUE_RUNS: &'static str;
     /// As [`Dialect::PICK_DUE_RUNS`], for messages.
     const PICK_DUE_MESSAGES: &'static str;
+    /// A run's `conversation` label, as migration 0007 indexes it (the same expression, so
+    /// the index is used).
+    const CONVERSATION_KEY: &'static str;
     /// A contact's channel addresses as one JSON object (channel → address), read beside the
     /// row of `contacts`; NULL or `{}` when it has none.
     const CONTACT_ADDRESSES: &'static str;

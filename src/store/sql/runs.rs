@@ -49,6 +49,24 @@ pub(in crate::store) async fn list<B: Backend>(b: &B, f: &RunFilter) -> Result<V
     read_all(b, Stmt::new(sql, params), rows::run).await
 }
 
+/// The open run of conversation `workflow_id` whose `conversation` label is `key`
+/// (`channel:address`), through an index on that label (migration 0007) rather than a scan of
+/// the conversation's history.
+pub(in crate::store) async fn open_conversation<B: Backend>(
+    b: &B,
+    workflow_id: &str,
+    key: &str,
+) -> Result<Option<RunRecord>> {
+    let sql = format!(
+        "SELECT {} FROM runs WHERE workflow_id = $1 AND {} = $2
+           AND status IN ('pending', 'running', 'waiting')
+         ORDER BY created_at DESC, id DESC LIMIT 1",
+        run_columns!(),
+        B::Db::CONVERSATION_KEY,
+    );
+    read_one(b, Stmt::new(sql, params![workflow_id, key]), rows::run).await
+}
+
 pub(in crate::store) async fn step_log<B: Backend>(
     b: &B,
     run_id: &str,

@@ -47,6 +47,9 @@ impl<B: Backend> Store for B {
     async fn step_log(&self, run_id: &str) -> Result<Vec<StepLogEntry>> {
         runs::step_log(self, run_id).await
     }
+    async fn open_conversation(&self, wf: &str, key: &str) -> Result<Option<RunRecord>> {
+        runs::open_conversation(self, wf, key).await
+    }
     async fn claim_runs(&self, o: &str, now: Millis, lease: i64, n: i64) -> Result<Vec<RunRecord>> {
         runs::claim(self, o, now, lease, n).await
     }
