@@ -73,8 +73,12 @@ impl Chat {
     }
 
     async fn on(db: db::TestDb) -> Chat {
+        Chat::with_config(db, CONFIG).await
+    }
+
+    async fn with_config(db: db::TestDb, config: &str) -> Chat {
         let dir = tempfile::tempdir().expect("temp dir");
-        std::fs::write(dir.path().join("herald.yaml"), CONFIG).unwrap();
+        std::fs::write(dir.path().join("herald.yaml"), config).unwrap();
         std::fs::create_dir_all(dir.path().join("workflows")).unwrap();
         std::fs::create_dir_all(dir.path().join("templates")).unwrap();
         std::fs::write(dir.path().join("workflows/cathy.yaml"), CATHY).unwrap();
@@ -605,4 +609,27 @@ async fn a_stream_carries_on_across_a_reload() {
     chat.work(&chat.app).await;
     assert_eq!(stream.reply().await.0, "You said: Still there?");
     assert!(stream.within(Duration::from_millis(2500)).await.is_none());
+}
+
+#[tokio::test]
+async fn a_visitor_over_the_inbound_limit_is_told_to_wait() {
+    let db = db::sqlite("webchat-limit")
+        .await
+        .expect("SQLite is always available");
+    let config = format!("{CONFIG}compliance:\n  inbound_limit: {{ messages: 2, per: 1m }}\n");
+    let chat = Chat::with_config(db, &config).await;
+    let visitor = chat.session().await;
+    assert_eq!(chat.say(&visitor, "m1", "hi").await.0, 202);
+    assert_eq!(chat.say(&visitor, "m2", "are you there?").await.0, 202);
+    let (status, text) = chat.say(&visitor, "m3", "hello??").await;
+    assert_eq!(status, 429, "{text}");
+    assert!(text.contains("wait"), "{text}");
+    assert_eq!(
+        chat.runs().await.len(),
+        2,
+        "the third message started nothing"
+    );
+    // Another visitor is not held up.
+    let other = chat.session().await;
+    assert_eq!(chat.say(&other, "o1", "hi").await.0, 202);
 }

@@ -109,6 +109,19 @@ pub async fn receive(
             );
             metrics::counter!("herald_inbound_limited_total", "channel" => channel.clone())
                 .increment(1);
+            // A provider gets its usual answer, or it sends the flood again; a browser is
+            // told, so the chat does not show the message as sent.
+            if found.webchat().is_some() {
+                let wait = limit.map_or(60, |l| l.interval_ms().ceil() as u64 / 1000 + 1);
+                let mut response = plain(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "too many messages; wait a moment and send it again".to_owned(),
+                );
+                if let Ok(v) = HeaderValue::from_str(&wait.to_string()) {
+                    response.headers_mut().insert(header::RETRY_AFTER, v);
+                }
+                return response;
+            }
             continue;
         }
         if let Err(e) = state

@@ -306,6 +306,12 @@
     }).then(function (r) {
       if (r.ok) return mark(item, null);
       if (r.status === 401 && attempt < 3) return session(true).then(function () { post(item, attempt + 1); });
+      if (r.status === 429) {
+        // Over the sender limit: the message waits, and goes when Herald says it may.
+        var wait = parseInt(r.headers.get('Retry-After'), 10) || 30;
+        setTimeout(function () { post(item, attempt + 1); }, wait * 1000);
+        return;
+      }
       if (r.status === 400 || r.status === 403 || r.status === 413) {
         return r.text().then(function (why) { mark(item, 'failed', why); });
       }
