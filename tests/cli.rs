@@ -499,6 +499,14 @@ fn init_creates_a_valid_project_and_will_not_overwrite_it() {
     let out = run(herald(tmp.path()).args(["init", "loans"]));
     assert_eq!(code(&out), 0, "{}", show(&out));
     assert!(tmp.path().join("loans/herald.yaml").is_file());
+    for schema in ["workflow", "config", "conversation", "test"] {
+        assert!(
+            tmp.path()
+                .join(format!("loans/schemas/{schema}.json"))
+                .is_file(),
+            "the {schema} schema, for editor completion"
+        );
+    }
 
     let out = run(herald(tmp.path()).args(["validate", "loans", "--color", "never"]));
     assert_eq!(code(&out), 0, "{}", show(&out));

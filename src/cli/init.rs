@@ -123,7 +123,7 @@ pub fn run(args: Args) -> Result<ExitCode, UsageError> {
             dir.display()
         )));
     }
-    let files: Vec<(PathBuf, String)> = vec![
+    let mut files: Vec<(PathBuf, String)> = vec![
         (dir.join("herald.yaml"), CONFIG.to_owned()),
         (dir.join("workflows/welcome.yaml"), WELCOME.to_owned()),
         (dir.join("workflows/lead-replied.yaml"), REPLIED.to_owned()),
@@ -132,19 +132,14 @@ pub fn run(args: Args) -> Result<ExitCode, UsageError> {
             dir.join("templates/emails/welcome.txt.j2"),
             TEMPLATE.to_owned(),
         ),
-        (
-            dir.join("schemas").join(SchemaKind::Workflow.file_name()),
-            generate_text(SchemaKind::Workflow),
-        ),
-        (
-            dir.join("schemas").join(SchemaKind::Config.file_name()),
-            generate_text(SchemaKind::Config),
-        ),
-        (
-            dir.join("schemas").join(SchemaKind::Test.file_name()),
-            generate_text(SchemaKind::Test),
-        ),
     ];
+    // Every kind's schema, so an editor completes whatever kind of file is written next.
+    for kind in SchemaKind::ALL {
+        files.push((
+            dir.join("schemas").join(kind.file_name()),
+            generate_text(kind),
+        ));
+    }
     for (path, _) in &files {
         if path.exists() {
             return Err(UsageError(format!(
