@@ -232,37 +232,8 @@ impl Engine {
             Some(channel) => match self.wait_for_pace(&registry, m, now).await {
                 Some(deferred) => deferred,
                 None => {
-                    let message = outbound(m, template.ok().flatten());
-                    match channel.deliver(&message).await {
-                        Ok(d) => DeliveryOutcome::Sent {
-                            provider_id: d.provider_id,
-                        },
-                        Err(DeliveryError::Permanent { message }) => {
-                            DeliveryOutcome::Failed { error: message }
-                        }
-                        Err(DeliveryError::Unreachable { message, reason }) => {
-                            self.suppress(m, reason, &message).await;
-                            DeliveryOutcome::Failed { error: message }
-                        }
-                        Err(DeliveryError::Transient {
-                            message,
-                            retry_after,
-                        }) => {
-                            if m.attempts >= m.max_attempts {
-                                DeliveryOutcome::Failed {
-                                    error: format!("{message} (after {} attempts)", m.attempts),
-                                }
-                            } else {
-                                let policy = m.retry.clone().unwrap_or_else(retry::outbox_default);
-                                let wait = retry::delay(&policy, m.attempts.max(1) as u32)
-                                    .max(retry_after.unwrap_or_default());
-                                DeliveryOutcome::Retry {
-                                    error: message,
-                                    next_attempt_at: self.now() + wait.as_millis() as i64,
-                                }
-                            }
-                        }
-                    }
+                    self.attempt(channel.as_ref(), m, template.ok().flatten())
+                        .await
                 }
             },
         };
@@ -277,34 +248,48 @@ impl Engine {
             },
             other => other,
         };
-        let label = match &outcome {
-            DeliveryOutcome::Sent { .. } => "sent",
-            DeliveryOutcome::Retry { .. } => "retry",
-            DeliveryOutcome::Failed { .. } => "failed",
-            DeliveryOutcome::Suppressed { .. } => "suppressed",
-            DeliveryOutcome::Deferred { .. } => "deferred",
-            DeliveryOutcome::FellBack { .. } => "fell_back",
-        };
-        metrics::counter!("herald_deliveries_total", "channel" => m.channel.clone(), "outcome" => label).increment(1);
-        match &outcome {
-            DeliveryOutcome::Failed { error } => {
-                tracing::warn!(message = %m.id, channel = %m.channel, run = ?m.run_id, error = %error, "message failed for good")
-            }
-            DeliveryOutcome::Retry { error, .. } => {
-                tracing::info!(message = %m.id, channel = %m.channel, attempt = m.attempts, error = %error, "delivery will be retried")
-            }
-            DeliveryOutcome::Suppressed { reason } => {
-                tracing::info!(message = %m.id, channel = %m.channel, run = ?m.run_id, reason = %reason, "message suppressed at delivery")
-            }
-            DeliveryOutcome::Deferred { reason, until } => {
-                tracing::debug!(message = %m.id, channel = %m.channel, until, reason = %reason, "delivery put back")
-            }
-            DeliveryOutcome::FellBack { error, next } => {
-                tracing::warn!(message = %m.id, channel = %m.channel, fallback = %next.channel, error = %error, "message failed on its channel; sent to its fallback")
-            }
-            DeliveryOutcome::Sent { .. } => {}
-        }
+        log_outcome(m, &outcome);
         outcome
+    }
+
+    /// Hands the message to its channel's provider once, and reads what the provider said:
+    /// sent, failed for good (an unreachable recipient is suppressed there too), or worth
+    /// another attempt later, per the message's retry policy and the provider's Retry-After.
+    async fn attempt(
+        &self,
+        channel: &dyn crate::channels::Channel,
+        m: &OutboxRecord,
+        template: Option<ApprovedTemplate>,
+    ) -> DeliveryOutcome {
+        let message = outbound(m, template);
+        match channel.deliver(&message).await {
+            Ok(d) => DeliveryOutcome::Sent {
+                provider_id: d.provider_id,
+            },
+            Err(DeliveryError::Permanent { message }) => DeliveryOutcome::Failed { error: message },
+            Err(DeliveryError::Unreachable { message, reason }) => {
+                self.suppress(m, reason, &message).await;
+                DeliveryOutcome::Failed { error: message }
+            }
+            Err(DeliveryError::Transient {
+                message,
+                retry_after,
+            }) => {
+                if m.attempts >= m.max_attempts {
+                    DeliveryOutcome::Failed {
+                        error: format!("{message} (after {} attempts)", m.attempts),
+                    }
+                } else {
+                    let policy = m.retry.clone().unwrap_or_else(retry::outbox_default);
+                    let wait = retry::delay(&policy, m.attempts.max(1) as u32)
+                        .max(retry_after.unwrap_or_default());
+                    DeliveryOutcome::Retry {
+                        error: message,
+                        next_attempt_at: self.now() + wait.as_millis() as i64,
+                    }
+                }
+            }
+        }
     }
 
     /// Waits for the channel's next free slot if it is near; a message whose turn is further
@@ -352,6 +337,37 @@ impl Engine {
         } else {
             tracing::info!(channel = %m.channel, reason, "recipient suppressed on the channel, as its provider said");
         }
+    }
+}
+
+/// Counts a delivery's outcome and logs what an operator would want to know of it.
+fn log_outcome(m: &OutboxRecord, outcome: &DeliveryOutcome) {
+    let label = match outcome {
+        DeliveryOutcome::Sent { .. } => "sent",
+        DeliveryOutcome::Retry { .. } => "retry",
+        DeliveryOutcome::Failed { .. } => "failed",
+        DeliveryOutcome::Suppressed { .. } => "suppressed",
+        DeliveryOutcome::Deferred { .. } => "deferred",
+        DeliveryOutcome::FellBack { .. } => "fell_back",
+    };
+    metrics::counter!("herald_deliveries_total", "channel" => m.channel.clone(), "outcome" => label).increment(1);
+    match outcome {
+        DeliveryOutcome::Failed { error } => {
+            tracing::warn!(message = %m.id, channel = %m.channel, run = ?m.run_id, error = %error, "message failed for good")
+        }
+        DeliveryOutcome::Retry { error, .. } => {
+            tracing::info!(message = %m.id, channel = %m.channel, attempt = m.attempts, error = %error, "delivery will be retried")
+        }
+        DeliveryOutcome::Suppressed { reason } => {
+            tracing::info!(message = %m.id, channel = %m.channel, run = ?m.run_id, reason = %reason, "message suppressed at delivery")
+        }
+        DeliveryOutcome::Deferred { reason, until } => {
+            tracing::debug!(message = %m.id, channel = %m.channel, until, reason = %reason, "delivery put back")
+        }
+        DeliveryOutcome::FellBack { error, next } => {
+            tracing::warn!(message = %m.id, channel = %m.channel, fallback = %next.channel, error = %error, "message failed on its channel; sent to its fallback")
+        }
+        DeliveryOutcome::Sent { .. } => {}
     }
 }
 

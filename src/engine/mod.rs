@@ -751,96 +751,28 @@ impl Engine {
         let now = self.now();
         let registry = self.registry();
         let dedupe = provider_id.map(|p| format!("message:{channel}:{p}"));
-        let provider_ids = registry
-            .channels
-            .get(channel)
-            .is_some_and(|c| c.address_kind() == crate::channels::AddressKind::ProviderId);
-        let (email, phone) = if provider_ids {
-            // A chat id is nobody's phone number: no contact is looked up or changed by it.
-            (None, None)
-        } else if from.contains('@') {
-            (Some(from.to_lowercase()), None)
-        } else {
-            (
-                None,
-                contact::normalize_phone(from, &registry.config.contacts.default_region),
-            )
+        let sender = Sender::of(&registry, channel, from);
+        let keyword = self
+            .compliance_keyword(&registry, channel, from, text, &sender, now)
+            .await?;
+        // A provider's message id makes a redelivered message one event, not two.
+        let event_id = dedupe.clone().unwrap_or_else(new_id);
+        let m = conversation::Message {
+            channel,
+            from,
+            text,
+            provider_id,
+            event_id: &event_id,
+            dedupe: dedupe.as_deref(),
         };
-        let classified = registry.config.compliance.classify(text);
-        // Whether the sender had opted out matters only to an opt-in word.
-        let opted_out = if classified != Some(Keyword::OptIn) {
-            false
-        } else if provider_ids {
-            self.store
-                .address_suppression(channel, from)
-                .await?
-                .as_deref()
-                == Some("unsubscribed")
-        } else if email.is_some() || phone.is_some() {
-            self.store
-                .find_contact(email.as_deref(), phone.as_deref())
-                .await?
-                .and_then(|c| c.status)
-                .is_some_and(|s| s == "opted_out")
-        } else {
-            false
-        };
-        let keyword = inbound::keyword(classified, opted_out);
-        // A chat (Telegram, web chat) has no contact of its own to mark: its STOP suppresses
-        // that chat on that channel, and its START lifts it, before anything can send to it.
-        if provider_ids {
-            match keyword {
-                Some(Keyword::OptOut) => {
-                    self.store
-                        .suppress_address(channel, from, "unsubscribed", Some("replied STOP"), now)
-                        .await?
-                }
-                Some(Keyword::OptIn) => {
-                    self.store.lift_suppression(channel, from).await?;
-                }
-                _ => {}
-            }
-        }
-        let mut contacts = Vec::new();
-        let mut events = Vec::new();
-        let mut answers = Vec::new();
-        if let Some(k) = keyword {
-            let (status, name) = inbound::keyword_effect(k);
-            if let Some(status) = status
-                && (email.is_some() || phone.is_some())
-            {
-                contacts.push(ContactUpsert {
-                    new_id: new_id(),
-                    email: email.clone(),
-                    phone: phone.clone(),
-                    status: Some(status.to_owned()),
-                    now,
-                    ..ContactUpsert::default()
-                });
-            }
-            tracing::info!(channel, from, keyword = %text.trim(), status = status.unwrap_or("unchanged"), "compliance keyword");
-            metrics::counter!("herald_compliance_keywords_total", "channel" => channel.to_owned(), "kind" => name).increment(1);
-            events.push(NewEvent {
-                id: dedupe
-                    .as_ref()
-                    .map(|d| format!("{name}:{d}"))
-                    .unwrap_or_else(new_id),
-                name: name.to_owned(),
-                key: Some(from.to_owned()),
-                data: json!({"channel": channel, "from": from, "text": text, "keyword": text.trim().to_uppercase()}),
-                source_run_id: None,
-                created_at: now,
-            });
-            if k == Keyword::Help
-                && let Some(reply) = &registry.config.compliance.help_reply
-            {
-                answers.push(help_answer(channel, from, reply, dedupe.as_deref(), now));
-            }
-        }
+        let KeywordWrites {
+            contacts,
+            mut events,
+            answers,
+        } = keyword_writes(&registry, &m, keyword, &sender, now);
         let event_name = inbound::event_name(channel, keyword);
         let message_event = NewEvent {
-            // A provider's message id makes a redelivered message one event, not two.
-            id: dedupe.clone().unwrap_or_else(new_id),
+            id: event_id.clone(),
             name: event_name.clone(),
             key: Some(from.to_owned()),
             data: json!({"channel": channel, "from": from, "text": text, "id": provider_id}),
@@ -851,55 +783,18 @@ impl Engine {
         // message event wakes), the person's conversation: an open one takes the message, so
         // no `message` trigger starts on it; a `start` opens one.
         let routed = if keyword.is_none() {
-            let m = conversation::Message {
-                channel,
-                from,
-                text,
-                provider_id,
-                event_id: &message_event.id,
-                dedupe: dedupe.as_deref(),
-            };
             self.route_conversation(&registry, &m, now).await?
         } else {
             conversation::Routed::default()
         };
-        let subscriptions = if routed.claimed {
-            &[][..]
-        } else {
-            registry
-                .messages
-                .get(channel)
-                .map(Vec::as_slice)
-                .unwrap_or_default()
-        };
         // The runs `message` triggers start go the way a webhook's do: each first segment
         // runs and commits before the provider is answered, so the reply is in the outbox by
         // then.
-        let mut started = Vec::new();
-        for sub in subscriptions {
-            let crate::definitions::model::Trigger::Message(m) =
-                &sub.workflow.workflow.triggers[sub.trigger]
-            else {
-                continue;
-            };
-            let pattern = sub.workflow.patterns[sub.trigger].as_ref();
-            if !inbound::starts(m, pattern, text, keyword) {
-                continue;
-            }
-            let trigger = Trigger::Message {
-                channel: channel.to_owned(),
-                from: from.to_owned(),
-                text: text.to_owned(),
-                id: provider_id.map(str::to_owned),
-            };
-            started.push((
-                RunBuilder::new(&sub.workflow, trigger)
-                    .idempotency_key(dedupe.clone())
-                    .started_by(&message_event.id)
-                    .build(&registry.templates, now),
-                sub.workflow.clone(),
-            ));
-        }
+        let started = if routed.claimed {
+            Vec::new()
+        } else {
+            message_runs(&registry, &m, keyword, now)
+        };
         let mut runs = routed.runs;
         for notice in &events {
             runs.extend(context::subscriber_runs(&registry, notice, None, now));
@@ -1000,6 +895,197 @@ impl Engine {
         self.work_ready.notify_waiters();
         Ok(ok)
     }
+}
+
+/// Who sent an inbound message, as contacts know people: an e-mail address or a phone
+/// number, or a chat (Telegram, web chat) whose id is nobody's phone number.
+struct Sender {
+    email: Option<String>,
+    phone: Option<String>,
+    chat: bool,
+}
+
+impl Sender {
+    fn of(registry: &Registry, channel: &str, from: &str) -> Sender {
+        let chat = registry
+            .channels
+            .get(channel)
+            .is_some_and(|c| c.address_kind() == crate::channels::AddressKind::ProviderId);
+        let (email, phone) = if chat {
+            (None, None)
+        } else if from.contains('@') {
+            (Some(from.to_lowercase()), None)
+        } else {
+            (
+                None,
+                contact::normalize_phone(from, &registry.config.contacts.default_region),
+            )
+        };
+        Sender { email, phone, chat }
+    }
+
+    fn is_contact(&self) -> bool {
+        self.email.is_some() || self.phone.is_some()
+    }
+}
+
+impl Engine {
+    /// The compliance keyword a message is, if any. An opt-in word counts only from a sender
+    /// who opted out. A chat has no contact to mark: its STOP suppresses that chat on that
+    /// channel, and its START lifts it, here, before anything can send to it.
+    async fn compliance_keyword(
+        &self,
+        registry: &Registry,
+        channel: &str,
+        from: &str,
+        text: &str,
+        sender: &Sender,
+        now: Millis,
+    ) -> Result<Option<Keyword>, EngineError> {
+        let classified = registry.config.compliance.classify(text);
+        let opted_out = if classified != Some(Keyword::OptIn) {
+            false
+        } else if sender.chat {
+            self.store
+                .address_suppression(channel, from)
+                .await?
+                .as_deref()
+                == Some("unsubscribed")
+        } else if sender.is_contact() {
+            self.store
+                .find_contact(sender.email.as_deref(), sender.phone.as_deref())
+                .await?
+                .and_then(|c| c.status)
+                .is_some_and(|s| s == "opted_out")
+        } else {
+            false
+        };
+        let keyword = inbound::keyword(classified, opted_out);
+        if sender.chat {
+            match keyword {
+                Some(Keyword::OptOut) => {
+                    self.store
+                        .suppress_address(channel, from, "unsubscribed", Some("replied STOP"), now)
+                        .await?
+                }
+                Some(Keyword::OptIn) => {
+                    self.store.lift_suppression(channel, from).await?;
+                }
+                _ => {}
+            }
+        }
+        Ok(keyword)
+    }
+}
+
+/// What a compliance keyword writes with its message: the sender's new status, the event
+/// that announces it, and the answer to a HELP.
+#[derive(Default)]
+struct KeywordWrites {
+    contacts: Vec<ContactUpsert>,
+    events: Vec<NewEvent>,
+    answers: Vec<crate::store::NewOutbox>,
+}
+
+fn keyword_writes(
+    registry: &Registry,
+    m: &conversation::Message<'_>,
+    keyword: Option<Keyword>,
+    sender: &Sender,
+    now: Millis,
+) -> KeywordWrites {
+    let conversation::Message {
+        channel,
+        from,
+        text,
+        dedupe,
+        ..
+    } = *m;
+    let mut w = KeywordWrites::default();
+    let Some(k) = keyword else {
+        return w;
+    };
+    let (status, name) = inbound::keyword_effect(k);
+    if let Some(status) = status
+        && sender.is_contact()
+    {
+        w.contacts.push(ContactUpsert {
+            new_id: new_id(),
+            email: sender.email.clone(),
+            phone: sender.phone.clone(),
+            status: Some(status.to_owned()),
+            now,
+            ..ContactUpsert::default()
+        });
+    }
+    tracing::info!(channel, from, keyword = %text.trim(), status = status.unwrap_or("unchanged"), "compliance keyword");
+    metrics::counter!("herald_compliance_keywords_total", "channel" => channel.to_owned(), "kind" => name).increment(1);
+    w.events.push(NewEvent {
+        id: dedupe
+            .map(|d| format!("{name}:{d}"))
+            .unwrap_or_else(new_id),
+        name: name.to_owned(),
+        key: Some(from.to_owned()),
+        data: json!({"channel": channel, "from": from, "text": text, "keyword": text.trim().to_uppercase()}),
+        source_run_id: None,
+        created_at: now,
+    });
+    if k == Keyword::Help
+        && let Some(reply) = &registry.config.compliance.help_reply
+    {
+        w.answers
+            .push(help_answer(channel, from, reply, dedupe, now));
+    }
+    w
+}
+
+/// The runs a message starts through `message` triggers, built but not yet stored, each with
+/// its workflow. A redelivered message builds them again; their key makes them one.
+fn message_runs(
+    registry: &Registry,
+    m: &conversation::Message<'_>,
+    keyword: Option<Keyword>,
+    now: Millis,
+) -> Vec<(crate::store::NewRun, Arc<CompiledWorkflow>)> {
+    let conversation::Message {
+        channel,
+        from,
+        text,
+        provider_id,
+        event_id,
+        dedupe,
+    } = *m;
+    let mut started = Vec::new();
+    for sub in registry
+        .messages
+        .get(channel)
+        .map(Vec::as_slice)
+        .unwrap_or_default()
+    {
+        let crate::definitions::model::Trigger::Message(on) =
+            &sub.workflow.workflow.triggers[sub.trigger]
+        else {
+            continue;
+        };
+        let pattern = sub.workflow.patterns[sub.trigger].as_ref();
+        if !inbound::starts(on, pattern, text, keyword) {
+            continue;
+        }
+        let trigger = Trigger::Message {
+            channel: channel.to_owned(),
+            from: from.to_owned(),
+            text: text.to_owned(),
+            id: provider_id.map(str::to_owned),
+        };
+        started.push((
+            RunBuilder::new(&sub.workflow, trigger)
+                .idempotency_key(dedupe.map(str::to_owned))
+                .started_by(event_id)
+                .build(&registry.templates, now),
+            sub.workflow.clone(),
+        ));
+    }
+    started
 }
 
 /// The answer to a HELP: `compliance.help_reply`, on the channel the HELP came from, as a
