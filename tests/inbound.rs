@@ -300,6 +300,11 @@ impl Inbound {
         self.post("/inbound/sms", FORM, &signed, &body).await.0
     }
 
+    /// The messages a run queued, as the outbox holds them.
+    async fn messages_of(&self, run_id: &str) -> Vec<herald::store::OutboxRecord> {
+        self.app.engine.store.outbox_for_run(run_id).await.unwrap()
+    }
+
     /// The provider's id for the first message of a run, once it is delivered.
     async fn sent_sid(&self, run_id: &str) -> String {
         self.app.engine.store.outbox_for_run(run_id).await.unwrap()[0]
@@ -514,7 +519,7 @@ async fn twilio_delivery_reports_update_the_message_and_emit_one_event() {
     let run_id = s.start_for("/hooks/notify", "+14155550100").await;
     assert_eq!(s.app.engine.deliver_due().await.unwrap(), 1);
     assert_eq!(s.twilio.posted().len(), 1);
-    let outbox = || async { s.app.engine.store.outbox_for_run(&run_id).await.unwrap() };
+    let outbox = || async { s.messages_of(&run_id).await };
     let sid = s.sent_sid(&run_id).await;
 
     for status in ["delivered", "delivered", "sent"] {
@@ -563,13 +568,7 @@ async fn a_number_twilio_reports_unsubscribed_gets_no_more_marketing_on_that_cha
 
     let second = s.start_for("/hooks/promo", "+14155550100").await;
     assert!(
-        s.app
-            .engine
-            .store
-            .outbox_for_run(&second)
-            .await
-            .unwrap()
-            .is_empty(),
+        s.messages_of(&second).await.is_empty(),
         "a marketing text was queued for a number Twilio reported unsubscribed"
     );
     let steps = s.app.engine.store.step_log(&second).await.unwrap();
@@ -677,7 +676,7 @@ async fn a_text_twilio_refuses_with_21610_suppresses_the_number_on_that_channel(
     s.twilio.stop_recipient("+14155550100");
     let first = s.start_for("/hooks/promo", "+14155550100").await;
     assert_eq!(s.app.engine.deliver_due().await.unwrap(), 1);
-    let message = &s.app.engine.store.outbox_for_run(&first).await.unwrap()[0];
+    let message = &s.messages_of(&first).await[0];
     assert_eq!(message.status, herald::store::OutboxStatus::Failed);
     assert_eq!(
         s.app
@@ -691,15 +690,7 @@ async fn a_text_twilio_refuses_with_21610_suppresses_the_number_on_that_channel(
     );
     // The next marketing text is not even queued.
     let second = s.start_for("/hooks/promo", "+14155550100").await;
-    assert!(
-        s.app
-            .engine
-            .store
-            .outbox_for_run(&second)
-            .await
-            .unwrap()
-            .is_empty()
-    );
+    assert!(s.messages_of(&second).await.is_empty());
     assert_eq!(s.twilio.posted().len(), 1);
 }
 
@@ -789,16 +780,7 @@ async fn an_operator_lists_and_lifts_a_suppression() {
 
     // Lifted: the next text is queued again.
     let next = s.start_for("/hooks/promo", "+14155550100").await;
-    assert_eq!(
-        s.app
-            .engine
-            .store
-            .outbox_for_run(&next)
-            .await
-            .unwrap()
-            .len(),
-        1
-    );
+    assert_eq!(s.messages_of(&next).await.len(), 1);
 }
 
 #[tokio::test]
@@ -813,7 +795,7 @@ async fn a_whatsapp_template_goes_through_the_outbox_to_meta_with_its_values_ren
     let run_id = s
         .start_with("/hooks/wa-reminder", request("application_reminder", "Ann"))
         .await;
-    let queued = &s.app.engine.store.outbox_for_run(&run_id).await.unwrap()[0];
+    let queued = &s.messages_of(&run_id).await[0];
     assert_eq!(queued.status, herald::store::OutboxStatus::Pending);
     assert!(
         s.meta.sent().is_empty(),
@@ -846,7 +828,7 @@ async fn a_whatsapp_template_goes_through_the_outbox_to_meta_with_its_values_ren
             }
         })]
     );
-    let sent = &s.app.engine.store.outbox_for_run(&run_id).await.unwrap()[0];
+    let sent = &s.messages_of(&run_id).await[0];
     assert_eq!(sent.status, herald::store::OutboxStatus::Sent);
     assert_eq!(sent.provider_id.as_deref(), Some("wamid.1"));
 
@@ -855,7 +837,7 @@ async fn a_whatsapp_template_goes_through_the_outbox_to_meta_with_its_values_ren
         .start_with("/hooks/wa-reminder", request("application_remindr", "Ann"))
         .await;
     assert_eq!(s.app.engine.deliver_due().await.unwrap(), 1);
-    let failed = &s.app.engine.store.outbox_for_run(&run_id).await.unwrap()[0];
+    let failed = &s.messages_of(&run_id).await[0];
     assert_eq!(failed.status, herald::store::OutboxStatus::Failed);
     let error = failed.last_error.as_deref().unwrap_or_default();
     assert!(
@@ -875,15 +857,7 @@ async fn a_whatsapp_template_goes_through_the_outbox_to_meta_with_its_values_ren
         error.contains("body value 1 of template `application_reminder` is empty"),
         "{error}"
     );
-    assert!(
-        s.app
-            .engine
-            .store
-            .outbox_for_run(&run_id)
-            .await
-            .unwrap()
-            .is_empty()
-    );
+    assert!(s.messages_of(&run_id).await.is_empty());
     assert_eq!(s.meta.sent().len(), 2);
 }
 

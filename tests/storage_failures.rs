@@ -286,6 +286,15 @@ impl Store for Failing {
     }
 }
 
+/// A project folder with `config` as its herald.yaml and `workflow` as its one workflow.
+fn project(config: &str, workflow: &str) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("herald.yaml"), config).unwrap();
+    std::fs::create_dir_all(dir.path().join("workflows")).unwrap();
+    std::fs::write(dir.path().join("workflows/workflow.yaml"), workflow).unwrap();
+    dir
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_write_outage_is_answered_503_and_recovered_from_without_a_restart() {
     let db = db::sqlite("write-outage").await.unwrap();
@@ -293,18 +302,10 @@ async fn a_write_outage_is_answered_503_and_recovered_from_without_a_restart() {
         inner: db.store.clone(),
         failing: AtomicBool::new(false),
     });
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::write(
-        dir.path().join("herald.yaml"),
+    let dir = project(
         "channels:\n  email: { provider: log }\n",
-    )
-    .unwrap();
-    std::fs::create_dir_all(dir.path().join("workflows")).unwrap();
-    std::fs::write(
-        dir.path().join("workflows/hook.yaml"),
         "kind: workflow\nid: hook\ntriggers:\n  - webhook: { path: /hooks/in }\nsteps:\n  - id: pause\n    wait: 1s\n  - id: mail\n    send: { channel: email, to: ada@example.com, body: hi }\n",
-    )
-    .unwrap();
+    );
     let env = EnvSource::Map(Arc::new(Default::default()));
     let layout = Layout::discover(dir.path()).unwrap();
     let (registry, _) = load_registry(&layout, &env, 1, SystemClock.now()).unwrap();
@@ -442,18 +443,10 @@ async fn an_inbound_message_during_a_write_outage_is_answered_503_and_taken_on_r
         inner: db.store.clone(),
         failing: AtomicBool::new(false),
     });
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::write(
-        dir.path().join("herald.yaml"),
+    let dir = project(
         "channels:\n  tg: { provider: telegram, bot_token: \"123456:ABC\", secret_token: s3cret }\n",
-    )
-    .unwrap();
-    std::fs::create_dir_all(dir.path().join("workflows")).unwrap();
-    std::fs::write(
-        dir.path().join("workflows/answer.yaml"),
         "kind: workflow\nid: answer\ntriggers:\n  - message: { channel: tg }\nsteps:\n  - id: note\n    set: { heard: \"{{ message.text }}\" }\n",
-    )
-    .unwrap();
+    );
     let clock = herald::engine::clock::VirtualClock::at("2026-11-02T15:00:00Z");
     let app = support::app::App::start(
         dir.path(),
