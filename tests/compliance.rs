@@ -31,6 +31,7 @@ db::scenarios!["compliance";
     a_permanent_failure_goes_to_the_fallback_channel,
     a_paced_channel_spreads_a_backlog_without_spending_attempts,
     stop_from_a_chat_suppresses_that_chat_and_start_lifts_it,
+    a_fallback_that_fails_too_is_where_the_message_ends,
 ];
 
 /// Times each compliance race is run.
@@ -838,5 +839,57 @@ steps:
         statuses(h.run(&run).await).0,
         json!("queued"),
         "START lifts it"
+    );
+}
+
+async fn a_fallback_that_fails_too_is_where_the_message_ends(db: db::TestDb) {
+    let h = Harness::new(db, &[]).await;
+    // Both providers are down.
+    h.sink.respond_by_default(Reply::status(503));
+    with_config(
+        &h,
+        "",
+        "  primary:\n    provider: webhook\n    url: \"{{SINK}}/primary\"\n    fallback: hook\n",
+    )
+    .await;
+    h.write(
+        "workflows/letter.yaml",
+        r#"
+kind: workflow
+id: letter
+steps:
+  - id: mail
+    send: { channel: primary, to: "{{ body.to }}", body: "letter", category: transactional }
+    retry: { max_attempts: 2, delay: 1m }
+"#,
+    );
+    h.reload().await;
+    let run = h.start("letter", json!({"to": "client@example.com"})).await;
+    for _ in 0..3 {
+        h.advance(Duration::from_secs(120)).await;
+    }
+    h.advance(Duration::from_secs(3600)).await;
+    let outbox = h.engine.store.outbox_for_run(&run).await.unwrap();
+    let statuses: Vec<(&str, OutboxStatus, i64)> = outbox
+        .iter()
+        .map(|m| (m.channel.as_str(), m.status, m.attempts))
+        .collect();
+    assert_eq!(
+        statuses,
+        [
+            ("primary", OutboxStatus::Failed, 2),
+            ("hook", OutboxStatus::Failed, 2)
+        ],
+        "each channel tried with the step's retry policy, then nothing more"
+    );
+    assert_eq!(h.sink.requests().len(), 4);
+    assert!(
+        outbox[1]
+            .last_error
+            .as_deref()
+            .unwrap()
+            .contains("after 2 attempts"),
+        "{:?}",
+        outbox[1].last_error
     );
 }
