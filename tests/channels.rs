@@ -179,7 +179,7 @@ async fn smtp_delivers_a_plain_text_message() {
 }
 
 #[tokio::test]
-async fn smtp_sends_html_as_text_html() {
+async fn smtp_sends_html_with_a_plain_text_alternative() {
     let sink = SmtpSink::start().await;
     let channel = smtp_channel(smtp_config(sink.port()));
     let mut msg = message("run-1/welcome/0", "ann@example.org");
@@ -189,11 +189,21 @@ async fn smtp_sends_html_as_text_html() {
     channel.deliver(&msg).await.expect("delivered");
 
     let mail = &sink.wait_for_messages(1, WAIT).await[0];
+    let kind = mail.header("Content-Type").unwrap_or_default();
+    assert!(kind.starts_with("multipart/alternative;"), "{kind}");
+    let parts = mail.parts();
+    assert_eq!(parts.len(), 2, "{}", mail.data);
+    // The plain text first, the HTML last: a client shows the last part it can.
     assert_eq!(
-        mail.header("Content-Type").as_deref(),
+        parts[0].header("Content-Type").as_deref(),
+        Some("text/plain; charset=utf-8")
+    );
+    assert_eq!(parts[0].body(), "Hello Ann");
+    assert_eq!(
+        parts[1].header("Content-Type").as_deref(),
         Some("text/html; charset=utf-8")
     );
-    assert_eq!(mail.body(), "<p>Hello <b>Ann</b></p>");
+    assert_eq!(parts[1].body(), "<p>Hello <b>Ann</b></p>");
 }
 
 #[tokio::test]
@@ -1207,6 +1217,18 @@ async fn mailgun_sends_the_form_with_a_stable_message_id() {
     );
     // The same message has the same Message-Id on every attempt.
     assert_eq!(first.provider_id, again.provider_id);
+
+    // HTML goes with its plain-text alternative.
+    msg.html = true;
+    msg.body = "<p>Hello <a href=\"https://example.com/a\">Ann</a></p>".to_owned();
+    channel.deliver(&msg).await.expect("delivered");
+    let posted = mailgun.posted();
+    let fields = posted.last().unwrap();
+    assert_eq!(field(fields, "html"), Some(msg.body.as_str()));
+    assert_eq!(
+        field(fields, "text"),
+        Some("Hello Ann (https://example.com/a)")
+    );
     let id = first.provider_id.expect("an id");
     assert!(
         id.ends_with("@mg.example.com") && !id.starts_with('<'),
@@ -1270,6 +1292,7 @@ async fn resend_sends_json_with_the_idempotency_key_so_a_replay_is_not_sent_twic
     assert_eq!(sent.len(), 1, "{sent:?}");
     assert_eq!(sent[0]["to"][0], "ann@example.org");
     assert_eq!(sent[0]["html"], "<p>Your letter is ready.</p>");
+    assert_eq!(sent[0]["text"], "Your letter is ready.");
     assert_eq!(sent[0]["from"], "Talk-To-My-Lawyer <hello@example.com>");
 
     // The same key with another message is refused, not silently answered.

@@ -17,6 +17,7 @@
 //! Message-ID derived from it, so a re-sent e-mail is recognisably the same message.
 
 pub mod config;
+pub mod email_text;
 pub mod health;
 pub(crate) mod http;
 pub mod inbound;
@@ -202,6 +203,12 @@ pub trait Channel: Send + Sync + std::fmt::Debug {
     /// contact by phone number or e-mail.
     fn address_kind(&self) -> AddressKind {
         AddressKind::PhoneOrEmail
+    }
+
+    /// Whether the channel sends e-mail, whose marketing messages carry one-click unsubscribe
+    /// headers (`compliance.unsubscribe`).
+    fn is_email(&self) -> bool {
+        false
     }
 
     /// The channel's inbound side, for providers that send people's messages and delivery

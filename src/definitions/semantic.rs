@@ -381,6 +381,48 @@ fn check_channel_policies(
     if let Some(QuietHoursSetting::Window(q)) = &project.config.def.compliance.quiet_hours {
         check_quiet_hours_zone(q, "/compliance/quiet_hours/timezone", file, parsed, out);
     }
+    if let Some(u) = &project.config.def.compliance.unsubscribe {
+        check_unsubscribe(u, &project.config.def.routes.unsubscribe, file, parsed, out);
+    }
+}
+
+/// `compliance.unsubscribe`: the link's address and the `mailto:` must be usable, and a
+/// secret written in the file (rather than taken from the environment) long enough. A secret
+/// from the environment is checked when it is read, at start and at each reload.
+fn check_unsubscribe(
+    u: &crate::definitions::model::config::UnsubscribeConfig,
+    route: &str,
+    file: &SourceFile,
+    parsed: &Parsed,
+    out: &mut Vec<Diagnostic>,
+) {
+    use crate::definitions::model::config::UnsubscribeConfig;
+    use crate::engine::unsubscribe::{MIN_SECRET_LEN, Unsubscribe};
+    let placeholder = "x".repeat(MIN_SECRET_LEN);
+    // Each field alone, so a bad address and a bad mailto are both reported.
+    let url_only = UnsubscribeConfig {
+        mailto: None,
+        ..u.clone()
+    };
+    let mailto_only = UnsubscribeConfig {
+        url: "https://herald.example.com".into(),
+        ..u.clone()
+    };
+    for (field, settings) in [("url", url_only), ("mailto", mailto_only)] {
+        if let Err(e) = Unsubscribe::new(&settings, placeholder.clone(), route) {
+            let d = Diagnostic::error("invalid-unsubscribe", e);
+            let pointer = format!("/compliance/unsubscribe/{field}");
+            out.push(file.locate(d, parsed.index.value(&pointer)));
+        }
+    }
+    if !u.secret.contains("${env:")
+        && let Err(e) = Unsubscribe::new(u, u.secret.clone(), route)
+        && e.contains(".secret")
+    {
+        let d = Diagnostic::error("invalid-unsubscribe", e)
+            .with_hint("keep the secret out of the file: secret: ${env:UNSUBSCRIBE_SECRET}");
+        out.push(file.locate(d, parsed.index.value("/compliance/unsubscribe/secret")));
+    }
 }
 
 fn check_quiet_hours_zone(

@@ -28,6 +28,7 @@ mod senders;
 mod steps;
 pub use steps::http::{HttpStub, StubRequest, StubResponse};
 pub(crate) mod suppression;
+pub mod unsubscribe;
 pub mod worker;
 
 use std::collections::{HashMap, HashSet};

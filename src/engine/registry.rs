@@ -323,6 +323,9 @@ pub struct Registry {
     pub conversations: HashMap<String, Vec<Arc<CompiledWorkflow>>>,
     /// `ai:` providers from herald.yaml, with their keys resolved.
     pub ai: HashMap<String, AiProvider>,
+    /// `compliance.unsubscribe`, with its secret resolved: signs the links in marketing
+    /// e-mail and checks them when they are clicked.
+    pub unsubscribe: Option<Arc<crate::engine::unsubscribe::Unsubscribe>>,
     pub templates: Templates,
     pub channels: Channels,
     pub config: ConfigDef,
@@ -475,6 +478,22 @@ impl Registry {
                 },
             );
         }
+        let unsubscribe = match &project.config.def.compliance.unsubscribe {
+            None => None,
+            Some(u) => match env.resolve(&u.secret).and_then(|secret| {
+                crate::engine::unsubscribe::Unsubscribe::new(
+                    u,
+                    secret,
+                    &project.config.def.routes.unsubscribe,
+                )
+            }) {
+                Ok(u) => Some(Arc::new(u)),
+                Err(e) => {
+                    errors.push(Diagnostic::error("invalid-unsubscribe", e));
+                    None
+                }
+            },
+        };
         if !errors.is_empty() {
             return Err(errors);
         }
@@ -486,6 +505,7 @@ impl Registry {
             messages,
             conversations,
             ai,
+            unsubscribe,
             templates: project.templates.clone(),
             channels,
             config: project.config.def.clone(),
@@ -523,6 +543,7 @@ impl Registry {
             messages: HashMap::new(),
             conversations: HashMap::new(),
             ai: HashMap::new(),
+            unsubscribe: None,
             templates: Templates::empty(100_000),
             channels: Channels::default(),
             config: ConfigDef::default(),

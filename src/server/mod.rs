@@ -8,6 +8,7 @@ pub mod inbound;
 pub mod listener;
 pub(crate) mod operations;
 pub mod retention;
+pub mod unsubscribe;
 pub mod webchat;
 
 use std::sync::{Arc, Mutex};
@@ -141,8 +142,13 @@ pub fn router(state: Arc<AppState>) -> Router {
             state.clone(),
             webchat::cross_origin,
         ));
+    let unsubscribe_at = format!("{}/{{token}}", routes.unsubscribe.trim_end_matches('/'));
     Router::new()
         .route(&routes.health, get(health::health))
+        .route(
+            &unsubscribe_at,
+            get(unsubscribe::page).post(unsubscribe::confirm),
+        )
         .route(&routes.metrics, get(health::metrics))
         .merge(inbound)
         .nest(routes.api.trim_end_matches('/'), api)

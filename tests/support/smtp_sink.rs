@@ -87,6 +87,31 @@ impl ReceivedMail {
             .map(|(_, v)| v)
     }
 
+    /// The parts of a multipart message, each with its own headers and body (read with
+    /// [`ReceivedMail::header`] and [`ReceivedMail::body`]); empty for a single-part one.
+    pub fn parts(&self) -> Vec<ReceivedMail> {
+        let Some(boundary) = self.header("Content-Type").and_then(|t| {
+            let at = t.find("boundary=")? + "boundary=".len();
+            Some(t[at..].trim_matches('"').split('"').next()?.to_owned())
+        }) else {
+            return Vec::new();
+        };
+        let body_start = self.data.find("\r\n\r\n").map_or(0, |i| i + 4);
+        self.data[body_start..]
+            .split(&format!("--{boundary}"))
+            .skip(1)
+            .filter(|part| !part.starts_with("--"))
+            .map(|part| ReceivedMail {
+                envelope_from: self.envelope_from.clone(),
+                recipients: self.recipients.clone(),
+                data: part.trim_start_matches("\r\n").to_owned(),
+                message_id: None,
+                subject: None,
+                authenticated_as: None,
+            })
+            .collect()
+    }
+
     /// The body, decoded from its Content-Transfer-Encoding (7bit, 8bit, quoted-printable or
     /// base64), with `\n` line endings. Single-part messages only.
     ///

@@ -90,6 +90,9 @@ impl MailgunChannel {
             .append_pair(if message.html { "html" } else { "text" }, &message.body)
             .append_pair("h:Message-Id", &id)
             .append_pair("v:herald-message-id", &message.id);
+        if message.html {
+            form.append_pair("text", &super::email_text::from_html(&message.body));
+        }
         for (name, value) in &message.headers {
             form.append_pair(&format!("h:{name}"), value);
         }
@@ -112,6 +115,10 @@ impl fmt::Debug for MailgunChannel {
 impl Channel for MailgunChannel {
     fn provider(&self) -> &'static str {
         "mailgun"
+    }
+
+    fn is_email(&self) -> bool {
+        true
     }
 
     fn timeout(&self) -> Duration {

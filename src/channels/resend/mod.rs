@@ -114,6 +114,10 @@ impl Channel for ResendChannel {
         "resend"
     }
 
+    fn is_email(&self) -> bool {
+        true
+    }
+
     fn timeout(&self) -> Duration {
         self.timeout
     }
@@ -135,6 +139,9 @@ impl Channel for ResendChannel {
             "subject": message.subject.as_deref().unwrap_or_default(),
         });
         body[if message.html { "html" } else { "text" }] = message.body.clone().into();
+        if message.html {
+            body["text"] = super::email_text::from_html(&message.body).into();
+        }
         if !message.headers.is_empty() {
             body["headers"] = json!(message.headers);
         }

@@ -15,7 +15,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use lettre::address::{AddressError, Envelope};
 use lettre::message::header::{ContentType, HeaderName, HeaderValue};
-use lettre::message::{Mailbox, Message, SinglePart};
+use lettre::message::{Mailbox, Message, MultiPart, SinglePart};
 use lettre::transport::smtp::AsyncSmtpTransportBuilder;
 use lettre::transport::smtp::authentication::Credentials;
 use lettre::{AsyncSmtpTransport, AsyncTransport, Tokio1Executor};
@@ -244,6 +244,10 @@ impl Channel for SmtpChannel {
         "smtp"
     }
 
+    fn is_email(&self) -> bool {
+        true
+    }
+
     /// Connects (with the login, when there is one) and says `NOOP` on a pooled connection,
     /// as a delivery would: a wrong password or a relay that went away shows here first.
     async fn healthcheck(&self) -> Result<(), String> {
@@ -344,23 +348,27 @@ pub(crate) fn compose(
         }
         builder = builder.raw_header(custom_header(name, value)?);
     }
-    let content_type = if message.html {
-        ContentType::TEXT_HTML
-    } else {
-        ContentType::TEXT_PLAIN
-    };
-    let email = builder
+    let builder = builder
         .from(from)
         .to(to)
         .subject(message.subject.clone().unwrap_or_default())
         .message_id(Some(id.clone()))
-        .envelope(envelope)
-        .singlepart(
+        .envelope(envelope);
+    // HTML goes with a plain-text alternative made from it, as mail clients and spam filters
+    // expect of HTML mail.
+    let email = if message.html {
+        builder.multipart(MultiPart::alternative_plain_html(
+            super::email_text::from_html(&message.body),
+            message.body.clone(),
+        ))
+    } else {
+        builder.singlepart(
             SinglePart::builder()
-                .header(content_type)
+                .header(ContentType::TEXT_PLAIN)
                 .body(message.body.clone()),
         )
-        .map_err(|e| permanent(format!("cannot build the e-mail: {e}")))?;
+    }
+    .map_err(|e| permanent(format!("cannot build the e-mail: {e}")))?;
     Ok((email, id))
 }
 

@@ -356,6 +356,11 @@ pub struct RoutesConfig {
     #[serde(default = "RoutesConfig::default_inbound")]
     #[schemars(regex(pattern = r"^/[A-Za-z0-9._~-]+(/[A-Za-z0-9._~-]+)*$"))]
     pub inbound: String,
+    /// Where the unsubscribe links in marketing e-mail lead: `{unsubscribe}/{token}`, a
+    /// confirmation page on GET and a one-click unsubscribe on POST (RFC 8058).
+    #[serde(default = "RoutesConfig::default_unsubscribe")]
+    #[schemars(regex(pattern = r"^/[A-Za-z0-9._~-]+(/[A-Za-z0-9._~-]+)*$"))]
+    pub unsubscribe: String,
 }
 
 /// The admin API's routes, under `routes.api`. The server builds its router from this list,
@@ -397,6 +402,9 @@ impl RoutesConfig {
     fn default_inbound() -> String {
         "/inbound".to_owned()
     }
+    fn default_unsubscribe() -> String {
+        "/unsubscribe".to_owned()
+    }
 
     /// Every route Herald answers itself, as route patterns (`/api/runs/{id}`).
     pub fn reserved(&self) -> Vec<String> {
@@ -405,6 +413,7 @@ impl RoutesConfig {
             self.health.clone(),
             self.metrics.clone(),
             format!("{}/{{channel}}", self.inbound.trim_end_matches('/')),
+            format!("{}/{{token}}", self.unsubscribe.trim_end_matches('/')),
         ];
         out.extend(API_ROUTES.iter().map(|r| format!("{api}{r}")));
         out
@@ -418,6 +427,7 @@ impl Default for RoutesConfig {
             health: RoutesConfig::default_health(),
             metrics: RoutesConfig::default_metrics(),
             inbound: RoutesConfig::default_inbound(),
+            unsubscribe: RoutesConfig::default_unsubscribe(),
         }
     }
 }
@@ -465,6 +475,31 @@ pub struct ComplianceConfig {
     /// channel that does not set its own, such as `{ messages: 3, per: 1d }`. Unset, no cap.
     #[serde(default)]
     pub frequency_cap: Option<PerWindow>,
+    /// One-click unsubscribe for `marketing` e-mail (RFC 8058). Set, every marketing message
+    /// on an e-mail channel carries `List-Unsubscribe` (a signed link, and a `mailto:` when
+    /// given) and `List-Unsubscribe-Post`, which mail clients show as an "Unsubscribe"
+    /// button. Gmail and Yahoo require this of bulk senders.
+    #[serde(default)]
+    pub unsubscribe: Option<UnsubscribeConfig>,
+}
+
+/// `compliance.unsubscribe`: how unsubscribe links are signed and where they lead.
+#[derive(Debug, Clone, PartialEq, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UnsubscribeConfig {
+    /// The key that signs each link (HMAC-SHA256), so that a link cannot be forged for
+    /// someone else's address or guessed: at least 32 characters, from the environment, as
+    /// in `${env:UNSUBSCRIBE_SECRET}` (make one with `openssl rand -hex 32`). Changing it
+    /// breaks the links in e-mail already sent.
+    pub secret: String,
+    /// The public address of this server, as recipients reach it, such as
+    /// `https://herald.example.com`; links are `{url}{routes.unsubscribe}/{token}`. Mail
+    /// providers only honour `https://` links.
+    pub url: String,
+    /// An address that unsubscribes whoever writes to it, offered beside the link for mail
+    /// clients that prefer it (`mailto:`). Herald does not read that mailbox.
+    #[serde(default)]
+    pub mailto: Option<String>,
 }
 
 /// `compliance.inbound_limit`: a number of messages per window.
@@ -534,6 +569,7 @@ impl Default for ComplianceConfig {
             help_reply: None,
             quiet_hours: None,
             frequency_cap: None,
+            unsubscribe: None,
         }
     }
 }

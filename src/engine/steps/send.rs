@@ -99,6 +99,17 @@ pub(super) async fn queue(
         )));
     }
     let id = new_id();
+    if s.category == MessageCategory::Marketing
+        && registry.channels[&s.channel].is_email()
+        && let Some(unsubscribe) = &registry.unsubscribe
+        && !headers
+            .keys()
+            .any(|k| k.eq_ignore_ascii_case("List-Unsubscribe"))
+    {
+        for (name, value) in unsubscribe.headers(&s.channel, &to, &id) {
+            headers.insert(name, Value::String(value));
+        }
+    }
     let step = cx.step();
     // The step's retry policy governs the delivery attempts: a send step only enqueues, so
     // the policy has nothing else to apply to.
