@@ -3,6 +3,7 @@
 
 pub mod channels;
 pub mod cli;
+pub mod contact_import;
 pub mod definitions;
 pub mod engine;
 #[doc(hidden)]

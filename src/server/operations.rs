@@ -130,90 +130,10 @@ pub async fn get_contact(
     Ok(Json(json!({"contact": contact_or_404(&state, &id).await?})))
 }
 
-/// The text fields of a contact in a request: absent leaves the field, `null` clears it.
-fn field(m: &Map<String, Value>, name: &str) -> Result<Option<Option<String>>, ApiError> {
-    match m.get(name) {
-        None => Ok(None),
-        Some(Value::Null) => Ok(Some(None)),
-        Some(Value::String(s)) if s.trim().is_empty() => Ok(Some(None)),
-        Some(Value::String(s)) => Ok(Some(Some(s.trim().to_owned()))),
-        Some(other) => Err(bad(
-            "invalid_contact",
-            format!("`{name}` must be text or null, not {other}"),
-        )),
-    }
-}
-
 /// Reads and checks a contact's fields from a request body; a phone number without a country
 /// code is read in `region`.
 fn patch_from(m: &Map<String, Value>, region: &str) -> Result<ContactPatch, ApiError> {
-    const FIELDS: &[&str] = &[
-        "email",
-        "phone",
-        "first_name",
-        "last_name",
-        "status",
-        "timezone",
-        "attributes",
-    ];
-    if let Some(k) = m.keys().find(|k| !FIELDS.contains(&k.as_str())) {
-        return Err(bad(
-            "invalid_contact",
-            format!("unknown field `{k}`: a contact has {}", FIELDS.join(", ")),
-        ));
-    }
-    let email = match field(m, "email")? {
-        Some(Some(e)) => {
-            let e = e.to_lowercase();
-            if !e.contains('@') || e.contains(char::is_whitespace) {
-                return Err(bad(
-                    "invalid_contact",
-                    format!("`{e}` is not an e-mail address"),
-                ));
-            }
-            Some(Some(e))
-        }
-        other => other,
-    };
-    let phone = match field(m, "phone")? {
-        Some(Some(p)) => Some(Some(
-            crate::engine::contact::normalize_phone(&p, region).ok_or_else(|| {
-                bad(
-                    "invalid_contact",
-                    format!("`{p}` is not a phone number; write it with its country code, such as +13035550123"),
-                )
-            })?,
-        )),
-        other => other,
-    };
-    let timezone = field(m, "timezone")?;
-    if let Some(Some(tz)) = &timezone
-        && jiff::tz::TimeZone::get(tz).is_err()
-    {
-        return Err(bad(
-            "invalid_contact",
-            format!("`{tz}` is not a time zone; use an IANA name such as America/Denver"),
-        ));
-    }
-    let attributes = match m.get("attributes") {
-        None | Some(Value::Null) => Map::new(),
-        Some(Value::Object(a)) => a.clone(),
-        Some(other) => {
-            return Err(bad(
-                "invalid_contact",
-                format!("`attributes` must be an object, not {other}"),
-            ));
-        }
-    };
-    Ok(ContactPatch {
-        email,
-        phone,
-        first_name: field(m, "first_name")?,
-        last_name: field(m, "last_name")?,
-        status: field(m, "status")?,
-        timezone,
-        attributes,
-    })
+    crate::engine::contact::patch_from_json(m, region).map_err(|e| bad("invalid_contact", e))
 }
 
 pub async fn create_contact(
