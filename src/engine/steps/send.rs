@@ -78,6 +78,12 @@ pub(super) async fn queue(
     for (k, v) in &s.headers {
         headers.insert(k.clone(), Value::String(cx.render(v.as_str())?));
     }
+    if cx.run.workflow.campaign.is_some() {
+        // Every campaign message says which campaign and step it is, for the recipient's
+        // provider and for whoever reads a bounce.
+        headers.insert("X-Herald-Campaign".into(), json!(cx.run.workflow.id));
+        headers.insert("X-Herald-Step".into(), json!(cx.step().id));
+    }
     let subject = cx.render_opt(&s.subject)?;
     let limit = registry
         .config
