@@ -24,6 +24,7 @@ db::scenarios!["campaigns";
     a_drip_spreads_three_messages_over_a_week,
     an_edit_reaches_the_messages_not_yet_sent,
     a_paused_campaign_enrolls_nobody_until_resumed,
+    a_send_window_opens_on_each_recipients_clock,
 ];
 
 const HOUR: Duration = Duration::from_secs(3600);
@@ -47,6 +48,12 @@ fn contact(email: &str, lists: &[&str], tags: &[&str], status: Option<&str>) -> 
         new_id: herald::engine::new_id(),
         email: Some(email.to_owned()),
         status: status.map(str::to_owned),
+        timezone: match email {
+            "ann@example.com" => Some("America/Denver".into()),
+            "bob@example.com" => Some("Europe/Berlin".into()),
+            "cid@example.com" => Some("Asia/Tokyo".into()),
+            _ => None,
+        },
         now: 0,
         memberships,
         ..ContactUpsert::default()
@@ -346,4 +353,63 @@ async fn a_paused_campaign_enrolls_nobody_until_resumed(db: db::TestDb) {
     campaign::resume(&h.engine, "reactivate").await.unwrap();
     tick(&h, &scheduler).await;
     assert_eq!(h.sink.requests().len(), 1);
+}
+
+const WINDOWED: &str = r#"
+kind: campaign
+id: windowed
+audience: { lists: [all] }
+schedule:
+  send_at: "2026-11-02T15:00:00Z"
+send_window: { start: "09:00", end: "20:00", days: [mon, tue, wed, thu, fri, sat] }
+steps:
+  - id: hello
+    send: { channel: hook, to: "{{ contact.email }}", body: "Hello" }
+"#;
+
+/// Monday 15:00 UTC is 08:00 in Denver (before the window), 16:00 in Berlin (inside it), and
+/// already Tuesday 00:00 in Tokyo (before it); a contact with no time zone is on UTC.
+async fn a_send_window_opens_on_each_recipients_clock(db: db::TestDb) {
+    let h = Harness::new(db, &[("workflows/windowed.yaml", WINDOWED)]).await;
+    seed(
+        &h,
+        &[
+            contact("ann@example.com", &["all"], &[], None),
+            contact("bob@example.com", &["all"], &[], None),
+            contact("cid@example.com", &["all"], &[], None),
+            contact("dee@example.com", &["all"], &[], None),
+        ],
+    )
+    .await;
+    let scheduler = Scheduler::new(h.engine.clone());
+    let sent = |h: &Harness| {
+        received(&h.sink.requests())
+            .into_iter()
+            .map(|(to, _)| to)
+            .collect::<Vec<_>>()
+    };
+    tick(&h, &scheduler).await;
+    assert_eq!(sent(&h), ["bob@example.com", "dee@example.com"]);
+    h.advance(HOUR - Duration::from_secs(1)).await;
+    assert_eq!(
+        sent(&h).len(),
+        2,
+        "Denver's window opens at 09:00 MST, not before"
+    );
+    h.advance(Duration::from_secs(1)).await;
+    assert_eq!(
+        sent(&h),
+        ["ann@example.com", "bob@example.com", "dee@example.com"]
+    );
+    h.advance(8 * HOUR).await;
+    assert_eq!(
+        sent(&h),
+        [
+            "ann@example.com",
+            "bob@example.com",
+            "cid@example.com",
+            "dee@example.com"
+        ],
+        "Tokyo's window opens at 09:00 JST, Tuesday 00:00 UTC"
+    );
 }

@@ -4,7 +4,7 @@
 //! enrolled by the campaign driver.
 
 use super::diagnostics::Diagnostic;
-use super::model::campaign::{Audience, CampaignDef, Schedule};
+use super::model::campaign::{Audience, CampaignDef, Schedule, SendWindow};
 use super::model::common::DefinitionId;
 use super::model::step::resolve_steps;
 use super::model::trigger::{EventTrigger, Trigger};
@@ -23,6 +23,7 @@ pub struct Campaign {
     /// `schedule.send_at` in unix milliseconds, for a broadcast.
     pub send_at: Option<i64>,
     pub reenrol: bool,
+    pub send_window: Option<SendWindow>,
 }
 
 pub(super) fn read(file: SourceFile, doc: Parsed) -> Result<Definition, Vec<Diagnostic>> {
@@ -51,6 +52,9 @@ pub(crate) fn from_def(def: CampaignDef) -> Result<Campaign, (&'static str, Box<
         Schedule::SendAt(text) => Some(parse_send_at(text).map_err(|d| ("/schedule/send_at", d))?),
         Schedule::Enrol(_) => None,
     };
+    if let Some(w) = &def.send_window {
+        check_window(w)?;
+    }
     let triggers = match &def.schedule {
         Schedule::Enrol(on) => vec![Trigger::Event(EventTrigger {
             name: on.event.clone(),
@@ -73,6 +77,7 @@ pub(crate) fn from_def(def: CampaignDef) -> Result<Campaign, (&'static str, Box<
         schedule: def.schedule,
         send_at,
         reenrol: def.reenrol,
+        send_window: def.send_window,
     })
 }
 
@@ -90,4 +95,35 @@ fn parse_send_at(text: &str) -> Result<i64, Box<Diagnostic>> {
                 ),
             )
         })
+}
+
+/// A window that never opens would hold every message for ever: refused here.
+fn check_window(w: &SendWindow) -> Result<(), (&'static str, Box<Diagnostic>)> {
+    let time = |s: &str| crate::channels::policy::parse_time(s);
+    if let (Some(start), Some(end)) = (time(&w.start), time(&w.end))
+        && start >= end
+    {
+        let d = Diagnostic::error(
+            "window-never-opens",
+            format!(
+                "the send window closes at {} before it opens at {}, so it never opens",
+                w.end, w.start
+            ),
+        )
+        .with_hint("a send window runs from `start` to a later `end` on the same day, such as 09:00 to 20:00");
+        return Err(("/send_window/end", Box::new(d)));
+    }
+    if w.days.is_empty() {
+        let d = Diagnostic::error("window-never-opens", "the send window has no days, so it never opens")
+            .with_hint("name the days it opens, such as [mon, tue, wed, thu, fri], or leave `days` out for every day");
+        return Err(("/send_window/days", Box::new(d)));
+    }
+    if let Some(tz) = &w.timezone
+        && jiff::tz::TimeZone::get(tz).is_err()
+    {
+        let d = Diagnostic::error("unknown-timezone", format!("unknown time zone `{tz}`"))
+            .with_hint("use an IANA name, such as America/Denver");
+        return Err(("/send_window/timezone", Box::new(d)));
+    }
+    Ok(())
 }

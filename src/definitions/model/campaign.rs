@@ -43,6 +43,10 @@ pub struct CampaignDef {
     /// Whether a contact enrolled once may be enrolled again (by a later event of a drip).
     #[serde(default)]
     pub reenrol: bool,
+    /// When messages may reach a recipient, on their own clock: a send due outside the window
+    /// waits in the outbox for it to open.
+    #[serde(default)]
+    pub send_window: Option<SendWindow>,
     /// The steps each recipient goes through, in order. The recipient is `contact` in
     /// templates (`{{ contact.email }}`, `{{ contact.first_name }}`).
     #[schemars(length(min = 1))]
@@ -98,4 +102,43 @@ pub struct EnrolOn {
     /// The event's name, as given to `emit`.
     #[schemars(length(min = 1))]
     pub event: String,
+}
+
+/// Hours and days a campaign's messages may be delivered, in the recipient's time zone, such
+/// as `{ start: "09:00", end: "20:00", days: [mon, tue, wed, thu, fri, sat] }`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SendWindow {
+    /// When it opens each day, as HH:MM on a 24-hour clock.
+    #[schemars(regex(pattern = "^([01][0-9]|2[0-3]):[0-5][0-9]$"))]
+    pub start: String,
+    /// When it closes, after `start` on the same day.
+    #[schemars(regex(pattern = "^([01][0-9]|2[0-3]):[0-5][0-9]$"))]
+    pub end: String,
+    /// The days it opens; every day by default.
+    #[serde(default = "SendWindow::every_day")]
+    pub days: Vec<Weekday>,
+    /// The time zone of a recipient whose contact has none, such as "America/Denver"; UTC
+    /// when unset.
+    #[serde(default)]
+    pub timezone: Option<String>,
+}
+
+impl SendWindow {
+    fn every_day() -> Vec<Weekday> {
+        use Weekday::*;
+        vec![Mon, Tue, Wed, Thu, Fri, Sat, Sun]
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Weekday {
+    Mon,
+    Tue,
+    Wed,
+    Thu,
+    Fri,
+    Sat,
+    Sun,
 }
