@@ -25,6 +25,7 @@ db::scenarios!["campaigns";
     an_edit_reaches_the_messages_not_yet_sent,
     a_paused_campaign_enrolls_nobody_until_resumed,
     a_send_window_opens_on_each_recipients_clock,
+    the_admin_api_pauses_resumes_and_cancels_a_campaign,
 ];
 
 const HOUR: Duration = Duration::from_secs(3600);
@@ -412,4 +413,64 @@ async fn a_send_window_opens_on_each_recipients_clock(db: db::TestDb) {
         ],
         "Tokyo's window opens at 09:00 JST, Tuesday 00:00 UTC"
     );
+}
+
+const ADMIN_KEY: &str = "campaign-admin-key";
+
+async fn the_admin_api_pauses_resumes_and_cancels_a_campaign(db: db::TestDb) {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("herald.yaml"),
+        format!("channels:\n  hook: {{ provider: log }}\nadmin:\n  api_keys: [\"{ADMIN_KEY}\"]\n"),
+    )
+    .unwrap();
+    std::fs::create_dir_all(dir.path().join("workflows")).unwrap();
+    std::fs::write(dir.path().join("workflows/reactivate.yaml"), TWO_STEP).unwrap();
+    let clock = herald::engine::clock::VirtualClock::at(engine_support::START);
+    let env = herald::definitions::env::EnvSource::Map(Default::default());
+    let app = support::app::App::start(dir.path(), &env, db.store.clone(), &clock).await;
+    let http = reqwest::Client::new();
+    let call = |method: reqwest::Method, path: &str| {
+        http.request(method, app.url(&format!("/api{path}")))
+            .header("x-api-key", ADMIN_KEY)
+            .send()
+    };
+    let get = reqwest::Method::GET;
+    let post = reqwest::Method::POST;
+
+    let r = call(get.clone(), "/campaigns").await.unwrap();
+    assert_eq!(r.status(), 200);
+    let body: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(body["campaigns"][0]["id"], "reactivate");
+    assert_eq!(body["campaigns"][0]["state"], "scheduled");
+    assert_eq!(body["campaigns"][0]["kind"], "broadcast");
+
+    let r = call(post.clone(), "/campaigns/reactivate/resume")
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 409, "only a paused campaign resumes");
+    let r = call(post.clone(), "/campaigns/reactivate/pause")
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let body: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(body["state"], "paused");
+    let r = call(post.clone(), "/campaigns/reactivate/resume")
+        .await
+        .unwrap();
+    let body: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(body["state"], "running");
+    let r = call(post.clone(), "/campaigns/reactivate/cancel")
+        .await
+        .unwrap();
+    let body: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(body["state"], "cancelled");
+    let r = call(post.clone(), "/campaigns/reactivate/pause")
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 409, "a cancelled campaign stays cancelled");
+    let r = call(get, "/campaigns/nothing-here").await.unwrap();
+    assert_eq!(r.status(), 404);
+    drop(app);
+    drop(db);
 }
