@@ -284,6 +284,45 @@ impl Store for Failing {
     async fn cron_fires(&self, w: &str, n: i64) -> Result<Vec<CronFire>> {
         self.inner.cron_fires(w, n).await
     }
+    async fn campaign_candidates(
+        &self,
+        c: &str,
+        o: &str,
+        a: &campaigns::AudienceFilter,
+        after: Option<&str>,
+        n: i64,
+    ) -> Result<Vec<String>> {
+        self.check()?;
+        self.inner.campaign_candidates(c, o, a, after, n).await
+    }
+    async fn enrol_campaign(
+        &self,
+        c: &str,
+        o: &str,
+        r: &[(String, NewRun)],
+        now: Millis,
+    ) -> Result<u64> {
+        self.check()?;
+        self.inner.enrol_campaign(c, o, r, now).await
+    }
+    async fn campaign(&self, id: &str) -> Result<Option<campaigns::CampaignRow>> {
+        self.check()?;
+        self.inner.campaign(id).await
+    }
+    async fn set_campaign_state(
+        &self,
+        id: &str,
+        s: &str,
+        e: Option<Millis>,
+        now: Millis,
+    ) -> Result<()> {
+        self.check()?;
+        self.inner.set_campaign_state(id, s, e, now).await
+    }
+    async fn campaign_counts(&self, id: &str) -> Result<campaigns::CampaignCounts> {
+        self.check()?;
+        self.inner.campaign_counts(id).await
+    }
 }
 
 /// A project folder with `config` as its herald.yaml and `workflow` as its one workflow.

@@ -401,6 +401,8 @@ async fn migrations_apply_and_rerun(db: &TestDb) {
         "contact_addresses",
         "contact_lists",
         "contact_tags",
+        "campaigns",
+        "campaign_enrolments",
     ] {
         assert!(
             tables.iter().any(|t| t == table),

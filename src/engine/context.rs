@@ -395,10 +395,15 @@ pub(crate) fn subscriber_runs(
             data: event.data.clone(),
             source_run_id: source_run.map(str::to_owned),
         };
+        // One event starts a subscriber once, even if it is recorded twice; a drip campaign
+        // that does not `reenrol` enrolls the contact its events are keyed by once, ever.
+        let key = match (&sub.workflow.campaign, &event.key) {
+            (Some(c), Some(k)) if !c.reenrol => format!("campaign:{k}"),
+            _ => format!("event:{}", event.id),
+        };
         runs.push(
             RunBuilder::new(&sub.workflow, trigger)
-                // One event starts a subscriber once, even if it is recorded twice.
-                .idempotency_key(Some(format!("event:{}", event.id)))
+                .idempotency_key(Some(key))
                 .started_by(&event.id)
                 .build(&registry.templates, now),
         );

@@ -12,6 +12,7 @@
 //! lease, so several processes can share one Postgres database, and a crashed process's runs
 //! become due again when its leases expire.
 
+pub mod campaign;
 pub mod clock;
 pub(crate) mod contact;
 pub mod context;

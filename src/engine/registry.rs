@@ -47,6 +47,8 @@ pub struct CompiledWorkflow {
     pub document: Value,
     /// Set for a conversation: its sessions' rules, beside the steps in `workflow`.
     pub conversation: Option<Arc<CompiledConversation>>,
+    /// Set for a campaign: its audience and schedule, beside the steps in `workflow`.
+    pub campaign: Option<Arc<crate::definitions::campaign::Campaign>>,
 }
 
 /// A conversation's rules, ready to route messages by.
@@ -67,7 +69,45 @@ impl CompiledWorkflow {
         match &def.body {
             Body::Workflow(_) => CompiledWorkflow::compile_workflow(def, env),
             Body::Conversation(_) => CompiledWorkflow::compile_conversation(def, env),
+            Body::Campaign(_) => CompiledWorkflow::compile_campaign(def, env),
         }
+    }
+
+    /// A campaign: each recipient is a run of its steps. A drip's `enrol` event is the
+    /// workflow's event trigger; a broadcast's recipients are enrolled by the campaign driver
+    /// (`engine::campaign`).
+    fn compile_campaign(
+        def: &Definition,
+        env: &EnvSource,
+    ) -> Result<CompiledWorkflow, Vec<Diagnostic>> {
+        let mut resolved = def.doc.value.clone();
+        env.resolve_json(&mut resolved)
+            .map_err(|e| vec![def.file.whole(Diagnostic::error("unset-env", e))])?;
+        let cdef: crate::definitions::model::campaign::CampaignDef =
+            serde_json::from_value(resolved).map_err(|e| {
+                vec![
+                    def.file
+                        .whole(Diagnostic::error("invalid-value", e.to_string())),
+                ]
+            })?;
+        let spec = crate::definitions::campaign::from_def(cdef)
+            .map_err(|(pointer, d)| vec![def.at_value(pointer, *d)])?;
+        let workflow = spec.workflow.clone();
+        let locations = locations(def, &workflow);
+        Ok(CompiledWorkflow {
+            id: def.id.clone(),
+            metric_id: def.id.as_str().into(),
+            hash: def.hash.clone(),
+            locations,
+            program: Program::compile(&workflow.steps),
+            verifiers: vec![None; workflow.triggers.len()],
+            patterns: vec![None; workflow.triggers.len()],
+            workflow,
+            source: def.file.text.to_string(),
+            document: def.doc.value.clone(),
+            conversation: None,
+            campaign: Some(Arc::new(spec)),
+        })
     }
 
     /// A conversation: its steps are a workflow without triggers, and its `start` conditions
@@ -114,6 +154,7 @@ impl CompiledWorkflow {
                 spec,
                 start_patterns,
             })),
+            campaign: None,
         })
     }
 
@@ -184,6 +225,7 @@ impl CompiledWorkflow {
             source: def.file.text.to_string(),
             document: def.doc.value.clone(),
             conversation: None,
+            campaign: None,
         })
     }
 
@@ -193,6 +235,8 @@ impl CompiledWorkflow {
             id: self.id.clone(),
             kind: if self.conversation.is_some() {
                 "conversation"
+            } else if self.campaign.is_some() {
+                "campaign"
             } else {
                 "workflow"
             }

@@ -131,6 +131,8 @@ impl Scheduler {
         if report.fired > 0 {
             self.engine.work_ready.notify_waiters();
         }
+        // Broadcasts are due at a moment too, so the same tick enrolls them.
+        crate::engine::campaign::tick(&self.engine).await?;
         Ok(report)
     }
 

@@ -239,11 +239,13 @@ pub(crate) fn contact_from_json(
             "status",
             "timezone",
             "attributes",
+            "lists",
+            "tags",
         ]
         .contains(&k.as_str())
         {
             return Err(format!(
-                "unknown contact field `{k}`: use email, phone, first_name, last_name, status, timezone or attributes"
+                "unknown contact field `{k}`: use email, phone, first_name, last_name, status, timezone, attributes, lists or tags"
             ));
         }
     }
@@ -278,7 +280,44 @@ pub(crate) fn contact_from_json(
         attributes,
         addresses: Vec::new(),
         now,
+        memberships: memberships(obj)?,
     })
+}
+
+/// A given contact's `lists` and `tags`, as memberships to add.
+fn memberships(
+    obj: &serde_json::Map<String, Value>,
+) -> Result<Vec<crate::store::campaigns::Membership>, String> {
+    use crate::store::campaigns::{Membership, MembershipKind};
+    let mut out = Vec::new();
+    for (field, kind) in [
+        ("lists", MembershipKind::List),
+        ("tags", MembershipKind::Tag),
+    ] {
+        match obj.get(field) {
+            None | Some(Value::Null) => {}
+            Some(Value::Array(names)) => {
+                for name in names {
+                    let Some(name) = name.as_str() else {
+                        return Err(format!(
+                            "contact `{field}` must be a list of names, not {name}"
+                        ));
+                    };
+                    out.push(Membership {
+                        kind,
+                        name: name.to_owned(),
+                        member: true,
+                    });
+                }
+            }
+            Some(other) => {
+                return Err(format!(
+                    "contact `{field}` must be a list of names, not {other}"
+                ));
+            }
+        }
+    }
+    Ok(out)
 }
 
 /// A message a [`RecordingChannel`] delivered, and when on the virtual clock.

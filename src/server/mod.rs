@@ -2,6 +2,7 @@
 //! thin; errors become JSON responses in one place ([`ApiError`]).
 
 pub mod admin;
+pub mod campaigns;
 pub mod health;
 pub mod hooks;
 pub mod inbound;
@@ -96,6 +97,11 @@ pub fn router(state: Arc<AppState>) -> Router {
         )
         .route("/retention/run", post(operations::run_retention))
         .route("/reload", post(admin::reload))
+        .route("/campaigns", get(campaigns::list))
+        .route("/campaigns/{id}", get(campaigns::show))
+        .route("/campaigns/{id}/pause", post(campaigns::pause))
+        .route("/campaigns/{id}/resume", post(campaigns::resume))
+        .route("/campaigns/{id}/cancel", post(campaigns::cancel))
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
             admin::require_key,

@@ -160,6 +160,7 @@ pub async fn create_contact(
         attributes: p.attributes,
         addresses: Vec::new(),
         now: state.engine.now(),
+        memberships: Vec::new(),
     };
     let stored = state
         .engine

@@ -42,6 +42,7 @@
 //! side instead, where a new table is added.
 
 pub mod admin;
+pub mod campaigns;
 mod group_commit;
 pub mod postgres;
 mod rows;
@@ -494,6 +495,8 @@ pub struct ContactUpsert {
     /// address another contact holds moves it here.
     pub addresses: Vec<(String, Option<String>)>,
     pub now: Millis,
+    /// Lists and tags to add the contact to (`member`) or take it off.
+    pub memberships: Vec<campaigns::Membership>,
 }
 
 impl ContactUpsert {
@@ -814,6 +817,36 @@ pub trait Store: Admin + Send + Sync + std::fmt::Debug {
     /// True while a run started by this trigger is unfinished (for `overlap: skip`).
     async fn cron_run_active(&self, workflow_id: &str, trigger_key: &str) -> Result<bool>;
     async fn cron_fires(&self, workflow_id: &str, limit: i64) -> Result<Vec<CronFire>>;
+
+    // Campaigns (see `campaigns`).
+    /// Contacts the audience selects that are not enrolled in this occurrence, after `after`
+    /// in id order, at most `limit`.
+    async fn campaign_candidates(
+        &self,
+        campaign: &str,
+        occurrence: &str,
+        audience: &campaigns::AudienceFilter,
+        after: Option<&str>,
+        limit: i64,
+    ) -> Result<Vec<String>>;
+    /// Enrolls each (contact, run) not yet enrolled in this occurrence and creates its run,
+    /// atomically; how many were enrolled.
+    async fn enrol_campaign(
+        &self,
+        campaign: &str,
+        occurrence: &str,
+        recipients: &[(String, NewRun)],
+        now: Millis,
+    ) -> Result<u64>;
+    async fn campaign(&self, id: &str) -> Result<Option<campaigns::CampaignRow>>;
+    async fn set_campaign_state(
+        &self,
+        id: &str,
+        state: &str,
+        enrolled_at: Option<Millis>,
+        now: Millis,
+    ) -> Result<()>;
+    async fn campaign_counts(&self, id: &str) -> Result<campaigns::CampaignCounts>;
 }
 
 pub type DynStore = Arc<dyn Store>;

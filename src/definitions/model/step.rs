@@ -488,6 +488,18 @@ pub struct UpsertContactStep {
     /// Channels whose address to unlink from the contact, such as `[tg]` for a `/reset`.
     #[serde(default)]
     pub unlink: Vec<String>,
+    /// Lists to add the contact to, such as `[newsletter]`: what a campaign's audience selects.
+    #[serde(default)]
+    pub lists: Vec<String>,
+    /// Tags to give the contact, such as `[vip]`.
+    #[serde(default)]
+    pub tags: Vec<String>,
+    /// Lists to take the contact off.
+    #[serde(default)]
+    pub remove_lists: Vec<String>,
+    /// Tags to take from the contact.
+    #[serde(default)]
+    pub remove_tags: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize, JsonSchema)]

@@ -65,6 +65,19 @@ pub(super) async fn queue(
         recipient.time_zone.as_deref(),
         cx.now,
     );
+    // A campaign's send window holds the message as quiet hours do, whichever ends later.
+    let held = match cx
+        .run
+        .workflow
+        .campaign
+        .as_ref()
+        .and_then(|c| c.send_window.as_ref())
+        .and_then(|w| {
+            crate::engine::campaign::window::hold(w, recipient.time_zone.as_deref(), cx.now)
+        }) {
+        Some(w) if held.as_ref().is_none_or(|(q, _)| w.0 > *q) => Some(w),
+        _ => held,
+    };
     let approved_template = match &s.whatsapp_template {
         Some(t) => Some(whatsapp_template(cx, s, t)?),
         None => None,
@@ -77,6 +90,12 @@ pub(super) async fn queue(
     let mut headers = Map::new();
     for (k, v) in &s.headers {
         headers.insert(k.clone(), Value::String(cx.render(v.as_str())?));
+    }
+    if cx.run.workflow.campaign.is_some() {
+        // Every campaign message says which campaign and step it is, for the recipient's
+        // provider and for whoever reads a bounce.
+        headers.insert("X-Herald-Campaign".into(), json!(cx.run.workflow.id));
+        headers.insert("X-Herald-Step".into(), json!(cx.step().id));
     }
     let subject = cx.render_opt(&s.subject)?;
     let limit = registry

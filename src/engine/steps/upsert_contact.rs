@@ -9,6 +9,7 @@ use crate::definitions::model::step::UpsertContactStep;
 use crate::engine::contact::{check_timezone, normalize_email, normalize_phone};
 use crate::engine::interpreter::{Outcome, StepError};
 use crate::engine::new_id;
+use crate::store::campaigns::{Membership, MembershipKind};
 use crate::store::{Contact, ContactUpsert};
 
 pub(super) async fn execute(
@@ -138,5 +139,24 @@ fn upsert(cx: &StepCx<'_>, u: &UpsertContactStep) -> Result<ContactUpsert, StepE
         attributes,
         addresses,
         now: cx.now,
+        memberships: memberships(u),
     })
+}
+
+fn memberships(u: &UpsertContactStep) -> Vec<Membership> {
+    let each = |names: &[String], kind, member| {
+        names
+            .iter()
+            .map(move |n| Membership {
+                kind,
+                name: n.clone(),
+                member,
+            })
+            .collect::<Vec<_>>()
+    };
+    let mut out = each(&u.lists, MembershipKind::List, true);
+    out.extend(each(&u.tags, MembershipKind::Tag, true));
+    out.extend(each(&u.remove_lists, MembershipKind::List, false));
+    out.extend(each(&u.remove_tags, MembershipKind::Tag, false));
+    out
 }

@@ -3,6 +3,7 @@
 
 use super::{Backend, Dialect, Exec, Stmt, params, read_all, read_one};
 use crate::store::admin::{ContactFilter, ContactPatch};
+use crate::store::campaigns::{Membership, MembershipKind};
 use crate::store::rows::{self, RowView, contact_columns, to_text};
 use crate::store::{Contact, ContactUpsert, Millis, Result, StoreError};
 
@@ -188,7 +189,38 @@ pub(in crate::store) async fn try_upsert<D: Exec>(
     };
     D::execute(&mut *conn, write).await?;
     link_addresses::<D>(conn, &merged.id, &u.addresses, u.now).await?;
+    set_memberships::<D>(conn, &merged.id, &u.memberships, u.now).await?;
     Ok(Some(merged))
+}
+
+/// Adds the contact to lists and tags or takes it off them; adding twice keeps the first
+/// time it was added.
+async fn set_memberships<D: Exec>(
+    conn: &mut D::Connection,
+    contact_id: &str,
+    memberships: &[Membership],
+    now: Millis,
+) -> Result<()> {
+    for m in memberships {
+        let (table, column) = match m.kind {
+            MembershipKind::List => ("contact_lists", "list"),
+            MembershipKind::Tag => ("contact_tags", "tag"),
+        };
+        let sql = if m.member {
+            format!(
+                "INSERT INTO {table} ({column}, contact_id, added_at) VALUES ($1, $2, $3)
+                 ON CONFLICT ({column}, contact_id) DO NOTHING"
+            )
+        } else {
+            format!("DELETE FROM {table} WHERE {column} = $1 AND contact_id = $2 AND $3 = $3")
+        };
+        D::execute(
+            &mut *conn,
+            Stmt::new(sql, params![&m.name, contact_id, now]),
+        )
+        .await?;
+    }
+    Ok(())
 }
 
 /// Links and unlinks a contact's channel addresses: one address per channel per contact, and

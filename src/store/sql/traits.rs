@@ -4,12 +4,14 @@
 use async_trait::async_trait;
 
 use super::{
-    Backend, commit, contacts, cron, definitions, events, outbox, retention, runs, suppressions,
+    Backend, campaigns, commit, contacts, cron, definitions, events, outbox, retention, runs,
+    suppressions,
 };
 use crate::store::admin::{
     Admin, ContactFilter, ContactPatch, MessageChange, OutboxFilter, Purged, RunSelection,
     Suppression,
 };
+use crate::store::campaigns::{AudienceFilter, CampaignCounts, CampaignRow};
 use crate::store::{
     Commit, CommitOutcome, Contact, ContactUpsert, CronFire, DefinitionVersion, DeliveryOutcome,
     EventRecord, Millis, NewEvent, NewOutbox, NewRun, OutboxRecord, OutboxStatus, Result,
@@ -191,6 +193,41 @@ impl<B: Backend> Store for B {
     }
     async fn cron_fires(&self, w: &str, limit: i64) -> Result<Vec<CronFire>> {
         cron::fires(self, w, limit).await
+    }
+
+    async fn campaign_candidates(
+        &self,
+        campaign: &str,
+        occurrence: &str,
+        audience: &AudienceFilter,
+        after: Option<&str>,
+        limit: i64,
+    ) -> Result<Vec<String>> {
+        campaigns::candidates(self, campaign, occurrence, audience, after, limit).await
+    }
+    async fn enrol_campaign(
+        &self,
+        campaign: &str,
+        occurrence: &str,
+        recipients: &[(String, NewRun)],
+        now: Millis,
+    ) -> Result<u64> {
+        campaigns::enrol(self, campaign, occurrence, recipients, now).await
+    }
+    async fn campaign(&self, id: &str) -> Result<Option<CampaignRow>> {
+        campaigns::get(self, id).await
+    }
+    async fn set_campaign_state(
+        &self,
+        id: &str,
+        state: &str,
+        enrolled_at: Option<Millis>,
+        now: Millis,
+    ) -> Result<()> {
+        campaigns::set_state(self, id, state, enrolled_at, now).await
+    }
+    async fn campaign_counts(&self, id: &str) -> Result<CampaignCounts> {
+        campaigns::counts(self, id).await
     }
 }
 

@@ -1,0 +1,144 @@
+//! `kind: campaign`: messages to many contacts, each recipient a run of the campaign's steps.
+//! Who is enrolled is the `audience` (or an event, for a drip), when is the `schedule`; the
+//! steps are the workflow step language, so a recipient's run waits, branches and sends as any
+//! workflow's does.
+
+use indexmap::IndexMap;
+use schemars::JsonSchema;
+use serde::Deserialize;
+
+use super::common::{DefinitionId, Metadata, Template};
+use super::step::RawStep;
+use super::workflow::OnUpdate;
+
+/// A campaign definition, as written in a file under workflows/ beside the workflows.
+#[derive(Debug, Clone, PartialEq, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+#[schemars(title = "Herald campaign")]
+pub struct CampaignDef {
+    /// Always `campaign` for this kind.
+    pub kind: CampaignKind,
+    /// A unique id across all definitions.
+    pub id: DefinitionId,
+    /// What this campaign is for, in a sentence.
+    #[serde(default)]
+    pub description: Option<String>,
+    #[serde(default)]
+    pub metadata: Metadata,
+    /// What happens to recipients still on their way when this file changes. By default
+    /// (`latest`) each moves to the new version at its next step, matched by step id: its next
+    /// message has the new copy, a changed delay applies to waits not yet begun, and a removed
+    /// step is skipped. `pinned` keeps recipients on the version that enrolled them.
+    #[serde(default = "CampaignDef::default_on_update")]
+    pub on_update: OnUpdate,
+    /// Labels every recipient's run carries, as for a workflow.
+    #[serde(default)]
+    pub labels: IndexMap<String, Template>,
+    /// Who is enrolled when the campaign is sent (`schedule.send_at`): contacts matching every
+    /// condition given. Without it, a broadcast goes to every contact.
+    #[serde(default)]
+    pub audience: Audience,
+    /// When recipients are enrolled.
+    pub schedule: Schedule,
+    /// Whether a contact enrolled once may be enrolled again (by a later event of a drip).
+    #[serde(default)]
+    pub reenrol: bool,
+    /// When messages may reach a recipient, on their own clock: a send due outside the window
+    /// waits in the outbox for it to open.
+    #[serde(default)]
+    pub send_window: Option<SendWindow>,
+    /// The steps each recipient goes through, in order. The recipient is `contact` in
+    /// templates (`{{ contact.email }}`, `{{ contact.first_name }}`).
+    #[schemars(length(min = 1))]
+    pub steps: Vec<RawStep>,
+}
+
+impl CampaignDef {
+    fn default_on_update() -> OnUpdate {
+        OnUpdate::Latest
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum CampaignKind {
+    Campaign,
+}
+
+/// Which contacts a campaign enrolls: all of the conditions given hold.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Audience {
+    /// Contacts on at least one of these lists.
+    #[serde(default)]
+    pub lists: Vec<String>,
+    /// Contacts with every one of these tags.
+    #[serde(default)]
+    pub tags: Vec<String>,
+    /// Contacts with none of these tags.
+    #[serde(default)]
+    pub without_tags: Vec<String>,
+    /// Contacts whose lifecycle status is one of these.
+    #[serde(default)]
+    pub status: Vec<String>,
+}
+
+/// When a campaign enrolls its recipients: once at `send_at` (a broadcast to the audience), or
+/// on each `enrol` event (a drip, one recipient per event).
+#[derive(Debug, Clone, PartialEq, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum Schedule {
+    /// The moment of a one-off broadcast, in RFC 3339 with an offset, such as
+    /// `2026-12-07T10:00:00-07:00`.
+    SendAt(String),
+    /// A drip: each event with this name enrolls the contact it is about. The event's key is
+    /// the contact's id or e-mail address.
+    Enrol(EnrolOn),
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct EnrolOn {
+    /// The event's name, as given to `emit`.
+    #[schemars(length(min = 1))]
+    pub event: String,
+}
+
+/// Hours and days a campaign's messages may be delivered, in the recipient's time zone, such
+/// as `{ start: "09:00", end: "20:00", days: [mon, tue, wed, thu, fri, sat] }`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SendWindow {
+    /// When it opens each day, as HH:MM on a 24-hour clock.
+    #[schemars(regex(pattern = "^([01][0-9]|2[0-3]):[0-5][0-9]$"))]
+    pub start: String,
+    /// When it closes, after `start` on the same day.
+    #[schemars(regex(pattern = "^([01][0-9]|2[0-3]):[0-5][0-9]$"))]
+    pub end: String,
+    /// The days it opens; every day by default.
+    #[serde(default = "SendWindow::every_day")]
+    pub days: Vec<Weekday>,
+    /// The time zone of a recipient whose contact has none, such as "America/Denver"; UTC
+    /// when unset.
+    #[serde(default)]
+    pub timezone: Option<String>,
+}
+
+impl SendWindow {
+    fn every_day() -> Vec<Weekday> {
+        use Weekday::*;
+        vec![Mon, Tue, Wed, Thu, Fri, Sat, Sun]
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Weekday {
+    Mon,
+    Tue,
+    Wed,
+    Thu,
+    Fri,
+    Sat,
+    Sun,
+}

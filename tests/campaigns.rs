@@ -1,0 +1,476 @@
+//! Campaigns: a broadcast enrolls its audience once, however often the driver ticks; a drip
+//! enrolls a contact on an event and spreads its steps over days on the virtual clock; an edit
+//! saved mid-campaign reaches the messages not yet sent. Messages go to a real HTTP server on
+//! loopback, so what "was sent" is what that server received. Every scenario runs on SQLite
+//! and on PostgreSQL.
+
+#[path = "support/db.rs"]
+mod db;
+#[path = "support/engine.rs"]
+mod engine_support;
+mod support;
+
+use std::time::Duration;
+
+use engine_support::Harness;
+use herald::engine::campaign;
+use herald::engine::scheduler::Scheduler;
+use herald::store::campaigns::{Membership, MembershipKind};
+use herald::store::{ContactUpsert, RunStatus};
+use support::ReceivedRequest;
+
+db::scenarios!["campaigns";
+    a_broadcast_reaches_its_audience_once,
+    a_drip_spreads_three_messages_over_a_week,
+    an_edit_reaches_the_messages_not_yet_sent,
+    a_paused_campaign_enrolls_nobody_until_resumed,
+    a_send_window_opens_on_each_recipients_clock,
+    the_admin_api_pauses_resumes_and_cancels_a_campaign,
+];
+
+const HOUR: Duration = Duration::from_secs(3600);
+const DAY: Duration = Duration::from_secs(24 * 3600);
+
+/// A contact with `email` on `lists`, with `tags` and `status`.
+fn contact(email: &str, lists: &[&str], tags: &[&str], status: Option<&str>) -> ContactUpsert {
+    let member = |kind, names: &[&str]| {
+        names
+            .iter()
+            .map(|n| Membership {
+                kind,
+                name: (*n).to_owned(),
+                member: true,
+            })
+            .collect::<Vec<_>>()
+    };
+    let mut memberships = member(MembershipKind::List, lists);
+    memberships.extend(member(MembershipKind::Tag, tags));
+    ContactUpsert {
+        new_id: herald::engine::new_id(),
+        email: Some(email.to_owned()),
+        status: status.map(str::to_owned),
+        timezone: match email {
+            "ann@example.com" => Some("America/Denver".into()),
+            "bob@example.com" => Some("Europe/Berlin".into()),
+            "cid@example.com" => Some("Asia/Tokyo".into()),
+            _ => None,
+        },
+        now: 0,
+        memberships,
+        ..ContactUpsert::default()
+    }
+}
+
+async fn seed(h: &Harness, contacts: &[ContactUpsert]) {
+    h.engine
+        .store
+        .insert_events(&[], &[], contacts, &[])
+        .await
+        .unwrap();
+}
+
+/// Who the HTTP sink received messages for, sorted, with the message text.
+fn received(requests: &[ReceivedRequest]) -> Vec<(String, String)> {
+    let mut out: Vec<_> = requests
+        .iter()
+        .map(|r| {
+            (
+                r.json["to"].as_str().unwrap_or_default().to_owned(),
+                r.json["body"].as_str().unwrap_or_default().to_owned(),
+            )
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+/// One tick of the driver, then everything it made due run and delivered.
+async fn tick(h: &Harness, scheduler: &Scheduler) {
+    scheduler.tick().await.unwrap();
+    h.settle().await;
+}
+
+const BROADCAST: &str = r#"
+kind: campaign
+id: spring-offer
+audience:
+  lists: [newsletter]
+  without_tags: [churned]
+  status: [lead, customer]
+schedule:
+  send_at: "2026-11-02T16:00:00Z"
+steps:
+  - id: offer
+    send:
+      channel: hook
+      to: "{{ contact.email }}"
+      body: "Spring offer for {{ contact.email }}"
+"#;
+
+async fn a_broadcast_reaches_its_audience_once(db: db::TestDb) {
+    let h = Harness::new(db, &[("workflows/spring-offer.yaml", BROADCAST)]).await;
+    seed(
+        &h,
+        &[
+            contact("ann@example.com", &["newsletter"], &[], Some("lead")),
+            contact(
+                "bob@example.com",
+                &["newsletter", "vip"],
+                &["vip"],
+                Some("customer"),
+            ),
+            contact(
+                "cid@example.com",
+                &["newsletter"],
+                &["churned"],
+                Some("lead"),
+            ),
+            contact("dee@example.com", &["other"], &[], Some("lead")),
+            contact("eve@example.com", &["newsletter"], &[], Some("lost")),
+        ],
+    )
+    .await;
+    let scheduler = Scheduler::new(h.engine.clone());
+
+    tick(&h, &scheduler).await;
+    assert!(
+        h.sink.requests().is_empty(),
+        "nothing is sent before send_at"
+    );
+    assert_eq!(h.engine.store.campaign("spring-offer").await.unwrap(), None);
+
+    h.clock.advance(HOUR);
+    tick(&h, &scheduler).await;
+    tick(&h, &scheduler).await;
+    h.clock.advance(Duration::from_secs(5));
+    tick(&h, &scheduler).await;
+    assert_eq!(
+        received(&h.sink.requests()),
+        vec![
+            (
+                "ann@example.com".into(),
+                "Spring offer for ann@example.com".into()
+            ),
+            (
+                "bob@example.com".into(),
+                "Spring offer for bob@example.com".into()
+            ),
+        ],
+        "the audience, each once: not the churned, the other list, or the lost"
+    );
+    let counts = h
+        .engine
+        .store
+        .campaign_counts("spring-offer")
+        .await
+        .unwrap();
+    assert_eq!((counts.enrolled, counts.finished, counts.active), (2, 2, 0));
+    assert_eq!(counts.steps.len(), 1);
+    assert_eq!(
+        (counts.steps[0].step.as_str(), counts.steps[0].sent),
+        ("offer", 2)
+    );
+    let row = h
+        .engine
+        .store
+        .campaign("spring-offer")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(row.state, campaign::COMPLETED);
+
+    // Every message says which campaign and step it is.
+    let messages = h
+        .engine
+        .store
+        .list_messages(&herald::store::OutboxFilter {
+            limit: 10,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    for m in &messages {
+        assert_eq!(m.headers["X-Herald-Campaign"], "spring-offer");
+        assert_eq!(m.headers["X-Herald-Step"], "offer");
+    }
+
+    // A contact who joins the list after the send is not enrolled in it.
+    seed(
+        &h,
+        &[contact(
+            "fay@example.com",
+            &["newsletter"],
+            &[],
+            Some("lead"),
+        )],
+    )
+    .await;
+    tick(&h, &scheduler).await;
+    assert_eq!(h.sink.requests().len(), 2);
+}
+
+const DRIP: &str = r#"
+kind: campaign
+id: onboarding
+schedule:
+  enrol: { event: lead.created }
+steps:
+  - id: who
+    upsert_contact: { email: "{{ event.key }}", lists: [onboarding] }
+  - id: welcome
+    send: { channel: hook, to: "{{ contact.email }}", body: "Welcome" }
+  - id: pause_3d
+    wait: 3d
+  - id: tips
+    send: { channel: hook, to: "{{ contact.email }}", body: "Tips" }
+  - id: pause_4d
+    wait: 4d
+  - id: offer
+    send: { channel: hook, to: "{{ contact.email }}", body: "Offer" }
+"#;
+
+async fn a_drip_spreads_three_messages_over_a_week(db: db::TestDb) {
+    let started = std::time::Instant::now();
+    let h = Harness::new(db, &[("workflows/onboarding.yaml", DRIP)]).await;
+    let t0 = h.at(Duration::ZERO);
+    h.engine
+        .emit(
+            "lead.created",
+            Some("ann@example.com"),
+            serde_json::json!({}),
+        )
+        .await
+        .unwrap();
+    h.settle().await;
+    // The same contact again: a campaign that does not `reenrol` enrolls once.
+    h.engine
+        .emit(
+            "lead.created",
+            Some("ann@example.com"),
+            serde_json::json!({}),
+        )
+        .await
+        .unwrap();
+    h.settle().await;
+    let texts = |h: &Harness| {
+        h.sink
+            .requests()
+            .iter()
+            .map(|r| r.json["body"].as_str().unwrap_or_default().to_owned())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(texts(&h), ["Welcome"]);
+    h.advance(3 * DAY - HOUR).await;
+    assert_eq!(texts(&h), ["Welcome"], "not before three days");
+    h.advance(HOUR).await;
+    assert_eq!(texts(&h), ["Welcome", "Tips"]);
+    h.advance(4 * DAY).await;
+    assert_eq!(texts(&h), ["Welcome", "Tips", "Offer"]);
+    let runs = h
+        .engine
+        .store
+        .list_runs(&herald::store::RunFilter {
+            workflow_id: Some("onboarding".into()),
+            limit: 10,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(runs.len(), 1);
+    assert_eq!(runs[0].status, RunStatus::Completed);
+    assert_eq!(h.engine.now() - t0, (7 * DAY).as_millis() as i64);
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "a week of drip on the virtual clock took {:?}",
+        started.elapsed()
+    );
+}
+
+const TWO_STEP: &str = r#"
+kind: campaign
+id: reactivate
+audience: { lists: [dormant] }
+schedule:
+  send_at: "2026-11-02T15:00:00Z"
+steps:
+  - id: first
+    send: { channel: hook, to: "{{ contact.email }}", body: "First, version 1" }
+  - id: later
+    wait: 1d
+  - id: second
+    send: { channel: hook, to: "{{ contact.email }}", body: "Second, version 1" }
+"#;
+
+async fn an_edit_reaches_the_messages_not_yet_sent(db: db::TestDb) {
+    let h = Harness::new(db, &[("workflows/reactivate.yaml", TWO_STEP)]).await;
+    seed(
+        &h,
+        &[
+            contact("ann@example.com", &["dormant"], &[], None),
+            contact("bob@example.com", &["dormant"], &[], None),
+        ],
+    )
+    .await;
+    let scheduler = Scheduler::new(h.engine.clone());
+    tick(&h, &scheduler).await;
+    assert_eq!(h.sink.requests().len(), 2);
+
+    h.write(
+        "workflows/reactivate.yaml",
+        &TWO_STEP.replace("Second, version 1", "Second, version 2"),
+    );
+    h.reload().await;
+    h.clock.advance(DAY);
+    tick(&h, &scheduler).await;
+    let bodies: Vec<String> = received(&h.sink.requests())
+        .into_iter()
+        .map(|(_, b)| b)
+        .collect();
+    assert_eq!(
+        bodies,
+        [
+            "First, version 1",
+            "Second, version 2",
+            "First, version 1",
+            "Second, version 2"
+        ]
+    );
+}
+
+async fn a_paused_campaign_enrolls_nobody_until_resumed(db: db::TestDb) {
+    let h = Harness::new(db, &[("workflows/reactivate.yaml", TWO_STEP)]).await;
+    seed(&h, &[contact("ann@example.com", &["dormant"], &[], None)]).await;
+    let scheduler = Scheduler::new(h.engine.clone());
+    campaign::pause(&h.engine, "reactivate").await.unwrap();
+    tick(&h, &scheduler).await;
+    assert!(h.sink.requests().is_empty());
+    assert_eq!(
+        campaign::pause(&h.engine, "no-such-campaign")
+            .await
+            .unwrap_err()
+            .to_string(),
+        "no campaign `no-such-campaign` is loaded"
+    );
+    campaign::resume(&h.engine, "reactivate").await.unwrap();
+    tick(&h, &scheduler).await;
+    assert_eq!(h.sink.requests().len(), 1);
+}
+
+const WINDOWED: &str = r#"
+kind: campaign
+id: windowed
+audience: { lists: [all] }
+schedule:
+  send_at: "2026-11-02T15:00:00Z"
+send_window: { start: "09:00", end: "20:00", days: [mon, tue, wed, thu, fri, sat] }
+steps:
+  - id: hello
+    send: { channel: hook, to: "{{ contact.email }}", body: "Hello" }
+"#;
+
+/// Monday 15:00 UTC is 08:00 in Denver (before the window), 16:00 in Berlin (inside it), and
+/// already Tuesday 00:00 in Tokyo (before it); a contact with no time zone is on UTC.
+async fn a_send_window_opens_on_each_recipients_clock(db: db::TestDb) {
+    let h = Harness::new(db, &[("workflows/windowed.yaml", WINDOWED)]).await;
+    seed(
+        &h,
+        &[
+            contact("ann@example.com", &["all"], &[], None),
+            contact("bob@example.com", &["all"], &[], None),
+            contact("cid@example.com", &["all"], &[], None),
+            contact("dee@example.com", &["all"], &[], None),
+        ],
+    )
+    .await;
+    let scheduler = Scheduler::new(h.engine.clone());
+    let sent = |h: &Harness| {
+        received(&h.sink.requests())
+            .into_iter()
+            .map(|(to, _)| to)
+            .collect::<Vec<_>>()
+    };
+    tick(&h, &scheduler).await;
+    assert_eq!(sent(&h), ["bob@example.com", "dee@example.com"]);
+    h.advance(HOUR - Duration::from_secs(1)).await;
+    assert_eq!(
+        sent(&h).len(),
+        2,
+        "Denver's window opens at 09:00 MST, not before"
+    );
+    h.advance(Duration::from_secs(1)).await;
+    assert_eq!(
+        sent(&h),
+        ["ann@example.com", "bob@example.com", "dee@example.com"]
+    );
+    h.advance(8 * HOUR).await;
+    assert_eq!(
+        sent(&h),
+        [
+            "ann@example.com",
+            "bob@example.com",
+            "cid@example.com",
+            "dee@example.com"
+        ],
+        "Tokyo's window opens at 09:00 JST, Tuesday 00:00 UTC"
+    );
+}
+
+const ADMIN_KEY: &str = "campaign-admin-key";
+
+async fn the_admin_api_pauses_resumes_and_cancels_a_campaign(db: db::TestDb) {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("herald.yaml"),
+        format!("channels:\n  hook: {{ provider: log }}\nadmin:\n  api_keys: [\"{ADMIN_KEY}\"]\n"),
+    )
+    .unwrap();
+    std::fs::create_dir_all(dir.path().join("workflows")).unwrap();
+    std::fs::write(dir.path().join("workflows/reactivate.yaml"), TWO_STEP).unwrap();
+    let clock = herald::engine::clock::VirtualClock::at(engine_support::START);
+    let env = herald::definitions::env::EnvSource::Map(Default::default());
+    let app = support::app::App::start(dir.path(), &env, db.store.clone(), &clock).await;
+    let http = reqwest::Client::new();
+    let call = |method: reqwest::Method, path: &str| {
+        http.request(method, app.url(&format!("/api{path}")))
+            .header("x-api-key", ADMIN_KEY)
+            .send()
+    };
+    let get = reqwest::Method::GET;
+    let post = reqwest::Method::POST;
+
+    let r = call(get.clone(), "/campaigns").await.unwrap();
+    assert_eq!(r.status(), 200);
+    let body: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(body["campaigns"][0]["id"], "reactivate");
+    assert_eq!(body["campaigns"][0]["state"], "scheduled");
+    assert_eq!(body["campaigns"][0]["kind"], "broadcast");
+
+    let r = call(post.clone(), "/campaigns/reactivate/resume")
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 409, "only a paused campaign resumes");
+    let r = call(post.clone(), "/campaigns/reactivate/pause")
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let body: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(body["state"], "paused");
+    let r = call(post.clone(), "/campaigns/reactivate/resume")
+        .await
+        .unwrap();
+    let body: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(body["state"], "running");
+    let r = call(post.clone(), "/campaigns/reactivate/cancel")
+        .await
+        .unwrap();
+    let body: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(body["state"], "cancelled");
+    let r = call(post.clone(), "/campaigns/reactivate/pause")
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 409, "a cancelled campaign stays cancelled");
+    let r = call(get, "/campaigns/nothing-here").await.unwrap();
+    assert_eq!(r.status(), 404);
+    drop(app);
+    drop(db);
+}
