@@ -6,6 +6,7 @@
 //! runs it over a project folder; `herald validate`, `herald serve` and hot reload all use
 //! that one path.
 
+pub mod alert;
 pub mod conversation;
 pub mod diagnostics;
 pub mod env;
@@ -48,6 +49,7 @@ pub struct Definition {
 pub enum Body {
     Workflow(Workflow),
     Conversation(conversation::Conversation),
+    Alert(Box<alert::Alert>),
 }
 
 impl Definition {
@@ -55,6 +57,7 @@ impl Definition {
         match self.body {
             Body::Workflow(_) => "workflow",
             Body::Conversation(_) => "conversation",
+            Body::Alert(_) => "alert",
         }
     }
 
@@ -64,13 +67,21 @@ impl Definition {
         match &self.body {
             Body::Workflow(w) => Some(w),
             Body::Conversation(c) => Some(&c.workflow),
+            Body::Alert(_) => None,
         }
     }
 
     pub fn as_conversation(&self) -> Option<&conversation::Conversation> {
         match &self.body {
             Body::Conversation(c) => Some(c),
-            Body::Workflow(_) => None,
+            Body::Workflow(_) | Body::Alert(_) => None,
+        }
+    }
+
+    pub fn as_alert(&self) -> Option<&alert::Alert> {
+        match &self.body {
+            Body::Alert(a) => Some(a.as_ref()),
+            _ => None,
         }
     }
 
@@ -170,12 +181,13 @@ pub fn read_definition(file: SourceFile) -> Result<Definition, Vec<Diagnostic>> 
     match kind.as_str() {
         "workflow" => read_workflow(file, doc),
         "conversation" => conversation::read(file, doc),
+        "alert" => alert::read(file, doc),
         k if PLANNED_KINDS.contains(&k) => {
             let d = Diagnostic::error(
                 "unsupported-kind",
                 format!("kind `{k}` is not supported by this version of Herald yet"),
             )
-            .with_hint("supported kinds: workflow, conversation");
+            .with_hint("supported kinds: workflow, conversation, alert");
             Err(vec![file.locate(d, doc.index.value("/kind"))])
         }
         k => {
@@ -183,7 +195,7 @@ pub fn read_definition(file: SourceFile) -> Result<Definition, Vec<Diagnostic>> 
             let mut d = Diagnostic::error("unknown-kind", format!("unknown kind `{k}`"));
             d = match suggest::did_you_mean(k, all) {
                 Some(s) => d.with_hint(format!("did you mean `{s}`?")),
-                None => d.with_hint("supported kinds: workflow, conversation"),
+                None => d.with_hint("supported kinds: workflow, conversation, alert"),
             };
             Err(vec![file.locate(d, doc.index.value("/kind"))])
         }

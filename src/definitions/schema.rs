@@ -34,14 +34,16 @@ pub enum SchemaKind {
     Config,
     Conversation,
     Test,
+    Alert,
 }
 
 impl SchemaKind {
-    pub const ALL: [SchemaKind; 4] = [
+    pub const ALL: [SchemaKind; 5] = [
         SchemaKind::Workflow,
         SchemaKind::Config,
         SchemaKind::Conversation,
         SchemaKind::Test,
+        SchemaKind::Alert,
     ];
 
     pub fn name(self) -> &'static str {
@@ -50,6 +52,7 @@ impl SchemaKind {
             SchemaKind::Config => "config",
             SchemaKind::Conversation => "conversation",
             SchemaKind::Test => "test",
+            SchemaKind::Alert => "alert",
         }
     }
 
@@ -64,7 +67,7 @@ impl SchemaKind {
 
 /// The definition kinds the design names, including those a later version will add. A file of a
 /// known-but-unsupported kind gets a precise message instead of "unknown kind".
-pub const PLANNED_KINDS: &[&str] = &["campaign", "alert"];
+pub const PLANNED_KINDS: &[&str] = &["campaign"];
 
 #[derive(Clone)]
 struct ExternallyTaggedAsProperties;
@@ -162,6 +165,7 @@ pub fn generate(kind: SchemaKind) -> Value {
         SchemaKind::Config => generator.into_root_schema_for::<ConfigDef>(),
         SchemaKind::Conversation => generator.into_root_schema_for::<ConversationDef>(),
         SchemaKind::Test => generator.into_root_schema_for::<TestDef>(),
+        SchemaKind::Alert => generator.into_root_schema_for::<super::model::alert::AlertDef>(),
     };
     let mut value = schema.to_value();
     if kind == SchemaKind::Workflow {

@@ -47,6 +47,8 @@ pub struct CompiledWorkflow {
     pub document: Value,
     /// Set for a conversation: its sessions' rules, beside the steps in `workflow`.
     pub conversation: Option<Arc<CompiledConversation>>,
+    /// Set for an alert: its rule. It has no triggers and no steps; `crate::alerts` evaluates it.
+    pub alert: Option<Arc<crate::definitions::alert::Alert>>,
 }
 
 /// A conversation's rules, ready to route messages by.
@@ -67,6 +69,37 @@ impl CompiledWorkflow {
         match &def.body {
             Body::Workflow(_) => CompiledWorkflow::compile_workflow(def, env),
             Body::Conversation(_) => CompiledWorkflow::compile_conversation(def, env),
+            Body::Alert(a) => Ok(CompiledWorkflow::compile_alert(def, a)),
+        }
+    }
+
+    /// An alert: no triggers and no steps, only its rule, which `crate::alerts` evaluates.
+    fn compile_alert(
+        def: &Definition,
+        alert: &crate::definitions::alert::Alert,
+    ) -> CompiledWorkflow {
+        let workflow = Workflow {
+            id: def.id.clone(),
+            description: alert.def.description.clone(),
+            metadata: alert.def.metadata.clone(),
+            on_update: crate::definitions::model::workflow::OnUpdate::Latest,
+            labels: Default::default(),
+            triggers: Vec::new(),
+            steps: Vec::new(),
+        };
+        CompiledWorkflow {
+            id: def.id.clone(),
+            metric_id: def.id.as_str().into(),
+            hash: def.hash.clone(),
+            locations: HashMap::new(),
+            program: Program::compile(&workflow.steps),
+            workflow,
+            verifiers: Vec::new(),
+            patterns: Vec::new(),
+            source: def.file.text.to_string(),
+            document: def.doc.value.clone(),
+            conversation: None,
+            alert: Some(Arc::new(alert.clone())),
         }
     }
 
@@ -114,6 +147,7 @@ impl CompiledWorkflow {
                 spec,
                 start_patterns,
             })),
+            alert: None,
         })
     }
 
@@ -184,6 +218,7 @@ impl CompiledWorkflow {
             source: def.file.text.to_string(),
             document: def.doc.value.clone(),
             conversation: None,
+            alert: None,
         })
     }
 
@@ -191,7 +226,9 @@ impl CompiledWorkflow {
         DefinitionVersion {
             hash: self.hash.clone(),
             id: self.id.clone(),
-            kind: if self.conversation.is_some() {
+            kind: if self.alert.is_some() {
+                "alert"
+            } else if self.conversation.is_some() {
                 "conversation"
             } else {
                 "workflow"
