@@ -114,6 +114,8 @@ pub struct Options {
     /// For phone numbers written without a country code (`contacts.default_region`).
     pub region: String,
     pub batch: usize,
+    /// Lists and tags every imported contact is put on (`--list`, `--tag`).
+    pub memberships: Vec<crate::store::campaigns::Membership>,
 }
 
 /// A row that did not go in, and why.
@@ -187,7 +189,7 @@ pub async fn import(
                 continue;
             }
         };
-        match upsert(&fields, &options.region, now) {
+        match upsert(&fields, options, now) {
             Ok(u) => {
                 if seen.again(&u) {
                     summary.duplicates += 1;
@@ -235,8 +237,12 @@ async fn write(
 
 /// One row's fields as a contact upsert, checked as the operations API checks a contact.
 /// Blank cells leave a field as it is: an import adds what it knows, it does not erase.
-fn upsert(fields: &Map<String, Value>, region: &str, now: Millis) -> Result<ContactUpsert, String> {
-    let patch = crate::engine::contact::patch_from_json(fields, region)?;
+fn upsert(
+    fields: &Map<String, Value>,
+    options: &Options,
+    now: Millis,
+) -> Result<ContactUpsert, String> {
+    let patch = crate::engine::contact::patch_from_json(fields, &options.region)?;
     let email = patch.email.flatten();
     let phone = patch.phone.flatten();
     if email.is_none() && phone.is_none() {
@@ -253,6 +259,7 @@ fn upsert(fields: &Map<String, Value>, region: &str, now: Millis) -> Result<Cont
         attributes: patch.attributes,
         addresses: Vec::new(),
         now,
+        memberships: options.memberships.clone(),
     })
 }
 

@@ -1,6 +1,7 @@
 //! Herald: a declarative workflow engine. Operators describe automation in YAML; Herald
 //! validates it, runs it durably and reloads it live.
 
+pub mod alerts;
 pub mod channels;
 pub mod cli;
 pub mod contact_import;

@@ -22,6 +22,7 @@ fn options(format: Format) -> Options {
         ],
         region: "US".into(),
         batch: contact_import::DEFAULT_BATCH,
+        memberships: Vec::new(),
     }
 }
 
@@ -272,6 +273,36 @@ fn the_command_reports_bad_rows_as_file_line_and_exits_1() {
     assert!(
         dir.path().join("people.db").exists(),
         "herald.yaml's database"
+    );
+
+    // `--list` and `--tag` put everyone imported on them, as a campaign's audience selects.
+    let out = run(&[
+        "contacts",
+        "import",
+        "people.csv",
+        "--list",
+        "spring",
+        "--tag",
+        "csv",
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    let members = tokio::runtime::Runtime::new().unwrap().block_on(async {
+        let url = format!("sqlite://{}", dir.path().join("people.db").display());
+        let pool = sqlx::SqlitePool::connect(&url).await.unwrap();
+        let lists: Vec<(String,)> = sqlx::query_as("SELECT list FROM contact_lists")
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+        let tags: Vec<(String,)> = sqlx::query_as("SELECT tag FROM contact_tags")
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+        (lists, tags)
+    });
+    assert_eq!(
+        members,
+        (vec![("spring".to_owned(),)], vec![("csv".to_owned(),)]),
+        "the one good row's contact, on the list and tagged"
     );
 
     // A mapping to nowhere, and a file it cannot read, are usage errors (exit 2) that say so.

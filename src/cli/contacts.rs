@@ -10,6 +10,7 @@ use super::{UsageError, dir_or_current};
 use crate::contact_import::{self, Format, Options, Target};
 use crate::definitions::env::EnvSource;
 use crate::definitions::project::{self, EnvMode, Layout, LoadOptions};
+use crate::store::campaigns::{Membership, MembershipKind};
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -47,6 +48,13 @@ struct ImportArgs {
     /// Read `NAME=value` lines from this file before the environment, for `${env:NAME}`.
     #[arg(long, value_name = "FILE")]
     env_file: Option<PathBuf>,
+    /// Put every imported contact on this list (repeat for several): what a campaign's
+    /// `audience` selects by.
+    #[arg(long = "list", value_name = "NAME")]
+    lists: Vec<String>,
+    /// Tag every imported contact with this (repeat for several).
+    #[arg(long = "tag", value_name = "NAME")]
+    tags: Vec<String>,
     /// Rows per transaction.
     #[arg(long, default_value_t = contact_import::DEFAULT_BATCH, value_name = "ROWS")]
     batch: usize,
@@ -119,6 +127,7 @@ async fn import(args: ImportArgs) -> Result<ExitCode, UsageError> {
         mapping,
         region: config.contacts.default_region.clone(),
         batch: args.batch,
+        memberships: memberships(&args.lists, &args.tags)?,
     };
 
     let shown = args.file.display().to_string();
@@ -190,4 +199,25 @@ async fn import(args: ImportArgs) -> Result<ExitCode, UsageError> {
     } else {
         ExitCode::from(1)
     })
+}
+
+fn memberships(lists: &[String], tags: &[String]) -> Result<Vec<Membership>, UsageError> {
+    let mut out = Vec::new();
+    for (kind, names, flag) in [
+        (MembershipKind::List, lists, "--list"),
+        (MembershipKind::Tag, tags, "--tag"),
+    ] {
+        for name in names {
+            let name = name.trim();
+            if name.is_empty() {
+                return Err(UsageError(format!("{flag} needs a name")));
+            }
+            out.push(Membership {
+                kind,
+                name: name.to_owned(),
+                member: true,
+            });
+        }
+    }
+    Ok(out)
 }

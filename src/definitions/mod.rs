@@ -6,6 +6,7 @@
 //! runs it over a project folder; `herald validate`, `herald serve` and hot reload all use
 //! that one path.
 
+pub mod alert;
 pub mod campaign;
 pub mod conversation;
 pub mod diagnostics;
@@ -28,7 +29,7 @@ use model::common::{DefinitionId, Metadata};
 use model::step::{Step, resolve_steps};
 use model::trigger::Trigger;
 use model::workflow::{OnUpdate, WorkflowDef};
-use schema::{PLANNED_KINDS, SchemaKind, Schemas};
+use schema::{SchemaKind, Schemas};
 use source::{Parsed, SourceFile};
 
 /// One definition file, validated on its own (the semantic pass checks the set).
@@ -50,6 +51,7 @@ pub enum Body {
     Workflow(Workflow),
     Conversation(conversation::Conversation),
     Campaign(campaign::Campaign),
+    Alert(Box<alert::Alert>),
 }
 
 impl Definition {
@@ -58,6 +60,7 @@ impl Definition {
             Body::Workflow(_) => "workflow",
             Body::Conversation(_) => "conversation",
             Body::Campaign(_) => "campaign",
+            Body::Alert(_) => "alert",
         }
     }
 
@@ -68,19 +71,27 @@ impl Definition {
             Body::Workflow(w) => Some(w),
             Body::Conversation(c) => Some(&c.workflow),
             Body::Campaign(c) => Some(&c.workflow),
+            Body::Alert(_) => None,
         }
     }
 
     pub fn as_conversation(&self) -> Option<&conversation::Conversation> {
         match &self.body {
             Body::Conversation(c) => Some(c),
-            Body::Workflow(_) | Body::Campaign(_) => None,
+            _ => None,
         }
     }
 
     pub fn as_campaign(&self) -> Option<&campaign::Campaign> {
         match &self.body {
             Body::Campaign(c) => Some(c),
+            _ => None,
+        }
+    }
+
+    pub fn as_alert(&self) -> Option<&alert::Alert> {
+        match &self.body {
+            Body::Alert(a) => Some(a.as_ref()),
             _ => None,
         }
     }
@@ -182,20 +193,13 @@ pub fn read_definition(file: SourceFile) -> Result<Definition, Vec<Diagnostic>> 
         "workflow" => read_workflow(file, doc),
         "conversation" => conversation::read(file, doc),
         "campaign" => campaign::read(file, doc),
-        k if PLANNED_KINDS.contains(&k) => {
-            let d = Diagnostic::error(
-                "unsupported-kind",
-                format!("kind `{k}` is not supported by this version of Herald yet"),
-            )
-            .with_hint("supported kinds: workflow, conversation, campaign");
-            Err(vec![file.locate(d, doc.index.value("/kind"))])
-        }
+        "alert" => alert::read(file, doc),
         k => {
             let all = ["workflow", "conversation", "campaign", "alert"];
             let mut d = Diagnostic::error("unknown-kind", format!("unknown kind `{k}`"));
             d = match suggest::did_you_mean(k, all) {
                 Some(s) => d.with_hint(format!("did you mean `{s}`?")),
-                None => d.with_hint("supported kinds: workflow, conversation, campaign"),
+                None => d.with_hint("supported kinds: workflow, conversation, campaign, alert"),
             };
             Err(vec![file.locate(d, doc.index.value("/kind"))])
         }

@@ -35,15 +35,17 @@ pub enum SchemaKind {
     Conversation,
     Test,
     Campaign,
+    Alert,
 }
 
 impl SchemaKind {
-    pub const ALL: [SchemaKind; 5] = [
+    pub const ALL: [SchemaKind; 6] = [
         SchemaKind::Workflow,
         SchemaKind::Config,
         SchemaKind::Conversation,
         SchemaKind::Test,
         SchemaKind::Campaign,
+        SchemaKind::Alert,
     ];
 
     pub fn name(self) -> &'static str {
@@ -53,6 +55,7 @@ impl SchemaKind {
             SchemaKind::Conversation => "conversation",
             SchemaKind::Test => "test",
             SchemaKind::Campaign => "campaign",
+            SchemaKind::Alert => "alert",
         }
     }
 
@@ -64,10 +67,6 @@ impl SchemaKind {
         format!("{}.json", self.name())
     }
 }
-
-/// The definition kinds the design names, including those a later version will add. A file of a
-/// known-but-unsupported kind gets a precise message instead of "unknown kind".
-pub const PLANNED_KINDS: &[&str] = &["alert"];
 
 #[derive(Clone)]
 struct ExternallyTaggedAsProperties;
@@ -168,6 +167,7 @@ pub fn generate(kind: SchemaKind) -> Value {
         SchemaKind::Campaign => {
             generator.into_root_schema_for::<super::model::campaign::CampaignDef>()
         }
+        SchemaKind::Alert => generator.into_root_schema_for::<super::model::alert::AlertDef>(),
     };
     let mut value = schema.to_value();
     // A campaign's recipients go through workflow steps, not a conversation's.

@@ -36,6 +36,9 @@ use crate::triggers::cron::{parse_schedule, parse_timezone};
 #[path = "semantic_conversation.rs"]
 mod conversation;
 
+#[path = "semantic_alert.rs"]
+pub mod alert;
+
 /// Names every expression may use, whatever started the run.
 pub const CONTEXT_ROOTS: &[&str] = &[
     "trigger", "body", "headers", "query", "params", "event", "message", "input", "vars", "steps",
@@ -193,6 +196,11 @@ fn check_all(project: &Project, opts: &LoadOptions, texts: &mut CompiledTexts) -
     let workflow_ids: Vec<&str> = defs.iter().map(|d| d.id.as_str()).collect();
     let mut listened: HashSet<&str> = HashSet::new();
     for def in defs {
+        if let Some(a) = def.as_alert()
+            && let super::model::alert::AlertSource::Events(e) = &a.def.source
+        {
+            listened.extend(e.name.names().iter().map(String::as_str));
+        }
         let Some(wf) = def.as_workflow() else {
             continue;
         };
@@ -242,6 +250,9 @@ fn check_all(project: &Project, opts: &LoadOptions, texts: &mut CompiledTexts) -
                 out: &mut out,
             };
             c.run();
+        }
+        if let Some(a) = def.as_alert() {
+            alert::check(def, a, env, &globals, &mut out);
         }
     }
 

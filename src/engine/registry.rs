@@ -49,6 +49,8 @@ pub struct CompiledWorkflow {
     pub conversation: Option<Arc<CompiledConversation>>,
     /// Set for a campaign: its audience and schedule, beside the steps in `workflow`.
     pub campaign: Option<Arc<crate::definitions::campaign::Campaign>>,
+    /// Set for an alert: its rule. It has no triggers and no steps; `crate::alerts` evaluates it.
+    pub alert: Option<Arc<crate::definitions::alert::Alert>>,
 }
 
 /// A conversation's rules, ready to route messages by.
@@ -70,6 +72,38 @@ impl CompiledWorkflow {
             Body::Workflow(_) => CompiledWorkflow::compile_workflow(def, env),
             Body::Conversation(_) => CompiledWorkflow::compile_conversation(def, env),
             Body::Campaign(_) => CompiledWorkflow::compile_campaign(def, env),
+            Body::Alert(a) => Ok(CompiledWorkflow::compile_alert(def, a)),
+        }
+    }
+
+    /// An alert: no triggers and no steps, only its rule, which `crate::alerts` evaluates.
+    fn compile_alert(
+        def: &Definition,
+        alert: &crate::definitions::alert::Alert,
+    ) -> CompiledWorkflow {
+        let workflow = Workflow {
+            id: def.id.clone(),
+            description: alert.def.description.clone(),
+            metadata: alert.def.metadata.clone(),
+            on_update: crate::definitions::model::workflow::OnUpdate::Latest,
+            labels: Default::default(),
+            triggers: Vec::new(),
+            steps: Vec::new(),
+        };
+        CompiledWorkflow {
+            id: def.id.clone(),
+            metric_id: def.id.as_str().into(),
+            hash: def.hash.clone(),
+            locations: HashMap::new(),
+            program: Program::compile(&workflow.steps),
+            workflow,
+            verifiers: Vec::new(),
+            patterns: Vec::new(),
+            source: def.file.text.to_string(),
+            document: def.doc.value.clone(),
+            conversation: None,
+            campaign: None,
+            alert: Some(Arc::new(alert.clone())),
         }
     }
 
@@ -107,6 +141,7 @@ impl CompiledWorkflow {
             document: def.doc.value.clone(),
             conversation: None,
             campaign: Some(Arc::new(spec)),
+            alert: None,
         })
     }
 
@@ -155,6 +190,7 @@ impl CompiledWorkflow {
                 start_patterns,
             })),
             campaign: None,
+            alert: None,
         })
     }
 
@@ -226,6 +262,7 @@ impl CompiledWorkflow {
             document: def.doc.value.clone(),
             conversation: None,
             campaign: None,
+            alert: None,
         })
     }
 
@@ -233,7 +270,9 @@ impl CompiledWorkflow {
         DefinitionVersion {
             hash: self.hash.clone(),
             id: self.id.clone(),
-            kind: if self.conversation.is_some() {
+            kind: if self.alert.is_some() {
+                "alert"
+            } else if self.conversation.is_some() {
                 "conversation"
             } else if self.campaign.is_some() {
                 "campaign"

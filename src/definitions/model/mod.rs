@@ -1,5 +1,6 @@
 //! The definition model: serde types, from which the JSON Schemas in `schemas/` are generated.
 
+pub mod alert;
 pub mod campaign;
 pub mod common;
 mod compact;

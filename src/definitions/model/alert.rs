@@ -1,0 +1,224 @@
+//! `kind: alert`: a threshold over what Herald sees, with Prometheus's semantics: a condition
+//! that must hold `for` a while before the alert fires, hysteresis to stop it flapping, and a
+//! severity, labels and annotations for whoever is told.
+
+use indexmap::IndexMap;
+use schemars::JsonSchema;
+use serde::Deserialize;
+
+use super::common::{DefinitionId, Duration, Metadata, Template};
+
+/// An alert definition, as written in a file under workflows/ beside the workflows.
+#[derive(Debug, Clone, PartialEq, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+#[schemars(title = "Herald alert")]
+pub struct AlertDef {
+    /// Always `alert` for this kind.
+    pub kind: AlertKind,
+    /// A unique id across all definitions; it is the alert's `alertname`.
+    pub id: DefinitionId,
+    /// What this alert means, in a sentence.
+    #[serde(default)]
+    pub description: Option<String>,
+    #[serde(default)]
+    pub metadata: Metadata,
+    /// How often the condition is evaluated.
+    #[serde(default = "AlertDef::default_every")]
+    pub every: Duration,
+    /// What the condition reads: exactly one source.
+    pub source: AlertSource,
+    /// When the alert is active: a comparison and a number, such as `> 0.05` or `< 0.95`,
+    /// applied to the source's value.
+    pub condition: String,
+    /// A firing alert resolves only once this holds (`< 0.03` for `condition: "> 0.05"`),
+    /// instead of as soon as the condition stops holding: hysteresis.
+    #[serde(default)]
+    pub resolve: Option<String>,
+    /// How long the condition must hold before the alert fires; until then it is pending.
+    /// A single evaluation where it does not hold starts the wait again.
+    #[serde(default, rename = "for")]
+    pub for_: Option<Duration>,
+    /// How long a firing alert keeps firing after its condition stops holding.
+    #[serde(default)]
+    pub keep_firing_for: Option<Duration>,
+    /// What an evaluation with no events in the window means: `ok` (the condition does not
+    /// hold), `alerting` (it holds) or `keep_state` (nothing changes).
+    #[serde(default)]
+    pub no_data: NoData,
+    /// How urgent it is; routes and inhibition use it.
+    #[serde(default)]
+    pub severity: Severity,
+    /// Labels every instance carries, rendered with `value` and `labels` (the group's).
+    #[serde(default)]
+    pub labels: IndexMap<String, Template>,
+    /// Text for people (`summary`, `description`, `runbook_url`, ...), rendered with `value`
+    /// and `labels`.
+    #[serde(default)]
+    pub annotations: IndexMap<String, Template>,
+}
+
+impl AlertDef {
+    pub fn default_every() -> Duration {
+        Duration::from_secs(30)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum AlertKind {
+    Alert,
+}
+
+/// Where an alert's value comes from.
+#[derive(Debug, Clone, PartialEq, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum AlertSource {
+    /// An aggregate over the events workflows emit and `POST /api/events` receives, over a
+    /// sliding window.
+    Events(EventsSource),
+    /// Herald's own measurements (not supported yet).
+    Metric(serde_json::Map<String, serde_json::Value>),
+    /// An HTTP check on an interval (not supported yet).
+    Probe(serde_json::Map<String, serde_json::Value>),
+}
+
+impl AlertSource {
+    pub fn key(&self) -> &'static str {
+        match self {
+            AlertSource::Events(_) => "events",
+            AlertSource::Metric(_) => "metric",
+            AlertSource::Probe(_) => "probe",
+        }
+    }
+}
+
+/// An aggregate over events of one name.
+#[derive(Debug, Clone, PartialEq, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct EventsSource {
+    /// The event's name, such as `payment.attempted`, or several names
+    /// (`[message.delivered, message.failed]`), whose events are aggregated together.
+    pub name: EventNames,
+    /// How far back the aggregate looks.
+    pub window: Duration,
+    /// How the window's events make one value.
+    pub aggregate: Aggregate,
+    /// The numeric field for `avg`, `max`, `p50`, `p95` and `p99`, or the field whose
+    /// different values `distinct` counts. Fields are paths in the event: `name`, `key`, or
+    /// `data.` and a dotted path in its data (`data.latency_ms`, `data.customer.id`).
+    #[serde(default)]
+    pub field: Option<String>,
+    /// Only events with these values count: `{ data.provider: stripe }`.
+    #[serde(default, rename = "where")]
+    pub where_: IndexMap<String, serde_json::Value>,
+    /// For `ratio`: the events counted over all of the window's, such as
+    /// `{ data.status: failed }` or `{ name: message.delivered }`.
+    #[serde(default)]
+    pub matching: IndexMap<String, serde_json::Value>,
+    /// A field of the event (`data.channel`): one alert instance per value, labelled with the
+    /// field's last name (`channel`).
+    #[serde(default)]
+    pub group_by: Option<String>,
+    /// Fewer events than this in the window is no data, so a ratio over two events does not
+    /// fire.
+    #[serde(default)]
+    pub min_events: u64,
+}
+
+/// One event name or several.
+#[derive(Debug, Clone, PartialEq, Deserialize, JsonSchema)]
+#[serde(untagged)]
+pub enum EventNames {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl EventNames {
+    pub fn names(&self) -> &[String] {
+        match self {
+            EventNames::One(n) => std::slice::from_ref(n),
+            EventNames::Many(ns) => ns,
+        }
+    }
+}
+
+/// How a window's events make one value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Aggregate {
+    /// How many events.
+    Count,
+    /// Events per second over the window.
+    Rate,
+    /// The share of events that are `matching`, from 0 to 1.
+    Ratio,
+    /// The mean of `field`.
+    Avg,
+    /// The largest `field`.
+    Max,
+    /// The median of `field`.
+    P50,
+    /// The 95th percentile of `field`.
+    P95,
+    /// The 99th percentile of `field`.
+    P99,
+    /// How many different values `field` has.
+    Distinct,
+}
+
+impl Aggregate {
+    /// Whether it reads `field`.
+    pub fn needs_field(self) -> bool {
+        !matches!(self, Aggregate::Count | Aggregate::Rate | Aggregate::Ratio)
+    }
+
+    /// Whether it reads `field` as a number.
+    pub fn numeric(self) -> bool {
+        self.needs_field() && self != Aggregate::Distinct
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Aggregate::Count => "count",
+            Aggregate::Rate => "rate",
+            Aggregate::Ratio => "ratio",
+            Aggregate::Avg => "avg",
+            Aggregate::Max => "max",
+            Aggregate::P50 => "p50",
+            Aggregate::P95 => "p95",
+            Aggregate::P99 => "p99",
+            Aggregate::Distinct => "distinct",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum NoData {
+    /// No data: the condition does not hold.
+    #[default]
+    Ok,
+    /// No data: the condition holds (something that should report has gone quiet).
+    Alerting,
+    /// No data: the alert stays as it is.
+    KeepState,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Severity {
+    Info,
+    #[default]
+    Warning,
+    Critical,
+}
+
+impl Severity {
+    pub fn name(self) -> &'static str {
+        match self {
+            Severity::Info => "info",
+            Severity::Warning => "warning",
+            Severity::Critical => "critical",
+        }
+    }
+}

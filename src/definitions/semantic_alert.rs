@@ -1,0 +1,245 @@
+//! The semantic checks of an alert: what its schema cannot say. An aggregate that reads a
+//! field has one (and one that does not, has none), a ratio says what it counts, filters
+//! compare with plain values, a resolve threshold lies on the resolving side of the
+//! condition, and its labels and annotations compile and use only `value` and `labels`.
+
+use std::collections::HashSet;
+
+use minijinja::Environment;
+use serde_json::Value;
+
+use crate::definitions::Definition;
+use crate::definitions::alert::{Alert, Op};
+use crate::definitions::diagnostics::Diagnostic;
+use crate::definitions::model::alert::{AlertSource, EventsSource};
+use crate::templates::describe_error;
+
+/// The names an alert's labels and annotations see.
+pub const ALERT_ROOTS: &[&str] = &["value", "labels"];
+
+pub(super) fn check(
+    def: &Definition,
+    alert: &Alert,
+    env: &Environment<'static>,
+    globals: &HashSet<String>,
+    out: &mut Vec<Diagnostic>,
+) {
+    let mut error = |pointer: &str, d: Diagnostic, key: bool| {
+        out.push(if key {
+            def.at_key(pointer, d)
+        } else {
+            def.at_value(pointer, d)
+        });
+    };
+    match &alert.def.source {
+        AlertSource::Events(e) => check_events(e, &mut error),
+        other => {
+            let k = other.key();
+            let d = Diagnostic::error(
+                "unsupported-source",
+                format!("an alert's `{k}` source is not supported yet"),
+            )
+            .with_hint("use `events:`, an aggregate over the events workflows emit and POST /api/events receives");
+            error(&format!("/source/{k}"), d, true);
+        }
+    }
+    if alert.def.every.as_std().is_zero() {
+        error(
+            "/every",
+            Diagnostic::error(
+                "invalid-duration",
+                "an alert is evaluated at least every 1s, not every 0s",
+            ),
+            false,
+        );
+    }
+    if let Some(r) = &alert.resolve {
+        let c = &alert.condition;
+        let wrong = match (c.op.direction(), r.op.direction()) {
+            (Some(fire_high), Some(resolve_high)) if fire_high != resolve_high => {
+                // The resolve threshold must not resolve a value that still fires.
+                (fire_high && r.value > c.value) || (!fire_high && r.value < c.value)
+            }
+            _ => true,
+        };
+        if wrong {
+            let hint = match c.op {
+                Op::Gt | Op::Ge => format!(
+                    "for `condition: \"{c}\"`, write a lower bound such as `resolve: \"< {}\"`",
+                    c.value
+                ),
+                Op::Lt | Op::Le => format!(
+                    "for `condition: \"{c}\"`, write an upper bound such as `resolve: \"> {}\"`",
+                    c.value
+                ),
+                Op::Eq | Op::Ne => {
+                    "a resolve threshold goes with a condition written with >, >=, < or <="
+                        .to_owned()
+                }
+            };
+            let d = Diagnostic::error(
+                "invalid-threshold",
+                format!("`resolve: \"{r}\"` does not resolve on the other side of `condition: \"{c}\"`: an alert could resolve while its condition still holds"),
+            )
+            .with_hint(hint);
+            error("/resolve", d, false);
+        }
+    }
+    let texts = alert
+        .def
+        .labels
+        .iter()
+        .map(|(k, t)| {
+            (
+                format!("/labels/{}", crate::definitions::source::escape_token(k)),
+                t,
+            )
+        })
+        .chain(alert.def.annotations.iter().map(|(k, t)| {
+            (
+                format!(
+                    "/annotations/{}",
+                    crate::definitions::source::escape_token(k)
+                ),
+                t,
+            )
+        }));
+    for (pointer, text) in texts {
+        match env.template_from_str(text.as_str()) {
+            Err(e) => error(
+                &pointer,
+                Diagnostic::error("invalid-template", describe_error(&e)),
+                false,
+            ),
+            Ok(t) => {
+                let mut unknown: Vec<String> = t
+                    .undeclared_variables(false)
+                    .into_iter()
+                    .filter(|v| !ALERT_ROOTS.contains(&v.as_str()) && !globals.contains(v))
+                    .collect();
+                unknown.sort();
+                if let Some(v) = unknown.first() {
+                    let hint = match crate::definitions::suggest::did_you_mean(v, ALERT_ROOTS.iter().copied()) {
+                        Some(s) => format!("did you mean `{s}`? An alert's labels and annotations see `value` and `labels`"),
+                        None => "an alert's labels and annotations see `value` (the aggregate) and `labels` (the group's and the alert's)".to_owned(),
+                    };
+                    let d = Diagnostic::error(
+                        "unknown-variable",
+                        format!("unknown variable `{v}` in an alert's text"),
+                    )
+                    .with_hint(hint);
+                    error(&pointer, d, false);
+                }
+            }
+        }
+    }
+}
+
+fn check_events(e: &EventsSource, error: &mut impl FnMut(&str, Diagnostic, bool)) {
+    let base = "/source/events";
+    let agg = e.aggregate;
+    match (&e.field, agg.needs_field()) {
+        (None, true) => {
+            let d = Diagnostic::error(
+                "missing-field",
+                format!(
+                    "`aggregate: {}` reads a field, and no `field` is given",
+                    agg.name()
+                ),
+            )
+            .with_hint("name the event data's field, such as `field: latency_ms`");
+            error(&format!("{base}/aggregate"), d, false);
+        }
+        (Some(_), false) => {
+            let d = Diagnostic::error(
+                "unused-field",
+                format!(
+                    "`aggregate: {}` reads no field, so `field` has no effect",
+                    agg.name()
+                ),
+            )
+            .with_hint("`field` goes with avg, max, p50, p95, p99 and distinct");
+            error(&format!("{base}/field"), d, true);
+        }
+        _ => {}
+    }
+    if let Some(f) = &e.field {
+        check_path(f, &format!("{base}/field"), false, error);
+    }
+    if let Some(g) = &e.group_by {
+        check_path(g, &format!("{base}/group_by"), false, error);
+    }
+    let ratio = agg == crate::definitions::model::alert::Aggregate::Ratio;
+    if ratio && e.matching.is_empty() {
+        let d = Diagnostic::error(
+            "missing-field",
+            "`aggregate: ratio` counts the `matching` events over all of them, and no `matching` is given",
+        )
+        .with_hint("such as `matching: { status: failed }`");
+        error(&format!("{base}/aggregate"), d, false);
+    }
+    if !ratio && !e.matching.is_empty() {
+        let d = Diagnostic::error(
+            "unused-field",
+            format!(
+                "`matching` goes with `aggregate: ratio`, not `{}`",
+                agg.name()
+            ),
+        )
+        .with_hint("to count only some events, use `where`");
+        error(&format!("{base}/matching"), d, true);
+    }
+    if e.window.as_std().is_zero() {
+        error(
+            &format!("{base}/window"),
+            Diagnostic::error("invalid-duration", "a window of 0s holds no events"),
+            false,
+        );
+    }
+    for (what, filter) in [("where", &e.where_), ("matching", &e.matching)] {
+        for (k, v) in filter {
+            let pointer = format!(
+                "{base}/{what}/{}",
+                crate::definitions::source::escape_token(k)
+            );
+            check_path(k, &pointer, true, error);
+            if matches!(v, Value::Array(_) | Value::Object(_) | Value::Null) {
+                let d = Diagnostic::error(
+                    "wrong-type",
+                    format!("`{what}` compares `{k}` with a text, a number or true/false"),
+                );
+                error(&pointer, d, false);
+            }
+        }
+    }
+}
+
+fn check_path(
+    path: &str,
+    pointer: &str,
+    at_key: bool,
+    error: &mut impl FnMut(&str, Diagnostic, bool),
+) {
+    let mut parts = path.split('.');
+    let root = parts.next().unwrap_or_default();
+    let ok = match root {
+        "name" | "key" => parts.next().is_none(),
+        "data" => !path.split('.').any(str::is_empty),
+        _ => false,
+    };
+    if !ok {
+        let hint = if !path.split('.').any(str::is_empty) {
+            format!(
+                "fields are `name`, `key` or `data.` and a path in the event's data: did you mean `data.{path}`?"
+            )
+        } else {
+            "fields are `name`, `key` or `data.` and a path in the event's data, such as `data.latency_ms`".to_owned()
+        };
+        let d = Diagnostic::error(
+            "invalid-field",
+            format!("`{path}` is not a field of an event"),
+        )
+        .with_hint(hint);
+        error(pointer, d, at_key);
+    }
+}

@@ -1,0 +1,363 @@
+//! `kind: alert`: validation with positions, the events aggregates, and the state machine's
+//! edge cases (flapping with and without hysteresis, no data, `for` interrupted, `keep_firing_for`).
+
+use herald::alerts::{AlertState, Event, Phase, Transition, evaluate, step};
+use herald::definitions::alert::Alert;
+use herald::definitions::model::alert::{AlertSource, EventsSource};
+use herald::definitions::project::{EnvMode, Layout, LoadOptions, load};
+use herald::definitions::read_definition;
+use herald::definitions::source::SourceFile;
+use serde_json::{Value, json};
+
+const MIN: i64 = 60_000;
+
+fn alert(yaml: &str) -> Alert {
+    let def = read_definition(SourceFile::new("a.yaml", yaml))
+        .unwrap_or_else(|d| panic!("{}", d.iter().map(|d| d.render(false)).collect::<String>()));
+    def.as_alert().expect("an alert").clone()
+}
+
+fn events_source(a: &Alert) -> &EventsSource {
+    match &a.def.source {
+        AlertSource::Events(e) => e,
+        other => panic!("not an events source: {other:?}"),
+    }
+}
+
+fn ev(name: &str, data: Value, at: i64) -> Event {
+    Event {
+        name: name.into(),
+        key: None,
+        data,
+        at,
+    }
+}
+
+fn validate(files: &[(&str, &str)]) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("workflows")).unwrap();
+    for (name, text) in files {
+        std::fs::write(dir.path().join("workflows").join(name), text).unwrap();
+    }
+    let layout = Layout::discover(dir.path()).unwrap();
+    let (_, report) = load(&layout, &LoadOptions::new(EnvMode::Validate));
+    report.diagnostics.iter().map(|d| d.render(false)).collect()
+}
+
+#[test]
+fn an_alert_is_validated_with_positions() {
+    let text = validate(&[(
+        "a.yaml",
+        r#"kind: alert
+id: bad
+source:
+  events:
+    name: payment.attempted
+    window: 1h
+    aggregate: p95
+    group_by: channel
+    matching: { status: failed }
+condition: "> 5%"
+resolve: "< 6%"
+annotations:
+  summary: "{{ vlaue }}"
+"#,
+    )]);
+    for want in [
+        "a.yaml:7:16: error: `aggregate: p95` reads a field, and no `field` is given",
+        "a.yaml:8:15: error: `channel` is not a field of an event",
+        "did you mean `data.channel`?",
+        "a.yaml:9:5: error: `matching` goes with `aggregate: ratio`, not `p95`",
+        "a.yaml:9:17: error: `status` is not a field of an event",
+        "a.yaml:11:10: error: `resolve: \"< 0.06\"` does not resolve on the other side",
+        "a.yaml:13:12: error: unknown variable `vlaue`",
+        "did you mean `value`?",
+    ] {
+        assert!(text.contains(want), "missing {want:?} in:\n{text}");
+    }
+}
+
+#[test]
+fn a_bad_threshold_an_unknown_field_and_unsupported_sources_are_reported() {
+    let text = validate(&[
+        (
+            "t.yaml",
+            "kind: alert\nid: t\nsource:\n  events: { name: x, window: 1h, aggregate: count }\ncondition: \"over 5\"\n",
+        ),
+        (
+            "u.yaml",
+            "kind: alert\nid: u\nsource:\n  events: { name: x, window: 1h, aggregate: count }\ncondition: \"> 5\"\nfro: 5m\n",
+        ),
+        (
+            "m.yaml",
+            "kind: alert\nid: m\nsource:\n  metric: { name: delivery_rate }\ncondition: \"< 0.95\"\n",
+        ),
+    ]);
+    for want in [
+        "t.yaml:5:12: error: `over 5` is not a threshold",
+        "u.yaml:6:1: error: unknown field `fro`",
+        "did you mean `for`?",
+        "m.yaml:4:3: error: an alert's `metric` source is not supported yet",
+    ] {
+        assert!(text.contains(want), "missing {want:?} in:\n{text}");
+    }
+}
+
+#[test]
+fn the_shipped_alerts_validate() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut alerts = 0;
+    for entry in std::fs::read_dir(root.join("workflows")).unwrap().flatten() {
+        let text = std::fs::read_to_string(entry.path()).unwrap();
+        if text.contains("\nkind: alert\n") {
+            alert(&text);
+            alerts += 1;
+        }
+    }
+    assert!(alerts >= 6, "{alerts} alerts in workflows/");
+}
+
+const RATIO: &str = r#"kind: alert
+id: payment-failures
+source:
+  events:
+    name: payment.attempted
+    window: 1h
+    aggregate: ratio
+    matching: { data.status: failed }
+    where: { data.live: true }
+    min_events: 4
+condition: "> 5%"
+"#;
+
+#[test]
+fn a_ratio_counts_matching_events_over_the_window_and_needs_min_events() {
+    let a = alert(RATIO);
+    let src = events_source(&a);
+    let now = 120 * MIN;
+    let mut evs = vec![
+        ev(
+            "payment.attempted",
+            json!({"status": "failed", "live": true}),
+            now - 10 * MIN,
+        ),
+        ev(
+            "payment.attempted",
+            json!({"status": "ok", "live": true}),
+            now - 20 * MIN,
+        ),
+        ev(
+            "payment.attempted",
+            json!({"status": "ok", "live": true}),
+            now - 30 * MIN,
+        ),
+    ];
+    // Three events: under min_events, so no data, not 33 %.
+    assert_eq!(evaluate(src, &evs, now)[0].value, None);
+    evs.push(ev(
+        "payment.attempted",
+        json!({"status": "ok", "live": true}),
+        now - 40 * MIN,
+    ));
+    assert_eq!(evaluate(src, &evs, now)[0].value, Some(0.25));
+    // Outside the window, another name, or not `where`: not counted.
+    evs.push(ev(
+        "payment.attempted",
+        json!({"status": "failed", "live": true}),
+        now - 61 * MIN,
+    ));
+    evs.push(ev(
+        "payment.refunded",
+        json!({"status": "failed", "live": true}),
+        now - MIN,
+    ));
+    evs.push(ev(
+        "payment.attempted",
+        json!({"status": "failed", "live": false}),
+        now - MIN,
+    ));
+    // A string is not a boolean: `"true"` does not match `true`.
+    evs.push(ev(
+        "payment.attempted",
+        json!({"status": "failed", "live": "true"}),
+        now - MIN,
+    ));
+    let groups = evaluate(src, &evs, now);
+    assert_eq!(groups.len(), 1);
+    assert_eq!(groups[0].value, Some(0.25));
+    assert_eq!(groups[0].events, 4);
+}
+
+#[test]
+fn percentiles_averages_rates_and_distinct_values_by_group() {
+    let p95 = alert(
+        "kind: alert\nid: p\nsource:\n  events: { name: req, window: 10m, aggregate: p95, field: data.ms, group_by: data.route }\ncondition: \"> 5000\"\n",
+    );
+    let now = 60 * MIN;
+    let mut evs: Vec<Event> = (1..=20)
+        .map(|i| {
+            ev(
+                "req",
+                json!({"ms": i * 100, "route": "/a"}),
+                now - i64::from(i) * 1000,
+            )
+        })
+        .collect();
+    evs.push(ev("req", json!({"ms": 9000, "route": "/b"}), now - 1000));
+    evs.push(ev("req", json!({"ms": "slow", "route": "/b"}), now - 1000));
+    evs.push(ev("req", json!({"ms": 1}), now - 1000));
+    let groups = evaluate(events_source(&p95), &evs, now);
+    let labels: Vec<_> = groups.iter().map(|g| g.labels["route"].as_str()).collect();
+    assert_eq!(labels, ["/a", "/b"]);
+    // Nearest rank: the 19th of 20 values.
+    assert_eq!(groups[0].value, Some(1900.0));
+    // A value that is not a number is not read as one.
+    assert_eq!(groups[1].value, Some(9000.0));
+
+    let avg = alert(
+        "kind: alert\nid: v\nsource:\n  events: { name: req, window: 10m, aggregate: avg, field: data.ms }\ncondition: \"> 3000\"\n",
+    );
+    let two = [
+        ev("req", json!({"ms": 1000}), now - 1000),
+        ev("req", json!({"ms": 4000}), now - 2000),
+    ];
+    assert_eq!(
+        evaluate(events_source(&avg), &two, now)[0].value,
+        Some(2500.0)
+    );
+
+    let rate = alert(
+        "kind: alert\nid: r\nsource:\n  events: { name: req, window: 10s, aggregate: rate }\ncondition: \"> 1\"\n",
+    );
+    assert_eq!(
+        evaluate(events_source(&rate), &two, now)[0].value,
+        Some(0.2)
+    );
+
+    let distinct = alert(
+        "kind: alert\nid: d\nsource:\n  events: { name: login, window: 15m, aggregate: distinct, field: data.ip }\ncondition: \"> 3\"\n",
+    );
+    let logins = [
+        ev("login", json!({"ip": "10.0.0.1"}), now - 1000),
+        ev("login", json!({"ip": "10.0.0.1"}), now - 2000),
+        ev("login", json!({"ip": "10.0.0.2"}), now - 3000),
+    ];
+    assert_eq!(
+        evaluate(events_source(&distinct), &logins, now)[0].value,
+        Some(2.0)
+    );
+}
+
+/// Runs an alert over one value per minute, returning the phase after each and the
+/// transitions with their minute.
+fn run(a: &Alert, values: &[Option<f64>]) -> (Vec<Phase>, Vec<(usize, Transition)>) {
+    let mut state = AlertState::new(0);
+    let mut phases = Vec::new();
+    let mut transitions = Vec::new();
+    for (i, v) in values.iter().enumerate() {
+        let (next, t) = step(a, &state, *v, i as i64 * MIN);
+        if let Some(t) = t {
+            transitions.push((i, t));
+        }
+        phases.push(next.phase);
+        state = next;
+    }
+    (phases, transitions)
+}
+
+fn threshold_alert(extra: &str) -> Alert {
+    alert(&format!(
+        "kind: alert\nid: a\nsource:\n  events: {{ name: x, window: 5m, aggregate: count }}\ncondition: \"> 10\"\n{extra}"
+    ))
+}
+
+#[test]
+fn flapping_without_hysteresis_fires_at_every_crossing_and_with_it_once() {
+    let flapping: Vec<Option<f64>> = [11.0, 9.0, 12.0, 10.0, 11.0, 2.0]
+        .into_iter()
+        .map(Some)
+        .collect();
+    let (_, plain) = run(&threshold_alert(""), &flapping);
+    assert_eq!(
+        plain,
+        [
+            (0, Transition::Fired),
+            (1, Transition::Resolved),
+            (2, Transition::Fired),
+            (3, Transition::Resolved),
+            (4, Transition::Fired),
+            (5, Transition::Resolved),
+        ]
+    );
+    let (phases, hysteresis) = run(&threshold_alert("resolve: \"< 5\"\n"), &flapping);
+    assert_eq!(
+        hysteresis,
+        [(0, Transition::Fired), (5, Transition::Resolved)]
+    );
+    assert_eq!(phases[3], Phase::Firing);
+    assert_eq!(phases[5], Phase::Resolved);
+
+    // keep_firing_for: it stays firing until the condition has not held for 3 minutes.
+    let (_, kept) = run(&threshold_alert("keep_firing_for: 3m\n"), &flapping);
+    assert_eq!(kept, [(0, Transition::Fired)]);
+    let quiet = [Some(11.0), Some(1.0), Some(1.0), Some(1.0)];
+    let (phases, kept) = run(&threshold_alert("keep_firing_for: 3m\n"), &quiet);
+    assert_eq!(
+        phases,
+        [Phase::Firing, Phase::Firing, Phase::Firing, Phase::Resolved]
+    );
+    assert_eq!(kept, [(0, Transition::Fired), (3, Transition::Resolved)]);
+}
+
+#[test]
+fn for_is_interrupted_by_one_good_sample() {
+    let a = threshold_alert("for: 3m\n");
+    let v = |x: f64| Some(x);
+    let (phases, transitions) = run(
+        &a,
+        &[
+            v(11.0),
+            v(12.0),
+            v(13.0),
+            v(1.0),
+            v(11.0),
+            v(11.0),
+            v(11.0),
+            v(11.0),
+        ],
+    );
+    assert_eq!(
+        phases,
+        [
+            Phase::Pending,
+            Phase::Pending,
+            Phase::Pending,
+            Phase::Inactive,
+            Phase::Pending,
+            Phase::Pending,
+            Phase::Pending,
+            Phase::Firing,
+        ]
+    );
+    // Three minutes after minute 4, not minute 0.
+    assert_eq!(transitions, [(7, Transition::Fired)]);
+}
+
+#[test]
+fn no_data_is_ok_alerting_or_keeps_the_state() {
+    let samples = [Some(11.0), None, None, Some(1.0)];
+    let (phases, t) = run(&threshold_alert("no_data: ok\n"), &samples);
+    assert_eq!(phases[1], Phase::Resolved);
+    assert_eq!(t, [(0, Transition::Fired), (1, Transition::Resolved)]);
+
+    let (phases, t) = run(&threshold_alert("no_data: keep_state\n"), &samples);
+    assert_eq!(phases[..3], [Phase::Firing; 3]);
+    assert_eq!(t, [(0, Transition::Fired), (3, Transition::Resolved)]);
+
+    let (phases, t) = run(
+        &threshold_alert("no_data: alerting\nfor: 1m\n"),
+        &[None, None, Some(1.0)],
+    );
+    assert_eq!(phases, [Phase::Pending, Phase::Firing, Phase::Resolved]);
+    assert_eq!(t, [(1, Transition::Fired), (2, Transition::Resolved)]);
+}
