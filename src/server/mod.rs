@@ -5,6 +5,7 @@ pub mod admin;
 pub mod health;
 pub mod hooks;
 pub mod inbound;
+pub mod inbox;
 pub mod listener;
 pub(crate) mod operations;
 pub mod retention;
@@ -95,6 +96,11 @@ pub fn router(state: Arc<AppState>) -> Router {
         )
         .route("/retention/run", post(operations::run_retention))
         .route("/reload", post(admin::reload))
+        .route(
+            "/conversations/{id}/messages",
+            get(inbox::messages).post(inbox::reply),
+        )
+        .route("/conversations/{id}/release", post(inbox::release))
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
             admin::require_key,
