@@ -28,6 +28,8 @@ db::scenarios!["conversations";
     a_waiting_ask_uses_the_edited_text_after_a_reload,
     a_workflow_can_call_a_conversation,
     classify_picks_the_intent_and_goes_where_it_says,
+    a_person_takes_over_and_gives_the_conversation_back,
+    a_handoff_nobody_releases_gives_the_conversation_back_at_its_timeout,
 ];
 
 const PHONE: &str = "+18015550100";
@@ -590,4 +592,169 @@ steps:
         ]
     );
     assert_eq!(h.run(&id).await.status, RunStatus::Completed);
+}
+
+const TAKEOVER: &str = r#"
+kind: conversation
+id: takeover
+channels: [sms]
+start:
+  - any_message: true
+steps:
+  - id: human
+    handoff:
+      say: "A colleague will answer you here."
+      reason: "asked for a person"
+      timeout: 10m
+      timeout_say: "Sorry, nobody is free right now; I'm back."
+  - id: more
+    ask: { prompt: "Anything else I can help with?" }
+  - end: "Noted: {{ conversation.last }}"
+"#;
+
+/// The directions and texts of a conversation's transcript, in order.
+async fn transcript(h: &Harness, id: &str) -> (Value, Vec<(String, String)>) {
+    let t = h.engine.transcript(id).await.unwrap();
+    let lines = t["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| {
+            (
+                m["direction"].as_str().unwrap().to_owned(),
+                m["text"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    (t, lines)
+}
+
+async fn a_person_takes_over_and_gives_the_conversation_back(db: db::TestDb) {
+    use herald::engine::inbox::InboxError;
+    let h = Harness::new(db, &[("workflows/takeover.yaml", TAKEOVER)]).await;
+    let id = text(&h, PHONE, "I want to talk to a person")
+        .await
+        .remove(0);
+    assert_eq!(h.run(&id).await.status, RunStatus::Waiting);
+    let announced = h
+        .engine
+        .store
+        .find_event("conversation.handoff", &id, 0, &[])
+        .await
+        .unwrap()
+        .expect("the handoff is announced for the agents");
+    assert_eq!(announced.data["address"], PHONE);
+    assert_eq!(announced.data["reason"], "asked for a person");
+    // The clock moves between messages, so the transcript's order is the clock's.
+    let tick = Duration::from_secs(1);
+    h.advance(tick).await;
+    // While a person has it, the bot says nothing; the message goes to the agents.
+    assert!(text(&h, PHONE, "hello? anyone there? 🙂").await.is_empty());
+    assert_eq!(said(&h, &id).await, ["A colleague will answer you here."]);
+    let passed = h
+        .engine
+        .store
+        .find_event("conversation.message", &id, 0, &[])
+        .await
+        .unwrap();
+    assert_eq!(passed.unwrap().data["text"], "hello? anyone there? 🙂");
+    let (t, _) = transcript(&h, &id).await;
+    assert_eq!(t["handed_off"], true);
+    h.advance(tick).await;
+    h.engine
+        .agent_reply(&id, "Hi, I'm Sam. How can I help?", Some("sam"), Some("r1"))
+        .await
+        .unwrap();
+    // The same reply sent again (a client retry) is one message.
+    h.engine
+        .agent_reply(&id, "Hi, I'm Sam. How can I help?", Some("sam"), Some("r1"))
+        .await
+        .unwrap();
+    h.settle().await;
+    assert!(matches!(
+        h.engine.agent_reply(&id, "  ", None, None).await,
+        Err(InboxError::Invalid(_))
+    ));
+    h.advance(tick).await;
+    h.engine
+        .release_conversation(&id, Some("sam"))
+        .await
+        .unwrap();
+    h.settle().await;
+    let run = h.run(&id).await;
+    assert_eq!(run.status, RunStatus::Waiting, "{:?}", run.error);
+    assert_eq!(
+        said(&h, &id).await,
+        [
+            "A colleague will answer you here.",
+            "Hi, I'm Sam. How can I help?",
+            "Anything else I can help with?"
+        ]
+    );
+    // The messages the agents had are not answers to the bot's next question.
+    h.advance(tick).await;
+    text(&h, PHONE, "no thanks").await;
+    let run = h.run(&id).await;
+    assert_eq!(run.status, RunStatus::Completed);
+    assert_eq!(said(&h, &id).await.last().unwrap(), "Noted: no thanks");
+    let (t, lines) = transcript(&h, &id).await;
+    assert_eq!(t["handed_off"], false);
+    assert_eq!(
+        lines,
+        [
+            ("in", "I want to talk to a person"),
+            ("out", "A colleague will answer you here."),
+            ("in", "hello? anyone there? 🙂"),
+            ("out", "Hi, I'm Sam. How can I help?"),
+            ("out", "Anything else I can help with?"),
+            ("in", "no thanks"),
+            ("out", "Noted: no thanks"),
+        ]
+        .map(|(d, t)| (d.to_owned(), t.to_owned()))
+    );
+    let steps: Vec<Value> = t["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["step"].clone())
+        .collect();
+    assert_eq!(steps[3], "agent");
+    assert_eq!(steps[4], "more");
+    assert_eq!(t["messages"][0]["channel"], "sms");
+    // After the end, nobody can answer in the bot's place or release it.
+    assert!(matches!(
+        h.engine
+            .agent_reply(&id, "one more thing", None, None)
+            .await,
+        Err(InboxError::Conflict(_))
+    ));
+    assert!(matches!(
+        h.engine.release_conversation(&id, None).await,
+        Err(InboxError::Conflict(_))
+    ));
+    assert!(matches!(
+        h.engine.transcript("no-such-run").await,
+        Err(InboxError::NotFound(_))
+    ));
+}
+
+async fn a_handoff_nobody_releases_gives_the_conversation_back_at_its_timeout(db: db::TestDb) {
+    let h = Harness::new(db, &[("workflows/takeover.yaml", TAKEOVER)]).await;
+    let id = text(&h, PHONE, "hey").await.remove(0);
+    h.advance(Duration::from_secs(9 * 60)).await;
+    assert_eq!(said(&h, &id).await.len(), 1);
+    h.advance(Duration::from_secs(2 * 60)).await;
+    let run = h.run(&id).await;
+    assert_eq!(run.status, RunStatus::Waiting);
+    assert_eq!(
+        said(&h, &id).await,
+        [
+            "A colleague will answer you here.",
+            "Sorry, nobody is free right now; I'm back.",
+            "Anything else I can help with?"
+        ]
+    );
+    let log = h.engine.store.step_log(&id).await.unwrap();
+    let handoff = log.iter().rev().find(|s| s.step_id == "human").unwrap();
+    assert_eq!(handoff.output.as_ref().unwrap()["timed_out"], true);
 }

@@ -606,3 +606,129 @@ async fn sqlite_keeps_every_acknowledged_run_after_an_outside_read_and_kill_9() 
         "runs acknowledged with 202 were lost after an outside read and a kill -9"
     );
 }
+
+/// A conversation killed with SIGKILL, once while it waits and once just after it took an
+/// answer, carries on at the question it was at, and says each thing once, though Telegram
+/// delivers the answer again after the kill.
+async fn conversation_resumes_after_kill_9(url: String) {
+    let bot = support::telegram::FakeTelegram::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("herald.yaml"),
+        format!(
+            "channels:\n  tg: {{ provider: telegram, bot_token: \"{}\", secret_token: {TG_SECRET}, api_base: \"{}\" }}\nengine: {{ lease: 3s }}\n",
+            support::telegram::BOT_TOKEN,
+            bot.api_base()
+        ),
+    )
+    .unwrap();
+    std::fs::create_dir_all(dir.path().join("workflows")).unwrap();
+    std::fs::write(
+        dir.path().join("workflows/intake.yaml"),
+        r#"
+kind: conversation
+id: intake
+channels: [tg]
+start:
+  - command: start
+slots:
+  phone: { type: phone }
+  consent: { type: yes_no }
+steps:
+  - say: "Welcome"
+  - id: ask_phone
+    ask: { prompt: "Your phone number?", slot: phone }
+  - id: ask_consent
+    ask: { prompt: "May we check? (yes/no)", slot: consent }
+  - end: "Done: {{ slots.phone }}"
+"#,
+    )
+    .unwrap();
+    herald::tls::init();
+    let port = free_port();
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap();
+    let post = |n: u64, text: &str| {
+        let client = client.clone();
+        let body = serde_json::json!({
+            "update_id": 70_000 + n,
+            "message": {"message_id": n, "date": 1764800000,
+                "chat": {"id": 4242, "type": "private"}, "from": {"id": 4242, "is_bot": false},
+                "text": text},
+        });
+        async move {
+            let resp = client
+                .post(format!("http://127.0.0.1:{port}/inbound/tg"))
+                .header("x-telegram-bot-api-secret-token", TG_SECRET)
+                .json(&body)
+                .send()
+                .await
+                .expect("the server answers");
+            assert!(resp.status().is_success(), "{}", resp.status());
+        }
+    };
+    let said = |n: usize| {
+        let bot = &bot;
+        async move {
+            let deadline = Instant::now() + Duration::from_secs(30);
+            loop {
+                let sent: Vec<String> = bot
+                    .sent()
+                    .iter()
+                    .map(|m| m["text"].as_str().unwrap_or_default().to_owned())
+                    .collect();
+                if sent.len() >= n {
+                    return sent;
+                }
+                assert!(Instant::now() < deadline, "only {sent:?} after 30 s");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    };
+    let mut server = Server::start(dir.path(), &url, port);
+    post(1, "/start").await;
+    said(2).await;
+    server.kill9();
+    let mut server = Server::start(dir.path(), &url, port);
+    // Acknowledged, then killed at once: the answer is stored, its reply may not be sent.
+    post(2, "801-555-0100").await;
+    server.kill9();
+    let mut server = Server::start(dir.path(), &url, port);
+    post(2, "801-555-0100").await;
+    said(3).await;
+    post(3, "yes").await;
+    said(4).await;
+    // Anything sent twice would arrive within this pause.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    server.stop();
+    let sent = said(4).await;
+    assert_eq!(
+        sent,
+        [
+            "Welcome",
+            "Your phone number?",
+            "May we check? (yes/no)",
+            "Done: +18015550100"
+        ]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sqlite_conversation_resumes_after_kill_9() {
+    let db = db::sqlite("crash-conversation")
+        .await
+        .expect("sqlite always runs");
+    let url = db.url.clone();
+    drop(db.store.clone());
+    conversation_resumes_after_kill_9(url).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn postgres_conversation_resumes_after_kill_9() {
+    let Some(db) = db::postgres("crash::conversation").await else {
+        return;
+    };
+    conversation_resumes_after_kill_9(db.url.clone()).await;
+}

@@ -1065,3 +1065,110 @@ async fn a_missed_call_is_texted_back_until_stop_and_help_is_answered() {
         "Acme Auto: missed-call texts. Reply STOP to stop."
     );
 }
+
+const TAKEOVER: &str = r#"
+kind: conversation
+id: takeover
+channels: [email]
+start:
+  - keyword: [agent]
+steps:
+  - id: human
+    handoff: { say: "A colleague will answer you here.", timeout: 1h }
+  - end: "The bot again: bye."
+"#;
+
+/// The agent inbox over HTTP: the transcript, an agent's reply and the release, each refused
+/// with a reason when it cannot be done.
+#[tokio::test]
+async fn an_agent_answers_and_releases_a_conversation_through_the_api() {
+    let s = Inbound::start_project(CONFIG, |dir| {
+        std::fs::write(dir.path().join("workflows/takeover.yaml"), TAKEOVER).unwrap();
+    })
+    .await;
+    let api = |method: reqwest::Method, path: &str| {
+        s.http
+            .request(method, s.app.url(path))
+            .header("x-api-key", ADMIN_KEY)
+    };
+    let started: Value = api(reqwest::Method::POST, "/api/messages/email")
+        .json(&json!({"from": "ana@example.com", "text": "agent"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let id = started["started_runs"][0].as_str().unwrap().to_owned();
+    s.app.engine.run_due().await.unwrap();
+    let path = format!("/api/conversations/{id}/messages");
+    let reply = api(reqwest::Method::POST, &path)
+        .json(&json!({"text": "Hi Ana, Sam here.", "by": "sam"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(reply.status().as_u16(), 202);
+    let empty = api(reqwest::Method::POST, &path)
+        .json(&json!({"text": ""}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(empty.status().as_u16(), 422);
+    let t: Value = api(reqwest::Method::GET, &path)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(t["handed_off"], true, "{t}");
+    let texts: Vec<&str> = t["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["text"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        texts,
+        [
+            "agent",
+            "A colleague will answer you here.",
+            "Hi Ana, Sam here."
+        ]
+    );
+    let released = api(
+        reqwest::Method::POST,
+        &format!("/api/conversations/{id}/release"),
+    )
+    .json(&json!({"by": "sam"}))
+    .send()
+    .await
+    .unwrap();
+    assert_eq!(released.status().as_u16(), 200);
+    s.app.engine.run_due().await.unwrap();
+    let again = api(
+        reqwest::Method::POST,
+        &format!("/api/conversations/{id}/release"),
+    )
+    .send()
+    .await
+    .unwrap();
+    assert_eq!(again.status().as_u16(), 409);
+    let t: Value = api(reqwest::Method::GET, &path)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(t["status"], "completed", "{t}");
+    assert_eq!(
+        t["messages"].as_array().unwrap().last().unwrap()["text"],
+        "The bot again: bye."
+    );
+    let missing = api(reqwest::Method::GET, "/api/conversations/nope/messages")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(missing.status().as_u16(), 404);
+}

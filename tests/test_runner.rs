@@ -482,3 +482,86 @@ fn shipped_and_init_tests_pass() {
         show(&out)
     );
 }
+
+/// `herald test` answers an `ai_reply` with a canned answer from `given.http`, so a transcript
+/// test can script the model: a reply that says "bad credit" never reaches the person.
+#[test]
+fn an_ai_reply_is_answered_from_given_http_and_its_guardrails_hold() {
+    let dir = tempfile::tempdir().unwrap();
+    write(
+        dir.path(),
+        "herald.yaml",
+        &format!(
+            "{CONFIG}ai:\n  llm: {{ base_url: \"https://llm.example.com/v1\", model: small }}\n"
+        ),
+    );
+    write(
+        dir.path(),
+        "workflows/cathy.yaml",
+        r#"
+kind: conversation
+id: cathy
+channels: [sms]
+start:
+  - any_message: true
+steps:
+  - id: answer
+    ai_reply:
+      provider: llm
+      system: "You are Cathy. Be kind about credit."
+      never_say: ["bad credit"]
+      fallback: "Whatever your credit history, we can look at options together."
+"#,
+    );
+    write(
+        dir.path(),
+        "tests/cathy.yaml",
+        r#"
+kind: test
+target: cathy
+cases:
+  - name: the model says "bad credit" twice and the person sees the fallback
+    given:
+      http:
+        - method: POST
+          url: "https://llm.example.com/v1/chat/completions"
+          json: { choices: [ { message: { role: assistant, content: "Don't worry about your BAD   credit!" } } ] }
+    trigger:
+      message: { channel: sms, from: "+13035550131", text: "My credit is a mess" }
+    expect:
+      status: completed
+      sent:
+        - body: "Whatever your credit history, we can look at options together."
+      not_sent:
+        - body: { matches: "(?i)bad\\s+credit" }
+  - name: a kind answer is sent as it is
+    given:
+      http:
+        - method: POST
+          url: "https://llm.example.com/v1/chat/completions"
+          json: { choices: [ { message: { role: assistant, content: "We work with every kind of history." } } ] }
+    trigger:
+      message: { channel: sms, from: "+13035550132", text: "Can you help?" }
+    expect:
+      sent_count: 1
+      sent:
+        - body: "We work with every kind of history."
+  - name: a provider error says the fallback
+    given:
+      http:
+        - { method: POST, url: "https://llm.example.com/v1/chat/completions", status: 500, json: { error: { message: down } } }
+    trigger:
+      message: { channel: sms, from: "+13035550133", text: "Hello?" }
+    expect:
+      sent:
+        - body: { contains: "Whatever your credit history" }
+"#,
+    );
+    let out = herald(dir.path()).arg("test").output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.contains("3 passed, 0 failed"),
+        "{}",
+        show(&out)
+    );
+}

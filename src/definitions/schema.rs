@@ -195,6 +195,7 @@ fn without_conversation_steps(schema: &mut Value) {
             "Intent",
             "AiReplyStep",
             "EndStep",
+            "HandoffStep",
         ] {
             defs.remove(name);
         }

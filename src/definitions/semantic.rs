@@ -1017,7 +1017,8 @@ impl WorkflowCheck<'_> {
             | Action::Classify(_)
             | Action::AiReply(_)
             | Action::Goto(_)
-            | Action::End(_) => self.check_conversation_step(step, scope),
+            | Action::End(_)
+            | Action::Handoff(_) => self.check_conversation_step(step, scope),
             Action::Try { .. } => {
                 if step.on_error.is_none() {
                     let d = Diagnostic::warning(

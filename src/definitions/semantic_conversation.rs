@@ -204,6 +204,12 @@ impl WorkflowCheck<'_> {
                 self.check_text(&format!("{p}/end"), t.as_str(), TextKind::Template, scope)
             }
             Action::End(EndStep::Now(_)) => {}
+            Action::Handoff(h) => {
+                let b = format!("{p}/handoff");
+                self.check_opt_text(&format!("{b}/say"), &h.say, scope);
+                self.check_opt_text(&format!("{b}/reason"), &h.reason, scope);
+                self.check_opt_text(&format!("{b}/timeout_say"), &h.timeout_say, scope);
+            }
             _ => {}
         }
     }

@@ -64,6 +64,17 @@ pub enum Wait {
         timeout_at: Millis,
         attempts: u32,
     },
+    /// A conversation's `handoff`: the person's messages (the event `name` keyed by their
+    /// address) wake it to pass them to the agents; a release or the timeout ends it.
+    Handoff {
+        name: String,
+        key: String,
+        /// When the handoff began: a release before it is not this handoff's.
+        since: Millis,
+        timeout_at: Millis,
+        /// The person's messages passed to the agents so far.
+        received: u32,
+    },
 }
 
 impl Cursor {

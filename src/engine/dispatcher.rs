@@ -76,20 +76,36 @@ impl Engine {
         }
     }
 
-    /// Delivers one claimed batch, each message at once, and records the outcomes together.
+    /// Delivers one claimed batch and records the outcomes together. Recipients are served
+    /// at once, but one recipient's messages one after another, oldest first: a greeting and
+    /// the question after it must not reach the person the other way round.
     async fn deliver_batch(self: Arc<Self>, batch: Vec<OutboxRecord>) {
-        let mut set = JoinSet::new();
+        let mut queues: std::collections::HashMap<(String, String), Vec<OutboxRecord>> =
+            std::collections::HashMap::new();
         for m in batch {
+            queues
+                .entry((m.channel.clone(), m.recipient.clone()))
+                .or_default()
+                .push(m);
+        }
+        let mut set = JoinSet::new();
+        for (_, mut queue) in queues {
+            // Ids are time-ordered (UUIDv7), so they break ties within a millisecond.
+            queue.sort_by(|a, b| (a.created_at, &a.id).cmp(&(b.created_at, &b.id)));
             let engine = self.clone();
             set.spawn(async move {
-                let outcome = engine.deliver(&m).await;
-                (m.id, outcome)
+                let mut done = Vec::with_capacity(queue.len());
+                for m in queue {
+                    let outcome = engine.deliver(&m).await;
+                    done.push((m.id, outcome));
+                }
+                done
             });
         }
         let mut outcomes = Vec::new();
         while let Some(done) = set.join_next().await {
             if let Ok(o) = done {
-                outcomes.push(o);
+                outcomes.extend(o);
             }
         }
         let ids: Vec<String> = outcomes.iter().map(|(id, _)| id.clone()).collect();

@@ -19,6 +19,7 @@ pub mod context;
 mod conversation;
 pub mod cursor;
 pub mod dispatcher;
+pub mod inbox;
 mod interpreter;
 mod policy;
 pub mod program;

@@ -6,6 +6,7 @@ pub mod campaigns;
 pub mod health;
 pub mod hooks;
 pub mod inbound;
+pub mod inbox;
 pub mod listener;
 pub(crate) mod operations;
 pub mod retention;
@@ -102,6 +103,11 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/campaigns/{id}/pause", post(campaigns::pause))
         .route("/campaigns/{id}/resume", post(campaigns::resume))
         .route("/campaigns/{id}/cancel", post(campaigns::cancel))
+        .route(
+            "/conversations/{id}/messages",
+            get(inbox::messages).post(inbox::reply),
+        )
+        .route("/conversations/{id}/release", post(inbox::release))
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
             admin::require_key,

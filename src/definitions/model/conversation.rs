@@ -295,6 +295,35 @@ pub enum EndStep {
     Say(Template),
 }
 
+/// `handoff`: a person (an agent) takes the conversation over. The bot says nothing while it
+/// lasts; the person's messages go to the agent inbox (`GET /api/conversations/{run}/messages`)
+/// and each is announced as the event `conversation.message`, the handoff itself as
+/// `conversation.handoff`, both keyed by the run id. It ends when an agent releases the
+/// conversation (`POST /api/conversations/{run}/release`) or at its `timeout`, and the steps
+/// after it run.
+#[derive(Debug, Clone, PartialEq, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct HandoffStep {
+    /// What to tell the person as the handoff begins, such as "A colleague will answer you here."
+    #[serde(default)]
+    pub say: Option<Template>,
+    /// Why the conversation needs a person, for the agents' notification (a template).
+    #[serde(default)]
+    pub reason: Option<Template>,
+    /// How long the bot stays silent without a release before it takes the conversation back.
+    #[serde(default = "HandoffStep::default_timeout")]
+    pub timeout: Duration,
+    /// What to tell the person when no agent released the conversation in time.
+    #[serde(default)]
+    pub timeout_say: Option<Template>,
+}
+
+impl HandoffStep {
+    fn default_timeout() -> Duration {
+        Duration::from_secs(3600)
+    }
+}
+
 /// An OpenAI-compatible chat completions provider (`POST {base_url}/chat/completions`).
 #[derive(Debug, Clone, PartialEq, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]

@@ -13,7 +13,7 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use super::common::{Duration, Expr, Ident, RetryPolicy, StepId, Template};
-use super::conversation::{AiReplyStep, AskStep, ClassifyStep, EndStep};
+use super::conversation::{AiReplyStep, AskStep, ClassifyStep, EndStep, HandoffStep};
 use super::trigger::HttpMethod;
 
 /// The action keys a step may have, exactly one per step.
@@ -35,8 +35,9 @@ pub const ACTION_KEYS: &[&str] = &[
 ];
 
 /// The action keys only a conversation's steps may have.
-pub const CONVERSATION_ACTION_KEYS: &[&str] =
-    &["say", "ask", "classify", "ai_reply", "goto", "end"];
+pub const CONVERSATION_ACTION_KEYS: &[&str] = &[
+    "say", "ask", "classify", "ai_reply", "goto", "end", "handoff",
+];
 
 /// One step, as written.
 #[derive(Debug, Clone, PartialEq, Deserialize, JsonSchema)]
@@ -51,7 +52,8 @@ pub const CONVERSATION_ACTION_KEYS: &[&str] =
             {"required": ["for_each"]}, {"required": ["upsert_contact"]},
             {"required": ["respond"]}, {"required": ["fail"]}, {"required": ["try"]},
             {"required": ["say"]}, {"required": ["ask"]}, {"required": ["classify"]},
-            {"required": ["ai_reply"]}, {"required": ["goto"]}, {"required": ["end"]}
+            {"required": ["ai_reply"]}, {"required": ["goto"]}, {"required": ["end"]},
+            {"required": ["handoff"]}
         ],
         "dependentRequired" = {
             "if": ["then"], "then": ["if"], "else": ["if"],
@@ -159,6 +161,9 @@ pub struct RawStep {
     /// Conversations only: end the conversation (`true`, or a last thing to say).
     #[serde(default)]
     pub end: Option<EndStep>,
+    /// Conversations only: a person takes over until released or the timeout.
+    #[serde(default)]
+    pub handoff: Option<Box<HandoffStep>>,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize, JsonSchema)]
@@ -595,6 +600,7 @@ pub enum Action {
     AiReply(Box<AiReplyStep>),
     Goto(String),
     End(EndStep),
+    Handoff(Box<HandoffStep>),
 }
 
 impl Action {
@@ -620,6 +626,7 @@ impl Action {
             Action::AiReply(_) => "ai_reply",
             Action::Goto(_) => "goto",
             Action::End(_) => "end",
+            Action::Handoff(_) => "handoff",
         }
     }
 
@@ -685,6 +692,7 @@ impl RawStep {
             ("ai_reply", self.ai_reply.is_some()),
             ("goto", self.goto.is_some()),
             ("end", self.end.is_some()),
+            ("handoff", self.handoff.is_some()),
         ]
         .into_iter()
         .filter_map(|(k, p)| p.then_some(k))
@@ -804,6 +812,8 @@ impl RawStep {
             Action::Goto(g.0)
         } else if let Some(e) = self.end {
             Action::End(e)
+        } else if let Some(h) = self.handoff {
+            Action::Handoff(h)
         } else {
             unreachable!("exactly one action was checked above")
         };

@@ -202,7 +202,9 @@ impl<'e> Interpreter<'e> {
             }
             // An `ask` resolves its own wait: an answer that does not fit is asked again,
             // which needs what a step has.
-            Some(Wait::Ask { .. }) => self.execute(a, p, idx, &registry, now).await,
+            Some(Wait::Ask { .. } | Wait::Handoff { .. }) => {
+                self.execute(a, p, idx, &registry, now).await
+            }
             Some(wait) => self.resume(a, wait, step, now).await,
             None => self.execute(a, p, idx, &registry, now).await,
         };
@@ -513,8 +515,8 @@ impl<'e> Interpreter<'e> {
                 steps::resume_event(&self.engine.store, a, on_timeout, wait, now).await
             }
             Wait::Child { run_id } => steps::resume_call(&self.engine.store, run_id).await,
-            Wait::Ask { .. } => Err(StepError::Permanent(
-                "an `ask` wait is resolved by its step".into(),
+            Wait::Ask { .. } | Wait::Handoff { .. } => Err(StepError::Permanent(
+                "a conversation's wait is resolved by its step".into(),
             )),
         }
     }

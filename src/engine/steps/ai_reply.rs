@@ -10,7 +10,9 @@ use serde_json::{Value, json};
 
 use super::StepCx;
 use super::conversation::{self, Session};
+use super::http::{HttpStub, StubRequest};
 use crate::definitions::model::conversation::AiReplyStep;
+use crate::definitions::model::trigger::HttpMethod;
 use crate::engine::interpreter::{Outcome, StepError};
 use crate::engine::registry::AiProvider;
 
@@ -46,7 +48,7 @@ pub(super) async fn execute(mut cx: StepCx<'_>, a: &AiReplyStep) -> Result<Outco
     let mut reason = None;
     let mut reply = None;
     for attempt in 0..2 {
-        match complete(cx.host.http, &provider, &messages).await {
+        match complete(cx.host.http, cx.host.http_stub, &provider, &messages).await {
             Ok((text, used)) => {
                 usage.add(&used);
                 match broken_rule(&text, a) {
@@ -156,14 +158,34 @@ fn broken_rule(text: &str, a: &AiReplyStep) -> Option<String> {
 /// One chat completion: the reply's text and the usage the provider reported.
 async fn complete(
     http: &reqwest::Client,
+    stub: Option<&dyn HttpStub>,
     p: &AiProvider,
     messages: &[Value],
 ) -> Result<(String, Value), String> {
     let url = format!("{}/chat/completions", p.base_url);
-    let mut req = http
-        .post(&url)
-        .timeout(p.timeout)
-        .json(&json!({"model": p.model, "messages": messages, "max_tokens": p.max_tokens}));
+    let request = json!({"model": p.model, "messages": messages, "max_tokens": p.max_tokens});
+    // Under `herald test`, the provider's answer is a canned HTTP answer, as an `http` step's.
+    if let Some(stub) = stub {
+        let answer = stub.answer(&StubRequest {
+            method: HttpMethod::Post,
+            url: url.clone(),
+            headers: Vec::new(),
+            body: Some(request),
+        })?;
+        let body: Value = serde_json::from_slice(&answer.body).map_err(|e| {
+            format!(
+                "{url} answered {} with a body that is not JSON: {e}",
+                answer.status
+            )
+        })?;
+        return completion(
+            &url,
+            reqwest::StatusCode::from_u16(answer.status)
+                .unwrap_or(reqwest::StatusCode::INTERNAL_SERVER_ERROR),
+            &body,
+        );
+    }
+    let mut req = http.post(&url).timeout(p.timeout).json(&request);
     if let Some(key) = &p.api_key {
         req = req.bearer_auth(key);
     }
@@ -179,6 +201,15 @@ async fn complete(
         .json()
         .await
         .map_err(|e| format!("{url} answered {status} with a body that is not JSON: {e}"))?;
+    completion(&url, status, &body)
+}
+
+/// The reply's text and usage in a provider's answer, or what is wrong with it.
+fn completion(
+    url: &str,
+    status: reqwest::StatusCode,
+    body: &Value,
+) -> Result<(String, Value), String> {
     if !status.is_success() {
         let detail = body
             .pointer("/error/message")

@@ -43,6 +43,7 @@ mod emit;
 mod fail;
 mod flow;
 mod for_each;
+pub(crate) mod handoff;
 pub(crate) mod http;
 mod respond;
 mod say;
@@ -200,5 +201,6 @@ pub(crate) async fn execute(cx: StepCx<'_>) -> Result<Outcome, StepError> {
         Action::AiReply(a) => ai_reply::execute(cx, a).await,
         Action::Goto(target) => flow::goto(cx, target),
         Action::End(e) => flow::end(cx, e).await,
+        Action::Handoff(h) => handoff::execute(cx, h).await,
     }
 }
