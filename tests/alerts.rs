@@ -361,3 +361,56 @@ fn no_data_is_ok_alerting_or_keeps_the_state() {
     assert_eq!(phases, [Phase::Pending, Phase::Firing, Phase::Resolved]);
     assert_eq!(t, [(1, Transition::Fired), (2, Transition::Resolved)]);
 }
+
+#[test]
+fn labels_and_annotations_render_with_the_value_and_the_group() {
+    let a = alert(
+        r#"kind: alert
+id: delivery-rate
+source:
+  events: { name: [message.delivered, message.failed], window: 1h, aggregate: ratio, matching: { name: message.delivered }, group_by: data.channel }
+condition: "< 95%"
+severity: critical
+labels: { team: "{{ labels.channel }}-oncall" }
+annotations:
+  summary: "{{ (value * 100) | round(1) }} % of {{ labels.channel }} messages delivered ({{ labels.team }})"
+"#,
+    );
+    let now = 90 * MIN;
+    let mut evs: Vec<Event> = (0..9)
+        .map(|i| {
+            ev(
+                "message.delivered",
+                json!({"channel": "sms"}),
+                now - i * MIN,
+            )
+        })
+        .collect();
+    evs.push(ev("message.failed", json!({"channel": "sms"}), now - MIN));
+    let groups = evaluate(events_source(&a), &evs, now);
+    assert_eq!(groups.len(), 1);
+    let templates = herald::templates::Templates::empty(100_000);
+    let r =
+        herald::alerts::render::render(&a, &groups[0].labels, groups[0].value, &templates).unwrap();
+    assert_eq!(r.labels["alertname"], "delivery-rate");
+    assert_eq!(r.labels["severity"], "critical");
+    assert_eq!(r.labels["channel"], "sms");
+    assert_eq!(r.labels["team"], "sms-oncall");
+    assert_eq!(
+        r.annotations["summary"],
+        "90.0 % of sms messages delivered (sms-oncall)"
+    );
+    assert_eq!(
+        herald::alerts::render::alerts_series(&r.labels, "firing"),
+        r#"ALERTS{alertname="delivery-rate",alertstate="firing",channel="sms",severity="critical",team="sms-oncall"} 1"#
+    );
+
+    // A text that fails at run time is an error naming it, not an empty string.
+    let broken = alert(
+        "kind: alert\nid: b\nsource:\n  events: { name: x, window: 1h, aggregate: count }\ncondition: \"> 1\"\nannotations:\n  summary: \"{{ labels.nope }}\"\n",
+    );
+    let err = herald::alerts::render::render(&broken, &Default::default(), Some(2.0), &templates)
+        .unwrap_err();
+    assert!(err.contains("annotation `summary` of alert `b`"), "{err}");
+    assert!(err.contains("nope"), "{err}");
+}

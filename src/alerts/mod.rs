@@ -5,6 +5,7 @@
 //! time.
 
 pub mod aggregate;
+pub mod render;
 pub mod state;
 
 pub use aggregate::{Event, Group, evaluate};
