@@ -1,12 +1,17 @@
 //! `kind: alert`: validation with positions, the events aggregates, and the state machine's
 //! edge cases (flapping with and without hysteresis, no data, `for` interrupted, `keep_firing_for`).
 
+#[path = "support/db.rs"]
+mod db;
+
+use herald::alerts::tick::run_tick;
 use herald::alerts::{AlertState, Event, Phase, Transition, evaluate, step};
 use herald::definitions::alert::Alert;
 use herald::definitions::model::alert::{AlertSource, EventsSource};
 use herald::definitions::project::{EnvMode, Layout, LoadOptions, load};
 use herald::definitions::read_definition;
 use herald::definitions::source::SourceFile;
+use herald::store::{DynStore, NewEvent};
 use serde_json::{Value, json};
 
 const MIN: i64 = 60_000;
@@ -413,4 +418,103 @@ annotations:
         .unwrap_err();
     assert!(err.contains("annotation `summary` of alert `b`"), "{err}");
     assert!(err.contains("nope"), "{err}");
+}
+
+db::scenarios!["alerts";
+    a_pending_and_a_firing_alert_survive_restarts_and_notify_once,
+    a_tick_is_recorded_by_exactly_one_of_two_stores,
+];
+
+const STORED: &str = r#"kind: alert
+id: admin-logins
+every: 1m
+source:
+  events: { name: admin.login, window: 10m, aggregate: count, group_by: data.tenant }
+condition: "> 2"
+for: 2m
+"#;
+
+async fn login(store: &DynStore, n: usize, tenant: &str, at: i64) {
+    let events: Vec<NewEvent> = (0..n)
+        .map(|i| NewEvent {
+            id: format!("{tenant}-{at}-{i}"),
+            name: "admin.login".into(),
+            key: None,
+            data: json!({ "tenant": tenant }),
+            source_run_id: None,
+            created_at: at,
+        })
+        .collect();
+    store.insert_events(&events, &[], &[], &[]).await.unwrap();
+}
+
+async fn phases(store: &DynStore) -> Vec<(String, String)> {
+    store
+        .alert_instances("admin-logins")
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|i| (i.group_key, i.phase))
+        .collect()
+}
+
+async fn a_pending_and_a_firing_alert_survive_restarts_and_notify_once(db: db::TestDb) {
+    let a = alert(STORED);
+    let t0 = 1_000 * MIN;
+    login(&db.store, 3, "acme", t0 - 1000).await;
+    login(&db.store, 1, "globex", t0 - 1000).await;
+    let tick = run_tick(&*db.store, &a, t0 + 5).await.unwrap().unwrap();
+    assert_eq!((tick.at, tick.recorded), (t0, true));
+    assert!(tick.changes.is_empty());
+    // Only the group over the threshold has a row; globex stays inactive.
+    assert_eq!(
+        phases(&db.store).await,
+        [(r#"{"tenant":"acme"}"#.to_owned(), "pending".to_owned())]
+    );
+
+    // A restart while pending: the new process carries on from when it started pending.
+    let second = db.open_again().await;
+    let tick = run_tick(&*second, &a, t0 + MIN).await.unwrap().unwrap();
+    assert!(tick.changes.is_empty());
+    let tick = run_tick(&*second, &a, t0 + 2 * MIN).await.unwrap().unwrap();
+    assert_eq!(tick.changes.len(), 1);
+    assert_eq!(tick.changes[0].transition, Transition::Fired);
+    assert_eq!(tick.changes[0].labels["tenant"], "acme");
+    assert_eq!(tick.changes[0].value, Some(3.0));
+
+    // A restart while firing: it is still firing, and fires no second time.
+    let third = db.open_again().await;
+    assert_eq!(phases(&third).await[0].1, "firing");
+    let tick = run_tick(&*third, &a, t0 + 3 * MIN).await.unwrap().unwrap();
+    assert!(tick.recorded && tick.changes.is_empty(), "{tick:?}");
+    // The same tick tried again (a replay after a crash) records and notifies nothing.
+    let again = run_tick(&*db.store, &a, t0 + 3 * MIN + 10)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(!again.recorded && again.changes.is_empty(), "{again:?}");
+
+    // The logins leave the window: no data is `ok`, so it resolves, once.
+    let tick = run_tick(&*third, &a, t0 + 10 * MIN).await.unwrap().unwrap();
+    assert_eq!(tick.changes.len(), 1);
+    assert_eq!(tick.changes[0].transition, Transition::Resolved);
+    assert_eq!(tick.changes[0].value, None);
+    let tick = run_tick(&*third, &a, t0 + 11 * MIN).await.unwrap().unwrap();
+    assert!(tick.changes.is_empty());
+    assert_eq!(phases(&third).await[0].1, "inactive");
+}
+
+async fn a_tick_is_recorded_by_exactly_one_of_two_stores(db: db::TestDb) {
+    let a = alert(&STORED.replace("for: 2m\n", ""));
+    let t0 = 2_000 * MIN;
+    login(&db.store, 5, "acme", t0 - 1000).await;
+    let other = db.open_again().await;
+    for round in 0..5 {
+        let now = t0 + round * MIN;
+        let (x, y) = tokio::join!(run_tick(&*db.store, &a, now), run_tick(&*other, &a, now));
+        let (x, y) = (x.unwrap().unwrap(), y.unwrap().unwrap());
+        assert!(x.recorded != y.recorded, "round {round}: {x:?} {y:?}");
+        let fired: usize = [&x, &y].iter().map(|t| t.changes.len()).sum();
+        assert_eq!(fired, usize::from(round == 0), "round {round}");
+    }
 }

@@ -814,6 +814,31 @@ pub trait Store: Admin + Send + Sync + std::fmt::Debug {
     /// True while a run started by this trigger is unfinished (for `overlap: skip`).
     async fn cron_run_active(&self, workflow_id: &str, trigger_key: &str) -> Result<bool>;
     async fn cron_fires(&self, workflow_id: &str, limit: i64) -> Result<Vec<CronFire>>;
+
+    // Alerts.
+    /// Events of one name created in `(from, to]`, oldest first: an alert's window.
+    async fn alert_events(&self, name: &str, from: Millis, to: Millis) -> Result<Vec<EventRecord>>;
+    /// An alert's stored instances, by group key.
+    async fn alert_instances(&self, alert_id: &str) -> Result<Vec<AlertInstance>>;
+    /// Claims an alert's evaluation tick and writes the instances it decided, in one
+    /// transaction. False, with nothing written, when the tick was already claimed.
+    async fn record_alert_tick(
+        &self,
+        alert_id: &str,
+        tick: Millis,
+        states: &[AlertInstance],
+    ) -> Result<bool>;
+}
+
+/// One alert instance as stored: its group's labels as JSON (`{}` without `group_by`), its
+/// phase, and its state machine's state as JSON.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AlertInstance {
+    pub alert_id: String,
+    pub group_key: String,
+    pub phase: String,
+    pub state: String,
+    pub updated_at: Millis,
 }
 
 pub type DynStore = Arc<dyn Store>;
