@@ -3,6 +3,7 @@
 
 #[path = "support/db.rs"]
 mod db;
+mod support;
 
 use herald::alerts::tick::run_tick;
 use herald::alerts::{AlertState, Event, Phase, Transition, evaluate, step};
@@ -423,6 +424,7 @@ annotations:
 db::scenarios!["alerts";
     a_pending_and_a_firing_alert_survive_restarts_and_notify_once,
     a_tick_is_recorded_by_exactly_one_of_two_stores,
+    the_admin_api_lists_alerts_and_their_instances,
 ];
 
 const STORED: &str = r#"kind: alert
@@ -517,4 +519,48 @@ async fn a_tick_is_recorded_by_exactly_one_of_two_stores(db: db::TestDb) {
         let fired: usize = [&x, &y].iter().map(|t| t.changes.len()).sum();
         assert_eq!(fired, usize::from(round == 0), "round {round}");
     }
+}
+
+async fn the_admin_api_lists_alerts_and_their_instances(db: db::TestDb) {
+    use herald::definitions::env::EnvSource;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("herald.yaml"),
+        "admin:\n  api_keys: [\"${env:ADMIN_KEY}\"]\n",
+    )
+    .unwrap();
+    std::fs::create_dir_all(dir.path().join("workflows")).unwrap();
+    std::fs::write(dir.path().join("workflows/logins.yaml"), STORED).unwrap();
+    let env = EnvSource::Map(std::sync::Arc::new(
+        [("ADMIN_KEY".to_owned(), "k".repeat(32))].into(),
+    ));
+    let clock = herald::engine::clock::VirtualClock::at("2026-11-02T15:00:00Z");
+    let app = support::app::App::start(dir.path(), &env, db.store.clone(), &clock).await;
+    let t0 = herald::engine::clock::Clock::now(&clock);
+    login(&db.store, 3, "acme", t0 - 1000).await;
+    let a = alert(STORED);
+    run_tick(&*db.store, &a, t0).await.unwrap().unwrap();
+
+    let http = reqwest::Client::new();
+    let unauthorised = http.get(app.url("/api/alerts")).send().await.unwrap();
+    assert_eq!(unauthorised.status(), 401);
+    let body: Value = http
+        .get(app.url("/api/alerts"))
+        .header("x-api-key", "k".repeat(32))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let alerts = body["alerts"].as_array().unwrap();
+    assert_eq!(alerts.len(), 1, "{body}");
+    assert_eq!(alerts[0]["alertname"], "admin-logins");
+    assert_eq!(alerts[0]["condition"], "> 2");
+    assert_eq!(alerts[0]["severity"], "warning");
+    let instance = &alerts[0]["instances"][0];
+    assert_eq!(instance["labels"], json!({ "tenant": "acme" }), "{body}");
+    assert_eq!(instance["state"], "pending");
+    assert_eq!(instance["value"], 3.0);
+    assert_eq!(instance["active_since"], "2026-11-02T15:00:00Z");
 }

@@ -2,6 +2,7 @@
 //! thin; errors become JSON responses in one place ([`ApiError`]).
 
 pub mod admin;
+pub mod alerts;
 pub mod health;
 pub mod hooks;
 pub mod inbound;
@@ -95,6 +96,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         )
         .route("/retention/run", post(operations::run_retention))
         .route("/reload", post(admin::reload))
+        .route("/alerts", get(alerts::list))
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
             admin::require_key,

@@ -1,0 +1,59 @@
+//! `GET /api/alerts`: every alert the registry holds, and the state of each of its instances as
+//! the last evaluation stored it.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use axum::Json;
+use axum::extract::State;
+use serde_json::{Value, json};
+
+use super::{ApiError, AppState};
+use crate::alerts::AlertState;
+use crate::engine::clock::rfc3339;
+
+pub async fn list(State(state): State<Arc<AppState>>) -> Result<Json<Value>, ApiError> {
+    let registry = state.engine.registry();
+    let mut ids: Vec<&String> = registry
+        .workflows
+        .iter()
+        .filter(|(_, wf)| wf.alert.is_some())
+        .map(|(id, _)| id)
+        .collect();
+    ids.sort();
+    let mut alerts = Vec::new();
+    for id in ids {
+        let Some(alert) = &registry.workflows[id].alert else {
+            continue;
+        };
+        let mut instances = Vec::new();
+        for i in state
+            .engine
+            .store
+            .alert_instances(id)
+            .await
+            .map_err(ApiError::unavailable)?
+        {
+            let labels: BTreeMap<String, String> =
+                serde_json::from_str(&i.group_key).unwrap_or_default();
+            let s: Option<AlertState> = serde_json::from_str(&i.state).ok();
+            instances.push(json!({
+                "labels": labels,
+                "state": i.phase,
+                "value": s.as_ref().and_then(|s| s.value),
+                "active_since": s.as_ref().and_then(|s| s.active_since).map(rfc3339),
+                "fired_at": s.as_ref().and_then(|s| s.fired_at).map(rfc3339),
+                "evaluated_at": rfc3339(i.updated_at),
+            }));
+        }
+        alerts.push(json!({
+            "alertname": id,
+            "severity": alert.def.severity.name(),
+            "condition": alert.condition.to_string(),
+            "resolve": alert.resolve.map(|r| r.to_string()),
+            "every": alert.def.every.to_string(),
+            "instances": instances,
+        }));
+    }
+    Ok(Json(json!({ "alerts": alerts })))
+}
