@@ -563,4 +563,20 @@ async fn the_admin_api_lists_alerts_and_their_instances(db: db::TestDb) {
     assert_eq!(instance["state"], "pending");
     assert_eq!(instance["value"], 3.0);
     assert_eq!(instance["active_since"], "2026-11-02T15:00:00Z");
+
+    let metrics = http
+        .get(app.url("/metrics"))
+        .header("x-api-key", "k".repeat(32))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains(
+            r#"ALERTS{alertname="admin-logins",alertstate="pending",severity="warning",tenant="acme"} 1"#
+        ),
+        "{metrics}"
+    );
 }

@@ -57,3 +57,43 @@ pub async fn list(State(state): State<Arc<AppState>>) -> Result<Json<Value>, Api
     }
     Ok(Json(json!({ "alerts": alerts })))
 }
+
+/// Prometheus's `ALERTS` series for `/metrics`: one line per pending or firing instance, with
+/// its rendered labels. An instance whose labels fail to render is left out, and logged.
+pub async fn series(state: &AppState) -> String {
+    let registry = state.engine.registry();
+    let mut ids: Vec<&String> = registry.workflows.keys().collect();
+    ids.sort();
+    let mut lines = Vec::new();
+    for id in ids {
+        let Some(alert) = &registry.workflows[id].alert else {
+            continue;
+        };
+        let Ok(instances) = state.engine.store.alert_instances(id).await else {
+            continue;
+        };
+        for i in instances {
+            if i.phase != "pending" && i.phase != "firing" {
+                continue;
+            }
+            let group: BTreeMap<String, String> =
+                serde_json::from_str(&i.group_key).unwrap_or_default();
+            let value = serde_json::from_str::<AlertState>(&i.state)
+                .ok()
+                .and_then(|s| s.value);
+            match crate::alerts::render::render(alert, &group, value, &registry.templates) {
+                Ok(r) => lines.push(crate::alerts::render::alerts_series(&r.labels, &i.phase)),
+                Err(e) => {
+                    tracing::warn!(alert = %id, error = %e, "an alert's labels do not render")
+                }
+            }
+        }
+    }
+    if lines.is_empty() {
+        return String::new();
+    }
+    format!(
+        "# HELP ALERTS Alerts that are pending or firing.\n# TYPE ALERTS gauge\n{}\n",
+        lines.join("\n")
+    )
+}
