@@ -425,6 +425,7 @@ db::scenarios!["alerts";
     a_pending_and_a_firing_alert_survive_restarts_and_notify_once,
     a_tick_is_recorded_by_exactly_one_of_two_stores,
     the_admin_api_lists_alerts_and_their_instances,
+    the_server_evaluates_alerts_at_their_ticks,
 ];
 
 const STORED: &str = r#"kind: alert
@@ -579,4 +580,39 @@ async fn the_admin_api_lists_alerts_and_their_instances(db: db::TestDb) {
         ),
         "{metrics}"
     );
+}
+
+async fn the_server_evaluates_alerts_at_their_ticks(db: db::TestDb) {
+    use herald::definitions::env::EnvSource;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("workflows")).unwrap();
+    std::fs::write(
+        dir.path().join("workflows/logins.yaml"),
+        STORED.replace("for: 2m\n", ""),
+    )
+    .unwrap();
+    let env = EnvSource::Map(std::sync::Arc::new(Default::default()));
+    let clock = herald::engine::clock::VirtualClock::at("2026-11-02T15:00:00Z");
+    let app = support::app::App::start(dir.path(), &env, db.store.clone(), &clock).await;
+    let t0 = herald::engine::clock::Clock::now(&clock);
+    login(&db.store, 3, "acme", t0 - 1000).await;
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let task = tokio::spawn(herald::server::alerts::evaluate(
+        app.engine.clone(),
+        shutdown.clone(),
+    ));
+    let mut seen = Vec::new();
+    for _ in 0..50 {
+        seen = phases(&db.store).await;
+        if !seen.is_empty() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        seen,
+        [(r#"{"tenant":"acme"}"#.to_owned(), "firing".to_owned())]
+    );
+    shutdown.cancel();
+    task.await.unwrap();
 }

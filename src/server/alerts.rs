@@ -97,3 +97,43 @@ pub async fn series(state: &AppState) -> String {
         lines.join("\n")
     )
 }
+
+/// Evaluates every alert of the current registry at each of its ticks, until shutdown. The
+/// registry is read afresh each round, so an edited threshold or `for` applies at the next
+/// tick. Each tick is tried once per process; the store's claim decides which process
+/// records it.
+pub async fn evaluate(
+    engine: Arc<crate::engine::Engine>,
+    shutdown: tokio_util::sync::CancellationToken,
+) {
+    let mut tried: std::collections::HashMap<String, i64> = std::collections::HashMap::new();
+    loop {
+        let registry = engine.registry();
+        let now = engine.clock.now();
+        for (id, wf) in &registry.workflows {
+            let Some(alert) = &wf.alert else { continue };
+            let tick = crate::alerts::tick::tick_at(alert, now);
+            if tried.get(id) == Some(&tick) {
+                continue;
+            }
+            match crate::alerts::tick::run_tick(&*engine.store, alert, now).await {
+                Ok(Some(t)) => {
+                    tried.insert(id.clone(), tick);
+                    for c in t.changes {
+                        tracing::info!(alert = %id, labels = ?c.labels, value = ?c.value, transition = ?c.transition, "alert");
+                    }
+                }
+                Ok(None) => {
+                    tried.insert(id.clone(), tick);
+                }
+                Err(e) => {
+                    tracing::warn!(alert = %id, error = %e, "an alert's evaluation failed; it is tried again")
+                }
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(std::time::Duration::from_secs(1)) => {}
+            _ = shutdown.cancelled() => return,
+        }
+    }
+}
