@@ -426,6 +426,7 @@ db::scenarios!["alerts";
     a_tick_is_recorded_by_exactly_one_of_two_stores,
     the_admin_api_lists_alerts_and_their_instances,
     the_server_evaluates_alerts_at_their_ticks,
+    an_event_of_the_wrong_type_is_rejected,
 ];
 
 const STORED: &str = r#"kind: alert
@@ -615,4 +616,69 @@ async fn the_server_evaluates_alerts_at_their_ticks(db: db::TestDb) {
     );
     shutdown.cancel();
     task.await.unwrap();
+}
+
+async fn an_event_of_the_wrong_type_is_rejected(db: db::TestDb) {
+    use herald::definitions::env::EnvSource;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("herald.yaml"),
+        "admin:\n  api_keys: [\"${env:ADMIN_KEY}\"]\n",
+    )
+    .unwrap();
+    std::fs::create_dir_all(dir.path().join("workflows")).unwrap();
+    std::fs::write(
+        dir.path().join("workflows/slow.yaml"),
+        "kind: alert\nid: slow\nsource:\n  events: { name: req, window: 10m, aggregate: p95, field: data.ms }\ncondition: \"> 5000\"\n",
+    )
+    .unwrap();
+    let env = EnvSource::Map(std::sync::Arc::new(
+        [("ADMIN_KEY".to_owned(), "k".repeat(32))].into(),
+    ));
+    let clock = herald::engine::clock::VirtualClock::at("2026-11-02T15:00:00Z");
+    let app = support::app::App::start(dir.path(), &env, db.store.clone(), &clock).await;
+    let http = reqwest::Client::new();
+    let post = |body: &'static str| {
+        http.post(app.url("/api/events"))
+            .header("x-api-key", "k".repeat(32))
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+    };
+    let r = post(r#"{"name": "req", "data": {"ms": "slow"}}"#)
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 422);
+    let text = r.text().await.unwrap();
+    assert!(
+        text.contains("`data.ms` is \\\"slow\\\", not a number"),
+        "{text}"
+    );
+    assert!(text.contains("alert `slow`"), "{text}");
+    let r = post(r#"{"name": "req", "data": [1, 2]}"#).await.unwrap();
+    assert_eq!(r.status(), 422);
+    let r = post(r#"{"name": "req", "data": {"ms": 1"#).await.unwrap();
+    assert_eq!(r.status(), 400);
+    let r = post(r#"{"name": 5}"#).await.unwrap();
+    assert_eq!(r.status(), 400);
+    // Nothing of those was stored; a good event is.
+    assert!(
+        db.store
+            .alert_events("req", 0, i64::MAX)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let r = post(r#"{"name": "req", "data": {"ms": 120}}"#)
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    assert_eq!(
+        db.store
+            .alert_events("req", 0, i64::MAX)
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
 }

@@ -137,3 +137,48 @@ pub async fn evaluate(
         }
     }
 }
+
+/// Checks a posted event against the alerts that read it: an alert that reads a field as a
+/// number gets a number, never a text silently skipped, and their data is an object. The
+/// message names the field and the alert.
+pub(crate) fn check_event(
+    registry: &crate::engine::registry::Registry,
+    name: &str,
+    data: &Value,
+) -> Result<(), String> {
+    let mut ids: Vec<&String> = registry.workflows.keys().collect();
+    ids.sort();
+    for id in ids {
+        let Some(alert) = &registry.workflows[id].alert else {
+            continue;
+        };
+        let crate::definitions::model::alert::AlertSource::Events(src) = &alert.def.source else {
+            continue;
+        };
+        if !src.name.names().iter().any(|n| n == name) {
+            continue;
+        }
+        if !data.is_object() {
+            return Err(format!(
+                "the event's `data` must be an object: alert `{id}` reads `{name}` events' fields"
+            ));
+        }
+        let (Some(field), true) = (&src.field, src.aggregate.numeric()) else {
+            continue;
+        };
+        let event = crate::alerts::Event {
+            name: name.to_owned(),
+            key: None,
+            data: data.clone(),
+            at: 0,
+        };
+        if let Some(v) = event.field(field)
+            && !v.is_number()
+        {
+            return Err(format!(
+                "`{field}` is {v}, not a number: alert `{id}` reads it as one (send it without quotes)"
+            ));
+        }
+    }
+    Ok(())
+}
