@@ -1,12 +1,18 @@
 //! `kind: alert`: validation with positions, the events aggregates, and the state machine's
 //! edge cases (flapping with and without hysteresis, no data, `for` interrupted, `keep_firing_for`).
 
+#[path = "support/db.rs"]
+mod db;
+mod support;
+
+use herald::alerts::tick::run_tick;
 use herald::alerts::{AlertState, Event, Phase, Transition, evaluate, step};
 use herald::definitions::alert::Alert;
 use herald::definitions::model::alert::{AlertSource, EventsSource};
 use herald::definitions::project::{EnvMode, Layout, LoadOptions, load};
 use herald::definitions::read_definition;
 use herald::definitions::source::SourceFile;
+use herald::store::{DynStore, NewEvent};
 use serde_json::{Value, json};
 
 const MIN: i64 = 60_000;
@@ -360,4 +366,319 @@ fn no_data_is_ok_alerting_or_keeps_the_state() {
     );
     assert_eq!(phases, [Phase::Pending, Phase::Firing, Phase::Resolved]);
     assert_eq!(t, [(1, Transition::Fired), (2, Transition::Resolved)]);
+}
+
+#[test]
+fn labels_and_annotations_render_with_the_value_and_the_group() {
+    let a = alert(
+        r#"kind: alert
+id: delivery-rate
+source:
+  events: { name: [message.delivered, message.failed], window: 1h, aggregate: ratio, matching: { name: message.delivered }, group_by: data.channel }
+condition: "< 95%"
+severity: critical
+labels: { team: "{{ labels.channel }}-oncall" }
+annotations:
+  summary: "{{ (value * 100) | round(1) }} % of {{ labels.channel }} messages delivered ({{ labels.team }})"
+"#,
+    );
+    let now = 90 * MIN;
+    let mut evs: Vec<Event> = (0..9)
+        .map(|i| {
+            ev(
+                "message.delivered",
+                json!({"channel": "sms"}),
+                now - i * MIN,
+            )
+        })
+        .collect();
+    evs.push(ev("message.failed", json!({"channel": "sms"}), now - MIN));
+    let groups = evaluate(events_source(&a), &evs, now);
+    assert_eq!(groups.len(), 1);
+    let templates = herald::templates::Templates::empty(100_000);
+    let r =
+        herald::alerts::render::render(&a, &groups[0].labels, groups[0].value, &templates).unwrap();
+    assert_eq!(r.labels["alertname"], "delivery-rate");
+    assert_eq!(r.labels["severity"], "critical");
+    assert_eq!(r.labels["channel"], "sms");
+    assert_eq!(r.labels["team"], "sms-oncall");
+    assert_eq!(
+        r.annotations["summary"],
+        "90.0 % of sms messages delivered (sms-oncall)"
+    );
+    assert_eq!(
+        herald::alerts::render::alerts_series(&r.labels, "firing"),
+        r#"ALERTS{alertname="delivery-rate",alertstate="firing",channel="sms",severity="critical",team="sms-oncall"} 1"#
+    );
+
+    // A text that fails at run time is an error naming it, not an empty string.
+    let broken = alert(
+        "kind: alert\nid: b\nsource:\n  events: { name: x, window: 1h, aggregate: count }\ncondition: \"> 1\"\nannotations:\n  summary: \"{{ labels.nope }}\"\n",
+    );
+    let err = herald::alerts::render::render(&broken, &Default::default(), Some(2.0), &templates)
+        .unwrap_err();
+    assert!(err.contains("annotation `summary` of alert `b`"), "{err}");
+    assert!(err.contains("nope"), "{err}");
+}
+
+db::scenarios!["alerts";
+    a_pending_and_a_firing_alert_survive_restarts_and_notify_once,
+    a_tick_is_recorded_by_exactly_one_of_two_stores,
+    the_admin_api_lists_alerts_and_their_instances,
+    the_server_evaluates_alerts_at_their_ticks,
+    an_event_of_the_wrong_type_is_rejected,
+];
+
+const STORED: &str = r#"kind: alert
+id: admin-logins
+every: 1m
+source:
+  events: { name: admin.login, window: 10m, aggregate: count, group_by: data.tenant }
+condition: "> 2"
+for: 2m
+"#;
+
+async fn login(store: &DynStore, n: usize, tenant: &str, at: i64) {
+    let events: Vec<NewEvent> = (0..n)
+        .map(|i| NewEvent {
+            id: format!("{tenant}-{at}-{i}"),
+            name: "admin.login".into(),
+            key: None,
+            data: json!({ "tenant": tenant }),
+            source_run_id: None,
+            created_at: at,
+        })
+        .collect();
+    store.insert_events(&events, &[], &[], &[]).await.unwrap();
+}
+
+async fn phases(store: &DynStore) -> Vec<(String, String)> {
+    store
+        .alert_instances("admin-logins")
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|i| (i.group_key, i.phase))
+        .collect()
+}
+
+async fn a_pending_and_a_firing_alert_survive_restarts_and_notify_once(db: db::TestDb) {
+    let a = alert(STORED);
+    let t0 = 1_000 * MIN;
+    login(&db.store, 3, "acme", t0 - 1000).await;
+    login(&db.store, 1, "globex", t0 - 1000).await;
+    let tick = run_tick(&*db.store, &a, t0 + 5).await.unwrap().unwrap();
+    assert_eq!((tick.at, tick.recorded), (t0, true));
+    assert!(tick.changes.is_empty());
+    // Only the group over the threshold has a row; globex stays inactive.
+    assert_eq!(
+        phases(&db.store).await,
+        [(r#"{"tenant":"acme"}"#.to_owned(), "pending".to_owned())]
+    );
+
+    // A restart while pending: the new process carries on from when it started pending.
+    let second = db.open_again().await;
+    let tick = run_tick(&*second, &a, t0 + MIN).await.unwrap().unwrap();
+    assert!(tick.changes.is_empty());
+    let tick = run_tick(&*second, &a, t0 + 2 * MIN).await.unwrap().unwrap();
+    assert_eq!(tick.changes.len(), 1);
+    assert_eq!(tick.changes[0].transition, Transition::Fired);
+    assert_eq!(tick.changes[0].labels["tenant"], "acme");
+    assert_eq!(tick.changes[0].value, Some(3.0));
+
+    // A restart while firing: it is still firing, and fires no second time.
+    let third = db.open_again().await;
+    assert_eq!(phases(&third).await[0].1, "firing");
+    let tick = run_tick(&*third, &a, t0 + 3 * MIN).await.unwrap().unwrap();
+    assert!(tick.recorded && tick.changes.is_empty(), "{tick:?}");
+    // The same tick tried again (a replay after a crash) records and notifies nothing.
+    let again = run_tick(&*db.store, &a, t0 + 3 * MIN + 10)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(!again.recorded && again.changes.is_empty(), "{again:?}");
+
+    // The logins leave the window: no data is `ok`, so it resolves, once.
+    let tick = run_tick(&*third, &a, t0 + 10 * MIN).await.unwrap().unwrap();
+    assert_eq!(tick.changes.len(), 1);
+    assert_eq!(tick.changes[0].transition, Transition::Resolved);
+    assert_eq!(tick.changes[0].value, None);
+    let tick = run_tick(&*third, &a, t0 + 11 * MIN).await.unwrap().unwrap();
+    assert!(tick.changes.is_empty());
+    assert_eq!(phases(&third).await[0].1, "inactive");
+}
+
+async fn a_tick_is_recorded_by_exactly_one_of_two_stores(db: db::TestDb) {
+    let a = alert(&STORED.replace("for: 2m\n", ""));
+    let t0 = 2_000 * MIN;
+    login(&db.store, 5, "acme", t0 - 1000).await;
+    let other = db.open_again().await;
+    for round in 0..5 {
+        let now = t0 + round * MIN;
+        let (x, y) = tokio::join!(run_tick(&*db.store, &a, now), run_tick(&*other, &a, now));
+        let (x, y) = (x.unwrap().unwrap(), y.unwrap().unwrap());
+        assert!(x.recorded != y.recorded, "round {round}: {x:?} {y:?}");
+        let fired: usize = [&x, &y].iter().map(|t| t.changes.len()).sum();
+        assert_eq!(fired, usize::from(round == 0), "round {round}");
+    }
+}
+
+async fn the_admin_api_lists_alerts_and_their_instances(db: db::TestDb) {
+    use herald::definitions::env::EnvSource;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("herald.yaml"),
+        "admin:\n  api_keys: [\"${env:ADMIN_KEY}\"]\n",
+    )
+    .unwrap();
+    std::fs::create_dir_all(dir.path().join("workflows")).unwrap();
+    std::fs::write(dir.path().join("workflows/logins.yaml"), STORED).unwrap();
+    let env = EnvSource::Map(std::sync::Arc::new(
+        [("ADMIN_KEY".to_owned(), "k".repeat(32))].into(),
+    ));
+    let clock = herald::engine::clock::VirtualClock::at("2026-11-02T15:00:00Z");
+    let app = support::app::App::start(dir.path(), &env, db.store.clone(), &clock).await;
+    let t0 = herald::engine::clock::Clock::now(&clock);
+    login(&db.store, 3, "acme", t0 - 1000).await;
+    let a = alert(STORED);
+    run_tick(&*db.store, &a, t0).await.unwrap().unwrap();
+
+    let http = reqwest::Client::new();
+    let unauthorised = http.get(app.url("/api/alerts")).send().await.unwrap();
+    assert_eq!(unauthorised.status(), 401);
+    let body: Value = http
+        .get(app.url("/api/alerts"))
+        .header("x-api-key", "k".repeat(32))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let alerts = body["alerts"].as_array().unwrap();
+    assert_eq!(alerts.len(), 1, "{body}");
+    assert_eq!(alerts[0]["alertname"], "admin-logins");
+    assert_eq!(alerts[0]["condition"], "> 2");
+    assert_eq!(alerts[0]["severity"], "warning");
+    let instance = &alerts[0]["instances"][0];
+    assert_eq!(instance["labels"], json!({ "tenant": "acme" }), "{body}");
+    assert_eq!(instance["state"], "pending");
+    assert_eq!(instance["value"], 3.0);
+    assert_eq!(instance["active_since"], "2026-11-02T15:00:00Z");
+
+    let metrics = http
+        .get(app.url("/metrics"))
+        .header("x-api-key", "k".repeat(32))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains(
+            r#"ALERTS{alertname="admin-logins",alertstate="pending",severity="warning",tenant="acme"} 1"#
+        ),
+        "{metrics}"
+    );
+}
+
+async fn the_server_evaluates_alerts_at_their_ticks(db: db::TestDb) {
+    use herald::definitions::env::EnvSource;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("workflows")).unwrap();
+    std::fs::write(
+        dir.path().join("workflows/logins.yaml"),
+        STORED.replace("for: 2m\n", ""),
+    )
+    .unwrap();
+    let env = EnvSource::Map(std::sync::Arc::new(Default::default()));
+    let clock = herald::engine::clock::VirtualClock::at("2026-11-02T15:00:00Z");
+    let app = support::app::App::start(dir.path(), &env, db.store.clone(), &clock).await;
+    let t0 = herald::engine::clock::Clock::now(&clock);
+    login(&db.store, 3, "acme", t0 - 1000).await;
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let task = tokio::spawn(herald::server::alerts::evaluate(
+        app.engine.clone(),
+        shutdown.clone(),
+    ));
+    let mut seen = Vec::new();
+    for _ in 0..50 {
+        seen = phases(&db.store).await;
+        if !seen.is_empty() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        seen,
+        [(r#"{"tenant":"acme"}"#.to_owned(), "firing".to_owned())]
+    );
+    shutdown.cancel();
+    task.await.unwrap();
+}
+
+async fn an_event_of_the_wrong_type_is_rejected(db: db::TestDb) {
+    use herald::definitions::env::EnvSource;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("herald.yaml"),
+        "admin:\n  api_keys: [\"${env:ADMIN_KEY}\"]\n",
+    )
+    .unwrap();
+    std::fs::create_dir_all(dir.path().join("workflows")).unwrap();
+    std::fs::write(
+        dir.path().join("workflows/slow.yaml"),
+        "kind: alert\nid: slow\nsource:\n  events: { name: req, window: 10m, aggregate: p95, field: data.ms }\ncondition: \"> 5000\"\n",
+    )
+    .unwrap();
+    let env = EnvSource::Map(std::sync::Arc::new(
+        [("ADMIN_KEY".to_owned(), "k".repeat(32))].into(),
+    ));
+    let clock = herald::engine::clock::VirtualClock::at("2026-11-02T15:00:00Z");
+    let app = support::app::App::start(dir.path(), &env, db.store.clone(), &clock).await;
+    let http = reqwest::Client::new();
+    let post = |body: &'static str| {
+        http.post(app.url("/api/events"))
+            .header("x-api-key", "k".repeat(32))
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+    };
+    let r = post(r#"{"name": "req", "data": {"ms": "slow"}}"#)
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 422);
+    let text = r.text().await.unwrap();
+    assert!(
+        text.contains("`data.ms` is \\\"slow\\\", not a number"),
+        "{text}"
+    );
+    assert!(text.contains("alert `slow`"), "{text}");
+    let r = post(r#"{"name": "req", "data": [1, 2]}"#).await.unwrap();
+    assert_eq!(r.status(), 422);
+    let r = post(r#"{"name": "req", "data": {"ms": 1"#).await.unwrap();
+    assert_eq!(r.status(), 400);
+    let r = post(r#"{"name": 5}"#).await.unwrap();
+    assert_eq!(r.status(), 400);
+    // Nothing of those was stored; a good event is.
+    assert!(
+        db.store
+            .alert_events("req", 0, i64::MAX)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let r = post(r#"{"name": "req", "data": {"ms": 120}}"#)
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    assert_eq!(
+        db.store
+            .alert_events("req", 0, i64::MAX)
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
 }

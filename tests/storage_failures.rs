@@ -323,6 +323,28 @@ impl Store for Failing {
         self.check()?;
         self.inner.campaign_counts(id).await
     }
+    async fn alert_events(
+        &self,
+        name: &str,
+        from: Millis,
+        to: Millis,
+    ) -> Result<Vec<herald::store::EventRecord>> {
+        self.check()?;
+        self.inner.alert_events(name, from, to).await
+    }
+    async fn alert_instances(&self, id: &str) -> Result<Vec<herald::store::AlertInstance>> {
+        self.check()?;
+        self.inner.alert_instances(id).await
+    }
+    async fn record_alert_tick(
+        &self,
+        id: &str,
+        tick: Millis,
+        states: &[herald::store::AlertInstance],
+    ) -> Result<bool> {
+        self.check()?;
+        self.inner.record_alert_tick(id, tick, states).await
+    }
 }
 
 /// A project folder with `config` as its herald.yaml and `workflow` as its one workflow.

@@ -389,6 +389,8 @@ async fn migrations_apply_and_rerun(db: &TestDb) {
         );
     }
     for table in [
+        "alert_states",
+        "alert_ticks",
         "contacts",
         "cron_fires",
         "cron_state",

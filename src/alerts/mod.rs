@@ -5,7 +5,9 @@
 //! time.
 
 pub mod aggregate;
+pub mod render;
 pub mod state;
+pub mod tick;
 
 pub use aggregate::{Event, Group, evaluate};
 pub use state::{AlertState, Phase, Transition, step};

@@ -166,6 +166,10 @@ async fn serve(args: Args) -> Result<ExitCode, UsageError> {
         engine.clone(),
         shutdown.clone(),
     ));
+    tasks.spawn(crate::server::alerts::evaluate(
+        engine.clone(),
+        shutdown.clone(),
+    ));
     tasks.spawn(crate::server::health::watch_channels(
         state.clone(),
         shutdown.clone(),

@@ -296,6 +296,13 @@ pub(crate) async fn emit_event(
             "the event needs a `name`",
         ));
     }
+    if let Err(e) = super::alerts::check_event(&state.engine.registry(), &body.name, &body.data) {
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_event",
+            e,
+        ));
+    }
     let id = state
         .engine
         .emit(&body.name, body.key.as_deref(), body.data)

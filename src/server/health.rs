@@ -121,9 +121,7 @@ pub async fn metrics(State(state): State<Arc<AppState>>) -> Response {
         }
     }
     metrics::gauge!("herald_definitions").set(state.engine.registry().workflows.len() as f64);
-    (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        state.metrics.render(),
-    )
-        .into_response()
+    let mut text = state.metrics.render();
+    text.push_str(&super::alerts::series(&state).await);
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
 }

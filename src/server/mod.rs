@@ -2,6 +2,7 @@
 //! thin; errors become JSON responses in one place ([`ApiError`]).
 
 pub mod admin;
+pub mod alerts;
 pub mod campaigns;
 pub mod health;
 pub mod hooks;
@@ -108,6 +109,7 @@ pub fn router(state: Arc<AppState>) -> Router {
             get(inbox::messages).post(inbox::reply),
         )
         .route("/conversations/{id}/release", post(inbox::release))
+        .route("/alerts", get(alerts::list))
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
             admin::require_key,

@@ -847,6 +847,30 @@ pub trait Store: Admin + Send + Sync + std::fmt::Debug {
         now: Millis,
     ) -> Result<()>;
     async fn campaign_counts(&self, id: &str) -> Result<campaigns::CampaignCounts>;
+    // Alerts.
+    /// Events of one name created in `(from, to]`, oldest first: an alert's window.
+    async fn alert_events(&self, name: &str, from: Millis, to: Millis) -> Result<Vec<EventRecord>>;
+    /// An alert's stored instances, by group key.
+    async fn alert_instances(&self, alert_id: &str) -> Result<Vec<AlertInstance>>;
+    /// Claims an alert's evaluation tick and writes the instances it decided, in one
+    /// transaction. False, with nothing written, when the tick was already claimed.
+    async fn record_alert_tick(
+        &self,
+        alert_id: &str,
+        tick: Millis,
+        states: &[AlertInstance],
+    ) -> Result<bool>;
+}
+
+/// One alert instance as stored: its group's labels as JSON (`{}` without `group_by`), its
+/// phase, and its state machine's state as JSON.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AlertInstance {
+    pub alert_id: String,
+    pub group_key: String,
+    pub phase: String,
+    pub state: String,
+    pub updated_at: Millis,
 }
 
 pub type DynStore = Arc<dyn Store>;

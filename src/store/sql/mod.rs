@@ -15,6 +15,7 @@
 //! work, how it writes a segment's commit (SQLite's group commit, PostgreSQL's one-statement
 //! segment), and how a contact upsert is made safe against concurrent writers.
 
+pub(super) mod alerts;
 pub(super) mod campaigns;
 pub(super) mod commit;
 pub(super) mod contacts;

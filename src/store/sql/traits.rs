@@ -229,6 +229,20 @@ impl<B: Backend> Store for B {
     async fn campaign_counts(&self, id: &str) -> Result<CampaignCounts> {
         campaigns::counts(self, id).await
     }
+    async fn alert_events(&self, name: &str, from: Millis, to: Millis) -> Result<Vec<EventRecord>> {
+        super::alerts::events_between(self, name, from, to).await
+    }
+    async fn alert_instances(&self, alert_id: &str) -> Result<Vec<crate::store::AlertInstance>> {
+        super::alerts::instances(self, alert_id).await
+    }
+    async fn record_alert_tick(
+        &self,
+        alert_id: &str,
+        tick: Millis,
+        states: &[crate::store::AlertInstance],
+    ) -> Result<bool> {
+        super::alerts::record_tick(self, alert_id, tick, states).await
+    }
 }
 
 #[async_trait]

@@ -1,0 +1,114 @@
+//! One evaluation tick of an alert against the store: the events in its window, each group's
+//! stored state moved one step, and the changes written with the tick's claim in one
+//! transaction. Ticks are aligned to the alert's `every` and evaluated at the tick's time, not
+//! the clock's, so every process that tries a tick computes the same thing, and exactly one
+//! of them records it.
+
+use std::collections::BTreeMap;
+
+use super::aggregate::{Event, evaluate};
+use super::state::{AlertState, Phase, Transition, step};
+use crate::definitions::alert::Alert;
+use crate::definitions::model::alert::AlertSource;
+use crate::store::{AlertInstance, Millis, Result, Store};
+
+/// A transition one tick decided, for whoever is told.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Change {
+    pub labels: BTreeMap<String, String>,
+    pub transition: Transition,
+    pub value: Option<f64>,
+}
+
+/// What a tick did. `recorded` is false when another process (or an earlier call) had
+/// already claimed the tick: its changes are then not this caller's to notify.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Tick {
+    pub at: Millis,
+    pub recorded: bool,
+    pub changes: Vec<Change>,
+}
+
+/// The tick that `now` falls in: the last multiple of `every` at or before it.
+pub fn tick_at(alert: &Alert, now: Millis) -> Millis {
+    let every = i64::try_from(alert.def.every.as_std().as_millis())
+        .unwrap_or(i64::MAX)
+        .max(1);
+    now - now.rem_euclid(every)
+}
+
+/// Evaluates the tick `now` falls in. `None` for a source that is not evaluated yet.
+pub async fn run_tick(store: &dyn Store, alert: &Alert, now: Millis) -> Result<Option<Tick>> {
+    let AlertSource::Events(source) = &alert.def.source else {
+        return Ok(None);
+    };
+    let at = tick_at(alert, now);
+    let window = i64::try_from(source.window.as_std().as_millis()).unwrap_or(i64::MAX);
+    let mut events = Vec::new();
+    for name in source.name.names() {
+        for e in store
+            .alert_events(name, at.saturating_sub(window), at)
+            .await?
+        {
+            events.push(Event {
+                name: e.name,
+                key: e.key,
+                data: e.data,
+                at: e.created_at,
+            });
+        }
+    }
+    let groups = evaluate(source, &events, at);
+    let mut stored: BTreeMap<String, AlertState> = BTreeMap::new();
+    for i in store.alert_instances(alert.id()).await? {
+        // A state that no longer reads (from another version of Herald) starts afresh.
+        if let Ok(s) = serde_json::from_str(&i.state) {
+            stored.insert(i.group_key, s);
+        }
+    }
+    let mut values: BTreeMap<String, (BTreeMap<String, String>, Option<f64>)> = BTreeMap::new();
+    for g in groups {
+        let key = serde_json::to_string(&g.labels).unwrap_or_default();
+        values.insert(key, (g.labels, g.value));
+    }
+    // A group seen before with no events now has no data.
+    for key in stored.keys() {
+        if !values.contains_key(key) {
+            let labels = serde_json::from_str(key).unwrap_or_default();
+            values.insert(key.clone(), (labels, None));
+        }
+    }
+    let mut rows = Vec::new();
+    let mut changes = Vec::new();
+    for (key, (labels, value)) in values {
+        let prev = stored
+            .get(&key)
+            .cloned()
+            .unwrap_or_else(|| AlertState::new(at));
+        let (next, transition) = step(alert, &prev, value, at);
+        if let Some(t) = transition {
+            changes.push(Change {
+                labels,
+                transition: t,
+                value,
+            });
+        }
+        // An instance that is and stays inactive is not worth a row.
+        if next.phase == Phase::Inactive && !stored.contains_key(&key) {
+            continue;
+        }
+        rows.push(AlertInstance {
+            alert_id: alert.id().to_owned(),
+            group_key: key,
+            phase: next.phase.name().to_owned(),
+            state: serde_json::to_string(&next).unwrap_or_default(),
+            updated_at: at,
+        });
+    }
+    let recorded = store.record_alert_tick(alert.id(), at, &rows).await?;
+    Ok(Some(Tick {
+        at,
+        recorded,
+        changes: if recorded { changes } else { Vec::new() },
+    }))
+}
