@@ -26,6 +26,7 @@ db::scenarios!["campaigns";
     a_paused_campaign_enrolls_nobody_until_resumed,
     a_send_window_opens_on_each_recipients_clock,
     the_admin_api_pauses_resumes_and_cancels_a_campaign,
+    a_reply_or_a_funded_loan_ends_the_sequence,
 ];
 
 const HOUR: Duration = Duration::from_secs(3600);
@@ -473,4 +474,87 @@ async fn the_admin_api_pauses_resumes_and_cancels_a_campaign(db: db::TestDb) {
     assert_eq!(r.status(), 404);
     drop(app);
     drop(db);
+}
+
+const REENGAGE: &str = r#"
+kind: campaign
+id: re-engage
+audience: { lists: [stalled] }
+schedule:
+  send_at: "2026-11-02T15:00:00Z"
+exit_when:
+  replied: [sms]
+  events: [loan.funded]
+  status: [customer]
+steps:
+  - id: first
+    send: { channel: hook, to: "{{ contact.email }}", body: "Still interested?" }
+  - id: later
+    wait: 2d
+  - id: second
+    send: { channel: hook, to: "{{ contact.email }}", body: "Last chance" }
+"#;
+
+async fn a_reply_or_a_funded_loan_ends_the_sequence(db: db::TestDb) {
+    let h = Harness::new(db, &[("workflows/re-engage.yaml", REENGAGE)]).await;
+    let with_phone = |email: &str, phone: &str| ContactUpsert {
+        phone: Some(phone.to_owned()),
+        ..contact(email, &["stalled"], &[], Some("lead"))
+    };
+    seed(
+        &h,
+        &[
+            with_phone("ann@example.com", "+13035550101"),
+            with_phone("bob@example.com", "+13035550102"),
+            with_phone("cid@example.com", "+13035550103"),
+            with_phone("dee@example.com", "+13035550104"),
+        ],
+    )
+    .await;
+    let scheduler = Scheduler::new(h.engine.clone());
+    tick(&h, &scheduler).await;
+    assert_eq!(h.sink.requests().len(), 4);
+
+    // Ann texts back, Bob's loan is funded, Cid becomes a customer; Dee does nothing.
+    h.engine
+        .inbound_message("sms", "+13035550101", "yes please call me", None)
+        .await
+        .unwrap();
+    h.engine
+        .emit(
+            "loan.funded",
+            Some("bob@example.com"),
+            serde_json::json!({}),
+        )
+        .await
+        .unwrap();
+    h.engine
+        .store
+        .insert_events(
+            &[],
+            &[],
+            &[ContactUpsert {
+                email: Some("cid@example.com".into()),
+                status: Some("customer".into()),
+                now: 1,
+                ..ContactUpsert::default()
+            }],
+            &[],
+        )
+        .await
+        .unwrap();
+    h.advance(2 * DAY).await;
+    tick(&h, &scheduler).await;
+    let last: Vec<_> = received(&h.sink.requests())
+        .into_iter()
+        .filter(|(_, body)| body == "Last chance")
+        .map(|(to, _)| to)
+        .collect();
+    assert_eq!(
+        last,
+        ["dee@example.com"],
+        "only the one who did nothing hears again"
+    );
+    let counts = h.engine.store.campaign_counts("re-engage").await.unwrap();
+    assert_eq!((counts.enrolled, counts.finished), (4, 4));
 }

@@ -9,6 +9,7 @@
 //! run finished), `cancelled` (its runs cancelled).
 
 mod control;
+pub(crate) mod exit;
 pub(crate) mod window;
 
 use std::sync::Arc;

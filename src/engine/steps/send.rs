@@ -12,6 +12,24 @@ use crate::engine::{new_id, policy, retry, suppression};
 use crate::store::NewOutbox;
 
 pub(super) async fn execute(mut cx: StepCx<'_>, s: &SendStep) -> Result<Outcome, StepError> {
+    if let Some(c) = cx.run.workflow.campaign.clone() {
+        let exited = crate::engine::campaign::exit::reason(
+            cx.host.store,
+            &c.exit_when,
+            cx.run.ctx.get("contact"),
+            cx.run.created_at,
+        )
+        .await
+        .map_err(|e| StepError::Transient {
+            message: format!("could not check the campaign's exit_when: {e}"),
+            retry_after: None,
+        })?;
+        if let Some(reason) = exited {
+            // The recipient leaves the campaign here: this message and every later step are
+            // not made, and the step log says why.
+            return Ok(Outcome::End(json!({"status": "exited", "reason": reason})));
+        }
+    }
     queue(&mut cx, s, None, None).await.map(Outcome::Done)
 }
 
