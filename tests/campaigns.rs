@@ -27,6 +27,7 @@ db::scenarios!["campaigns";
     a_send_window_opens_on_each_recipients_clock,
     the_admin_api_pauses_resumes_and_cancels_a_campaign,
     a_reply_or_a_funded_loan_ends_the_sequence,
+    a_frequency_cap_is_shared_by_two_campaigns,
 ];
 
 const HOUR: Duration = Duration::from_secs(3600);
@@ -557,4 +558,55 @@ async fn a_reply_or_a_funded_loan_ends_the_sequence(db: db::TestDb) {
     );
     let counts = h.engine.store.campaign_counts("re-engage").await.unwrap();
     assert_eq!((counts.enrolled, counts.finished), (4, 4));
+}
+
+fn offer(id: &str, send_at: &str) -> String {
+    format!(
+        "kind: campaign\nid: {id}\naudience: {{ lists: [all] }}\nschedule:\n  send_at: \"{send_at}\"\nsteps:\n  - id: offer\n    send: {{ channel: hook, to: \"{{{{ contact.email }}}}\", body: \"{id}\" }}\n"
+    )
+}
+
+/// `compliance.frequency_cap` counts every marketing message to a person, whichever campaign
+/// (or workflow) sent it: the second campaign of the day is suppressed for those the first one
+/// reached, and reaches who the first did not.
+async fn a_frequency_cap_is_shared_by_two_campaigns(db: db::TestDb) {
+    let first = offer("first-offer", "2026-11-02T15:00:00Z");
+    let second = offer("second-offer", "2026-11-02T18:00:00Z");
+    let h = Harness::new(
+        db,
+        &[
+            ("workflows/first-offer.yaml", &first),
+            ("workflows/second-offer.yaml", &second),
+        ],
+    )
+    .await;
+    h.write(
+        "herald.yaml",
+        "channels:\n  sms: { provider: log }\n  hook: { provider: webhook, url: \"{{SINK}}/deliver\" }\ncompliance:\n  frequency_cap: { messages: 1, per: 1d }\n",
+    );
+    h.reload().await;
+    seed(&h, &[contact("ann@example.com", &["all"], &[], None)]).await;
+    let scheduler = Scheduler::new(h.engine.clone());
+    tick(&h, &scheduler).await;
+    // Bob joins between the two sends.
+    seed(&h, &[contact("bob@example.com", &["all"], &[], None)]).await;
+    h.clock.advance(3 * HOUR);
+    tick(&h, &scheduler).await;
+    assert_eq!(
+        received(&h.sink.requests()),
+        [
+            ("ann@example.com".to_owned(), "first-offer".to_owned()),
+            ("bob@example.com".to_owned(), "second-offer".to_owned()),
+        ]
+    );
+    let counts = h
+        .engine
+        .store
+        .campaign_counts("second-offer")
+        .await
+        .unwrap();
+    assert_eq!(
+        counts.enrolled, 2,
+        "both enrolled; the cap decided at the send"
+    );
 }
