@@ -356,6 +356,22 @@ async fn a_paused_campaign_enrolls_nobody_until_resumed(db: db::TestDb) {
     campaign::resume(&h.engine, "reactivate").await.unwrap();
     tick(&h, &scheduler).await;
     assert_eq!(h.sink.requests().len(), 1);
+
+    // Paused while the recipient waits for its second message: it is held, not lost.
+    campaign::pause(&h.engine, "reactivate").await.unwrap();
+    h.advance(2 * DAY).await;
+    tick(&h, &scheduler).await;
+    assert_eq!(h.sink.requests().len(), 1, "nothing goes while paused");
+    campaign::resume(&h.engine, "reactivate").await.unwrap();
+    h.advance(Duration::from_secs(60)).await;
+    tick(&h, &scheduler).await;
+    assert_eq!(
+        received(&h.sink.requests()),
+        [
+            ("ann@example.com".to_owned(), "First, version 1".to_owned()),
+            ("ann@example.com".to_owned(), "Second, version 1".to_owned()),
+        ]
+    );
 }
 
 const WINDOWED: &str = r#"

@@ -13,6 +13,27 @@ use crate::store::NewOutbox;
 
 pub(super) async fn execute(mut cx: StepCx<'_>, s: &SendStep) -> Result<Outcome, StepError> {
     if let Some(c) = cx.run.workflow.campaign.clone() {
+        let unknown = |e: crate::store::StoreError| StepError::Transient {
+            message: format!("could not read the campaign's state: {e}"),
+            retry_after: None,
+        };
+        let state = cx
+            .host
+            .store
+            .campaign(&cx.run.workflow.id)
+            .await
+            .map_err(unknown)?;
+        if state.is_some_and(|r| r.state == crate::engine::campaign::PAUSED) {
+            // A paused campaign's recipients hold before their next message and look again
+            // in a while; the step is tried afresh then, so an edit made meanwhile applies.
+            let until = cx.now + crate::engine::campaign::PAUSED_RECHECK_MS;
+            return Ok(Outcome::Wait {
+                wait: crate::engine::cursor::Wait::Retry { until },
+                due_at: Some(until),
+                event: None,
+                note: json!({"campaign_paused": true, "retry_at": crate::engine::clock::rfc3339(until)}),
+            });
+        }
         let exited = crate::engine::campaign::exit::reason(
             cx.host.store,
             &c.exit_when,
