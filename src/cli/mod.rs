@@ -2,6 +2,7 @@
 //! arguments and maps outcomes to exit codes: 0 success, 1 a definition problem (or a failed
 //! run), 2 a usage or IO problem.
 
+mod campaign;
 mod init;
 mod render;
 mod run;
@@ -42,6 +43,8 @@ enum Command {
     Run(run::Args),
     /// Run the project's tests (`kind: test` files) offline, on a virtual clock.
     Test(test::Args),
+    /// List, show, pause, resume or cancel campaigns, on the project's database.
+    Campaign(campaign::Args),
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum, Default)]
@@ -94,6 +97,7 @@ pub fn main() -> ExitCode {
         Command::Serve(a) => serve::run(a),
         Command::Run(a) => run::run(a),
         Command::Test(a) => test::run(a),
+        Command::Campaign(a) => campaign::run(a),
     };
     match result {
         Ok(code) => code,
