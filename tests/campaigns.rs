@@ -26,6 +26,8 @@ db::scenarios!["campaigns";
     a_paused_campaign_enrolls_nobody_until_resumed,
     a_send_window_opens_on_each_recipients_clock,
     the_admin_api_pauses_resumes_and_cancels_a_campaign,
+    a_reply_or_a_funded_loan_ends_the_sequence,
+    a_frequency_cap_is_shared_by_two_campaigns,
 ];
 
 const HOUR: Duration = Duration::from_secs(3600);
@@ -354,6 +356,22 @@ async fn a_paused_campaign_enrolls_nobody_until_resumed(db: db::TestDb) {
     campaign::resume(&h.engine, "reactivate").await.unwrap();
     tick(&h, &scheduler).await;
     assert_eq!(h.sink.requests().len(), 1);
+
+    // Paused while the recipient waits for its second message: it is held, not lost.
+    campaign::pause(&h.engine, "reactivate").await.unwrap();
+    h.advance(2 * DAY).await;
+    tick(&h, &scheduler).await;
+    assert_eq!(h.sink.requests().len(), 1, "nothing goes while paused");
+    campaign::resume(&h.engine, "reactivate").await.unwrap();
+    h.advance(Duration::from_secs(60)).await;
+    tick(&h, &scheduler).await;
+    assert_eq!(
+        received(&h.sink.requests()),
+        [
+            ("ann@example.com".to_owned(), "First, version 1".to_owned()),
+            ("ann@example.com".to_owned(), "Second, version 1".to_owned()),
+        ]
+    );
 }
 
 const WINDOWED: &str = r#"
@@ -473,4 +491,138 @@ async fn the_admin_api_pauses_resumes_and_cancels_a_campaign(db: db::TestDb) {
     assert_eq!(r.status(), 404);
     drop(app);
     drop(db);
+}
+
+const REENGAGE: &str = r#"
+kind: campaign
+id: re-engage
+audience: { lists: [stalled] }
+schedule:
+  send_at: "2026-11-02T15:00:00Z"
+exit_when:
+  replied: [sms]
+  events: [loan.funded]
+  status: [customer]
+steps:
+  - id: first
+    send: { channel: hook, to: "{{ contact.email }}", body: "Still interested?" }
+  - id: later
+    wait: 2d
+  - id: second
+    send: { channel: hook, to: "{{ contact.email }}", body: "Last chance" }
+"#;
+
+async fn a_reply_or_a_funded_loan_ends_the_sequence(db: db::TestDb) {
+    let h = Harness::new(db, &[("workflows/re-engage.yaml", REENGAGE)]).await;
+    let with_phone = |email: &str, phone: &str| ContactUpsert {
+        phone: Some(phone.to_owned()),
+        ..contact(email, &["stalled"], &[], Some("lead"))
+    };
+    seed(
+        &h,
+        &[
+            with_phone("ann@example.com", "+13035550101"),
+            with_phone("bob@example.com", "+13035550102"),
+            with_phone("cid@example.com", "+13035550103"),
+            with_phone("dee@example.com", "+13035550104"),
+        ],
+    )
+    .await;
+    let scheduler = Scheduler::new(h.engine.clone());
+    tick(&h, &scheduler).await;
+    assert_eq!(h.sink.requests().len(), 4);
+
+    // Ann texts back, Bob's loan is funded, Cid becomes a customer; Dee does nothing.
+    h.engine
+        .inbound_message("sms", "+13035550101", "yes please call me", None)
+        .await
+        .unwrap();
+    h.engine
+        .emit(
+            "loan.funded",
+            Some("bob@example.com"),
+            serde_json::json!({}),
+        )
+        .await
+        .unwrap();
+    h.engine
+        .store
+        .insert_events(
+            &[],
+            &[],
+            &[ContactUpsert {
+                email: Some("cid@example.com".into()),
+                status: Some("customer".into()),
+                now: 1,
+                ..ContactUpsert::default()
+            }],
+            &[],
+        )
+        .await
+        .unwrap();
+    h.advance(2 * DAY).await;
+    tick(&h, &scheduler).await;
+    let last: Vec<_> = received(&h.sink.requests())
+        .into_iter()
+        .filter(|(_, body)| body == "Last chance")
+        .map(|(to, _)| to)
+        .collect();
+    assert_eq!(
+        last,
+        ["dee@example.com"],
+        "only the one who did nothing hears again"
+    );
+    let counts = h.engine.store.campaign_counts("re-engage").await.unwrap();
+    assert_eq!((counts.enrolled, counts.finished), (4, 4));
+}
+
+fn offer(id: &str, send_at: &str) -> String {
+    format!(
+        "kind: campaign\nid: {id}\naudience: {{ lists: [all] }}\nschedule:\n  send_at: \"{send_at}\"\nsteps:\n  - id: offer\n    send: {{ channel: hook, to: \"{{{{ contact.email }}}}\", body: \"{id}\" }}\n"
+    )
+}
+
+/// `compliance.frequency_cap` counts every marketing message to a person, whichever campaign
+/// (or workflow) sent it: the second campaign of the day is suppressed for those the first one
+/// reached, and reaches who the first did not.
+async fn a_frequency_cap_is_shared_by_two_campaigns(db: db::TestDb) {
+    let first = offer("first-offer", "2026-11-02T15:00:00Z");
+    let second = offer("second-offer", "2026-11-02T18:00:00Z");
+    let h = Harness::new(
+        db,
+        &[
+            ("workflows/first-offer.yaml", &first),
+            ("workflows/second-offer.yaml", &second),
+        ],
+    )
+    .await;
+    h.write(
+        "herald.yaml",
+        "channels:\n  sms: { provider: log }\n  hook: { provider: webhook, url: \"{{SINK}}/deliver\" }\ncompliance:\n  frequency_cap: { messages: 1, per: 1d }\n",
+    );
+    h.reload().await;
+    seed(&h, &[contact("ann@example.com", &["all"], &[], None)]).await;
+    let scheduler = Scheduler::new(h.engine.clone());
+    tick(&h, &scheduler).await;
+    // Bob joins between the two sends.
+    seed(&h, &[contact("bob@example.com", &["all"], &[], None)]).await;
+    h.clock.advance(3 * HOUR);
+    tick(&h, &scheduler).await;
+    assert_eq!(
+        received(&h.sink.requests()),
+        [
+            ("ann@example.com".to_owned(), "first-offer".to_owned()),
+            ("bob@example.com".to_owned(), "second-offer".to_owned()),
+        ]
+    );
+    let counts = h
+        .engine
+        .store
+        .campaign_counts("second-offer")
+        .await
+        .unwrap();
+    assert_eq!(
+        counts.enrolled, 2,
+        "both enrolled; the cap decided at the send"
+    );
 }

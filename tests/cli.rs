@@ -853,3 +853,50 @@ fn a_channel_that_cannot_be_built_is_reported_at_its_setting() {
         show(&out)
     );
 }
+
+#[test]
+fn campaign_commands_pause_resume_and_explain_refusals() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    write(
+        root,
+        "herald.yaml",
+        &format!("{CONFIG}database: sqlite://herald.db\n"),
+    );
+    write(
+        root,
+        "workflows/promo.yaml",
+        "kind: campaign\nid: promo\nschedule:\n  send_at: \"2030-01-01T10:00:00Z\"\nsteps:\n  - id: offer\n    send: { channel: email, to: \"{{ contact.email }}\", body: Offer }\n",
+    );
+    let out = run(herald(root).args(["campaign", "list"]));
+    assert_eq!(code(&out), 0, "{}", show(&out));
+    let list: serde_json::Value = serde_json::from_str(&stdout(&out)).expect("JSON");
+    assert_eq!(list[0]["id"], "promo");
+    assert_eq!(list[0]["state"], "scheduled");
+    assert_eq!(list[0]["kind"], "broadcast");
+
+    let out = run(herald(root).args(["campaign", "resume", "promo"]));
+    assert_eq!(code(&out), 1, "{}", show(&out));
+    assert!(
+        stderr(&out).contains("campaign `promo` is scheduled, not paused"),
+        "{}",
+        show(&out)
+    );
+
+    let out = run(herald(root).args(["campaign", "pause", "promo"]));
+    assert_eq!(code(&out), 0, "{}", show(&out));
+    let out = run(herald(root).args(["campaign", "show", "promo"]));
+    let shown: serde_json::Value = serde_json::from_str(&stdout(&out)).expect("JSON");
+    assert_eq!(
+        shown["state"], "paused",
+        "the state is kept in the database"
+    );
+
+    let out = run(herald(root).args(["campaign", "cancel", "nope"]));
+    assert_eq!(code(&out), 1, "{}", show(&out));
+    assert!(
+        stderr(&out).contains("no campaign `nope` is loaded"),
+        "{}",
+        show(&out)
+    );
+}

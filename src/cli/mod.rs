@@ -2,6 +2,7 @@
 //! arguments and maps outcomes to exit codes: 0 success, 1 a definition problem (or a failed
 //! run), 2 a usage or IO problem.
 
+mod campaign;
 mod contacts;
 mod init;
 mod render;
@@ -45,6 +46,8 @@ enum Command {
     Test(test::Args),
     /// Manage contacts in the project's database: import them from a file.
     Contacts(contacts::Args),
+    /// List, show, pause, resume or cancel campaigns, on the project's database.
+    Campaign(campaign::Args),
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum, Default)]
@@ -98,6 +101,7 @@ pub fn main() -> ExitCode {
         Command::Run(a) => run::run(a),
         Command::Test(a) => test::run(a),
         Command::Contacts(a) => contacts::run(a),
+        Command::Campaign(a) => campaign::run(a),
     };
     match result {
         Ok(code) => code,

@@ -4,7 +4,7 @@
 //! enrolled by the campaign driver.
 
 use super::diagnostics::Diagnostic;
-use super::model::campaign::{Audience, CampaignDef, Schedule, SendWindow};
+use super::model::campaign::{Audience, CampaignDef, ExitWhen, Schedule, SendWindow};
 use super::model::common::DefinitionId;
 use super::model::step::resolve_steps;
 use super::model::trigger::{EventTrigger, Trigger};
@@ -24,6 +24,7 @@ pub struct Campaign {
     pub send_at: Option<i64>,
     pub reenrol: bool,
     pub send_window: Option<SendWindow>,
+    pub exit_when: ExitWhen,
 }
 
 pub(super) fn read(file: SourceFile, doc: Parsed) -> Result<Definition, Vec<Diagnostic>> {
@@ -78,6 +79,7 @@ pub(crate) fn from_def(def: CampaignDef) -> Result<Campaign, (&'static str, Box<
         send_at,
         reenrol: def.reenrol,
         send_window: def.send_window,
+        exit_when: def.exit_when,
     })
 }
 

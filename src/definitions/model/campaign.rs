@@ -47,6 +47,10 @@ pub struct CampaignDef {
     /// waits in the outbox for it to open.
     #[serde(default)]
     pub send_window: Option<SendWindow>,
+    /// When a recipient leaves the campaign: checked before each of its messages, so one who
+    /// replied, converted or changed status gets nothing more, and its run ends.
+    #[serde(default)]
+    pub exit_when: ExitWhen,
     /// The steps each recipient goes through, in order. The recipient is `contact` in
     /// templates (`{{ contact.email }}`, `{{ contact.first_name }}`).
     #[schemars(length(min = 1))]
@@ -141,4 +145,20 @@ pub enum Weekday {
     Fri,
     Sat,
     Sun,
+}
+
+/// What ends a recipient's campaign early: any one of these, since they were enrolled.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ExitWhen {
+    /// They wrote on one of these channels, such as `[sms, email]`.
+    #[serde(default)]
+    pub replied: Vec<String>,
+    /// One of these events was emitted keyed by their e-mail address, phone or contact id,
+    /// such as `[loan.funded]`.
+    #[serde(default)]
+    pub events: Vec<String>,
+    /// Their lifecycle status became one of these, such as `[customer]`.
+    #[serde(default)]
+    pub status: Vec<String>,
 }

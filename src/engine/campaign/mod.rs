@@ -5,10 +5,11 @@
 //! a second tick never enrolls anyone twice.
 //!
 //! States: `scheduled` (no row yet, or not due), `running` (enrolled, recipients on their way),
-//! `paused` (no enrolment, no new segment for its recipients), `completed` (every recipient's
+//! `paused` (no enrolment; recipients hold before their next message), `completed` (every recipient's
 //! run finished), `cancelled` (its runs cancelled).
 
 mod control;
+pub(crate) mod exit;
 pub(crate) mod window;
 
 use std::sync::Arc;
@@ -36,6 +37,9 @@ pub const RUNNING: &str = "running";
 pub const PAUSED: &str = "paused";
 pub const COMPLETED: &str = "completed";
 pub const CANCELLED: &str = "cancelled";
+
+/// How long a paused campaign's recipient waits before it looks at the campaign's state again.
+pub const PAUSED_RECHECK_MS: i64 = 60_000;
 
 /// What one tick did.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]

@@ -12,6 +12,45 @@ use crate::engine::{new_id, policy, retry, suppression};
 use crate::store::NewOutbox;
 
 pub(super) async fn execute(mut cx: StepCx<'_>, s: &SendStep) -> Result<Outcome, StepError> {
+    if let Some(c) = cx.run.workflow.campaign.clone() {
+        let unknown = |e: crate::store::StoreError| StepError::Transient {
+            message: format!("could not read the campaign's state: {e}"),
+            retry_after: None,
+        };
+        let state = cx
+            .host
+            .store
+            .campaign(&cx.run.workflow.id)
+            .await
+            .map_err(unknown)?;
+        if state.is_some_and(|r| r.state == crate::engine::campaign::PAUSED) {
+            // A paused campaign's recipients hold before their next message and look again
+            // in a while; the step is tried afresh then, so an edit made meanwhile applies.
+            let until = cx.now + crate::engine::campaign::PAUSED_RECHECK_MS;
+            return Ok(Outcome::Wait {
+                wait: crate::engine::cursor::Wait::Retry { until },
+                due_at: Some(until),
+                event: None,
+                note: json!({"campaign_paused": true, "retry_at": crate::engine::clock::rfc3339(until)}),
+            });
+        }
+        let exited = crate::engine::campaign::exit::reason(
+            cx.host.store,
+            &c.exit_when,
+            cx.run.ctx.get("contact"),
+            cx.run.created_at,
+        )
+        .await
+        .map_err(|e| StepError::Transient {
+            message: format!("could not check the campaign's exit_when: {e}"),
+            retry_after: None,
+        })?;
+        if let Some(reason) = exited {
+            // The recipient leaves the campaign here: this message and every later step are
+            // not made, and the step log says why.
+            return Ok(Outcome::End(json!({"status": "exited", "reason": reason})));
+        }
+    }
     queue(&mut cx, s, None, None).await.map(Outcome::Done)
 }
 
