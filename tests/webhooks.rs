@@ -2322,3 +2322,34 @@ async fn the_admin_api_runs_a_cron_workflow_now_and_says_when_retention_is_off()
         .await
         .assert_error(409, "retention_off");
 }
+
+/// Validation reserves the admin API's routes from `API_ROUTES`, so a webhook cannot shadow
+/// one. Each listed path, with its parameters filled in, reaches an admin handler, not the
+/// fallback's "no admin endpoint": the list names routes the server really has. (A route
+/// added to the server but not to the list is not caught here.)
+#[tokio::test]
+async fn every_reserved_admin_route_is_one_the_server_answers() {
+    let s = Server::start().await;
+    for route in herald::definitions::model::config::API_ROUTES {
+        let path = format!("/api{route}")
+            .replace("{id}", "nothing-here")
+            .replace("{channel}", "log")
+            .replace("{workflow}", "nothing-here")
+            .replace("{address}", "someone");
+        for method in [reqwest::Method::GET, reqwest::Method::POST] {
+            let answer = s
+                .http
+                .request(method.clone(), format!("http://{}{path}", s.addr))
+                .header("x-api-key", ADMIN_KEY)
+                .send()
+                .await
+                .unwrap();
+            let status = answer.status().as_u16();
+            let body = answer.text().await.unwrap();
+            assert!(
+                !body.contains("no admin endpoint"),
+                "{method} {path}: {status} {body}"
+            );
+        }
+    }
+}

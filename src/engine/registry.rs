@@ -91,20 +91,47 @@ impl CompiledWorkflow {
             steps: Vec::new(),
         };
         CompiledWorkflow {
+            alert: Some(Arc::new(alert.clone())),
+            ..CompiledWorkflow::base(def, workflow)
+        }
+    }
+
+    /// What every kind compiles to before its own parts: its steps' program and locations,
+    /// no verifiers or patterns for its triggers, and no kind-specific rules.
+    fn base(def: &Definition, workflow: Workflow) -> CompiledWorkflow {
+        let triggers = workflow.triggers.len();
+        CompiledWorkflow {
             id: def.id.clone(),
             metric_id: def.id.as_str().into(),
             hash: def.hash.clone(),
-            locations: HashMap::new(),
+            locations: locations(def, &workflow),
             program: Program::compile(&workflow.steps),
             workflow,
-            verifiers: Vec::new(),
-            patterns: Vec::new(),
+            verifiers: vec![None; triggers],
+            patterns: vec![None; triggers],
             source: def.file.text.to_string(),
             document: def.doc.value.clone(),
             conversation: None,
             campaign: None,
-            alert: Some(Arc::new(alert.clone())),
+            alert: None,
         }
+    }
+
+    /// The definition's document with `${env:...}` references resolved, read as `T`. Secrets
+    /// exist only in memory this way, never in the stored document.
+    fn resolved<T: serde::de::DeserializeOwned>(
+        def: &Definition,
+        env: &EnvSource,
+    ) -> Result<T, Vec<Diagnostic>> {
+        let mut resolved = def.doc.value.clone();
+        env.resolve_json(&mut resolved)
+            .map_err(|e| vec![def.file.whole(Diagnostic::error("unset-env", e))])?;
+        serde_json::from_value(resolved).map_err(|e| {
+            vec![
+                def.file
+                    .whole(Diagnostic::error("invalid-value", e.to_string())),
+            ]
+        })
     }
 
     /// A campaign: each recipient is a run of its steps. A drip's `enrol` event is the
@@ -114,34 +141,14 @@ impl CompiledWorkflow {
         def: &Definition,
         env: &EnvSource,
     ) -> Result<CompiledWorkflow, Vec<Diagnostic>> {
-        let mut resolved = def.doc.value.clone();
-        env.resolve_json(&mut resolved)
-            .map_err(|e| vec![def.file.whole(Diagnostic::error("unset-env", e))])?;
         let cdef: crate::definitions::model::campaign::CampaignDef =
-            serde_json::from_value(resolved).map_err(|e| {
-                vec![
-                    def.file
-                        .whole(Diagnostic::error("invalid-value", e.to_string())),
-                ]
-            })?;
+            CompiledWorkflow::resolved(def, env)?;
         let spec = crate::definitions::campaign::from_def(cdef)
             .map_err(|(pointer, d)| vec![def.at_value(pointer, *d)])?;
         let workflow = spec.workflow.clone();
-        let locations = locations(def, &workflow);
         Ok(CompiledWorkflow {
-            id: def.id.clone(),
-            metric_id: def.id.as_str().into(),
-            hash: def.hash.clone(),
-            locations,
-            program: Program::compile(&workflow.steps),
-            verifiers: vec![None; workflow.triggers.len()],
-            patterns: vec![None; workflow.triggers.len()],
-            workflow,
-            source: def.file.text.to_string(),
-            document: def.doc.value.clone(),
-            conversation: None,
             campaign: Some(Arc::new(spec)),
-            alert: None,
+            ..CompiledWorkflow::base(def, workflow)
         })
     }
 
@@ -152,16 +159,8 @@ impl CompiledWorkflow {
         def: &Definition,
         env: &EnvSource,
     ) -> Result<CompiledWorkflow, Vec<Diagnostic>> {
-        let mut resolved = def.doc.value.clone();
-        env.resolve_json(&mut resolved)
-            .map_err(|e| vec![def.file.whole(Diagnostic::error("unset-env", e))])?;
         let cdef: crate::definitions::model::conversation::ConversationDef =
-            serde_json::from_value(resolved).map_err(|e| {
-                vec![
-                    def.file
-                        .whole(Diagnostic::error("invalid-value", e.to_string())),
-                ]
-            })?;
+            CompiledWorkflow::resolved(def, env)?;
         let spec = crate::definitions::conversation::from_def(cdef)
             .map_err(|e| vec![def.file.whole(Diagnostic::error("invalid-step", e))])?;
         let start_patterns = spec
@@ -173,24 +172,12 @@ impl CompiledWorkflow {
             })
             .collect();
         let workflow = spec.workflow.clone();
-        let locations = locations(def, &workflow);
         Ok(CompiledWorkflow {
-            id: def.id.clone(),
-            metric_id: def.id.as_str().into(),
-            hash: def.hash.clone(),
-            locations,
-            program: Program::compile(&workflow.steps),
-            workflow,
-            verifiers: Vec::new(),
-            patterns: Vec::new(),
-            source: def.file.text.to_string(),
-            document: def.doc.value.clone(),
             conversation: Some(Arc::new(CompiledConversation {
                 spec,
                 start_patterns,
             })),
-            campaign: None,
-            alert: None,
+            ..CompiledWorkflow::base(def, workflow)
         })
     }
 
@@ -200,15 +187,7 @@ impl CompiledWorkflow {
         def: &Definition,
         env: &EnvSource,
     ) -> Result<CompiledWorkflow, Vec<Diagnostic>> {
-        let mut resolved = def.doc.value.clone();
-        env.resolve_json(&mut resolved)
-            .map_err(|e| vec![def.file.whole(Diagnostic::error("unset-env", e))])?;
-        let wdef: WorkflowDef = serde_json::from_value(resolved).map_err(|e| {
-            vec![
-                def.file
-                    .whole(Diagnostic::error("invalid-value", e.to_string())),
-            ]
-        })?;
+        let wdef: WorkflowDef = CompiledWorkflow::resolved(def, env)?;
         let steps = resolve_steps(wdef.steps, "/steps")
             .map_err(|e| vec![def.file.whole(Diagnostic::error("invalid-step", e))])?;
         let workflow = Workflow {
@@ -248,21 +227,10 @@ impl CompiledWorkflow {
         if !errors.is_empty() {
             return Err(errors);
         }
-        let locations = locations(def, &workflow);
         Ok(CompiledWorkflow {
-            id: def.id.clone(),
-            metric_id: def.id.as_str().into(),
-            hash: def.hash.clone(),
-            locations,
-            program: Program::compile(&workflow.steps),
-            workflow,
             verifiers,
             patterns,
-            source: def.file.text.to_string(),
-            document: def.doc.value.clone(),
-            conversation: None,
-            campaign: None,
-            alert: None,
+            ..CompiledWorkflow::base(def, workflow)
         })
     }
 

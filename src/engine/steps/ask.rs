@@ -57,29 +57,12 @@ pub(super) async fn execute(mut cx: StepCx<'_>, ask: &AskStep) -> Result<Outcome
         .map(|t| t.to_zoned(jiff::tz::TimeZone::UTC).date())
         .unwrap_or_default();
     loop {
-        let found = cx
-            .host
-            .store
-            .find_event(&name, &session.address, since, &cx.run.cursor.consumed)
-            .await
-            .map_err(|e| StepError::Transient {
-                message: format!("could not look for the person's message: {e}"),
-                retry_after: None,
-            })?;
-        let Some(event) = found else { break };
-        cx.run.cursor.consumed.push(event.id.clone());
-        let text = event
-            .data
-            .get("text")
-            .and_then(Value::as_str)
-            .unwrap_or_default()
-            .to_owned();
-        turns.push(conversation::turn(
-            "user",
-            &text,
-            &step_id,
-            event.created_at,
-        ));
+        let Some((event, text)) = session
+            .next_message(&mut cx, since, &step_id, &mut turns)
+            .await?
+        else {
+            break;
+        };
         attempts += 1;
         let value = match &slot {
             Some((_, def)) => slots::parse(def, &text, &region, today),

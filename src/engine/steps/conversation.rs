@@ -46,6 +46,40 @@ impl Session {
     }
 }
 
+impl Session {
+    /// The person's next message on this session since `since` that the run has not taken
+    /// yet: it is marked taken and added to `turns` as the person's turn at `step`. Gives the
+    /// message and its text, or `None` when there is none.
+    pub(crate) async fn next_message(
+        &self,
+        cx: &mut StepCx<'_>,
+        since: i64,
+        step: &str,
+        turns: &mut Vec<Value>,
+    ) -> Result<Option<(crate::store::EventRecord, String)>, StepError> {
+        let name = format!("message.{}", self.channel);
+        let found = cx
+            .host
+            .store
+            .find_event(&name, &self.address, since, &cx.run.cursor.consumed)
+            .await
+            .map_err(|e| StepError::Transient {
+                message: format!("could not look for the person's message: {e}"),
+                retry_after: None,
+            })?;
+        let Some(event) = found else { return Ok(None) };
+        cx.run.cursor.consumed.push(event.id.clone());
+        let text = event
+            .data
+            .get("text")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_owned();
+        turns.push(turn("user", &text, step, event.created_at));
+        Ok(Some((event, text)))
+    }
+}
+
 /// The rules of the conversation the run belongs to.
 pub(crate) fn spec(cx: &StepCx<'_>) -> Result<Arc<CompiledConversation>, StepError> {
     cx.run.workflow.conversation.clone().ok_or_else(|| {

@@ -62,32 +62,14 @@ pub(super) async fn execute(mut cx: StepCx<'_>, h: &HandoffStep) -> Result<Outco
     };
     // The person's messages so far go to the agents, in the order they came.
     loop {
-        let found = cx
-            .host
-            .store
-            .find_event(
-                &name,
-                &session.address,
-                cx.run.created_at,
-                &cx.run.cursor.consumed,
-            )
-            .await
-            .map_err(unreadable)?;
-        let Some(event) = found else { break };
-        cx.run.cursor.consumed.push(event.id.clone());
+        let since = cx.run.created_at;
+        let Some((event, text)) = session
+            .next_message(&mut cx, since, &step_id, &mut turns)
+            .await?
+        else {
+            break;
+        };
         received += 1;
-        let text = event
-            .data
-            .get("text")
-            .and_then(Value::as_str)
-            .unwrap_or_default()
-            .to_owned();
-        turns.push(conversation::turn(
-            "user",
-            &text,
-            &step_id,
-            event.created_at,
-        ));
         let data = json!({
             "run_id": run_id,
             "channel": session.channel,
