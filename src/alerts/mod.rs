@@ -5,7 +5,9 @@
 //! time.
 
 pub mod aggregate;
+pub mod notify;
 pub mod render;
+pub mod silence;
 pub mod state;
 pub mod tick;
 

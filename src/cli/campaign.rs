@@ -63,19 +63,13 @@ async fn act(args: Args) -> Result<ExitCode, UsageError> {
             report.errors()
         ))
     })?;
-    let url = super::serve::resolve_database_url(
-        args.database_url
-            .as_deref()
-            .unwrap_or(&registry.config.database),
+    let store = super::serve::open_project_database(
+        args.database_url.as_deref(),
+        &registry.config.database,
         &layout.root,
-    );
-    let url = env.resolve(&url).map_err(UsageError)?;
-    let store = crate::store::open(&url).await.map_err(|e| {
-        UsageError(format!(
-            "cannot open the database {}: {e}",
-            crate::store::redact_url(&url)
-        ))
-    })?;
+        &env,
+    )
+    .await?;
     let engine = Engine::new(store, clock, env, EngineOptions::default());
     engine
         .install(registry)

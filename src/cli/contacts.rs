@@ -5,7 +5,6 @@ use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use super::serve::resolve_database_url;
 use super::{UsageError, dir_or_current};
 use crate::contact_import::{self, Format, Options, Target};
 use crate::definitions::env::EnvSource;
@@ -108,17 +107,13 @@ async fn import(args: ImportArgs) -> Result<ExitCode, UsageError> {
     };
     let (project, _) = project::load(&layout, &load);
     let config = &project.config.def;
-    let url = resolve_database_url(
-        args.database_url.as_deref().unwrap_or(&config.database),
+    let store = super::serve::open_project_database(
+        args.database_url.as_deref(),
+        &config.database,
         &layout.root,
-    );
-    let url = load.env.resolve(&url).map_err(UsageError)?;
-    let store = crate::store::open(&url).await.map_err(|e| {
-        UsageError(format!(
-            "cannot open the database {}: {e}",
-            crate::store::redact_url(&url)
-        ))
-    })?;
+        &load.env,
+    )
+    .await?;
     let file = std::fs::File::open(&args.file)
         .map_err(|e| UsageError(format!("{}: {e}", args.file.display())))?;
     let size = file.metadata().map(|m| m.len()).unwrap_or(0);

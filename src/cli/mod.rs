@@ -9,6 +9,7 @@ mod render;
 mod run;
 mod schema;
 pub mod serve;
+mod silence;
 mod test;
 mod validate;
 
@@ -48,6 +49,9 @@ enum Command {
     Contacts(contacts::Args),
     /// List, show, pause, resume or cancel campaigns, on the project's database.
     Campaign(campaign::Args),
+    /// Silence alerts' notifications for a while: add, list or expire silences, on the
+    /// project's database.
+    Silence(silence::Args),
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum, Default)]
@@ -102,6 +106,7 @@ pub fn main() -> ExitCode {
         Command::Test(a) => test::run(a),
         Command::Contacts(a) => contacts::run(a),
         Command::Campaign(a) => campaign::run(a),
+        Command::Silence(a) => silence::run(a),
     };
     match result {
         Ok(code) => code,

@@ -77,6 +77,25 @@ pub(crate) fn resolve_database_url(url: &str, root: &Path) -> String {
     url.to_owned()
 }
 
+/// Opens the project's database for a command that works on it directly: `--database-url`
+/// if given, else herald.yaml's `database`, relative to the project folder, with its
+/// `${env:...}` resolved. The error says which database did not open, without its password.
+pub(crate) async fn open_project_database(
+    flag: Option<&str>,
+    configured: &str,
+    root: &Path,
+    env: &crate::definitions::env::EnvSource,
+) -> Result<crate::store::DynStore, UsageError> {
+    let url = resolve_database_url(flag.unwrap_or(configured), root);
+    let url = env.resolve(&url).map_err(UsageError)?;
+    crate::store::open(&url).await.map_err(|e| {
+        UsageError(format!(
+            "cannot open the database {}: {e}",
+            crate::store::redact_url(&url)
+        ))
+    })
+}
+
 pub fn run(args: Args) -> Result<ExitCode, UsageError> {
     init_logging(args.log_format, args.color);
     let runtime = tokio::runtime::Builder::new_multi_thread()

@@ -39,6 +39,9 @@ mod conversation;
 #[path = "semantic_alert.rs"]
 pub mod alert;
 
+#[path = "semantic_alerting.rs"]
+pub mod alerting;
+
 /// Names every expression may use, whatever started the run.
 pub const CONTEXT_ROOTS: &[&str] = &[
     "trigger", "body", "headers", "query", "params", "event", "message", "input", "vars", "steps",
@@ -288,6 +291,7 @@ fn check_all(project: &Project, opts: &LoadOptions, texts: &mut CompiledTexts) -
         );
         check_channel_names(project, file, parsed, &mut out);
         check_channel_policies(project, file, parsed, &mut out);
+        alerting::check(project, env, &globals, file, parsed, &mut out);
     }
     out
 }

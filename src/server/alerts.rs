@@ -107,9 +107,11 @@ pub async fn evaluate(
     shutdown: tokio_util::sync::CancellationToken,
 ) {
     let mut tried: std::collections::HashMap<String, i64> = std::collections::HashMap::new();
+    let mut notified_at: Option<i64> = None;
     loop {
         let registry = engine.registry();
         let now = engine.clock.now();
+        let mut changed = false;
         for (id, wf) in &registry.workflows {
             let Some(alert) = &wf.alert else { continue };
             let tick = crate::alerts::tick::tick_at(alert, now);
@@ -119,6 +121,7 @@ pub async fn evaluate(
             match crate::alerts::tick::run_tick(&*engine.store, alert, now).await {
                 Ok(Some(t)) => {
                     tried.insert(id.clone(), tick);
+                    changed |= !t.changes.is_empty();
                     for c in t.changes {
                         tracing::info!(alert = %id, labels = ?c.labels, value = ?c.value, transition = ?c.transition, "alert");
                     }
@@ -131,12 +134,31 @@ pub async fn evaluate(
                 }
             }
         }
+        // Notify at once after a change, and every few seconds besides, for repeats, silences
+        // that end, and a round a crash cut short.
+        if changed || notified_at.is_none_or(|at| now - at >= NOTIFY_EVERY_MS) {
+            let now = engine.clock.now();
+            match crate::alerts::notify::round(&*engine.store, &registry, &engine.env, now).await {
+                Ok(sent) => {
+                    notified_at = Some(now);
+                    if sent.iter().any(|s| s.messages > 0) {
+                        engine.outbox_ready.notify_waiters();
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "notifying alerts failed; it is tried again")
+                }
+            }
+        }
         tokio::select! {
             _ = tokio::time::sleep(std::time::Duration::from_secs(1)) => {}
             _ = shutdown.cancelled() => return,
         }
     }
 }
+
+/// How often alerts are considered for notification when nothing changed.
+const NOTIFY_EVERY_MS: i64 = 5_000;
 
 /// Checks a posted event against the alerts that read it: an alert that reads a field as a
 /// number gets a number, never a text silently skipped, and their data is an object. The

@@ -11,6 +11,7 @@ pub mod inbox;
 pub mod listener;
 pub(crate) mod operations;
 pub mod retention;
+pub mod silences;
 pub mod unsubscribe;
 pub mod webchat;
 
@@ -110,6 +111,8 @@ pub fn router(state: Arc<AppState>) -> Router {
         )
         .route("/conversations/{id}/release", post(inbox::release))
         .route("/alerts", get(alerts::list))
+        .route("/silences", get(silences::list).post(silences::add))
+        .route("/silences/{id}", axum::routing::delete(silences::expire))
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
             admin::require_key,

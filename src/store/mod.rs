@@ -42,6 +42,7 @@
 //! side instead, where a new table is added.
 
 pub mod admin;
+pub mod alerting;
 pub mod campaigns;
 mod group_commit;
 pub mod postgres;
@@ -860,6 +861,25 @@ pub trait Store: Admin + Send + Sync + std::fmt::Debug {
         tick: Millis,
         states: &[AlertInstance],
     ) -> Result<bool>;
+    /// Every alert instance that is firing, of every alert.
+    async fn firing_alert_instances(&self) -> Result<Vec<AlertInstance>>;
+    /// What every route last told every group.
+    async fn alert_notifications(&self) -> Result<Vec<alerting::NotificationLog>>;
+    /// Writes a route's next notification of a group and enqueues its messages, in one
+    /// transaction, if the group's `seq` is still `read_seq` (`None`: it has no row yet).
+    /// False, with nothing written, when another process notified it first.
+    async fn record_alert_notification(
+        &self,
+        log: &alerting::NotificationLog,
+        read_seq: Option<i64>,
+        messages: &[NewOutbox],
+    ) -> Result<bool>;
+    async fn add_silence(&self, silence: &alerting::SilenceRow) -> Result<()>;
+    /// Silences, newest first: all of them, or (with `active_at`) those in force then or
+    /// later.
+    async fn silences(&self, active_at: Option<Millis>) -> Result<Vec<alerting::SilenceRow>>;
+    /// Ends a silence at `now`. False when there is no such silence or it had ended.
+    async fn expire_silence(&self, id: &str, now: Millis) -> Result<bool>;
 }
 
 /// One alert instance as stored: its group's labels as JSON (`{}` without `group_by`), its

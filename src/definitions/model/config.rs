@@ -51,6 +51,10 @@ pub struct ConfigDef {
     /// speaks OpenAI's chat completions.
     #[serde(default)]
     pub ai: IndexMap<String, super::conversation::AiProviderConfig>,
+    /// Who is told when an alert (`kind: alert`) fires or resolves: routes by label to
+    /// channels, grouping, repeats and inhibition.
+    #[serde(default)]
+    pub alerting: super::alerting::AlertingConfig,
 }
 
 impl ConfigDef {
@@ -80,6 +84,7 @@ impl Default for ConfigDef {
             server: ServerConfig::default(),
             retention: RetentionConfig::default(),
             ai: IndexMap::new(),
+            alerting: Default::default(),
         }
     }
 }
@@ -396,6 +401,8 @@ pub const API_ROUTES: &[&str] = &[
     "/conversations/{id}/messages",
     "/conversations/{id}/release",
     "/alerts",
+    "/silences",
+    "/silences/{id}",
 ];
 
 impl RoutesConfig {

@@ -1,6 +1,7 @@
 //! The definition model: serde types, from which the JSON Schemas in `schemas/` are generated.
 
 pub mod alert;
+pub mod alerting;
 pub mod campaign;
 pub mod common;
 mod compact;

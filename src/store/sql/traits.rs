@@ -243,6 +243,32 @@ impl<B: Backend> Store for B {
     ) -> Result<bool> {
         super::alerts::record_tick(self, alert_id, tick, states).await
     }
+    async fn firing_alert_instances(&self) -> Result<Vec<crate::store::AlertInstance>> {
+        super::alerts::firing(self).await
+    }
+    async fn alert_notifications(&self) -> Result<Vec<crate::store::alerting::NotificationLog>> {
+        super::alerts::notifications(self).await
+    }
+    async fn record_alert_notification(
+        &self,
+        log: &crate::store::alerting::NotificationLog,
+        read_seq: Option<i64>,
+        messages: &[NewOutbox],
+    ) -> Result<bool> {
+        super::alerts::record_notification(self, log, read_seq, messages).await
+    }
+    async fn add_silence(&self, silence: &crate::store::alerting::SilenceRow) -> Result<()> {
+        super::alerts::add_silence(self, silence).await
+    }
+    async fn silences(
+        &self,
+        active_at: Option<Millis>,
+    ) -> Result<Vec<crate::store::alerting::SilenceRow>> {
+        super::alerts::silences(self, active_at).await
+    }
+    async fn expire_silence(&self, id: &str, now: Millis) -> Result<bool> {
+        super::alerts::expire_silence(self, id, now).await
+    }
 }
 
 #[async_trait]

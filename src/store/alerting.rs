@@ -1,0 +1,33 @@
+//! What the store keeps about notifying alerts: what each route last told each group, and
+//! silences.
+
+use serde::Serialize;
+
+use super::Millis;
+
+/// What a route last told one group of alerts. `notified` is JSON: the alerts notified as
+/// firing, by fingerprint, with their labels and annotations (see `alerts::notify`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NotificationLog {
+    pub route: String,
+    pub group_key: String,
+    /// How many notifications the group has had; the next one is `seq + 1`.
+    pub seq: i64,
+    pub notified: String,
+    pub sent_at: Option<Millis>,
+    pub updated_at: Millis,
+}
+
+/// A silence: alerts whose labels fit every matcher are not notified from `starts_at` until
+/// `ends_at`. `matchers` is JSON, a list of `alerts::silence::Matcher`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct SilenceRow {
+    pub id: String,
+    pub matchers: String,
+    pub starts_at: Millis,
+    pub ends_at: Millis,
+    pub created_by: Option<String>,
+    pub comment: Option<String>,
+    pub created_at: Millis,
+    pub updated_at: Millis,
+}
