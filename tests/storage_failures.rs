@@ -345,6 +345,40 @@ impl Store for Failing {
         self.check()?;
         self.inner.record_alert_tick(id, tick, states).await
     }
+    async fn firing_alert_instances(&self) -> Result<Vec<herald::store::AlertInstance>> {
+        self.check()?;
+        self.inner.firing_alert_instances().await
+    }
+    async fn alert_notifications(&self) -> Result<Vec<herald::store::alerting::NotificationLog>> {
+        self.check()?;
+        self.inner.alert_notifications().await
+    }
+    async fn record_alert_notification(
+        &self,
+        log: &herald::store::alerting::NotificationLog,
+        read_seq: Option<i64>,
+        messages: &[herald::store::NewOutbox],
+    ) -> Result<bool> {
+        self.check()?;
+        self.inner
+            .record_alert_notification(log, read_seq, messages)
+            .await
+    }
+    async fn add_silence(&self, silence: &herald::store::alerting::SilenceRow) -> Result<()> {
+        self.check()?;
+        self.inner.add_silence(silence).await
+    }
+    async fn silences(
+        &self,
+        active_at: Option<Millis>,
+    ) -> Result<Vec<herald::store::alerting::SilenceRow>> {
+        self.check()?;
+        self.inner.silences(active_at).await
+    }
+    async fn expire_silence(&self, id: &str, now: Millis) -> Result<bool> {
+        self.check()?;
+        self.inner.expire_silence(id, now).await
+    }
 }
 
 /// A project folder with `config` as its herald.yaml and `workflow` as its one workflow.

@@ -405,6 +405,8 @@ async fn migrations_apply_and_rerun(db: &TestDb) {
         "contact_tags",
         "campaigns",
         "campaign_enrolments",
+        "alert_notifications",
+        "silences",
     ] {
         assert!(
             tables.iter().any(|t| t == table),

@@ -346,7 +346,7 @@ fn alert_json(status: &str, n: &Notified, value: Option<f64>, ends_at: Option<Mi
         "status": status,
         "labels": n.labels,
         "annotations": n.annotations,
-        "value": value,
+        "value": value.map(super::render::number),
         "starts_at": rfc3339(n.starts_at),
         "ends_at": ends_at.map(rfc3339),
     })

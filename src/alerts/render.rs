@@ -27,6 +27,7 @@ pub fn render(
     labels.insert("alertname".to_owned(), alert.id().to_owned());
     labels.insert("severity".to_owned(), alert.def.severity.name().to_owned());
     labels.extend(group.iter().map(|(k, v)| (k.clone(), v.clone())));
+    let value = value.map(number);
     let ctx =
         |labels: &BTreeMap<String, String>| context(&json!({ "value": value, "labels": labels }));
     // The alert's labels see the group's, so `team: "{{ labels.channel }}-oncall"` works.
@@ -49,6 +50,16 @@ pub fn render(
         labels,
         annotations,
     })
+}
+
+/// A value as templates see it: a whole number without `.0`, so "{{ value }} failed logins"
+/// reads "6 failed logins", as Prometheus's `$value` does.
+pub fn number(v: f64) -> serde_json::Value {
+    if v.fract() == 0.0 && v.abs() < 9.0e15 {
+        json!(v as i64)
+    } else {
+        json!(v)
+    }
 }
 
 /// One line of Prometheus's `ALERTS` series for an instance that is pending or firing:
