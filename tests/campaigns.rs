@@ -28,6 +28,7 @@ db::scenarios!["campaigns";
     the_admin_api_pauses_resumes_and_cancels_a_campaign,
     a_reply_or_a_funded_loan_ends_the_sequence,
     a_frequency_cap_is_shared_by_two_campaigns,
+    a_throttle_paces_a_campaign_without_spending_attempts,
 ];
 
 const HOUR: Duration = Duration::from_secs(3600);
@@ -624,5 +625,70 @@ async fn a_frequency_cap_is_shared_by_two_campaigns(db: db::TestDb) {
     assert_eq!(
         counts.enrolled, 2,
         "both enrolled; the cap decided at the send"
+    );
+}
+
+async fn a_throttle_paces_a_campaign_without_spending_attempts(db: db::TestDb) {
+    let throttled =
+        |rate: &str| BROADCAST.replace("steps:\n", &format!("throttle: {rate}\nsteps:\n"));
+    let h = Harness::new(
+        db,
+        &[(
+            "workflows/spring-offer.yaml",
+            &throttled("{ messages: 1, per: 10s }"),
+        )],
+    )
+    .await;
+    let people: Vec<ContactUpsert> = (0..6)
+        .map(|i| {
+            contact(
+                &format!("p{i}@example.com"),
+                &["newsletter"],
+                &[],
+                Some("lead"),
+            )
+        })
+        .collect();
+    seed(&h, &people).await;
+    let scheduler = Scheduler::new(h.engine.clone());
+    h.clock.advance(HOUR);
+    tick(&h, &scheduler).await;
+    assert_eq!(h.sink.requests().len(), 1, "one message per 10 s");
+    for n in 2..=3 {
+        h.advance(Duration::from_secs(5)).await;
+        assert_eq!(h.sink.requests().len(), n - 1, "not before its slot");
+        h.advance(Duration::from_secs(5)).await;
+        assert_eq!(h.sink.requests().len(), n, "one more after 10 s");
+    }
+    // Waiting for the throttle spends no attempt.
+    let messages = h
+        .engine
+        .store
+        .list_messages(&herald::store::OutboxFilter {
+            limit: 10,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert!(
+        messages
+            .iter()
+            .filter(|m| m.status == herald::store::OutboxStatus::Sent)
+            .all(|m| m.attempts == 1),
+        "{:?}",
+        messages.iter().map(|m| m.attempts).collect::<Vec<_>>()
+    );
+
+    // The rest went back to the outbox, each with its slot: 10 s apart.
+    h.advance(Duration::from_secs(30)).await;
+    assert_eq!(h.sink.requests().len(), 6, "everyone, once");
+    assert_eq!(
+        received(&h.sink.requests())
+            .into_iter()
+            .map(|(to, _)| to)
+            .collect::<Vec<_>>(),
+        (0..6)
+            .map(|i| format!("p{i}@example.com"))
+            .collect::<Vec<_>>()
     );
 }

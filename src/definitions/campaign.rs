@@ -24,6 +24,7 @@ pub struct Campaign {
     pub send_at: Option<i64>,
     pub reenrol: bool,
     pub send_window: Option<SendWindow>,
+    pub throttle: Option<crate::channels::policy::PerWindow>,
     pub exit_when: ExitWhen,
 }
 
@@ -79,6 +80,7 @@ pub(crate) fn from_def(def: CampaignDef) -> Result<Campaign, (&'static str, Box<
         send_at,
         reenrol: def.reenrol,
         send_window: def.send_window,
+        throttle: def.throttle,
         exit_when: def.exit_when,
     })
 }

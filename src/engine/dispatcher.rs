@@ -21,6 +21,9 @@ const MAX_IDLE: Duration = Duration::from_secs(1);
 const PACE_WAIT_MS: Millis = 1_000;
 /// How a message put back for its channel's pace is marked (its `last_error`).
 const PACED: &str = "paced:";
+/// How a message put back for its campaign's `throttle` is marked: its campaign slot is
+/// reserved; its channel's pace comes next.
+const THROTTLED: &str = "throttled:";
 
 impl Engine {
     /// A message stays claimed this long: the slowest channel's timeout plus the engine's
@@ -319,12 +322,30 @@ impl Engine {
         now: Millis,
     ) -> Option<DeliveryOutcome> {
         let channel = m.channel.as_str();
-        if m.last_error
-            .as_deref()
-            .is_some_and(|e| e.starts_with(PACED))
-        {
+        let last = m.last_error.as_deref().unwrap_or_default();
+        if last.starts_with(PACED) {
             return None;
         }
+        // The campaign's throttle first: a message it holds back takes no slot of the
+        // channel's, which other traffic may use meanwhile.
+        if !last.starts_with(THROTTLED)
+            && let Some(campaign) = m.workflow_id.as_deref()
+            && let Some(slot) = self.pacers.campaign_slot(registry, campaign, channel, now)
+        {
+            let wait = slot - now;
+            if wait > PACE_WAIT_MS {
+                return Some(DeliveryOutcome::Deferred {
+                    reason: format!(
+                        "{THROTTLED} campaign `{campaign}` has no slot sooner on channel `{channel}` (its `throttle`)"
+                    ),
+                    until: slot,
+                });
+            }
+            if wait > 0 {
+                tokio::time::sleep(self.clock.real(wait)).await;
+            }
+        }
+        let now = self.now().max(now);
         let slot = self.pacers.slot(registry, channel, now)?;
         let wait = slot - now;
         if wait <= 0 {

@@ -130,4 +130,27 @@ impl Pacers {
             .clone();
         Some(pacer.reserve(now, rate.interval_ms()))
     }
+
+    /// When a campaign may hand `channel` its next message, at or after `now`; `None` when
+    /// the campaign has no `throttle`. Each campaign and channel has its own pace.
+    pub(crate) fn campaign_slot(
+        &self,
+        registry: &Registry,
+        campaign: &str,
+        channel: &str,
+        now: Millis,
+    ) -> Option<Millis> {
+        let rate = registry
+            .workflows
+            .get(campaign)?
+            .campaign
+            .as_ref()?
+            .throttle
+            .as_ref()?;
+        let pacer = crate::sync::lock(&self.0)
+            .entry(format!("campaign\u{1f}{campaign}\u{1f}{channel}"))
+            .or_default()
+            .clone();
+        Some(pacer.reserve(now, rate.interval_ms()))
+    }
 }

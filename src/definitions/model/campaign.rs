@@ -47,6 +47,12 @@ pub struct CampaignDef {
     /// waits in the outbox for it to open.
     #[serde(default)]
     pub send_window: Option<SendWindow>,
+    /// The most of this campaign's messages handed to each channel per window, paced evenly,
+    /// such as `{ messages: 50, per: 1s }`: a broadcast to 100,000 does not drown the
+    /// channel's other traffic or trip the provider's limits. It applies beside the channel's
+    /// own `rate`, per Herald process, and an edit applies to messages not yet paced.
+    #[serde(default)]
+    pub throttle: Option<crate::channels::policy::PerWindow>,
     /// When a recipient leaves the campaign: checked before each of its messages, so one who
     /// replied, converted or changed status gets nothing more, and its run ends.
     #[serde(default)]
