@@ -625,4 +625,17 @@ async fn the_server_evaluates_notifies_and_delivers(db: db::TestDb) {
     );
     assert_eq!(mail[0].subject.as_deref(), Some("[FIRING:1] admin-logins"));
     assert!(mail[0].body().contains("3 admin logins for acme"));
+
+    // /health lists it, and stays 200: a business alert is not a sick server.
+    let health = reqwest::get(s.app.url("/health")).await.unwrap();
+    assert_eq!(health.status(), 200);
+    let health: Value = health.json().await.unwrap();
+    assert_eq!(health["alerts"]["status"], "firing", "{health}");
+    assert_eq!(health["alerts"]["worst"], "critical");
+    assert_eq!(health["alerts"]["firing"][0]["alertname"], "admin-logins");
+    assert_eq!(health["alerts"]["firing"][0]["labels"]["tenant"], "acme");
+    assert_eq!(
+        health["alerts"]["firing"][0]["summary"],
+        "3 admin logins for acme"
+    );
 }

@@ -34,6 +34,11 @@ pub async fn health(State(state): State<Arc<AppState>>) -> Response {
         (engine.registry(), reload)
     };
     let ok = db.is_ok();
+    let alerts = if ok {
+        firing_alerts(engine, &registry, bound.as_std()).await
+    } else {
+        serde_json::Value::Null
+    };
     let body = json!({
         "status": if ok { "ok" } else { "degraded" },
         "version": env!("CARGO_PKG_VERSION"),
@@ -47,6 +52,7 @@ pub async fn health(State(state): State<Arc<AppState>>) -> Response {
         "reload": reload,
         "channels": channels(&state),
         "draining": engine.is_draining(),
+        "alerts": alerts,
     });
     if ok {
         (StatusCode::OK, Json(body)).into_response()
@@ -58,6 +64,45 @@ pub async fn health(State(state): State<Arc<AppState>>) -> Response {
         )
             .into_response()
     }
+}
+
+/// The alerts firing now, with their rendered labels and summary, for the people behind a
+/// status page. They do not make the server unhealthy: a load balancer must not take a
+/// server out because payments fail. `null` when there are no alerts or they cannot be read.
+async fn firing_alerts(
+    engine: &crate::engine::Engine,
+    registry: &crate::engine::registry::Registry,
+    bound: std::time::Duration,
+) -> serde_json::Value {
+    if !registry.workflows.values().any(|w| w.alert.is_some()) {
+        return serde_json::Value::Null;
+    }
+    let read = crate::alerts::notify::firing_alerts(&*engine.store, registry);
+    let Ok(Ok(firing)) = tokio::time::timeout(bound, read).await else {
+        return serde_json::Value::Null;
+    };
+    let list: Vec<serde_json::Value> = firing
+        .iter()
+        .map(|a| {
+            json!({
+                "alertname": a.labels.get("alertname"),
+                "severity": a.labels.get("severity"),
+                "labels": a.labels,
+                "summary": a.annotations.get("summary"),
+                "since": crate::engine::clock::rfc3339(a.starts_at),
+            })
+        })
+        .collect();
+    let worst = ["critical", "warning", "info"].into_iter().find(|s| {
+        firing
+            .iter()
+            .any(|a| a.labels.get("severity").map(String::as_str) == Some(*s))
+    });
+    json!({
+        "status": if firing.is_empty() { "ok" } else { "firing" },
+        "worst": worst,
+        "firing": list,
+    })
 }
 
 /// How often every channel's provider is checked: soon enough that a broken relay is seen
