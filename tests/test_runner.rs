@@ -465,6 +465,51 @@ fn test_files_are_validated_with_positions() {
     );
 }
 
+#[test]
+fn an_alert_case_takes_no_trigger_and_a_workflow_case_needs_one() {
+    let dir = project();
+    write(
+        dir.path(),
+        "workflows/logins.yaml",
+        "kind: alert\nid: logins\nsource:\n  events: { name: admin.login, window: 15m, aggregate: count }\ncondition: \"> 1\"\n",
+    );
+    write(
+        dir.path(),
+        "tests/broken.yaml",
+        "kind: test\ncases:\n  - name: alert with a trigger\n    target: logins\n    trigger: { call: {} }\n  - name: workflow without one\n    target: order\n    expect: { alerts: [] }\n  - name: alert with a run's expectation\n    target: logins\n    expect: { status: completed }\n",
+    );
+    let out = herald(dir.path()).arg("validate").output().unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", show(&out));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    for want in [
+        "tests/broken.yaml:5:14: error: alert `logins` has no trigger: it reads events",
+        "tests/broken.yaml:6:11: error: this case has no `trigger`",
+        "tests/broken.yaml:8:23: error: `alerts` is for a case whose target is an alert",
+        "tests/broken.yaml:11:13: error: alert `logins` starts no run",
+    ] {
+        assert!(stderr.contains(want), "missing {want:?} in:\n{stderr}");
+    }
+
+    // A case that expects the wrong thing fails with the instances it found.
+    write(
+        dir.path(),
+        "tests/broken.yaml",
+        "kind: test\ntarget: logins\ncases:\n  - name: two logins fire\n    timeline:\n      - event: { name: admin.login }\n      - event: { name: admin.login }\n      - after: 30s\n    expect:\n      alerts: [{ labels: { alertname: logins }, value: 3 }]\n",
+    );
+    let out = herald(dir.path())
+        .args(["test", "--filter", "broken"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", show(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("alert `logins` does not have the instances expected")
+            && stdout.contains("-   value: 3")
+            && stdout.contains("+   value: 2"),
+        "{stdout}"
+    );
+}
+
 /// The shipped examples' tests pass, and so does the one `herald init` writes.
 #[test]
 fn shipped_and_init_tests_pass() {

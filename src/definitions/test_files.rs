@@ -181,14 +181,62 @@ fn check(test: &TestFile, project: &Project, out: &mut Vec<Diagnostic>) {
                 .with_hint("give each case its own name, so a failure says which one failed"),
             );
         }
-        let workflow = c.target(case.target.as_deref(), &base);
+        let alert = c.alert_target(case.target.as_deref());
+        let workflow = match alert {
+            Some(_) => None,
+            None => c.target(case.target.as_deref(), &base),
+        };
         c.given(&case.given, &format!("{base}/given"));
         let tz = case
             .given
             .timezone
             .as_deref()
             .or(test.def.given.timezone.as_deref());
-        c.trigger(&case.trigger, workflow, tz, &format!("{base}/trigger"));
+        match (&case.trigger, alert) {
+            (Some(t), None) => c.trigger(t, workflow, tz, &format!("{base}/trigger")),
+            (None, None) => c.error(
+                &format!("{base}/name"),
+                Diagnostic::error("missing-field", "this case has no `trigger`: nothing starts the run under test")
+                    .with_hint("add `trigger:` with one of webhook, cron, event, message or call"),
+            ),
+            (Some(_), Some(a)) => c.error(
+                &format!("{base}/trigger"),
+                Diagnostic::error(
+                    "no-such-trigger",
+                    format!("alert `{}` has no trigger: it reads events", a.id()),
+                )
+                .with_hint("remove `trigger:`; put the alert's events in the `timeline`, with `after:` between them"),
+            ),
+            (None, Some(_)) => {}
+        }
+        let expects = case
+            .timeline
+            .iter()
+            .enumerate()
+            .filter_map(|(j, e)| match e {
+                TimelineEntry::Expect(x) => Some((format!("{base}/timeline/{j}/expect"), &**x)),
+                _ => None,
+            })
+            .chain(case.expect.iter().map(|x| (format!("{base}/expect"), x)));
+        for (p, e) in expects {
+            match (alert, &e.alerts) {
+                (None, Some(_)) if workflow.is_some() => c.error(
+                    &format!("{p}/alerts"),
+                    Diagnostic::error(
+                        "not-an-alert",
+                        "`alerts` is for a case whose target is an alert",
+                    ),
+                ),
+                (Some(a), _) if e.status.is_some() || !e.taken.is_empty() || !e.outputs.is_empty() || e.vars.is_some() || e.response.is_some() => c.error(
+                    &p,
+                    Diagnostic::error(
+                        "not-a-workflow",
+                        format!("alert `{}` starts no run: expect its `alerts`, and the notices it `sent`", a.id()),
+                    ),
+                ),
+                _ => {}
+            }
+        }
         for (j, entry) in case.timeline.iter().enumerate() {
             let p = format!("{base}/timeline/{j}");
             match entry {
@@ -234,6 +282,16 @@ impl<'a> Checker<'a> {
             .iter()
             .filter_map(|d| d.as_workflow())
             .find(|w| w.id == id)
+    }
+
+    /// The case's target when it is an alert.
+    fn alert_target(&self, own: Option<&str>) -> Option<&'a crate::definitions::alert::Alert> {
+        let id = own.or(self.test.def.target.as_deref())?;
+        self.project
+            .definitions
+            .iter()
+            .filter_map(|d| d.as_alert())
+            .find(|a| a.id() == id)
     }
 
     fn target(&mut self, own: Option<&str>, base: &str) -> Option<&'a Workflow> {

@@ -4,6 +4,8 @@
 //! from the case's canned answers. A case is not a second engine: it starts runs the way the
 //! server does and reads what they did from the store.
 
+mod alerts;
+
 use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -246,6 +248,8 @@ struct Case<'a> {
     recorder: Arc<Recorder>,
     canned: Arc<Canned>,
     workflow: Arc<CompiledWorkflow>,
+    /// The alert under test, for a case whose target is one.
+    alert: Option<crate::definitions::alert::Alert>,
     /// The run under test, once the trigger started it.
     root: Option<String>,
     failures: Vec<Failure>,
@@ -400,6 +404,7 @@ async fn drive(
         harness,
         recorder,
         canned,
+        alert: workflow.alert.as_deref().cloned(),
         workflow,
         root: None,
         failures: Vec::new(),
@@ -559,10 +564,20 @@ impl Case<'_> {
     }
 
     async fn trigger(&mut self, tz: Option<&str>) -> Result<(), Abort> {
-        let p = format!("{}/trigger/{}", self.base, self.case.trigger.key());
+        let Some(trigger) = &self.case.trigger else {
+            let p = format!("{}/name", self.base);
+            return match &self.alert {
+                // An alert is evaluated from the start, as a server that just started would.
+                Some(alert) => alerts::evaluate(&self.harness, alert)
+                    .await
+                    .map_err(|e| self.abort(&p, e)),
+                None => Err(self.abort(&p, "this case has no `trigger`")),
+            };
+        };
+        let p = format!("{}/trigger/{}", self.base, trigger.key());
         let engine = self.harness.engine.clone();
         let before = self.harness.engine.now();
-        let start = match &self.case.trigger {
+        let start = match trigger {
             TestTrigger::Webhook(w) => {
                 let Some(TriggerDef::Webhook(def)) = self.first_trigger("webhook") else {
                     return Err(self.abort(&p, "the target has no webhook trigger"));
@@ -683,7 +698,7 @@ impl Case<'_> {
                     &p,
                     format!(
                         "this {} started no run of `{}` (a filter, a keyword or the channel did not match)",
-                        self.case.trigger.key(),
+                        trigger.key(),
                         self.workflow.id
                     ),
                 );
@@ -711,12 +726,16 @@ impl Case<'_> {
 
     async fn step(&mut self, entry: &TimelineEntry, p: &str) -> Result<(), Abort> {
         match entry {
-            TimelineEntry::After(d) => {
-                self.harness
+            TimelineEntry::After(d) => match &self.alert {
+                Some(alert) => alerts::advance(&self.harness, alert, d.as_std())
+                    .await
+                    .map_err(|e| self.abort(p, e))?,
+                None => self
+                    .harness
                     .advance(d.as_std())
                     .await
-                    .map_err(|e| self.abort(p, e.to_string()))?;
-            }
+                    .map_err(|e| self.abort(p, e.to_string()))?,
+            },
             TimelineEntry::Event(e) => {
                 let name = e.name.clone().unwrap_or_default();
                 self.harness
@@ -759,6 +778,29 @@ impl Case<'_> {
     }
 
     async fn check(&mut self, e: &Expect, p: &str) -> Result<(), Abort> {
+        if let Some(want) = &e.alerts {
+            let pointer = format!("{p}/alerts");
+            match &self.alert {
+                None => self.fail(&pointer, "the target is not an alert"),
+                Some(alert) => {
+                    let got = alerts::instances(&self.harness, alert)
+                        .await
+                        .map_err(|err| self.abort(&pointer, err))?;
+                    if let Some((expected, actual)) = alerts::compare(want, &got) {
+                        self.fail_diff(
+                            &pointer,
+                            format!(
+                                "alert `{}` does not have the instances expected at {}",
+                                alert.id(),
+                                crate::engine::clock::rfc3339(self.harness.engine.now())
+                            ),
+                            expected,
+                            actual,
+                        );
+                    }
+                }
+            }
+        }
         let messages = self.recorder.messages();
         let start = self.harness.started_at;
         // Each expected message takes a different delivered one.

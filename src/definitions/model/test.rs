@@ -50,8 +50,10 @@ pub struct TestCase {
     pub target: Option<String>,
     #[serde(default)]
     pub given: Given,
-    /// What starts the run under test.
-    pub trigger: TestTrigger,
+    /// What starts the run under test. A case for an alert has none: the events of its
+    /// timeline are what the alert reads, evaluated at each of its ticks as the clock moves.
+    #[serde(default)]
+    pub trigger: Option<TestTrigger>,
     /// What happens after the trigger, in order: the clock moves, events and messages arrive,
     /// contacts change, and expectations are checked on the way.
     #[serde(default)]
@@ -284,6 +286,46 @@ pub struct Expect {
     /// The reply of a `respond: sync` webhook.
     #[serde(default)]
     pub response: Option<ExpectedResponse>,
+    /// For a case whose target is an alert: its instances that are pending or firing now,
+    /// all of them (`[]`: none), each matched by a different one, in any order.
+    #[serde(default)]
+    pub alerts: Option<Vec<ExpectedAlert>>,
+}
+
+/// An alert instance as a test expects it, as promtool's `exp_alerts` does.
+#[derive(Debug, Clone, PartialEq, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ExpectedAlert {
+    /// Labels it must have (others may be there): its group's, such as `{ tenant: acme }`,
+    /// `alertname`, `severity` and the alert's own.
+    #[serde(default)]
+    pub labels: IndexMap<String, String>,
+    /// `firing` (the default) or `pending`.
+    #[serde(default)]
+    pub state: ExpectedAlertState,
+    /// Annotations it must have, rendered, each exactly.
+    #[serde(default)]
+    pub annotations: IndexMap<String, String>,
+    /// The value of its last evaluation.
+    #[serde(default)]
+    pub value: Option<f64>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ExpectedAlertState {
+    Pending,
+    #[default]
+    Firing,
+}
+
+impl ExpectedAlertState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ExpectedAlertState::Pending => "pending",
+            ExpectedAlertState::Firing => "firing",
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, JsonSchema)]
