@@ -181,12 +181,39 @@ alerting:
     assert!(text.contains("herald.yaml:3:7"), "{text}");
 }
 
+#[test]
+fn a_probe_is_validated_with_positions() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("workflows")).unwrap();
+    std::fs::write(
+        dir.path().join("workflows/api.yaml"),
+        "kind: alert\nid: api\nsource:\n  probe:\n    url: ftp://example.com/health\n    timeout: 2s\n    max_latency: 5s\n    status: [999]\ncondition: \"< 1\"\n",
+    )
+    .unwrap();
+    let layout = Layout::discover(dir.path()).unwrap();
+    let (_, report) = load(&layout, &LoadOptions::new(EnvMode::Validate));
+    let text: String = report.diagnostics.iter().map(|d| d.render(false)).collect();
+    assert!(
+        text.contains("api.yaml:5:10") && text.contains("a probe checks http or https, not `ftp`"),
+        "{text}"
+    );
+    assert!(
+        text.contains("api.yaml:7:18") && text.contains("the check gives up first"),
+        "{text}"
+    );
+    assert!(
+        text.contains("api.yaml:8:14") && text.contains("999 is not an HTTP status"),
+        "{text}"
+    );
+}
+
 db::scenarios!["alert_notify";
     notices_are_routed_grouped_inhibited_silenced_and_sent_once,
     two_processes_write_one_notice,
     an_alert_removed_while_firing_is_notified_as_resolved,
     silences_are_added_listed_and_expired_over_the_api,
     the_server_evaluates_notifies_and_delivers,
+    a_probe_checks_a_real_server_and_health_shows_the_service,
 ];
 
 const CRITICAL: &str = r#"kind: alert
@@ -637,5 +664,120 @@ async fn the_server_evaluates_notifies_and_delivers(db: db::TestDb) {
     assert_eq!(
         health["alerts"]["firing"][0]["summary"],
         "3 admin logins for acme"
+    );
+}
+
+async fn a_probe_checks_a_real_server_and_health_shows_the_service(db: db::TestDb) {
+    use support::{HttpSink, Reply};
+    let api = HttpSink::start().await;
+    let probe = format!(
+        r#"kind: alert
+id: api-down
+every: 1m
+severity: critical
+source:
+  probe:
+    url: "{}"
+    timeout: 2s
+    max_latency: 500ms
+    json: {{ status: ok, checks.db: up }}
+    service: carbot-api
+condition: "< 1"
+annotations:
+  summary: "the API is down"
+"#,
+        api.url("/api/health")
+    );
+    let s = setup(&db, &[("api.yaml", &probe)]).await;
+    let registry = s.app.engine.registry();
+    let alert = registry.workflows["api-down"].alert.clone().unwrap();
+    let t0 = s.clock.now();
+    let check = |at: i64| {
+        let engine = s.app.engine.clone();
+        let alert = alert.clone();
+        async move {
+            herald::alerts::tick::evaluate(&engine, &alert, at)
+                .await
+                .unwrap()
+                .unwrap()
+        }
+    };
+    let health = || async {
+        let h: Value = reqwest::get(s.app.url("/health"))
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        h["services"]["carbot-api"].clone()
+    };
+    assert_eq!(health().await["status"], "unknown", "not checked yet");
+
+    api.respond_by_default(Reply::ok().json(json!({"status": "ok", "checks": {"db": "up"}})));
+    check(t0).await;
+    assert_eq!(s.notify(&db.store).await, 0);
+    let svc = health().await;
+    assert_eq!(svc["status"], "up", "{svc}");
+    assert_eq!(svc["http_status"], 200);
+    assert!(svc["latency_ms"].as_i64().is_some(), "{svc}");
+    assert_eq!(api.requests().len(), 1, "one check per evaluation");
+    assert_eq!(api.requests()[0].path, "/api/health");
+
+    // The service answers 503: down, firing, and on-call is told.
+    api.respond_by_default(Reply::status(503));
+    s.clock.set(t0 + MIN);
+    check(t0 + MIN).await;
+    assert_eq!(s.notify(&db.store).await, 1);
+    let svc = health().await;
+    assert_eq!(svc["status"], "down");
+    assert_eq!(svc["error"], "status 503, expected 2xx");
+    assert_eq!(svc["alert"], "firing");
+    let mail = s.delivered(0).await;
+    assert_eq!(mail[0].subject.as_deref(), Some("[FIRING:1] api-down"));
+
+    // 200, but its database is down: still down, for that reason.
+    api.respond_by_default(Reply::ok().json(json!({"status": "ok", "checks": {"db": "down"}})));
+    s.clock.set(t0 + 2 * MIN);
+    check(t0 + 2 * MIN).await;
+    assert_eq!(
+        health().await["error"],
+        "`checks.db` is \"down\", expected \"up\""
+    );
+    // Too slow is down too.
+    api.respond_by_default(
+        Reply::ok()
+            .json(json!({"status": "ok", "checks": {"db": "up"}}))
+            .after(std::time::Duration::from_millis(800)),
+    );
+    s.clock.set(t0 + 3 * MIN);
+    check(t0 + 3 * MIN).await;
+    let svc = health().await;
+    assert!(
+        svc["error"]
+            .as_str()
+            .unwrap()
+            .contains("more than max_latency 500ms"),
+        "{svc}"
+    );
+    assert_eq!(s.notify(&db.store).await, 0, "still the same firing alert");
+
+    // Healthy again: up, and resolved.
+    api.respond_by_default(Reply::ok().json(json!({"status": "ok", "checks": {"db": "up"}})));
+    s.clock.set(t0 + 4 * MIN);
+    check(t0 + 4 * MIN).await;
+    assert_eq!(health().await["status"], "up");
+    assert_eq!(s.notify(&db.store).await, 1);
+    let mail = s.delivered(1).await;
+    assert_eq!(mail[0].subject.as_deref(), Some("[RESOLVED:1] api-down"));
+
+    // Nobody listening: the connection fails, and says so.
+    drop(api);
+    s.clock.set(t0 + 5 * MIN);
+    check(t0 + 5 * MIN).await;
+    let svc = health().await;
+    assert_eq!(svc["status"], "down");
+    assert!(
+        svc["error"].as_str().unwrap().contains("connection failed"),
+        "{svc}"
     );
 }

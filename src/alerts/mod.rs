@@ -6,6 +6,7 @@
 
 pub mod aggregate;
 pub mod notify;
+pub mod probe;
 pub mod render;
 pub mod silence;
 pub mod state;

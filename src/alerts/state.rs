@@ -46,6 +46,9 @@ pub struct AlertState {
     pub value: Option<f64>,
     /// When it was last evaluated.
     pub evaluated_at: i64,
+    /// What the last check found, for a `probe` source.
+    #[serde(default)]
+    pub probe: Option<super::probe::ProbeResult>,
 }
 
 impl AlertState {
@@ -57,6 +60,7 @@ impl AlertState {
             last_active: None,
             value: None,
             evaluated_at: now,
+            probe: None,
         }
     }
 }

@@ -6,7 +6,7 @@
 
 use std::collections::BTreeMap;
 
-use super::aggregate::{Event, evaluate};
+use super::aggregate::{Event, evaluate as evaluate_events};
 use super::state::{AlertState, Phase, Transition, step};
 use crate::definitions::alert::Alert;
 use crate::definitions::model::alert::AlertSource;
@@ -37,7 +37,27 @@ pub fn tick_at(alert: &Alert, now: Millis) -> Millis {
     now - now.rem_euclid(every)
 }
 
-/// Evaluates the tick `now` falls in. `None` for a source that is not evaluated yet.
+/// Evaluates the tick `now` falls in, reading what the alert's source reads: its events, or
+/// a fresh check of its probe. `None` for a source that is not evaluated yet.
+pub async fn evaluate(
+    engine: &crate::engine::Engine,
+    alert: &Alert,
+    now: Millis,
+) -> Result<Option<Tick>> {
+    match &alert.def.source {
+        AlertSource::Probe(p) => {
+            // Each process that tries the tick checks; the store's claim decides whose
+            // result is recorded.
+            let result = super::probe::check(engine, p, now).await;
+            run_probe_tick(&*engine.store, alert, now, result)
+                .await
+                .map(Some)
+        }
+        _ => run_tick(&*engine.store, alert, now).await,
+    }
+}
+
+/// Evaluates the tick `now` falls in for an `events` source. `None` for another source.
 pub async fn run_tick(store: &dyn Store, alert: &Alert, now: Millis) -> Result<Option<Tick>> {
     let AlertSource::Events(source) = &alert.def.source else {
         return Ok(None);
@@ -58,7 +78,46 @@ pub async fn run_tick(store: &dyn Store, alert: &Alert, now: Millis) -> Result<O
             });
         }
     }
-    let groups = evaluate(source, &events, at);
+    let groups = evaluate_events(source, &events, at)
+        .into_iter()
+        .map(|g| (g.labels, g.value))
+        .collect();
+    record(store, alert, at, groups, None).await.map(Some)
+}
+
+/// Records a probe's check as the tick `now` falls in: one instance, without group labels,
+/// whose value is what the probe's `value` reads.
+pub async fn run_probe_tick(
+    store: &dyn Store,
+    alert: &Alert,
+    now: Millis,
+    result: super::probe::ProbeResult,
+) -> Result<Tick> {
+    let at = tick_at(alert, now);
+    let what = match &alert.def.source {
+        AlertSource::Probe(p) => p.value,
+        _ => Default::default(),
+    };
+    let value = result.value(what);
+    record(
+        store,
+        alert,
+        at,
+        vec![(BTreeMap::new(), value)],
+        Some(result),
+    )
+    .await
+}
+
+/// Moves each group's stored state one step with its value and writes the changes with the
+/// tick's claim.
+async fn record(
+    store: &dyn Store,
+    alert: &Alert,
+    at: Millis,
+    groups: Vec<(BTreeMap<String, String>, Option<f64>)>,
+    probe: Option<super::probe::ProbeResult>,
+) -> Result<Tick> {
     let mut stored: BTreeMap<String, AlertState> = BTreeMap::new();
     for i in store.alert_instances(alert.id()).await? {
         // A state that no longer reads (from another version of Herald) starts afresh.
@@ -67,9 +126,9 @@ pub async fn run_tick(store: &dyn Store, alert: &Alert, now: Millis) -> Result<O
         }
     }
     let mut values: BTreeMap<String, (BTreeMap<String, String>, Option<f64>)> = BTreeMap::new();
-    for g in groups {
-        let key = serde_json::to_string(&g.labels).unwrap_or_default();
-        values.insert(key, (g.labels, g.value));
+    for (labels, value) in groups {
+        let key = serde_json::to_string(&labels).unwrap_or_default();
+        values.insert(key, (labels, value));
     }
     // A group seen before with no events now has no data.
     for key in stored.keys() {
@@ -85,7 +144,10 @@ pub async fn run_tick(store: &dyn Store, alert: &Alert, now: Millis) -> Result<O
             .get(&key)
             .cloned()
             .unwrap_or_else(|| AlertState::new(at));
-        let (next, transition) = step(alert, &prev, value, at);
+        let (mut next, transition) = step(alert, &prev, value, at);
+        if probe.is_some() {
+            next.probe = probe.clone();
+        }
         if let Some(t) = transition {
             changes.push(Change {
                 labels,
@@ -93,8 +155,9 @@ pub async fn run_tick(store: &dyn Store, alert: &Alert, now: Millis) -> Result<O
                 value,
             });
         }
-        // An instance that is and stays inactive is not worth a row.
-        if next.phase == Phase::Inactive && !stored.contains_key(&key) {
+        // An instance that is and stays inactive is not worth a row, unless it holds a
+        // probe's last check, which /health shows.
+        if next.phase == Phase::Inactive && !stored.contains_key(&key) && probe.is_none() {
             continue;
         }
         rows.push(AlertInstance {
@@ -106,9 +169,9 @@ pub async fn run_tick(store: &dyn Store, alert: &Alert, now: Millis) -> Result<O
         });
     }
     let recorded = store.record_alert_tick(alert.id(), at, &rows).await?;
-    Ok(Some(Tick {
+    Ok(Tick {
         at,
         recorded,
         changes: if recorded { changes } else { Vec::new() },
-    }))
+    })
 }

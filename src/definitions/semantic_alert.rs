@@ -33,6 +33,7 @@ pub(super) fn check(
     };
     match &alert.def.source {
         AlertSource::Events(e) => check_events(e, &mut error),
+        AlertSource::Probe(p) => check_probe(p, &mut error),
         other => {
             let k = other.key();
             let d = Diagnostic::error(
@@ -132,6 +133,69 @@ pub(super) fn check(
                 }
             }
         }
+    }
+}
+
+fn check_probe(
+    p: &crate::definitions::model::alert::ProbeSource,
+    error: &mut impl FnMut(&str, Diagnostic, bool),
+) {
+    let base = "/source/probe";
+    if !p.url.contains("${env:") {
+        match reqwest::Url::parse(&p.url) {
+            Ok(u) if matches!(u.scheme(), "http" | "https") => {}
+            Ok(u) => error(
+                &format!("{base}/url"),
+                Diagnostic::error(
+                    "invalid-url",
+                    format!("a probe checks http or https, not `{}`", u.scheme()),
+                ),
+                false,
+            ),
+            Err(e) => error(
+                &format!("{base}/url"),
+                Diagnostic::error("invalid-url", format!("`{}` is not a URL: {e}", p.url))
+                    .with_hint(
+                        "write the whole address, such as https://app.example.com/api/health",
+                    ),
+                false,
+            ),
+        }
+    }
+    for (i, s) in p.status.iter().enumerate() {
+        if !(100..=599).contains(s) {
+            error(
+                &format!("{base}/status/{i}"),
+                Diagnostic::error(
+                    "invalid-status",
+                    format!("{s} is not an HTTP status (100 to 599)"),
+                ),
+                false,
+            );
+        }
+    }
+    if p.timeout.as_std().is_zero() {
+        error(
+            &format!("{base}/timeout"),
+            Diagnostic::error(
+                "invalid-duration",
+                "a probe that waits 0s never gets an answer",
+            ),
+            false,
+        );
+    }
+    if let Some(max) = p.max_latency
+        && max.as_std() >= p.timeout.as_std()
+    {
+        let d = Diagnostic::error(
+            "invalid-duration",
+            format!(
+                "`max_latency: {max}` is not less than `timeout: {}`: the check gives up first",
+                p.timeout
+            ),
+        )
+        .with_hint("raise `timeout` above `max_latency`");
+        error(&format!("{base}/max_latency"), d, false);
     }
 }
 

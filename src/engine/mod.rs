@@ -366,6 +366,12 @@ impl Engine {
         self.http_stub.set(stub).is_ok()
     }
 
+    /// The HTTP client for outbound checks and calls, and the stub that answers instead of
+    /// the network under `herald test`.
+    pub(crate) fn http(&self) -> (&reqwest::Client, Option<&dyn steps::http::HttpStub>) {
+        (&self.http, self.http_stub.get().map(|s| s.as_ref()))
+    }
+
     pub(crate) fn lease_ms(&self) -> i64 {
         self.options.lease.as_millis() as i64
     }

@@ -118,7 +118,7 @@ pub async fn evaluate(
             if tried.get(id) == Some(&tick) {
                 continue;
             }
-            match crate::alerts::tick::run_tick(&*engine.store, alert, now).await {
+            match crate::alerts::tick::evaluate(&engine, alert, now).await {
                 Ok(Some(t)) => {
                     tried.insert(id.clone(), tick);
                     changed |= !t.changes.is_empty();

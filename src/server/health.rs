@@ -34,10 +34,13 @@ pub async fn health(State(state): State<Arc<AppState>>) -> Response {
         (engine.registry(), reload)
     };
     let ok = db.is_ok();
-    let alerts = if ok {
-        firing_alerts(engine, &registry, bound.as_std()).await
+    let (alerts, services) = if ok {
+        (
+            firing_alerts(engine, &registry, bound.as_std()).await,
+            services(engine, &registry, bound.as_std()).await,
+        )
     } else {
-        serde_json::Value::Null
+        (serde_json::Value::Null, serde_json::Value::Null)
     };
     let body = json!({
         "status": if ok { "ok" } else { "degraded" },
@@ -53,6 +56,7 @@ pub async fn health(State(state): State<Arc<AppState>>) -> Response {
         "channels": channels(&state),
         "draining": engine.is_draining(),
         "alerts": alerts,
+        "services": services,
     });
     if ok {
         (StatusCode::OK, Json(body)).into_response()
@@ -103,6 +107,55 @@ async fn firing_alerts(
         "worst": worst,
         "firing": list,
     })
+}
+
+/// Each service an alert probes, as its last check found it: `up` or `down`, the latency and
+/// status of the answer, why it failed, and when it was checked (`unknown` before the first
+/// check). `null` when no alert probes anything.
+async fn services(
+    engine: &crate::engine::Engine,
+    registry: &crate::engine::registry::Registry,
+    bound: std::time::Duration,
+) -> serde_json::Value {
+    use crate::definitions::model::alert::AlertSource;
+    let mut out = serde_json::Map::new();
+    let mut ids: Vec<&String> = registry.workflows.keys().collect();
+    ids.sort();
+    for id in ids {
+        let Some(alert) = &registry.workflows[id].alert else {
+            continue;
+        };
+        let AlertSource::Probe(p) = &alert.def.source else {
+            continue;
+        };
+        let name = p.service.clone().unwrap_or_else(|| id.clone());
+        let read = engine.store.alert_instances(id);
+        let state = match tokio::time::timeout(bound, read).await {
+            Ok(Ok(rows)) => rows.into_iter().next(),
+            _ => None,
+        };
+        let last = state
+            .as_ref()
+            .and_then(|r| serde_json::from_str::<crate::alerts::AlertState>(&r.state).ok())
+            .and_then(|s| s.probe);
+        let entry = match last {
+            None => json!({ "status": "unknown" }),
+            Some(r) => json!({
+                "status": if r.up { "up" } else { "down" },
+                "latency_ms": r.latency_ms.map(|l| l.round() as i64),
+                "http_status": r.status,
+                "error": r.error,
+                "checked_at": crate::engine::clock::rfc3339(r.at),
+                "alert": state.map(|s| s.phase),
+            }),
+        };
+        out.insert(name, entry);
+    }
+    if out.is_empty() {
+        serde_json::Value::Null
+    } else {
+        serde_json::Value::Object(out)
+    }
 }
 
 /// How often every channel's provider is checked: soon enough that a broken relay is seen

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use crate::alerts::AlertState;
-use crate::alerts::tick::{run_tick, tick_at};
+use crate::alerts::tick::{evaluate as evaluate_tick, tick_at};
 use crate::definitions::alert::Alert;
 use crate::definitions::model::test::ExpectedAlert;
 use crate::harness::Harness;
@@ -16,7 +16,7 @@ use crate::harness::Harness;
 pub(super) async fn evaluate(h: &Harness, alert: &Alert) -> Result<(), String> {
     let engine = &h.engine;
     let now = engine.now();
-    run_tick(&*engine.store, alert, now)
+    evaluate_tick(engine, alert, now)
         .await
         .map_err(|e| format!("the alert could not be evaluated: {e}"))?;
     let registry = engine.registry();

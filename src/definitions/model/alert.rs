@@ -78,8 +78,8 @@ pub enum AlertSource {
     Events(EventsSource),
     /// Herald's own measurements (not supported yet).
     Metric(serde_json::Map<String, serde_json::Value>),
-    /// An HTTP check on an interval (not supported yet).
-    Probe(serde_json::Map<String, serde_json::Value>),
+    /// An HTTP check of a service at each evaluation: its status, latency and JSON.
+    Probe(ProbeSource),
 }
 
 impl AlertSource {
@@ -123,6 +123,64 @@ pub struct EventsSource {
     /// fire.
     #[serde(default)]
     pub min_events: u64,
+}
+
+/// An HTTP check, made at each of the alert's evaluations (`every`). It passes when the
+/// status is one of `status`, the answer came within `max_latency`, and the JSON body has
+/// every value of `json`.
+#[derive(Debug, Clone, PartialEq, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ProbeSource {
+    /// What is checked, such as `https://app.example.com/api/health`. `${env:NAME}` works.
+    pub url: String,
+    /// GET (the default) or HEAD.
+    #[serde(default)]
+    pub method: ProbeMethod,
+    /// Headers sent with the check, such as `Authorization: Bearer ${env:HEALTH_TOKEN}`.
+    #[serde(default)]
+    pub headers: IndexMap<String, String>,
+    /// How long the check waits for an answer; no answer by then fails it. Default 10s.
+    #[serde(default = "ProbeSource::default_timeout")]
+    pub timeout: Duration,
+    /// The statuses that pass. Default: any 2xx.
+    #[serde(default)]
+    pub status: Vec<u16>,
+    /// An answer slower than this fails the check.
+    #[serde(default)]
+    pub max_latency: Option<Duration>,
+    /// Values the JSON body must have, by dotted path: `{ status: ok, checks.database: up }`.
+    #[serde(default)]
+    pub json: IndexMap<String, serde_json::Value>,
+    /// What the condition reads: `up`, 1 when the check passed and 0 when it did not (the
+    /// default; `condition: "< 1"` fires on a failed check), or `latency_ms`, the time to the
+    /// answer in milliseconds (no data when there was none).
+    #[serde(default)]
+    pub value: ProbeValue,
+    /// The service's name in `/health`. Default: the alert's id.
+    #[serde(default)]
+    pub service: Option<String>,
+}
+
+impl ProbeSource {
+    pub fn default_timeout() -> Duration {
+        Duration::from_secs(10)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, JsonSchema)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum ProbeMethod {
+    #[default]
+    Get,
+    Head,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ProbeValue {
+    #[default]
+    Up,
+    LatencyMs,
 }
 
 /// One event name or several.
