@@ -214,6 +214,7 @@ db::scenarios!["alert_notify";
     silences_are_added_listed_and_expired_over_the_api,
     the_server_evaluates_notifies_and_delivers,
     a_probe_checks_a_real_server_and_health_shows_the_service,
+    metrics_read_the_outbox_and_the_runs,
 ];
 
 const CRITICAL: &str = r#"kind: alert
@@ -316,7 +317,17 @@ impl Setup {
         let registry = self.app.engine.registry();
         for wf in registry.workflows.values() {
             if let Some(a) = &wf.alert {
-                run_tick(&**store, a, self.clock.now()).await.unwrap();
+                match &a.def.source {
+                    // Events read from the store given (a second process's, in one test).
+                    herald::definitions::model::alert::AlertSource::Events(_) => {
+                        run_tick(&**store, a, self.clock.now()).await.unwrap();
+                    }
+                    _ => {
+                        herald::alerts::tick::evaluate(&self.app.engine, a, self.clock.now())
+                            .await
+                            .unwrap();
+                    }
+                }
             }
         }
     }
@@ -780,4 +791,136 @@ annotations:
         svc["error"].as_str().unwrap().contains("connection failed"),
         "{svc}"
     );
+}
+
+fn queued(id: &str, channel: &str, at: i64, due: i64) -> herald::store::NewOutbox {
+    herald::store::NewOutbox {
+        id: id.into(),
+        run_id: None,
+        workflow_id: None,
+        step_id: None,
+        channel: channel.into(),
+        recipient: "someone@example.com".into(),
+        sender: None,
+        subject: None,
+        body: "hello".into(),
+        html: false,
+        headers: json!({}),
+        idempotency_key: id.into(),
+        max_attempts: 3,
+        category: herald::definitions::model::step::MessageCategory::Transactional,
+        retry: None,
+        approved_template: None,
+        created_at: at,
+        due_at: due,
+    }
+}
+
+async fn metrics_read_the_outbox_and_the_runs(db: db::TestDb) {
+    let metric = |id: &str, source: &str, condition: &str| {
+        format!(
+            "kind: alert\nid: {id}\nevery: 1m\nsource:\n  metric: {source}\ncondition: \"{condition}\"\n"
+        )
+    };
+    let s = setup(
+        &db,
+        &[
+            (
+                "backlog.yaml",
+                &metric("backlog", "{ name: outbox_backlog, group_by: true }", "> 2"),
+            ),
+            (
+                "stuck-queue.yaml",
+                &metric(
+                    "stuck-queue",
+                    "{ name: outbox_oldest_age, channel: email }",
+                    "> 600",
+                ),
+            ),
+            (
+                "stuck-runs.yaml",
+                &metric(
+                    "stuck-runs",
+                    "{ name: runs_stuck, stuck_after: 10m }",
+                    "> 0",
+                ),
+            ),
+        ],
+    )
+    .await;
+    let t0 = s.clock.now();
+    // Three e-mails waiting since 20 minutes ago, one text due now, and one text held until
+    // tomorrow (quiet hours): not late.
+    let rows = vec![
+        queued("m1", "email", t0 - 20 * MIN, t0 - 20 * MIN),
+        queued("m2", "email", t0 - 5 * MIN, t0 - 5 * MIN),
+        queued("m3", "email", t0 - MIN, t0 - MIN),
+        queued("m4", "sms", t0 - MIN, t0 - MIN),
+        queued("m5", "sms", t0 - 30 * MIN, t0 + 600 * MIN),
+    ];
+    db.store.insert_events(&[], &[], &[], &rows).await.unwrap();
+    // A run ready since half an hour ago that nobody has taken.
+    let run = herald::store::NewRun {
+        id: "r-stuck".into(),
+        workflow_id: "nightly".into(),
+        version: "v1".into(),
+        trigger_kind: herald::store::TriggerKind::Manual,
+        idempotency_key: None,
+        parent_run_id: None,
+        cursor: json!({}),
+        context: json!({}),
+        labels: json!({}),
+        created_at: t0 - 30 * MIN,
+    };
+    db.store.insert_events(&[], &[run], &[], &[]).await.unwrap();
+    s.tick(&db.store).await;
+
+    let phases = |id: &'static str| {
+        let store = db.store.clone();
+        async move {
+            store
+                .alert_instances(id)
+                .await
+                .unwrap()
+                .into_iter()
+                .map(|i| {
+                    let v = serde_json::from_str::<herald::alerts::AlertState>(&i.state)
+                        .unwrap()
+                        .value;
+                    (i.group_key, i.phase, v)
+                })
+                .collect::<Vec<_>>()
+        }
+    };
+    assert_eq!(
+        phases("backlog").await,
+        [(
+            r#"{"channel":"email"}"#.to_owned(),
+            "firing".to_owned(),
+            Some(3.0)
+        )],
+        "email's three waiting fire; sms's two do not"
+    );
+    let q = phases("stuck-queue").await;
+    assert_eq!(q.len(), 1);
+    assert_eq!(q[0].1, "firing");
+    assert_eq!(
+        q[0].2,
+        Some(1200.0),
+        "the oldest due e-mail has waited 20 minutes"
+    );
+    let r = phases("stuck-runs").await;
+    assert_eq!((r[0].1.as_str(), r[0].2), ("firing", Some(1.0)), "{r:?}");
+
+    // The queue drains: the backlog resolves (counting 0, not "no data").
+    for id in ["m1", "m2", "m3"] {
+        db.store.cancel_message(id, t0).await.unwrap();
+    }
+    s.clock.set(t0 + MIN);
+    s.tick(&db.store).await;
+    let b = phases("backlog").await;
+    assert_eq!(b[0].1, "resolved", "{b:?}");
+    assert_eq!(b[0].2, Some(0.0));
+    let q = phases("stuck-queue").await;
+    assert_eq!(q[0].1, "resolved", "{q:?}");
 }

@@ -379,6 +379,13 @@ impl Store for Failing {
         self.check()?;
         self.inner.expire_silence(id, now).await
     }
+    async fn alert_metric(
+        &self,
+        query: &herald::store::alerting::MetricQuery,
+    ) -> Result<Vec<(Option<String>, f64)>> {
+        self.check()?;
+        self.inner.alert_metric(query).await
+    }
 }
 
 /// A project folder with `config` as its herald.yaml and `workflow` as its one workflow.

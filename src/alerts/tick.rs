@@ -53,8 +53,55 @@ pub async fn evaluate(
                 .await
                 .map(Some)
         }
-        _ => run_tick(&*engine.store, alert, now).await,
+        AlertSource::Metric(m) => run_metric_tick(&*engine.store, alert, m, now)
+            .await
+            .map(Some),
+        AlertSource::Events(_) => run_tick(&*engine.store, alert, now).await,
     }
+}
+
+/// Evaluates the tick `now` falls in for a `metric` source. A group seen before that has
+/// nothing to count now counts 0, not "no data": an empty queue is a healthy one.
+pub async fn run_metric_tick(
+    store: &dyn Store,
+    alert: &Alert,
+    m: &crate::definitions::model::alert::MetricSource,
+    now: Millis,
+) -> Result<Tick> {
+    let at = tick_at(alert, now);
+    let ms = |d: crate::definitions::model::Duration| {
+        i64::try_from(d.as_std().as_millis()).unwrap_or(i64::MAX)
+    };
+    let query = crate::store::alerting::MetricQuery {
+        name: m.name,
+        now: at,
+        since: at.saturating_sub(ms(m.window)),
+        stuck_before: at.saturating_sub(ms(m.stuck_after)),
+        channel: m.channel.clone(),
+        workflow: m.workflow.clone(),
+        grouped: m.group_by,
+    };
+    let label = if m.name.of_outbox() {
+        "channel"
+    } else {
+        "workflow"
+    };
+    let mut groups: Vec<(BTreeMap<String, String>, Option<f64>)> = store
+        .alert_metric(&query)
+        .await?
+        .into_iter()
+        .map(|(g, v)| {
+            let labels = match g {
+                Some(g) if m.group_by => BTreeMap::from([(label.to_owned(), g)]),
+                _ => BTreeMap::new(),
+            };
+            (labels, Some(v))
+        })
+        .collect();
+    if groups.is_empty() && !m.group_by {
+        groups.push((BTreeMap::new(), Some(0.0)));
+    }
+    record(store, alert, at, groups, None, Some(0.0)).await
 }
 
 /// Evaluates the tick `now` falls in for an `events` source. `None` for another source.
@@ -82,7 +129,7 @@ pub async fn run_tick(store: &dyn Store, alert: &Alert, now: Millis) -> Result<O
         .into_iter()
         .map(|g| (g.labels, g.value))
         .collect();
-    record(store, alert, at, groups, None).await.map(Some)
+    record(store, alert, at, groups, None, None).await.map(Some)
 }
 
 /// Records a probe's check as the tick `now` falls in: one instance, without group labels,
@@ -105,6 +152,7 @@ pub async fn run_probe_tick(
         at,
         vec![(BTreeMap::new(), value)],
         Some(result),
+        None,
     )
     .await
 }
@@ -117,6 +165,7 @@ async fn record(
     at: Millis,
     groups: Vec<(BTreeMap<String, String>, Option<f64>)>,
     probe: Option<super::probe::ProbeResult>,
+    absent: Option<f64>,
 ) -> Result<Tick> {
     let mut stored: BTreeMap<String, AlertState> = BTreeMap::new();
     for i in store.alert_instances(alert.id()).await? {
@@ -130,11 +179,11 @@ async fn record(
         let key = serde_json::to_string(&labels).unwrap_or_default();
         values.insert(key, (labels, value));
     }
-    // A group seen before with no events now has no data.
+    // A group seen before with no events now has no data (or, for a count, counts `absent`).
     for key in stored.keys() {
         if !values.contains_key(key) {
             let labels = serde_json::from_str(key).unwrap_or_default();
-            values.insert(key.clone(), (labels, None));
+            values.insert(key.clone(), (labels, absent));
         }
     }
     let mut rows = Vec::new();

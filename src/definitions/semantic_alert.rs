@@ -34,14 +34,27 @@ pub(super) fn check(
     match &alert.def.source {
         AlertSource::Events(e) => check_events(e, &mut error),
         AlertSource::Probe(p) => check_probe(p, &mut error),
-        other => {
-            let k = other.key();
-            let d = Diagnostic::error(
-                "unsupported-source",
-                format!("an alert's `{k}` source is not supported yet"),
-            )
-            .with_hint("use `events:`, an aggregate over the events workflows emit and POST /api/events receives");
-            error(&format!("/source/{k}"), d, true);
+        AlertSource::Metric(m) => {
+            let (wrong, right) = if m.name.of_outbox() {
+                ("workflow", "channel")
+            } else {
+                ("channel", "workflow")
+            };
+            let given = if m.name.of_outbox() {
+                m.workflow.is_some()
+            } else {
+                m.channel.is_some()
+            };
+            if given {
+                let d = Diagnostic::error(
+                    "invalid-metric",
+                    format!(
+                        "this measurement is of the {}, filtered by `{right}`, not `{wrong}`",
+                        if m.name.of_outbox() { "outbox" } else { "runs" }
+                    ),
+                );
+                error(&format!("/source/metric/{wrong}"), d, true);
+            }
         }
     }
     if alert.def.every.as_std().is_zero() {

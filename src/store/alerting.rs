@@ -31,3 +31,18 @@ pub struct SilenceRow {
     pub created_at: Millis,
     pub updated_at: Millis,
 }
+
+/// One of Herald's own measurements for an alert (see `AlertSource::Metric`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MetricQuery {
+    pub name: crate::definitions::model::alert::MetricName,
+    pub now: Millis,
+    /// `run_failures` counts runs finished after this.
+    pub since: Millis,
+    /// `runs_stuck` counts runs not updated since this.
+    pub stuck_before: Millis,
+    pub channel: Option<String>,
+    pub workflow: Option<String>,
+    /// By channel or workflow, rather than one figure.
+    pub grouped: bool,
+}

@@ -880,6 +880,13 @@ pub trait Store: Admin + Send + Sync + std::fmt::Debug {
     async fn silences(&self, active_at: Option<Millis>) -> Result<Vec<alerting::SilenceRow>>;
     /// Ends a silence at `now`. False when there is no such silence or it had ended.
     async fn expire_silence(&self, id: &str, now: Millis) -> Result<bool>;
+    /// One of Herald's own measurements: `(group, value)` pairs, the group being the channel
+    /// or workflow when grouped (else `None`, one pair). A group with nothing to count has no
+    /// pair.
+    async fn alert_metric(
+        &self,
+        query: &alerting::MetricQuery,
+    ) -> Result<Vec<(Option<String>, f64)>>;
 }
 
 /// One alert instance as stored: its group's labels as JSON (`{}` without `group_by`), its

@@ -76,8 +76,9 @@ pub enum AlertSource {
     /// An aggregate over the events workflows emit and `POST /api/events` receives, over a
     /// sliding window.
     Events(EventsSource),
-    /// Herald's own measurements (not supported yet).
-    Metric(serde_json::Map<String, serde_json::Value>),
+    /// Herald's own state: the outbox's backlog and how long its oldest due message has
+    /// waited, runs that failed, runs that are stuck.
+    Metric(MetricSource),
     /// An HTTP check of a service at each evaluation: its status, latency and JSON.
     Probe(ProbeSource),
 }
@@ -181,6 +182,59 @@ pub enum ProbeValue {
     #[default]
     Up,
     LatencyMs,
+}
+
+/// One of Herald's own measurements, read from its database at each evaluation.
+#[derive(Debug, Clone, PartialEq, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct MetricSource {
+    /// Which measurement:
+    /// `outbox_backlog` (messages waiting to be handed to their channel),
+    /// `outbox_oldest_age` (seconds the oldest message that is due has waited: a stuck
+    /// queue), `run_failures` (runs that failed in the `window`) or `runs_stuck` (runs ready
+    /// to go, or going, that have not moved for `stuck_after`).
+    pub name: MetricName,
+    /// How far back `run_failures` looks. Default 15m.
+    #[serde(default = "MetricSource::default_window")]
+    pub window: Duration,
+    /// How long a run may sit without progress before `runs_stuck` counts it. Default 15m.
+    #[serde(default = "MetricSource::default_window")]
+    pub stuck_after: Duration,
+    /// Only this channel's messages (outbox measurements).
+    #[serde(default)]
+    pub channel: Option<String>,
+    /// Only this workflow's runs (run measurements).
+    #[serde(default)]
+    pub workflow: Option<String>,
+    /// One alert instance per channel (outbox measurements) or per workflow (run
+    /// measurements), labelled `channel` or `workflow`.
+    #[serde(default)]
+    pub group_by: bool,
+}
+
+impl MetricSource {
+    pub fn default_window() -> Duration {
+        Duration::from_secs(15 * 60)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum MetricName {
+    OutboxBacklog,
+    OutboxOldestAge,
+    RunFailures,
+    RunsStuck,
+}
+
+impl MetricName {
+    /// Whether it measures the outbox (by channel) rather than runs (by workflow).
+    pub fn of_outbox(self) -> bool {
+        matches!(
+            self,
+            MetricName::OutboxBacklog | MetricName::OutboxOldestAge
+        )
+    }
 }
 
 /// One event name or several.

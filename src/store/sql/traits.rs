@@ -269,6 +269,12 @@ impl<B: Backend> Store for B {
     async fn expire_silence(&self, id: &str, now: Millis) -> Result<bool> {
         super::alerts::expire_silence(self, id, now).await
     }
+    async fn alert_metric(
+        &self,
+        query: &crate::store::alerting::MetricQuery,
+    ) -> Result<Vec<(Option<String>, f64)>> {
+        super::alerts::metric(self, query).await
+    }
 }
 
 #[async_trait]
