@@ -84,7 +84,7 @@ annotations:
 }
 
 #[test]
-fn a_bad_threshold_an_unknown_field_and_unsupported_sources_are_reported() {
+fn a_bad_threshold_an_unknown_field_and_an_unknown_metric_are_reported() {
     let text = validate(&[
         (
             "t.yaml",
@@ -103,7 +103,8 @@ fn a_bad_threshold_an_unknown_field_and_unsupported_sources_are_reported() {
         "t.yaml:5:12: error: `over 5` is not a threshold",
         "u.yaml:6:1: error: unknown field `fro`",
         "did you mean `for`?",
-        "m.yaml:4:3: error: an alert's `metric` source is not supported yet",
+        "m.yaml:4:19: error: `delivery_rate` is not a valid value for `name`",
+        "expected one of: outbox_backlog, outbox_oldest_age, run_failures, runs_stuck",
     ] {
         assert!(text.contains(want), "missing {want:?} in:\n{text}");
     }
