@@ -251,9 +251,13 @@ async fn main() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     println!(
-        "idle: {waiting_goal} open conversations waiting (opened {idle} in {:.1} s); RSS {rss_before:.1} MiB before, {:.1} MiB after",
+        "idle: {waiting_goal} open conversations waiting (opened {idle} in {:.1} s); RSS {rss_before:.1} MiB before, {:.1} MiB after; {} runs held, {} tasks alive",
         opened.elapsed().as_secs_f64(),
-        rss_mib()
+        rss_mib(),
+        engine.held_runs().len(),
+        tokio::runtime::Handle::current()
+            .metrics()
+            .num_alive_tasks()
     );
     shutdown.cancel();
 }
