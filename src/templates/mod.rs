@@ -317,6 +317,8 @@ impl Templates {
     }
 
     /// Renders an inline template from a definition.
+    ///
+    /// Compiled sources are cached by their text, up to [`INLINE_CACHE_MAX`].
     pub fn render_str(&self, source: &str, ctx: &JValue) -> Result<String, RenderError> {
         if !source.contains("{{") && !source.contains("{%") && !source.contains("{#") {
             return Ok(source.to_owned());
@@ -332,6 +334,12 @@ impl Templates {
         }
         {
             let mut env = crate::sync::write(&self.inline);
+            // Inline sources come from definitions, so they are few; a source made at run
+            // time (an edited definition's old texts, text built from data) must not grow the
+            // cache without end. Past the bound it starts again, and recompiles what is used.
+            if env.templates().count() >= INLINE_CACHE_MAX {
+                env.clear_templates();
+            }
             if env.get_template(&name).is_err() {
                 // A template that does not compile is not cached; rendering it reports why.
                 if let Err(e) = env.add_template_owned(name.clone(), source.to_owned()) {
@@ -345,6 +353,11 @@ impl Templates {
             .map_err(|e| RenderError::from_minijinja(&e))?;
         t.render(ctx)
             .map_err(|e| self.runtime_error(&e, Failing::Inline(source), ctx))
+    }
+
+    /// How many inline templates are compiled and kept now.
+    pub fn inline_cached(&self) -> usize {
+        crate::sync::read(&self.inline).templates().count()
     }
 
     /// Evaluates an expression (no braces) to a value.
@@ -462,6 +475,9 @@ impl Templates {
 }
 
 /// Converts a JSON context for rendering. Convert once per step and render many times.
+/// The most inline templates kept compiled at once (see [`Templates::render_str`]).
+pub const INLINE_CACHE_MAX: usize = 10_000;
+
 pub fn context(ctx: &Value) -> JValue {
     JValue::from(Serde(ctx))
 }
@@ -655,5 +671,27 @@ fn collect_files(
         } else if let Ok(rel) = path.strip_prefix(root) {
             out.push(rel.to_string_lossy().replace('\\', "/"));
         }
+    }
+}
+
+#[cfg(test)]
+mod cache_tests {
+    use super::*;
+
+    #[test]
+    fn the_inline_cache_is_bounded_and_still_renders() {
+        let t = Templates::empty(100_000);
+        let ctx = context(&serde_json::json!({"n": 2}));
+        for i in 0..INLINE_CACHE_MAX + 50 {
+            let out = t.render_str(&format!("{i}:{{{{ n }}}}"), &ctx).unwrap();
+            assert_eq!(out, format!("{i}:2"));
+            assert!(t.inline_cached() <= INLINE_CACHE_MAX);
+        }
+        assert!(t.inline_cached() <= 51, "{}", t.inline_cached());
+        // The same source again is a hit, not another entry.
+        let before = t.inline_cached();
+        t.render_str("0:{{ n }}", &ctx).unwrap();
+        t.render_str("0:{{ n }}", &ctx).unwrap();
+        assert!(t.inline_cached() <= before + 1);
     }
 }

@@ -101,7 +101,7 @@ pub(crate) async fn reply(
 ) -> Result<Value, StepError> {
     let s = SendStep {
         channel: session.channel.clone(),
-        to: Template(format!("{{% raw %}}{}{{% endraw %}}", session.address)),
+        to: Template(String::new()),
         template: None,
         body: None,
         whatsapp_template: None,
@@ -110,7 +110,7 @@ pub(crate) async fn reply(
         headers: Default::default(),
         category: MessageCategory::Transactional,
     };
-    send::queue(cx, &s, Some(text), key).await
+    send::queue(cx, &s, Some(text), key, Some(&session.address)).await
 }
 
 /// One message of the conversation, either way.

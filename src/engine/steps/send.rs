@@ -51,7 +51,7 @@ pub(super) async fn execute(mut cx: StepCx<'_>, s: &SendStep) -> Result<Outcome,
             return Ok(Outcome::End(json!({"status": "exited", "reason": reason})));
         }
     }
-    queue(&mut cx, s, None, None).await.map(Outcome::Done)
+    queue(&mut cx, s, None, None, None).await.map(Outcome::Done)
 }
 
 /// Queues the message `s` describes and gives the step's output. `text` is a body already
@@ -62,6 +62,7 @@ pub(super) async fn queue(
     s: &SendStep,
     text: Option<String>,
     key: Option<String>,
+    to: Option<&str>,
 ) -> Result<Value, StepError> {
     let registry = cx.host.registry;
     if !registry.channels.contains_key(&s.channel) {
@@ -70,7 +71,12 @@ pub(super) async fn queue(
             s.channel
         )));
     }
-    let to = cx.render(s.to.as_str())?.trim().to_owned();
+    // A recipient given as is (a conversation's person) is never a template: an address is
+    // not code, and each distinct one compiled would stay in the inline template cache.
+    let to = match to {
+        Some(t) => t.trim().to_owned(),
+        None => cx.render(s.to.as_str())?.trim().to_owned(),
+    };
     if to.is_empty() {
         return Err(StepError::Permanent("the recipient (`to`) is empty".into()));
     }
