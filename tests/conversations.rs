@@ -30,6 +30,7 @@ db::scenarios!["conversations";
     classify_picks_the_intent_and_goes_where_it_says,
     a_person_takes_over_and_gives_the_conversation_back,
     a_handoff_nobody_releases_gives_the_conversation_back_at_its_timeout,
+    a_sender_address_is_never_read_as_a_template,
 ];
 
 const PHONE: &str = "+18015550100";
@@ -757,4 +758,37 @@ async fn a_handoff_nobody_releases_gives_the_conversation_back_at_its_timeout(db
     let log = h.engine.store.step_log(&id).await.unwrap();
     let handoff = log.iter().rev().find(|s| s.step_id == "human").unwrap();
     assert_eq!(handoff.output.as_ref().unwrap()["timed_out"], true);
+}
+
+/// A reply goes to the address the message came from, as it is: an address is never
+/// compiled as a template (it once was, inside `{% raw %}`, which this one would break out of,
+/// and every address compiled stayed in memory).
+async fn a_sender_address_is_never_read_as_a_template(db: db::TestDb) {
+    let h = Harness::new(
+        db,
+        &[(
+            "workflows/echo.yaml",
+            "kind: conversation\nid: echo\nchannels: [email]\nstart:\n  - any_message: true\nsteps:\n  - end: \"Got it.\"\n",
+        )],
+    )
+    .await;
+    let from = "x{% endraw %}{{ 7 * 7 }}{% raw %}@example.com";
+    let routed = h
+        .engine
+        .inbound_message("email", from, "hello", None)
+        .await
+        .unwrap();
+    h.settle().await;
+    let id = routed
+        .started_runs
+        .first()
+        .expect("a conversation started")
+        .clone();
+    let out = h.engine.store.outbox_for_run(&id).await.unwrap();
+    assert_eq!(out.len(), 1, "{out:?}");
+    assert_eq!(out[0].body, "Got it.");
+    assert_eq!(
+        out[0].recipient, from,
+        "sent to the address as it came, unrendered"
+    );
 }
