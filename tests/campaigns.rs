@@ -575,6 +575,11 @@ async fn a_reply_or_a_funded_loan_ends_the_sequence(db: db::TestDb) {
     );
     let counts = h.engine.store.campaign_counts("re-engage").await.unwrap();
     assert_eq!((counts.enrolled, counts.finished), (4, 4));
+    assert_eq!(
+        (counts.exited, counts.replied, counts.converted),
+        (3, 1, 1),
+        "Ann replied, Bob converted, Cid left by status; Dee went to the end"
+    );
 }
 
 fn offer(id: &str, send_at: &str) -> String {

@@ -35,6 +35,11 @@ pub struct CampaignCounts {
     pub finished: i64,
     /// Recipients still on their way.
     pub active: i64,
+    /// Recipients who left by `exit_when`: all of them, and those who left because they
+    /// replied, or because an `exit_when.events` event (the campaign's goal) happened.
+    pub exited: i64,
+    pub replied: i64,
+    pub converted: i64,
     pub steps: Vec<StepCounts>,
 }
 

@@ -5,6 +5,25 @@ use serde_json::Value;
 use crate::definitions::model::campaign::ExitWhen;
 use crate::store::{DynStore, Millis, StoreError};
 
+/// What made a recipient leave, as the campaign's counts tell it: `exit_when.events` are the
+/// campaign's goal (a funded loan, a booking), so leaving by one is a conversion.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Exit {
+    Status,
+    Replied,
+    Converted,
+}
+
+impl Exit {
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            Exit::Status => "status",
+            Exit::Replied => "replied",
+            Exit::Converted => "converted",
+        }
+    }
+}
+
 /// Why the recipient `contact` (the run's contact, as JSON) leaves the campaign, if they do:
 /// something in `exit_when` happened since `since`, when they were enrolled.
 pub(crate) async fn reason(
@@ -12,7 +31,7 @@ pub(crate) async fn reason(
     exit: &ExitWhen,
     contact: Option<&Value>,
     since: Millis,
-) -> Result<Option<String>, StoreError> {
+) -> Result<Option<(Exit, String)>, StoreError> {
     let Some(contact) = contact.filter(|c| !c.is_null()) else {
         return Ok(None);
     };
@@ -20,7 +39,10 @@ pub(crate) async fn reason(
     if let Some(status) = text("status")
         && exit.status.iter().any(|s| s == status)
     {
-        return Ok(Some(format!("their status is now `{status}`")));
+        return Ok(Some((
+            Exit::Status,
+            format!("their status is now `{status}`"),
+        )));
     }
     let keys: Vec<&str> = ["email", "phone", "id"]
         .into_iter()
@@ -38,14 +60,17 @@ pub(crate) async fn reason(
         }
         for key in addresses {
             if store.find_event(&name, key, since, &[]).await?.is_some() {
-                return Ok(Some(format!("they replied on `{channel}`")));
+                return Ok(Some((
+                    Exit::Replied,
+                    format!("they replied on `{channel}`"),
+                )));
             }
         }
     }
     for event in &exit.events {
         for key in &keys {
             if store.find_event(event, key, since, &[]).await?.is_some() {
-                return Ok(Some(format!("`{event}` happened")));
+                return Ok(Some((Exit::Converted, format!("`{event}` happened"))));
             }
         }
     }

@@ -45,10 +45,12 @@ pub(super) async fn execute(mut cx: StepCx<'_>, s: &SendStep) -> Result<Outcome,
             message: format!("could not check the campaign's exit_when: {e}"),
             retry_after: None,
         })?;
-        if let Some(reason) = exited {
+        if let Some((exit, reason)) = exited {
             // The recipient leaves the campaign here: this message and every later step are
-            // not made, and the step log says why.
-            return Ok(Outcome::End(json!({"status": "exited", "reason": reason})));
+            // not made, and the step log says why (and how, for the campaign's counts).
+            return Ok(Outcome::End(
+                json!({"status": "exited", "exit": exit.name(), "reason": reason}),
+            ));
         }
     }
     queue(&mut cx, s, None, None, None).await.map(Outcome::Done)

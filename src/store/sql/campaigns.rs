@@ -166,10 +166,24 @@ pub(in crate::store) async fn counts<B: Backend>(b: &B, id: &str) -> Result<Camp
             _ => {}
         }
     }
+    // An exit is logged as the step's output, `{"status":"exited","exit":"replied",...}`.
+    let exits = r#"SELECT COUNT(*) AS n,
+             COALESCE(SUM(CASE WHEN s.output LIKE '%"exit":"replied"%' THEN 1 ELSE 0 END), 0) AS replied,
+             COALESCE(SUM(CASE WHEN s.output LIKE '%"exit":"converted"%' THEN 1 ELSE 0 END), 0) AS converted
+         FROM campaign_enrolments e JOIN step_log s ON s.run_id = e.run_id
+         WHERE e.campaign_id = $1 AND s.output LIKE '%"status":"exited"%'"#;
+    let (exited, replied, converted) = read_one(b, Stmt::new(exits, params![id]), |r| {
+        Ok((r.int("n")?, r.int("replied")?, r.int("converted")?))
+    })
+    .await?
+    .unwrap_or((0, 0, 0));
     Ok(CampaignCounts {
         enrolled,
         finished,
         active: enrolled - finished,
+        exited,
+        replied,
+        converted,
         steps,
     })
 }
