@@ -84,7 +84,7 @@ pub fn evaluate<'a>(
     events: impl IntoIterator<Item = &'a Event>,
     now: i64,
 ) -> Vec<Group> {
-    let window = i64::try_from(source.window.as_std().as_millis()).unwrap_or(i64::MAX);
+    let window = source.window.as_millis_i64();
     let from = now.saturating_sub(window);
     let names = source.name.names();
     let mut groups: BTreeMap<Option<String>, Vec<&Event>> = BTreeMap::new();

@@ -124,7 +124,7 @@ pub fn decide(
         .keys()
         .filter(|f| !firing_now.contains(f.as_str()))
         .collect();
-    let repeat = i64::try_from(route.repeat_every.as_std().as_millis()).unwrap_or(i64::MAX);
+    let repeat = route.repeat_every.as_millis_i64();
     let due = !active.is_empty() && sent_at.is_none_or(|at| now.saturating_sub(at) >= repeat);
     let resolved_notice = route.send_resolved && !gone.is_empty();
     if new || resolved_notice || due {

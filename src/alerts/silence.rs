@@ -200,7 +200,7 @@ impl SilenceRequest {
             (Some(d), None) => {
                 let d = crate::definitions::model::Duration::parse(d)
                     .map_err(|e| format!("`for: {d}`: {e}"))?;
-                starts_at.saturating_add(i64::try_from(d.as_std().as_millis()).unwrap_or(i64::MAX))
+                starts_at.saturating_add(d.as_millis_i64())
             }
             (None, Some(t)) => parse_time("ends_at", t)?,
             (None, None) => {

@@ -73,9 +73,7 @@ pub enum Transition {
 }
 
 fn millis(d: Option<crate::definitions::model::Duration>) -> i64 {
-    d.map_or(0, |d| {
-        i64::try_from(d.as_std().as_millis()).unwrap_or(i64::MAX)
-    })
+    d.map_or(0, |d| d.as_millis_i64())
 }
 
 /// The state after one evaluation at `now` that saw `value` (`None`: no data), and the

@@ -31,9 +31,7 @@ pub struct Tick {
 
 /// The tick that `now` falls in: the last multiple of `every` at or before it.
 pub fn tick_at(alert: &Alert, now: Millis) -> Millis {
-    let every = i64::try_from(alert.def.every.as_std().as_millis())
-        .unwrap_or(i64::MAX)
-        .max(1);
+    let every = alert.def.every.as_millis_i64().max(1);
     now - now.rem_euclid(every)
 }
 
@@ -69,14 +67,11 @@ pub async fn run_metric_tick(
     now: Millis,
 ) -> Result<Tick> {
     let at = tick_at(alert, now);
-    let ms = |d: crate::definitions::model::Duration| {
-        i64::try_from(d.as_std().as_millis()).unwrap_or(i64::MAX)
-    };
     let query = crate::store::alerting::MetricQuery {
         name: m.name,
         now: at,
-        since: at.saturating_sub(ms(m.window)),
-        stuck_before: at.saturating_sub(ms(m.stuck_after)),
+        since: at.saturating_sub(m.window.as_millis_i64()),
+        stuck_before: at.saturating_sub(m.stuck_after.as_millis_i64()),
         channel: m.channel.clone(),
         workflow: m.workflow.clone(),
         grouped: m.group_by,
@@ -110,7 +105,7 @@ pub async fn run_tick(store: &dyn Store, alert: &Alert, now: Millis) -> Result<O
         return Ok(None);
     };
     let at = tick_at(alert, now);
-    let window = i64::try_from(source.window.as_std().as_millis()).unwrap_or(i64::MAX);
+    let window = source.window.as_millis_i64();
     let mut events = Vec::new();
     for name in source.name.names() {
         for e in store

@@ -2,7 +2,6 @@
 //! project's database directly, as the admin API's `/api/campaigns` does on a running server.
 
 use std::io::Write as _;
-use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 
@@ -17,15 +16,8 @@ use crate::engine::{Engine, EngineOptions, load_registry};
 pub struct Args {
     #[command(subcommand)]
     action: Action,
-    /// The project folder (holding herald.yaml).
-    #[arg(long, value_name = "DIR", global = true)]
-    dir: Option<PathBuf>,
-    /// The database: sqlite://path or postgres://... Overrides herald.yaml.
-    #[arg(long, env = "DATABASE_URL", value_name = "URL", global = true)]
-    database_url: Option<String>,
-    /// Read `NAME=value` lines from this file before the environment, for `${env:NAME}`.
-    #[arg(long, value_name = "FILE", global = true)]
-    env_file: Option<PathBuf>,
+    #[command(flatten)]
+    project: super::ProjectArgs,
 }
 
 #[derive(clap::Subcommand, Debug)]
@@ -51,8 +43,8 @@ pub fn run(args: Args) -> Result<ExitCode, UsageError> {
 }
 
 async fn act(args: Args) -> Result<ExitCode, UsageError> {
-    let layout = Layout::discover(&dir_or_current(args.dir))?;
-    let env = match &args.env_file {
+    let layout = Layout::discover(&dir_or_current(args.project.dir))?;
+    let env = match &args.project.env_file {
         Some(f) => EnvSource::with_env_file(f)?,
         None => EnvSource::Process,
     };
@@ -64,7 +56,7 @@ async fn act(args: Args) -> Result<ExitCode, UsageError> {
         ))
     })?;
     let store = super::serve::open_project_database(
-        args.database_url.as_deref(),
+        args.project.database_url.as_deref(),
         &registry.config.database,
         &layout.root,
         &env,

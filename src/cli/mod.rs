@@ -54,6 +54,21 @@ enum Command {
     Silence(silence::Args),
 }
 
+/// Where a command that works on the project's database finds it: shared by `herald
+/// campaign` and `herald silence`.
+#[derive(clap::Args, Debug)]
+pub struct ProjectArgs {
+    /// The project folder (holding herald.yaml).
+    #[arg(long, value_name = "DIR", global = true)]
+    pub dir: Option<PathBuf>,
+    /// The database: sqlite://path or postgres://... Overrides herald.yaml.
+    #[arg(long, env = "DATABASE_URL", value_name = "URL", global = true)]
+    pub database_url: Option<String>,
+    /// Read `NAME=value` lines from this file before the environment, for `${env:NAME}`.
+    #[arg(long, value_name = "FILE", global = true)]
+    pub env_file: Option<PathBuf>,
+}
+
 #[derive(Debug, Clone, Copy, ValueEnum, Default)]
 pub enum Format {
     /// Compiler-style text with the source line and a caret.

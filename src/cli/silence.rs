@@ -3,7 +3,6 @@
 //! database), so a silence can be set while a definition is broken.
 
 use std::io::Write as _;
-use std::path::PathBuf;
 use std::process::ExitCode;
 
 use super::{UsageError, dir_or_current};
@@ -16,15 +15,8 @@ use crate::engine::clock::{Clock, SystemClock};
 pub struct Args {
     #[command(subcommand)]
     action: Action,
-    /// The project folder (holding herald.yaml).
-    #[arg(long, value_name = "DIR", global = true)]
-    dir: Option<PathBuf>,
-    /// The database: sqlite://path or postgres://... Overrides herald.yaml.
-    #[arg(long, env = "DATABASE_URL", value_name = "URL", global = true)]
-    database_url: Option<String>,
-    /// Read `NAME=value` lines from this file before the environment, for `${env:NAME}`.
-    #[arg(long, value_name = "FILE", global = true)]
-    env_file: Option<PathBuf>,
+    #[command(flatten)]
+    project: super::ProjectArgs,
 }
 
 #[derive(clap::Subcommand, Debug)]
@@ -65,15 +57,15 @@ pub fn run(args: Args) -> Result<ExitCode, UsageError> {
 }
 
 async fn act(args: Args) -> Result<ExitCode, UsageError> {
-    let layout = Layout::discover(&dir_or_current(args.dir))?;
+    let layout = Layout::discover(&dir_or_current(args.project.dir))?;
     let mut load = LoadOptions::new(EnvMode::Serve);
-    load.env = match &args.env_file {
+    load.env = match &args.project.env_file {
         Some(f) => EnvSource::with_env_file(f)?,
         None => EnvSource::Process,
     };
     let (project, _) = project::load(&layout, &load);
     let store = super::serve::open_project_database(
-        args.database_url.as_deref(),
+        args.project.database_url.as_deref(),
         &project.config.def.database,
         &layout.root,
         &load.env,

@@ -200,7 +200,7 @@ impl Scheduler {
             return Ok(next_slot(entry, from));
         }
         let slots = slots_between(entry, from, now);
-        let window = entry.spec.catch_up_window.as_std().as_millis() as i64;
+        let window = entry.spec.catch_up_window.as_millis_i64();
         let on_time = |s: Millis| now - s <= GRACE_MS;
         let latest_late = slots
             .iter()

@@ -16,9 +16,8 @@ const BATCH: i64 = 1_000;
 pub(crate) async fn run_once(engine: &Engine) -> Result<Purged, StoreError> {
     let config = engine.registry().config.retention.clone();
     let now = engine.now();
-    let before = |d: Option<crate::definitions::model::Duration>| {
-        d.map(|d| now - d.as_std().as_millis() as i64)
-    };
+    let before =
+        |d: Option<crate::definitions::model::Duration>| d.map(|d| now - d.as_millis_i64());
     let purged = engine
         .store
         .purge(before(config.runs), before(config.events), BATCH)

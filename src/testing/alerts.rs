@@ -29,9 +29,7 @@ pub(super) async fn evaluate(h: &Harness, alert: &Alert) -> Result<(), String> {
 /// Moves the clock by `by`, evaluating the alert at every tick on the way.
 pub(super) async fn advance(h: &Harness, alert: &Alert, by: Duration) -> Result<(), String> {
     let until = h.engine.now() + i64::try_from(by.as_millis()).unwrap_or(i64::MAX);
-    let every = i64::try_from(alert.def.every.as_std().as_millis())
-        .unwrap_or(i64::MAX)
-        .max(1);
+    let every = alert.def.every.as_millis_i64().max(1);
     loop {
         let now = h.engine.now();
         let next = tick_at(alert, now).saturating_add(every);

@@ -25,6 +25,11 @@ impl Duration {
         self.0
     }
 
+    /// In milliseconds, as times are stored; saturating rather than wrapping.
+    pub fn as_millis_i64(self) -> i64 {
+        i64::try_from(self.0.as_millis()).unwrap_or(i64::MAX)
+    }
+
     pub fn parse(text: &str) -> Result<Duration, String> {
         let bad = || {
             format!(

@@ -41,11 +41,7 @@ pub(super) async fn execute(mut cx: StepCx<'_>, ask: &AskStep) -> Result<Outcome
                 turns.push(conversation::turn("assistant", p, &step_id, cx.now));
             }
             let wait = ask.timeout.unwrap_or(spec.spec.inactivity.after);
-            (
-                0,
-                cx.run.created_at,
-                cx.now + wait.as_std().as_millis() as i64,
-            )
+            (0, cx.run.created_at, cx.now + wait.as_millis_i64())
         }
     };
     let slot = ask

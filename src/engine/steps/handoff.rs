@@ -43,7 +43,7 @@ pub(super) async fn execute(mut cx: StepCx<'_>, h: &HandoffStep) -> Result<Outco
                 turns.push(conversation::turn("assistant", &text, &step_id, cx.now));
             }
             let reason = cx.render_opt(&h.reason)?;
-            let timeout_at = cx.now + h.timeout.as_std().as_millis() as i64;
+            let timeout_at = cx.now + h.timeout.as_millis_i64();
             let data = json!({
                 "run_id": run_id,
                 "conversation": cx.run.workflow.id,

@@ -235,7 +235,7 @@ async fn over_cap(
     let Some(cap) = policy::frequency_cap(cx.host.registry, &s.channel) else {
         return Ok(None);
     };
-    let since = cx.now - cap.per.as_std().as_millis() as i64;
+    let since = cx.now - cap.per.as_millis_i64();
     let queued = cx
         .pending
         .outbox

@@ -12,7 +12,7 @@ use crate::store::Millis;
 pub(super) fn execute(cx: StepCx<'_>, w: &WaitStep) -> Result<Outcome, StepError> {
     let now = cx.now;
     let until = match w {
-        WaitStep::For(d) => now + d.as_std().as_millis() as i64,
+        WaitStep::For(d) => now + d.as_millis_i64(),
         WaitStep::Until(u) => {
             let text = cx.render(u.until.as_str())?;
             let ts: jiff::Timestamp = text.trim().parse().map_err(|e| {

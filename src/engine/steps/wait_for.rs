@@ -33,7 +33,7 @@ pub(super) async fn execute(cx: StepCx<'_>, w: &WaitForStep) -> Result<Outcome, 
             Ok(Outcome::Done(event_output(&e)))
         }
         Ok(None) => {
-            let timeout_at = cx.now + w.timeout.as_std().as_millis() as i64;
+            let timeout_at = cx.now + w.timeout.as_millis_i64();
             Ok(Outcome::Wait {
                 wait: Wait::Event {
                     name: name.clone(),
