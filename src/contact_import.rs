@@ -111,8 +111,9 @@ pub struct Options {
     pub format: Format,
     /// `--map COLUMN=TARGET`, by column name as written in the file.
     pub mapping: Vec<(String, Target)>,
-    /// For phone numbers written without a country code (`contacts.default_region`).
-    pub region: String,
+    /// `contacts` in herald.yaml: the region of phone numbers written without a country
+    /// code, and the types attributes are stored as.
+    pub contacts: crate::definitions::model::config::ContactsConfig,
     pub batch: usize,
     /// Lists and tags every imported contact is put on (`--list`, `--tag`).
     pub memberships: Vec<crate::store::campaigns::Membership>,
@@ -242,7 +243,7 @@ fn upsert(
     options: &Options,
     now: Millis,
 ) -> Result<ContactUpsert, String> {
-    let patch = crate::engine::contact::patch_from_json(fields, &options.region)?;
+    let patch = crate::engine::contact::patch_from_json(fields, &options.contacts)?;
     let email = patch.email.flatten();
     let phone = patch.phone.flatten();
     if email.is_none() && phone.is_none() {

@@ -20,7 +20,7 @@ fn options(format: Format) -> Options {
             ("Mobile".into(), Target::Field("phone")),
             ("Notes".into(), Target::Skip),
         ],
-        region: "US".into(),
+        contacts: Default::default(),
         batch: contact_import::DEFAULT_BATCH,
         memberships: Vec::new(),
     }

@@ -319,6 +319,20 @@ impl Store for Failing {
         self.check()?;
         self.inner.set_campaign_state(id, s, e, now).await
     }
+    async fn set_campaign_occurrence(
+        &self,
+        id: &str,
+        o: &str,
+        e: Option<Millis>,
+        now: Millis,
+    ) -> Result<()> {
+        self.check()?;
+        self.inner.set_campaign_occurrence(id, o, e, now).await
+    }
+    async fn latest_cron_fire(&self, w: &str) -> Result<Option<Millis>> {
+        self.check()?;
+        self.inner.latest_cron_fire(w).await
+    }
     async fn campaign_counts(&self, id: &str) -> Result<campaigns::CampaignCounts> {
         self.check()?;
         self.inner.campaign_counts(id).await

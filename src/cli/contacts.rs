@@ -120,7 +120,7 @@ async fn import(args: ImportArgs) -> Result<ExitCode, UsageError> {
     let options = Options {
         format,
         mapping,
-        region: config.contacts.default_region.clone(),
+        contacts: config.contacts.clone(),
         batch: args.batch,
         memberships: memberships(&args.lists, &args.tags)?,
     };

@@ -4,10 +4,12 @@
 //! enrolled by the campaign driver.
 
 use super::diagnostics::Diagnostic;
-use super::model::campaign::{Audience, CampaignDef, ExitWhen, Schedule, SendWindow};
+use super::model::campaign::{
+    Audience, CampaignCron, CampaignDef, CatchUpLatest, ExitWhen, Schedule, SendWindow,
+};
 use super::model::common::DefinitionId;
 use super::model::step::resolve_steps;
-use super::model::trigger::{EventTrigger, Trigger};
+use super::model::trigger::{CatchUp, CronTrigger, EventTrigger, Overlap, Trigger};
 use super::schema::{SchemaKind, Schemas};
 use super::source::{Parsed, SourceFile};
 use super::{Body, Definition, Workflow, content_hash, deserialize, env};
@@ -52,8 +54,11 @@ pub(crate) fn from_def(def: CampaignDef) -> Result<Campaign, (&'static str, Box<
         .map_err(|e| ("/steps", Box::new(Diagnostic::error("invalid-step", e))))?;
     let send_at = match &def.schedule {
         Schedule::SendAt(text) => Some(parse_send_at(text).map_err(|d| ("/schedule/send_at", d))?),
-        Schedule::Enrol(_) => None,
+        Schedule::Enrol(_) | Schedule::Cron(_) => None,
     };
+    if let Schedule::Cron(c) = &def.schedule {
+        check_cron(c)?;
+    }
     if let Some(w) = &def.send_window {
         check_window(w)?;
     }
@@ -61,6 +66,19 @@ pub(crate) fn from_def(def: CampaignDef) -> Result<Campaign, (&'static str, Box<
         Schedule::Enrol(on) => vec![Trigger::Event(EventTrigger {
             name: on.event.clone(),
             filter: None,
+        })],
+        // The scheduler decides a recurring campaign's times as it decides any cron
+        // trigger's, exactly once across processes; the campaign driver enrolls for each.
+        Schedule::Cron(c) => vec![Trigger::Cron(CronTrigger {
+            schedule: c.schedule.clone(),
+            timezone: c.timezone.clone(),
+            catch_up: match c.catch_up {
+                CatchUpLatest::None => CatchUp::None,
+                CatchUpLatest::Latest => CatchUp::Latest,
+            },
+            catch_up_window: c.catch_up_window,
+            overlap: Overlap::Allow,
+            input: None,
         })],
         Schedule::SendAt(_) => Vec::new(),
     };
@@ -128,6 +146,22 @@ fn check_window(w: &SendWindow) -> Result<(), (&'static str, Box<Diagnostic>)> {
         let d = Diagnostic::error("unknown-timezone", format!("unknown time zone `{tz}`"))
             .with_hint("use an IANA name, such as America/Denver");
         return Err(("/send_window/timezone", Box::new(d)));
+    }
+    Ok(())
+}
+
+/// A recurring campaign's schedule and time zone, checked as a cron trigger's are.
+fn check_cron(c: &CampaignCron) -> Result<(), (&'static str, Box<Diagnostic>)> {
+    if let Err(e) = crate::triggers::cron::parse_schedule(&c.schedule) {
+        let d = Diagnostic::error("invalid-cron", e).with_hint(
+            "five fields: minute hour day-of-month month day-of-week, such as `0 10 * * *`",
+        );
+        return Err(("/schedule/cron/schedule", Box::new(d)));
+    }
+    if let Err(e) = crate::triggers::cron::parse_timezone(&c.timezone) {
+        let d = Diagnostic::error("invalid-timezone", e)
+            .with_hint("use an IANA name such as America/Denver, Europe/London or UTC");
+        return Err(("/schedule/cron/timezone", Box::new(d)));
     }
     Ok(())
 }

@@ -42,6 +42,9 @@ pub mod alert;
 #[path = "semantic_alerting.rs"]
 pub mod alerting;
 
+#[path = "semantic_campaign.rs"]
+mod campaign;
+
 /// Names every expression may use, whatever started the run.
 pub const CONTEXT_ROOTS: &[&str] = &[
     "trigger", "body", "headers", "query", "params", "event", "message", "input", "vars", "steps",
@@ -256,6 +259,9 @@ fn check_all(project: &Project, opts: &LoadOptions, texts: &mut CompiledTexts) -
         }
         if let Some(a) = def.as_alert() {
             alert::check(def, a, env, &globals, &mut out);
+        }
+        if let Some(c) = def.as_campaign() {
+            campaign::check(def, c, &project.config.def.contacts.attributes, &mut out);
         }
     }
 
@@ -756,9 +762,12 @@ impl WorkflowCheck<'_> {
             .iter()
             .any(|t| matches!(t, Trigger::Webhook(w) if w.respond == RespondMode::Sync));
 
-        for (i, t) in self.wf.triggers.iter().enumerate() {
-            let base = format!("/triggers/{i}/{}", t.key());
-            self.check_trigger(t, &base);
+        // A campaign's triggers come from its `schedule`, checked when it was read.
+        if self.def.as_campaign().is_none() {
+            for (i, t) in self.wf.triggers.iter().enumerate() {
+                let base = format!("/triggers/{i}/{}", t.key());
+                self.check_trigger(t, &base);
+            }
         }
         let wf = self.wf;
         // A conversation's steps also see the conversation and its slots.

@@ -259,6 +259,16 @@ impl Scheduler {
                 recorded_at: now,
             };
             match decision {
+                // A recurring campaign's slot starts no run of its own: the fire row is the
+                // occurrence, and the campaign driver enrolls its audience for it.
+                Ok(()) if entry.workflow.campaign.is_some() => {
+                    if store.record_cron_fire(&fire, None).await? {
+                        report.fired += 1;
+                        tracing::info!(campaign = %wf, slot = %rfc3339(slot), "campaign occurrence due");
+                        metrics::counter!("herald_cron_slots_total", "workflow" => wf.clone(), "outcome" => "fired").increment(1);
+                        self.engine.work_ready.notify_waiters();
+                    }
+                }
                 Ok(()) => {
                     let trigger = Trigger::Cron {
                         schedule: entry.spec.schedule.clone(),

@@ -34,15 +34,10 @@ fn body<T>(b: Result<Json<T>, JsonRejection>) -> Result<T, ApiError> {
         .map_err(|e| bad("malformed_json", e.body_text()))
 }
 
-/// `contacts.default_region` of the definitions in force.
-fn default_region(state: &AppState) -> String {
-    state
-        .engine
-        .registry()
-        .config
-        .contacts
-        .default_region
-        .clone()
+/// `contacts` of the definitions in force: the region phone numbers are read in, and the
+/// attributes' types.
+fn contacts_config(state: &AppState) -> crate::definitions::model::config::ContactsConfig {
+    state.engine.registry().config.contacts.clone()
 }
 
 fn store_error(e: StoreError) -> ApiError {
@@ -130,10 +125,13 @@ pub async fn get_contact(
     Ok(Json(json!({"contact": contact_or_404(&state, &id).await?})))
 }
 
-/// Reads and checks a contact's fields from a request body; a phone number without a country
-/// code is read in `region`.
-fn patch_from(m: &Map<String, Value>, region: &str) -> Result<ContactPatch, ApiError> {
-    crate::engine::contact::patch_from_json(m, region).map_err(|e| bad("invalid_contact", e))
+/// Reads and checks a contact's fields from a request body, as `contacts` in herald.yaml
+/// says: the region of a phone number without a country code, and the attributes' types.
+fn patch_from(
+    m: &Map<String, Value>,
+    contacts: &crate::definitions::model::config::ContactsConfig,
+) -> Result<ContactPatch, ApiError> {
+    crate::engine::contact::patch_from_json(m, contacts).map_err(|e| bad("invalid_contact", e))
 }
 
 pub async fn create_contact(
@@ -141,7 +139,7 @@ pub async fn create_contact(
     b: Result<Json<Map<String, Value>>, JsonRejection>,
 ) -> Result<Response, ApiError> {
     let m = body(b)?;
-    let p = patch_from(&m, &default_region(&state))?;
+    let p = patch_from(&m, &contacts_config(&state))?;
     let (email, phone) = (p.email.clone().flatten(), p.phone.clone().flatten());
     if email.is_none() && phone.is_none() {
         return Err(bad(
@@ -183,7 +181,7 @@ pub async fn update_contact(
     Path(id): Path<String>,
     b: Result<Json<Map<String, Value>>, JsonRejection>,
 ) -> Result<Json<Value>, ApiError> {
-    let patch = patch_from(&body(b)?, &default_region(&state))?;
+    let patch = patch_from(&body(b)?, &contacts_config(&state))?;
     let c = state
         .engine
         .store

@@ -5,7 +5,7 @@ use serde::Serialize;
 use super::Millis;
 
 /// Which contacts a campaign enrolls, as the store selects them: every condition given holds.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct AudienceFilter {
     /// On at least one of these lists.
     pub lists: Vec<String>,
@@ -15,15 +15,48 @@ pub struct AudienceFilter {
     pub without_tags: Vec<String>,
     /// With one of these statuses.
     pub status: Vec<String>,
+    /// Tests on attributes, every one of which holds; times already resolved against the
+    /// clock of the enrolment.
+    pub attributes: Vec<(String, AttributeMatch)>,
+    /// Tests on when the contact was stored (only `Before` and `After`).
+    pub created: Vec<AttributeMatch>,
+    /// Leaves out contacts enrolled in any occurrence of the campaign, not only this one: a
+    /// recurring campaign that does not `reenrol`.
+    pub once_ever: bool,
 }
+
+/// One test on one attribute, as the store runs it.
+#[derive(Debug, Clone, PartialEq)]
+pub enum AttributeMatch {
+    Eq(Scalar),
+    /// Not equal; a contact without the attribute matches.
+    Ne(Scalar),
+    In(Vec<Scalar>),
+    /// Equal to none; a contact without the attribute matches.
+    NotIn(Vec<Scalar>),
+    Gt(f64),
+    Gte(f64),
+    Lt(f64),
+    Lte(f64),
+    Exists(bool),
+    /// A date before this instant.
+    Before(Millis),
+    /// A date at or after this instant.
+    After(Millis),
+}
+
+pub use crate::definitions::model::audience::Scalar;
 
 /// A campaign's stored state. A campaign without a row is scheduled.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct CampaignRow {
     pub id: String,
     pub state: String,
-    /// When its audience was enrolled in full (a broadcast).
+    /// When its audience was enrolled in full: a broadcast's, or a recurring campaign's
+    /// `occurrence`'s.
     pub enrolled_at: Option<Millis>,
+    /// A recurring campaign's occurrence being enrolled, or last enrolled.
+    pub occurrence: Option<String>,
     pub updated_at: Millis,
 }
 

@@ -847,6 +847,17 @@ pub trait Store: Admin + Send + Sync + std::fmt::Debug {
         enrolled_at: Option<Millis>,
         now: Millis,
     ) -> Result<()>;
+    /// Starts a recurring campaign's occurrence (`enrolled_at` None), or records it enrolled
+    /// in full.
+    async fn set_campaign_occurrence(
+        &self,
+        id: &str,
+        occurrence: &str,
+        enrolled_at: Option<Millis>,
+        now: Millis,
+    ) -> Result<()>;
+    /// The latest slot any of a workflow's cron triggers fired.
+    async fn latest_cron_fire(&self, workflow_id: &str) -> Result<Option<Millis>>;
     async fn campaign_counts(&self, id: &str) -> Result<campaigns::CampaignCounts>;
     // Alerts.
     /// Events of one name created in `(from, to]`, oldest first: an alert's window.

@@ -24,7 +24,7 @@ use sqlx::{Acquire as _, Arguments as _, Postgres, Transaction};
 
 use super::rows::to_text;
 use super::sql::commit::{self, INSERT_RUN, RunWritten, STEP_COLUMNS, STEP_CONFLICT, UPDATE_RUN};
-use super::sql::{self, Backend, Dialect, Exec as _, Param, Stmt, contacts};
+use super::sql::{self, AttributeKind, Backend, Dialect, Exec as _, Param, Stmt, contacts};
 use super::*;
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
@@ -259,6 +259,27 @@ impl Dialect for Postgres {
 
     fn label_name(name: &str) -> String {
         name.to_owned()
+    }
+
+    fn attribute(name: &str, kind: AttributeKind) -> String {
+        let a = format!("(c.attributes::jsonb -> {name})");
+        let ty = format!("jsonb_typeof({a})");
+        let text = format!("({a} #>> '{{}}')");
+        match kind {
+            AttributeKind::Text => format!("(CASE WHEN {ty} = 'string' THEN {text} END)"),
+            AttributeKind::Number => {
+                format!("(CASE WHEN {ty} = 'number' THEN {text}::float8 END)")
+            }
+            AttributeKind::Bool => format!(
+                "(CASE WHEN {ty} = 'boolean' THEN CASE WHEN {text} = 'true' THEN 1 ELSE 0 END END)"
+            ),
+            // herald_time_ms (migration 0012) gives NULL for text that is not a date, where a
+            // cast would fail the whole query.
+            AttributeKind::Time => {
+                format!("(CASE WHEN {ty} = 'string' THEN herald_time_ms({text}) END)")
+            }
+            AttributeKind::Any => format!("NULLIF({ty}, 'null')"),
+        }
     }
 
     const FOR_UPDATE: &'static str = " FOR UPDATE";

@@ -18,7 +18,7 @@ use sqlx::sqlite::{
 use sqlx::{Sqlite, Transaction};
 
 use super::sql::commit::{self, RunWritten};
-use super::sql::{self, Backend, Dialect, Exec as _, Param, Stmt, contacts};
+use super::sql::{self, AttributeKind, Backend, Dialect, Exec as _, Param, Stmt, contacts};
 use super::*;
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
@@ -160,6 +160,26 @@ impl Dialect for Sqlite {
     /// The name goes into a quoted JSON path, where a quote would end it.
     fn label_name(name: &str) -> String {
         name.replace('"', "")
+    }
+
+    fn attribute(name: &str, kind: AttributeKind) -> String {
+        let path = format!("'$.\"' || {name} || '\"'");
+        let ty = format!("json_type(c.attributes, {path})");
+        let value = format!("json_extract(c.attributes, {path})");
+        match kind {
+            AttributeKind::Text => format!("(CASE WHEN {ty} = 'text' THEN {value} END)"),
+            AttributeKind::Number => {
+                format!("(CASE WHEN {ty} IN ('integer', 'real') THEN {value} END)")
+            }
+            AttributeKind::Bool => format!("(CASE {ty} WHEN 'true' THEN 1 WHEN 'false' THEN 0 END)"),
+            // The GLOB keeps out what SQLite's date functions would also read, such as 'now'
+            // or a bare number of days.
+            AttributeKind::Time => format!(
+                "(CASE WHEN {ty} = 'text' AND {value} GLOB '[0-9][0-9][0-9][0-9]-[0-9][0-9]-[0-9][0-9]*' \
+                 THEN CAST(unixepoch({value}, 'subsec') * 1000 AS INTEGER) END)"
+            ),
+            AttributeKind::Any => format!("NULLIF({ty}, 'null')"),
+        }
     }
 
     /// Every write transaction starts with `BEGIN IMMEDIATE`: it already holds the one write

@@ -7,7 +7,8 @@ use indexmap::IndexMap;
 use schemars::JsonSchema;
 use serde::Deserialize;
 
-use super::common::{DefinitionId, Metadata, Template};
+pub use super::audience::Audience;
+use super::common::{DefinitionId, Duration, Metadata, Template};
 use super::step::RawStep;
 use super::workflow::OnUpdate;
 
@@ -75,24 +76,6 @@ pub enum CampaignKind {
     Campaign,
 }
 
-/// Which contacts a campaign enrolls: all of the conditions given hold.
-#[derive(Debug, Clone, PartialEq, Eq, Default, Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
-pub struct Audience {
-    /// Contacts on at least one of these lists.
-    #[serde(default)]
-    pub lists: Vec<String>,
-    /// Contacts with every one of these tags.
-    #[serde(default)]
-    pub tags: Vec<String>,
-    /// Contacts with none of these tags.
-    #[serde(default)]
-    pub without_tags: Vec<String>,
-    /// Contacts whose lifecycle status is one of these.
-    #[serde(default)]
-    pub status: Vec<String>,
-}
-
 /// When a campaign enrolls its recipients: once at `send_at` (a broadcast to the audience), or
 /// on each `enrol` event (a drip, one recipient per event).
 #[derive(Debug, Clone, PartialEq, Deserialize, JsonSchema)]
@@ -104,6 +87,51 @@ pub enum Schedule {
     /// A drip: each event with this name enrolls the contact it is about. The event's key is
     /// the contact's id or e-mail address.
     Enrol(EnrolOn),
+    /// A recurring send, such as a daily 10 a.m. win-back: at each time the schedule names,
+    /// the contacts the audience selects then are enrolled. Unless `reenrol` is set, a contact
+    /// enrolled at an earlier time is not enrolled again.
+    Cron(CampaignCron),
+}
+
+/// When a recurring campaign enrolls, as a cron trigger's schedule.
+#[derive(Debug, Clone, PartialEq, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CampaignCron {
+    /// A standard 5-field cron expression: minute hour day-of-month month day-of-week.
+    /// Weekdays count from 0 = Sunday, as in POSIX cron; names (MON-FRI) work too.
+    #[schemars(example = "0 10 * * *")]
+    pub schedule: String,
+    /// The IANA time zone the schedule is read in, with daylight saving handled.
+    #[serde(default = "CampaignCron::default_timezone")]
+    #[schemars(example = "America/Denver")]
+    pub timezone: String,
+    /// Times missed while Herald was down: enroll for none, or only the latest.
+    #[serde(default)]
+    pub catch_up: CatchUpLatest,
+    /// A missed time older than this is never enrolled for.
+    #[serde(default = "CampaignCron::default_window")]
+    pub catch_up_window: Duration,
+}
+
+impl CampaignCron {
+    fn default_timezone() -> String {
+        "UTC".into()
+    }
+    fn default_window() -> Duration {
+        Duration::from_secs(6 * 3600)
+    }
+}
+
+/// What a recurring campaign does about times it missed. Enrolling the same audience once
+/// per missed day would send one person several copies at once, so there is no `all`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum CatchUpLatest {
+    /// Enroll for none of them.
+    None,
+    /// Enroll for the most recent one, within `catch_up_window`.
+    #[default]
+    Latest,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize, JsonSchema)]

@@ -198,6 +198,39 @@ pub struct ContactsConfig {
     /// operations API and `herald run`'s contacts all store numbers in E.164 with it.
     #[serde(default = "ContactsConfig::default_region")]
     pub default_region: String,
+    /// The attributes contacts carry and their types, such as
+    /// `{ loan_amount: number, state: text, last_visit: date, vip: boolean }`. When given,
+    /// campaign audiences may only test these, with tests that fit their types, and every way
+    /// a contact is written (import, the operations API, `upsert_contact`) stores them as
+    /// their type: `"5000"` from a CSV file becomes the number 5000, and a value that cannot
+    /// be one is refused with the reason. Attributes not listed are stored as given.
+    #[serde(default)]
+    pub attributes: IndexMap<String, AttributeType>,
+}
+
+/// The type of a contact attribute.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum AttributeType {
+    /// Any text.
+    Text,
+    /// A number, such as 5000 or 4.5.
+    Number,
+    /// true or false (also read from yes/no and 1/0).
+    Boolean,
+    /// An ISO 8601 date, or date and time: 2026-01-31, 2026-01-31T09:00:00-07:00.
+    Date,
+}
+
+impl AttributeType {
+    pub fn name(self) -> &'static str {
+        match self {
+            AttributeType::Text => "text",
+            AttributeType::Number => "number",
+            AttributeType::Boolean => "boolean",
+            AttributeType::Date => "date",
+        }
+    }
 }
 
 impl ContactsConfig {
@@ -210,6 +243,7 @@ impl Default for ContactsConfig {
     fn default() -> Self {
         ContactsConfig {
             default_region: ContactsConfig::default_region(),
+            attributes: IndexMap::new(),
         }
     }
 }

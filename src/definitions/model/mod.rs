@@ -2,6 +2,7 @@
 
 pub mod alert;
 pub mod alerting;
+pub mod audience;
 pub mod campaign;
 pub mod common;
 mod compact;

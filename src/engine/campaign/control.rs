@@ -5,6 +5,7 @@ use std::sync::Arc;
 use serde::Serialize;
 
 use super::{CANCELLED, COMPLETED, PAUSED, RUNNING, SCHEDULED};
+use crate::definitions::model::campaign::Schedule;
 use crate::engine::{Engine, EngineError};
 use crate::store::RunSelection;
 use crate::store::campaigns::CampaignCounts;
@@ -31,9 +32,12 @@ impl From<crate::store::StoreError> for CampaignError {
 pub struct CampaignStatus {
     pub id: String,
     pub state: String,
-    /// `broadcast` or `drip`.
+    /// `broadcast`, `drip` or `recurring`.
     pub kind: &'static str,
     pub send_at: Option<String>,
+    /// A recurring campaign's latest occurrence: the time its schedule last fired.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub occurrence: Option<String>,
     pub counts: CampaignCounts,
 }
 
@@ -130,15 +134,19 @@ pub async fn show(engine: &Arc<Engine>, id: &str) -> Result<CampaignStatus, Camp
     let Some(c) = registry.workflows.get(id).and_then(|w| w.campaign.clone()) else {
         return Err(CampaignError::NotFound(id.to_owned()));
     };
+    let row = engine.store.campaign(id).await?;
     Ok(CampaignStatus {
         id: id.to_owned(),
-        state: state(engine, id).await?,
-        kind: if c.send_at.is_some() {
-            "broadcast"
-        } else {
-            "drip"
+        state: row
+            .as_ref()
+            .map_or_else(|| SCHEDULED.to_owned(), |r| r.state.clone()),
+        kind: match c.schedule {
+            Schedule::SendAt(_) => "broadcast",
+            Schedule::Enrol(_) => "drip",
+            Schedule::Cron(_) => "recurring",
         },
         send_at: c.send_at.map(crate::engine::clock::rfc3339),
+        occurrence: row.and_then(|r| r.occurrence),
         counts: engine.store.campaign_counts(id).await?,
     })
 }

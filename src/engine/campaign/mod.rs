@@ -8,6 +8,7 @@
 //! `paused` (no enrolment; recipients hold before their next message), `completed` (every recipient's
 //! run finished), `cancelled` (its runs cancelled).
 
+mod audience;
 mod control;
 pub(crate) mod exit;
 pub(crate) mod window;
@@ -17,11 +18,11 @@ use std::sync::Arc;
 use serde_json::json;
 
 use crate::definitions::campaign::Campaign;
+use crate::definitions::model::campaign::Schedule;
 use crate::engine::clock::rfc3339;
 use crate::engine::registry::CompiledWorkflow;
 use crate::engine::{Engine, EngineError, RunBuilder, Trigger};
 use crate::store::Millis;
-use crate::store::campaigns::AudienceFilter;
 
 pub use control::{CampaignError, CampaignStatus, cancel, list, pause, resume, show};
 
@@ -65,6 +66,10 @@ pub async fn tick(engine: &Arc<Engine>) -> Result<CampaignTick, EngineError> {
         let Some(campaign) = &wf.campaign else {
             continue;
         };
+        if matches!(campaign.schedule, Schedule::Cron(_)) {
+            report.enrolled += recurring(engine, wf, campaign, now).await?;
+            continue;
+        }
         let Some(send_at) = campaign.send_at else {
             continue;
         };
@@ -110,19 +115,63 @@ pub async fn tick(engine: &Arc<Engine>) -> Result<CampaignTick, EngineError> {
     Ok(report)
 }
 
+/// Enrolls what is due of a recurring campaign's latest occurrence: the latest time its
+/// schedule fired (the scheduler decides each, once). A recurring campaign stays `running`
+/// between occurrences; paused, it enrolls nobody, and an occurrence that fell due while it was
+/// paused is enrolled on resume only within the schedule's `catch_up_window`.
+async fn recurring(
+    engine: &Arc<Engine>,
+    wf: &Arc<CompiledWorkflow>,
+    campaign: &Campaign,
+    now: Millis,
+) -> Result<u64, EngineError> {
+    let Some(slot) = engine.store.latest_cron_fire(&wf.id).await? else {
+        return Ok(0);
+    };
+    let row = engine.store.campaign(&wf.id).await?;
+    if let Some(r) = &row
+        && matches!(r.state.as_str(), PAUSED | CANCELLED | COMPLETED)
+    {
+        return Ok(0);
+    }
+    let occurrence = occurrence(slot);
+    let current = row.as_ref().and_then(|r| r.occurrence.as_deref()) == Some(&*occurrence);
+    if current && row.as_ref().is_some_and(|r| r.enrolled_at.is_some()) {
+        return Ok(0);
+    }
+    if !current {
+        let window = match &campaign.schedule {
+            Schedule::Cron(c) => c.catch_up_window.as_millis_i64(),
+            _ => i64::MAX,
+        };
+        if now.saturating_sub(slot) > window {
+            tracing::warn!(campaign = %wf.id, occurrence = %occurrence, "occurrence not enrolled: more than catch_up_window late (the campaign was paused)");
+            engine
+                .store
+                .set_campaign_occurrence(&wf.id, &occurrence, Some(now), now)
+                .await?;
+            return Ok(0);
+        }
+        engine
+            .store
+            .set_campaign_occurrence(&wf.id, &occurrence, None, now)
+            .await?;
+    }
+    let (enrolled, done) = enrol(engine, wf, campaign, &occurrence, now).await?;
+    if done {
+        engine
+            .store
+            .set_campaign_occurrence(&wf.id, &occurrence, Some(now), now)
+            .await?;
+        tracing::info!(campaign = %wf.id, occurrence = %occurrence, "campaign occurrence enrolled");
+    }
+    Ok(enrolled)
+}
+
 /// A broadcast's one occurrence is its send time: a campaign re-sent for another time is a
 /// new occurrence, and nobody is enrolled twice in the same one.
 fn occurrence(send_at: Millis) -> String {
     rfc3339(send_at)
-}
-
-pub(crate) fn audience_filter(c: &Campaign) -> AudienceFilter {
-    AudienceFilter {
-        lists: c.audience.lists.clone(),
-        tags: c.audience.tags.clone(),
-        without_tags: c.audience.without_tags.clone(),
-        status: c.audience.status.clone(),
-    }
 }
 
 /// Enrolls up to [`CHUNKS_PER_TICK`] chunks of the audience; how many, and whether the whole
@@ -134,7 +183,7 @@ async fn enrol(
     occurrence: &str,
     now: Millis,
 ) -> Result<(u64, bool), EngineError> {
-    let audience = audience_filter(campaign);
+    let audience = audience::filter(campaign, now);
     let templates = &engine.registry().templates;
     let mut enrolled = 0;
     for _ in 0..CHUNKS_PER_TICK {

@@ -128,6 +128,11 @@ fn upsert(cx: &StepCx<'_>, u: &UpsertContactStep) -> Result<ContactUpsert, StepE
             attributes.insert(k.clone(), value);
         }
     }
+    crate::engine::contact::type_attributes(
+        &mut attributes,
+        &cx.host.registry.config.contacts.attributes,
+    )
+    .map_err(StepError::Permanent)?;
     Ok(ContactUpsert {
         new_id: new_id(),
         email,

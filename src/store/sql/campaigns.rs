@@ -22,8 +22,13 @@ pub(in crate::store) async fn candidates<B: Backend>(
         "SELECT c.id AS id FROM contacts c
          WHERE (CAST($3 AS TEXT) IS NULL OR c.id > $3)
            AND NOT EXISTS (SELECT 1 FROM campaign_enrolments e
-                           WHERE e.campaign_id = $1 AND e.occurrence = $2 AND e.contact_id = c.id)",
+                           WHERE e.campaign_id = $1 AND e.contact_id = c.id",
     );
+    sql.push_str(if audience.once_ever {
+        " AND CAST($2 AS TEXT) IS NOT NULL)"
+    } else {
+        " AND e.occurrence = $2)"
+    });
     let mut p: Vec<Param> = params![campaign, occurrence, after, limit];
     let next = |p: &mut Vec<Param>, v: Param| {
         p.push(v);
@@ -56,6 +61,7 @@ pub(in crate::store) async fn candidates<B: Backend>(
         let list = next(&mut p, Param::List(audience.status.clone()));
         let _ = write!(sql, " AND {}", B::Db::in_list("c.status", &list));
     }
+    super::audience::conditions::<B::Db>(audience, &mut sql, &mut p);
     sql.push_str(" ORDER BY c.id LIMIT $4");
     read_all(b, Stmt::new(sql, p), |r| r.text("id")).await
 }
@@ -96,12 +102,13 @@ pub(in crate::store) async fn enrol<B: Backend>(
 }
 
 pub(in crate::store) async fn get<B: Backend>(b: &B, id: &str) -> Result<Option<CampaignRow>> {
-    let sql = "SELECT id, state, enrolled_at, updated_at FROM campaigns WHERE id = $1";
+    let sql = "SELECT id, state, enrolled_at, occurrence, updated_at FROM campaigns WHERE id = $1";
     read_one(b, Stmt::new(sql, params![id]), |r| {
         Ok(CampaignRow {
             id: r.text("id")?,
             state: r.text("state")?,
             enrolled_at: r.opt_int("enrolled_at")?,
+            occurrence: r.opt_text("occurrence")?,
             updated_at: r.int("updated_at")?,
         })
     })
@@ -121,6 +128,23 @@ pub(in crate::store) async fn set_state<B: Backend>(
          ON CONFLICT (id) DO UPDATE SET state = excluded.state, updated_at = excluded.updated_at,
              enrolled_at = COALESCE(campaigns.enrolled_at, excluded.enrolled_at)";
     write(b, Stmt::new(sql, params![id, state, enrolled_at, now])).await?;
+    Ok(())
+}
+
+/// Starts a recurring campaign's occurrence (`enrolled_at` None), or records it enrolled in
+/// full. A campaign without a row starts running.
+pub(in crate::store) async fn set_occurrence<B: Backend>(
+    b: &B,
+    id: &str,
+    occurrence: &str,
+    enrolled_at: Option<Millis>,
+    now: Millis,
+) -> Result<()> {
+    let sql = "INSERT INTO campaigns (id, state, enrolled_at, occurrence, updated_at)
+         VALUES ($1, 'running', $3, $2, $4)
+         ON CONFLICT (id) DO UPDATE SET occurrence = excluded.occurrence,
+             enrolled_at = excluded.enrolled_at, updated_at = excluded.updated_at";
+    write(b, Stmt::new(sql, params![id, occurrence, enrolled_at, now])).await?;
     Ok(())
 }
 

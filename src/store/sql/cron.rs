@@ -97,3 +97,15 @@ pub(in crate::store) async fn fires<B: Backend>(
     )
     .await
 }
+
+/// The latest slot any of a workflow's cron triggers fired: a recurring campaign's current
+/// occurrence.
+pub(in crate::store) async fn latest_fired<B: Backend>(
+    b: &B,
+    workflow_id: &str,
+) -> Result<Option<Millis>> {
+    let sql = "SELECT MAX(slot) AS t FROM cron_fires WHERE workflow_id = $1 AND outcome = 'fired'";
+    Ok(read_one(b, Stmt::new(sql, params![workflow_id]), super::time)
+        .await?
+        .flatten())
+}

@@ -16,6 +16,7 @@
 //! segment), and how a contact upsert is made safe against concurrent writers.
 
 pub(super) mod alerts;
+mod audience;
 pub(super) mod campaigns;
 pub(super) mod commit;
 pub(super) mod contacts;
@@ -40,12 +41,27 @@ use sqlx::{Database, Executor, IntoArguments, Transaction};
 use super::rows::{Decoder, RowView};
 use super::{Commit, CommitOutcome, Contact, ContactUpsert, Millis, Result};
 
+/// How [`Dialect::attribute`] reads an attribute.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum AttributeKind {
+    Text,
+    /// A JSON number, as a float.
+    Number,
+    /// A JSON true or false, as 1 or 0.
+    Bool,
+    /// Text that is an ISO 8601 date or date and time, as unix milliseconds.
+    Time,
+    /// Any value but null, as something not NULL.
+    Any,
+}
+
 /// A value bound to a statement.
 #[derive(Debug, Clone, PartialEq)]
 pub(super) enum Param {
     Text(Option<String>),
     Int(Option<i64>),
     Bool(bool),
+    Float(f64),
     /// A set of ids, matched with [`Dialect::in_list`].
     List(Vec<String>),
 }
@@ -172,8 +188,13 @@ pub(super) trait Dialect: Database {
     fn in_list(column: &str, list: &str) -> String;
     /// The run's `labels` object has `name` set to `value` (both placeholders).
     fn label_is(name: &str, value: &str) -> String;
-    /// A label's name as bound for [`Dialect::label_is`].
+    /// A label's name as bound for [`Dialect::label_is`], and an attribute's for
+    /// [`Dialect::attribute`].
     fn label_name(name: &str) -> String;
+    /// The contact `c`'s attribute named at placeholder `name`, read as `kind`: NULL when
+    /// the contact has no such attribute, or one of another type, so a comparison with it is
+    /// never an error and never true.
+    fn attribute(name: &str, kind: AttributeKind) -> String;
     /// How many rows a statement changed.
     fn rows_affected(done: &Self::QueryResult) -> u64;
     /// Ends a `SELECT` of a row the transaction goes on to write, so that a concurrent writer
@@ -200,6 +221,7 @@ where
     for<'q> Option<String>: sqlx::Encode<'q, D> + sqlx::Type<D>,
     for<'q> Option<i64>: sqlx::Encode<'q, D> + sqlx::Type<D>,
     for<'q> bool: sqlx::Encode<'q, D> + sqlx::Type<D>,
+    for<'q> f64: sqlx::Encode<'q, D> + sqlx::Type<D>,
     for<'q> L: sqlx::Encode<'q, D> + sqlx::Type<D> + Send,
 {
     use sqlx::Arguments as _;
@@ -209,6 +231,7 @@ where
             Param::Text(v) => args.add(v),
             Param::Int(v) => args.add(v),
             Param::Bool(v) => args.add(v),
+            Param::Float(v) => args.add(v),
             Param::List(ids) => args.add(list(ids)),
         }
         .map_err(|e| super::StoreError::Corrupt(format!("cannot bind a value: {e}")))?;

@@ -226,6 +226,18 @@ impl<B: Backend> Store for B {
     ) -> Result<()> {
         campaigns::set_state(self, id, state, enrolled_at, now).await
     }
+    async fn set_campaign_occurrence(
+        &self,
+        id: &str,
+        occurrence: &str,
+        enrolled_at: Option<Millis>,
+        now: Millis,
+    ) -> Result<()> {
+        campaigns::set_occurrence(self, id, occurrence, enrolled_at, now).await
+    }
+    async fn latest_cron_fire(&self, workflow_id: &str) -> Result<Option<Millis>> {
+        cron::latest_fired(self, workflow_id).await
+    }
     async fn campaign_counts(&self, id: &str) -> Result<CampaignCounts> {
         campaigns::counts(self, id).await
     }
