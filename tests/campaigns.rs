@@ -29,6 +29,8 @@ db::scenarios!["campaigns";
     a_reply_or_a_funded_loan_ends_the_sequence,
     a_frequency_cap_is_shared_by_two_campaigns,
     a_throttle_paces_a_campaign_without_spending_attempts,
+    an_audience_tests_attributes_and_dates,
+    a_recurring_campaign_enrolls_at_each_time,
 ];
 
 const HOUR: Duration = Duration::from_secs(3600);
@@ -696,4 +698,195 @@ async fn a_throttle_paces_a_campaign_without_spending_attempts(db: db::TestDb) {
             .map(|i| format!("p{i}@example.com"))
             .collect::<Vec<_>>()
     );
+}
+
+/// A config whose `hook` channel posts to the test's sink, with a contact schema.
+const TYPED_CONFIG: &str = r#"
+channels:
+  hook: { provider: webhook, url: "{{SINK}}/deliver" }
+contacts:
+  attributes: { loan_amount: number, state: text, last_visit: date, vip: boolean }
+"#;
+
+/// A contact with `email` and attributes as stored (not typed: the store is handed what it
+/// keeps, including what no typed write would keep, to show the query never fails on it).
+fn with_attributes(email: &str, attributes: serde_json::Value, created: i64) -> ContactUpsert {
+    ContactUpsert {
+        new_id: herald::engine::new_id(),
+        email: Some(email.to_owned()),
+        attributes: attributes.as_object().unwrap().clone(),
+        now: created,
+        ..ContactUpsert::default()
+    }
+}
+
+const BY_ATTRIBUTES: &str = r#"
+kind: campaign
+id: refinance
+audience:
+  attributes:
+    loan_amount: { gte: 5000 }
+    state: { in: [CO, UT] }
+    last_visit: { older_than: 30d }
+    vip: { ne: true }
+  created: { before: "2026-06-01" }
+schedule:
+  send_at: "2026-11-02T15:00:00Z"
+steps:
+  - id: offer
+    send: { channel: hook, to: "{{ contact.email }}", body: "Refinance" }
+"#;
+
+/// Each contact but two fails exactly one of the audience's tests; the clock is 2026-11-02.
+async fn an_audience_tests_attributes_and_dates(db: db::TestDb) {
+    let h = Harness::new(
+        db,
+        &[
+            ("herald.yaml", TYPED_CONFIG),
+            ("workflows/refinance.yaml", BY_ATTRIBUTES),
+        ],
+    )
+    .await;
+    let early = 1_767_225_600_000; // 2026-01-01
+    let late = 1_782_864_000_000; // 2026-07-01
+    let match_all = |email: &str, created| {
+        with_attributes(
+            email,
+            serde_json::json!({"loan_amount": 6000, "state": "CO", "last_visit": "2026-09-01", "vip": false}),
+            created,
+        )
+    };
+    let differ = |email: &str, key: &str, value: serde_json::Value| {
+        let mut c = match_all(email, early);
+        if value.is_null() {
+            c.attributes.remove(key);
+        } else {
+            c.attributes.insert(key.into(), value);
+        }
+        c
+    };
+    seed(
+        &h,
+        &[
+            match_all("ann@example.com", early),
+            differ("hal@example.com", "vip", serde_json::Value::Null),
+            differ("bob@example.com", "loan_amount", 4999.5.into()),
+            differ("gus@example.com", "loan_amount", "9000".into()),
+            differ("cid@example.com", "state", "TX".into()),
+            differ(
+                "dee@example.com",
+                "last_visit",
+                "2026-10-20T10:00:00-06:00".into(),
+            ),
+            differ("fay@example.com", "last_visit", "not a date".into()),
+            differ("ivy@example.com", "last_visit", "now".into()),
+            differ("eve@example.com", "vip", true.into()),
+            match_all("joe@example.com", late),
+        ],
+    )
+    .await;
+    let scheduler = Scheduler::new(h.engine.clone());
+    tick(&h, &scheduler).await;
+    tick(&h, &scheduler).await;
+    let to: Vec<String> = received(&h.sink.requests())
+        .into_iter()
+        .map(|(to, _)| to)
+        .collect();
+    assert_eq!(
+        to,
+        ["ann@example.com", "hal@example.com"],
+        "hal has no `vip` (ne matches it); bob's amount is low, gus's is text, cid is in TX, \
+         dee visited 13 days ago, fay's and ivy's visits are not dates, eve is a VIP, joe \
+         was created after June"
+    );
+}
+
+const WIN_BACK: &str = r#"
+kind: campaign
+id: win-back
+audience:
+  attributes:
+    last_visit: { older_than: 30d }
+schedule:
+  cron: { schedule: "0 16 * * *", catch_up_window: 6h }
+steps:
+  - id: miss_you
+    send: { channel: hook, to: "{{ contact.email }}", body: "We miss you" }
+"#;
+
+/// Every day at 16:00 UTC, who has not visited for 30 days hears from us, once ever.
+async fn a_recurring_campaign_enrolls_at_each_time(db: db::TestDb) {
+    let h = Harness::new(
+        db,
+        &[
+            ("herald.yaml", TYPED_CONFIG),
+            ("workflows/win-back.yaml", WIN_BACK),
+        ],
+    )
+    .await;
+    let visited = |email: &str, when: &str| {
+        with_attributes(email, serde_json::json!({ "last_visit": when }), 0)
+    };
+    seed(
+        &h,
+        &[
+            visited("ann@example.com", "2026-08-01"),
+            visited("bob@example.com", "2026-10-30"),
+        ],
+    )
+    .await;
+    let scheduler = Scheduler::new(h.engine.clone());
+    let sent = |h: &Harness| -> Vec<String> {
+        received(&h.sink.requests())
+            .into_iter()
+            .map(|(to, _)| to)
+            .collect()
+    };
+
+    tick(&h, &scheduler).await;
+    assert!(sent(&h).is_empty(), "15:00: not yet");
+    let status = campaign::show(&h.engine, "win-back").await.unwrap();
+    assert_eq!(
+        (status.kind, status.state.as_str()),
+        ("recurring", "scheduled")
+    );
+
+    h.clock.advance(HOUR);
+    tick(&h, &scheduler).await;
+    tick(&h, &scheduler).await;
+    assert_eq!(sent(&h), ["ann@example.com"], "16:00: the lapsed one, once");
+    let status = campaign::show(&h.engine, "win-back").await.unwrap();
+    assert_eq!(
+        status.state,
+        campaign::RUNNING,
+        "it stays running between times"
+    );
+    assert_eq!(status.occurrence.as_deref(), Some("2026-11-02T16:00:00Z"));
+
+    // A month on, bob has lapsed too; ann, already enrolled once, is not enrolled again.
+    h.clock.advance(30 * DAY);
+    tick(&h, &scheduler).await;
+    tick(&h, &scheduler).await;
+    assert_eq!(sent(&h), ["ann@example.com", "bob@example.com"]);
+
+    // Paused over a time, and resumed more than catch_up_window after it: that time is
+    // passed over, not sent late.
+    seed(&h, &[visited("cid@example.com", "2026-01-01")]).await;
+    campaign::pause(&h.engine, "win-back").await.unwrap();
+    h.clock.advance(DAY);
+    tick(&h, &scheduler).await;
+    h.clock.advance(7 * HOUR);
+    campaign::resume(&h.engine, "win-back").await.unwrap();
+    tick(&h, &scheduler).await;
+    assert_eq!(sent(&h).len(), 2, "nothing late from the paused time");
+    h.clock.advance(17 * HOUR);
+    tick(&h, &scheduler).await;
+    tick(&h, &scheduler).await;
+    assert_eq!(
+        sent(&h),
+        ["ann@example.com", "bob@example.com", "cid@example.com"],
+        "the next time enrolls who lapsed meanwhile"
+    );
+    let counts = h.engine.store.campaign_counts("win-back").await.unwrap();
+    assert_eq!(counts.enrolled, 3);
 }

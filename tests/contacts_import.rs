@@ -320,3 +320,75 @@ fn the_command_reports_bad_rows_as_file_line_and_exits_1() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("name it .csv or .jsonl"));
 }
+
+/// With `contacts.attributes` declared, each attribute goes in as its type: a CSV's text
+/// becomes numbers, booleans and dates in UTC, text stays text (a leading zero kept), and a
+/// value that cannot be its type makes its row bad, by line, with the reason.
+#[tokio::test]
+async fn typed_attributes_are_stored_as_their_type() {
+    use herald::definitions::model::config::AttributeType;
+    let db = db::sqlite("import").await.unwrap();
+    let store = db.store.clone();
+    let mut options = options(Format::Csv);
+    options.mapping.clear();
+    options.contacts.attributes = [
+        ("loan_amount", AttributeType::Number),
+        ("last_visit", AttributeType::Date),
+        ("vip", AttributeType::Boolean),
+        ("zip", AttributeType::Text),
+    ]
+    .into_iter()
+    .map(|(k, t)| (k.to_owned(), t))
+    .collect();
+    let csv = "email,loan_amount,last_visit,vip,zip\n\
+               ann@example.com,5000,2026-01-31T09:00:00-07:00,yes,01234\n\
+               bob@example.com,lots,2026-01-31,no,80202\n\
+               cid@example.com,7.5,2026-02-30,true,80202\n\
+               dee@example.com, 12 ,2026-03-01,maybe,80202\n\
+               eve@example.com,,2026-03-01,0,80202\n";
+    let s = contact_import::import(&store, csv.as_bytes(), &options, NOW, &mut |_, _| {})
+        .await
+        .unwrap();
+    let bad: Vec<(u64, &str)> = s.bad.iter().map(|b| (b.line, b.reason.as_str())).collect();
+    assert_eq!(bad.len(), 3, "{bad:?}");
+    assert_eq!(bad[0].0, 3);
+    assert!(
+        bad[0]
+            .1
+            .contains("attribute `loan_amount` is \"lots\", which is not a number"),
+        "{bad:?}"
+    );
+    assert_eq!(bad[1].0, 4);
+    assert!(bad[1].1.contains("`last_visit`"), "{bad:?}");
+    assert_eq!(bad[2].0, 5);
+    assert!(
+        bad[2]
+            .1
+            .contains("`vip` is \"maybe\", which is not a boolean"),
+        "{bad:?}"
+    );
+
+    let get = |email: &'static str| {
+        let store = store.clone();
+        async move {
+            store
+                .find_contact(Some(email), None)
+                .await
+                .unwrap()
+                .unwrap()
+                .attributes
+        }
+    };
+    let ann = get("ann@example.com").await;
+    assert_eq!(ann["loan_amount"], serde_json::json!(5000));
+    assert_eq!(ann["last_visit"], "2026-01-31T16:00:00Z");
+    assert_eq!(ann["vip"], true);
+    assert_eq!(ann["zip"], "01234");
+    let eve = get("eve@example.com").await;
+    assert!(
+        !eve.contains_key("loan_amount"),
+        "an empty cell sets nothing"
+    );
+    assert_eq!(eve["vip"], false);
+    assert_eq!(eve["last_visit"], "2026-03-01");
+}

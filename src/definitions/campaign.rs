@@ -20,7 +20,7 @@ pub struct Campaign {
     /// Its steps, labels and `on_update`, as a workflow; a drip's has its `enrol` event as
     /// its one trigger.
     pub workflow: Workflow,
-    pub audience: Audience,
+    pub audience: Box<Audience>,
     pub schedule: Schedule,
     /// `schedule.send_at` in unix milliseconds, for a broadcast.
     pub send_at: Option<i64>,
@@ -93,7 +93,7 @@ pub(crate) fn from_def(def: CampaignDef) -> Result<Campaign, (&'static str, Box<
             triggers,
             steps,
         },
-        audience: def.audience,
+        audience: Box::new(def.audience),
         schedule: def.schedule,
         send_at,
         reenrol: def.reenrol,

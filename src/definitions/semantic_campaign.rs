@@ -75,7 +75,14 @@ fn check_test(
         if list.is_empty() {
             let d = Diagnostic::error(
                 "empty-list",
-                format!("`{key}` has no values, so it {}", if key == "in" { "matches no contact" } else { "tests nothing" }),
+                format!(
+                    "`{key}` has no values, so it {}",
+                    if key == "in" {
+                        "matches no contact"
+                    } else {
+                        "tests nothing"
+                    }
+                ),
             )
             .with_hint("list the values to match, such as [CO, UT], or leave it out");
             out.push(def.at_value(&format!("{base}/{key}"), d));
@@ -112,7 +119,7 @@ fn check_test(
             Diagnostic::error(
                 "attribute-type",
                 format!(
-                    "`{op}` compares a {}, but `{name}` is {} (contacts.attributes in herald.yaml)",
+                    "`{op}` tests a {}, but `{name}` is {} (contacts.attributes in herald.yaml)",
                     wanted.name(),
                     article(ty)
                 ),
@@ -168,8 +175,13 @@ fn check_value(
         return;
     }
     let hint = match (ty, v) {
-        (AttributeType::Text, _) => format!("write it as text, in quotes: \"{}\"", v.to_string().trim_matches('"')),
-        (AttributeType::Date, _) => "a date is tested with before, after, older_than or within".to_owned(),
+        (AttributeType::Text, _) => format!(
+            "write it as text, in quotes: \"{}\"",
+            v.to_string().trim_matches('"')
+        ),
+        (AttributeType::Date, _) => {
+            "a date is tested with before, after, older_than or within".to_owned()
+        }
         (AttributeType::Number, _) => "write a number, such as 5000".to_owned(),
         (AttributeType::Boolean, _) => "write true or false".to_owned(),
     };

@@ -86,8 +86,12 @@ pub(crate) fn type_attributes(
                     _ => return Err(not_a(name, value, *ty)),
                 }
             }
-            (AttributeType::Boolean, Value::Number(n)) if n.as_f64() == Some(1.0) => Some(Value::Bool(true)),
-            (AttributeType::Boolean, Value::Number(n)) if n.as_f64() == Some(0.0) => Some(Value::Bool(false)),
+            (AttributeType::Boolean, Value::Number(n)) if n.as_f64() == Some(1.0) => {
+                Some(Value::Bool(true))
+            }
+            (AttributeType::Boolean, Value::Number(n)) if n.as_f64() == Some(0.0) => {
+                Some(Value::Bool(false))
+            }
             (AttributeType::Date, Value::String(s)) => Some(Value::String(
                 date(s).ok_or_else(|| not_a(name, value, *ty))?,
             )),
@@ -114,11 +118,16 @@ pub(crate) fn type_attributes(
     /// reads the same way.
     fn date(text: &str) -> Option<String> {
         let text = text.trim();
-        if let Ok(d) = text.parse::<jiff::civil::Date>() {
+        // jiff reads the date out of a longer date and time too; only a bare date stays one.
+        if text.len() == 10
+            && let Ok(d) = text.parse::<jiff::civil::Date>()
+        {
             return Some(d.to_string());
         }
         let ms = crate::definitions::model::audience::parse_date(text)?;
-        jiff::Timestamp::from_millisecond(ms).ok().map(|t| t.to_string())
+        jiff::Timestamp::from_millisecond(ms)
+            .ok()
+            .map(|t| t.to_string())
     }
 }
 

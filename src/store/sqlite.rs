@@ -171,7 +171,9 @@ impl Dialect for Sqlite {
             AttributeKind::Number => {
                 format!("(CASE WHEN {ty} IN ('integer', 'real') THEN {value} END)")
             }
-            AttributeKind::Bool => format!("(CASE {ty} WHEN 'true' THEN 1 WHEN 'false' THEN 0 END)"),
+            AttributeKind::Bool => {
+                format!("(CASE {ty} WHEN 'true' THEN 1 WHEN 'false' THEN 0 END)")
+            }
             // The GLOB keeps out what SQLite's date functions would also read, such as 'now'
             // or a bare number of days.
             AttributeKind::Time => format!(

@@ -51,7 +51,7 @@ pub enum AttributeCondition {
     /// The attribute equals this value.
     Equals(Scalar),
     /// Tests on the attribute, all of which hold.
-    Test(AttributeTest),
+    Test(Box<AttributeTest>),
 }
 
 /// A text, a number or true/false, as an attribute holds it.
@@ -222,8 +222,7 @@ mod tests {
         let c: AttributeCondition = serde_json::from_value(serde_json::json!("pro")).unwrap();
         assert_eq!(c, AttributeCondition::Equals(Scalar::Text("pro".into())));
         let c: AttributeCondition =
-            serde_json::from_value(serde_json::json!({"gte": 5000, "older_than": "30d"}))
-                .unwrap();
+            serde_json::from_value(serde_json::json!({"gte": 5000, "older_than": "30d"})).unwrap();
         let AttributeCondition::Test(t) = c else {
             panic!("tests expected")
         };

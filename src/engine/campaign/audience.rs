@@ -3,8 +3,8 @@
 //! `herald test`), so a broadcast and its test select the same contacts.
 
 use crate::definitions::campaign::Campaign;
-use crate::definitions::model::campaign::Schedule;
 use crate::definitions::model::audience::{AttributeCondition, DateTest, parse_date};
+use crate::definitions::model::campaign::Schedule;
 use crate::store::Millis;
 use crate::store::campaigns::{AttributeMatch, AudienceFilter};
 
@@ -54,7 +54,11 @@ pub(crate) fn filter(c: &Campaign, now: Millis) -> AudienceFilter {
         without_tags: a.without_tags.clone(),
         status: a.status.clone(),
         attributes,
-        created: a.created.as_ref().map(|d| dates(d, now)).unwrap_or_default(),
+        created: a
+            .created
+            .as_ref()
+            .map(|d| dates(d, now))
+            .unwrap_or_default(),
         once_ever: matches!(c.schedule, Schedule::Cron(_)) && !c.reenrol,
     }
 }
@@ -72,7 +76,9 @@ fn dates(d: &DateTest, now: Millis) -> Vec<AttributeMatch> {
         out.push(AttributeMatch::After(ms));
     }
     if let Some(o) = d.older_than {
-        out.push(AttributeMatch::Before(now.saturating_sub(o.as_millis_i64())));
+        out.push(AttributeMatch::Before(
+            now.saturating_sub(o.as_millis_i64()),
+        ));
     }
     if let Some(w) = d.within {
         out.push(AttributeMatch::After(now.saturating_sub(w.as_millis_i64())));

@@ -8,7 +8,11 @@ use crate::store::campaigns::{AttributeMatch, AudienceFilter, Scalar};
 
 /// Appends ` AND ...` for each attribute and creation-date test of `audience` to `sql`, its
 /// values to `p`.
-pub(super) fn conditions<D: Dialect>(audience: &AudienceFilter, sql: &mut String, p: &mut Vec<Param>) {
+pub(super) fn conditions<D: Dialect>(
+    audience: &AudienceFilter,
+    sql: &mut String,
+    p: &mut Vec<Param>,
+) {
     for (name, test) in &audience.attributes {
         let name = bind(p, Param::from(D::label_name(name)));
         let read = |kind| D::attribute(&name, kind);
@@ -40,8 +44,12 @@ pub(super) fn conditions<D: Dialect>(audience: &AudienceFilter, sql: &mut String
     }
     for test in &audience.created {
         let cond = match test {
-            AttributeMatch::Before(ms) => compare("c.created_at".into(), "<", Param::Int(Some(*ms)), p),
-            AttributeMatch::After(ms) => compare("c.created_at".into(), ">=", Param::Int(Some(*ms)), p),
+            AttributeMatch::Before(ms) => {
+                compare("c.created_at".into(), "<", Param::Int(Some(*ms)), p)
+            }
+            AttributeMatch::After(ms) => {
+                compare("c.created_at".into(), ">=", Param::Int(Some(*ms)), p)
+            }
             // The engine gives only times for `created`; anything else selects nobody rather
             // than everybody.
             _ => "1 = 0".into(),

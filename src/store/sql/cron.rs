@@ -105,7 +105,9 @@ pub(in crate::store) async fn latest_fired<B: Backend>(
     workflow_id: &str,
 ) -> Result<Option<Millis>> {
     let sql = "SELECT MAX(slot) AS t FROM cron_fires WHERE workflow_id = $1 AND outcome = 'fired'";
-    Ok(read_one(b, Stmt::new(sql, params![workflow_id]), super::time)
-        .await?
-        .flatten())
+    Ok(
+        read_one(b, Stmt::new(sql, params![workflow_id]), super::time)
+            .await?
+            .flatten(),
+    )
 }
