@@ -151,18 +151,12 @@ async fn run_async(args: Args) -> Result<ExitCode, UsageError> {
         .await
         .map_err(|e| UsageError(e.to_string()))?;
     if !contacts.is_empty() {
-        let region = harness
-            .engine
-            .registry()
-            .config
-            .contacts
-            .default_region
-            .clone();
+        let config = harness.engine.registry().config.contacts.clone();
         let seeds = contacts
             .iter()
             .enumerate()
             .map(|(i, c)| {
-                contact_from_json(c, &region, start)
+                contact_from_json(c, &config, start)
                     .map_err(|e| UsageError(format!("contact {}: {e}", i + 1)))
             })
             .collect::<Result<Vec<_>, _>>()?;

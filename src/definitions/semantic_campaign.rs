@@ -12,6 +12,7 @@ use crate::definitions::diagnostics::Diagnostic;
 use crate::definitions::model::audience::{
     AttributeCondition, AttributeTest, DateTest, Scalar, parse_date,
 };
+use crate::definitions::model::campaign::Schedule;
 use crate::definitions::model::config::AttributeType;
 use crate::definitions::source::escape_token;
 use crate::definitions::suggest::did_you_mean;
@@ -23,6 +24,14 @@ pub(super) fn check(
     out: &mut Vec<Diagnostic>,
 ) {
     let audience = &campaign.audience;
+    if matches!(campaign.schedule, Schedule::Enrol(_)) && !audience.is_everyone() {
+        let d = Diagnostic::warning(
+            "audience-unused",
+            "a drip enrolls whoever its `enrol` event is about, so this `audience` is not used: it does not filter who enters",
+        )
+        .with_hint("check who may enter in the first steps (an `if` on `contact`), or make it a broadcast (`send_at`) or recurring (`cron`) campaign");
+        out.push(def.at_key("/audience", d));
+    }
     for (name, condition) in &audience.attributes {
         let base = format!("/audience/attributes/{}", escape_token(name));
         let declared = schema.get(name).copied();

@@ -192,8 +192,18 @@ fn check(test: &TestFile, project: &Project, out: &mut Vec<Diagnostic>) {
             .timezone
             .as_deref()
             .or(test.def.given.timezone.as_deref());
+        // A broadcast or recurring campaign enrolls by itself as the clock reaches its times.
+        let enrolls_itself = workflow.is_some_and(|w| {
+            c.project.definitions.iter().any(|d| {
+                d.as_campaign().is_some_and(|cp| {
+                    std::ptr::eq(&cp.workflow, w)
+                        && !matches!(cp.schedule, super::model::campaign::Schedule::Enrol(_))
+                })
+            })
+        });
         match (&case.trigger, alert) {
             (Some(t), None) => c.trigger(t, workflow, tz, &format!("{base}/trigger")),
+            (None, None) if enrolls_itself => {}
             (None, None) => c.error(
                 &format!("{base}/name"),
                 Diagnostic::error("missing-field", "this case has no `trigger`: nothing starts the run under test")

@@ -43,6 +43,9 @@ fn trigger_id(entry: &CronEntry) -> TriggerId {
 pub struct Scheduler {
     engine: Arc<Engine>,
     state: Mutex<State>,
+    /// Decides only recurring campaigns' times: `herald test` drives campaigns on its virtual
+    /// clock, while a cron workflow under test starts only by the case's `trigger`.
+    campaigns_only: bool,
 }
 
 #[derive(Debug, Default)]
@@ -81,7 +84,34 @@ impl Scheduler {
         Scheduler {
             engine,
             state: Mutex::new(State::default()),
+            campaigns_only: false,
         }
+    }
+
+    /// A scheduler that decides only recurring campaigns' times (and enrolls campaigns).
+    pub fn for_campaigns(engine: Arc<Engine>) -> Scheduler {
+        Scheduler {
+            campaigns_only: true,
+            ..Scheduler::new(engine)
+        }
+    }
+
+    /// The next time after `now` a campaign enrolls: a broadcast's `send_at` or a recurring
+    /// campaign's next time. `recurring: false` leaves the latter out, for a simulation that
+    /// runs until nothing more is due.
+    pub fn next_campaign_time(&self, now: Millis, recurring: bool) -> Option<Millis> {
+        let registry = self.engine.registry();
+        let broadcasts = registry
+            .workflows
+            .values()
+            .filter_map(|w| w.campaign.as_ref()?.send_at)
+            .filter(|&t| t > now);
+        let crons = registry
+            .crons
+            .iter()
+            .filter(|e| recurring && e.workflow.campaign.is_some())
+            .map(|e| next_slot(e, now));
+        broadcasts.chain(crons).min()
     }
 
     fn state(&self) -> MutexGuard<'_, State> {
@@ -97,6 +127,9 @@ impl Scheduler {
 
         let removed = std::mem::take(&mut self.state().removed);
         for (i, r) in removed.iter().enumerate() {
+            if self.campaigns_only && r.entry.workflow.campaign.is_none() {
+                continue;
+            }
             if let Err(e) = self
                 .decide(
                     &r.entry,
@@ -113,6 +146,9 @@ impl Scheduler {
         }
 
         for entry in &registry.crons {
+            if self.campaigns_only && entry.workflow.campaign.is_none() {
+                continue;
+            }
             let id = trigger_id(entry);
             let (due, added) = {
                 let state = self.state();

@@ -29,6 +29,9 @@ pub struct Harness {
     pub clock: VirtualClock,
     /// When the simulation started, for relative times in reports.
     pub started_at: Millis,
+    /// Enrolls campaigns as their times come on the virtual clock (cron workflows start only
+    /// when a test says so).
+    campaigns: crate::engine::scheduler::Scheduler,
     dir: PathBuf,
 }
 
@@ -63,7 +66,7 @@ impl Harness {
 
     /// As [`Harness::new`], on a clock the caller made (and may have given to fakes).
     pub async fn with_clock(
-        registry: Registry,
+        mut registry: Registry,
         env: EnvSource,
         clock: VirtualClock,
     ) -> Result<Harness, EngineError> {
@@ -76,6 +79,9 @@ impl Harness {
                 format!("cannot create a temporary folder {}: {e}", dir.display()),
             )
         })?;
+        // The project is loaded when the simulation starts: a recurring campaign's first time
+        // is the first after the start, whenever the files were read.
+        registry.loaded_at = start;
         let url = format!("sqlite://{}", dir.join("sim.db").display());
         let store = crate::store::open(&url).await?;
         let engine = Engine::new(
@@ -86,6 +92,7 @@ impl Harness {
         );
         engine.install(registry).await?;
         Ok(Harness {
+            campaigns: crate::engine::scheduler::Scheduler::for_campaigns(engine.clone()),
             engine,
             clock,
             started_at: start,
@@ -129,6 +136,7 @@ impl Harness {
     pub async fn settle(&self) -> Result<(), EngineError> {
         loop {
             self.engine.wait_idle().await;
+            self.campaigns.tick().await?;
             let runs = self.engine.run_due().await?;
             let messages = self.engine.deliver_due().await?;
             self.engine.wait_idle().await;
@@ -144,7 +152,7 @@ impl Harness {
         let until = self.clock.now() + by.as_millis() as i64;
         loop {
             self.settle().await?;
-            match self.next_due().await? {
+            match self.next_due(true).await? {
                 // Due now, after a settle, is something nothing will pick up: move on.
                 Some(t) if t <= until && t > self.clock.now() => self.clock.set(t),
                 _ => break,
@@ -158,7 +166,7 @@ impl Harness {
     pub async fn run_to_end(&self) -> Result<Settled, EngineError> {
         for _ in 0..MAX_JUMPS {
             self.settle().await?;
-            match self.next_due().await? {
+            match self.next_due(false).await? {
                 Some(t) => {
                     if t > self.clock.now() {
                         self.clock.set(t);
@@ -170,11 +178,15 @@ impl Harness {
         Ok(Settled::GaveUp)
     }
 
-    /// When the next run or message falls due.
-    async fn next_due(&self) -> Result<Option<Millis>, EngineError> {
+    /// When the next run or message falls due, or a campaign enrolls (`recurring`: a
+    /// recurring campaign's next time too, which always comes).
+    async fn next_due(&self, recurring: bool) -> Result<Option<Millis>, EngineError> {
         let run = self.engine.store.next_due_at().await?;
         let message = self.engine.store.next_outbox_at().await?;
-        Ok([run, message].into_iter().flatten().min())
+        let campaign = self
+            .campaigns
+            .next_campaign_time(self.clock.now(), recurring);
+        Ok([run, message, campaign].into_iter().flatten().min())
     }
 
     /// Every run in the simulation, oldest first: the one started and those it started
@@ -214,12 +226,14 @@ impl Drop for Harness {
 }
 
 /// A contact to seed, as JSON: `{email, phone, first_name, last_name, status, timezone,
-/// attributes}`; a phone number without a country code is read in `region`.
+/// attributes}`, read as `contacts` in herald.yaml says: a phone number without a country
+/// code in its region, declared attributes as their types.
 pub(crate) fn contact_from_json(
     v: &Value,
-    region: &str,
+    contacts: &crate::definitions::model::config::ContactsConfig,
     now: Millis,
 ) -> Result<ContactUpsert, String> {
+    let region = contacts.default_region.as_str();
     let obj = v
         .as_object()
         .ok_or_else(|| format!("a contact is an object with email or phone, not {v}"))?;
@@ -260,7 +274,7 @@ pub(crate) fn contact_from_json(
     if email.is_none() && phone.is_none() {
         return Err("a contact needs an email or a phone".into());
     }
-    let attributes = match obj.get("attributes") {
+    let mut attributes = match obj.get("attributes") {
         None | Some(Value::Null) => Default::default(),
         Some(Value::Object(m)) => m.clone(),
         Some(other) => {
@@ -269,6 +283,7 @@ pub(crate) fn contact_from_json(
             ));
         }
     };
+    crate::engine::contact::type_attributes(&mut attributes, &contacts.attributes)?;
     Ok(ContactUpsert {
         new_id: crate::engine::new_id(),
         email,

@@ -255,7 +255,8 @@ struct Case<'a> {
     failures: Vec<Failure>,
     update: bool,
     updated: Vec<String>,
-    region: String,
+    /// `contacts` in herald.yaml: the region phone numbers are read in, attributes' types.
+    contacts: crate::definitions::model::config::ContactsConfig,
     messages_in: u64,
 }
 
@@ -352,7 +353,7 @@ async fn drive(
     let recorder = Arc::new(Recorder::default());
     let mut registry = registry.clone();
     Harness::record_channels(&mut registry, &recorder, &clock);
-    let region = registry.config.contacts.default_region.clone();
+    let contact_config = registry.config.contacts.clone();
     let harness = Harness::with_clock(registry, env, clock)
         .await
         .map_err(|e| engine_failure("the case's store could not be set up", e))?;
@@ -379,8 +380,8 @@ async fn drive(
     };
     let mut seeds = Vec::new();
     for (i, c) in contacts.iter().enumerate() {
-        let seed =
-            crate::harness::contact_from_json(&contact_json(c), &region, start).map_err(|e| {
+        let seed = crate::harness::contact_from_json(&contact_json(c), &contact_config, start)
+            .map_err(|e| {
                 Abort(Failure {
                     at: test.position(&format!("{contacts_ptr}/{i}")),
                     message: e,
@@ -410,7 +411,7 @@ async fn drive(
         failures: Vec::new(),
         update,
         updated: Vec::new(),
-        region,
+        contacts: contact_config,
         messages_in: 0,
     };
     cx.trigger(tz).await?;
@@ -571,6 +572,16 @@ impl Case<'_> {
                 Some(alert) => alerts::evaluate(&self.harness, alert)
                     .await
                     .map_err(|e| self.abort(&p, e)),
+                // A broadcast or recurring campaign enrolls by itself as the clock reaches
+                // its times.
+                None if self
+                    .workflow
+                    .campaign
+                    .as_ref()
+                    .is_some_and(|c| c.workflow.triggers.iter().all(|t| t.key() == "cron")) =>
+                {
+                    Ok(())
+                }
                 None => Err(self.abort(&p, "this case has no `trigger`")),
             };
         };
@@ -607,6 +618,12 @@ impl Case<'_> {
                     query: strings(&w.query, false),
                     params: strings(&w.params, false),
                 })
+            }
+            TestTrigger::Cron(_) if self.workflow.campaign.is_some() => {
+                return Err(self.abort(
+                    &p,
+                    "a campaign's schedule enrolls it: leave `trigger` out and move the clock with `timeline: [{ after: ... }]`",
+                ));
             }
             TestTrigger::Cron(c) => {
                 let Some(TriggerDef::Cron(def)) = self.first_trigger("cron") else {
@@ -756,7 +773,7 @@ impl Case<'_> {
             }
             TimelineEntry::Contact(c) => {
                 let now = self.harness.engine.now();
-                let seed = crate::harness::contact_from_json(&contact_json(c), &self.region, now)
+                let seed = crate::harness::contact_from_json(&contact_json(c), &self.contacts, now)
                     .map_err(|e| self.abort(&format!("{p}/contact"), e))?;
                 self.harness
                     .seed_contacts(vec![seed])
@@ -1044,16 +1061,19 @@ impl Case<'_> {
             let cp = format!("{p}/contacts/{i}");
             let email = c.email.as_deref().map(|e| e.trim().to_lowercase());
             let phone = match &c.phone {
-                Some(ph) => match crate::engine::contact::normalize_phone(ph, &self.region) {
-                    Some(n) => Some(n),
-                    None => {
-                        self.fail(
-                            &format!("{cp}/phone"),
-                            format!("`{ph}` is not a phone number"),
-                        );
-                        continue;
+                Some(ph) => {
+                    match crate::engine::contact::normalize_phone(ph, &self.contacts.default_region)
+                    {
+                        Some(n) => Some(n),
+                        None => {
+                            self.fail(
+                                &format!("{cp}/phone"),
+                                format!("`{ph}` is not a phone number"),
+                            );
+                            continue;
+                        }
                     }
-                },
+                }
                 None => None,
             };
             let found = store
