@@ -22,6 +22,7 @@ use std::str::FromStr as _;
 use support::Reply;
 
 db::scenarios!["engine";
+    upsert_contact_stores_declared_attributes_as_their_types,
     a_flow_started_by_a_text_waits_for_the_next_one,
     set_and_respond_complete_in_one_commit,
     a_wait_holds_the_run_until_the_clock_reaches_it,
@@ -1237,4 +1238,60 @@ steps:
     let run = h.run(&run).await;
     assert_eq!(run.status, RunStatus::Completed);
     assert_eq!(run.context["vars"]["text"], "Tuesday at 10");
+}
+
+/// With `contacts.attributes` declared, a workflow's `upsert_contact` stores each as its
+/// type, and a value that cannot be one fails the run with the attribute named.
+async fn upsert_contact_stores_declared_attributes_as_their_types(db: db::TestDb) {
+    let h = Harness::new(
+        db,
+        &[
+            (
+                "herald.yaml",
+                "channels:\n  hook: { provider: webhook, url: \"{{SINK}}/deliver\" }\ncontacts:\n  attributes: { score: number, visited: date, vip: boolean }\n",
+            ),
+            (
+                "workflows/capture.yaml",
+                r#"
+kind: workflow
+id: capture
+steps:
+  - id: save
+    upsert_contact:
+      email: "{{ body.email }}"
+      attributes: { score: "{{ body.score }}", visited: "{{ body.visited }}", vip: "{{ body.vip }}" }
+"#,
+            ),
+        ],
+    )
+    .await;
+    let ok = h
+        .start(
+            "capture",
+            json!({"email": "ada@example.com", "score": "42", "visited": "2026-11-01T08:00:00-07:00", "vip": "yes"}),
+        )
+        .await;
+    let run = h.run(&ok).await;
+    assert_eq!(run.status, RunStatus::Completed, "{:?}", run.error);
+    let attributes = &run.context["contact"]["attributes"];
+    assert_eq!(attributes["score"], 42);
+    assert_eq!(attributes["visited"], "2026-11-01T15:00:00Z");
+    assert_eq!(attributes["vip"], true);
+
+    let bad = h
+        .start(
+            "capture",
+            json!({"email": "bob@example.com", "score": "lots", "visited": "2026-11-01", "vip": "no"}),
+        )
+        .await;
+    let run = h.run(&bad).await;
+    assert_eq!(run.status, RunStatus::Failed);
+    assert!(
+        run.error
+            .as_deref()
+            .unwrap_or_default()
+            .contains("attribute `score` is \"lots\", which is not a number"),
+        "{:?}",
+        run.error
+    );
 }

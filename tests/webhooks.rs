@@ -446,7 +446,7 @@ impl Server {
             ""
         };
         let config = format!(
-            "{admin_keys}webhooks:\n  body_limit: 1KiB\nchannels:\n  email: {{ provider: log }}\n  sms: {{ provider: log }}\n"
+            "{admin_keys}webhooks:\n  body_limit: 1KiB\nchannels:\n  email: {{ provider: log }}\n  sms: {{ provider: log }}\ncontacts:\n  attributes: {{ loan_amount: number }}\n"
         );
         std::fs::write(dir.path().join("herald.yaml"), config).unwrap();
         std::fs::create_dir_all(dir.path().join("workflows")).unwrap();
@@ -2181,6 +2181,31 @@ async fn the_admin_api_finds_edits_and_erases_contacts() {
     assert!(
         r.assert_error(400, "invalid_contact")
             .contains("unknown field `mail`")
+    );
+
+    // A declared attribute is stored as its type, or refused with the reason.
+    let r = s
+        .admin_send(
+            Method::POST,
+            "/api/contacts",
+            Some(json!({"email": "ada@example.com", "attributes": {"loan_amount": "5,000"}})),
+        )
+        .await;
+    assert!(
+        r.assert_error(400, "invalid_contact")
+            .contains("attribute `loan_amount` is \"5,000\", which is not a number"),
+        "{r:?}"
+    );
+    let r = s
+        .admin_send(
+            Method::POST,
+            "/api/contacts",
+            Some(json!({"email": "ada@example.com", "attributes": {"loan_amount": " 5000 "}})),
+        )
+        .await;
+    assert_eq!(
+        r.json["contact"]["attributes"]["loan_amount"], 5000,
+        "{r:?}"
     );
 
     let r = s.admin_get("/api/contacts?q=LOVE").await;
