@@ -80,11 +80,23 @@ pub fn test_env(base: EnvSource, names: impl IntoIterator<Item = String>) -> Env
     }
     for name in names {
         if base.get(&name).is_none() {
-            // Base64, since some schemes (Standard Webhooks) insist their secret is, and at
-            // least 32 bytes, since some (a web chat's session key) refuse a short one.
-            use base64::Engine as _;
-            let value = base64::engine::general_purpose::STANDARD
-                .encode(format!("test-{:-<32}", name.to_ascii_lowercase()));
+            // Letters and digits only, 4k long, at least 48: valid base64 of at least 36
+            // bytes, since some schemes (Standard Webhooks) insist their secret is base64 and
+            // some (a web chat's session key) refuse a short one, and within what every
+            // provider takes as a token (Telegram's secret token: letters, digits, _ and -).
+            // A Telegram bot token has its bot's number before a colon, and the channel
+            // refuses one without: a name that says it is one gets one of that shape.
+            let mut alnum: String = format!("test{name}")
+                .chars()
+                .filter(char::is_ascii_alphanumeric)
+                .collect();
+            let len = alnum.len().max(48).next_multiple_of(4);
+            alnum.extend(std::iter::repeat_n('x', len - alnum.len()));
+            let value = if name.to_ascii_uppercase().contains("BOT_TOKEN") {
+                format!("123456789:{alnum}")
+            } else {
+                alnum
+            };
             map.entry(name).or_insert(value);
         }
     }
