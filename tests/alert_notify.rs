@@ -871,6 +871,7 @@ async fn metrics_read_the_outbox_and_the_runs(db: db::TestDb) {
         context: json!({}),
         labels: json!({}),
         created_at: t0 - 30 * MIN,
+        queued: None,
     };
     db.store.insert_events(&[], &[run], &[], &[]).await.unwrap();
     s.tick(&db.store).await;

@@ -31,6 +31,7 @@ db::scenarios!["conversations";
     a_person_takes_over_and_gives_the_conversation_back,
     a_handoff_nobody_releases_gives_the_conversation_back_at_its_timeout,
     a_sender_address_is_never_read_as_a_template,
+    a_queued_start_waits_for_the_open_conversation_to_end,
 ];
 
 const PHONE: &str = "+18015550100";
@@ -791,4 +792,84 @@ async fn a_sender_address_is_never_read_as_a_template(db: db::TestDb) {
         out[0].recipient, from,
         "sent to the address as it came, unrendered"
     );
+}
+
+const QUEUED: &str = r#"
+kind: conversation
+id: support
+channels: [sms]
+start:
+  - keyword: [support]
+while_open: queue
+steps:
+  - id: topic
+    ask: { prompt: "What do you need help with?" }
+  - end: "Noted: {{ steps.topic.output.text }}. Someone will call."
+"#;
+
+/// `while_open: queue`: a second start waits, holding no worker and taking no message, and
+/// starts with its own message once the first conversation ends; `/reset` drops what waits.
+async fn a_queued_start_waits_for_the_open_conversation_to_end(db: db::TestDb) {
+    let h = Harness::new(db, &[("workflows/support.yaml", QUEUED)]).await;
+    let promote = || async { h.engine.promote_queued_conversations().await.unwrap() };
+    let first = text(&h, PHONE, "support").await.remove(0);
+    let second = text(&h, PHONE, "SUPPORT").await.remove(0);
+    assert_eq!(h.run(&second).await.status, RunStatus::Waiting);
+    assert!(
+        said(&h, &second).await.is_empty(),
+        "the queued one says nothing yet"
+    );
+    assert_eq!(promote().await, 0, "the first is still open");
+
+    // The answer goes to the open conversation, not the queued one.
+    h.advance(Duration::from_secs(5)).await;
+    text(&h, PHONE, "my card").await;
+    assert_eq!(h.run(&first).await.status, RunStatus::Completed);
+    assert_eq!(
+        said(&h, &first).await,
+        [
+            "What do you need help with?",
+            "Noted: my card. Someone will call."
+        ]
+    );
+    h.advance(Duration::from_secs(1)).await;
+    assert_eq!(promote().await, 1);
+    assert_eq!(promote().await, 0, "promoted once");
+    h.settle().await;
+    assert_eq!(
+        said(&h, &second).await,
+        ["What do you need help with?"],
+        "it asks, and takes none of the messages the first one had"
+    );
+    h.advance(Duration::from_secs(5)).await;
+    text(&h, PHONE, "my loan").await;
+    assert_eq!(
+        said(&h, &second).await.last().unwrap(),
+        "Noted: my loan. Someone will call."
+    );
+
+    // Two waiting behind an open one; a reset ends the open one and drops both.
+    h.advance(Duration::from_secs(5)).await;
+    let third = text(&h, PHONE, "support").await.remove(0);
+    let fourth = text(&h, PHONE, "support").await.remove(0);
+    let fifth = text(&h, PHONE, "support").await.remove(0);
+    text(&h, PHONE, "/reset").await;
+    for id in [&third, &fourth, &fifth] {
+        assert_eq!(h.run(id).await.status, RunStatus::Cancelled, "{id}");
+    }
+    assert_eq!(promote().await, 0);
+    // Another person's queue is their own.
+    let other = "+18015550199";
+    h.advance(Duration::from_secs(5)).await;
+    let a = text(&h, other, "support").await.remove(0);
+    let b = text(&h, other, "support").await.remove(0);
+    h.engine.cancel(&a).await.unwrap();
+    h.advance(Duration::from_secs(1)).await;
+    assert_eq!(
+        promote().await,
+        1,
+        "a cancelled conversation lets the next start too"
+    );
+    h.settle().await;
+    assert_eq!(said(&h, &b).await, ["What do you need help with?"]);
 }

@@ -329,6 +329,18 @@ impl Store for Failing {
         self.check()?;
         self.inner.set_campaign_occurrence(id, o, e, now).await
     }
+    async fn queued_conversations(
+        &self,
+        key: Option<&str>,
+        n: i64,
+    ) -> Result<Vec<herald::store::QueuedConversation>> {
+        self.check()?;
+        self.inner.queued_conversations(key, n).await
+    }
+    async fn promote_queued_conversation(&self, id: &str, now: Millis) -> Result<bool> {
+        self.check()?;
+        self.inner.promote_queued_conversation(id, now).await
+    }
     async fn latest_cron_fire(&self, w: &str) -> Result<Option<Millis>> {
         self.check()?;
         self.inner.latest_cron_fire(w).await

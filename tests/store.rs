@@ -116,6 +116,7 @@ fn new_run(id: &str, workflow: &str, created_at: Millis) -> NewRun {
         context: json!({"input": {"id": id}}),
         labels: json!({}),
         created_at,
+        queued: None,
     }
 }
 

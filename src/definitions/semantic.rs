@@ -303,7 +303,8 @@ fn check_all(project: &Project, opts: &LoadOptions, texts: &mut CompiledTexts) -
 }
 
 /// The words Herald uses after `message.` for events of its own: delivery reports
-/// (`message.delivered`...) and messages nothing took (`message.unmatched`). A channel's
+/// (`message.delivered`...), messages nothing took (`message.unmatched`) and messages that
+/// start a queued conversation (`message.queued`). A channel's
 /// inbound messages are `message.<channel>`, so a channel named after one of them would mix
 /// its people's messages with Herald's events.
 pub(crate) const RESERVED_MESSAGE_EVENTS: &[&str] = &[
@@ -313,6 +314,7 @@ pub(crate) const RESERVED_MESSAGE_EVENTS: &[&str] = &[
     "complained",
     "unsubscribed",
     "unmatched",
+    "queued",
 ];
 
 fn check_channel_names(

@@ -292,6 +292,7 @@ impl<'a> RunBuilder<'a> {
             context,
             labels,
             created_at: now,
+            queued: None,
         }
     }
 }

@@ -1,6 +1,6 @@
 //! Routing a message to a conversation: the person's open conversation takes it, a `start`
-//! opens one (or, with `while_open: restart`, replaces the open one), and the reset command
-//! ends the open one. A conversation is a run like any other, labelled
+//! opens one (or, with `while_open: restart`, replaces the open one; with `queue`, waits
+//! behind it), and the reset command ends the open one. A conversation is a run like any other, labelled
 //! `conversation: <channel>:<address>`, so its newest run for the address says whether it is
 //! open; one sender's messages are routed one at a time (`senders.rs`), so two cannot open two.
 
@@ -21,7 +21,14 @@ pub(crate) struct Routed {
     pub claimed: bool,
     /// The message was a reset that ended an open conversation.
     pub reset: bool,
+    /// The message starts a conversation queued behind the open one: it is that one's, and
+    /// the open one's `ask` must not take it as an answer.
+    pub held: bool,
 }
+
+/// The event a message that starts a queued conversation is recorded as, instead of
+/// `message.<channel>`, so no waiting `ask` or `wait_for` takes it.
+pub(crate) const HELD_MESSAGE_EVENT: &str = "message.queued";
 
 /// The message being routed.
 pub(crate) struct Message<'a> {
@@ -60,6 +67,11 @@ impl Engine {
             if reset {
                 tracing::info!(run = %run.id, channel = m.channel, "conversation reset");
                 self.cancel(&run.id).await?;
+                // A reset is a clean slate: what waited behind the conversation goes too.
+                let key = format!("{}:{}", m.channel, m.from);
+                for q in self.store.queued_conversations(Some(&key), 100).await? {
+                    self.cancel(&q.run_id).await?;
+                }
                 routed.reset = true;
                 return Ok(routed);
             }
@@ -83,6 +95,14 @@ impl Engine {
                         self.cancel(&run.id).await?;
                         routed.claimed = true;
                         routed.runs.push(new_run(registry, wf, m, now));
+                    }
+                    WhileOpen::Queue => {
+                        tracing::info!(run = %run.id, conversation = %wf.id, "a new start waits for the open conversation to end");
+                        routed.claimed = true;
+                        routed.held = true;
+                        let mut queued = new_run(registry, wf, m, now);
+                        queued.queued = Some(format!("{}:{}", m.channel, m.from));
+                        routed.runs.push(queued);
                     }
                 }
             }
@@ -126,4 +146,54 @@ fn new_run(
         .idempotency_key(m.dedupe.map(|d| format!("conversation:{d}")))
         .started_by(m.event_id)
         .build(&registry.templates, now)
+}
+
+impl Engine {
+    /// Starts the queued conversations whose person has no open conversation on the channel
+    /// any more: the oldest per person. Called every second by the scheduler, so however the
+    /// open one ended (its last step, a timeout, a cancel, a crash of the process that ran
+    /// it) the next one starts. Returns how many started.
+    pub async fn promote_queued_conversations(&self) -> Result<usize, EngineError> {
+        let queued = self.store.queued_conversations(None, 500).await?;
+        if queued.is_empty() {
+            return Ok(0);
+        }
+        let registry = self.registry();
+        let now = self.now();
+        let mut seen = std::collections::HashSet::new();
+        let mut promoted = 0;
+        for q in queued {
+            // Oldest first: only the first queued start of each person can be next.
+            if !seen.insert(q.key.clone()) {
+                continue;
+            }
+            let Some((channel, address)) = q.key.split_once(':') else {
+                continue;
+            };
+            let mut open = false;
+            for wf in registry.conversations.get(channel).into_iter().flatten() {
+                if self
+                    .open_conversation(&wf.id, channel, address)
+                    .await?
+                    .is_some()
+                {
+                    open = true;
+                    break;
+                }
+            }
+            if !open
+                && self
+                    .store
+                    .promote_queued_conversation(&q.run_id, now)
+                    .await?
+            {
+                tracing::info!(run = %q.run_id, key = %q.key, "a queued conversation starts");
+                promoted += 1;
+            }
+        }
+        if promoted > 0 {
+            self.work_ready.notify_waiters();
+        }
+        Ok(promoted)
+    }
 }

@@ -780,7 +780,7 @@ impl Engine {
             answers,
         } = keyword_writes(&registry, &m, keyword, &sender, now);
         let event_name = inbound::event_name(channel, keyword);
-        let message_event = NewEvent {
+        let mut message_event = NewEvent {
             id: event_id.clone(),
             name: event_name.clone(),
             key: Some(from.to_owned()),
@@ -796,6 +796,9 @@ impl Engine {
         } else {
             conversation::Routed::default()
         };
+        if routed.held {
+            message_event.name = conversation::HELD_MESSAGE_EVENT.to_owned();
+        }
         // The runs `message` triggers start go the way a webhook's do: each first segment
         // runs and commits before the provider is answered, so the reply is in the outbox by
         // then.
@@ -838,7 +841,7 @@ impl Engine {
             );
         }
         // Only once the message is stored may the runs waiting for it look for it.
-        let woke = if inbound::is_reply(keyword) {
+        let woke = if inbound::is_reply(keyword) && !routed.held {
             self.store.wake_waiting(&event_name, from, now).await?
         } else {
             0

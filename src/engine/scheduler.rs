@@ -167,8 +167,10 @@ impl Scheduler {
         if report.fired > 0 {
             self.engine.work_ready.notify_waiters();
         }
-        // Broadcasts are due at a moment too, so the same tick enrolls them.
+        // Broadcasts are due at a moment too, so the same tick enrolls them; and a queued
+        // conversation start is due once the conversation before it has ended.
         crate::engine::campaign::tick(&self.engine).await?;
+        self.engine.promote_queued_conversations().await?;
         Ok(report)
     }
 

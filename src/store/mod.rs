@@ -148,6 +148,22 @@ pub struct NewRun {
     /// Labels rendered from the workflow's `labels` when the run started (a JSON object).
     pub labels: Value,
     pub created_at: Millis,
+    /// A conversation start queued behind the person's open conversation (`while_open:
+    /// queue`), by its `channel:address`: stored waiting, with no time to wake, until
+    /// [`Store::promote_queued_conversation`] lets it start.
+    pub queued: Option<String>,
+}
+
+/// The wait of a run queued behind an open conversation.
+pub const QUEUED_CONVERSATION: &str = "conversation.queued";
+
+/// A queued conversation start, waiting for the person's open conversation to end.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueuedConversation {
+    pub run_id: String,
+    /// `channel:address`.
+    pub key: String,
+    pub created_at: Millis,
 }
 
 /// A run as stored.
@@ -859,6 +875,16 @@ pub trait Store: Admin + Send + Sync + std::fmt::Debug {
     /// The latest slot any of a workflow's cron triggers fired.
     async fn latest_cron_fire(&self, workflow_id: &str) -> Result<Option<Millis>>;
     async fn campaign_counts(&self, id: &str) -> Result<campaigns::CampaignCounts>;
+    // Queued conversation starts (`while_open: queue`).
+    /// Queued starts, oldest first: all of them, or one person's (`key`).
+    async fn queued_conversations(
+        &self,
+        key: Option<&str>,
+        limit: i64,
+    ) -> Result<Vec<QueuedConversation>>;
+    /// Lets a queued start run now; false when it was no longer queued (another process
+    /// promoted or cancelled it).
+    async fn promote_queued_conversation(&self, run_id: &str, now: Millis) -> Result<bool>;
     // Alerts.
     /// Events of one name created in `(from, to]`, oldest first: an alert's window.
     async fn alert_events(&self, name: &str, from: Millis, to: Millis) -> Result<Vec<EventRecord>>;

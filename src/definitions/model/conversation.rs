@@ -99,6 +99,10 @@ pub enum WhileOpen {
     Ignore,
     /// The open conversation is cancelled and a new one starts.
     Restart,
+    /// The new one waits, holding no worker, and starts with the message that started it
+    /// once the open one ends (within a second of it). Messages meanwhile go to the open
+    /// one; `/reset` ends it and drops what waits behind it.
+    Queue,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize, JsonSchema)]

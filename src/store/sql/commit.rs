@@ -27,14 +27,21 @@ pub(in crate::store) fn insert_run(run: &NewRun, state: Option<(&RunState, Optio
     let (s, owner) = match state {
         Some((s, owner)) => (s, owner.filter(|_| s.status == RunStatus::Running)),
         None => {
+            // A queued conversation start waits with no time to wake: only its promotion
+            // makes it due.
+            let queued = run.queued.as_ref();
             pending = RunState {
-                status: RunStatus::Pending,
+                status: if queued.is_some() {
+                    RunStatus::Waiting
+                } else {
+                    RunStatus::Pending
+                },
                 version: run.version.clone(),
                 cursor: run.cursor.clone(),
                 context: run.context.clone(),
-                due_at: Some(run.created_at),
-                wait_event: None,
-                wait_key: None,
+                due_at: queued.is_none().then_some(run.created_at),
+                wait_event: queued.map(|_| crate::store::QUEUED_CONVERSATION.to_owned()),
+                wait_key: queued.cloned(),
                 attempts: 0,
                 contact_id: None,
                 response: None,

@@ -60,6 +60,7 @@ pub(in crate::store) async fn open_conversation<B: Backend>(
     let sql = format!(
         "SELECT {} FROM runs WHERE workflow_id = $1 AND {} = $2
            AND status IN ('pending', 'running', 'waiting')
+           AND (wait_event IS NULL OR wait_event <> 'conversation.queued')
          ORDER BY created_at DESC, id DESC LIMIT 1",
         run_columns!(),
         B::Db::CONVERSATION_KEY,
@@ -288,4 +289,39 @@ pub(in crate::store) async fn cancel_selected<B: Backend>(
     B::Db::execute(&mut *tx, Stmt::new(messages, params![now, &ids[..]])).await?;
     tx.commit().await?;
     Ok(cancelled)
+}
+
+/// Queued conversation starts, oldest first (`key`: one person's).
+pub(in crate::store) async fn queued_conversations<B: Backend>(
+    b: &B,
+    key: Option<&str>,
+    limit: i64,
+) -> Result<Vec<crate::store::QueuedConversation>> {
+    let sql = "SELECT id, wait_key, created_at FROM runs
+         WHERE wait_event = 'conversation.queued' AND status = 'waiting' AND due_at IS NULL
+           AND (CAST($1 AS TEXT) IS NULL OR wait_key = $1)
+         ORDER BY created_at, id LIMIT $2";
+    read_all(b, Stmt::new(sql, params![key, limit]), |r| {
+        Ok(crate::store::QueuedConversation {
+            run_id: r.text("id")?,
+            key: r.opt_text("wait_key")?.unwrap_or_default(),
+            created_at: r.int("created_at")?,
+        })
+    })
+    .await
+}
+
+/// Makes a queued start due now and no longer queued, so it is the person's open
+/// conversation from here on; false when it was not queued any more. The conversation begins
+/// now: its `created_at` moves here, since an `ask` takes the person's messages from its run's
+/// start, and those sent while it waited were the conversation before it's.
+pub(in crate::store) async fn promote_queued<B: Backend>(
+    b: &B,
+    run_id: &str,
+    now: Millis,
+) -> Result<bool> {
+    let sql = "UPDATE runs SET due_at = $2, wait_event = NULL, wait_key = NULL, updated_at = $2,
+             created_at = $2
+         WHERE id = $1 AND status = 'waiting' AND wait_event = 'conversation.queued'";
+    Ok(write(b, Stmt::new(sql, params![run_id, now])).await? == 1)
 }

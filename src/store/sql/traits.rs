@@ -238,6 +238,16 @@ impl<B: Backend> Store for B {
     async fn latest_cron_fire(&self, workflow_id: &str) -> Result<Option<Millis>> {
         cron::latest_fired(self, workflow_id).await
     }
+    async fn queued_conversations(
+        &self,
+        key: Option<&str>,
+        limit: i64,
+    ) -> Result<Vec<crate::store::QueuedConversation>> {
+        runs::queued_conversations(self, key, limit).await
+    }
+    async fn promote_queued_conversation(&self, run_id: &str, now: Millis) -> Result<bool> {
+        runs::promote_queued(self, run_id, now).await
+    }
     async fn campaign_counts(&self, id: &str) -> Result<CampaignCounts> {
         campaigns::counts(self, id).await
     }
