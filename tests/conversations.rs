@@ -32,6 +32,7 @@ db::scenarios!["conversations";
     a_handoff_nobody_releases_gives_the_conversation_back_at_its_timeout,
     a_sender_address_is_never_read_as_a_template,
     a_queued_start_waits_for_the_open_conversation_to_end,
+    a_model_classifies_what_no_keyword_does_and_only_into_the_intents,
 ];
 
 const PHONE: &str = "+18015550100";
@@ -872,4 +873,89 @@ async fn a_queued_start_waits_for_the_open_conversation_to_end(db: db::TestDb) {
     );
     h.settle().await;
     assert_eq!(said(&h, &b).await, ["What do you need help with?"]);
+}
+
+const ROUTER: &str = r#"
+kind: conversation
+id: router
+channels: [sms]
+start: [{ any_message: true }]
+steps:
+  - id: why
+    classify:
+      intents:
+        billing: { keywords: [invoice, bill], description: "a question about a bill or a payment" }
+        loan: { description: "wants a loan or asks about one" }
+      fallback: other
+      ai:
+        provider: fake
+        instructions: "The writer is a customer of Acme Auto."
+  - end: "{{ steps.why.output.intent }}"
+"#;
+
+/// Keywords first, with no call; then the model, whose answer counts only when it names an
+/// intent (in any case, with punctuation around it); anything else, or an error, is the
+/// fallback, with the reason in the step's output.
+async fn a_model_classifies_what_no_keyword_does_and_only_into_the_intents(db: db::TestDb) {
+    let config = ai_config("2s");
+    let h = Harness::new(
+        db,
+        &[("herald.yaml", &config), ("workflows/router.yaml", ROUTER)],
+    )
+    .await;
+    let intent = |id: String| {
+        let h = &h;
+        async move { said(h, &id).await.last().cloned().unwrap_or_default() }
+    };
+    let by_word = text(&h, PHONE, "where is my invoice?").await.remove(0);
+    assert_eq!(intent(by_word).await, "billing");
+    assert!(h.sink.requests().is_empty(), "a keyword needs no model");
+
+    h.sink.respond_next(1, completion(" Loan. "));
+    let by_model = text(&h, "+18015550101", "can I borrow for a truck")
+        .await
+        .remove(0);
+    assert_eq!(intent(by_model.clone()).await, "loan");
+    let request = &h.sink.requests()[0].json;
+    let system = request["messages"][0]["content"].as_str().unwrap();
+    assert!(
+        system.contains("- billing: a question about a bill or a payment"),
+        "{system}"
+    );
+    assert!(system.contains("- other: none of the above"), "{system}");
+    assert!(system.contains("customer of Acme Auto"), "{system}");
+    assert_eq!(
+        request["messages"][1]["content"],
+        "can I borrow for a truck"
+    );
+    let out = h.steps(&by_model).await[0].output.clone().unwrap();
+    assert_eq!(
+        (
+            out["source"].as_str(),
+            out["usage"]["total_tokens"].as_u64()
+        ),
+        (Some("ai"), Some(60))
+    );
+
+    h.sink.respond_next(1, completion("weather"));
+    let unknown = text(&h, "+18015550102", "is it sunny").await.remove(0);
+    assert_eq!(intent(unknown.clone()).await, "other");
+    let out = h.steps(&unknown).await[0].output.clone().unwrap();
+    assert_eq!(out["source"], "fallback");
+    assert!(
+        out["reason"].as_str().unwrap().contains("`weather`"),
+        "{out}"
+    );
+
+    h.sink.respond_next(
+        1,
+        Reply::status(500).json(json!({"error": {"message": "overloaded"}})),
+    );
+    let failed = text(&h, "+18015550103", "hello there").await.remove(0);
+    assert_eq!(intent(failed.clone()).await, "other");
+    let out = h.steps(&failed).await[0].output.clone().unwrap();
+    assert!(
+        out["reason"].as_str().unwrap().contains("overloaded"),
+        "{out}"
+    );
 }

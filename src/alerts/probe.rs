@@ -81,8 +81,12 @@ pub async fn check(engine: &Engine, source: &ProbeSource, now: Millis) -> ProbeR
                 ProbeMethod::Get => reqwest::Method::GET,
                 ProbeMethod::Head => reqwest::Method::HEAD,
             };
+            // A fresh connection each time, as a blackbox probe makes: one kept from the
+            // last check would hide a service that stopped accepting connections, and leave
+            // the connect out of the latency.
             let mut req = client
                 .request(method, &url)
+                .header(reqwest::header::CONNECTION, "close")
                 .timeout(source.timeout.as_std());
             for (k, v) in &headers {
                 req = req.header(k, v);
@@ -110,7 +114,8 @@ pub async fn check(engine: &Engine, source: &ProbeSource, now: Millis) -> ProbeR
                     } else {
                         "the request failed".to_owned()
                     };
-                    return ProbeResult::failed(now, None, None, format!("{why}: {e}"));
+                    let detail = crate::channels::error_chain(&e);
+                    return ProbeResult::failed(now, None, None, format!("{why}: {detail}"));
                 }
             }
         }

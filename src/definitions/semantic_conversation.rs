@@ -65,6 +65,24 @@ impl WorkflowCheck<'_> {
 
     /// A `goto` target: a step at the top level of the conversation (a step inside a branch
     /// or loop would be entered without its enclosing step).
+    /// An `ai_reply` or `classify` names a provider under `ai:` in herald.yaml.
+    fn check_ai_provider(&mut self, provider: &str, pointer: &str) {
+        if self.ai.iter().any(|p| p == provider) {
+            return;
+        }
+        let mut d = Diagnostic::error(
+            "unknown-ai-provider",
+            format!("ai provider `{provider}` is not defined in herald.yaml"),
+        );
+        d = match did_you_mean(provider, self.ai.iter().map(String::as_str)) {
+            Some(s) => d.with_hint(format!("did you mean `{s}`?")),
+            None => d.with_hint(format!(
+                "add it under `ai:` in herald.yaml: `ai: {{ {provider}: {{ base_url: https://api.openai.com/v1, model: gpt-4o-mini, api_key: \"${{env:OPENAI_API_KEY}}\" }} }}`"
+            )),
+        };
+        self.error(pointer, d);
+    }
+
     fn check_goto(&mut self, target: &str, pointer: &str) {
         if self.wf.steps.iter().any(|s| s.id == target) {
             return;
@@ -153,7 +171,7 @@ impl WorkflowCheck<'_> {
                     {
                         self.regex_error(&format!("{ib}/match"), &e);
                     }
-                    if intent.keywords.is_empty() && intent.pattern.is_none() {
+                    if intent.keywords.is_empty() && intent.pattern.is_none() && cl.ai.is_none() {
                         let d = Diagnostic::error(
                             "empty-intent",
                             format!(
@@ -168,6 +186,10 @@ impl WorkflowCheck<'_> {
                 }
                 if let Some(g) = &cl.fallback_goto {
                     self.check_goto(g.as_str(), &format!("{b}/fallback_goto"));
+                }
+                if let Some(ai) = &cl.ai {
+                    self.check_opt_text(&format!("{b}/ai/instructions"), &ai.instructions, scope);
+                    self.check_ai_provider(&ai.provider, &format!("{b}/ai/provider"));
                 }
             }
             Action::AiReply(a) => {
@@ -184,20 +206,7 @@ impl WorkflowCheck<'_> {
                     TextKind::Template,
                     scope,
                 );
-                if !self.ai.contains(&a.provider) {
-                    let mut d = Diagnostic::error(
-                        "unknown-ai-provider",
-                        format!("ai provider `{}` is not defined in herald.yaml", a.provider),
-                    );
-                    d = match did_you_mean(&a.provider, self.ai.iter().map(String::as_str)) {
-                        Some(s) => d.with_hint(format!("did you mean `{s}`?")),
-                        None => d.with_hint(format!(
-                            "add it under `ai:` in herald.yaml: `ai: {{ {}: {{ base_url: https://api.openai.com/v1, model: gpt-4o-mini, api_key: \"${{env:OPENAI_API_KEY}}\" }} }}`",
-                            a.provider
-                        )),
-                    };
-                    self.error(&format!("{b}/provider"), d);
-                }
+                self.check_ai_provider(&a.provider, &format!("{b}/provider"));
             }
             Action::Goto(target) => self.check_goto(target, &format!("{p}/goto")),
             Action::End(EndStep::Say(t)) => {

@@ -223,7 +223,9 @@ pub enum OnFail {
 }
 
 /// `classify`: picks the intent of a text (the person's last message unless `text` says
-/// otherwise) by its keywords or patterns, first match wins. The output is `intent`.
+/// otherwise) by its keywords or patterns, first match wins; when none matches and `ai` is
+/// set, a language model chooses, and its answer counts only if it is one of the intents.
+/// The output is `intent`, with `source` (`keywords`, `ai` or `fallback`).
 #[derive(Debug, Clone, PartialEq, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ClassifyStep {
@@ -239,6 +241,22 @@ pub struct ClassifyStep {
     /// Where the fallback goes, as an intent's `goto` does.
     #[serde(default)]
     pub fallback_goto: Option<StepId>,
+    /// Ask a language model when no keyword or pattern matches.
+    #[serde(default)]
+    pub ai: Option<ClassifyAi>,
+}
+
+/// How `classify` asks a model: it is shown the intents (with their descriptions) and the
+/// text, and told to answer with one intent's name or the fallback's. Any other answer, a
+/// timeout or an error is the fallback.
+#[derive(Debug, Clone, PartialEq, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ClassifyAi {
+    /// The provider, as named under `ai:` in herald.yaml.
+    pub provider: String,
+    /// More to tell the model about the choice (a template), such as who is writing.
+    #[serde(default)]
+    pub instructions: Option<Template>,
 }
 
 impl ClassifyStep {
@@ -256,6 +274,9 @@ pub struct Intent {
     /// A regular expression that means this intent.
     #[serde(default, rename = "match")]
     pub pattern: Option<String>,
+    /// What the intent means, for `ai` to choose by, such as "wants to pay a bill".
+    #[serde(default)]
+    pub description: Option<String>,
     /// The step to go to when this intent is chosen; without it, the next step runs.
     #[serde(default)]
     pub goto: Option<StepId>,

@@ -185,10 +185,12 @@ impl<'e> Interpreter<'e> {
         let step = &node.step;
         // An external call must not happen before the run is stored, nor be undone by a crash
         // that loses the steps before it.
-        if matches!(step.action, Action::Http(_) | Action::AiReply(_))
-            && a.cursor.wait.is_none()
-            && (a.insert.is_some() || !p.is_empty())
-        {
+        let calls_out = match &step.action {
+            Action::Http(_) | Action::AiReply(_) => true,
+            Action::Classify(c) => c.ai.is_some(),
+            _ => false,
+        };
+        if calls_out && a.cursor.wait.is_none() && (a.insert.is_some() || !p.is_empty()) {
             return Ok(Flow::Barrier);
         }
         let now = self.engine.now();

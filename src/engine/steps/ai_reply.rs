@@ -107,21 +107,21 @@ pub(super) async fn execute(mut cx: StepCx<'_>, a: &AiReplyStep) -> Result<Outco
 }
 
 #[derive(Default)]
-struct Usage {
+pub(super) struct Usage {
     prompt: u64,
     completion: u64,
-    total: u64,
+    pub(super) total: u64,
 }
 
 impl Usage {
-    fn add(&mut self, v: &Value) {
+    pub(super) fn add(&mut self, v: &Value) {
         let n = |k: &str| v.get(k).and_then(Value::as_u64).unwrap_or(0);
         self.prompt += n("prompt_tokens");
         self.completion += n("completion_tokens");
         self.total += n("total_tokens").max(n("prompt_tokens") + n("completion_tokens"));
     }
 
-    fn to_value(&self) -> Value {
+    pub(super) fn to_value(&self) -> Value {
         json!({"prompt_tokens": self.prompt, "completion_tokens": self.completion, "total_tokens": self.total})
     }
 }
@@ -156,7 +156,7 @@ fn broken_rule(text: &str, a: &AiReplyStep) -> Option<String> {
 }
 
 /// One chat completion: the reply's text and the usage the provider reported.
-async fn complete(
+pub(super) async fn complete(
     http: &reqwest::Client,
     stub: Option<&dyn HttpStub>,
     p: &AiProvider,

@@ -197,7 +197,7 @@ pub(crate) async fn execute(cx: StepCx<'_>) -> Result<Outcome, StepError> {
         Action::Try { .. } => r#try::execute(cx),
         Action::Say(t) => say::execute(cx, t).await,
         Action::Ask(a) => ask::execute(cx, a).await,
-        Action::Classify(c) => classify::execute(cx, c),
+        Action::Classify(c) => classify::execute(cx, c).await,
         Action::AiReply(a) => ai_reply::execute(cx, a).await,
         Action::Goto(target) => flow::goto(cx, target),
         Action::End(e) => flow::end(cx, e).await,
