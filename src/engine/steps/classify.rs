@@ -22,10 +22,10 @@ pub(super) async fn execute(mut cx: StepCx<'_>, c: &ClassifyStep) -> Result<Outc
             .to_owned(),
     };
     let mut out = json!({"text": text});
-    let mut chosen = by_rules(c, &text)?.map(|name| {
+    let mut chosen = by_rules(c, &text)?;
+    if chosen.is_some() {
         out["source"] = json!("keywords");
-        name
-    });
+    }
     if chosen.is_none()
         && let Some(ai) = &c.ai
     {
