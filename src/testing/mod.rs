@@ -176,9 +176,13 @@ pub async fn run_cases(
 }
 
 /// Answers a case's `http` steps from its canned answers; everything else is refused.
+/// Several answers for one request are given in turn, each once, and the last again after
+/// that: a model that first breaks a guardrail and then complies, a service that fails once.
 #[derive(Debug)]
 struct Canned {
     answers: Vec<CannedHttp>,
+    /// How many times each answer was given.
+    used: Mutex<Vec<usize>>,
     unanswered: Mutex<Vec<String>>,
 }
 
@@ -191,11 +195,26 @@ fn url_matches(pattern: &str, url: &str) -> bool {
 
 impl HttpStub for Canned {
     fn answer(&self, r: &StubRequest) -> Result<StubResponse, String> {
-        if let Some(a) = self
+        let matching: Vec<usize> = self
             .answers
             .iter()
-            .find(|a| a.method == r.method && url_matches(&a.url, &r.url))
-        {
+            .enumerate()
+            .filter(|(_, a)| a.method == r.method && url_matches(&a.url, &r.url))
+            .map(|(i, _)| i)
+            .collect();
+        let chosen = {
+            let mut used = crate::sync::lock(&self.used);
+            let next = matching
+                .iter()
+                .copied()
+                .find(|&i| used[i] == 0)
+                .or(matching.last().copied());
+            if let Some(i) = next {
+                used[i] += 1;
+            }
+            next
+        };
+        if let Some(a) = chosen.map(|i| &self.answers[i]) {
             let mut headers: Vec<(String, String)> = a
                 .headers
                 .iter()
@@ -369,12 +388,14 @@ async fn drive(
     let harness = Harness::with_clock(registry, env, clock)
         .await
         .map_err(|e| engine_failure("the case's store could not be set up", e))?;
+    let answers = given
+        .http
+        .clone()
+        .or_else(|| shared.http.clone())
+        .unwrap_or_default();
     let canned = Arc::new(Canned {
-        answers: given
-            .http
-            .clone()
-            .or_else(|| shared.http.clone())
-            .unwrap_or_default(),
+        used: Mutex::new(vec![0; answers.len()]),
+        answers,
         unanswered: Mutex::new(Vec::new()),
     });
     harness.engine.stub_http(canned.clone());

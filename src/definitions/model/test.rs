@@ -80,8 +80,9 @@ pub struct Given {
     /// Contacts stored before the trigger.
     #[serde(default)]
     pub contacts: Option<Vec<GivenContact>>,
-    /// Canned answers for `http` steps, matched by method and URL. A call with no answer
-    /// fails the case; nothing ever reaches the network.
+    /// Canned answers for `http` steps (and probes and AI providers), matched by method and
+    /// URL. Several for one request are given in turn, each once, then the last again. A call
+    /// with no answer fails the case; nothing ever reaches the network.
     #[serde(default)]
     pub http: Option<Vec<CannedHttp>>,
 }
