@@ -236,6 +236,7 @@ fn check_all(project: &Project, opts: &LoadOptions, texts: &mut CompiledTexts) -
         if let Some(wf) = def.as_workflow() {
             let mut c = WorkflowCheck {
                 ai: &ai,
+                contact_attributes: &project.config.def.contacts.attributes,
                 def,
                 wf,
                 env,
@@ -667,6 +668,9 @@ enum TextKind {
 struct WorkflowCheck<'a> {
     /// The `ai:` providers in herald.yaml.
     ai: &'a [String],
+    /// `contacts.attributes` in herald.yaml: the attributes `contact.attributes.X` may name
+    /// (any, when none are declared).
+    contact_attributes: &'a indexmap::IndexMap<String, super::model::config::AttributeType>,
     def: &'a Definition,
     wf: &'a Workflow,
     env: &'a Environment<'static>,
@@ -1472,6 +1476,86 @@ impl WorkflowCheck<'_> {
         Some(shared_loop)
     }
 
+    /// Why a variable path (`contact.frist_name`, `contact.attributes.lon_amount`, `event` in a
+    /// broadcast) can never have a value in this definition's runs, if it cannot.
+    fn unsupplied(&self, path: &str) -> Option<Diagnostic> {
+        /// What a contact has (`crate::store::Contact`), and what its maps answer to.
+        const CONTACT_FIELDS: &[&str] = &[
+            "id",
+            "email",
+            "phone",
+            "first_name",
+            "last_name",
+            "status",
+            "timezone",
+            "attributes",
+            "addresses",
+            "created_at",
+            "updated_at",
+        ];
+        const MAP_METHODS: &[&str] = &["get", "items", "keys", "values"];
+        let mut parts = path.split('.');
+        let root = parts.next()?;
+        if root == "contact" {
+            let field = parts.next()?;
+            if !CONTACT_FIELDS.contains(&field) && !MAP_METHODS.contains(&field) {
+                let d = Diagnostic::error(
+                    "unknown-contact-field",
+                    format!("contacts have no field `{field}`"),
+                );
+                let hint = match did_you_mean(field, CONTACT_FIELDS.iter().copied()) {
+                    Some(s) => format!("did you mean `contact.{s}`?"),
+                    None => format!(
+                        "a contact has {}; your own fields are under `contact.attributes`",
+                        CONTACT_FIELDS.join(", ")
+                    ),
+                };
+                return Some(d.with_hint(hint));
+            }
+            let name = parts.next()?;
+            if field == "attributes"
+                && !self.contact_attributes.is_empty()
+                && !self.contact_attributes.contains_key(name)
+                && !MAP_METHODS.contains(&name)
+            {
+                let d = Diagnostic::error(
+                    "unknown-attribute",
+                    format!(
+                        "contacts have no attribute `{name}`: contacts.attributes in herald.yaml does not declare it"
+                    ),
+                );
+                let hint = match did_you_mean(
+                    name,
+                    self.contact_attributes.keys().map(String::as_str),
+                ) {
+                    Some(s) => format!("did you mean `contact.attributes.{s}`?"),
+                    None => format!(
+                        "declare it under contacts.attributes in herald.yaml, such as `{name}: text`"
+                    ),
+                };
+                return Some(d.with_hint(hint));
+            }
+            return None;
+        }
+        // A broadcast's or recurring campaign's recipients start from no request, message or
+        // event: only a drip's have an `event`.
+        const TRIGGERED: &[&str] = &["body", "headers", "query", "params", "event", "message"];
+        if TRIGGERED.contains(&root)
+            && self
+                .def
+                .as_campaign()
+                .is_some_and(|c| !matches!(c.schedule, super::model::campaign::Schedule::Enrol(_)))
+        {
+            let d = Diagnostic::error(
+                "unsupplied-variable",
+                format!("`{root}` has no value here: a campaign that enrolls at its own times starts its recipients from no {}", if root == "event" { "event" } else if root == "message" { "message" } else { "request" }),
+            )
+            .with_hint("use `contact` (the recipient) and `input.occurrence`; only a drip (`schedule.enrol`) has an `event`");
+            return Some(d);
+        }
+        None
+    }
+
     fn check_text(&mut self, pointer: &str, text: &str, kind: TextKind, scope: &[String]) {
         let (expr, what) = match kind {
             TextKind::Expr => (Some(text), "expression"),
@@ -1528,6 +1612,16 @@ impl WorkflowCheck<'_> {
                 || scope.iter().any(|s| s == root)
                 || self.globals.contains(root)
             {
+                if !scope.iter().any(|s| s == root)
+                    && let Some(d) = self.unsupplied(v)
+                {
+                    if reported.insert(v.clone()) {
+                        let span = self.def.span_in_value(pointer, v);
+                        let d = self.def.file.locate(d, span);
+                        self.out.push(d);
+                    }
+                    continue;
+                }
                 if root == "steps"
                     && let Some(id) = parts.clone().next()
                     && self.step_ids.contains(id)
