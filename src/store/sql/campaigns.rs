@@ -89,12 +89,10 @@ pub(in crate::store) async fn enrol<B: Backend>(
         if B::Db::execute(&mut *tx, insert).await? == 0 {
             continue;
         }
-        B::Db::execute(&mut *tx, commit::insert_run(run, None)).await?;
-        let recipient = Stmt::new(
-            "UPDATE runs SET contact_id = $1 WHERE id = $2",
-            params![contact, &run.id],
-        );
-        B::Db::execute(&mut *tx, recipient).await?;
+        // The run is stored with its recipient: one statement, not an insert and an update.
+        let mut state = commit::pending_state(run);
+        state.contact_id = Some(contact.clone());
+        B::Db::execute(&mut *tx, commit::insert_run(run, Some((&state, None)))).await?;
         enrolled += 1;
     }
     tx.commit().await?;

@@ -27,27 +27,7 @@ pub(in crate::store) fn insert_run(run: &NewRun, state: Option<(&RunState, Optio
     let (s, owner) = match state {
         Some((s, owner)) => (s, owner.filter(|_| s.status == RunStatus::Running)),
         None => {
-            // A queued conversation start waits with no time to wake: only its promotion
-            // makes it due.
-            let queued = run.queued.as_ref();
-            pending = RunState {
-                status: if queued.is_some() {
-                    RunStatus::Waiting
-                } else {
-                    RunStatus::Pending
-                },
-                version: run.version.clone(),
-                cursor: run.cursor.clone(),
-                context: run.context.clone(),
-                due_at: queued.is_none().then_some(run.created_at),
-                wait_event: queued.map(|_| crate::store::QUEUED_CONVERSATION.to_owned()),
-                wait_key: queued.cloned(),
-                attempts: 0,
-                contact_id: None,
-                response: None,
-                error: None,
-                finished_at: None,
-            };
+            pending = pending_state(run);
             (&pending, None)
         }
     };
@@ -74,6 +54,31 @@ pub(in crate::store) fn insert_run(run: &NewRun, state: Option<(&RunState, Optio
         to_text(&run.labels),
     ];
     Stmt::new(INSERT_RUN, p)
+}
+
+/// The state of a run that was just started and not yet claimed: pending and due now, or,
+/// for a queued conversation start, waiting with no time to wake (only its promotion makes it
+/// due).
+pub(in crate::store) fn pending_state(run: &NewRun) -> RunState {
+    let queued = run.queued.as_ref();
+    RunState {
+        status: if queued.is_some() {
+            RunStatus::Waiting
+        } else {
+            RunStatus::Pending
+        },
+        version: run.version.clone(),
+        cursor: run.cursor.clone(),
+        context: run.context.clone(),
+        due_at: queued.is_none().then_some(run.created_at),
+        wait_event: queued.map(|_| crate::store::QUEUED_CONVERSATION.to_owned()),
+        wait_key: queued.cloned(),
+        attempts: 0,
+        contact_id: None,
+        response: None,
+        error: None,
+        finished_at: None,
+    }
 }
 
 /// Updates a run `owner` holds, from parameters `$1` to `$16`; changes nothing if it does not
