@@ -1479,35 +1479,23 @@ impl WorkflowCheck<'_> {
     /// Why a variable path (`contact.frist_name`, `contact.attributes.lon_amount`, `event` in a
     /// broadcast) can never have a value in this definition's runs, if it cannot.
     fn unsupplied(&self, path: &str) -> Option<Diagnostic> {
-        /// What a contact has (`crate::store::Contact`), and what its maps answer to.
-        const CONTACT_FIELDS: &[&str] = &[
-            "id",
-            "email",
-            "phone",
-            "first_name",
-            "last_name",
-            "status",
-            "timezone",
-            "attributes",
-            "addresses",
-            "created_at",
-            "updated_at",
-        ];
+        use crate::engine::contact::{FIELDS, STORED_FIELDS};
+        let contact_fields = || FIELDS.iter().chain(STORED_FIELDS).copied();
         const MAP_METHODS: &[&str] = &["get", "items", "keys", "values"];
         let mut parts = path.split('.');
         let root = parts.next()?;
         if root == "contact" {
             let field = parts.next()?;
-            if !CONTACT_FIELDS.contains(&field) && !MAP_METHODS.contains(&field) {
+            if !contact_fields().any(|f| f == field) && !MAP_METHODS.contains(&field) {
                 let d = Diagnostic::error(
                     "unknown-contact-field",
                     format!("contacts have no field `{field}`"),
                 );
-                let hint = match did_you_mean(field, CONTACT_FIELDS.iter().copied()) {
+                let hint = match did_you_mean(field, contact_fields()) {
                     Some(s) => format!("did you mean `contact.{s}`?"),
                     None => format!(
                         "a contact has {}; your own fields are under `contact.attributes`",
-                        CONTACT_FIELDS.join(", ")
+                        contact_fields().collect::<Vec<_>>().join(", ")
                     ),
                 };
                 return Some(d.with_hint(hint));

@@ -7,6 +7,20 @@ use indexmap::IndexMap;
 
 use crate::definitions::model::config::{AttributeType, ContactsConfig};
 
+/// The fields of a contact that are written: what the operations API and an import take.
+pub(crate) const FIELDS: &[&str] = &[
+    "email",
+    "phone",
+    "first_name",
+    "last_name",
+    "status",
+    "timezone",
+    "attributes",
+];
+
+/// The fields a stored contact has beside [`FIELDS`], which only Herald sets.
+pub(crate) const STORED_FIELDS: &[&str] = &["id", "addresses", "created_at", "updated_at"];
+
 /// A contact's e-mail address or phone number, as stored.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub(crate) struct Address {
@@ -171,15 +185,6 @@ pub(crate) fn patch_from_json(
 ) -> Result<crate::store::ContactPatch, String> {
     let region = contacts.default_region.as_str();
     use serde_json::Value;
-    const FIELDS: &[&str] = &[
-        "email",
-        "phone",
-        "first_name",
-        "last_name",
-        "status",
-        "timezone",
-        "attributes",
-    ];
     if let Some(k) = m.keys().find(|k| !FIELDS.contains(&k.as_str())) {
         return Err(format!(
             "unknown field `{k}`: a contact has {}",

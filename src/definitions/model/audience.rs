@@ -117,6 +117,8 @@ pub struct AttributeTest {
     /// `true`: the contact has the attribute (not null); `false`: it has not.
     #[serde(default)]
     pub exists: Option<bool>,
+    // The date tests are `DateTest`'s, written out: serde cannot flatten a struct into one
+    // that refuses unknown fields, and a misspelt test must be an error.
     /// A date attribute before this date (and time), such as `2026-01-01`.
     #[serde(default)]
     pub before: Option<String>,
