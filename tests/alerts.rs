@@ -96,15 +96,15 @@ fn a_bad_threshold_an_unknown_field_and_an_unknown_metric_are_reported() {
         ),
         (
             "m.yaml",
-            "kind: alert\nid: m\nsource:\n  metric: { name: delivery_rate }\ncondition: \"< 0.95\"\n",
+            "kind: alert\nid: m\nsource:\n  metric: { name: delivery_ratio }\ncondition: \"< 0.95\"\n",
         ),
     ]);
     for want in [
         "t.yaml:5:12: error: `over 5` is not a threshold",
         "u.yaml:6:1: error: unknown field `fro`",
         "did you mean `for`?",
-        "m.yaml:4:19: error: `delivery_rate` is not a valid value for `name`",
-        "expected one of: outbox_backlog, outbox_oldest_age, run_failures, runs_stuck",
+        "m.yaml:4:19: error: `delivery_ratio` is not a valid value for `name`",
+        "did you mean `delivery_rate`?",
     ] {
         assert!(text.contains(want), "missing {want:?} in:\n{text}");
     }

@@ -109,6 +109,10 @@ pub async fn evaluate(
     let mut tried: std::collections::HashMap<String, i64> = std::collections::HashMap::new();
     let mut notified_at: Option<i64> = None;
     loop {
+        // Before the alerts that read them, so this process's own responses count at once.
+        if let Err(e) = engine.webhook_responses.flush(&*engine.store).await {
+            tracing::warn!(error = %e, "webhook response counts could not be written; they are kept and tried again");
+        }
         let registry = engine.registry();
         let now = engine.clock.now();
         let mut changed = false;
