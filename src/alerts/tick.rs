@@ -134,13 +134,21 @@ pub async fn run_tick(store: &dyn Store, alert: &Alert, now: Millis) -> Result<O
         return Ok(None);
     };
     let at = tick_at(alert, now);
-    let window = source.window.as_millis_i64();
+    let from = at.saturating_sub(source.window.as_millis_i64());
+    let events = fetch_events(store, source.name.names(), from, at).await?;
+    run_events_tick(store, alert, at, &events).await.map(Some)
+}
+
+/// The events of `names` created in `(from, to]`, as alerts read them.
+pub async fn fetch_events(
+    store: &dyn Store,
+    names: &[impl AsRef<str>],
+    from: Millis,
+    to: Millis,
+) -> Result<Vec<Event>> {
     let mut events = Vec::new();
-    for name in source.name.names() {
-        for e in store
-            .alert_events(name, at.saturating_sub(window), at)
-            .await?
-        {
+    for name in names {
+        for e in store.alert_events(name.as_ref(), from, to).await? {
             events.push(Event {
                 name: e.name,
                 key: e.key,
@@ -149,11 +157,25 @@ pub async fn run_tick(store: &dyn Store, alert: &Alert, now: Millis) -> Result<O
             });
         }
     }
-    let groups = evaluate_events(source, &events, at)
-        .into_iter()
-        .map(|g| (g.labels, g.value))
-        .collect();
-    record(store, alert, at, groups, None, None).await.map(Some)
+    Ok(events)
+}
+
+/// Evaluates the tick `at` of an `events` alert over `events`, which may hold more than it
+/// reads (other names, a longer window): each alert takes its own.
+pub async fn run_events_tick(
+    store: &dyn Store,
+    alert: &Alert,
+    at: Millis,
+    events: &[Event],
+) -> Result<Tick> {
+    let groups = match &alert.def.source {
+        AlertSource::Events(source) => evaluate_events(source, events, at)
+            .into_iter()
+            .map(|g| (g.labels, g.value))
+            .collect(),
+        _ => Vec::new(),
+    };
+    record(store, alert, at, groups, None, None).await
 }
 
 /// Records a probe's check as the tick `now` falls in: one instance, without group labels,

@@ -115,29 +115,9 @@ pub async fn evaluate(
         }
         let registry = engine.registry();
         let now = engine.clock.now();
-        let mut changed = false;
-        for (id, wf) in &registry.workflows {
-            let Some(alert) = &wf.alert else { continue };
-            let tick = crate::alerts::tick::tick_at(alert, now);
-            if tried.get(id) == Some(&tick) {
-                continue;
-            }
-            match crate::alerts::tick::evaluate(&engine, alert, now).await {
-                Ok(Some(t)) => {
-                    tried.insert(id.clone(), tick);
-                    changed |= !t.changes.is_empty();
-                    for c in t.changes {
-                        tracing::info!(alert = %id, labels = ?c.labels, value = ?c.value, transition = ?c.transition, "alert");
-                    }
-                }
-                Ok(None) => {
-                    tried.insert(id.clone(), tick);
-                }
-                Err(e) => {
-                    tracing::warn!(alert = %id, error = %e, "an alert's evaluation failed; it is tried again")
-                }
-            }
-        }
+        let changed = crate::alerts::round::evaluate_due(&engine, &registry, &mut tried, now)
+            .await
+            .changed;
         // Notify at once after a change, and every few seconds besides, for repeats, silences
         // that end, and a round a crash cut short.
         if changed || notified_at.is_none_or(|at| now - at >= NOTIFY_EVERY_MS) {
