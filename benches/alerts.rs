@@ -28,6 +28,9 @@
 //! commit (the condition is true from then) to the `created_at` of the pager's outbox row,
 //! which the notification round writes. Its parts: the wait for the next tick (up to 15 s,
 //! `every`), then the round and the notification.
+//!
+//! Last, it reads each name's last hour once more, alone, to show what share of a round is
+//! reading and parsing events.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -293,6 +296,22 @@ async fn main() {
             }
         }
     }
+    // What a round's reads cost alone: each name's longest window, read and parsed.
+    let (c, w) = (cpu_ms(), Instant::now());
+    let now = SystemClock.now();
+    let mut read = 0;
+    for n in 0..names {
+        let name = format!("bench.e{n}");
+        read += herald::alerts::tick::fetch_events(&*store, &[name], now - 3_600_000, now)
+            .await
+            .unwrap()
+            .len();
+    }
+    println!(
+        "reading the {names} names' last hour alone ({read} events): {:.0} ms wall, {:.0} ms CPU",
+        w.elapsed().as_secs_f64() * 1000.0,
+        cpu_ms() - c
+    );
     stop.cancel();
     let fed = feeder.await.unwrap();
     println!("{fed} events fed while measuring");
