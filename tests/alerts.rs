@@ -96,15 +96,15 @@ fn a_bad_threshold_an_unknown_field_and_an_unknown_metric_are_reported() {
         ),
         (
             "m.yaml",
-            "kind: alert\nid: m\nsource:\n  metric: { name: delivery_rate }\ncondition: \"< 0.95\"\n",
+            "kind: alert\nid: m\nsource:\n  metric: { name: delivery_ratio }\ncondition: \"< 0.95\"\n",
         ),
     ]);
     for want in [
         "t.yaml:5:12: error: `over 5` is not a threshold",
         "u.yaml:6:1: error: unknown field `fro`",
         "did you mean `for`?",
-        "m.yaml:4:19: error: `delivery_rate` is not a valid value for `name`",
-        "expected one of: outbox_backlog, outbox_oldest_age, run_failures, runs_stuck",
+        "m.yaml:4:19: error: `delivery_ratio` is not a valid value for `name`",
+        "did you mean `delivery_rate`?",
     ] {
         assert!(text.contains(want), "missing {want:?} in:\n{text}");
     }
@@ -428,6 +428,7 @@ db::scenarios!["alerts";
     the_admin_api_lists_alerts_and_their_instances,
     the_server_evaluates_alerts_at_their_ticks,
     an_event_of_the_wrong_type_is_rejected,
+    alerts_over_one_name_share_a_read_and_each_keep_its_window,
 ];
 
 const STORED: &str = r#"kind: alert
@@ -617,6 +618,109 @@ async fn the_server_evaluates_alerts_at_their_ticks(db: db::TestDb) {
     );
     shutdown.cancel();
     task.await.unwrap();
+}
+
+/// A round reads each event name once per tick time, over the longest window: each alert
+/// must still see only its own window, its own names and its own tick.
+async fn alerts_over_one_name_share_a_read_and_each_keep_its_window(db: db::TestDb) {
+    use herald::definitions::env::EnvSource;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("workflows")).unwrap();
+    let rule = |id: &str, every: &str, source: &str| {
+        format!(
+            "kind: alert\nid: {id}\nevery: {every}\nsource:\n  events: {source}\ncondition: \"> 0\"\n"
+        )
+    };
+    for (id, every, source) in [
+        (
+            "five",
+            "1m",
+            "{ name: admin.login, window: 5m, aggregate: count }",
+        ),
+        (
+            "hour",
+            "1m",
+            "{ name: admin.login, window: 1h, aggregate: count, group_by: data.tenant }",
+        ),
+        (
+            "acme",
+            "1m",
+            "{ name: admin.login, window: 1h, aggregate: count, where: { data.tenant: acme } }",
+        ),
+        // Another tick time (every 7m is not aligned with t0), and two names: read alone.
+        (
+            "seven",
+            "7m",
+            "{ name: admin.login, window: 1h, aggregate: count }",
+        ),
+        (
+            "both",
+            "1m",
+            "{ name: [admin.login, admin.logout], window: 5m, aggregate: count }",
+        ),
+    ] {
+        std::fs::write(
+            dir.path().join(format!("workflows/{id}.yaml")),
+            rule(id, every, source),
+        )
+        .unwrap();
+    }
+    let env = EnvSource::Map(std::sync::Arc::new(Default::default()));
+    let clock = herald::engine::clock::VirtualClock::at("2026-11-02T15:00:00Z");
+    let app = support::app::App::start(dir.path(), &env, db.store.clone(), &clock).await;
+    let t0 = herald::engine::clock::Clock::now(&clock);
+    login(&db.store, 2, "acme", t0 - 1000).await;
+    login(&db.store, 3, "globex", t0 - 30 * MIN).await;
+    login(&db.store, 4, "acme", t0 - 2 * 60 * MIN).await;
+    let logout = NewEvent {
+        id: "out".into(),
+        name: "admin.logout".into(),
+        key: None,
+        data: json!({}),
+        source_run_id: None,
+        created_at: t0 - 2000,
+    };
+    db.store
+        .insert_events(&[logout], &[], &[], &[])
+        .await
+        .unwrap();
+
+    let registry = app.engine.registry();
+    let mut tried = std::collections::HashMap::new();
+    let round = herald::alerts::round::evaluate_due(&app.engine, &registry, &mut tried, t0).await;
+    assert_eq!((round.evaluated, round.failed, round.changed), (5, 0, true));
+    let value = |id: &'static str| {
+        let store = db.store.clone();
+        async move {
+            store
+                .alert_instances(id)
+                .await
+                .unwrap()
+                .into_iter()
+                .map(|i| {
+                    let v = serde_json::from_str::<AlertState>(&i.state).unwrap().value;
+                    (i.group_key, v.unwrap_or(-1.0))
+                })
+                .collect::<Vec<_>>()
+        }
+    };
+    assert_eq!(value("five").await, [("{}".to_owned(), 2.0)]);
+    assert_eq!(
+        value("hour").await,
+        [
+            (r#"{"tenant":"acme"}"#.to_owned(), 2.0),
+            (r#"{"tenant":"globex"}"#.to_owned(), 3.0)
+        ]
+    );
+    assert_eq!(value("acme").await, [("{}".to_owned(), 2.0)]);
+    assert_eq!(value("both").await, [("{}".to_owned(), 3.0)]);
+    // Its tick is the last multiple of 7 minutes: 14:57, before the newest logins.
+    let seven_at = t0 - t0.rem_euclid(7 * MIN);
+    assert!(seven_at < t0 - 1000);
+    assert_eq!(value("seven").await, [("{}".to_owned(), 3.0)]);
+    // Tried ticks are not evaluated again.
+    let again = herald::alerts::round::evaluate_due(&app.engine, &registry, &mut tried, t0).await;
+    assert_eq!(again.evaluated, 0);
 }
 
 async fn an_event_of_the_wrong_type_is_rejected(db: db::TestDb) {

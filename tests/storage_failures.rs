@@ -412,6 +412,21 @@ impl Store for Failing {
         self.check()?;
         self.inner.alert_metric(query).await
     }
+    async fn alert_step_durations(
+        &self,
+        query: &herald::store::alerting::MetricQuery,
+        limit: i64,
+    ) -> Result<Vec<(Option<String>, i64)>> {
+        self.check()?;
+        self.inner.alert_step_durations(query, limit).await
+    }
+    async fn add_webhook_responses(
+        &self,
+        counts: &[herald::store::alerting::WebhookCount],
+    ) -> Result<()> {
+        self.check()?;
+        self.inner.add_webhook_responses(counts).await
+    }
 }
 
 /// A project folder with `config` as its herald.yaml and `workflow` as its one workflow.

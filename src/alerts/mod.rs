@@ -8,6 +8,7 @@ pub mod aggregate;
 pub mod notify;
 pub mod probe;
 pub mod render;
+pub mod round;
 pub mod silence;
 pub mod state;
 pub mod tick;

@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use super::aggregate::{Event, evaluate as evaluate_events};
 use super::state::{AlertState, Phase, Transition, step};
 use crate::definitions::alert::Alert;
-use crate::definitions::model::alert::AlertSource;
+use crate::definitions::model::alert::{AlertSource, MetricName, MetricSource};
 use crate::store::{AlertInstance, Millis, Result, Store};
 
 /// A transition one tick decided, for whoever is told.
@@ -59,11 +59,12 @@ pub async fn evaluate(
 }
 
 /// Evaluates the tick `now` falls in for a `metric` source. A group seen before that has
-/// nothing to count now counts 0, not "no data": an empty queue is a healthy one.
+/// nothing to count now counts 0, not "no data": an empty queue is a healthy one. A rate or a
+/// latency of nothing is no data instead.
 pub async fn run_metric_tick(
     store: &dyn Store,
     alert: &Alert,
-    m: &crate::definitions::model::alert::MetricSource,
+    m: &MetricSource,
     now: Millis,
 ) -> Result<Tick> {
     let at = tick_at(alert, now);
@@ -75,15 +76,19 @@ pub async fn run_metric_tick(
         channel: m.channel.clone(),
         workflow: m.workflow.clone(),
         grouped: m.group_by,
+        statuses: m.status.iter().filter_map(|s| s.range()).collect(),
     };
     let label = if m.name.of_outbox() {
         "channel"
     } else {
         "workflow"
     };
-    let mut groups: Vec<(BTreeMap<String, String>, Option<f64>)> = store
-        .alert_metric(&query)
-        .await?
+    let values = if m.name == MetricName::StepLatency {
+        step_latency(store, &query, m.quantile()).await?
+    } else {
+        store.alert_metric(&query).await?
+    };
+    let mut groups: Vec<(BTreeMap<String, String>, Option<f64>)> = values
         .into_iter()
         .map(|(g, v)| {
             let labels = match g {
@@ -93,10 +98,34 @@ pub async fn run_metric_tick(
             (labels, Some(v))
         })
         .collect();
+    let absent = m.name.zero_when_empty().then_some(0.0);
     if groups.is_empty() && !m.group_by {
-        groups.push((BTreeMap::new(), Some(0.0)));
+        groups.push((BTreeMap::new(), absent));
     }
-    record(store, alert, at, groups, None, Some(0.0)).await
+    record(store, alert, at, groups, None, absent).await
+}
+
+/// Steps fetched for one `step_latency` evaluation at most: the newest, which is what a
+/// quantile over a busy window is about anyway.
+pub const STEP_LATENCY_ROWS: i64 = 50_000;
+
+/// The quantile of each group's step durations, in seconds.
+async fn step_latency(
+    store: &dyn Store,
+    query: &crate::store::alerting::MetricQuery,
+    q: f64,
+) -> Result<Vec<(Option<String>, f64)>> {
+    let mut by_group: BTreeMap<Option<String>, Vec<f64>> = BTreeMap::new();
+    for (g, ms) in store.alert_step_durations(query, STEP_LATENCY_ROWS).await? {
+        by_group
+            .entry(g)
+            .or_default()
+            .push(ms.max(0) as f64 / 1000.0);
+    }
+    Ok(by_group
+        .into_iter()
+        .filter_map(|(g, xs)| super::aggregate::quantile(xs, q).map(|v| (g, v)))
+        .collect())
 }
 
 /// Evaluates the tick `now` falls in for an `events` source. `None` for another source.
@@ -105,13 +134,21 @@ pub async fn run_tick(store: &dyn Store, alert: &Alert, now: Millis) -> Result<O
         return Ok(None);
     };
     let at = tick_at(alert, now);
-    let window = source.window.as_millis_i64();
+    let from = at.saturating_sub(source.window.as_millis_i64());
+    let events = fetch_events(store, source.name.names(), from, at).await?;
+    run_events_tick(store, alert, at, &events).await.map(Some)
+}
+
+/// The events of `names` created in `(from, to]`, as alerts read them.
+pub async fn fetch_events(
+    store: &dyn Store,
+    names: &[impl AsRef<str>],
+    from: Millis,
+    to: Millis,
+) -> Result<Vec<Event>> {
     let mut events = Vec::new();
-    for name in source.name.names() {
-        for e in store
-            .alert_events(name, at.saturating_sub(window), at)
-            .await?
-        {
+    for name in names {
+        for e in store.alert_events(name.as_ref(), from, to).await? {
             events.push(Event {
                 name: e.name,
                 key: e.key,
@@ -120,11 +157,25 @@ pub async fn run_tick(store: &dyn Store, alert: &Alert, now: Millis) -> Result<O
             });
         }
     }
-    let groups = evaluate_events(source, &events, at)
-        .into_iter()
-        .map(|g| (g.labels, g.value))
-        .collect();
-    record(store, alert, at, groups, None, None).await.map(Some)
+    Ok(events)
+}
+
+/// Evaluates the tick `at` of an `events` alert over `events`, which may hold more than it
+/// reads (other names, a longer window): each alert takes its own.
+pub async fn run_events_tick(
+    store: &dyn Store,
+    alert: &Alert,
+    at: Millis,
+    events: &[Event],
+) -> Result<Tick> {
+    let groups = match &alert.def.source {
+        AlertSource::Events(source) => evaluate_events(source, events, at)
+            .into_iter()
+            .map(|g| (g.labels, g.value))
+            .collect(),
+        _ => Vec::new(),
+    };
+    record(store, alert, at, groups, None, None).await
 }
 
 /// Records a probe's check as the tick `now` falls in: one instance, without group labels,

@@ -289,6 +289,10 @@ async fn finish(engine: &Arc<Engine>, mut tasks: tokio::task::JoinSet<()>) {
             "some work did not finish within 30s; its leases expire and another process resumes it"
         );
     }
+    // The responses answered since the alert loop's last round.
+    if let Err(e) = engine.webhook_responses.flush(&*engine.store).await {
+        tracing::warn!(error = %e, "the last webhook response counts could not be written");
+    }
     match engine
         .store
         .release_runs(&engine.options.owner, engine.now())

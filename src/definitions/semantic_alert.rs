@@ -1,7 +1,9 @@
 //! The semantic checks of an alert: what its schema cannot say. An aggregate that reads a
 //! field has one (and one that does not, has none), a ratio says what it counts, filters
-//! compare with plain values, a resolve threshold lies on the resolving side of the
-//! condition, and its labels and annotations compile and use only `value` and `labels`.
+//! compare with plain values, a measurement is filtered by what it measures (a channel or a
+//! workflow) and given only the settings it reads (`status`, `quantile`), a resolve threshold
+//! lies on the resolving side of the condition, and its labels and annotations compile and use
+//! only `value` and `labels`.
 
 use std::collections::HashSet;
 
@@ -11,7 +13,9 @@ use serde_json::Value;
 use crate::definitions::Definition;
 use crate::definitions::alert::{Alert, Op};
 use crate::definitions::diagnostics::Diagnostic;
-use crate::definitions::model::alert::{AlertSource, EventsSource};
+use crate::definitions::model::alert::{
+    AlertSource, EventsSource, MetricName, MetricSource, StatusMatch,
+};
 use crate::templates::describe_error;
 
 /// The names an alert's labels and annotations see.
@@ -34,28 +38,7 @@ pub(super) fn check(
     match &alert.def.source {
         AlertSource::Events(e) => check_events(e, &mut error),
         AlertSource::Probe(p) => check_probe(p, &mut error),
-        AlertSource::Metric(m) => {
-            let (wrong, right) = if m.name.of_outbox() {
-                ("workflow", "channel")
-            } else {
-                ("channel", "workflow")
-            };
-            let given = if m.name.of_outbox() {
-                m.workflow.is_some()
-            } else {
-                m.channel.is_some()
-            };
-            if given {
-                let d = Diagnostic::error(
-                    "invalid-metric",
-                    format!(
-                        "this measurement is of the {}, filtered by `{right}`, not `{wrong}`",
-                        if m.name.of_outbox() { "outbox" } else { "runs" }
-                    ),
-                );
-                error(&format!("/source/metric/{wrong}"), d, true);
-            }
-        }
+        AlertSource::Metric(m) => check_metric(m, &mut error),
     }
     if alert.def.every.as_std().is_zero() {
         error(
@@ -148,6 +131,81 @@ pub(super) fn check(
         }
     }
 }
+
+fn check_metric(m: &MetricSource, error: &mut impl FnMut(&str, Diagnostic, bool)) {
+    let base = "/source/metric";
+    let name = m.name.name();
+    let (of, wrong, right, given) = if m.name.of_outbox() {
+        ("the outbox", "workflow", "channel", m.workflow.is_some())
+    } else {
+        ("runs", "channel", "workflow", m.channel.is_some())
+    };
+    if given {
+        let d = Diagnostic::error(
+            "invalid-metric",
+            format!("`{name}` is a measurement of {of}, filtered by `{right}`, not `{wrong}`"),
+        )
+        .with_hint(format!(
+            "write `{right}:` instead, or remove `{wrong}`; `group_by: true` gives one instance per {right}"
+        ));
+        error(&format!("{base}/{wrong}"), d, true);
+    }
+    if !m.status.is_empty() && m.name != MetricName::WebhookResponses {
+        let d = Diagnostic::error(
+            "unused-field",
+            format!("`status` goes with `name: webhook_responses`, not `{name}`"),
+        );
+        error(&format!("{base}/status"), d, true);
+    }
+    for (i, s) in m.status.iter().enumerate() {
+        if s.range().is_none() {
+            let what = match s {
+                StatusMatch::Code(c) => format!("{c} is not an HTTP status (100 to 599)"),
+                StatusMatch::Class(c) => format!("`{c}` is not a status or a class of them"),
+            };
+            let d = Diagnostic::error("invalid-status", what).with_hint(
+                "write a status such as `503` or a class: `1xx`, `2xx`, `3xx`, `4xx` or `5xx`",
+            );
+            error(&format!("{base}/status/{i}"), d, false);
+        }
+    }
+    if let Some(q) = m.quantile {
+        if m.name != MetricName::StepLatency {
+            let d = Diagnostic::error(
+                "unused-field",
+                format!("`quantile` goes with `name: step_latency`, not `{name}`"),
+            );
+            error(&format!("{base}/quantile"), d, true);
+        } else if !QUANTILES.contains(&q) {
+            let d = Diagnostic::error(
+                "invalid-quantile",
+                format!("`quantile: {q}` is not one Herald reads"),
+            )
+            .with_hint("write 0.5 (the median), 0.95 or 0.99");
+            error(&format!("{base}/quantile"), d, false);
+        }
+    }
+    let windowed = matches!(
+        m.name,
+        MetricName::RunFailures
+            | MetricName::DeliveryRate
+            | MetricName::WebhookResponses
+            | MetricName::StepLatency
+    );
+    if windowed && m.window.as_std().is_zero() {
+        error(
+            &format!("{base}/window"),
+            Diagnostic::error(
+                "invalid-duration",
+                "a window of 0s holds nothing to measure",
+            ),
+            false,
+        );
+    }
+}
+
+/// The quantiles `step_latency` reads, as an events source's p50, p95 and p99.
+const QUANTILES: [f64; 3] = [0.5, 0.95, 0.99];
 
 fn check_probe(
     p: &crate::definitions::model::alert::ProbeSource,

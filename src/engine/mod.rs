@@ -307,6 +307,8 @@ pub struct Engine {
     pacers: policy::Pacers,
     /// Whose inbound message is being handled (see [`senders`]).
     senders: senders::SenderLocks,
+    /// Webhook responses not yet written, for `webhook_responses` alerts.
+    pub webhook_responses: crate::store::tally::ResponseTally,
 }
 
 impl std::fmt::Debug for Engine {
@@ -353,6 +355,7 @@ impl Engine {
             draining: AtomicBool::new(false),
             pacers: Default::default(),
             senders: Default::default(),
+            webhook_responses: Default::default(),
         })
     }
 

@@ -109,31 +109,15 @@ pub async fn evaluate(
     let mut tried: std::collections::HashMap<String, i64> = std::collections::HashMap::new();
     let mut notified_at: Option<i64> = None;
     loop {
+        // Before the alerts that read them, so this process's own responses count at once.
+        if let Err(e) = engine.webhook_responses.flush(&*engine.store).await {
+            tracing::warn!(error = %e, "webhook response counts could not be written; they are kept and tried again");
+        }
         let registry = engine.registry();
         let now = engine.clock.now();
-        let mut changed = false;
-        for (id, wf) in &registry.workflows {
-            let Some(alert) = &wf.alert else { continue };
-            let tick = crate::alerts::tick::tick_at(alert, now);
-            if tried.get(id) == Some(&tick) {
-                continue;
-            }
-            match crate::alerts::tick::evaluate(&engine, alert, now).await {
-                Ok(Some(t)) => {
-                    tried.insert(id.clone(), tick);
-                    changed |= !t.changes.is_empty();
-                    for c in t.changes {
-                        tracing::info!(alert = %id, labels = ?c.labels, value = ?c.value, transition = ?c.transition, "alert");
-                    }
-                }
-                Ok(None) => {
-                    tried.insert(id.clone(), tick);
-                }
-                Err(e) => {
-                    tracing::warn!(alert = %id, error = %e, "an alert's evaluation failed; it is tried again")
-                }
-            }
-        }
+        let changed = crate::alerts::round::evaluate_due(&engine, &registry, &mut tried, now)
+            .await
+            .changed;
         // Notify at once after a change, and every few seconds besides, for repeats, silences
         // that end, and a round a crash cut short.
         if changed || notified_at.is_none_or(|at| now - at >= NOTIFY_EVERY_MS) {

@@ -44,13 +44,13 @@ pub async fn webhook(
         } else {
             ApiError::not_found(format!("no webhook at {method} {path}"))
         };
-        return counted(e.into_response(), NO_WORKFLOW.clone(), started);
+        return counted(e.into_response(), NO_WORKFLOW.clone(), started, None);
     };
     let wf = found.route.workflow.clone();
     let Trigger::Webhook(trigger) = &wf.workflow.triggers[found.route.trigger] else {
         return ApiError::not_found("no webhook here").into_response();
     };
-    let finish = |r: Response| counted(r, wf.metric_id.clone(), started);
+    let finish = |r: Response| counted(r, wf.metric_id.clone(), started, Some(engine.as_ref()));
 
     let bytes = match read_body(&registry.config, &headers, body).await {
         Ok(b) => b,
@@ -304,9 +304,19 @@ pub(crate) fn normalize_path(path: &str) -> String {
 
 /// Counts the response, and how long it took, for `/metrics`: "chat latency over 3 s" is an
 /// alert on `herald_webhook_duration_seconds` of one workflow. The workflow label is bounded by
-/// the definitions (`-` for paths that match none).
-fn counted(resp: Response, workflow: Arc<str>, started: std::time::Instant) -> Response {
-    let status = resp.status().as_u16().to_string();
+/// the definitions (`-` for paths that match none). A workflow's responses are also counted
+/// for `webhook_responses` alerts, in memory: the alert loop writes them.
+fn counted(
+    resp: Response,
+    workflow: Arc<str>,
+    started: std::time::Instant,
+    engine: Option<&crate::engine::Engine>,
+) -> Response {
+    let code = resp.status().as_u16();
+    if let Some(engine) = engine {
+        engine.webhook_responses.add(&workflow, code, engine.now());
+    }
+    let status = code.to_string();
     metrics::counter!("herald_webhook_responses_total", "workflow" => workflow.clone(), "status" => status)
         .increment(1);
     metrics::histogram!("herald_webhook_duration_seconds", "workflow" => workflow)

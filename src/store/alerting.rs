@@ -37,7 +37,8 @@ pub struct SilenceRow {
 pub struct MetricQuery {
     pub name: crate::definitions::model::alert::MetricName,
     pub now: Millis,
-    /// `run_failures` counts runs finished after this.
+    /// The windowed measurements (`run_failures`, `delivery_rate`, `webhook_responses`,
+    /// `step_latency`) read what happened after this.
     pub since: Millis,
     /// `runs_stuck` counts runs not updated since this.
     pub stuck_before: Millis,
@@ -45,4 +46,15 @@ pub struct MetricQuery {
     pub workflow: Option<String>,
     /// By channel or workflow, rather than one figure.
     pub grouped: bool,
+    /// `webhook_responses` counts these statuses, inclusive ranges; all of them when empty.
+    pub statuses: Vec<(u16, u16)>,
+}
+
+/// Webhook responses of one workflow with one status, in the minute starting at `minute`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WebhookCount {
+    pub workflow_id: String,
+    pub minute: Millis,
+    pub status: u16,
+    pub responses: i64,
 }

@@ -49,6 +49,7 @@ pub mod postgres;
 mod rows;
 mod sql;
 pub mod sqlite;
+pub mod tally;
 
 pub use admin::{
     Admin, ContactFilter, ContactPatch, MessageChange, OutboxFilter, Purged, RunSelection,
@@ -924,6 +925,16 @@ pub trait Store: Admin + Send + Sync + std::fmt::Debug {
         &self,
         query: &alerting::MetricQuery,
     ) -> Result<Vec<(Option<String>, f64)>>;
+    /// For `step_latency`: how long each step that did work took (milliseconds), of those
+    /// that finished in the query's window, newest first and at most `limit`, with its group
+    /// (the workflow when grouped).
+    async fn alert_step_durations(
+        &self,
+        query: &alerting::MetricQuery,
+        limit: i64,
+    ) -> Result<Vec<(Option<String>, i64)>>;
+    /// Adds webhook responses to the per-minute counts `webhook_responses` reads.
+    async fn add_webhook_responses(&self, counts: &[alerting::WebhookCount]) -> Result<()>;
 }
 
 /// One alert instance as stored: its group's labels as JSON (`{}` without `group_by`), its

@@ -76,8 +76,9 @@ pub enum AlertSource {
     /// An aggregate over the events workflows emit and `POST /api/events` receives, over a
     /// sliding window.
     Events(EventsSource),
-    /// Herald's own state: the outbox's backlog and how long its oldest due message has
-    /// waited, runs that failed, runs that are stuck.
+    /// Herald's own state: the outbox's backlog, how long its oldest due message has waited
+    /// and its delivery rate; runs that failed or are stuck, webhook responses and step
+    /// latency.
     Metric(MetricSource),
     /// An HTTP check of a service at each evaluation: its status, latency and JSON.
     Probe(ProbeSource),
@@ -188,13 +189,19 @@ pub enum ProbeValue {
 #[derive(Debug, Clone, PartialEq, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct MetricSource {
-    /// Which measurement:
+    /// Which measurement. Of the outbox, by channel:
     /// `outbox_backlog` (messages waiting to be handed to their channel),
     /// `outbox_oldest_age` (seconds the oldest message that is due has waited: a stuck
-    /// queue), `run_failures` (runs that failed in the `window`) or `runs_stuck` (runs ready
-    /// to go, or going, that have not moved for `stuck_after`).
+    /// queue), `delivery_rate` (of the messages that finished in the `window`, the share the
+    /// provider accepted, from 0 to 1; no data when none finished).
+    /// Of the runs, by workflow: `run_failures` (runs that failed in the `window`),
+    /// `runs_stuck` (runs ready to go, or going, that have not moved for `stuck_after`),
+    /// `webhook_responses` (responses to the workflow's webhooks in the `window`, counted by
+    /// the minute, of the `status` given) and `step_latency` (the `quantile` of how long its
+    /// steps took, in seconds, over the steps that finished in the `window`).
     pub name: MetricName,
-    /// How far back `run_failures` looks. Default 15m.
+    /// How far back `run_failures`, `delivery_rate`, `webhook_responses` and `step_latency`
+    /// look. Default 15m.
     #[serde(default = "MetricSource::default_window")]
     pub window: Duration,
     /// How long a run may sit without progress before `runs_stuck` counts it. Default 15m.
@@ -210,11 +217,49 @@ pub struct MetricSource {
     /// measurements), labelled `channel` or `workflow`.
     #[serde(default)]
     pub group_by: bool,
+    /// For `webhook_responses`: the statuses counted, as codes (`500`) or classes (`5xx`).
+    /// Default: every response.
+    #[serde(default)]
+    pub status: Vec<StatusMatch>,
+    /// For `step_latency`: which quantile, 0.5, 0.95 or 0.99. Default 0.95.
+    #[serde(default)]
+    pub quantile: Option<f64>,
 }
 
 impl MetricSource {
     pub fn default_window() -> Duration {
         Duration::from_secs(15 * 60)
+    }
+
+    /// The quantile `step_latency` reads.
+    pub fn quantile(&self) -> f64 {
+        self.quantile.unwrap_or(0.95)
+    }
+}
+
+/// An HTTP status, or a class of them.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, JsonSchema)]
+#[serde(untagged)]
+pub enum StatusMatch {
+    /// One status, such as `503`.
+    Code(u16),
+    /// A class: `1xx`, `2xx`, `3xx`, `4xx` or `5xx`.
+    Class(String),
+}
+
+impl StatusMatch {
+    /// The statuses it stands for, inclusive; `None` for a class that is not one.
+    pub fn range(&self) -> Option<(u16, u16)> {
+        match self {
+            StatusMatch::Code(c) => (100..=599).contains(c).then_some((*c, *c)),
+            StatusMatch::Class(s) => match s.as_bytes() {
+                [d @ b'1'..=b'5', b'x' | b'X', b'x' | b'X'] => {
+                    let base = u16::from(d - b'0') * 100;
+                    Some((base, base + 99))
+                }
+                _ => None,
+            },
+        }
     }
 }
 
@@ -223,8 +268,11 @@ impl MetricSource {
 pub enum MetricName {
     OutboxBacklog,
     OutboxOldestAge,
+    DeliveryRate,
     RunFailures,
     RunsStuck,
+    WebhookResponses,
+    StepLatency,
 }
 
 impl MetricName {
@@ -232,8 +280,26 @@ impl MetricName {
     pub fn of_outbox(self) -> bool {
         matches!(
             self,
-            MetricName::OutboxBacklog | MetricName::OutboxOldestAge
+            MetricName::OutboxBacklog | MetricName::OutboxOldestAge | MetricName::DeliveryRate
         )
+    }
+
+    /// Whether a group with nothing to measure is 0 (an empty queue is a healthy one), rather
+    /// than no data: a rate or a latency of nothing is not a figure.
+    pub fn zero_when_empty(self) -> bool {
+        !matches!(self, MetricName::DeliveryRate | MetricName::StepLatency)
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            MetricName::OutboxBacklog => "outbox_backlog",
+            MetricName::OutboxOldestAge => "outbox_oldest_age",
+            MetricName::DeliveryRate => "delivery_rate",
+            MetricName::RunFailures => "run_failures",
+            MetricName::RunsStuck => "runs_stuck",
+            MetricName::WebhookResponses => "webhook_responses",
+            MetricName::StepLatency => "step_latency",
+        }
     }
 }
 

@@ -2,7 +2,7 @@
 //! an evaluation tick, written with the states it decided in one transaction.
 
 use super::{Backend, Exec, Stmt, params, read_all, write};
-use crate::store::alerting::{MetricQuery, NotificationLog, SilenceRow};
+use crate::store::alerting::{NotificationLog, SilenceRow};
 use crate::store::rows;
 use crate::store::{AlertInstance, EventRecord, Millis, NewOutbox, Result};
 
@@ -211,77 +211,4 @@ pub(in crate::store) async fn expire_silence<B: Backend>(
 ) -> Result<bool> {
     let sql = "UPDATE silences SET ends_at = $1, updated_at = $1 WHERE id = $2 AND ends_at > $1";
     Ok(write(b, Stmt::new(sql, params![now, id])).await? > 0)
-}
-
-/// One of Herald's own measurements, from the indexes that already serve the outbox and the
-/// runs: unsent messages and unfinished runs are few, failed runs are read by status.
-pub(in crate::store) async fn metric<B: Backend>(
-    b: &B,
-    q: &MetricQuery,
-) -> Result<Vec<(Option<String>, f64)>> {
-    use crate::definitions::model::alert::MetricName;
-    let (group, filter_col, filter) = if q.name.of_outbox() {
-        ("channel", "channel", q.channel.as_deref())
-    } else {
-        ("workflow_id", "workflow_id", q.workflow.as_deref())
-    };
-    let select_group = if q.grouped {
-        format!("{group} AS g")
-    } else {
-        "CAST(NULL AS TEXT) AS g".to_owned()
-    };
-    let group_clause = if q.grouped {
-        format!(" GROUP BY {group}")
-    } else {
-        String::new()
-    };
-    // $1 and $2 are each measurement's times; $3 the optional channel or workflow.
-    let filter_clause = format!(" AND ($3 IS NULL OR {filter_col} = $3)");
-    let (value, from_where, t1, t2) = match q.name {
-        MetricName::OutboxBacklog => (
-            "COUNT(*)",
-            "FROM outbox WHERE status IN ('pending', 'sending') AND $1 = $1 AND $2 = $2",
-            q.now,
-            q.now,
-        ),
-        // Due, and not handed over yet: a message held for quiet hours is not late.
-        MetricName::OutboxOldestAge => (
-            "MIN(created_at)",
-            "FROM outbox WHERE status IN ('pending', 'sending') AND COALESCE(next_attempt_at, created_at) <= $1 AND $2 = $2",
-            q.now,
-            q.now,
-        ),
-        MetricName::RunFailures => (
-            "COUNT(*)",
-            "FROM runs WHERE status = 'failed' AND finished_at > $1 AND finished_at <= $2",
-            q.since,
-            q.now,
-        ),
-        MetricName::RunsStuck => (
-            "COUNT(*)",
-            "FROM runs WHERE status IN ('pending', 'running') AND updated_at < $1 AND COALESCE(due_at, 0) <= $2",
-            q.stuck_before,
-            q.now,
-        ),
-    };
-    let sql =
-        format!("SELECT {select_group}, {value} AS v {from_where}{filter_clause}{group_clause}");
-    let rows = read_all(
-        b,
-        Stmt::new(sql, params![t1, t2, filter.map(str::to_owned)]),
-        |r| Ok((r.opt_text("g")?, r.opt_int("v")?)),
-    )
-    .await?;
-    let mut out = Vec::new();
-    for (g, v) in rows {
-        let Some(v) = v else { continue };
-        let value = match q.name {
-            MetricName::OutboxOldestAge => ((q.now - v).max(0) as f64) / 1000.0,
-            _ => v as f64,
-        };
-        // Ungrouped COUNT(*) over nothing is 0, a figure; ungrouped MIN over nothing is NULL,
-        // skipped above: no message waits, so there is no age.
-        out.push((g, value));
-    }
-    Ok(out)
 }

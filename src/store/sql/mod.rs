@@ -23,6 +23,7 @@ pub(super) mod contacts;
 pub(super) mod cron;
 pub(super) mod definitions;
 pub(super) mod events;
+pub(super) mod metrics;
 pub(super) mod outbox;
 pub(super) mod retention;
 pub(super) mod runs;

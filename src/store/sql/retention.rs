@@ -31,6 +31,9 @@ pub(in crate::store) async fn purge<B: Backend>(
                 break;
             }
         }
+        // Webhook response counts are a summary of what happened, kept as long as events.
+        let sql = "DELETE FROM webhook_responses WHERE minute < $1";
+        write(b, Stmt::new(sql, params![before])).await?;
     }
     Ok(out)
 }

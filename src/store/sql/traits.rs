@@ -295,7 +295,20 @@ impl<B: Backend> Store for B {
         &self,
         query: &crate::store::alerting::MetricQuery,
     ) -> Result<Vec<(Option<String>, f64)>> {
-        super::alerts::metric(self, query).await
+        super::metrics::metric(self, query).await
+    }
+    async fn alert_step_durations(
+        &self,
+        query: &crate::store::alerting::MetricQuery,
+        limit: i64,
+    ) -> Result<Vec<(Option<String>, i64)>> {
+        super::metrics::step_durations(self, query, limit).await
+    }
+    async fn add_webhook_responses(
+        &self,
+        counts: &[crate::store::alerting::WebhookCount],
+    ) -> Result<()> {
+        super::metrics::add_webhook_responses(self, counts).await
     }
 }
 
