@@ -346,6 +346,7 @@ fn run(id: &str, workflow: &str) -> NewRun {
         context: json!({}),
         labels: json!({}),
         created_at: T0 - 60 * MIN,
+        queued: None,
     }
 }
 
