@@ -200,6 +200,12 @@ fn check_all(project: &Project, opts: &LoadOptions, texts: &mut CompiledTexts) -
     check_duplicate_ids(defs, &mut out);
 
     let workflow_ids: Vec<&str> = defs.iter().map(|d| d.id.as_str()).collect();
+    // What runs: workflows, campaigns and conversations, not alerts.
+    let runnable: Vec<&str> = defs
+        .iter()
+        .filter(|d| d.as_workflow().is_some())
+        .map(|d| d.id.as_str())
+        .collect();
     let mut listened: HashSet<&str> = HashSet::new();
     for def in defs {
         if let Some(a) = def.as_alert()
@@ -259,7 +265,11 @@ fn check_all(project: &Project, opts: &LoadOptions, texts: &mut CompiledTexts) -
             c.run();
         }
         if let Some(a) = def.as_alert() {
-            alert::check(def, a, env, &globals, &mut out);
+            let known = alert::Known {
+                workflows: &runnable,
+                channels: &channels,
+            };
+            alert::check(def, a, env, &globals, &known, &mut out);
         }
         if let Some(c) = def.as_campaign() {
             campaign::check(def, c, &project.config.def.contacts.attributes, &mut out);

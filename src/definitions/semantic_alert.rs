@@ -21,11 +21,18 @@ use crate::templates::describe_error;
 /// The names an alert's labels and annotations see.
 pub const ALERT_ROOTS: &[&str] = &["value", "labels"];
 
+/// The workflows and channels a `metric` source may filter by.
+pub(super) struct Known<'a> {
+    pub workflows: &'a [&'a str],
+    pub channels: &'a [String],
+}
+
 pub(super) fn check(
     def: &Definition,
     alert: &Alert,
     env: &Environment<'static>,
     globals: &HashSet<String>,
+    known: &Known<'_>,
     out: &mut Vec<Diagnostic>,
 ) {
     let mut error = |pointer: &str, d: Diagnostic, key: bool| {
@@ -38,7 +45,10 @@ pub(super) fn check(
     match &alert.def.source {
         AlertSource::Events(e) => check_events(e, &mut error),
         AlertSource::Probe(p) => check_probe(p, &mut error),
-        AlertSource::Metric(m) => check_metric(m, &mut error),
+        AlertSource::Metric(m) => {
+            check_metric(m, &mut error);
+            check_metric_names(m, known, &mut error);
+        }
     }
     if alert.def.every.as_std().is_zero() {
         error(
@@ -129,6 +139,37 @@ pub(super) fn check(
                 }
             }
         }
+    }
+}
+
+/// A metric filtered by a workflow or channel that does not exist measures nothing, for ever:
+/// refused, with the closest name.
+fn check_metric_names(
+    m: &MetricSource,
+    known: &Known<'_>,
+    error: &mut impl FnMut(&str, Diagnostic, bool),
+) {
+    let mut unknown = |field: &str, name: &str, what: &str, names: Vec<&str>| {
+        if names.contains(&name) {
+            return;
+        }
+        let d = Diagnostic::error(
+            "unknown-metric-filter",
+            format!("there is no {what} `{name}`, so this measures nothing"),
+        );
+        let d = match crate::definitions::suggest::did_you_mean(name, names.iter().copied()) {
+            Some(s) => d.with_hint(format!("did you mean `{s}`?")),
+            None if names.is_empty() => d.with_hint(format!("there are no {what}s to measure")),
+            None => d.with_hint(format!("{what}s: {}", names.join(", "))),
+        };
+        error(&format!("/source/metric/{field}"), d, false);
+    };
+    if let Some(w) = &m.workflow {
+        unknown("workflow", w, "workflow", known.workflows.to_vec());
+    }
+    if let Some(c) = &m.channel {
+        let channels = known.channels.iter().map(String::as_str).collect();
+        unknown("channel", c, "channel", channels);
     }
 }
 
