@@ -8,7 +8,8 @@
 #
 # The server is pinned to one CPU and wrk to the other. Reports requests/s, p50 and p99, the
 # server's CPU per event, and checks that every 202 has its event in the database.
-# Knobs: DURATION (s, 15), CONNS (32), SERVER_CPU (1), WRK_CPU (0), PORT (18383), HERALD_BIN.
+# Knobs: DURATION (s, 15), CONNS (32), SERVER_CPU (1), WRK_CPU (0), PORT (18383), HERALD_BIN,
+# BATCH (1: one event per request; N: `{"events": [...]}` with N events per request).
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 DB_URL=${1:-}
@@ -17,6 +18,7 @@ CONNS=${CONNS:-32}
 SERVER_CPU=${SERVER_CPU:-1}
 WRK_CPU=${WRK_CPU:-0}
 PORT=${PORT:-18383}
+BATCH=${BATCH:-1}
 command -v wrk >/dev/null || { echo "wrk is needed (apt-get install wrk)" >&2; exit 2; }
 if [ -n "${HERALD_BIN:-}" ]; then BIN=$HERALD_BIN; else
   (cd "$ROOT" && cargo build --release --quiet); BIN="$ROOT/target/release/herald"; fi
@@ -39,9 +41,15 @@ source:
   events: { name: checkout.completed, window: 5m, aggregate: p95, field: data.latency_ms }
 condition: "> 5000"
 YAML
+EVENT='{"name":"checkout.completed","key":"order-1","data":{"latency_ms":420,"provider":"stripe"}}'
+if [ "$BATCH" -gt 1 ]; then
+  BODY="{\"events\":[$(yes "$EVENT" | head -n "$BATCH" | paste -sd, -)]}"
+else
+  BODY=$EVENT
+fi
 cat > "$TMP/post.lua" <<LUA
 wrk.method = "POST"
-wrk.body = '{"name":"checkout.completed","key":"order-1","data":{"latency_ms":420,"provider":"stripe"}}'
+wrk.body = '$BODY'
 wrk.headers["Content-Type"] = "application/json"
 wrk.headers["x-api-key"] = "$KEY"
 done = function(summary, latency, requests)
@@ -82,5 +90,6 @@ if [ "$BACKEND" = sqlite ]; then
 else
   stored=$(psql "$DB_URL" -tAc "SELECT COUNT(*) FROM $SCHEMA.events WHERE name = 'checkout.completed'")
 fi
-cpu_us=$(echo "($after - $before) * 1000000 / $clk / ($requests - $errors)" | bc)
-echo "$BACKEND: $out; server CPU ${cpu_us} µs/event; stored $stored of $((requests - errors)) accepted"
+accepted=$(( (requests - errors) * BATCH ))
+cpu_us=$(echo "($after - $before) * 1000000 / $clk / $accepted" | bc)
+echo "$BACKEND, $BATCH event(s) per request: $out; events/s $(echo "$(sed -E 's/.*rps=([0-9]+).*/\1/' <<<"$out") * $BATCH" | bc); server CPU ${cpu_us} µs/event; stored $stored of $accepted accepted"

@@ -778,12 +778,47 @@ async fn an_event_of_the_wrong_type_is_rejected(db: db::TestDb) {
         .await
         .unwrap();
     assert_eq!(r.status(), 202);
-    assert_eq!(
+    let stored = || async {
         db.store
             .alert_events("req", 0, i64::MAX)
             .await
             .unwrap()
-            .len(),
-        1
+            .len()
+    };
+    assert_eq!(stored().await, 1);
+
+    // A batch goes in whole, or not at all, with the bad event named by its place.
+    let r = post(
+        r#"{"events": [{"name": "req", "data": {"ms": 1}}, {"name": "req", "data": {"ms": "x"}}]}"#,
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status(), 422);
+    let text = r.text().await.unwrap();
+    assert!(text.contains("events[1]: "), "{text}");
+    assert_eq!(stored().await, 1, "nothing of a refused batch is stored");
+    let r = post(r#"{"events": []}"#).await.unwrap();
+    assert_eq!(r.status(), 400);
+    let r = post(r#"{"events": [{"name": "req", "key": "a", "data": {"ms": 1}}, {"name": "req", "data": {"ms": 2}}, {"name": "other"}]}"#)
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    let ids: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(ids["event_ids"].as_array().unwrap().len(), 3);
+    assert_eq!(stored().await, 3);
+    let too_many = format!(
+        r#"{{"events": [{}]}}"#,
+        vec![r#"{"name": "req", "data": {"ms": 1}}"#; 1001].join(",")
     );
+    let r = http
+        .post(app.url("/api/events"))
+        .header("x-api-key", "k".repeat(32))
+        .header("content-type", "application/json")
+        .body(too_many)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    assert!(r.text().await.unwrap().contains("1 to 1000 events"));
+    assert_eq!(stored().await, 3);
 }

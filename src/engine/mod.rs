@@ -628,6 +628,42 @@ impl Engine {
         Ok(id)
     }
 
+    /// Emits several events at one moment, stored with the runs they start in one
+    /// transaction, then wakes the runs waiting for each. Their ids, in order.
+    pub async fn emit_batch(
+        self: &Arc<Self>,
+        events: Vec<(String, Option<String>, Value)>,
+    ) -> Result<Vec<String>, EngineError> {
+        let now = self.now();
+        let registry = self.registry();
+        let events: Vec<NewEvent> = events
+            .into_iter()
+            .map(|(name, key, data)| NewEvent {
+                id: new_id(),
+                name,
+                key,
+                data,
+                source_run_id: None,
+                created_at: now,
+            })
+            .collect();
+        let runs: Vec<_> = events
+            .iter()
+            .flat_map(|e| context::subscriber_runs(&registry, e, None, now))
+            .collect();
+        self.store.insert_events(&events, &runs, &[], &[]).await?;
+        let mut woken = std::collections::HashSet::new();
+        for e in &events {
+            if let Some(k) = &e.key
+                && woken.insert((e.name.as_str(), k.as_str()))
+            {
+                self.store.wake_waiting(&e.name, k, now).await?;
+            }
+        }
+        self.work_ready.notify_waiters();
+        Ok(events.into_iter().map(|e| e.id).collect())
+    }
+
     /// Stores an event with the runs it starts, then wakes the runs waiting for it (those
     /// waiting on its name and key). An event whose id is already stored starts nothing again.
     async fn record_event(self: &Arc<Self>, event: NewEvent) -> Result<(), EngineError> {

@@ -283,32 +283,78 @@ pub(crate) struct EmitBody {
     data: Value,
 }
 
+/// One event, or `{"events": [...]}`: a batch, stored in one write.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub(crate) enum EmitRequest {
+    Batch { events: Vec<EmitBody> },
+    One(EmitBody),
+}
+
+/// The most events one request may carry.
+const MAX_BATCH: usize = 1000;
+
 pub(crate) async fn emit_event(
     State(state): State<Arc<AppState>>,
-    body: Result<Json<EmitBody>, axum::extract::rejection::JsonRejection>,
+    body: Result<Json<EmitRequest>, axum::extract::rejection::JsonRejection>,
 ) -> Result<Response, ApiError> {
     let Json(body) =
         body.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "malformed_json", e.body_text()))?;
-    if body.name.trim().is_empty() {
+    let (events, batch) = match body {
+        EmitRequest::One(e) => (vec![e], false),
+        EmitRequest::Batch { events } => (events, true),
+    };
+    if batch && (events.is_empty() || events.len() > MAX_BATCH) {
         return Err(ApiError::new(
             StatusCode::BAD_REQUEST,
             "invalid_event",
-            "the event needs a `name`",
+            format!(
+                "a batch holds 1 to {MAX_BATCH} events, not {}; send more in several requests",
+                events.len()
+            ),
         ));
     }
-    if let Err(e) = super::alerts::check_event(&state.engine.registry(), &body.name, &body.data) {
-        return Err(ApiError::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "invalid_event",
-            e,
-        ));
+    // Every event is checked before any is stored: a batch goes in whole or not at all.
+    let registry = state.engine.registry();
+    for (i, e) in events.iter().enumerate() {
+        let at = |m: String| {
+            if batch {
+                format!("events[{i}]: {m}")
+            } else {
+                m
+            }
+        };
+        if e.name.trim().is_empty() {
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_event",
+                at("the event needs a `name`".into()),
+            ));
+        }
+        if let Err(m) = super::alerts::check_event(&registry, &e.name, &e.data) {
+            return Err(ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid_event",
+                at(m),
+            ));
+        }
     }
-    let id = state
+    let ids = state
         .engine
-        .emit(&body.name, body.key.as_deref(), body.data)
+        .emit_batch(
+            events
+                .into_iter()
+                .map(|e| (e.name, e.key, e.data))
+                .collect(),
+        )
         .await
         .map_err(ApiError::engine)?;
-    Ok((StatusCode::ACCEPTED, Json(json!({"event_id": id}))).into_response())
+    let body = if batch {
+        json!({"event_ids": ids})
+    } else {
+        json!({"event_id": ids.first()})
+    };
+    Ok((StatusCode::ACCEPTED, Json(body)).into_response())
 }
 
 #[derive(Debug, Deserialize)]
