@@ -43,7 +43,7 @@ condition: "> 5000"
 YAML
 EVENT='{"name":"checkout.completed","key":"order-1","data":{"latency_ms":420,"provider":"stripe"}}'
 if [ "$BATCH" -gt 1 ]; then
-  BODY="{\"events\":[$(yes "$EVENT" | head -n "$BATCH" | paste -sd, -)]}"
+  BODY="{\"events\":[$EVENT$(for _ in $(seq 2 "$BATCH"); do printf ',%s' "$EVENT"; done)]}"
 else
   BODY=$EVENT
 fi
