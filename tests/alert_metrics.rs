@@ -13,7 +13,6 @@ use herald::alerts::tick::run_metric_tick;
 use herald::definitions::alert::Alert;
 use herald::definitions::env::EnvSource;
 use herald::definitions::model::alert::{AlertSource, MetricSource};
-use herald::definitions::project::{EnvMode, Layout, LoadOptions, load};
 use herald::definitions::read_definition;
 use herald::definitions::source::SourceFile;
 use herald::engine::clock::{Clock, VirtualClock};
@@ -22,6 +21,7 @@ use herald::store::{
     StepLogEntry, StepStatus, TriggerKind,
 };
 use serde_json::json;
+use support::alerts::{queued, validate};
 
 const MIN: i64 = 60_000;
 /// 2026-11-02T15:00:00Z, on a minute.
@@ -56,17 +56,6 @@ async fn instances(store: &DynStore, id: &str) -> Vec<(String, String, Option<f6
             (i.group_key, i.phase, v)
         })
         .collect()
-}
-
-fn validate(files: &[(&str, &str)]) -> String {
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::create_dir_all(dir.path().join("workflows")).unwrap();
-    for (name, text) in files {
-        std::fs::write(dir.path().join("workflows").join(name), text).unwrap();
-    }
-    let layout = Layout::discover(dir.path()).unwrap();
-    let (_, report) = load(&layout, &LoadOptions::new(EnvMode::Validate));
-    report.diagnostics.iter().map(|d| d.render(false)).collect()
 }
 
 #[test]
@@ -116,33 +105,10 @@ db::scenarios!["alert_metrics";
     step_latency_is_a_quantile_of_step_durations_per_workflow,
 ];
 
-fn message(id: &str, channel: &str, at: i64) -> NewOutbox {
-    NewOutbox {
-        id: id.into(),
-        run_id: None,
-        workflow_id: None,
-        step_id: None,
-        channel: channel.into(),
-        recipient: "someone@example.com".into(),
-        sender: None,
-        subject: None,
-        body: "hello".into(),
-        html: false,
-        headers: json!({}),
-        idempotency_key: id.into(),
-        max_attempts: 3,
-        category: herald::definitions::model::step::MessageCategory::Transactional,
-        retry: None,
-        approved_template: None,
-        created_at: at,
-        due_at: at,
-    }
-}
-
 /// Queues `sent + failed` messages on `channel` and finishes them at `at`.
 async fn deliver(store: &DynStore, channel: &str, sent: usize, failed: usize, at: i64) {
     let rows: Vec<NewOutbox> = (0..sent + failed)
-        .map(|i| message(&format!("{channel}-{at}-{i}"), channel, at - MIN))
+        .map(|i| queued(&format!("{channel}-{at}-{i}"), channel, at - MIN, at - MIN))
         .collect();
     store.insert_events(&[], &[], &[], &rows).await.unwrap();
     let claimed = store
@@ -195,7 +161,7 @@ async fn the_delivery_rate_fires_below_its_threshold_and_is_no_data_when_nothing
     // A message still queued has not finished: it counts for nothing.
     let queued = NewOutbox {
         due_at: T0 + 600 * MIN,
-        ..message("queued", "email", T0)
+        ..queued("queued", "email", T0, T0)
     };
     store.insert_events(&[], &[], &[], &[queued]).await.unwrap();
 

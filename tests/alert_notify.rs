@@ -19,6 +19,7 @@ use herald::engine::clock::{Clock, VirtualClock};
 use herald::store::{DynStore, NewEvent};
 use serde_json::{Value, json};
 use support::SmtpSink;
+use support::alerts::queued;
 
 const MIN: i64 = 60_000;
 
@@ -791,29 +792,6 @@ annotations:
         svc["error"].as_str().unwrap().contains("connection failed"),
         "{svc}"
     );
-}
-
-fn queued(id: &str, channel: &str, at: i64, due: i64) -> herald::store::NewOutbox {
-    herald::store::NewOutbox {
-        id: id.into(),
-        run_id: None,
-        workflow_id: None,
-        step_id: None,
-        channel: channel.into(),
-        recipient: "someone@example.com".into(),
-        sender: None,
-        subject: None,
-        body: "hello".into(),
-        html: false,
-        headers: json!({}),
-        idempotency_key: id.into(),
-        max_attempts: 3,
-        category: herald::definitions::model::step::MessageCategory::Transactional,
-        retry: None,
-        approved_template: None,
-        created_at: at,
-        due_at: due,
-    }
 }
 
 async fn metrics_read_the_outbox_and_the_runs(db: db::TestDb) {

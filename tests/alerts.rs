@@ -9,11 +9,11 @@ use herald::alerts::tick::run_tick;
 use herald::alerts::{AlertState, Event, Phase, Transition, evaluate, step};
 use herald::definitions::alert::Alert;
 use herald::definitions::model::alert::{AlertSource, EventsSource};
-use herald::definitions::project::{EnvMode, Layout, LoadOptions, load};
 use herald::definitions::read_definition;
 use herald::definitions::source::SourceFile;
 use herald::store::{DynStore, NewEvent};
 use serde_json::{Value, json};
+use support::alerts::validate;
 
 const MIN: i64 = 60_000;
 
@@ -37,17 +37,6 @@ fn ev(name: &str, data: Value, at: i64) -> Event {
         data,
         at,
     }
-}
-
-fn validate(files: &[(&str, &str)]) -> String {
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::create_dir_all(dir.path().join("workflows")).unwrap();
-    for (name, text) in files {
-        std::fs::write(dir.path().join("workflows").join(name), text).unwrap();
-    }
-    let layout = Layout::discover(dir.path()).unwrap();
-    let (_, report) = load(&layout, &LoadOptions::new(EnvMode::Validate));
-    report.diagnostics.iter().map(|d| d.render(false)).collect()
 }
 
 #[test]

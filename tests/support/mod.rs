@@ -9,6 +9,7 @@
 // Every integration test compiles this module separately and uses only part of it.
 #![allow(dead_code, unused_imports)]
 
+pub mod alerts;
 pub mod app;
 pub mod email_api;
 pub mod http_sink;
