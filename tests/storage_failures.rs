@@ -464,7 +464,7 @@ async fn a_write_outage_is_answered_503_and_recovered_from_without_a_restart() {
     tokio::spawn(engine.clone().dispatch(shutdown.clone()));
     let state = Arc::new(AppState {
         engine: engine.clone(),
-        admin_keys: Vec::new(),
+        admin_keys: vec![herald::server::admin::digest("test-admin-key")],
         metrics: metrics_handle(),
         reload: Mutex::new(ReloadStatus {
             ok: true,
@@ -507,6 +507,19 @@ async fn a_write_outage_is_answered_503_and_recovered_from_without_a_restart() {
         .unwrap();
     assert_eq!(r.status(), 503);
     assert!(r.headers().contains_key("retry-after"));
+    // A batch of events is refused whole: none of it is stored, so the sender sends it again.
+    let batch = serde_json::json!({"events": [
+        {"name": "order.paid", "key": "o-1", "data": {}},
+        {"name": "order.paid", "key": "o-2", "data": {}},
+    ]});
+    let r = http
+        .post(url("/api/events"))
+        .header("x-api-key", "test-admin-key")
+        .json(&batch)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 503);
     // The workers notice too; give them a moment to try.
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let r = http.get(url("/health")).send().await.unwrap();
@@ -559,6 +572,26 @@ async fn a_write_outage_is_answered_503_and_recovered_from_without_a_restart() {
     }
     let r = http.get(url("/health")).send().await.unwrap();
     assert_eq!(r.status(), 200);
+    let stored = db
+        .store
+        .alert_events("order.paid", 0, i64::MAX)
+        .await
+        .unwrap();
+    assert!(stored.is_empty(), "{stored:?}");
+    let r = http
+        .post(url("/api/events"))
+        .header("x-api-key", "test-admin-key")
+        .json(&batch)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    let stored = db
+        .store
+        .alert_events("order.paid", 0, i64::MAX)
+        .await
+        .unwrap();
+    assert_eq!(stored.len(), 2);
     let metrics = http
         .get(url("/metrics"))
         .send()

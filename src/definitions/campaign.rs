@@ -30,6 +30,15 @@ pub struct Campaign {
     pub exit_when: ExitWhen,
 }
 
+impl Campaign {
+    /// Whether it enrolls its recipients at its own times (a broadcast, or a recurring
+    /// campaign), rather than on an event (a drip): its recipients start from no event,
+    /// message or request, and a test needs no `trigger` for it.
+    pub fn enrolls_itself(&self) -> bool {
+        !matches!(self.schedule, Schedule::Enrol(_))
+    }
+}
+
 pub(super) fn read(file: SourceFile, doc: Parsed) -> Result<Definition, Vec<Diagnostic>> {
     let errors = Schemas::get().validate(SchemaKind::Campaign, &file, &doc);
     if !errors.is_empty() {

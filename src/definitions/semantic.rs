@@ -1538,12 +1538,7 @@ impl WorkflowCheck<'_> {
         // A broadcast's or recurring campaign's recipients start from no request, message or
         // event: only a drip's have an `event`.
         const TRIGGERED: &[&str] = &["body", "headers", "query", "params", "event", "message"];
-        if TRIGGERED.contains(&root)
-            && self
-                .def
-                .as_campaign()
-                .is_some_and(|c| !matches!(c.schedule, super::model::campaign::Schedule::Enrol(_)))
-        {
+        if TRIGGERED.contains(&root) && self.def.as_campaign().is_some_and(|c| c.enrolls_itself()) {
             let d = Diagnostic::error(
                 "unsupplied-variable",
                 format!("`{root}` has no value here: a campaign that enrolls at its own times starts its recipients from no {}", if root == "event" { "event" } else if root == "message" { "message" } else { "request" }),

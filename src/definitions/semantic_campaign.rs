@@ -12,7 +12,6 @@ use crate::definitions::diagnostics::Diagnostic;
 use crate::definitions::model::audience::{
     AttributeCondition, AttributeTest, DateTest, Scalar, parse_date,
 };
-use crate::definitions::model::campaign::Schedule;
 use crate::definitions::model::config::AttributeType;
 use crate::definitions::source::escape_token;
 use crate::definitions::suggest::did_you_mean;
@@ -24,7 +23,7 @@ pub(super) fn check(
     out: &mut Vec<Diagnostic>,
 ) {
     let audience = &campaign.audience;
-    if matches!(campaign.schedule, Schedule::Enrol(_)) && !audience.is_everyone() {
+    if !campaign.enrolls_itself() && !audience.is_everyone() {
         let d = Diagnostic::warning(
             "audience-unused",
             "a drip enrolls whoever its `enrol` event is about, so this `audience` is not used: it does not filter who enters",

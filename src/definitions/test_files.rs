@@ -195,10 +195,8 @@ fn check(test: &TestFile, project: &Project, out: &mut Vec<Diagnostic>) {
         // A broadcast or recurring campaign enrolls by itself as the clock reaches its times.
         let enrolls_itself = workflow.is_some_and(|w| {
             c.project.definitions.iter().any(|d| {
-                d.as_campaign().is_some_and(|cp| {
-                    std::ptr::eq(&cp.workflow, w)
-                        && !matches!(cp.schedule, super::model::campaign::Schedule::Enrol(_))
-                })
+                d.as_campaign()
+                    .is_some_and(|cp| std::ptr::eq(&cp.workflow, w) && cp.enrolls_itself())
             })
         });
         match (&case.trigger, alert) {

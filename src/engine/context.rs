@@ -301,6 +301,12 @@ impl<'a> RunBuilder<'a> {
 // Migration 0007 indexes this label by name (`Dialect::CONVERSATION_KEY`).
 pub(crate) const CONVERSATION_LABEL: &str = "conversation";
 
+/// A person's conversation key on a channel, the value of [`CONVERSATION_LABEL`]. Channel
+/// names have no `:`, so the first one splits it back.
+pub(crate) fn conversation_key(channel: &str, address: &str) -> String {
+    format!("{channel}:{address}")
+}
+
 /// What a conversation's run knows besides a workflow's: `conversation` (its channel, the
 /// person's address, the turns so far) and `slots`. A message that started it is its first
 /// turn; a workflow that starts one names the channel and address as `input.channel` and
@@ -323,7 +329,7 @@ fn conversation_context(id: &str, context: &mut Value, labels: &mut Value, now: 
         ));
     }
     if let (Some(ch), Some(addr), Some(l)) = (&channel, &address, labels.as_object_mut()) {
-        l.insert(CONVERSATION_LABEL.into(), json!(format!("{ch}:{addr}")));
+        l.insert(CONVERSATION_LABEL.into(), json!(conversation_key(ch, addr)));
     }
     if let Some(obj) = context.as_object_mut() {
         obj.insert(

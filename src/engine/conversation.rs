@@ -6,6 +6,7 @@
 
 use std::sync::Arc;
 
+use super::context::conversation_key;
 use super::registry::{CompiledWorkflow, Registry};
 use super::{Engine, EngineError, RunBuilder, Trigger};
 use crate::definitions::model::conversation::WhileOpen;
@@ -68,7 +69,7 @@ impl Engine {
                 tracing::info!(run = %run.id, channel = m.channel, "conversation reset");
                 self.cancel(&run.id).await?;
                 // A reset is a clean slate: what waited behind the conversation goes too.
-                let key = format!("{}:{}", m.channel, m.from);
+                let key = conversation_key(m.channel, m.from);
                 for q in self.store.queued_conversations(Some(&key), 100).await? {
                     self.cancel(&q.run_id).await?;
                 }
@@ -101,7 +102,7 @@ impl Engine {
                         routed.claimed = true;
                         routed.held = true;
                         let mut queued = new_run(registry, wf, m, now);
-                        queued.queued = Some(format!("{}:{}", m.channel, m.from));
+                        queued.queued = Some(conversation_key(m.channel, m.from));
                         routed.runs.push(queued);
                     }
                 }
@@ -125,7 +126,7 @@ impl Engine {
     ) -> Result<Option<RunRecord>, EngineError> {
         Ok(self
             .store
-            .open_conversation(conversation, &format!("{channel}:{address}"))
+            .open_conversation(conversation, &conversation_key(channel, address))
             .await?)
     }
 }

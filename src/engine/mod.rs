@@ -615,17 +615,10 @@ impl Engine {
         key: Option<&str>,
         data: Value,
     ) -> Result<String, EngineError> {
-        let event = NewEvent {
-            id: new_id(),
-            name: name.to_owned(),
-            key: key.map(str::to_owned),
-            data,
-            source_run_id: None,
-            created_at: self.now(),
-        };
-        let id = event.id.clone();
-        self.record_event(event).await?;
-        Ok(id)
+        let mut ids = self
+            .emit_batch(vec![(name.to_owned(), key.map(str::to_owned), data)])
+            .await?;
+        Ok(ids.remove(0))
     }
 
     /// Emits several events at one moment, stored with the runs they start in one
@@ -635,7 +628,6 @@ impl Engine {
         events: Vec<(String, Option<String>, Value)>,
     ) -> Result<Vec<String>, EngineError> {
         let now = self.now();
-        let registry = self.registry();
         let events: Vec<NewEvent> = events
             .into_iter()
             .map(|(name, key, data)| NewEvent {
@@ -647,33 +639,32 @@ impl Engine {
                 created_at: now,
             })
             .collect();
-        let runs: Vec<_> = events
-            .iter()
-            .flat_map(|e| context::subscriber_runs(&registry, e, None, now))
-            .collect();
-        self.store.insert_events(&events, &runs, &[], &[]).await?;
-        let mut woken = std::collections::HashSet::new();
-        for e in &events {
-            if let Some(k) = &e.key
-                && woken.insert((e.name.as_str(), k.as_str()))
-            {
-                self.store.wake_waiting(&e.name, k, now).await?;
-            }
-        }
-        self.work_ready.notify_waiters();
+        self.record_events(&events).await?;
         Ok(events.into_iter().map(|e| e.id).collect())
     }
 
     /// Stores an event with the runs it starts, then wakes the runs waiting for it (those
     /// waiting on its name and key). An event whose id is already stored starts nothing again.
     async fn record_event(self: &Arc<Self>, event: NewEvent) -> Result<(), EngineError> {
-        let now = event.created_at;
-        let runs = context::subscriber_runs(&self.registry(), &event, None, now);
-        self.store
-            .insert_events(std::slice::from_ref(&event), &runs, &[], &[])
-            .await?;
-        if let Some(k) = &event.key {
-            self.store.wake_waiting(&event.name, k, now).await?;
+        self.record_events(std::slice::from_ref(&event)).await
+    }
+
+    /// [`Engine::record_event`] for several, in one transaction; each (name, key) is woken
+    /// once.
+    async fn record_events(self: &Arc<Self>, events: &[NewEvent]) -> Result<(), EngineError> {
+        let registry = self.registry();
+        let runs: Vec<_> = events
+            .iter()
+            .flat_map(|e| context::subscriber_runs(&registry, e, None, e.created_at))
+            .collect();
+        self.store.insert_events(events, &runs, &[], &[]).await?;
+        let mut woken = HashSet::new();
+        for e in events {
+            if let Some(k) = &e.key
+                && woken.insert((e.name.as_str(), k.as_str()))
+            {
+                self.store.wake_waiting(&e.name, k, e.created_at).await?;
+            }
         }
         self.work_ready.notify_waiters();
         Ok(())

@@ -611,7 +611,7 @@ impl Case<'_> {
                     .workflow
                     .campaign
                     .as_ref()
-                    .is_some_and(|c| c.workflow.triggers.iter().all(|t| t.key() == "cron")) =>
+                    .is_some_and(|c| c.enrolls_itself()) =>
                 {
                     Ok(())
                 }

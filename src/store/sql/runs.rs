@@ -3,7 +3,9 @@
 use super::{Backend, Dialect, Exec, Stmt, params, read_all, read_one, write};
 use crate::store::admin::RunSelection;
 use crate::store::rows::{self, run_columns};
-use crate::store::{Millis, Result, RunFilter, RunRecord, RunStatus, StepLogEntry};
+use crate::store::{
+    Millis, QUEUED_CONVERSATION, Result, RunFilter, RunRecord, RunStatus, StepLogEntry,
+};
 
 /// The unfinished statuses, for `status IN` (see [`claim`] for why claims say `NOT IN`).
 pub(in crate::store) const UNFINISHED: &str = "('pending', 'running', 'waiting')";
@@ -60,12 +62,13 @@ pub(in crate::store) async fn open_conversation<B: Backend>(
     let sql = format!(
         "SELECT {} FROM runs WHERE workflow_id = $1 AND {} = $2
            AND status IN ('pending', 'running', 'waiting')
-           AND (wait_event IS NULL OR wait_event <> 'conversation.queued')
+           AND (wait_event IS NULL OR wait_event <> $3)
          ORDER BY created_at DESC, id DESC LIMIT 1",
         run_columns!(),
         B::Db::CONVERSATION_KEY,
     );
-    read_one(b, Stmt::new(sql, params![workflow_id, key]), rows::run).await
+    let p = params![workflow_id, key, QUEUED_CONVERSATION];
+    read_one(b, Stmt::new(sql, p), rows::run).await
 }
 
 pub(in crate::store) async fn step_log<B: Backend>(
@@ -298,10 +301,11 @@ pub(in crate::store) async fn queued_conversations<B: Backend>(
     limit: i64,
 ) -> Result<Vec<crate::store::QueuedConversation>> {
     let sql = "SELECT id, wait_key, created_at FROM runs
-         WHERE wait_event = 'conversation.queued' AND status = 'waiting' AND due_at IS NULL
+         WHERE wait_event = $3 AND status = 'waiting' AND due_at IS NULL
            AND (CAST($1 AS TEXT) IS NULL OR wait_key = $1)
          ORDER BY created_at, id LIMIT $2";
-    read_all(b, Stmt::new(sql, params![key, limit]), |r| {
+    let p = params![key, limit, QUEUED_CONVERSATION];
+    read_all(b, Stmt::new(sql, p), |r| {
         Ok(crate::store::QueuedConversation {
             run_id: r.text("id")?,
             key: r.opt_text("wait_key")?.unwrap_or_default(),
@@ -322,6 +326,7 @@ pub(in crate::store) async fn promote_queued<B: Backend>(
 ) -> Result<bool> {
     let sql = "UPDATE runs SET due_at = $2, wait_event = NULL, wait_key = NULL, updated_at = $2,
              created_at = $2
-         WHERE id = $1 AND status = 'waiting' AND wait_event = 'conversation.queued'";
-    Ok(write(b, Stmt::new(sql, params![run_id, now])).await? == 1)
+         WHERE id = $1 AND status = 'waiting' AND wait_event = $3";
+    let p = params![run_id, now, QUEUED_CONVERSATION];
+    Ok(write(b, Stmt::new(sql, p)).await? == 1)
 }
