@@ -16,7 +16,8 @@
 //!   so a request's latency is the time from the text to its committed reply; the benchmark
 //!   checks that every answered text has its reply. The server also sends every reply, to a
 //!   stand-in of Twilio in this process. It prints texts per second, p50 and p99, and the
-//!   server's CPU time per text, receiving and replying (from /proc).
+//!   server's CPU time per text, receiving and replying (from /proc). `HERALD_BIN=path` runs
+//!   another build of the server (an earlier commit's, to compare in one sitting).
 //! - **outbound**: in this process, the engine's workers on the real clock (as `herald serve`
 //!   runs them): the same number of texts are queued through the engine with the dispatcher
 //!   stopped, then the dispatcher is started against a stand-in of Twilio's
@@ -190,7 +191,10 @@ impl Child {
             .local_addr()
             .unwrap()
             .port();
-        let bin = env!("CARGO_BIN_EXE_herald");
+        // `HERALD_BIN` compares another build (an earlier commit's) in the same sitting.
+        let bin =
+            std::env::var("HERALD_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_herald").to_owned());
+        let bin = bin.as_str();
         let pinned = has_taskset();
         let mut command = if pinned {
             let mut c = std::process::Command::new("taskset");

@@ -31,6 +31,7 @@ db::scenarios!["campaigns";
     a_throttle_paces_a_campaign_without_spending_attempts,
     an_audience_tests_attributes_and_dates,
     a_recurring_campaign_enrolls_at_each_time,
+    every_opt_out_holds_when_recipients_are_read_in_batches,
 ];
 
 const HOUR: Duration = Duration::from_secs(3600);
@@ -889,4 +890,129 @@ async fn a_recurring_campaign_enrolls_at_each_time(db: db::TestDb) {
     );
     let counts = h.engine.store.campaign_counts("win-back").await.unwrap();
     assert_eq!(counts.enrolled, 3);
+}
+
+const WINTER: &str = r#"
+kind: campaign
+id: winter-offer
+audience:
+  lists: [newsletter]
+schedule:
+  send_at: "2026-11-02T16:00:00Z"
+steps:
+  - id: offer
+    send: { channel: hook, to: "{{ contact.email }}", body: "Winter offer" }
+"#;
+
+/// Runs and messages are claimed dozens at a time, and each batch reads its recipients, their
+/// suppressions and its campaign's state together. An opt-out recorded before the batch is
+/// read still stops the message, whether it comes before the send step or while the message
+/// waits in the outbox, and nobody else is held back.
+async fn every_opt_out_holds_when_recipients_are_read_in_batches(db: db::TestDb) {
+    let h = Harness::new(db, &[("workflows/winter-offer.yaml", WINTER)]).await;
+    let email = |i: usize| format!("c{i:02}@example.com");
+    let people: Vec<_> = (0..40)
+        .map(|i| contact(&email(i), &["newsletter"], &[], Some("lead")))
+        .collect();
+    seed(&h, &people).await;
+    let scheduler = Scheduler::new(h.engine.clone());
+    h.clock.advance(HOUR);
+    scheduler.tick().await.unwrap();
+    assert_eq!(
+        h.engine
+            .store
+            .campaign_counts("winter-offer")
+            .await
+            .unwrap()
+            .enrolled,
+        40
+    );
+
+    // Before the send step: 0-4 bounced on the channel, 5-9 unsubscribed.
+    let suppress = |from: usize, reason: &'static str| {
+        let h = &h;
+        async move {
+            for i in from..from + 5 {
+                h.engine
+                    .store
+                    .suppress_address("hook", &email(i), reason, None, 0)
+                    .await
+                    .unwrap();
+            }
+        }
+    };
+    let set_status = |from: usize, status: &'static str| {
+        let h = &h;
+        async move {
+            let changed: Vec<_> = (from..from + 5)
+                .map(|i| contact(&email(i), &[], &[], Some(status)))
+                .collect();
+            seed(h, &changed).await;
+        }
+    };
+    suppress(0, "bounced").await;
+    set_status(5, "unsubscribed").await;
+    let executed = h.engine.run_due().await.unwrap();
+    assert_eq!(executed, 40);
+
+    // While the messages wait in the outbox: 10-14 complained, 15-19 opted out.
+    suppress(10, "complained").await;
+    set_status(15, "opted_out").await;
+    h.engine.deliver_due().await.unwrap();
+    h.settle().await;
+
+    let sent: Vec<String> = received(&h.sink.requests())
+        .into_iter()
+        .map(|(to, _)| to)
+        .collect();
+    assert_eq!(
+        sent,
+        (20..40).map(email).collect::<Vec<_>>(),
+        "everyone who did not opt out, once"
+    );
+
+    // The step log says why the first ten got nothing; the outbox says why the next ten did not.
+    let runs = h
+        .engine
+        .store
+        .list_runs(&herald::store::RunFilter {
+            workflow_id: Some("winter-offer".into()),
+            limit: 100,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let mut held_at_send = Vec::new();
+    for run in &runs {
+        let log = h.engine.store.step_log(&run.id).await.unwrap();
+        let out = log[0].output.clone().unwrap_or_default();
+        if out["status"] == "suppressed" {
+            held_at_send.push((
+                out["to"].as_str().unwrap_or_default().to_owned(),
+                out["reason"].as_str().unwrap_or_default().to_owned(),
+            ));
+        }
+    }
+    held_at_send.sort();
+    assert_eq!(held_at_send.len(), 10, "{held_at_send:?}");
+    for (n, (to, reason)) in held_at_send.iter().enumerate() {
+        assert_eq!(to, &email(n));
+        let why = if n < 5 { "bounced" } else { "unsubscribed" };
+        assert!(reason.contains(why), "{to}: {reason}");
+    }
+    let mut held_at_delivery: Vec<String> = h
+        .engine
+        .store
+        .list_messages(&herald::store::OutboxFilter {
+            status: Some(herald::store::OutboxStatus::Suppressed),
+            limit: 100,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|m| m.recipient)
+        .collect();
+    held_at_delivery.sort();
+    assert_eq!(held_at_delivery, (10..20).map(email).collect::<Vec<_>>());
 }

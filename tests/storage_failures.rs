@@ -186,6 +186,12 @@ impl Store for Failing {
     async fn find_contact(&self, e: Option<&str>, p: Option<&str>) -> Result<Option<Contact>> {
         self.inner.find_contact(e, p).await
     }
+    async fn contacts(&self, ids: &[String]) -> Result<Vec<Contact>> {
+        self.inner.contacts(ids).await
+    }
+    async fn find_contacts(&self, e: &[String], p: &[String]) -> Result<Vec<Contact>> {
+        self.inner.find_contacts(e, p).await
+    }
     async fn claim_outbox(
         &self,
         o: &str,
@@ -243,6 +249,13 @@ impl Store for Failing {
     }
     async fn address_suppression(&self, channel: &str, address: &str) -> Result<Option<String>> {
         self.inner.address_suppression(channel, address).await
+    }
+    async fn address_suppressions(
+        &self,
+        channels: &[String],
+        addresses: &[String],
+    ) -> Result<Vec<(String, String, String)>> {
+        self.inner.address_suppressions(channels, addresses).await
     }
     async fn count_recent_messages(
         &self,

@@ -8,11 +8,14 @@ use indexmap::IndexMap;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
+use super::lookups::Lookups;
 use super::{Engine, EngineError, policy, retry};
 use crate::channels::{ApprovedTemplate, DeliveryError, OutboundMessage};
 use crate::store::{DeliveryOutcome, Millis, OutboxRecord};
 
-const BATCH: i64 = 32;
+/// Messages claimed at once: each batch's reads (suppressions, contacts) and its outcomes are
+/// one statement each, whatever its size.
+const BATCH: i64 = 64;
 /// Claimed batches in flight at once (see [`Engine::deliver_due`]).
 const PIPELINE: usize = 4;
 const MAX_IDLE: Duration = Duration::from_secs(1);
@@ -83,6 +86,9 @@ impl Engine {
     /// at once, but one recipient's messages one after another, oldest first: a greeting and
     /// the question after it must not reach the person the other way round.
     async fn deliver_batch(self: Arc<Self>, batch: Vec<OutboxRecord>) {
+        let lookups = Lookups::for_messages(&self.store, &self.registry(), &batch)
+            .await
+            .map(Arc::new);
         let mut queues: std::collections::HashMap<(String, String), Vec<OutboxRecord>> =
             std::collections::HashMap::new();
         for m in batch {
@@ -96,10 +102,17 @@ impl Engine {
             // Ids are time-ordered (UUIDv7), so they break ties within a millisecond.
             queue.sort_by(|a, b| (a.created_at, &a.id).cmp(&(b.created_at, &b.id)));
             let engine = self.clone();
+            let lookups = lookups.clone();
             set.spawn(async move {
                 let mut done = Vec::with_capacity(queue.len());
+                // A failure may have suppressed the recipient (their provider said so): the
+                // batch's reads no longer stand for them.
+                let mut known = lookups.as_deref();
                 for m in queue {
-                    let outcome = engine.deliver(&m).await;
+                    let outcome = engine.deliver(&m, known).await;
+                    if !matches!(outcome, DeliveryOutcome::Sent { .. }) {
+                        known = None;
+                    }
                     done.push((m.id, outcome));
                 }
                 done
@@ -161,7 +174,7 @@ impl Engine {
     }
 
     /// Attempts one message and says what came of it; the caller records it.
-    async fn deliver(&self, m: &OutboxRecord) -> DeliveryOutcome {
+    async fn deliver(&self, m: &OutboxRecord, known: Option<&Lookups>) -> DeliveryOutcome {
         let registry = self.registry();
         // The recipient may have opted out since the message was queued (it may have waited
         // for a retry): that wins over the send.
@@ -173,6 +186,7 @@ impl Engine {
             });
         let recipient = match super::suppression::check(
             &self.store,
+            known,
             &registry.config.contacts.default_region,
             None,
             (&m.channel, kind),

@@ -158,6 +158,7 @@ impl Engine {
         let category = MessageCategory::Transactional;
         let recipient = suppression::check(
             &self.store,
+            None,
             &registry.config.contacts.default_region,
             run.context.get("contact").filter(|c| !c.is_null()),
             (&channel, ch.address_kind()),

@@ -21,6 +21,7 @@ pub mod cursor;
 pub mod dispatcher;
 pub mod inbox;
 mod interpreter;
+mod lookups;
 mod policy;
 pub mod program;
 pub mod registry;
@@ -265,7 +266,7 @@ impl Default for EngineOptions {
     fn default() -> Self {
         EngineOptions {
             lease: std::time::Duration::from_secs(30),
-            workers: 16,
+            workers: crate::definitions::model::config::DEFAULT_WORKERS as usize,
             owner: default_owner(),
         }
     }

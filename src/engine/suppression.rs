@@ -7,6 +7,7 @@
 use serde_json::Value;
 
 use super::contact::Address;
+use super::lookups::Lookups;
 use crate::channels::AddressKind;
 use crate::definitions::model::step::MessageCategory;
 use crate::store::{DynStore, StoreError};
@@ -30,16 +31,23 @@ pub(crate) struct Recipient {
 /// has a status that blocks the category. With it, the contact's time zone, for quiet hours.
 ///
 /// `own` is the run's contact, used when it is the recipient (it may hold changes its segment
-/// has not committed yet); otherwise the stored contact with that address counts.
+/// has not committed yet); otherwise the stored contact with that address counts. What
+/// `known` (its batch's reads) answers is not read again.
 pub(crate) async fn check(
     store: &DynStore,
+    known: Option<&Lookups>,
     region: &str,
     own: Option<&Value>,
     (channel, kind): (&str, AddressKind),
     to: &str,
     category: MessageCategory,
 ) -> Result<Recipient, StoreError> {
-    if let Some(reason) = store.address_suppression(channel, &address_key(to)).await?
+    let key = address_key(to);
+    let reason = match known.and_then(|k| k.suppression(channel, &key)) {
+        Some(known) => known.map(str::to_owned),
+        None => store.address_suppression(channel, &key).await?,
+    };
+    if let Some(reason) = reason
         && category.blocked_by(&reason)
     {
         return Ok(Recipient {
@@ -81,11 +89,18 @@ pub(crate) async fn check(
     let (status, time_zone) = match own.filter(|c| matches(c)) {
         Some(c) => (text_of(c, "status"), text_of(c, "timezone")),
         None if email.is_none() && phone.is_none() => return Ok(Recipient::default()),
-        None => store
-            .find_contact(email.as_deref(), phone.as_deref())
-            .await?
-            .map(|c| (c.status, c.timezone))
-            .unwrap_or_default(),
+        None => {
+            let found = match known.and_then(|k| k.find_contact(email.as_deref(), phone.as_deref()))
+            {
+                Some(c) => c.cloned(),
+                None => {
+                    store
+                        .find_contact(email.as_deref(), phone.as_deref())
+                        .await?
+                }
+            };
+            found.map(|c| (c.status, c.timezone)).unwrap_or_default()
+        }
     };
     Ok(Recipient {
         blocked: status

@@ -7,7 +7,9 @@ use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
+use super::lookups::Lookups;
 use super::{Engine, EngineError};
+use crate::store::RunRecord;
 
 /// Runs claimed per query.
 const CLAIM_BATCH: usize = 64;
@@ -34,9 +36,10 @@ impl Engine {
                 return Ok(total);
             }
             total += runs.len();
+            let lookups = self.lookups_for(&runs).await;
             let mut set = JoinSet::new();
             for run in runs {
-                set.spawn(self.clone().drive_claimed(run));
+                set.spawn(self.clone().drive_claimed(run, lookups.clone()));
             }
             while set.join_next().await.is_some() {}
         }
@@ -69,6 +72,7 @@ impl Engine {
             self.storage.record(&claimed);
             match claimed {
                 Ok(runs) if !runs.is_empty() => {
+                    let lookups = self.lookups_for(&runs).await;
                     for run in runs {
                         let permit = permits
                             .clone()
@@ -76,8 +80,9 @@ impl Engine {
                             .await
                             .expect("the semaphore is never closed");
                         let engine = self.clone();
+                        let lookups = lookups.clone();
                         tokio::spawn(async move {
-                            engine.drive_claimed(run).await;
+                            engine.drive_claimed(run, lookups).await;
                             drop(permit);
                         });
                     }
@@ -110,6 +115,13 @@ impl Engine {
         let _ = permits
             .acquire_many(self.options.workers.max(1) as u32)
             .await;
+    }
+
+    /// What a batch of claimed runs reads together (see [`Lookups`]).
+    async fn lookups_for(&self, runs: &[RunRecord]) -> Option<Arc<Lookups>> {
+        Lookups::for_runs(&self.store, &self.registry(), runs)
+            .await
+            .map(Arc::new)
     }
 
     /// Renews the leases of runs this process is executing, so a long step (an HTTP call) does

@@ -88,9 +88,9 @@ async fn try_batch(store: &SqliteStore, jobs: &[Job]) -> Result<bool> {
     for (i, job) in jobs.iter().enumerate() {
         append(&mut batch, i, &job.commit);
     }
-    let args = Sqlite::arguments(batch.params)?;
+    let (sql, args) = Sqlite::statement(batch)?;
     let mut conn = store.writer.acquire().await?;
-    let rows = sqlx::query_with(sqlx::AssertSqlSafe(batch.sql), args)
+    let rows = sqlx::query_with(sqlx::AssertSqlSafe(sql), args)
         .fetch_all(&mut *conn)
         .await;
     let applied = match rows {

@@ -751,6 +751,11 @@ pub trait Store: Admin + Send + Sync + std::fmt::Debug {
         email: Option<&str>,
         phone: Option<&str>,
     ) -> Result<Option<Contact>>;
+    /// The contacts with these ids that exist, in one read: a batch of claimed runs loads its
+    /// recipients together.
+    async fn contacts(&self, ids: &[String]) -> Result<Vec<Contact>>;
+    /// The contacts with any of these e-mails or phones, in one read (see [`Store::find_contact`]).
+    async fn find_contacts(&self, emails: &[String], phones: &[String]) -> Result<Vec<Contact>>;
 
     // Outbox.
     async fn claim_outbox(
@@ -801,6 +806,13 @@ pub trait Store: Admin + Send + Sync + std::fmt::Debug {
     ) -> Result<i64>;
     /// Why `address` is suppressed on `channel`, if it is.
     async fn address_suppression(&self, channel: &str, address: &str) -> Result<Option<String>>;
+    /// Every suppression of one of `addresses` on one of `channels`, in one read:
+    /// `(channel, address, reason)`.
+    async fn address_suppressions(
+        &self,
+        channels: &[String],
+        addresses: &[String],
+    ) -> Result<Vec<(String, String, String)>>;
     /// Records a provider's report on the message it knows as `provider_id` on `channel`,
     /// unless the message already has a later one (a `sent` arriving after `delivered` does
     /// not undo it). Returns the message as it now stands, or `None` when no message has that

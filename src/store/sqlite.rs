@@ -6,6 +6,7 @@
 //! commit survives the process being killed (the WAL is in the OS's cache); only a power cut
 //! can lose the last moments, and `HERALD_SQLITE_SYNC=full` closes that gap at some cost.
 
+use std::borrow::Cow;
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -63,7 +64,15 @@ impl SqliteStore {
             .max_connections(1)
             .min_connections(1)
             .after_release(|conn, _| super::reusable(conn))
-            .connect_with(options.clone().pragma("wal_autocheckpoint", "0"))
+            // Group commits differ in shape (how many runs, steps, messages), and each shape
+            // is a long statement: a few dozen kept prepared cover the usual ones, where the
+            // default hundred held tens of megabytes.
+            .connect_with(
+                options
+                    .clone()
+                    .pragma("wal_autocheckpoint", "0")
+                    .statement_cache_capacity(WRITER_STATEMENTS),
+            )
             .await?;
         MIGRATOR.run(&writer).await?;
         let checkpointer = SqlitePoolOptions::new()
@@ -138,11 +147,20 @@ impl SqliteStore {
 }
 
 /// The SQLite dialect's fragments. Lists of ids are bound as one JSON array.
+/// Statements the writer keeps prepared.
+const WRITER_STATEMENTS: usize = 32;
+
 impl Dialect for Sqlite {
     fn arguments(params: Vec<Param>) -> Result<SqliteArguments> {
         sql::bind_all::<Sqlite, _>(params, |ids| {
             serde_json::to_string(&ids).expect("a list of strings always serializes")
         })
+    }
+
+    /// With anonymous placeholders (see `sql::positional`).
+    fn statement(s: Stmt) -> Result<(Cow<'static, str>, SqliteArguments)> {
+        let (sql, params) = sql::positional::anonymous(&s.sql, s.params);
+        Ok((Cow::Owned(sql), Self::arguments(params)?))
     }
 
     fn rows_affected(done: &sqlx::sqlite::SqliteQueryResult) -> u64 {

@@ -261,9 +261,16 @@ pub struct EngineConfig {
     pub lease: Duration,
 }
 
+/// Runs a process executes at once unless `engine.workers` says otherwise. A run that waits
+/// (for its commit, an HTTP answer) holds a worker but no thread, and the runs that wait for
+/// their commits together are written as one transaction; so many at once are cheap, and they
+/// make the batches that SQLite's throughput comes from (a broadcast went from 1,650 to 3,700
+/// recipients per second between 16 and 64, on half the CPU per recipient).
+pub const DEFAULT_WORKERS: u32 = 128;
+
 impl EngineConfig {
     fn default_workers() -> u32 {
-        16
+        DEFAULT_WORKERS
     }
     fn default_lease() -> Duration {
         Duration::from_secs(30)

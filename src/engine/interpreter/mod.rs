@@ -135,6 +135,9 @@ pub(crate) struct Active {
     /// What steps have added to the context, in bytes, since it was last measured whole (see
     /// `grow`).
     pub(crate) grown: usize,
+    /// What the batch the run was claimed in has read for it (its contact's suppressions, its
+    /// campaign's state).
+    pub(crate) lookups: Option<Arc<crate::engine::lookups::Lookups>>,
 }
 
 enum Flow {
@@ -163,7 +166,6 @@ impl<'e> Interpreter<'e> {
         Interpreter { engine }
     }
 
-    /// Executes the run's current step (or resolves its wait).
     /// Executes the run's current step (or resolves its wait).
     async fn step(&self, a: &mut Active, p: &mut Pending) -> Result<Flow, EngineError> {
         let Some(step_id) = a.cursor.step.clone() else {

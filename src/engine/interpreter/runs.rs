@@ -3,11 +3,10 @@
 
 use std::sync::Arc;
 
-use serde_json::Value;
-
 use super::{Active, FirstCommit, Interpreter, short};
 use crate::definitions::model::workflow::OnUpdate;
 use crate::engine::cursor::Cursor;
+use crate::engine::lookups::Lookups;
 use crate::engine::registry::CompiledWorkflow;
 use crate::engine::{Engine, EngineError, ErrorKind};
 use crate::store::{Commit, NewRun, RunRecord, RunState, RunStatus, RunWrite};
@@ -34,16 +33,21 @@ impl Engine {
             insert: Some(new),
             carry,
             grown: 0,
+            lookups: None,
         };
         Interpreter::new(&self).drive(active, Some(first)).await;
     }
 
-    /// Executes a run this process has claimed.
-    pub(crate) async fn drive_claimed(self: Arc<Self>, run: RunRecord) {
+    /// Executes a run this process has claimed, with what its batch read for it.
+    pub(crate) async fn drive_claimed(
+        self: Arc<Self>,
+        run: RunRecord,
+        lookups: Option<Arc<Lookups>>,
+    ) {
         let run_id = run.id.clone();
         crate::sync::lock(&self.held).insert(run_id.clone());
         let interpreter = Interpreter::new(&self);
-        match interpreter.prepare(run).await {
+        match interpreter.prepare(run, lookups).await {
             Ok(active) => interpreter.drive(active, None).await,
             Err(e) => {
                 tracing::error!(run = %run_id, error = %e, "cannot resume run");
@@ -97,7 +101,11 @@ impl Interpreter<'_> {
     /// Loads what a claimed run needs: its workflow version (moving to the newest version
     /// when the workflow says `on_update: latest` and the step still exists there), and its
     /// contact as stored now, so an opt-out recorded meanwhile is seen.
-    pub(super) async fn prepare(&self, run: RunRecord) -> Result<Active, EngineError> {
+    pub(super) async fn prepare(
+        &self,
+        run: RunRecord,
+        lookups: Option<Arc<Lookups>>,
+    ) -> Result<Active, EngineError> {
         let mut workflow = self
             .engine
             .workflow_version(&run.workflow_id, &run.version)
@@ -134,14 +142,22 @@ impl Interpreter<'_> {
             }
         }
         let mut ctx = run.context;
-        if let Some(cid) = &run.contact_id
-            && let Some(c) = self.engine.store.contact(cid).await?
-            && let Some(obj) = ctx.as_object_mut()
-        {
-            obj.insert(
-                "contact".into(),
-                serde_json::to_value(&c).unwrap_or(Value::Null),
-            );
+        if let Some(cid) = &run.contact_id {
+            let known = lookups.as_ref().and_then(|l| l.contact(cid));
+            let contact = match known {
+                Some(c) => serde_json::to_value(c).ok(),
+                None => self
+                    .engine
+                    .store
+                    .contact(cid)
+                    .await?
+                    .and_then(|c| serde_json::to_value(&c).ok()),
+            };
+            if let Some(c) = contact
+                && let Some(obj) = ctx.as_object_mut()
+            {
+                obj.insert("contact".into(), c);
+            }
         }
         Ok(Active {
             id: run.id,
@@ -156,6 +172,7 @@ impl Interpreter<'_> {
             insert: None,
             carry: Vec::new(),
             grown: 0,
+            lookups,
         })
     }
 }

@@ -17,12 +17,20 @@ pub(super) async fn execute(mut cx: StepCx<'_>, s: &SendStep) -> Result<Outcome,
             message: format!("could not read the campaign's state: {e}"),
             retry_after: None,
         };
-        let state = cx
-            .host
-            .store
-            .campaign(&cx.run.workflow.id)
-            .await
-            .map_err(unknown)?;
+        let known = cx
+            .run
+            .lookups
+            .as_ref()
+            .and_then(|l| l.campaign(&cx.run.workflow.id));
+        let state = match known {
+            Some(row) => row.cloned(),
+            None => cx
+                .host
+                .store
+                .campaign(&cx.run.workflow.id)
+                .await
+                .map_err(unknown)?,
+        };
         if state.is_some_and(|r| r.state == crate::engine::campaign::PAUSED) {
             // A paused campaign's recipients hold before their next message and look again
             // in a while; the step is tried afresh then, so an edit made meanwhile applies.
@@ -91,6 +99,7 @@ pub(super) async fn queue(
     let kind = registry.channels[&s.channel].address_kind();
     let recipient = suppression::check(
         cx.host.store,
+        cx.run.lookups.as_deref(),
         region,
         own,
         (&s.channel, kind),

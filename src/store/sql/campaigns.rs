@@ -5,7 +5,12 @@ use std::fmt::Write as _;
 
 use super::{Backend, Dialect, Exec, Param, Stmt, commit, params, read_all, read_one, write};
 use crate::store::campaigns::{AudienceFilter, CampaignCounts, CampaignRow, StepCounts};
+use crate::store::rows::RowView;
 use crate::store::{Millis, NewRun, Result};
+
+/// Recipients per enrolment statement: a run row binds 20 parameters, and SQLite takes at
+/// most 32,766 in one statement.
+const ENROL_ROWS: usize = 500;
 
 /// The ids of contacts the audience selects who are not enrolled in this occurrence, after
 /// `after` in id order, at most `limit`: one chunk of an enrolment. Every value the audience
@@ -79,21 +84,42 @@ pub(in crate::store) async fn enrol<B: Backend>(
 ) -> Result<u64> {
     let mut tx = b.begin().await?;
     let mut enrolled = 0;
-    for (contact, run) in recipients {
-        let insert = Stmt::new(
-            "INSERT INTO campaign_enrolments (campaign_id, contact_id, occurrence, run_id, enrolled_at)
-             VALUES ($1, $2, $3, $4, $5)
-             ON CONFLICT (campaign_id, contact_id, occurrence) DO NOTHING",
-            params![campaign, contact, occurrence, &run.id, now],
+    // Two statements per part, whatever its size: the enrolments (those already made are
+    // skipped, and the rest say which runs to create), then those runs.
+    for part in recipients.chunks(ENROL_ROWS) {
+        let mut sql = String::from(
+            "INSERT INTO campaign_enrolments (campaign_id, contact_id, occurrence, run_id, enrolled_at) VALUES ",
         );
-        if B::Db::execute(&mut *tx, insert).await? == 0 {
-            continue;
+        let mut p = params![campaign, occurrence, now];
+        for (n, (contact, run)) in part.iter().enumerate() {
+            if n > 0 {
+                sql.push_str(", ");
+            }
+            let _ = write!(sql, "($1, ${}, $2, ${}, $3)", p.len() + 1, p.len() + 2);
+            p.extend(params![contact, &run.id]);
         }
-        // The run is stored with its recipient: one statement, not an insert and an update.
-        let mut state = commit::pending_state(run);
-        state.contact_id = Some(contact.clone());
-        B::Db::execute(&mut *tx, commit::insert_run(run, Some((&state, None)))).await?;
-        enrolled += 1;
+        sql.push_str(
+            " ON CONFLICT (campaign_id, contact_id, occurrence) DO NOTHING RETURNING run_id",
+        );
+        let made = B::Db::fetch_all(&mut *tx, Stmt::new(sql, p))
+            .await?
+            .iter()
+            .map(|r| r.text("run_id"))
+            .collect::<Result<std::collections::HashSet<String>>>()?;
+        // Each run is stored with its recipient: one row, not an insert and an update.
+        let runs: Vec<(&NewRun, crate::store::RunState)> = part
+            .iter()
+            .filter(|(_, run)| made.contains(&run.id))
+            .map(|(contact, run)| {
+                let mut state = commit::pending_state(run);
+                state.contact_id = Some(contact.clone());
+                (run, state)
+            })
+            .collect();
+        if !runs.is_empty() {
+            B::Db::execute(&mut *tx, commit::insert_runs(&runs)).await?;
+        }
+        enrolled += runs.len() as u64;
     }
     tx.commit().await?;
     Ok(enrolled)

@@ -12,12 +12,34 @@ use crate::store::{
     StoreError,
 };
 
+/// A run row's columns, bound by [`run_params`] (`created_at` twice: it is also the first
+/// `updated_at`).
+macro_rules! run_columns {
+    () => {
+        "id, workflow_id, version, status, trigger_kind, idempotency_key, cursor, context, due_at,
+         wait_event, wait_key, lease_owner, attempts, contact_id, parent_run_id, response, error, created_at, updated_at, finished_at, labels"
+    };
+}
+/// A taken idempotency key inserts nothing.
+macro_rules! run_conflict {
+    () => {
+        "ON CONFLICT (workflow_id, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING"
+    };
+}
+
+/// Parameters a run row takes.
+const RUN_PARAMS: usize = 20;
+
 /// A run's row, from parameters `$1` to `$20` as [`insert_run`] binds them; a taken
 /// idempotency key inserts nothing.
-pub(in crate::store) const INSERT_RUN: &str = "INSERT INTO runs (id, workflow_id, version, status, trigger_kind, idempotency_key, cursor, context, due_at,
-         wait_event, wait_key, lease_owner, attempts, contact_id, parent_run_id, response, error, created_at, updated_at, finished_at, labels)
+pub(in crate::store) const INSERT_RUN: &str = concat!(
+    "INSERT INTO runs (",
+    run_columns!(),
+    ")
      VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $18, $19, $20)
-     ON CONFLICT (workflow_id, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING";
+     ",
+    run_conflict!()
+);
 
 /// Inserts a new run: as its segment left it when `state` is given (the trigger ran its first
 /// steps before storing it), else pending and due now. With an owner and a `running` state,
@@ -31,7 +53,32 @@ pub(in crate::store) fn insert_run(run: &NewRun, state: Option<(&RunState, Optio
             (&pending, None)
         }
     };
-    let p = params![
+    Stmt::new(INSERT_RUN, run_params(run, s, owner))
+}
+
+/// Inserts new runs, each in the state given and leased to nobody, in one statement (a
+/// campaign's enrolment); runs whose idempotency key is taken are left out.
+pub(in crate::store) fn insert_runs(runs: &[(&NewRun, RunState)]) -> Stmt {
+    let mut sql = String::from(concat!("INSERT INTO runs (", run_columns!(), ") VALUES "));
+    let mut p = Vec::with_capacity(runs.len() * RUN_PARAMS);
+    for (n, (run, state)) in runs.iter().enumerate() {
+        let first = p.len() + 1;
+        sql.push_str(if n == 0 { "(" } else { ", (" });
+        // `created_at` (the 18th) is bound once and written twice, as in INSERT_RUN.
+        push_placeholders(&mut sql, first, 18);
+        sql.push_str(", ");
+        push_placeholders(&mut sql, first + 17, RUN_PARAMS - 17);
+        sql.push(')');
+        p.extend(run_params(run, state, None));
+    }
+    sql.push(' ');
+    sql.push_str(run_conflict!());
+    Stmt::new(sql, p)
+}
+
+/// The [`RUN_PARAMS`] parameters of a run's row.
+fn run_params(run: &NewRun, s: &RunState, owner: Option<&str>) -> Vec<Param> {
+    params![
         &run.id,
         &run.workflow_id,
         &s.version,
@@ -52,8 +99,7 @@ pub(in crate::store) fn insert_run(run: &NewRun, state: Option<(&RunState, Optio
         run.created_at,
         s.finished_at,
         to_text(&run.labels),
-    ];
-    Stmt::new(INSERT_RUN, p)
+    ]
 }
 
 /// The state of a run that was just started and not yet claimed: pending and due now, or,

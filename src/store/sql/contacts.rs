@@ -68,6 +68,38 @@ pub(in crate::store) async fn get<B: Backend>(b: &B, id: &str) -> Result<Option<
     read_one(b, by::<B::Db>("id", id, false), rows::contact).await
 }
 
+/// The contacts with these ids (those that exist), in one read.
+pub(in crate::store) async fn get_many<B: Backend>(b: &B, ids: &[String]) -> Result<Vec<Contact>> {
+    if ids.is_empty() {
+        return Ok(Vec::new());
+    }
+    let sql = format!(
+        "SELECT {} FROM contacts WHERE {}",
+        columns::<B::Db>(),
+        B::Db::in_list("id", "$1")
+    );
+    read_all(b, Stmt::new(sql, params![ids]), rows::contact).await
+}
+
+/// The contacts with any of these e-mails or phones, in one read; each index is used on its
+/// own (an `OR` of the two would scan the table).
+pub(in crate::store) async fn find_many<B: Backend>(
+    b: &B,
+    emails: &[String],
+    phones: &[String],
+) -> Result<Vec<Contact>> {
+    if emails.is_empty() && phones.is_empty() {
+        return Ok(Vec::new());
+    }
+    let sql = format!(
+        "SELECT {c} FROM contacts WHERE {e} UNION SELECT {c} FROM contacts WHERE {p}",
+        c = columns::<B::Db>(),
+        e = B::Db::in_list("email", "$1"),
+        p = B::Db::in_list("phone", "$2"),
+    );
+    read_all(b, Stmt::new(sql, params![emails, phones]), rows::contact).await
+}
+
 /// The contact that holds `address` on `channel`.
 pub(in crate::store) async fn by_address<B: Backend>(
     b: &B,

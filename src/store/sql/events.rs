@@ -34,6 +34,16 @@ pub(in crate::store) async fn wake_waiting<B: Backend>(
     key: &str,
     now: Millis,
 ) -> Result<u64> {
+    // Most events wake nobody. A read says so on a reader connection, beside the writer,
+    // instead of an empty write queued behind every other transaction. A run that begins to
+    // wait after this read looks for the event itself once its wait is stored.
+    let sql = "SELECT 1 AS one FROM runs WHERE wait_event = $1 AND wait_key = $2 AND status = 'waiting' LIMIT 1";
+    if read_one(b, Stmt::new(sql, params![name, key]), |_| Ok(()))
+        .await?
+        .is_none()
+    {
+        return Ok(0);
+    }
     let sql = "UPDATE runs SET due_at = $1, updated_at = $1 WHERE wait_event = $2 AND wait_key = $3 AND status = 'waiting'";
     write(b, Stmt::new(sql, params![now, name, key])).await
 }

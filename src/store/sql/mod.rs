@@ -25,6 +25,7 @@ pub(super) mod definitions;
 pub(super) mod events;
 pub(super) mod metrics;
 pub(super) mod outbox;
+pub(super) mod positional;
 pub(super) mod retention;
 pub(super) mod runs;
 pub(super) mod suppressions;
@@ -185,6 +186,10 @@ pub(super) fn push_placeholders(sql: &mut String, first: usize, n: usize) {
 pub(super) trait Dialect: Database {
     /// Binds a statement's parameters, in order.
     fn arguments(params: Vec<Param>) -> Result<Self::Arguments>;
+    /// The statement as this database runs it, and its bound parameters.
+    fn statement(s: Stmt) -> Result<(Cow<'static, str>, Self::Arguments)> {
+        Ok((s.sql, Self::arguments(s.params)?))
+    }
     /// `column` is one of the ids of the [`Param::List`] at placeholder `list`.
     fn in_list(column: &str, list: &str) -> String;
     /// The run's `labels` object has `name` set to `value` (both placeholders).
@@ -259,8 +264,8 @@ where
 {
     fn fetch_all(conn: &mut D::Connection, s: Stmt) -> BoxFuture<'_, Vec<D::Row>> {
         Box::pin(async move {
-            let args = D::arguments(s.params)?;
-            Ok(sqlx::query_with(sqlx::AssertSqlSafe(s.sql), args)
+            let (sql, args) = D::statement(s)?;
+            Ok(sqlx::query_with(sqlx::AssertSqlSafe(sql), args)
                 .fetch_all(conn)
                 .await?)
         })
@@ -268,8 +273,8 @@ where
 
     fn fetch_optional(conn: &mut D::Connection, s: Stmt) -> BoxFuture<'_, Option<D::Row>> {
         Box::pin(async move {
-            let args = D::arguments(s.params)?;
-            Ok(sqlx::query_with(sqlx::AssertSqlSafe(s.sql), args)
+            let (sql, args) = D::statement(s)?;
+            Ok(sqlx::query_with(sqlx::AssertSqlSafe(sql), args)
                 .fetch_optional(conn)
                 .await?)
         })
@@ -277,8 +282,8 @@ where
 
     fn execute(conn: &mut D::Connection, s: Stmt) -> BoxFuture<'_, u64> {
         Box::pin(async move {
-            let args = D::arguments(s.params)?;
-            let done = sqlx::query_with(sqlx::AssertSqlSafe(s.sql), args)
+            let (sql, args) = D::statement(s)?;
+            let done = sqlx::query_with(sqlx::AssertSqlSafe(sql), args)
                 .execute(conn)
                 .await?;
             Ok(D::rows_affected(&done))

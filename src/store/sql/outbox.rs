@@ -7,7 +7,7 @@ use super::{
     Backend, Dialect, Exec, Stmt, params, push_placeholders, read_all, read_one, write, write_one,
 };
 use crate::store::admin::{MessageChange, OutboxFilter};
-use crate::store::rows::{self, outbox_columns, retry_text, to_text};
+use crate::store::rows::{self, RowView, outbox_columns, retry_text, to_text};
 use crate::store::{
     DeliveryOutcome, Millis, NewOutbox, OutboxRecord, OutboxStatus, Result, SentMessages,
 };
@@ -95,8 +95,27 @@ pub(in crate::store) async fn finish_deliveries<B: Backend>(
     now: Millis,
 ) -> Result<Vec<bool>> {
     let mut tx = b.begin().await?;
+    // Messages sent, the usual outcome, are recorded a few hundred to a statement; each
+    // other outcome has its own.
+    let sent: Vec<(&str, Option<&str>)> = outcomes
+        .iter()
+        .filter_map(|(id, o)| match o {
+            DeliveryOutcome::Sent { provider_id } => Some((id.as_str(), provider_id.as_deref())),
+            _ => None,
+        })
+        .collect();
+    let mut recorded_sent = std::collections::HashSet::new();
+    for part in sent.chunks(SENT_PER_STATEMENT) {
+        for row in B::Db::fetch_all(&mut *tx, sent_update(owner, part, now)).await? {
+            recorded_sent.insert(row.text("id")?);
+        }
+    }
     let mut held = Vec::with_capacity(outcomes.len());
     for (id, outcome) in outcomes {
+        if matches!(outcome, DeliveryOutcome::Sent { .. }) {
+            held.push(recorded_sent.contains(&id));
+            continue;
+        }
         let (update, fallback) = finish(&id, owner, outcome, now);
         let recorded = B::Db::execute(&mut *tx, update).await? == 1;
         // A fallback is queued with the original's failure, and only while this dispatcher
@@ -108,6 +127,32 @@ pub(in crate::store) async fn finish_deliveries<B: Backend>(
     }
     tx.commit().await?;
     Ok(held)
+}
+
+/// Sent messages recorded by one statement at most.
+const SENT_PER_STATEMENT: usize = 200;
+
+/// Records messages as sent, each with its provider's id, where `owner` still holds them; the
+/// ids of those it recorded. (Both databases name a `VALUES` list's columns `column1`, ...)
+fn sent_update(owner: &str, sent: &[(&str, Option<&str>)], now: Millis) -> Stmt {
+    let mut sql = String::from(
+        "UPDATE outbox SET status = 'sent', provider_id = v.column2, sent_at = $1, next_attempt_at = NULL,
+             lease_owner = NULL, last_error = NULL, updated_at = $1
+         FROM (VALUES ",
+    );
+    let mut p = params![now, owner];
+    for (n, (id, provider_id)) in sent.iter().enumerate() {
+        if n > 0 {
+            sql.push_str(", ");
+        }
+        let _ = write!(sql, "(${}, ${})", p.len() + 1, p.len() + 2);
+        p.extend(params![*id, *provider_id]);
+    }
+    sql.push_str(
+        ") AS v WHERE outbox.id = v.column1 AND outbox.lease_owner = $2 AND outbox.status = 'sending'
+         RETURNING outbox.id AS id",
+    );
+    Stmt::new(sql, p)
 }
 
 /// The update that records one outcome, and the fallback message it queues, if any.

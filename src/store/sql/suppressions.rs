@@ -1,6 +1,6 @@
 //! Addresses a provider said not to send to any more, per channel.
 
-use super::{Backend, Stmt, params, read_all, read_one, write};
+use super::{Backend, Dialect as _, Stmt, params, read_all, read_one, write};
 use crate::store::admin::Suppression;
 use crate::store::rows::RowView;
 use crate::store::{Millis, Result};
@@ -35,6 +35,27 @@ pub(in crate::store) async fn reason<B: Backend>(
     let sql = "SELECT reason FROM suppressions WHERE channel = $1 AND address = $2";
     read_one(b, Stmt::new(sql, params![channel, address]), |r| {
         r.text("reason")
+    })
+    .await
+}
+
+/// Every suppression of one of `addresses` on one of `channels`, in one read (the pairs are
+/// looked up in the primary key): `(channel, address, reason)`.
+pub(in crate::store) async fn of<B: Backend>(
+    b: &B,
+    channels: &[String],
+    addresses: &[String],
+) -> Result<Vec<(String, String, String)>> {
+    if channels.is_empty() || addresses.is_empty() {
+        return Ok(Vec::new());
+    }
+    let sql = format!(
+        "SELECT channel, address, reason FROM suppressions WHERE {} AND {}",
+        B::Db::in_list("channel", "$1"),
+        B::Db::in_list("address", "$2")
+    );
+    read_all(b, Stmt::new(sql, params![channels, addresses]), |r| {
+        Ok((r.text("channel")?, r.text("address")?, r.text("reason")?))
     })
     .await
 }

@@ -105,6 +105,12 @@ impl<B: Backend> Store for B {
     async fn find_contact(&self, e: Option<&str>, p: Option<&str>) -> Result<Option<Contact>> {
         contacts::find(self, e, p).await
     }
+    async fn contacts(&self, ids: &[String]) -> Result<Vec<Contact>> {
+        contacts::get_many(self, ids).await
+    }
+    async fn find_contacts(&self, emails: &[String], phones: &[String]) -> Result<Vec<Contact>> {
+        contacts::find_many(self, emails, phones).await
+    }
 
     async fn claim_outbox(
         &self,
@@ -156,6 +162,13 @@ impl<B: Backend> Store for B {
     }
     async fn address_suppression(&self, channel: &str, address: &str) -> Result<Option<String>> {
         suppressions::reason(self, channel, address).await
+    }
+    async fn address_suppressions(
+        &self,
+        channels: &[String],
+        addresses: &[String],
+    ) -> Result<Vec<(String, String, String)>> {
+        suppressions::of(self, channels, addresses).await
     }
     async fn count_recent_messages(
         &self,
