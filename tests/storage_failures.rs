@@ -192,6 +192,15 @@ impl Store for Failing {
     async fn find_contacts(&self, e: &[String], p: &[String]) -> Result<Vec<Contact>> {
         self.inner.find_contacts(e, p).await
     }
+    async fn recipient(
+        &self,
+        ch: &str,
+        address: &str,
+        e: Option<&str>,
+        p: Option<&str>,
+    ) -> Result<(Option<String>, Option<Contact>)> {
+        self.inner.recipient(ch, address, e, p).await
+    }
     async fn claim_outbox(
         &self,
         o: &str,

@@ -77,6 +77,7 @@ scenarios! {
         outbox_claims_and_deliveries,
         delivery_reports_never_go_back,
         addresses_are_suppressed_per_channel,
+        recipients_are_read_together,
         sent_messages_come_per_recipient_in_sending_order,
         cron_checked_until_never_moves_back,
         cron_slots_are_recorded_once,
@@ -3313,6 +3314,98 @@ async fn addresses_are_suppressed_per_channel(store: DynStore) {
         .suppress_address("email", "bob@example.org", "annoyed", None, T0)
         .await;
     assert!(wrong.is_err(), "only the reasons providers report are kept");
+}
+
+/// The reads a batch (or one message's check) makes at once answer as the one-at-a-time
+/// reads do.
+async fn recipients_are_read_together(store: DynStore) {
+    let mut bob = person("bob@example.org", "Bob", Some("lead"), T0);
+    bob.phone = Some("+15550001111".into());
+    store
+        .insert_events(
+            &[],
+            &[],
+            &[
+                person("ann@example.org", "Ann", Some("unsubscribed"), T0),
+                bob,
+            ],
+            &[],
+        )
+        .await
+        .unwrap();
+    store
+        .suppress_address("email", "ann@example.org", "bounced", None, T0)
+        .await
+        .unwrap();
+    store
+        .suppress_address("sms", "+15550001111", "unsubscribed", None, T0)
+        .await
+        .unwrap();
+
+    let ids = |cs: Vec<Contact>| {
+        let mut ids: Vec<String> = cs.into_iter().map(|c| c.id).collect();
+        ids.sort();
+        ids
+    };
+    let all = ["c-ann@example.org", "c-bob@example.org", "c-nobody"].map(String::from);
+    assert_eq!(
+        ids(store.contacts(&all).await.unwrap()),
+        ["c-ann@example.org", "c-bob@example.org"]
+    );
+    assert!(store.contacts(&[]).await.unwrap().is_empty());
+    let found = store
+        .find_contacts(
+            &["ann@example.org".into(), "zed@example.org".into()],
+            &["+15550001111".into()],
+        )
+        .await
+        .unwrap();
+    assert_eq!(ids(found), ["c-ann@example.org", "c-bob@example.org"]);
+
+    let mut s = store
+        .address_suppressions(
+            &["email".into(), "sms".into(), "chat".into()],
+            &["ann@example.org".into(), "+15550001111".into(), "x".into()],
+        )
+        .await
+        .unwrap();
+    s.sort();
+    assert_eq!(
+        s,
+        [
+            ("email".into(), "ann@example.org".into(), "bounced".into()),
+            ("sms".into(), "+15550001111".into(), "unsubscribed".into()),
+        ]
+    );
+    let only_email = store
+        .address_suppressions(&["email".into()], &["+15550001111".into()])
+        .await
+        .unwrap();
+    assert!(only_email.is_empty(), "{only_email:?}");
+
+    // One message's check: the suppression and the contact in one read, by e-mail first.
+    let (reason, contact) = store
+        .recipient("email", "ann@example.org", Some("ann@example.org"), None)
+        .await
+        .unwrap();
+    assert_eq!(reason.as_deref(), Some("bounced"));
+    assert_eq!(contact.map(|c| c.status), Some(Some("unsubscribed".into())));
+    let (reason, contact) = store
+        .recipient(
+            "sms",
+            "+15550001111",
+            Some("nobody@example.org"),
+            Some("+15550001111"),
+        )
+        .await
+        .unwrap();
+    assert_eq!(reason.as_deref(), Some("unsubscribed"));
+    assert_eq!(contact.map(|c| c.id), Some("c-bob@example.org".into()));
+    let (reason, contact) = store
+        .recipient("sms", "+15559999999", None, Some("+15559999999"))
+        .await
+        .unwrap();
+    assert_eq!((reason, contact), (None, None));
 }
 
 async fn sent_messages_come_per_recipient_in_sending_order(store: DynStore) {

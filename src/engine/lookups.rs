@@ -163,6 +163,39 @@ impl Lookups {
         Ok(l)
     }
 
+    /// What one message's check reads when no batch read for it: the suppression of its
+    /// `address` on `channel` and the contact with its e-mail or phone, in one statement.
+    pub(crate) async fn for_recipient(
+        store: &DynStore,
+        channel: &str,
+        address: &str,
+        email: Option<&str>,
+        phone: Option<&str>,
+    ) -> Result<Lookups, StoreError> {
+        let (reason, contact) = store.recipient(channel, address, email, phone).await?;
+        let mut l = Lookups::empty();
+        l.channels.insert(channel.to_owned());
+        l.addresses.insert(address.to_owned());
+        if let Some(reason) = reason {
+            l.suppressed
+                .insert((channel.to_owned(), address.to_owned()), reason);
+        }
+        l.emails.extend(email.map(str::to_owned));
+        l.phones.extend(phone.map(str::to_owned));
+        if let Some(c) = contact {
+            match (email, phone) {
+                (Some(e), _) if c.email.as_deref() == Some(e) => {
+                    l.by_email.insert(e.to_owned(), c);
+                }
+                (_, Some(p)) => {
+                    l.by_phone.insert(p.to_owned(), c);
+                }
+                _ => {}
+            }
+        }
+        Ok(l)
+    }
+
     /// What a batch of claimed messages reads: the suppressions of their recipients, and the
     /// contacts with those addresses.
     pub(crate) async fn for_messages(

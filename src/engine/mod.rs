@@ -660,14 +660,18 @@ impl Engine {
             .collect();
         self.store.insert_events(events, &runs, &[], &[]).await?;
         let mut woken = HashSet::new();
+        let mut woke = 0;
         for e in events {
             if let Some(k) = &e.key
                 && woken.insert((e.name.as_str(), k.as_str()))
             {
-                self.store.wake_waiting(&e.name, k, e.created_at).await?;
+                woke += self.store.wake_waiting(&e.name, k, e.created_at).await?;
             }
         }
-        self.work_ready.notify_waiters();
+        // The workers have something to do only if runs were stored or woken.
+        if woke > 0 || !runs.is_empty() {
+            self.work_ready.notify_waiters();
+        }
         Ok(())
     }
 
@@ -884,7 +888,12 @@ impl Engine {
         if !answers.is_empty() {
             self.outbox_ready.notify_waiters();
         }
-        self.work_ready.notify_waiters();
+        // Only runs left for the workers (stored, or woken) are theirs; the runs started here
+        // go on in their own tasks. A needless wake-up costs a claim on the writer and a poll
+        // per message.
+        if woke > 0 || !runs.is_empty() {
+            self.work_ready.notify_waiters();
+        }
         Ok(Inbound {
             started_runs: ids,
             keyword,

@@ -43,6 +43,19 @@ pub(crate) async fn check(
     category: MessageCategory,
 ) -> Result<Recipient, StoreError> {
     let key = address_key(to);
+    // Without a batch's reads, the suppression and the contact are one read, not two.
+    let single;
+    let known = match known {
+        Some(k) => Some(k),
+        None if kind != AddressKind::ProviderId => {
+            let Address { email, phone } = Address::parse(to, region);
+            single =
+                Lookups::for_recipient(store, channel, &key, email.as_deref(), phone.as_deref())
+                    .await?;
+            Some(&single)
+        }
+        None => None,
+    };
     let reason = match known.and_then(|k| k.suppression(channel, &key)) {
         Some(known) => known.map(str::to_owned),
         None => store.address_suppression(channel, &key).await?,

@@ -756,6 +756,15 @@ pub trait Store: Admin + Send + Sync + std::fmt::Debug {
     async fn contacts(&self, ids: &[String]) -> Result<Vec<Contact>>;
     /// The contacts with any of these e-mails or phones, in one read (see [`Store::find_contact`]).
     async fn find_contacts(&self, emails: &[String], phones: &[String]) -> Result<Vec<Contact>>;
+    /// In one read: why `address` is suppressed on `channel`, if it is, and the contact with
+    /// this e-mail, else the one with this phone.
+    async fn recipient(
+        &self,
+        channel: &str,
+        address: &str,
+        email: Option<&str>,
+        phone: Option<&str>,
+    ) -> Result<(Option<String>, Option<Contact>)>;
 
     // Outbox.
     async fn claim_outbox(

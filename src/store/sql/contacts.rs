@@ -100,6 +100,37 @@ pub(in crate::store) async fn find_many<B: Backend>(
     read_all(b, Stmt::new(sql, params![emails, phones]), rows::contact).await
 }
 
+/// In one read: why `address` is suppressed on `channel`, if it is, and the contact with this
+/// e-mail, else the one with this phone (as [`find`]).
+pub(in crate::store) async fn recipient<B: Backend>(
+    b: &B,
+    channel: &str,
+    address: &str,
+    email: Option<&str>,
+    phone: Option<&str>,
+) -> Result<(Option<String>, Option<Contact>)> {
+    let sql = format!(
+        "SELECT (SELECT reason FROM suppressions WHERE channel = $1 AND address = $2) AS suppressed, {}
+         FROM (SELECT 1 AS one) AS q LEFT JOIN contacts ON contacts.id = COALESCE(
+             (SELECT c.id FROM contacts c WHERE c.email = $3),
+             (SELECT c.id FROM contacts c WHERE c.phone = $4))",
+        columns::<B::Db>()
+    );
+    let row = read_one(
+        b,
+        Stmt::new(sql, params![channel, address, email, phone]),
+        |r| {
+            let contact = match r.opt_text("id")? {
+                Some(_) => Some(rows::contact(r)?),
+                None => None,
+            };
+            Ok((r.opt_text("suppressed")?, contact))
+        },
+    )
+    .await?;
+    Ok(row.unwrap_or_default())
+}
+
 /// The contact that holds `address` on `channel`.
 pub(in crate::store) async fn by_address<B: Backend>(
     b: &B,

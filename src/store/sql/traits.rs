@@ -111,6 +111,15 @@ impl<B: Backend> Store for B {
     async fn find_contacts(&self, emails: &[String], phones: &[String]) -> Result<Vec<Contact>> {
         contacts::find_many(self, emails, phones).await
     }
+    async fn recipient(
+        &self,
+        ch: &str,
+        address: &str,
+        e: Option<&str>,
+        p: Option<&str>,
+    ) -> Result<(Option<String>, Option<Contact>)> {
+        contacts::recipient(self, ch, address, e, p).await
+    }
 
     async fn claim_outbox(
         &self,
