@@ -4,7 +4,8 @@
 //! SQLite writes one transaction at a time, and each statement sent through sqlx is a hop to
 //! the connection's thread and back. Writing a webhook's run one statement at a time costs
 //! five hops and a WAL append per request; here a whole batch is one compound statement (one
-//! hop) plus its `COMMIT`, however many runs it holds. Callers still get their own answer only
+//! hop) plus its `COMMIT`, however many runs it holds, and within it one multi-row statement
+//! per kind of row (see `statements`). Callers still get their own answer only
 //! after the transaction holding their commit is durable.
 //!
 //! A batch is all or nothing. If any commit in it cannot be written as given (its idempotency
@@ -17,7 +18,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::sql::{Dialect as _, Stmt, commit, events, outbox, runs};
 use super::sqlite::SqliteStore;
-use super::{Commit, CommitOutcome, Result, RunWrite};
+use super::{Commit, CommitOutcome, Result, RunStatus, RunWrite};
 
 /// Commits per transaction at most; beyond this a batch's SQL gets long for little gain.
 const MAX_BATCH: usize = 64;
@@ -84,10 +85,7 @@ async fn write_batch(store: &SqliteStore, jobs: Vec<Job>) {
 /// Writes the batch in one transaction. `Ok(false)`, with everything rolled back, when some
 /// commit's run write did not apply.
 async fn try_batch(store: &SqliteStore, jobs: &[Job]) -> Result<bool> {
-    let mut batch = Stmt::new("BEGIN IMMEDIATE", Vec::new());
-    for (i, job) in jobs.iter().enumerate() {
-        append(&mut batch, i, &job.commit);
-    }
+    let batch = statements(jobs.iter().map(|j| &j.commit));
     let (sql, args) = Sqlite::statement(batch)?;
     let mut conn = store.writer.acquire().await?;
     let rows = sqlx::query_with(sqlx::AssertSqlSafe(sql), args)
@@ -132,32 +130,70 @@ async fn abandon(conn: &mut sqlx::pool::PoolConnection<sqlx::Sqlite>) {
     }
 }
 
-/// Appends one commit's statements, the shared ones, several rows to a statement. The run
-/// write returns the commit's index when it applies, which is how the batch learns that every
-/// run write did.
-fn append(batch: &mut Stmt, index: usize, c: &Commit) {
-    let (mut run, run_id) = match &c.run {
-        RunWrite::Insert { run, owner } => (
-            commit::insert_run(run, Some((&c.state, owner.as_deref()))),
-            &run.id,
-        ),
-        RunWrite::Update { run_id, owner } => (commit::update_run(c, run_id, owner), run_id),
-    };
-    run.push(&format!(" RETURNING {index}"));
-    batch.then(run);
-    if !c.steps.is_empty() {
-        batch.then(commit::upsert_steps(run_id, &c.steps));
+/// The batch as a few statements, each writing its kind of row for every commit at once: the
+/// runs inserted, the runs updated, the step log, the messages, the events, the runs started,
+/// the runs woken. Every run write returns a row when it applies, which is how the batch
+/// learns that all of them did. (Many small statements, one set of rows each, cost more to
+/// prepare and to keep prepared than these, whose shape changes only with their row counts.)
+fn statements<'a>(commits: impl Iterator<Item = &'a Commit>) -> Stmt {
+    let mut inserts = Vec::new();
+    let mut updates = Vec::new();
+    let mut steps = Vec::new();
+    let mut outbox = Vec::new();
+    let mut events = Vec::new();
+    let mut started = Vec::new();
+    let mut wake = Vec::new();
+    let mut now = 0;
+    for c in commits {
+        let run_id = match &c.run {
+            RunWrite::Insert { run, owner } => {
+                let owner = owner
+                    .as_deref()
+                    .filter(|_| c.state.status == RunStatus::Running);
+                inserts.push((&**run, &c.state, owner));
+                &run.id
+            }
+            RunWrite::Update { run_id, owner } => {
+                updates.push((c, run_id.as_str(), owner.as_str()));
+                run_id
+            }
+        };
+        steps.extend(c.steps.iter().map(|s| (run_id.as_str(), s)));
+        outbox.extend(&c.outbox);
+        events.extend(&c.events);
+        started.extend(&c.new_runs);
+        wake.extend(c.wake_runs.iter().cloned());
+        now = now.max(c.now);
     }
-    if !c.outbox.is_empty() {
-        batch.then(outbox::insert(&c.outbox));
+    let mut batch = Stmt::new("BEGIN IMMEDIATE", Vec::new());
+    if !inserts.is_empty() {
+        let mut insert = commit::insert_runs(&inserts);
+        insert.push(" RETURNING 1");
+        batch.then(insert);
     }
-    if !c.events.is_empty() {
-        batch.then(events::insert(&c.events));
+    if !updates.is_empty() {
+        batch.then(commit::update_runs(&updates));
     }
-    for r in &c.new_runs {
-        batch.then(commit::insert_run(r, None));
+    if !steps.is_empty() {
+        batch.then(commit::upsert_steps_of(steps));
     }
-    if !c.wake_runs.is_empty() {
-        batch.then(runs::wake::<Sqlite>(&c.wake_runs, c.now));
+    if !outbox.is_empty() {
+        batch.then(outbox::insert(outbox));
     }
+    if !events.is_empty() {
+        batch.then(events::insert(events));
+    }
+    if !started.is_empty() {
+        let pending: Vec<_> = started.iter().map(|r| commit::pending_state(r)).collect();
+        let rows: Vec<_> = started
+            .iter()
+            .zip(&pending)
+            .map(|(r, s)| (*r, s, None))
+            .collect();
+        batch.then(commit::insert_runs(&rows));
+    }
+    if !wake.is_empty() {
+        batch.then(runs::wake::<Sqlite>(&wake, now));
+    }
+    batch
 }

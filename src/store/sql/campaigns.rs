@@ -117,7 +117,8 @@ pub(in crate::store) async fn enrol<B: Backend>(
             })
             .collect();
         if !runs.is_empty() {
-            B::Db::execute(&mut *tx, commit::insert_runs(&runs)).await?;
+            let rows: Vec<_> = runs.iter().map(|(r, s)| (*r, s, None)).collect();
+            B::Db::execute(&mut *tx, commit::insert_runs(&rows)).await?;
         }
         enrolled += runs.len() as u64;
     }

@@ -56,12 +56,13 @@ pub(in crate::store) fn insert_run(run: &NewRun, state: Option<(&RunState, Optio
     Stmt::new(INSERT_RUN, run_params(run, s, owner))
 }
 
-/// Inserts new runs, each in the state given and leased to nobody, in one statement (a
-/// campaign's enrolment); runs whose idempotency key is taken are left out.
-pub(in crate::store) fn insert_runs(runs: &[(&NewRun, RunState)]) -> Stmt {
+/// Inserts new runs, each in the state given and leased to the owner given (if any), in one
+/// statement (a campaign's enrolment, a group commit); runs whose idempotency key is taken
+/// are left out.
+pub(in crate::store) fn insert_runs(runs: &[(&NewRun, &RunState, Option<&str>)]) -> Stmt {
     let mut sql = String::from(concat!("INSERT INTO runs (", run_columns!(), ") VALUES "));
     let mut p = Vec::with_capacity(runs.len() * RUN_PARAMS);
-    for (n, (run, state)) in runs.iter().enumerate() {
+    for (n, (run, state, owner)) in runs.iter().enumerate() {
         let first = p.len() + 1;
         sql.push_str(if n == 0 { "(" } else { ", (" });
         // `created_at` (the 18th) is bound once and written twice, as in INSERT_RUN.
@@ -69,7 +70,7 @@ pub(in crate::store) fn insert_runs(runs: &[(&NewRun, RunState)]) -> Stmt {
         sql.push_str(", ");
         push_placeholders(&mut sql, first + 17, RUN_PARAMS - 17);
         sql.push(')');
-        p.extend(run_params(run, state, None));
+        p.extend(run_params(run, state, *owner));
     }
     sql.push(' ');
     sql.push_str(run_conflict!());
@@ -157,6 +158,31 @@ pub(in crate::store) fn update_run(c: &Commit, run_id: &str, owner: &str) -> Stm
     Stmt::new(UPDATE_RUN, p)
 }
 
+/// Updates runs as [`update_run`] does, many in one statement: each `(commit, run id, owner)`
+/// changes its run only if that owner still holds it. Returns a row for each run it changed.
+pub(in crate::store) fn update_runs(runs: &[(&Commit, &str, &str)]) -> Stmt {
+    // The columns of `v` are those of UPDATE_RUN's parameters: `column1` is `$1`, and so on.
+    let mut sql = String::from(
+        "UPDATE runs SET status = v.column1, version = v.column2, cursor = v.column3, context = v.column4,
+             due_at = v.column5, wait_event = v.column6, wait_key = v.column7, attempts = v.column8,
+             contact_id = v.column9, response = v.column10, error = v.column11, finished_at = v.column12,
+             updated_at = v.column13, lease_owner = CASE WHEN v.column14 THEN runs.lease_owner ELSE NULL END
+         FROM (VALUES ",
+    );
+    let mut p = Vec::with_capacity(runs.len() * 16);
+    for (n, (c, run_id, owner)) in runs.iter().enumerate() {
+        sql.push_str(if n == 0 { "(" } else { ", (" });
+        push_placeholders(&mut sql, p.len() + 1, 16);
+        sql.push(')');
+        p.extend(update_run(c, run_id, owner).params);
+    }
+    sql.push_str(
+        ") AS v WHERE runs.id = v.column15 AND runs.lease_owner = v.column16 AND runs.status = 'running'
+         RETURNING 1",
+    );
+    Stmt::new(sql, p)
+}
+
 /// The step log's columns, in the order [`upsert_steps`] binds them.
 pub(in crate::store) const STEP_COLUMNS: &str = "run_id, seq, step_id, action, status, attempt, started_at, finished_at, output, error, iteration";
 
@@ -169,15 +195,21 @@ pub(in crate::store) const STEP_CONFLICT: &str =
 
 /// Writes step-log entries, one row each (`steps` is not empty).
 pub(in crate::store) fn upsert_steps(run_id: &str, steps: &[StepLogEntry]) -> Stmt {
-    let mut p = Vec::with_capacity(1 + steps.len() * 10);
-    p.push(Param::from(run_id));
+    upsert_steps_of(steps.iter().map(|s| (run_id, s)))
+}
+
+/// Writes step-log entries of several runs, `(run id, entry)`, one row each (not empty).
+pub(in crate::store) fn upsert_steps_of<'a>(
+    steps: impl IntoIterator<Item = (&'a str, &'a StepLogEntry)>,
+) -> Stmt {
+    let mut p = Vec::new();
     let mut sql = format!("INSERT INTO step_log ({STEP_COLUMNS}) VALUES ");
-    for (n, step) in steps.iter().enumerate() {
-        // Every row takes the run id from `$1`.
-        sql.push_str(if n == 0 { "($1, " } else { ", ($1, " });
-        push_placeholders(&mut sql, p.len() + 1, 10);
+    for (n, (run_id, step)) in steps.into_iter().enumerate() {
+        sql.push_str(if n == 0 { "(" } else { ", (" });
+        push_placeholders(&mut sql, p.len() + 1, 11);
         sql.push(')');
         p.extend(params![
+            run_id,
             step.seq,
             &step.step_id,
             &step.action,

@@ -6,11 +6,11 @@ use crate::store::rows::{self, to_text};
 use crate::store::{EventRecord, Millis, NewEvent, Result};
 
 /// Stores events (`events` is not empty); an event already stored is left as it is.
-pub(in crate::store) fn insert(events: &[NewEvent]) -> Stmt {
-    let mut p = Vec::with_capacity(events.len() * 6);
+pub(in crate::store) fn insert<'a>(events: impl IntoIterator<Item = &'a NewEvent>) -> Stmt {
+    let mut p = Vec::new();
     let mut sql =
         String::from("INSERT INTO events (id, name, key, data, source_run_id, created_at) VALUES ");
-    for (n, e) in events.iter().enumerate() {
+    for (n, e) in events.into_iter().enumerate() {
         sql.push_str(if n == 0 { "(" } else { ", (" });
         push_placeholders(&mut sql, p.len() + 1, 6);
         sql.push(')');

@@ -14,15 +14,15 @@ use crate::store::{
 
 /// Enqueues messages (`messages` is not empty); a message whose idempotency key is taken is
 /// not enqueued again.
-pub(in crate::store) fn insert(messages: &[NewOutbox]) -> Stmt {
-    let mut p = Vec::with_capacity(messages.len() * 18);
+pub(in crate::store) fn insert<'a>(messages: impl IntoIterator<Item = &'a NewOutbox>) -> Stmt {
+    let mut p = Vec::new();
     let mut sql = String::from(
         "INSERT INTO outbox (id, run_id, workflow_id, step_id, channel, recipient, sender, subject, body, html, headers,
              idempotency_key, status, attempts, max_attempts, next_attempt_at, created_at, updated_at, category, retry,
              approved_template)
          VALUES ",
     );
-    for (i, m) in messages.iter().enumerate() {
+    for (i, m) in messages.into_iter().enumerate() {
         let n = p.len();
         sql.push_str(if i == 0 { "(" } else { ", (" });
         push_placeholders(&mut sql, n + 1, 12);
