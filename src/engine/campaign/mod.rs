@@ -186,32 +186,38 @@ async fn enrol(
     let audience = audience::filter(campaign, now);
     let templates = &engine.registry().templates;
     let mut enrolled = 0;
+    // Chunks follow one another in id order, so each starts where the last ended instead of
+    // passing every contact enrolled before it. The audience is complete only when a pass from
+    // the first id finds less than a chunk: a contact that began to match behind the cursor
+    // is found by that pass.
+    let mut after: Option<String> = None;
     for _ in 0..CHUNKS_PER_TICK {
+        let from_start = after.is_none();
         let contacts = engine
             .store
-            .campaign_candidates(&wf.id, occurrence, &audience, None, CHUNK)
+            .campaign_candidates(&wf.id, occurrence, &audience, after.as_deref(), CHUNK)
             .await?;
-        if contacts.is_empty() {
-            return Ok((enrolled, true));
-        }
         let full = contacts.len() as i64 == CHUNK;
-        let recipients: Vec<_> = contacts
-            .into_iter()
-            .map(|contact| {
-                let trigger = Trigger::Manual {
-                    input: json!({"campaign": wf.id, "occurrence": occurrence, "contact_id": contact}),
-                };
-                let run = RunBuilder::new(wf, trigger)
-                    .idempotency_key(Some(format!("campaign:{occurrence}:{contact}")))
-                    .build(templates, now);
-                (contact, run)
-            })
-            .collect();
-        enrolled += engine
-            .store
-            .enrol_campaign(&wf.id, occurrence, &recipients, now)
-            .await?;
-        if !full {
+        after = if full { contacts.last().cloned() } else { None };
+        if !contacts.is_empty() {
+            let recipients: Vec<_> = contacts
+                .into_iter()
+                .map(|contact| {
+                    let trigger = Trigger::Manual {
+                        input: json!({"campaign": wf.id, "occurrence": occurrence, "contact_id": contact}),
+                    };
+                    let run = RunBuilder::new(wf, trigger)
+                        .idempotency_key(Some(format!("campaign:{occurrence}:{contact}")))
+                        .build(templates, now);
+                    (contact, run)
+                })
+                .collect();
+            enrolled += engine
+                .store
+                .enrol_campaign(&wf.id, occurrence, &recipients, now)
+                .await?;
+        }
+        if !full && from_start {
             return Ok((enrolled, true));
         }
     }
