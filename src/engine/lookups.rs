@@ -113,13 +113,7 @@ impl Lookups {
         registry: &Registry,
         runs: &[RunRecord],
     ) -> Option<Lookups> {
-        match Self::read_for_runs(store, registry, runs).await {
-            Ok(l) => Some(l),
-            Err(e) => {
-                tracing::debug!(error = %e, "could not read a batch's contacts; each run reads its own");
-                None
-            }
-        }
+        usable(Self::read_for_runs(store, registry, runs).await, "run")
     }
 
     async fn read_for_runs(
@@ -203,13 +197,10 @@ impl Lookups {
         registry: &Registry,
         messages: &[OutboxRecord],
     ) -> Option<Lookups> {
-        match Self::read_for_messages(store, registry, messages).await {
-            Ok(l) => Some(l),
-            Err(e) => {
-                tracing::debug!(error = %e, "could not read a batch's recipients; each message reads its own");
-                None
-            }
-        }
+        usable(
+            Self::read_for_messages(store, registry, messages).await,
+            "message",
+        )
     }
 
     async fn read_for_messages(
@@ -256,6 +247,15 @@ impl Lookups {
         self.addresses = addresses;
         Ok(())
     }
+}
+
+/// A batch's reads, or none when they failed: each `item` of the batch then reads its own,
+/// and reports what goes wrong there.
+fn usable(read: Result<Lookups, StoreError>, item: &str) -> Option<Lookups> {
+    read.inspect_err(|e| {
+        tracing::debug!(error = %e, "could not read a batch together; each {item} reads its own")
+    })
+    .ok()
 }
 
 #[cfg(test)]
