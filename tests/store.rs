@@ -78,6 +78,7 @@ scenarios! {
         delivery_reports_never_go_back,
         addresses_are_suppressed_per_channel,
         recipients_are_read_together,
+        a_batch_of_outcomes_is_recorded_in_order,
         sent_messages_come_per_recipient_in_sending_order,
         cron_checked_until_never_moves_back,
         cron_slots_are_recorded_once,
@@ -3406,6 +3407,58 @@ async fn recipients_are_read_together(store: DynStore) {
         .await
         .unwrap();
     assert_eq!((reason, contact), (None, None));
+}
+
+/// Outcomes recorded together (messages sent go many to a statement, the rest one each) say,
+/// in the order given, which the owner still held; one it no longer holds is left as it is.
+async fn a_batch_of_outcomes_is_recorded_in_order(store: DynStore) {
+    let mut c = insert(new_run("r1", "wf", T0), state(RunStatus::Completed, None));
+    c.outbox = (1..=4)
+        .map(|i| message(&format!("m{i}"), Some("r1"), &format!("k{i}"), T0 + i))
+        .collect();
+    committed(&store, c).await;
+    let now = T0 + 100;
+    assert_eq!(
+        store.claim_outbox("a", now, LEASE, 3).await.unwrap().len(),
+        3
+    );
+    assert_eq!(
+        store.claim_outbox("b", now, LEASE, 10).await.unwrap().len(),
+        1
+    );
+    let sent = |p: Option<&str>| DeliveryOutcome::Sent {
+        provider_id: p.map(Into::into),
+    };
+    let held = store
+        .finish_deliveries(
+            "a",
+            vec![
+                ("m1".into(), sent(Some("p1"))),
+                (
+                    "m2".into(),
+                    DeliveryOutcome::Failed {
+                        error: "550".into(),
+                    },
+                ),
+                ("m4".into(), sent(Some("p4"))),
+                ("m3".into(), sent(None)),
+            ],
+            now + 1,
+        )
+        .await
+        .unwrap();
+    assert_eq!(held, vec![true, true, false, true], "m4 is b's");
+    let get = |id: &'static str| {
+        let store = store.clone();
+        async move {
+            let m = store.message(id).await.unwrap().unwrap();
+            (m.status, m.provider_id)
+        }
+    };
+    assert_eq!(get("m1").await, (OutboxStatus::Sent, Some("p1".into())));
+    assert_eq!(get("m2").await, (OutboxStatus::Failed, None));
+    assert_eq!(get("m3").await, (OutboxStatus::Sent, None));
+    assert_eq!(get("m4").await, (OutboxStatus::Sending, None));
 }
 
 async fn sent_messages_come_per_recipient_in_sending_order(store: DynStore) {

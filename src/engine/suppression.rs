@@ -43,9 +43,9 @@ pub(crate) async fn check(
     category: MessageCategory,
 ) -> Result<Recipient, StoreError> {
     let key = address_key(to);
-    // Without a batch's reads, the suppression and the contact are one read, not two.
+    // Where no batch read this address, its suppression and its contact are one read.
     let single;
-    let known = match known {
+    let known = match known.filter(|k| k.suppression(channel, &key).is_some()) {
         Some(k) => Some(k),
         None if kind != AddressKind::ProviderId => {
             let Address { email, phone } = Address::parse(to, region);

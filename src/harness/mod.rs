@@ -245,18 +245,8 @@ pub(crate) fn contact_from_json(
         }
     };
     for k in obj.keys() {
-        if ![
-            "email",
-            "phone",
-            "first_name",
-            "last_name",
-            "status",
-            "timezone",
-            "attributes",
-            "lists",
-            "tags",
-        ]
-        .contains(&k.as_str())
+        if !crate::engine::contact::FIELDS.contains(&k.as_str())
+            && !["lists", "tags"].contains(&k.as_str())
         {
             return Err(format!(
                 "unknown contact field `{k}`: use email, phone, first_name, last_name, status, timezone, attributes, lists or tags"

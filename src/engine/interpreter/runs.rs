@@ -143,17 +143,12 @@ impl Interpreter<'_> {
         }
         let mut ctx = run.context;
         if let Some(cid) = &run.contact_id {
-            let known = lookups.as_ref().and_then(|l| l.contact(cid));
-            let contact = match known {
-                Some(c) => serde_json::to_value(c).ok(),
-                None => self
-                    .engine
-                    .store
-                    .contact(cid)
-                    .await?
-                    .and_then(|c| serde_json::to_value(&c).ok()),
+            let contact = match lookups.as_ref().and_then(|l| l.contact(cid)) {
+                Some(c) => Some(c.clone()),
+                None => self.engine.store.contact(cid).await?,
             };
             if let Some(c) = contact
+                && let Ok(c) = serde_json::to_value(&c)
                 && let Some(obj) = ctx.as_object_mut()
             {
                 obj.insert("contact".into(), c);
